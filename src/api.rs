@@ -1,0 +1,124 @@
+//! Serializable views and requests shared by the node, its control endpoint
+//! and the CLI. Plain data; no behaviour.
+
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::Category;
+
+/// How a peer was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FoundVia {
+    Multicast,
+    Mdns,
+    Tracker,
+    Manual,
+}
+
+impl std::fmt::Display for FoundVia {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FoundVia::Multicast => "multicast",
+            FoundVia::Mdns => "mdns",
+            FoundVia::Tracker => "tracker",
+            FoundVia::Manual => "manual",
+        })
+    }
+}
+
+/// One content as `ls` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ContentView {
+    pub id: String,
+    pub name: String,
+    /// Every name peers use for this content.
+    pub names: Vec<String>,
+    pub size: u64,
+    pub category: Category,
+    pub comment: String,
+    pub complete: u32,
+    pub partial: u32,
+    pub holders: Vec<HolderView>,
+    /// This node holds a complete copy.
+    pub local: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HolderView {
+    pub name: String,
+    pub addr: String,
+    pub chunks: u32,
+    pub total: u32,
+}
+
+/// One peer as `peers` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PeerView {
+    pub id: String,
+    pub name: String,
+    pub addr: String,
+    pub online: bool,
+    /// RFC 3339 UTC.
+    pub last_seen: String,
+    pub last_seen_secs: f64,
+    pub found_via: Vec<FoundVia>,
+    pub contents: u32,
+}
+
+/// Status of the node itself.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub id: String,
+    pub name: String,
+    pub listen: String,
+    pub home: String,
+    pub shared_contents: u32,
+    pub malformed_datagrams: u64,
+    pub malformed_connections: u64,
+}
+
+/// What a fetch reports while it runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum FetchEvent {
+    /// The name resolved; the download starts.
+    Started {
+        id: String,
+        name: String,
+        size: u64,
+        holders: u32,
+        already: u64,
+    },
+    Progress {
+        done: u64,
+        size: u64,
+        peers: u32,
+    },
+    /// A peer was dropped from this download, and why.
+    PeerDropped {
+        peer: String,
+        reason: String,
+    },
+    Done(FetchDone),
+    Failed {
+        reason: String,
+    },
+    /// Several contents match the name; nothing was downloaded.
+    Ambiguous {
+        candidates: Vec<ContentView>,
+    },
+    NotFound {
+        query: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FetchDone {
+    pub id: String,
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+    pub secs: f64,
+    pub peers: Vec<String>,
+    /// The node already held it complete; nothing was transferred.
+    pub already_local: bool,
+}

@@ -1,0 +1,244 @@
+//! Command-line definitions (clap) and their translation into a
+//! [`NodeConfig`] or a client command. No sockets, no files.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, NodeConfig};
+use crate::manifest::Category;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lanshare",
+    version,
+    about = "Zero-configuration peer-to-peer file sharing for your LAN"
+)]
+#[command(
+    after_help = "Exit codes: 0 success; 1 error; 2 bad usage; 3 a name matched nothing, or several contents."
+)]
+pub struct Cli {
+    /// More log output on stderr (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct HomeArg {
+    /// The node's home directory: shared/, downloads/, logs and state.
+    #[arg(long, env = "LANSHARE_HOME", default_value = ".")]
+    pub home: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node in the foreground until Ctrl-C: index, announce, discover, serve, download.
+    Up(UpArgs),
+    /// List what the network offers: name, size, category, holders, comment.
+    Ls {
+        /// Show only contents whose name contains this (or whose id starts with it).
+        query: Option<String>,
+        /// Show only this category: audio, video, image, text, document, archive, other.
+        #[arg(long)]
+        category: Option<Category>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        home: HomeArg,
+    },
+    /// List peers seen: name, address, online or offline, last seen, how found.
+    Peers {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        home: HomeArg,
+    },
+    /// Download a file by name (with or without extension) or content id prefix.
+    Fetch {
+        name: String,
+        /// Print one JSON object per event instead of a progress bar.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        home: HomeArg,
+    },
+    /// Share a file or folder (besides HOME/shared), with a comment and category.
+    Share {
+        path: PathBuf,
+        #[arg(long, default_value = "")]
+        comment: String,
+        /// Category for every file under PATH (default: from each file's extension).
+        #[arg(long)]
+        category: Option<Category>,
+        #[command(flatten)]
+        home: HomeArg,
+    },
+    /// Show the running node's identity, address and counters.
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        home: HomeArg,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub home: HomeArg,
+    /// Also share this file or folder (repeatable).
+    #[arg(long = "share", value_name = "PATH")]
+    pub shares: Vec<PathBuf>,
+    /// Name shown to peers [default: the host name].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// TCP address for the peer server; port 0 picks a free one [default: 0.0.0.0:7373, or a free port if taken].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// IPv4 address of an interface to discover on (repeatable) [default: every up, multicast-capable, non-loopback interface].
+    #[arg(long = "interface", value_name = "ADDR")]
+    pub interfaces: Vec<Ipv4Addr>,
+    /// Multicast group and port for announcements.
+    #[arg(long, value_name = "IP:PORT", default_value_t = config::DEFAULT_GROUP, value_parser = parse_group)]
+    pub group: SocketAddrV4,
+    /// Seconds between announcements (fractions allowed).
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
+    pub announce_interval: Duration,
+    /// Seconds between rescans of the shared folders.
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_secs)]
+    pub scan_interval: Duration,
+    /// Do not announce or listen on UDP multicast.
+    #[arg(long)]
+    pub no_multicast: bool,
+    /// Do not register or browse mDNS (DNS-SD) services.
+    #[arg(long)]
+    pub no_mdns: bool,
+}
+
+fn parse_group(s: &str) -> Result<SocketAddrV4, String> {
+    let addr: SocketAddrV4 = s.parse().map_err(|_| format!("{s:?} is not IP:PORT"))?;
+    if !addr.ip().is_multicast() {
+        return Err(format!(
+            "{} is not a multicast address (use 224.0.0.0/4, e.g. 239.255.73.73)",
+            addr.ip()
+        ));
+    }
+    if addr.port() == 0 {
+        return Err("the group port must not be 0".into());
+    }
+    Ok(addr)
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(0.05..=86_400.0).contains(&v) {
+        return Err("must be between 0.05 and 86400 seconds".into());
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// Makes `home` absolute without requiring it to exist yet.
+pub fn absolute(home: &std::path::Path) -> std::io::Result<PathBuf> {
+    if home.is_absolute() {
+        Ok(home.to_path_buf())
+    } else {
+        Ok(std::env::current_dir()?.join(home))
+    }
+}
+
+impl UpArgs {
+    pub fn into_config(self) -> std::io::Result<NodeConfig> {
+        let home = absolute(&self.home.home)?;
+        let mut cfg = NodeConfig::new(home);
+        cfg.shares = self
+            .shares
+            .iter()
+            .map(|p| absolute(p))
+            .collect::<Result<_, _>>()?;
+        if let Some(mut name) = self.name {
+            config::truncate(&mut name, crate::wire::MAX_NODE_NAME);
+            cfg.name = name;
+        }
+        cfg.listen = self.listen;
+        cfg.interfaces = self.interfaces;
+        cfg.group = self.group;
+        cfg.announce_interval = self.announce_interval;
+        cfg.scan_interval = self.scan_interval;
+        cfg.multicast = !self.no_multicast;
+        cfg.mdns = !self.no_mdns;
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("lanshare").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn up_flags() {
+        let cli = parse(&[
+            "up",
+            "--home",
+            "/h",
+            "--share",
+            "a",
+            "--share",
+            "b",
+            "--name",
+            "n",
+            "--listen",
+            "127.0.0.1:0",
+            "--interface",
+            "127.0.0.1",
+            "--group",
+            "239.255.1.2:5000",
+            "--announce-interval",
+            "0.5",
+            "--no-mdns",
+        ])
+        .unwrap();
+        let Command::Up(up) = cli.command else {
+            panic!("not up")
+        };
+        let cfg = up.into_config().unwrap();
+        assert_eq!(cfg.home, PathBuf::from("/h"));
+        assert_eq!(cfg.shares.len(), 2);
+        assert_eq!(cfg.name, "n");
+        assert_eq!(cfg.listen, Some("127.0.0.1:0".parse().unwrap()));
+        assert_eq!(cfg.interfaces, vec![Ipv4Addr::LOCALHOST]);
+        assert_eq!(cfg.group, "239.255.1.2:5000".parse().unwrap());
+        assert_eq!(cfg.announce_interval, Duration::from_millis(500));
+        assert!(cfg.multicast && !cfg.mdns);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(parse(&["up", "--group", "10.0.0.1:5000"]).is_err());
+        assert!(parse(&["up", "--announce-interval", "0"]).is_err());
+        assert!(parse(&["up", "--listen", "nope"]).is_err());
+        assert!(parse(&["ls", "--category", "films"]).is_err());
+        assert!(parse(&["fetch"]).is_err());
+    }
+
+    #[test]
+    fn defaults() {
+        let Command::Up(up) = parse(&["up"]).unwrap().command else {
+            panic!()
+        };
+        let cfg = up.into_config().unwrap();
+        assert_eq!(cfg.group, config::DEFAULT_GROUP);
+        assert_eq!(cfg.announce_interval, Duration::from_secs(5));
+        assert!(cfg.multicast && cfg.mdns && cfg.listen.is_none());
+    }
+}

@@ -1,0 +1,467 @@
+//! The content dictionary and the peer table: what the network offers and
+//! who holds it. The only shared mutable state of discovery; written by the
+//! discovery tasks, read by `ls`, `peers` and the fetch scheduler.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant, SystemTime};
+
+use dashmap::DashMap;
+use tokio::sync::Notify;
+
+use crate::api::{ContentView, FoundVia, HolderView, PeerView};
+use crate::chunkset::ChunkSet;
+use crate::id::{ContentId, NodeId};
+use crate::manifest::{Category, Manifest};
+use crate::resolve::{self, Resolution};
+use crate::wire::InventoryEntry;
+
+/// Most peers remembered; the longest-offline are forgotten first.
+pub const MAX_PEERS: usize = 1024;
+/// A peer is offline after this many announce intervals without a word.
+pub const MISSED_ANNOUNCES: u32 = 3;
+
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub id: NodeId,
+    pub name: String,
+    /// TCP address of the peer's server.
+    pub addr: SocketAddr,
+    pub found_via: BTreeSet<FoundVia>,
+    pub last_seen: Instant,
+    pub last_seen_wall: SystemTime,
+    pub interval: Duration,
+    pub online: bool,
+    /// Digest the peer last announced.
+    pub announced_digest: [u8; 16],
+    /// Digest of the inventory we hold for it.
+    pub pulled_digest: Option<[u8; 16]>,
+    pub contents: u32,
+}
+
+/// One content as the network offers it.
+#[derive(Clone, Debug)]
+pub struct Content {
+    pub names: BTreeSet<String>,
+    pub size: u64,
+    pub category: Category,
+    pub comment: String,
+    pub holders: HashMap<NodeId, ChunkSet>,
+}
+
+/// A peer that holds (part of) a content, as the fetcher needs it.
+#[derive(Clone, Debug)]
+pub struct Holder {
+    pub id: NodeId,
+    pub name: String,
+    pub addr: SocketAddr,
+    pub chunks: ChunkSet,
+}
+
+#[derive(Default)]
+pub struct Dict {
+    peers: DashMap<NodeId, Peer>,
+    contents: DashMap<ContentId, Content>,
+    /// Each peer's current inventory, so its holdings can be withdrawn.
+    inventories: DashMap<NodeId, Vec<InventoryEntry>>,
+    /// Serializes writers so holdings never go out of step with
+    /// inventories; readers use the dashmaps without it. Never held across
+    /// an await.
+    write: Mutex<()>,
+    /// Woken whenever holdings change (a fetch waiting for holders listens).
+    pub changed: Notify,
+    pub malformed_datagrams: AtomicU64,
+    pub malformed_connections: AtomicU64,
+}
+
+/// What an announcement means for the caller.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Observed {
+    /// Nothing new.
+    Known,
+    /// The peer's inventory is new or changed: pull it.
+    Pull,
+}
+
+impl Dict {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records that `id` was heard from at `addr`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn observe(
+        &self,
+        id: NodeId,
+        name: &str,
+        addr: SocketAddr,
+        via: FoundVia,
+        interval: Duration,
+        digest: [u8; 16],
+        contents: u32,
+    ) -> Observed {
+        let _w = self.write.lock().expect("dict write lock");
+        let now = Instant::now();
+        let mut peer = self.peers.entry(id).or_insert_with(|| Peer {
+            id,
+            name: name.to_string(),
+            addr,
+            found_via: BTreeSet::new(),
+            last_seen: now,
+            last_seen_wall: SystemTime::now(),
+            interval,
+            online: true,
+            announced_digest: digest,
+            pulled_digest: None,
+            contents,
+        });
+        let came_back = !peer.online;
+        peer.name = name.to_string();
+        peer.addr = addr;
+        peer.found_via.insert(via);
+        peer.last_seen = now;
+        peer.last_seen_wall = SystemTime::now();
+        peer.interval = interval;
+        peer.online = true;
+        peer.announced_digest = digest;
+        peer.contents = contents;
+        let pull = came_back || peer.pulled_digest != Some(digest);
+        drop(peer);
+        self.evict_if_full();
+        if pull {
+            Observed::Pull
+        } else {
+            Observed::Known
+        }
+    }
+
+    fn evict_if_full(&self) {
+        if self.peers.len() <= MAX_PEERS {
+            return;
+        }
+        let oldest = self
+            .peers
+            .iter()
+            .filter(|p| !p.online)
+            .min_by_key(|p| p.last_seen)
+            .map(|p| p.id);
+        if let Some(id) = oldest {
+            self.peers.remove(&id);
+        }
+    }
+
+    /// Replaces a peer's inventory (pulled over TCP).
+    pub fn set_inventory(&self, id: NodeId, digest: [u8; 16], entries: Vec<InventoryEntry>) {
+        let _w = self.write.lock().expect("dict write lock");
+        match self.peers.get_mut(&id) {
+            Some(mut p) if p.online => {
+                p.pulled_digest = Some(digest);
+                p.contents = entries.len() as u32;
+            }
+            _ => return,
+        }
+        self.withdraw(id);
+        for e in &entries {
+            let mut c = self.contents.entry(e.id).or_insert_with(|| Content {
+                names: BTreeSet::new(),
+                size: e.size,
+                category: e.category,
+                comment: String::new(),
+                holders: HashMap::new(),
+            });
+            if c.names.len() < 16 {
+                c.names.insert(e.name.clone());
+            }
+            if c.comment.is_empty() {
+                c.comment = e.comment.clone();
+            }
+            c.holders.insert(id, e.chunks.clone());
+        }
+        self.inventories.insert(id, entries);
+        self.changed.notify_waiters();
+    }
+
+    /// Removes a peer's holdings; caller holds the write lock.
+    fn withdraw(&self, id: NodeId) {
+        if let Some((_, old)) = self.inventories.remove(&id) {
+            for e in old {
+                let empty = match self.contents.get_mut(&e.id) {
+                    Some(mut c) => {
+                        c.holders.remove(&id);
+                        c.holders.is_empty()
+                    }
+                    None => false,
+                };
+                if empty {
+                    self.contents.remove_if(&e.id, |_, c| c.holders.is_empty());
+                }
+            }
+        }
+    }
+
+    /// A peer said goodbye, or stopped answering.
+    pub fn set_offline(&self, id: NodeId) {
+        let _w = self.write.lock().expect("dict write lock");
+        if let Some(mut p) = self.peers.get_mut(&id) {
+            p.online = false;
+            p.pulled_digest = None;
+        }
+        self.withdraw(id);
+        self.changed.notify_waiters();
+    }
+
+    /// Marks offline every peer silent for [`MISSED_ANNOUNCES`] intervals.
+    pub fn expire(&self, now: Instant) -> Vec<NodeId> {
+        let stale: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|p| p.online && p.found_via.iter().all(|v| *v != FoundVia::Manual))
+            .filter(|p| {
+                now.saturating_duration_since(p.last_seen)
+                    > p.interval * MISSED_ANNOUNCES + Duration::from_millis(500)
+            })
+            .map(|p| p.id)
+            .collect();
+        for id in &stale {
+            tracing::info!(peer = %id.short(), "peer went silent; marking it offline");
+            self.set_offline(*id);
+        }
+        stale
+    }
+
+    pub fn peer(&self, id: &NodeId) -> Option<Peer> {
+        self.peers.get(id).map(|p| p.clone())
+    }
+
+    /// Online peers whose inventory we should (re)pull.
+    pub fn peers_needing_pull(&self) -> Vec<Peer> {
+        self.peers
+            .iter()
+            .filter(|p| p.online && p.pulled_digest != Some(p.announced_digest))
+            .map(|p| p.clone())
+            .collect()
+    }
+
+    /// Online holders of `id`.
+    pub fn holders(&self, id: &ContentId) -> Vec<Holder> {
+        let Some(c) = self.contents.get(id) else {
+            return Vec::new();
+        };
+        let holders: Vec<(NodeId, ChunkSet)> =
+            c.holders.iter().map(|(k, v)| (*k, v.clone())).collect();
+        drop(c);
+        holders
+            .into_iter()
+            .filter_map(|(nid, chunks)| {
+                let p = self.peers.get(&nid)?;
+                p.online.then(|| Holder {
+                    id: nid,
+                    name: p.name.clone(),
+                    addr: p.addr,
+                    chunks,
+                })
+            })
+            .collect()
+    }
+
+    pub fn content(&self, id: &ContentId) -> Option<Content> {
+        self.contents.get(id).map(|c| c.clone())
+    }
+
+    /// Resolves a user's query against what the network offers plus `extra`
+    /// (this node's own contents).
+    pub fn resolve(&self, query: &str, extra: &[(ContentId, String)]) -> Resolution {
+        let mut all: Vec<(ContentId, Vec<String>)> = self
+            .contents
+            .iter()
+            .map(|c| (*c.key(), c.names.iter().cloned().collect()))
+            .collect();
+        for (id, name) in extra {
+            match all.iter_mut().find(|(i, _)| i == id) {
+                Some((_, names)) => names.push(name.clone()),
+                None => all.push((*id, vec![name.clone()])),
+            }
+        }
+        resolve::resolve(
+            query,
+            all.iter()
+                .map(|(id, names)| (*id, names.iter().map(String::as_str))),
+        )
+    }
+
+    /// The view `ls` shows of one content.
+    pub fn view(&self, id: &ContentId, local: bool) -> Option<ContentView> {
+        let c = self.content(id)?;
+        let total = Manifest::chunk_count_for(c.size, crate::manifest::CHUNK_SIZE) as u32;
+        let mut holders: Vec<HolderView> = self
+            .holders(id)
+            .into_iter()
+            .map(|h| HolderView {
+                name: h.name,
+                addr: h.addr.to_string(),
+                chunks: h.chunks.count(total),
+                total,
+            })
+            .collect();
+        holders.sort_by(|a, b| a.name.cmp(&b.name).then(a.addr.cmp(&b.addr)));
+        let complete = holders.iter().filter(|h| h.chunks >= h.total).count() as u32;
+        Some(ContentView {
+            id: id.to_hex(),
+            name: c.names.iter().next().cloned().unwrap_or_default(),
+            names: c.names.iter().cloned().collect(),
+            size: c.size,
+            category: c.category,
+            comment: c.comment,
+            complete,
+            partial: holders.len() as u32 - complete,
+            holders,
+            local,
+        })
+    }
+
+    /// Every content with at least one online holder, filtered.
+    pub fn list(&self, query: Option<&str>, category: Option<Category>) -> Vec<ContentId> {
+        let mut ids: Vec<(String, ContentId)> = self
+            .contents
+            .iter()
+            .filter(|c| category.is_none_or(|cat| c.category == cat))
+            .filter(|c| {
+                query.is_none_or(|q| {
+                    resolve::matches_filter(q, c.key(), c.names.iter().map(String::as_str))
+                })
+            })
+            .map(|c| {
+                (
+                    c.names
+                        .iter()
+                        .next()
+                        .cloned()
+                        .unwrap_or_default()
+                        .to_lowercase(),
+                    *c.key(),
+                )
+            })
+            .collect();
+        ids.sort();
+        ids.into_iter()
+            .map(|(_, id)| id)
+            .filter(|id| !self.holders(id).is_empty())
+            .collect()
+    }
+
+    pub fn peer_views(&self) -> Vec<PeerView> {
+        let now = Instant::now();
+        let mut v: Vec<PeerView> = self
+            .peers
+            .iter()
+            .map(|p| PeerView {
+                id: p.id.to_hex(),
+                name: p.name.clone(),
+                addr: p.addr.to_string(),
+                online: p.online,
+                last_seen: humantime::format_rfc3339_millis(p.last_seen_wall).to_string(),
+                last_seen_secs: now.saturating_duration_since(p.last_seen).as_secs_f64(),
+                found_via: p.found_via.iter().copied().collect(),
+                contents: if p.online { p.contents } else { 0 },
+            })
+            .collect();
+        v.sort_by(|a, b| b.online.cmp(&a.online).then(a.name.cmp(&b.name)));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunkset::Bitmap;
+
+    fn entry(id: u8, name: &str, chunks: ChunkSet) -> InventoryEntry {
+        InventoryEntry {
+            id: ContentId([id; 32]),
+            name: name.into(),
+            size: 3 << 20,
+            category: Category::from_name(name),
+            comment: String::new(),
+            chunks,
+        }
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn holdings_follow_inventories() {
+        let d = Dict::new();
+        let (a, b) = (NodeId([1; 16]), NodeId([2; 16]));
+        let iv = Duration::from_secs(1);
+        assert_eq!(
+            d.observe(a, "a", addr(1), FoundVia::Multicast, iv, [1; 16], 1),
+            Observed::Pull
+        );
+        d.set_inventory(a, [1; 16], vec![entry(9, "photo.png", ChunkSet::Full)]);
+        assert_eq!(
+            d.observe(a, "a", addr(1), FoundVia::Multicast, iv, [1; 16], 1),
+            Observed::Known
+        );
+        d.observe(b, "b", addr(2), FoundVia::Multicast, iv, [2; 16], 1);
+        let mut bm = Bitmap::new(3);
+        bm.set(0);
+        d.set_inventory(
+            b,
+            [2; 16],
+            vec![entry(9, "photo.png", ChunkSet::Partial(bm))],
+        );
+        let v = d.view(&ContentId([9; 32]), false).unwrap();
+        assert_eq!((v.complete, v.partial), (1, 1));
+        assert_eq!(d.holders(&ContentId([9; 32])).len(), 2);
+
+        // A changed inventory replaces the old holdings.
+        assert_eq!(
+            d.observe(a, "a", addr(1), FoundVia::Multicast, iv, [3; 16], 1),
+            Observed::Pull
+        );
+        d.set_inventory(a, [3; 16], vec![entry(8, "song.mp3", ChunkSet::Full)]);
+        assert_eq!(d.holders(&ContentId([9; 32])).len(), 1);
+
+        d.set_offline(b);
+        assert!(
+            d.content(&ContentId([9; 32])).is_none(),
+            "no holder left: gone"
+        );
+        assert_eq!(d.list(None, None), vec![ContentId([8; 32])]);
+        assert_eq!(
+            d.list(Some("SONG"), Some(Category::Audio)),
+            vec![ContentId([8; 32])]
+        );
+        assert!(d.list(None, Some(Category::Image)).is_empty());
+        // An inventory arriving for an offline peer is ignored.
+        d.set_inventory(b, [2; 16], vec![entry(7, "x", ChunkSet::Full)]);
+        assert!(d.content(&ContentId([7; 32])).is_none());
+    }
+
+    #[test]
+    fn silent_peers_expire() {
+        let d = Dict::new();
+        let a = NodeId([1; 16]);
+        d.observe(
+            a,
+            "a",
+            addr(1),
+            FoundVia::Multicast,
+            Duration::from_millis(100),
+            [1; 16],
+            1,
+        );
+        d.set_inventory(a, [1; 16], vec![entry(9, "photo.png", ChunkSet::Full)]);
+        assert!(d.expire(Instant::now()).is_empty());
+        let later = Instant::now() + Duration::from_secs(2);
+        assert_eq!(d.expire(later), vec![a]);
+        assert!(d.holders(&ContentId([9; 32])).is_empty());
+        let views = d.peer_views();
+        assert_eq!(views.len(), 1);
+        assert!(!views[0].online);
+    }
+}

@@ -1,0 +1,37 @@
+//! The `lanshare` binary: parse arguments, set up logging, run the command,
+//! turn errors into messages and exit codes. No logic of its own.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use lanshare::cli::Cli;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default = match cli.verbose {
+        0 => "warn",
+        1 => "info,lanshare=info",
+        _ => "debug,lanshare=debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lanshare: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(lanshare::commands::run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("lanshare: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

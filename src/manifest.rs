@@ -1,0 +1,339 @@
+//! What a content is: its size, chunk size, whole-file SHA-256 and the BLAKE3
+//! hash of every chunk, and the content id that commits to all of them.
+//! Also the streaming file hasher and the category of a file name.
+//! Owns no state and touches no file except the one it is asked to hash.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::Path;
+use std::sync::mpsc;
+
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+
+use crate::id::{ChunkHash, ContentId};
+
+/// Chunk size of every content this version creates: 1 MiB. Large enough
+/// that per-chunk overhead vanishes at gigabytes per second, small enough
+/// that a chunk buffer is cheap and a lost chunk costs little.
+pub const CHUNK_SIZE: u32 = 1 << 20;
+/// Largest chunk size accepted from a peer.
+pub const MAX_CHUNK_SIZE: u32 = 4 << 20;
+/// Most chunks in one manifest (a 512 GiB file at 1 MiB chunks); bounds the
+/// manifest frame at 16 MiB.
+pub const MAX_CHUNKS: usize = 512 * 1024;
+
+/// Domain separation for the content id hash.
+const CONTENT_ID_DOMAIN: &[u8] = b"lanshare content id v1\0";
+
+/// Everything needed to verify a content chunk by chunk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub size: u64,
+    pub chunk_size: u32,
+    /// SHA-256 of the whole file, shown to users to compare with published sums.
+    pub sha256: [u8; 32],
+    pub chunks: Vec<ChunkHash>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ManifestError {
+    #[error("chunk size {0} is out of range (1..={MAX_CHUNK_SIZE})")]
+    ChunkSize(u32),
+    #[error("manifest lists {got} chunks but a {size}-byte file at this chunk size has {want}")]
+    ChunkCount { size: u64, got: usize, want: u64 },
+    #[error("manifest does not match content id {0}")]
+    WrongId(ContentId),
+}
+
+impl Manifest {
+    /// Number of chunks a file of `size` bytes has (an empty file has none).
+    pub fn chunk_count_for(size: u64, chunk_size: u32) -> u64 {
+        size.div_ceil(chunk_size as u64)
+    }
+
+    pub fn chunk_count(&self) -> u32 {
+        self.chunks.len() as u32
+    }
+
+    /// Byte length of chunk `index` (the last one may be short).
+    pub fn chunk_len(&self, index: u32) -> u32 {
+        let start = index as u64 * self.chunk_size as u64;
+        (self.size.saturating_sub(start)).min(self.chunk_size as u64) as u32
+    }
+
+    pub fn chunk_offset(&self, index: u32) -> u64 {
+        index as u64 * self.chunk_size as u64
+    }
+
+    /// The content id: BLAKE3 over a domain tag, the size, the chunk size,
+    /// the SHA-256 and every chunk hash, in that order (see docs/protocol.md).
+    pub fn content_id(&self) -> ContentId {
+        let mut h = blake3::Hasher::new();
+        h.update(CONTENT_ID_DOMAIN);
+        h.update(&self.size.to_le_bytes());
+        h.update(&self.chunk_size.to_le_bytes());
+        h.update(&self.sha256);
+        for c in &self.chunks {
+            h.update(&c.0);
+        }
+        ContentId(*h.finalize().as_bytes())
+    }
+
+    /// Checks the manifest is internally consistent.
+    pub fn check_shape(&self) -> Result<(), ManifestError> {
+        if self.chunk_size == 0 || self.chunk_size > MAX_CHUNK_SIZE {
+            return Err(ManifestError::ChunkSize(self.chunk_size));
+        }
+        let want = Self::chunk_count_for(self.size, self.chunk_size);
+        if want != self.chunks.len() as u64 || self.chunks.len() > MAX_CHUNKS {
+            return Err(ManifestError::ChunkCount {
+                size: self.size,
+                got: self.chunks.len(),
+                want,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks a manifest received from a peer against the id it was asked for.
+    pub fn verify(&self, id: &ContentId) -> Result<(), ManifestError> {
+        self.check_shape()?;
+        if self.content_id() != *id {
+            return Err(ManifestError::WrongId(*id));
+        }
+        Ok(())
+    }
+
+    /// True when `data` is chunk `index` of this content.
+    pub fn chunk_matches(&self, index: u32, data: &[u8]) -> bool {
+        self.chunks.get(index as usize).is_some_and(|h| {
+            data.len() == self.chunk_len(index) as usize && blake3::hash(data).as_bytes() == &h.0
+        })
+    }
+}
+
+/// Hashes a file into its manifest, reading it once in chunk-sized buffers.
+/// BLAKE3 runs on the reading thread while SHA-256 runs on a second one, so
+/// indexing costs about as much as SHA-256 alone. Memory: a few chunk buffers.
+/// `progress` is called with the bytes hashed so far.
+pub fn hash_file(path: &Path, mut progress: impl FnMut(u64)) -> io::Result<Manifest> {
+    let mut file = File::open(path)?;
+    let chunk_size = CHUNK_SIZE;
+    const BUFFERS: usize = 4;
+    let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(BUFFERS);
+    let (empty_tx, empty_rx) = mpsc::sync_channel::<Vec<u8>>(BUFFERS);
+    for _ in 0..BUFFERS {
+        empty_tx
+            .send(vec![0u8; chunk_size as usize])
+            .expect("channel has room");
+    }
+    std::thread::scope(|s| {
+        let sha_thread = s.spawn(move || {
+            let mut sha = sha2::Sha256::new();
+            for (buf, len) in full_rx {
+                sha.update(&buf[..len]);
+                // The reader may have stopped early; then nobody takes buffers back.
+                let _ = empty_tx.send(buf);
+            }
+            let out: [u8; 32] = sha.finalize().into();
+            out
+        });
+        let mut chunks = Vec::new();
+        let mut size = 0u64;
+        let read_result = (|| -> io::Result<()> {
+            loop {
+                let mut buf = empty_rx.recv().expect("sha thread returns buffers");
+                let len = read_full(&mut file, &mut buf)?;
+                if len == 0 {
+                    return Ok(());
+                }
+                if chunks.len() >= MAX_CHUNKS {
+                    return Err(io::Error::new(
+                        io::ErrorKind::FileTooLarge,
+                        "file is larger than lanshare can share (512 GiB)",
+                    ));
+                }
+                chunks.push(ChunkHash(*blake3::hash(&buf[..len]).as_bytes()));
+                size += len as u64;
+                progress(size);
+                full_tx.send((buf, len)).expect("sha thread is running");
+                if len < chunk_size as usize {
+                    return Ok(());
+                }
+            }
+        })();
+        drop(full_tx);
+        let sha256 = sha_thread.join().expect("sha256 thread does not panic");
+        read_result?;
+        Ok(Manifest {
+            size,
+            chunk_size,
+            sha256,
+            chunks,
+        })
+    })
+}
+
+/// Reads until `buf` is full or the file ends; returns the bytes read.
+pub fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Manifest of an in-memory byte string (tests, benches, small data).
+pub fn manifest_of(data: &[u8], chunk_size: u32) -> Manifest {
+    let chunks = data
+        .chunks(chunk_size as usize)
+        .map(|c| ChunkHash(*blake3::hash(c).as_bytes()))
+        .collect();
+    let sha256: [u8; 32] = sha2::Sha256::digest(data).into();
+    Manifest {
+        size: data.len() as u64,
+        chunk_size,
+        sha256,
+        chunks,
+    }
+}
+
+/// The seven categories users search by (seed 000).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Category {
+    Audio,
+    Video,
+    Image,
+    Text,
+    Document,
+    Archive,
+    Other,
+}
+
+impl Category {
+    pub const ALL: [Category; 7] = [
+        Category::Audio,
+        Category::Video,
+        Category::Image,
+        Category::Text,
+        Category::Document,
+        Category::Archive,
+        Category::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::Audio => "audio",
+            Category::Video => "video",
+            Category::Image => "image",
+            Category::Text => "text",
+            Category::Document => "document",
+            Category::Archive => "archive",
+            Category::Other => "other",
+        }
+    }
+
+    /// Guesses the category from a file name's extension.
+    pub fn from_name(name: &str) -> Category {
+        let ext = match name.rsplit_once('.') {
+            Some((stem, ext)) if !stem.is_empty() => ext.to_ascii_lowercase(),
+            _ => return Category::Other,
+        };
+        match ext.as_str() {
+            "mp3" | "flac" | "wav" | "ogg" | "opus" | "m4a" | "aac" | "wma" | "aiff" | "mid"
+            | "midi" => Category::Audio,
+            "mp4" | "mkv" | "avi" | "mov" | "webm" | "wmv" | "flv" | "m4v" | "mpg" | "mpeg"
+            | "ts" => Category::Video,
+            "png" | "jpg" | "jpeg" | "gif" | "bmp" | "webp" | "tif" | "tiff" | "svg" | "heic"
+            | "ico" | "raw" => Category::Image,
+            "txt" | "md" | "csv" | "log" | "json" | "xml" | "yaml" | "yml" | "toml" | "ini"
+            | "rs" | "py" | "c" | "h" | "js" | "html" | "css" | "sh" => Category::Text,
+            "pdf" | "doc" | "docx" | "odt" | "rtf" | "xls" | "xlsx" | "ods" | "ppt" | "pptx"
+            | "odp" | "epub" => Category::Document,
+            "zip" | "tar" | "gz" | "tgz" | "bz2" | "xz" | "zst" | "7z" | "rar" | "iso" | "deb"
+            | "rpm" => Category::Archive,
+            _ => Category::Other,
+        }
+    }
+}
+
+impl std::str::FromStr for Category {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Category::ALL
+            .into_iter()
+            .find(|c| c.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| format!("unknown category {s:?}; use one of audio, video, image, text, document, archive, other"))
+    }
+}
+
+impl std::fmt::Display for Category {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn boundary_sizes_hash_like_in_memory() {
+        let cs = CHUNK_SIZE as usize;
+        for size in [0, 1, cs - 1, cs, cs + 1, 3 * cs + 7] {
+            let data: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+            let mut f = tempfile::NamedTempFile::new().unwrap();
+            f.write_all(&data).unwrap();
+            let m = hash_file(f.path(), |_| {}).unwrap();
+            assert_eq!(m, manifest_of(&data, CHUNK_SIZE), "size {size}");
+            assert_eq!(
+                m.chunk_count() as u64,
+                Manifest::chunk_count_for(size as u64, CHUNK_SIZE)
+            );
+            m.verify(&m.content_id()).unwrap();
+            for i in 0..m.chunk_count() {
+                let start = m.chunk_offset(i) as usize;
+                let chunk = &data[start..start + m.chunk_len(i) as usize];
+                assert!(m.chunk_matches(i, chunk));
+                assert!(!m.chunk_matches(i, &chunk[1..]));
+            }
+        }
+    }
+
+    #[test]
+    fn content_id_commits_to_every_field() {
+        let m = manifest_of(b"hello world", 4);
+        let id = m.content_id();
+        let mut other = m.clone();
+        other.sha256[0] ^= 1;
+        assert_ne!(other.content_id(), id);
+        let mut other = m.clone();
+        other.chunks[2].0[0] ^= 1;
+        assert_ne!(other.content_id(), id);
+        assert_eq!(other.verify(&id), Err(ManifestError::WrongId(id)));
+        let mut other = m.clone();
+        other.chunks.pop();
+        assert!(matches!(
+            other.verify(&id),
+            Err(ManifestError::ChunkCount { .. })
+        ));
+    }
+
+    #[test]
+    fn categories() {
+        assert_eq!(Category::from_name("photo.PNG"), Category::Image);
+        assert_eq!(Category::from_name("song.flac"), Category::Audio);
+        assert_eq!(Category::from_name(".bashrc"), Category::Other);
+        assert_eq!(Category::from_name("README"), Category::Other);
+        assert_eq!("Video".parse::<Category>(), Ok(Category::Video));
+        assert!("nope".parse::<Category>().is_err());
+    }
+}

@@ -1,0 +1,425 @@
+//! Builds every task of a running node from its configuration, owns their
+//! cancellation, and stops them in order: the announcer says goodbye, the
+//! server and control endpoint close, partial downloads save their state.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::net::{TcpListener, UnixStream};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{FetchEvent, NodeStatus};
+use crate::config::{DEFAULT_TCP_PORT, NodeConfig};
+use crate::control::{self, ControlRequest, ControlResponse};
+use crate::dict::Dict;
+use crate::discovery::{self, Discovery};
+use crate::fetch::FetchCtx;
+use crate::id::{ContentId, NodeId};
+use crate::logs::TransferLog;
+use crate::peer::server::Server;
+use crate::resolve::Resolution;
+use crate::store::{Home, Store};
+
+/// What `up` prints once the node runs.
+pub struct Started {
+    pub node: NodeId,
+    pub listen: SocketAddr,
+    pub interfaces: Vec<Ipv4Addr>,
+}
+
+/// Loads the node id from `.lanshare/node_id`, creating it on first start.
+pub fn load_or_create_id(home: &Home) -> anyhow::Result<NodeId> {
+    let path = home.node_id_file();
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        if let Ok(id) = s.trim().parse() {
+            return Ok(id);
+        }
+        tracing::warn!(path = %path.display(), "node id file is corrupt; creating a new identity");
+    }
+    let id = NodeId::random();
+    std::fs::write(&path, format!("{id}\n"))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(id)
+}
+
+struct Node {
+    cfg: NodeConfig,
+    id: NodeId,
+    listen: SocketAddr,
+    store: Arc<Store>,
+    dict: Arc<Dict>,
+    fetch: Arc<FetchCtx>,
+    rescan: Arc<Notify>,
+    /// One fetch per content at a time; a second waits for the first.
+    fetch_locks: dashmap::DashMap<ContentId, Arc<tokio::sync::Mutex<()>>>,
+}
+
+/// Runs a node until `shutdown` completes. `on_start` is called once every
+/// socket is bound.
+pub async fn run(
+    cfg: NodeConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+    on_start: impl FnOnce(&Started),
+) -> anyhow::Result<()> {
+    let home = Home::new(&cfg.home);
+    home.create_dirs()
+        .with_context(|| format!("cannot create the node's folders in {}", cfg.home.display()))?;
+    let control = control::bind(&home.control_socket())
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the control socket {}",
+                home.control_socket().display()
+            )
+        })?;
+    let id = load_or_create_id(&home)?;
+
+    let listener = bind_tcp(cfg.listen).await?;
+    let listen = listener.local_addr()?;
+
+    let store =
+        Store::open(home.clone(), cfg.shares.clone()).context("cannot open the content store")?;
+    let dict = Arc::new(Dict::new());
+    let rescan = Arc::new(Notify::new());
+    let fetch = Arc::new(FetchCtx {
+        store: store.clone(),
+        dict: dict.clone(),
+        node: id,
+        name: cfg.name.clone(),
+        download_log: TransferLog::new(&home.download_log()),
+        limits: cfg.fetch.clone(),
+    });
+    let node = Arc::new(Node {
+        cfg: cfg.clone(),
+        id,
+        listen,
+        store: store.clone(),
+        dict: dict.clone(),
+        fetch,
+        rescan: rescan.clone(),
+        fetch_locks: Default::default(),
+    });
+
+    let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
+
+    // Index first from the cache (cheap), so the first announce is complete
+    // for unchanged files; new files are hashed in the background.
+    tasks.spawn(scanner(node.clone(), cancel.clone()));
+
+    let server = Arc::new(Server::new(
+        store.clone(),
+        dict.clone(),
+        id,
+        cfg.name.clone(),
+        cfg.server.clone(),
+        rescan.clone(),
+    ));
+    tasks.spawn(server.run(listener, cancel.clone()));
+
+    let mut interfaces = Vec::new();
+    if cfg.multicast {
+        interfaces = if cfg.interfaces.is_empty() {
+            discovery::default_interfaces()
+        } else {
+            cfg.interfaces.clone()
+        };
+        if interfaces.is_empty() {
+            tracing::warn!(
+                "no up, multicast-capable interface found; multicast discovery is off (use --interface ADDR)"
+            );
+        } else {
+            let recv = discovery::recv_socket(cfg.group, &interfaces)?;
+            let senders = interfaces
+                .iter()
+                .map(|i| discovery::send_socket(*i))
+                .collect::<Result<Vec<_>, _>>()?;
+            let (disc, pull_rx) = Discovery::new(
+                dict.clone(),
+                store.clone(),
+                id,
+                cfg.name.clone(),
+                listen.port(),
+                cfg.group,
+                cfg.announce_interval,
+            );
+            tasks.spawn(disc.clone().listener(recv, cancel.clone()));
+            tasks.spawn(disc.clone().puller(pull_rx, cancel.clone()));
+            tasks.spawn(disc.announcer(senders, cancel.clone()));
+        }
+    }
+
+    tasks.spawn(control_server(
+        node.clone(),
+        control,
+        cancel.clone(),
+        tasks.clone(),
+    ));
+    on_start(&Started {
+        node: id,
+        listen,
+        interfaces,
+    });
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    cancel.cancel();
+    tasks.close();
+    if tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some tasks did not stop within 5 s");
+    }
+    let _ = std::fs::remove_file(home.control_socket());
+    Ok(())
+}
+
+async fn bind_tcp(listen: Option<SocketAddr>) -> anyhow::Result<TcpListener> {
+    match listen {
+        Some(addr) => TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen on {addr}; is another program using that port? Pick another with --listen ADDR:PORT (port 0 picks a free one)")
+        }),
+        None => match TcpListener::bind((Ipv4Addr::UNSPECIFIED, DEFAULT_TCP_PORT)).await {
+            Ok(l) => Ok(l),
+            Err(e) => {
+                tracing::info!(error = %e, "default port {DEFAULT_TCP_PORT} is taken; using a free one");
+                Ok(TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).await.context("cannot listen on any TCP port")?)
+            }
+        },
+    }
+}
+
+/// Rescans the shared folders periodically and when poked.
+async fn scanner(node: Arc<Node>, cancel: CancellationToken) {
+    loop {
+        let store = node.store.clone();
+        let scan = tokio::task::spawn_blocking(move || {
+            let changed = store.rescan_blocking(&|_, _, _| {});
+            store.publish();
+            changed
+        });
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = scan => { if let Err(e) = r { tracing::error!(error = %e, "scan failed"); } }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(node.cfg.scan_interval) => {}
+            _ = node.rescan.notified() => {}
+        }
+    }
+}
+
+async fn control_server(
+    node: Arc<Node>,
+    listener: tokio::net::UnixListener,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+) {
+    loop {
+        let stream = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "control accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let node = node.clone();
+        let cancel = cancel.clone();
+        tasks.spawn(async move {
+            if let Err(e) = handle_control(&node, stream, cancel).await {
+                tracing::debug!(error = %e, "control connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn handle_control(
+    node: &Node,
+    mut s: UnixStream,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let Some(req) = control::read_msg::<ControlRequest>(&mut s, control::MAX_REQUEST).await? else {
+        return Ok(());
+    };
+    let resp = match req {
+        ControlRequest::Status => ControlResponse::Status(node.status()),
+        ControlRequest::Ls { query, category } => {
+            let local: Vec<ContentId> = node
+                .store
+                .inventory()
+                .entries
+                .iter()
+                .map(|e| e.id)
+                .collect();
+            let views = node
+                .dict
+                .list(query.as_deref(), category)
+                .into_iter()
+                .filter_map(|id| node.dict.view(&id, local.contains(&id)))
+                .collect();
+            ControlResponse::Ls(views)
+        }
+        ControlRequest::Peers => ControlResponse::Peers(node.dict.peer_views()),
+        ControlRequest::Rescan => {
+            node.rescan.notify_one();
+            ControlResponse::Ok
+        }
+        ControlRequest::Fetch { query } => return node.serve_fetch(s, &query, cancel).await,
+    };
+    control::write_msg(&mut s, &resp).await?;
+    Ok(())
+}
+
+impl Node {
+    fn status(&self) -> NodeStatus {
+        NodeStatus {
+            id: self.id.to_hex(),
+            name: self.cfg.name.clone(),
+            listen: self.listen.to_string(),
+            home: self.cfg.home.display().to_string(),
+            shared_contents: self.store.inventory().entries.len() as u32,
+            malformed_datagrams: self.dict.malformed_datagrams.load(Ordering::Relaxed),
+            malformed_connections: self.dict.malformed_connections.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Resolves and runs one fetch, streaming events to the client; the
+    /// fetch is cancelled if the client goes away.
+    async fn serve_fetch(
+        &self,
+        mut s: UnixStream,
+        query: &str,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let local: Vec<(ContentId, String)> = self
+            .store
+            .inventory()
+            .entries
+            .iter()
+            .map(|e| (e.id, e.name.clone()))
+            .collect();
+        let mut resolution = self.dict.resolve(query, &local);
+        if resolution == Resolution::None {
+            // A node that just started may not have heard everyone yet.
+            let deadline = tokio::time::Instant::now() + self.cfg.fetch.wait_for_holders;
+            while resolution == Resolution::None && tokio::time::Instant::now() < deadline {
+                let _ = tokio::time::timeout_at(deadline, self.dict.changed.notified()).await;
+                resolution = self.dict.resolve(query, &local);
+            }
+        }
+        let id = match resolution {
+            Resolution::One(id) => id,
+            Resolution::None => {
+                let ev = FetchEvent::NotFound {
+                    query: query.to_string(),
+                };
+                control::write_msg(&mut s, &ControlResponse::Fetch(ev)).await?;
+                return Ok(());
+            }
+            Resolution::Ambiguous(ids) => {
+                let local_ids: Vec<ContentId> = local.iter().map(|(id, _)| *id).collect();
+                let candidates = ids
+                    .iter()
+                    .filter_map(|id| self.view_any(id, &local_ids))
+                    .collect();
+                control::write_msg(
+                    &mut s,
+                    &ControlResponse::Fetch(FetchEvent::Ambiguous { candidates }),
+                )
+                .await?;
+                return Ok(());
+            }
+        };
+        let lock = self.fetch_locks.entry(id).or_default().clone();
+        let _guard = lock.lock().await;
+
+        let fetch_cancel = cancel.child_token();
+        let (tx, mut rx) = mpsc::channel::<FetchEvent>(64);
+        let fetch = self.fetch.clone();
+        let task_cancel = fetch_cancel.clone();
+        let mut job = tokio::spawn(async move { fetch.fetch(id, &tx, task_cancel).await });
+        let (mut read_half, mut write_half) = s.into_split();
+        let mut probe = [0u8; 1];
+        let result = loop {
+            tokio::select! {
+                r = &mut job => break r?,
+                Some(ev) = rx.recv() => {
+                    if write_event(&mut write_half, &ev).await.is_err() {
+                        fetch_cancel.cancel();
+                    }
+                }
+                // The client never writes again: a read returning means it left.
+                _ = tokio::io::AsyncReadExt::read(&mut read_half, &mut probe) => {
+                    tracing::info!(id = %id.short(), "fetch client went away; stopping the download (it resumes next time)");
+                    fetch_cancel.cancel();
+                }
+            }
+        };
+        while let Ok(ev) = rx.try_recv() {
+            let _ = write_event(&mut write_half, &ev).await;
+        }
+        let last = match result {
+            Ok(done) => FetchEvent::Done(done),
+            Err(e) => FetchEvent::Failed {
+                reason: e.to_string(),
+            },
+        };
+        let _ = write_event(&mut write_half, &last).await;
+        Ok(())
+    }
+
+    fn view_any(&self, id: &ContentId, local: &[ContentId]) -> Option<crate::api::ContentView> {
+        if let Some(v) = self.dict.view(id, local.contains(id)) {
+            return Some(v);
+        }
+        let c = self.store.complete(id)?;
+        Some(crate::api::ContentView {
+            id: id.to_hex(),
+            name: c.name.clone(),
+            names: vec![c.name.clone()],
+            size: c.manifest.size,
+            category: c.category,
+            comment: c.comment.clone(),
+            complete: 0,
+            partial: 0,
+            holders: Vec::new(),
+            local: true,
+        })
+    }
+}
+
+async fn write_event(
+    w: &mut tokio::net::unix::OwnedWriteHalf,
+    ev: &FetchEvent,
+) -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let body = postcard::to_allocvec(&ControlResponse::Fetch(ev.clone()))?;
+    w.write_all(&(body.len() as u32).to_le_bytes()).await?;
+    w.write_all(&body).await?;
+    Ok(())
+}
+
+/// Checks that `path` exists before it is added to the shares.
+pub fn check_share_path(path: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let abs = std::fs::canonicalize(path)
+        .with_context(|| format!("cannot share {}: no such file or folder", path.display()))?;
+    if !abs.is_file() && !abs.is_dir() {
+        bail!(
+            "cannot share {}: not a regular file or folder",
+            path.display()
+        );
+    }
+    Ok(abs)
+}

@@ -1,0 +1,36 @@
+//! The TCP peer protocol in action: [`server`] serves manifests, chunks and
+//! inventories of what this node holds; [`client`] is one connection to a
+//! peer's server. Framing is in `wire::frame`.
+
+pub mod client;
+pub mod server;
+
+use std::time::Duration;
+
+/// Connecting to a peer gives up after this long.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The preamble and hello must arrive within this long.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("cannot connect: {0}")]
+    Connect(std::io::Error),
+    #[error("connection timed out while {0}")]
+    Timeout(&'static str),
+    #[error("handshake failed: {0}")]
+    Handshake(crate::wire::WireError),
+    #[error("connection failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol error: {0}")]
+    Protocol(#[from] crate::wire::WireError),
+    #[error("peer answered {code:?}: {message}")]
+    Remote {
+        code: crate::wire::frame::ErrorCode,
+        message: String,
+    },
+    #[error("unexpected response to request {0}")]
+    Unexpected(u32),
+    #[error("peer closed the connection")]
+    Closed,
+}

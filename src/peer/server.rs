@@ -1,0 +1,356 @@
+//! The uploader: a TCP server that serves manifests, chunks and the
+//! inventory of what this node holds, looked up by content id only.
+//! Connections are limited in number and time out when idle; chunk reads
+//! share a fixed pool of buffer permits, so memory does not grow with the
+//! number of connections. Every transfer served is logged when its
+//! connection ends.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use super::{HANDSHAKE_TIMEOUT, PeerError};
+use crate::dict::Dict;
+use crate::id::{ContentId, NodeId};
+use crate::logs::{Transfer, TransferLog};
+use crate::store::{Source, Store, StoreError};
+use crate::wire::frame::{
+    self, ErrorCode, HEADER_LEN, MAX_REQUEST_FRAME, PREAMBLE, Request, Response,
+};
+
+/// Limits of the uploader, from the node's configuration.
+#[derive(Clone, Debug)]
+pub struct ServerLimits {
+    /// Open connections at most; more wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// Chunks being read at once, across all connections (1 MiB each).
+    pub chunk_buffers: usize,
+    /// A connection with no request for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_connections: 64,
+            chunk_buffers: 8,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+pub struct Server {
+    pub store: Arc<Store>,
+    pub dict: Arc<Dict>,
+    pub node: NodeId,
+    pub name: String,
+    pub upload_log: TransferLog,
+    pub limits: ServerLimits,
+    /// Poked when a served file turns out to have changed on disk.
+    pub rescan: Arc<tokio::sync::Notify>,
+    buffers: Semaphore,
+}
+
+impl Server {
+    pub fn new(
+        store: Arc<Store>,
+        dict: Arc<Dict>,
+        node: NodeId,
+        name: String,
+        limits: ServerLimits,
+        rescan: Arc<tokio::sync::Notify>,
+    ) -> Self {
+        let upload_log = TransferLog::new(&store.home().upload_log());
+        Server {
+            buffers: Semaphore::new(limits.chunk_buffers),
+            store,
+            dict,
+            node,
+            name,
+            upload_log,
+            limits,
+            rescan,
+        }
+    }
+
+    /// Accepts connections until `cancel` fires.
+    pub async fn run(self: Arc<Self>, listener: TcpListener, cancel: CancellationToken) {
+        let conns = Arc::new(Semaphore::new(self.limits.max_connections));
+        let tracker = tokio_util::task::TaskTracker::new();
+        loop {
+            let permit = tokio::select! {
+                _ = cancel.cancelled() => break,
+                p = conns.clone().acquire_owned() => p.expect("semaphore never closed"),
+            };
+            let (stream, addr) = tokio::select! {
+                _ = cancel.cancelled() => break,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed; backing off");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let this = self.clone();
+            let cancel = cancel.clone();
+            tracker.spawn(async move {
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = this.serve(stream, addr) => {}
+                }
+                drop(permit);
+            });
+        }
+        tracker.close();
+        tracker.wait().await;
+    }
+
+    async fn serve(&self, stream: TcpStream, addr: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        let mut conn = Conn {
+            stats: HashMap::new(),
+            peer_label: addr.to_string(),
+        };
+        let result = self.serve_inner(stream, addr, &mut conn).await;
+        let status = match &result {
+            Ok(()) | Err(PeerError::Closed) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = &result {
+            match e {
+                PeerError::Closed => {}
+                PeerError::Handshake(_) | PeerError::Protocol(_) => {
+                    self.dict
+                        .malformed_connections
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(peer = %addr, error = %e, "dropped malformed connection");
+                }
+                _ => tracing::debug!(peer = %addr, error = %e, "connection ended"),
+            }
+        }
+        for (id, s) in conn.stats {
+            self.upload_log.append(&Transfer {
+                event: "upload",
+                file: &s.name,
+                bytes: s.bytes,
+                id: &id,
+                peers: std::slice::from_ref(&conn.peer_label),
+                duration: s.last.duration_since(s.first),
+                result: status.clone(),
+                sha256: None,
+            });
+        }
+    }
+
+    async fn serve_inner(
+        &self,
+        stream: TcpStream,
+        addr: SocketAddr,
+        conn: &mut Conn,
+    ) -> Result<(), PeerError> {
+        let (r, w) = stream.into_split();
+        let mut reader = BufReader::with_capacity(16 * 1024, r);
+        let mut writer = BufWriter::with_capacity(256 * 1024, w);
+        let mut body = Vec::with_capacity(256);
+
+        // Handshake: preamble and hello, under one deadline.
+        let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+            let mut pre = [0u8; 5];
+            reader.read_exact(&mut pre).await?;
+            frame::check_preamble(&pre).map_err(PeerError::Handshake)?;
+            read_request(&mut reader, &mut body).await
+        })
+        .await
+        .map_err(|_| PeerError::Timeout("handshaking"))??;
+        let Request::Hello { name, .. } = hello else {
+            return Err(PeerError::Handshake(crate::wire::WireError::Malformed(
+                "first frame must be a hello".into(),
+            )));
+        };
+        conn.peer_label = format!("{}@{}", crate::logs::peer_name(&name), addr);
+        writer.write_all(&PREAMBLE).await?;
+        writer
+            .write_all(
+                &Response::Hello {
+                    node: self.node,
+                    name: self.name.clone(),
+                }
+                .encode(),
+            )
+            .await?;
+        writer.flush().await?;
+
+        let mut cached: Option<(ContentId, Source)> = None;
+        loop {
+            // Flush only when no further request is already buffered, so
+            // pipelined requests are answered in one burst.
+            if reader.buffer().is_empty() {
+                writer.flush().await?;
+            }
+            let req = match tokio::time::timeout(
+                self.limits.idle_timeout,
+                read_request(&mut reader, &mut body),
+            )
+            .await
+            {
+                Err(_) => return Err(PeerError::Timeout("idle")),
+                Ok(r) => r?,
+            };
+            match req {
+                Request::Hello { .. } => {
+                    return Err(PeerError::Protocol(crate::wire::WireError::Malformed(
+                        "second hello".into(),
+                    )));
+                }
+                Request::GetInventory { req } => {
+                    let inv = self.store.inventory();
+                    let entries = (*inv.entries).clone();
+                    writer
+                        .write_all(&Response::Inventory { req, entries }.encode())
+                        .await?;
+                }
+                Request::GetManifest { req, id } => match self.store.source(&id) {
+                    Some(src) => {
+                        let manifest = (**src.manifest()).clone();
+                        writer
+                            .write_all(&Response::Manifest { req, manifest }.encode())
+                            .await?;
+                    }
+                    None => {
+                        write_error(
+                            &mut writer,
+                            req,
+                            ErrorCode::NotFound,
+                            "content not held here",
+                        )
+                        .await?
+                    }
+                },
+                Request::GetChunk { req, id, index } => {
+                    let source = match &cached {
+                        Some((cid, src)) if *cid == id => Some(src.clone()),
+                        _ => {
+                            let src = self.store.source(&id);
+                            if let Some(s) = &src {
+                                cached = Some((id, s.clone()));
+                            }
+                            src
+                        }
+                    };
+                    let Some(source) = source else {
+                        write_error(
+                            &mut writer,
+                            req,
+                            ErrorCode::NotFound,
+                            "content not held here",
+                        )
+                        .await?;
+                        continue;
+                    };
+                    let asked = Instant::now();
+                    match self.read_chunk(&source, index).await {
+                        Ok(data) => {
+                            writer
+                                .write_all(&frame::chunk_header(req, data.len()))
+                                .await?;
+                            writer.write_all(&data).await?;
+                            let now = Instant::now();
+                            let s = conn.stats.entry(id).or_insert_with(|| Stat {
+                                name: source.name().to_string(),
+                                bytes: 0,
+                                first: asked,
+                                last: now,
+                            });
+                            s.bytes += data.len() as u64;
+                            s.last = now;
+                        }
+                        Err(e) => {
+                            let code = match &e {
+                                StoreError::NoChunk { .. } => ErrorCode::NoChunk,
+                                StoreError::BadIndex { .. } => ErrorCode::BadRequest,
+                                StoreError::Changed { .. } => {
+                                    cached = None;
+                                    self.rescan.notify_one();
+                                    ErrorCode::NotFound
+                                }
+                                _ => ErrorCode::Internal,
+                            };
+                            tracing::debug!(peer = %addr, error = %e, "cannot serve chunk");
+                            write_error(&mut writer, req, code, &e.to_string()).await?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads a chunk on a blocking thread under a buffer permit.
+    async fn read_chunk(&self, source: &Source, index: u32) -> Result<Vec<u8>, StoreError> {
+        let _permit = self
+            .buffers
+            .acquire()
+            .await
+            .expect("semaphore never closed");
+        let store = self.store.clone();
+        let source = source.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut buf = Vec::new();
+            store.read_chunk(&source, index, &mut buf).map(|()| buf)
+        })
+        .await
+        .expect("chunk read does not panic")
+    }
+}
+
+struct Stat {
+    name: String,
+    bytes: u64,
+    first: Instant,
+    last: Instant,
+}
+
+struct Conn {
+    stats: HashMap<ContentId, Stat>,
+    peer_label: String,
+}
+
+async fn read_request<R: AsyncRead + Unpin>(
+    r: &mut R,
+    body: &mut Vec<u8>,
+) -> Result<Request, PeerError> {
+    let mut header = [0u8; HEADER_LEN];
+    match r.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(PeerError::Closed),
+        Err(e) => return Err(e.into()),
+    }
+    let (kind, len) = frame::parse_header(&header, MAX_REQUEST_FRAME)?;
+    body.resize(len, 0);
+    r.read_exact(body).await?;
+    Ok(Request::decode(kind, body)?)
+}
+
+async fn write_error<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    req: u32,
+    code: ErrorCode,
+    msg: &str,
+) -> Result<(), PeerError> {
+    let mut message = msg.to_string();
+    message.truncate(crate::wire::MAX_ERROR_MESSAGE.min(message.len()));
+    while !message.is_char_boundary(message.len()) {
+        message.pop();
+    }
+    w.write_all(&Response::Error { req, code, message }.encode())
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,330 @@
+//! The index of shared files: walking the share roots, remembering each
+//! file's manifest keyed by (path, size, mtime) so unchanged files are never
+//! hashed twice, and the on-disk cache of that in `.lanshare/index.bin`.
+
+use std::collections::HashMap;
+use std::fs::Metadata;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::{StoreError, io_err};
+use crate::id::ContentId;
+use crate::manifest::{Category, Manifest};
+
+/// A file or folder this node shares, with the metadata given to it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareRoot {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub comment: String,
+    /// Overrides the category guessed from each file's extension.
+    #[serde(default)]
+    pub category: Option<Category>,
+}
+
+impl ShareRoot {
+    pub fn plain(path: PathBuf) -> Self {
+        ShareRoot {
+            path,
+            comment: String::new(),
+            category: None,
+        }
+    }
+}
+
+/// `.lanshare/shares.json`: what `lanshare share` added.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct SharesFile {
+    pub entries: Vec<ShareRoot>,
+}
+
+impl SharesFile {
+    pub fn load(path: &Path) -> SharesFile {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(path = %path.display(), error = %e, "cannot parse shares file; ignoring it");
+                SharesFile::default()
+            }),
+            Err(_) => SharesFile::default(),
+        }
+    }
+
+    /// Adds or replaces the entry for `root.path` and writes the file atomically.
+    pub fn add(path: &Path, root: ShareRoot) -> std::io::Result<()> {
+        let mut file = SharesFile::load(path);
+        file.entries.retain(|e| e.path != root.path);
+        file.entries.push(root);
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(&file).expect("serializable"),
+        )?;
+        std::fs::rename(&tmp, path)
+    }
+}
+
+/// A file found by a walk.
+#[derive(Clone, Debug)]
+pub struct FoundFile {
+    pub path: PathBuf,
+    pub size: u64,
+    pub mtime_ns: u64,
+    pub root: ShareRoot,
+}
+
+pub fn mtime_ns(meta: &Metadata) -> u64 {
+    super::system_time_ns(meta.modified()) as u64
+}
+
+/// Files under lanshare's own control that are never shared.
+fn is_internal(name: &std::ffi::OsStr) -> bool {
+    let n = name.as_encoded_bytes();
+    n.starts_with(b".lanshare")
+}
+
+/// Walks every root. A file reached from several roots keeps the most
+/// specific root (the longest path), so `share shared/x --comment` wins over
+/// shared/ itself. Directory symlinks are not followed (no loops).
+pub fn walk(roots: &[ShareRoot]) -> Vec<FoundFile> {
+    let mut found: HashMap<PathBuf, FoundFile> = HashMap::new();
+    for root in roots {
+        let mut stack = vec![(root.path.clone(), 0usize)];
+        while let Some((path, depth)) = stack.pop() {
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if meta.is_file() {
+                let file = FoundFile {
+                    path: path.clone(),
+                    size: meta.len(),
+                    mtime_ns: mtime_ns(&meta),
+                    root: root.clone(),
+                };
+                match found.get(&path) {
+                    Some(old) if old.root.path.as_os_str().len() >= root.path.as_os_str().len() => {
+                    }
+                    _ => {
+                        found.insert(path, file);
+                    }
+                }
+            } else if meta.is_dir() && depth < 64 {
+                let is_link = std::fs::symlink_metadata(&path)
+                    .map(|m| m.file_type().is_symlink())
+                    .unwrap_or(true);
+                if is_link && depth > 0 {
+                    continue;
+                }
+                let Ok(dir) = std::fs::read_dir(&path) else {
+                    continue;
+                };
+                for entry in dir.flatten() {
+                    if !is_internal(&entry.file_name()) {
+                        stack.push((entry.path(), depth + 1));
+                    }
+                }
+            }
+        }
+    }
+    found.into_values().collect()
+}
+
+/// A complete file this node shares.
+#[derive(Debug)]
+pub struct LocalContent {
+    pub id: ContentId,
+    pub manifest: Arc<Manifest>,
+    pub path: PathBuf,
+    pub name: String,
+    pub category: Category,
+    pub comment: String,
+    size: u64,
+    mtime_ns: u64,
+}
+
+impl LocalContent {
+    /// Reads `buf.len()` bytes at `offset`, refusing if the file's size or
+    /// mtime no longer match what was hashed.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StoreError> {
+        let file = std::fs::File::open(&self.path).map_err(io_err("cannot open", &self.path))?;
+        let meta = file.metadata().map_err(io_err("cannot stat", &self.path))?;
+        if meta.len() != self.size || mtime_ns(&meta) != self.mtime_ns {
+            return Err(StoreError::Changed {
+                path: self.path.clone(),
+            });
+        }
+        file.read_exact_at(buf, offset)
+            .map_err(io_err("cannot read", &self.path))
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct CacheRecord {
+    path: PathBuf,
+    size: u64,
+    mtime_ns: u64,
+    manifest: Manifest,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CacheFile {
+    version: u32,
+    records: Vec<CacheRecord>,
+}
+
+const CACHE_VERSION: u32 = 1;
+
+struct Record {
+    file: FoundFile,
+    content: Arc<LocalContent>,
+}
+
+/// Index state: every indexed file by path, and contents by id.
+#[derive(Default)]
+pub struct IndexState {
+    files: HashMap<PathBuf, Record>,
+    by_id: HashMap<ContentId, Arc<LocalContent>>,
+    /// Manifests loaded from the cache, not yet matched to a walked file.
+    cached: HashMap<PathBuf, CacheRecord>,
+}
+
+fn content_for(file: &FoundFile, manifest: Arc<Manifest>) -> Arc<LocalContent> {
+    let name = file
+        .path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Arc::new(LocalContent {
+        id: manifest.content_id(),
+        category: file
+            .root
+            .category
+            .unwrap_or_else(|| Category::from_name(&name)),
+        comment: file.root.comment.clone(),
+        name,
+        manifest,
+        path: file.path.clone(),
+        size: file.size,
+        mtime_ns: file.mtime_ns,
+    })
+}
+
+impl IndexState {
+    pub fn load(path: &Path) -> IndexState {
+        let cached = std::fs::read(path)
+            .ok()
+            .and_then(|b| postcard::from_bytes::<CacheFile>(&b).ok())
+            .filter(|c| c.version == CACHE_VERSION)
+            .map(|c| c.records.into_iter().map(|r| (r.path.clone(), r)).collect())
+            .unwrap_or_default();
+        IndexState {
+            cached,
+            ..Default::default()
+        }
+    }
+
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        let records: Vec<CacheRecord> = self
+            .files
+            .values()
+            .map(|r| CacheRecord {
+                path: r.file.path.clone(),
+                size: r.file.size,
+                mtime_ns: r.file.mtime_ns,
+                manifest: (*r.content.manifest).clone(),
+            })
+            .collect();
+        let bytes = postcard::to_allocvec(&CacheFile {
+            version: CACHE_VERSION,
+            records,
+        })
+        .expect("serializable");
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(tmp, path)
+    }
+
+    /// Applies a walk: drops files that vanished, refreshes metadata, takes
+    /// manifests from the cache where size and mtime match. Returns whether
+    /// anything changed and the files that must be hashed.
+    pub fn apply_walk(&mut self, found: &[FoundFile]) -> (bool, Vec<FoundFile>) {
+        let mut changed = false;
+        let present: std::collections::HashSet<&PathBuf> = found.iter().map(|f| &f.path).collect();
+        let before = self.files.len();
+        self.files.retain(|p, _| present.contains(p));
+        changed |= self.files.len() != before;
+        let mut to_hash = Vec::new();
+        for f in found {
+            match self.files.get(&f.path) {
+                Some(r) if r.file.size == f.size && r.file.mtime_ns == f.mtime_ns => {
+                    if r.file.root != f.root {
+                        let content = content_for(f, r.content.manifest.clone());
+                        self.files.insert(
+                            f.path.clone(),
+                            Record {
+                                file: f.clone(),
+                                content,
+                            },
+                        );
+                        changed = true;
+                    }
+                }
+                _ => {
+                    if let Some(c) = self.cached.remove(&f.path)
+                        && c.size == f.size
+                        && c.mtime_ns == f.mtime_ns
+                        && c.manifest.check_shape().is_ok()
+                    {
+                        let content = content_for(f, Arc::new(c.manifest));
+                        self.files.insert(
+                            f.path.clone(),
+                            Record {
+                                file: f.clone(),
+                                content,
+                            },
+                        );
+                        changed = true;
+                        continue;
+                    }
+                    if self.files.remove(&f.path).is_some() {
+                        changed = true;
+                    }
+                    to_hash.push(f.clone());
+                }
+            }
+        }
+        if changed {
+            self.rebuild_by_id();
+        }
+        (changed, to_hash)
+    }
+
+    pub fn insert(&mut self, file: FoundFile, manifest: Manifest) {
+        let content = content_for(&file, Arc::new(manifest));
+        self.files
+            .insert(file.path.clone(), Record { file, content });
+        self.rebuild_by_id();
+    }
+
+    fn rebuild_by_id(&mut self) {
+        self.by_id.clear();
+        let mut records: Vec<&Record> = self.files.values().collect();
+        // Deterministic choice of name when several files hold one content.
+        records.sort_by(|a, b| a.file.path.cmp(&b.file.path));
+        for r in records {
+            self.by_id
+                .entry(r.content.id)
+                .or_insert_with(|| r.content.clone());
+        }
+    }
+
+    pub fn get(&self, id: &ContentId) -> Option<Arc<LocalContent>> {
+        self.by_id.get(id).cloned()
+    }
+
+    pub fn contents(&self) -> impl Iterator<Item = &Arc<LocalContent>> {
+        self.by_id.values()
+    }
+}

@@ -1,0 +1,442 @@
+//! The only code that touches content files: the home layout, the index of
+//! shared files (with its cache), chunk reads for the uploader, partial
+//! downloads and their final rename. Network input reaches the filesystem
+//! only through [`safe_file_name`] and content ids, never as a path.
+
+mod index;
+mod partial;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+
+pub use index::{LocalContent, ShareRoot, SharesFile};
+pub use partial::Partial;
+
+use crate::chunkset::ChunkSet;
+use crate::id::ContentId;
+use crate::manifest::{Category, Manifest};
+use crate::wire::InventoryEntry;
+
+/// The directories and files of a node's home (see PRODUCT.md).
+#[derive(Clone, Debug)]
+pub struct Home {
+    pub root: PathBuf,
+}
+
+impl Home {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Home { root: root.into() }
+    }
+    pub fn shared(&self) -> PathBuf {
+        self.root.join("shared")
+    }
+    pub fn downloads(&self) -> PathBuf {
+        self.root.join("downloads")
+    }
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.join(".lanshare")
+    }
+    pub fn download_log(&self) -> PathBuf {
+        self.root.join("download_log.txt")
+    }
+    pub fn upload_log(&self) -> PathBuf {
+        self.root.join("upload_log.txt")
+    }
+    pub fn control_socket(&self) -> PathBuf {
+        self.state_dir().join("control.sock")
+    }
+    pub fn node_id_file(&self) -> PathBuf {
+        self.state_dir().join("node_id")
+    }
+    pub fn index_cache(&self) -> PathBuf {
+        self.state_dir().join("index.bin")
+    }
+    pub fn partial_dir(&self) -> PathBuf {
+        self.state_dir().join("partial")
+    }
+    pub fn shares_file(&self) -> PathBuf {
+        self.state_dir().join("shares.json")
+    }
+
+    /// Creates the directories a node needs.
+    pub fn create_dirs(&self) -> std::io::Result<()> {
+        for d in [
+            self.shared(),
+            self.downloads(),
+            self.state_dir(),
+            self.partial_dir(),
+        ] {
+            std::fs::create_dir_all(&d)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("content {0} is not held by this node")]
+    NotFound(ContentId),
+    #[error("chunk {index} of {id} is not held (yet)")]
+    NoChunk { id: ContentId, index: u32 },
+    #[error("chunk {index} is out of range for {id}")]
+    BadIndex { id: ContentId, index: u32 },
+    #[error("{path} changed on disk since it was indexed; it will be re-indexed")]
+    Changed { path: PathBuf },
+}
+
+pub(crate) fn io_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What this node offers, as announced: entries plus a digest that changes
+/// whenever any entry does.
+#[derive(Clone, Debug, Default)]
+pub struct Inventory {
+    pub entries: Arc<Vec<InventoryEntry>>,
+    pub digest: [u8; 16],
+}
+
+impl Inventory {
+    pub fn new(mut entries: Vec<InventoryEntry>) -> Self {
+        entries.sort_by(|a, b| a.id.cmp(&b.id));
+        let bytes = postcard::to_allocvec(&entries).expect("encoding into a Vec cannot fail");
+        let mut digest = [0u8; 16];
+        digest.copy_from_slice(&blake3::hash(&bytes).as_bytes()[..16]);
+        Inventory {
+            entries: Arc::new(entries),
+            digest,
+        }
+    }
+}
+
+/// Where a held chunk comes from.
+#[derive(Clone)]
+pub enum Source {
+    Complete(Arc<LocalContent>),
+    Partial(Arc<Partial>),
+}
+
+impl Source {
+    pub fn manifest(&self) -> &Arc<Manifest> {
+        match self {
+            Source::Complete(c) => &c.manifest,
+            Source::Partial(p) => &p.manifest,
+        }
+    }
+    pub fn id(&self) -> ContentId {
+        match self {
+            Source::Complete(c) => c.id,
+            Source::Partial(p) => p.id,
+        }
+    }
+    pub fn name(&self) -> &str {
+        match self {
+            Source::Complete(c) => &c.name,
+            Source::Partial(p) => &p.name,
+        }
+    }
+}
+
+/// The node's content store. Cheap to share behind an `Arc`.
+pub struct Store {
+    home: Home,
+    /// Extra roots given with `up --share` (not persisted).
+    cli_roots: Vec<PathBuf>,
+    /// Index state; a std mutex because it is never held across an await:
+    /// scans compute off-lock and swap results in.
+    index: Mutex<index::IndexState>,
+    partials: Mutex<HashMap<ContentId, Arc<Partial>>>,
+    inventory: watch::Sender<Inventory>,
+}
+
+impl Store {
+    /// Opens the store, loading the index cache (a missing or unreadable
+    /// cache just means files are hashed again).
+    pub fn open(home: Home, cli_roots: Vec<PathBuf>) -> Result<Arc<Store>, StoreError> {
+        home.create_dirs()
+            .map_err(io_err("cannot create", &home.root))?;
+        let index = index::IndexState::load(&home.index_cache());
+        let store = Arc::new(Store {
+            home,
+            cli_roots,
+            index: Mutex::new(index),
+            partials: Mutex::new(HashMap::new()),
+            inventory: watch::channel(Inventory::default()).0,
+        });
+        Ok(store)
+    }
+
+    pub fn home(&self) -> &Home {
+        &self.home
+    }
+
+    /// Notified whenever the inventory changes.
+    pub fn subscribe(&self) -> watch::Receiver<Inventory> {
+        self.inventory.subscribe()
+    }
+
+    pub fn inventory(&self) -> Inventory {
+        self.inventory.borrow().clone()
+    }
+
+    /// The roots scanned: shared/, downloads/, `--share` paths and the
+    /// paths added with `lanshare share`.
+    fn roots(&self) -> Vec<ShareRoot> {
+        let mut roots = vec![
+            ShareRoot::plain(self.home.shared()),
+            ShareRoot::plain(self.home.downloads()),
+        ];
+        roots.extend(self.cli_roots.iter().cloned().map(ShareRoot::plain));
+        roots.extend(SharesFile::load(&self.home.shares_file()).entries);
+        roots
+    }
+
+    /// Walks every root, hashes new or changed files (blocking; run it on a
+    /// blocking thread), drops removed ones, and republishes the inventory
+    /// when anything changed. Returns whether it did.
+    pub fn rescan_blocking(&self, progress: &dyn Fn(&Path, u64, u64)) -> bool {
+        let roots = self.roots();
+        let found = index::walk(&roots);
+        let (changed, to_hash) = {
+            let mut idx = self.index.lock().expect("index lock");
+            idx.apply_walk(&found)
+        };
+        let mut changed = changed;
+        for file in to_hash {
+            let started = std::time::Instant::now();
+            match crate::manifest::hash_file(&file.path, |done| {
+                progress(&file.path, done, file.size)
+            }) {
+                Ok(manifest) => {
+                    tracing::debug!(path = %file.path.display(), bytes = manifest.size, elapsed = ?started.elapsed(), "indexed");
+                    // The file may have changed while we read it; then the
+                    // next scan sees a new mtime and hashes it again.
+                    self.index
+                        .lock()
+                        .expect("index lock")
+                        .insert(file, manifest);
+                    changed = true;
+                }
+                Err(e) => {
+                    tracing::warn!(path = %file.path.display(), error = %e, "cannot index file; skipping it")
+                }
+            }
+        }
+        if changed {
+            let idx = self.index.lock().expect("index lock");
+            if let Err(e) = idx.save(&self.home.index_cache()) {
+                tracing::warn!(error = %e, "cannot write the index cache; files will be hashed again next start");
+            }
+        }
+        changed
+    }
+
+    /// Rebuilds the published inventory from the index and partial downloads.
+    pub fn publish(&self) {
+        let mut entries: HashMap<ContentId, InventoryEntry> = HashMap::new();
+        for c in self.index.lock().expect("index lock").contents() {
+            entries.entry(c.id).or_insert_with(|| InventoryEntry {
+                id: c.id,
+                name: c.name.clone(),
+                size: c.manifest.size,
+                category: c.category,
+                comment: c.comment.clone(),
+                chunks: ChunkSet::Full,
+            });
+        }
+        for p in self.partials.lock().expect("partials lock").values() {
+            let have = p.have();
+            if have.count_ones() == 0 {
+                continue;
+            }
+            entries.entry(p.id).or_insert_with(|| InventoryEntry {
+                id: p.id,
+                name: p.name.clone(),
+                size: p.manifest.size,
+                category: Category::from_name(&p.name),
+                comment: String::new(),
+                chunks: ChunkSet::Partial(have),
+            });
+        }
+        let inv = Inventory::new(entries.into_values().collect());
+        self.inventory.send_if_modified(|old| {
+            if old.digest == inv.digest {
+                return false;
+            }
+            *old = inv;
+            true
+        });
+    }
+
+    /// The complete local copy of `id`, if this node has one.
+    pub fn complete(&self, id: &ContentId) -> Option<Arc<LocalContent>> {
+        self.index.lock().expect("index lock").get(id)
+    }
+
+    /// Where chunks of `id` can be read from, complete copies first.
+    pub fn source(&self, id: &ContentId) -> Option<Source> {
+        if let Some(c) = self.complete(id) {
+            return Some(Source::Complete(c));
+        }
+        self.partials
+            .lock()
+            .expect("partials lock")
+            .get(id)
+            .cloned()
+            .map(Source::Partial)
+    }
+
+    /// Opens (or resumes) the partial download of `id` under `name`.
+    pub fn begin_partial(
+        &self,
+        manifest: Arc<Manifest>,
+        name: &str,
+    ) -> Result<Arc<Partial>, StoreError> {
+        let id = manifest.content_id();
+        if let Some(p) = self.partials.lock().expect("partials lock").get(&id) {
+            return Ok(p.clone());
+        }
+        let p = Arc::new(Partial::open(&self.home, manifest, name)?);
+        self.partials
+            .lock()
+            .expect("partials lock")
+            .insert(id, p.clone());
+        Ok(p)
+    }
+
+    /// Forgets a partial download (it stays on disk for a later resume).
+    pub fn release_partial(&self, id: &ContentId) {
+        self.partials.lock().expect("partials lock").remove(id);
+    }
+
+    /// Moves a verified partial download into downloads/ under a name that
+    /// does not exist yet, and shares it without hashing it again.
+    pub fn finish_partial(&self, p: &Partial) -> Result<PathBuf, StoreError> {
+        let target = p.finish(&self.home.downloads())?;
+        let meta = std::fs::metadata(&target).map_err(io_err("cannot stat", &target))?;
+        let file = index::FoundFile {
+            path: target.clone(),
+            size: meta.len(),
+            mtime_ns: index::mtime_ns(&meta),
+            root: ShareRoot::plain(self.home.downloads()),
+        };
+        {
+            let mut idx = self.index.lock().expect("index lock");
+            idx.insert(file, (*p.manifest).clone());
+            if let Err(e) = idx.save(&self.home.index_cache()) {
+                tracing::warn!(error = %e, "cannot write the index cache");
+            }
+        }
+        self.release_partial(&p.id);
+        self.publish();
+        Ok(target)
+    }
+
+    /// Reads chunk `index` of `source` into `buf` (resized to the chunk length).
+    pub fn read_chunk(
+        &self,
+        source: &Source,
+        index: u32,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let manifest = source.manifest();
+        let id = source.id();
+        if index >= manifest.chunk_count() {
+            return Err(StoreError::BadIndex { id, index });
+        }
+        let len = manifest.chunk_len(index) as usize;
+        buf.resize(len, 0);
+        match source {
+            Source::Complete(c) => c.read_at(manifest.chunk_offset(index), buf),
+            Source::Partial(p) => {
+                if !p.has(index) {
+                    return Err(StoreError::NoChunk { id, index });
+                }
+                p.read_at(manifest.chunk_offset(index), buf)
+            }
+        }
+    }
+}
+
+/// Turns a file name from the network into one safe to create in
+/// downloads/: a single path component, no separators, control characters
+/// or leading dots, at most 255 bytes. Never empty.
+pub fn safe_file_name(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .map(|c| {
+            if c == '/' || c == '\\' || c == ':' || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    while out.starts_with('.') || out.starts_with(' ') {
+        out.remove(0);
+    }
+    let out = out.trim_end().to_string();
+    let mut out = if out.is_empty() {
+        "download".to_string()
+    } else {
+        out
+    };
+    while out.len() > crate::wire::MAX_FILE_NAME {
+        out.pop();
+    }
+    out
+}
+
+/// Modification time as nanoseconds since the epoch (0 when unknown).
+pub fn system_time_ns(t: std::io::Result<SystemTime>) -> u128 {
+    t.ok()
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .unwrap_or(Duration::ZERO)
+        .as_nanos()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safe_names_stay_in_one_component() {
+        assert_eq!(safe_file_name("photo.png"), "photo.png");
+        assert_eq!(safe_file_name("../../etc/passwd"), "_.._etc_passwd");
+        assert_eq!(safe_file_name("..\\..\\x"), "_.._x");
+        assert_eq!(safe_file_name(".bashrc"), "bashrc");
+        assert_eq!(safe_file_name(".."), "download");
+        assert_eq!(safe_file_name(""), "download");
+        assert_eq!(safe_file_name("a\0b\nc"), "a_b_c");
+        assert!(safe_file_name(&"é".repeat(300)).len() <= 255);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_name_is_one_safe_component(name in ".*") {
+            let s = safe_file_name(&name);
+            proptest::prop_assert!(!s.is_empty() && s.len() <= 255);
+            proptest::prop_assert!(!s.contains('/') && !s.contains('\0') && !s.starts_with('.'));
+            let p = Path::new(&s);
+            proptest::prop_assert_eq!(p.components().count(), 1);
+            proptest::prop_assert!(matches!(p.components().next(), Some(std::path::Component::Normal(_))));
+        }
+    }
+}

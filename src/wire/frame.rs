@@ -1,0 +1,462 @@
+//! TCP peer protocol frames.
+//!
+//! A connection opens with a 5-byte preamble each way, `"LNSH" version`, then
+//! carries frames:
+//!
+//! ```text
+//! length u32 LE (bytes after this field) | kind u8 | body
+//! ```
+//! Bodies are postcard, except a chunk, whose body is `request id u32 LE`
+//! followed by the raw chunk bytes. Requests carry an id chosen by the
+//! client so several can be in flight on one connection; the server answers
+//! each with exactly one response frame carrying the same id.
+
+use serde::{Deserialize, Serialize};
+
+use super::{InventoryEntry, MAX_ERROR_MESSAGE, MAX_NODE_NAME, WireError, decode_exact};
+use crate::id::{ContentId, NodeId};
+use crate::manifest::{MAX_CHUNK_SIZE, Manifest};
+
+/// Bytes of the length and kind fields.
+pub const HEADER_LEN: usize = 5;
+/// Largest request frame a server reads. Requests are tiny.
+pub const MAX_REQUEST_FRAME: u32 = 4 * 1024;
+/// Largest response frame a client reads: the largest of a chunk, a manifest
+/// of [`crate::manifest::MAX_CHUNKS`] hashes, and an inventory.
+pub const MAX_RESPONSE_FRAME: u32 = 32 << 20;
+/// Most entries in one inventory.
+pub const MAX_INVENTORY_ENTRIES: usize = 200_000;
+
+pub const PREAMBLE: [u8; 5] = [b'L', b'N', b'S', b'H', super::VERSION];
+
+const K_HELLO: u8 = 0x01;
+const K_GET_MANIFEST: u8 = 0x02;
+const K_GET_CHUNK: u8 = 0x03;
+const K_GET_INVENTORY: u8 = 0x04;
+const K_R_HELLO: u8 = 0x81;
+const K_R_MANIFEST: u8 = 0x82;
+pub const K_R_CHUNK: u8 = 0x83;
+const K_R_INVENTORY: u8 = 0x84;
+const K_R_ERROR: u8 = 0x8f;
+
+/// Checks a peer's preamble.
+pub fn check_preamble(p: &[u8; 5]) -> Result<(), WireError> {
+    if p[..4] != PREAMBLE[..4] {
+        return Err(WireError::BadMagic);
+    }
+    if p[4] != super::VERSION {
+        return Err(WireError::Version(p[4]));
+    }
+    Ok(())
+}
+
+/// Parses a frame header into `(kind, body length)`, rejecting frames over `max`.
+pub fn parse_header(h: &[u8; HEADER_LEN], max: u32) -> Result<(u8, usize), WireError> {
+    let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+    if len == 0 {
+        return Err(WireError::Truncated);
+    }
+    if len > max {
+        return Err(WireError::TooLarge {
+            len: len as usize,
+            max: max as usize,
+        });
+    }
+    Ok((h[4], len as usize - 1))
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// First frame from the client: who is asking (for the upload log).
+    Hello {
+        node: NodeId,
+        name: String,
+    },
+    GetManifest {
+        req: u32,
+        id: ContentId,
+    },
+    GetChunk {
+        req: u32,
+        id: ContentId,
+        index: u32,
+    },
+    GetInventory {
+        req: u32,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// This node does not hold the content.
+    NotFound,
+    /// This node holds the content but not that chunk (yet).
+    NoChunk,
+    /// The node is at its upload limit; try another peer or later.
+    Busy,
+    /// The request made no sense (index out of range...).
+    BadRequest,
+    /// Reading the file failed on the serving node.
+    Internal,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Response {
+    Hello {
+        node: NodeId,
+        name: String,
+    },
+    Manifest {
+        req: u32,
+        manifest: Manifest,
+    },
+    /// Header of a chunk; `len` raw bytes follow in the same frame.
+    Chunk {
+        req: u32,
+        len: usize,
+    },
+    Inventory {
+        req: u32,
+        entries: Vec<InventoryEntry>,
+    },
+    Error {
+        req: u32,
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct HelloBody {
+    node: NodeId,
+    name: String,
+}
+#[derive(Serialize, Deserialize)]
+struct ManifestBody {
+    req: u32,
+    manifest: Manifest,
+}
+#[derive(Serialize, Deserialize)]
+struct InventoryBody {
+    req: u32,
+    entries: Vec<InventoryEntry>,
+}
+#[derive(Serialize, Deserialize)]
+struct ErrorBody {
+    req: u32,
+    code: ErrorCode,
+    message: String,
+}
+
+fn frame<T: Serialize>(kind: u8, body: &T) -> Vec<u8> {
+    let mut out = vec![0, 0, 0, 0, kind];
+    let mut out = postcard::to_extend(body, std::mem::take(&mut out))
+        .expect("encoding into a Vec cannot fail");
+    let len = (out.len() - 4) as u32;
+    out[..4].copy_from_slice(&len.to_le_bytes());
+    out
+}
+
+impl Request {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Request::Hello { node, name } => frame(
+                K_HELLO,
+                &HelloBody {
+                    node: *node,
+                    name: name.clone(),
+                },
+            ),
+            Request::GetManifest { req, id } => frame(K_GET_MANIFEST, &(req, id)),
+            Request::GetChunk { req, id, index } => frame(K_GET_CHUNK, &(req, id, index)),
+            Request::GetInventory { req } => frame(K_GET_INVENTORY, req),
+        }
+    }
+
+    pub fn decode(kind: u8, body: &[u8]) -> Result<Request, WireError> {
+        Ok(match kind {
+            K_HELLO => {
+                let h: HelloBody = decode_exact(body)?;
+                if h.name.len() > MAX_NODE_NAME {
+                    return Err(WireError::OutOfBounds { field: "name" });
+                }
+                Request::Hello {
+                    node: h.node,
+                    name: h.name,
+                }
+            }
+            K_GET_MANIFEST => {
+                let (req, id) = decode_exact(body)?;
+                Request::GetManifest { req, id }
+            }
+            K_GET_CHUNK => {
+                let (req, id, index) = decode_exact(body)?;
+                Request::GetChunk { req, id, index }
+            }
+            K_GET_INVENTORY => Request::GetInventory {
+                req: decode_exact(body)?,
+            },
+            k => return Err(WireError::UnknownKind(k)),
+        })
+    }
+}
+
+impl Response {
+    /// Encodes any response but a chunk (see [`chunk_header`]).
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Response::Hello { node, name } => frame(
+                K_R_HELLO,
+                &HelloBody {
+                    node: *node,
+                    name: name.clone(),
+                },
+            ),
+            Response::Manifest { req, manifest } => frame(
+                K_R_MANIFEST,
+                &ManifestBody {
+                    req: *req,
+                    manifest: manifest.clone(),
+                },
+            ),
+            Response::Chunk { req, len } => chunk_header(*req, *len).to_vec(),
+            Response::Inventory { req, entries } => frame(
+                K_R_INVENTORY,
+                &InventoryBody {
+                    req: *req,
+                    entries: entries.clone(),
+                },
+            ),
+            Response::Error { req, code, message } => frame(
+                K_R_ERROR,
+                &ErrorBody {
+                    req: *req,
+                    code: *code,
+                    message: message.clone(),
+                },
+            ),
+        }
+    }
+
+    /// Decodes a response body. For a chunk, `body` holds only the 4-byte
+    /// request id and `body_len` is the whole body length as framed.
+    pub fn decode(kind: u8, body: &[u8], body_len: usize) -> Result<Response, WireError> {
+        Ok(match kind {
+            K_R_HELLO => {
+                let h: HelloBody = decode_exact(body)?;
+                if h.name.len() > MAX_NODE_NAME {
+                    return Err(WireError::OutOfBounds { field: "name" });
+                }
+                Response::Hello {
+                    node: h.node,
+                    name: h.name,
+                }
+            }
+            K_R_MANIFEST => {
+                let m: ManifestBody = decode_exact(body)?;
+                Response::Manifest {
+                    req: m.req,
+                    manifest: m.manifest,
+                }
+            }
+            K_R_CHUNK => {
+                let req: [u8; 4] = body
+                    .get(..4)
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or(WireError::Truncated)?;
+                let len = body_len.checked_sub(4).ok_or(WireError::Truncated)?;
+                if len > MAX_CHUNK_SIZE as usize {
+                    return Err(WireError::TooLarge {
+                        len,
+                        max: MAX_CHUNK_SIZE as usize,
+                    });
+                }
+                Response::Chunk {
+                    req: u32::from_le_bytes(req),
+                    len,
+                }
+            }
+            K_R_INVENTORY => {
+                let inv: InventoryBody = decode_exact(body)?;
+                if inv.entries.len() > MAX_INVENTORY_ENTRIES {
+                    return Err(WireError::OutOfBounds { field: "entries" });
+                }
+                for e in &inv.entries {
+                    e.check()?;
+                }
+                Response::Inventory {
+                    req: inv.req,
+                    entries: inv.entries,
+                }
+            }
+            K_R_ERROR => {
+                let e: ErrorBody = decode_exact(body)?;
+                if e.message.len() > MAX_ERROR_MESSAGE {
+                    return Err(WireError::OutOfBounds { field: "message" });
+                }
+                Response::Error {
+                    req: e.req,
+                    code: e.code,
+                    message: e.message,
+                }
+            }
+            k => return Err(WireError::UnknownKind(k)),
+        })
+    }
+}
+
+/// The 9 bytes that precede a chunk's raw bytes.
+pub fn chunk_header(req: u32, len: usize) -> [u8; 9] {
+    let mut h = [0u8; 9];
+    h[..4].copy_from_slice(&((len + 5) as u32).to_le_bytes());
+    h[4] = K_R_CHUNK;
+    h[5..].copy_from_slice(&req.to_le_bytes());
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunkset::{Bitmap, ChunkSet};
+    use crate::manifest::{Category, manifest_of};
+    use proptest::prelude::*;
+
+    fn split(frame: &[u8]) -> (u8, &[u8]) {
+        let (kind, len) = parse_header(frame[..5].try_into().unwrap(), MAX_RESPONSE_FRAME).unwrap();
+        assert_eq!(len, frame.len() - 5);
+        (kind, &frame[5..])
+    }
+
+    #[test]
+    fn golden_get_chunk() {
+        let f = Request::GetChunk {
+            req: 7,
+            id: ContentId([0xcc; 32]),
+            index: 300,
+        }
+        .encode();
+        assert_eq!(
+            crate::id::to_hex(&f),
+            concat!(
+                "24000000",
+                "03", // length 36, kind GetChunk
+                "07", // request id 7 (varint)
+                "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc", // content id
+                "ac02", // chunk index 300 (varint)
+            )
+        );
+    }
+
+    #[test]
+    fn golden_chunk_header() {
+        assert_eq!(crate::id::to_hex(&chunk_header(7, 3)), "080000008307000000");
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        let id = ContentId([1; 32]);
+        for r in [
+            Request::Hello {
+                node: NodeId([2; 16]),
+                name: "n".into(),
+            },
+            Request::GetManifest { req: 1, id },
+            Request::GetChunk {
+                req: u32::MAX,
+                id,
+                index: 5,
+            },
+            Request::GetInventory { req: 0 },
+        ] {
+            let f = r.encode();
+            let (kind, body) = split(&f);
+            assert_eq!(Request::decode(kind, body).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn responses_round_trip() {
+        let entry = InventoryEntry {
+            id: ContentId([3; 32]),
+            name: "photo.png".into(),
+            size: 10,
+            category: Category::Image,
+            comment: "hi".into(),
+            chunks: ChunkSet::Partial(Bitmap::new(3)),
+        };
+        for r in [
+            Response::Hello {
+                node: NodeId([2; 16]),
+                name: "n".into(),
+            },
+            Response::Manifest {
+                req: 4,
+                manifest: manifest_of(b"abcdefg", 3),
+            },
+            Response::Inventory {
+                req: 5,
+                entries: vec![entry],
+            },
+            Response::Error {
+                req: 6,
+                code: ErrorCode::NoChunk,
+                message: "later".into(),
+            },
+        ] {
+            let f = r.encode();
+            let (kind, body) = split(&f);
+            assert_eq!(Response::decode(kind, body, body.len()).unwrap(), r);
+        }
+        let h = chunk_header(9, 100);
+        let (kind, len) = parse_header(h[..5].try_into().unwrap(), MAX_RESPONSE_FRAME).unwrap();
+        assert_eq!(
+            Response::decode(kind, &h[5..], len).unwrap(),
+            Response::Chunk { req: 9, len: 100 }
+        );
+    }
+
+    #[test]
+    fn limits() {
+        assert!(matches!(
+            parse_header(&[0xff, 0xff, 0, 0, 1], MAX_REQUEST_FRAME),
+            Err(WireError::TooLarge { .. })
+        ));
+        assert_eq!(
+            parse_header(&[0, 0, 0, 0, 1], MAX_REQUEST_FRAME),
+            Err(WireError::Truncated)
+        );
+        let long = Request::Hello {
+            node: NodeId([0; 16]),
+            name: "x".repeat(65),
+        }
+        .encode();
+        let (kind, body) = split(&long);
+        assert_eq!(
+            Request::decode(kind, body),
+            Err(WireError::OutOfBounds { field: "name" })
+        );
+        assert_eq!(check_preamble(b"LNSH\x02"), Err(WireError::Version(2)));
+        assert_eq!(check_preamble(b"GET /"), Err(WireError::BadMagic));
+    }
+
+    proptest! {
+        #[test]
+        fn random_requests_never_panic(kind in any::<u8>(), body in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = Request::decode(kind, &body);
+        }
+
+        #[test]
+        fn random_responses_never_panic(kind in 0x80u8..0x90, body in proptest::collection::vec(any::<u8>(), 0..300), extra in 0usize..10_000_000) {
+            let _ = Response::decode(kind, &body, body.len() + extra);
+        }
+
+        #[test]
+        fn truncated_manifest_never_panics(cut in 0usize..400) {
+            let f = Response::Manifest { req: 1, manifest: manifest_of(&[7u8; 1000], 100) }.encode();
+            let body = &f[5..];
+            let cut = cut.min(body.len());
+            let r = Response::decode(f[4], &body[..cut], cut);
+            prop_assert!(r.is_ok() == (cut == body.len()));
+        }
+    }
+}
