@@ -310,14 +310,20 @@ impl Node {
             .iter()
             .map(|e| (e.id, e.name.clone()))
             .collect();
-        let mut resolution = self.dict.resolve(query, &local);
+        // What the network offers comes first: a local file of the same name
+        // must not make a fetch ambiguous. Only when nothing on the network
+        // matches do this node's own contents count (-> "already here").
+        let mut resolution = self.dict.resolve(query, &[]);
         if resolution == Resolution::None {
             // A node that just started may not have heard everyone yet.
             let deadline = tokio::time::Instant::now() + self.cfg.fetch.wait_for_holders;
             while resolution == Resolution::None && tokio::time::Instant::now() < deadline {
                 let _ = tokio::time::timeout_at(deadline, self.dict.changed.notified()).await;
-                resolution = self.dict.resolve(query, &local);
+                resolution = self.dict.resolve(query, &[]);
             }
+        }
+        if resolution == Resolution::None {
+            resolution = self.dict.resolve(query, &local);
         }
         let id = match resolution {
             Resolution::One(id) => id,
