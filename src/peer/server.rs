@@ -1,8 +1,8 @@
 //! The uploader: a TCP server that serves manifests, chunks and the
 //! inventory of what this node holds, looked up by content id only.
-//! Connections are limited in number and time out when idle; chunk reads
-//! share a fixed pool of buffer permits, so memory does not grow with the
-//! number of connections. Every transfer served is logged when its
+//! Connections are limited in number and time out when idle. Chunk bytes go
+//! from the page cache to the socket with sendfile(2): no buffer per
+//! connection, so memory does not grow with the number of connections. Every transfer served is logged when its
 //! connection ends.
 
 use std::collections::HashMap;
@@ -20,7 +20,7 @@ use super::{HANDSHAKE_TIMEOUT, PeerError};
 use crate::dict::Dict;
 use crate::id::{ContentId, NodeId};
 use crate::logs::{Transfer, TransferLog};
-use crate::store::{Source, Store, StoreError};
+use crate::store::{ChunkRef, Source, Store, StoreError};
 use crate::wire::frame::{
     self, ErrorCode, HEADER_LEN, MAX_REQUEST_FRAME, PREAMBLE, Request, Response,
 };
@@ -30,8 +30,6 @@ use crate::wire::frame::{
 pub struct ServerLimits {
     /// Open connections at most; more wait in the kernel's accept queue.
     pub max_connections: usize,
-    /// Chunks being read at once, across all connections (1 MiB each).
-    pub chunk_buffers: usize,
     /// A connection with no request for this long is closed.
     pub idle_timeout: Duration,
 }
@@ -40,7 +38,6 @@ impl Default for ServerLimits {
     fn default() -> Self {
         ServerLimits {
             max_connections: 64,
-            chunk_buffers: 8,
             idle_timeout: Duration::from_secs(60),
         }
     }
@@ -55,7 +52,6 @@ pub struct Server {
     pub limits: ServerLimits,
     /// Poked when a served file turns out to have changed on disk.
     pub rescan: Arc<tokio::sync::Notify>,
-    buffers: Semaphore,
 }
 
 impl Server {
@@ -69,7 +65,6 @@ impl Server {
     ) -> Self {
         let upload_log = TransferLog::new(&store.home().upload_log());
         Server {
-            buffers: Semaphore::new(limits.chunk_buffers),
             store,
             dict,
             node,
@@ -190,6 +185,7 @@ impl Server {
         writer.flush().await?;
 
         let mut cached: Option<(ContentId, Source)> = None;
+        let mut file_cache = None;
         loop {
             // Flush only when no further request is already buffered, so
             // pipelined requests are answered in one burst.
@@ -257,12 +253,13 @@ impl Server {
                         continue;
                     };
                     let asked = Instant::now();
-                    match self.read_chunk(&source, index).await {
-                        Ok(data) => {
+                    match self.store.chunk_ref(&source, index, &mut file_cache) {
+                        Ok(chunk) => {
                             writer
-                                .write_all(&frame::chunk_header(req, data.len()))
+                                .write_all(&frame::chunk_header(req, chunk.len))
                                 .await?;
-                            writer.write_all(&data).await?;
+                            writer.flush().await?;
+                            send_range(writer.get_ref().as_ref(), &chunk).await?;
                             let now = Instant::now();
                             let s = conn.stats.entry(id).or_insert_with(|| Stat {
                                 name: source.name().to_string(),
@@ -270,7 +267,7 @@ impl Server {
                                 first: asked,
                                 last: now,
                             });
-                            s.bytes += data.len() as u64;
+                            s.bytes += chunk.len as u64;
                             s.last = now;
                         }
                         Err(e) => {
@@ -279,6 +276,7 @@ impl Server {
                                 StoreError::BadIndex { .. } => ErrorCode::BadRequest,
                                 StoreError::Changed { .. } => {
                                     cached = None;
+                                    file_cache = None;
                                     self.rescan.notify_one();
                                     ErrorCode::NotFound
                                 }
@@ -292,23 +290,59 @@ impl Server {
             }
         }
     }
+}
 
-    /// Reads a chunk on a blocking thread under a buffer permit.
-    async fn read_chunk(&self, source: &Source, index: u32) -> Result<Vec<u8>, StoreError> {
-        let _permit = self
-            .buffers
-            .acquire()
-            .await
-            .expect("semaphore never closed");
-        let store = self.store.clone();
-        let source = source.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut buf = Vec::new();
-            store.read_chunk(&source, index, &mut buf).map(|()| buf)
-        })
-        .await
-        .expect("chunk read does not panic")
+/// Sends a chunk's bytes straight from the file to the socket.
+#[cfg(target_os = "linux")]
+async fn send_range(stream: &TcpStream, chunk: &ChunkRef) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (out_fd, in_fd) = (stream.as_raw_fd(), chunk.file.as_raw_fd());
+    let mut offset = chunk.offset as libc::off_t;
+    let mut left = chunk.len;
+    while left > 0 {
+        stream.writable().await?;
+        let sent = stream.try_io(tokio::io::Interest::WRITABLE, || {
+            // SAFETY: both descriptors are open for the duration of the call
+            // (the stream and the Arc'd file are borrowed), and `offset` is a
+            // valid pointer to an off_t that sendfile advances.
+            let n = unsafe { libc::sendfile(out_fd, in_fd, &mut offset, left) };
+            if n < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        });
+        match sent {
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "file ended before the chunk did",
+                ));
+            }
+            Ok(n) => left -= n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
     }
+    Ok(())
+}
+
+/// Portable fallback: read the chunk, then write it.
+#[cfg(not(target_os = "linux"))]
+async fn send_range(stream: &TcpStream, chunk: &ChunkRef) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; chunk.len];
+    chunk.file.read_exact_at(&mut buf, chunk.offset)?;
+    let mut sent = 0;
+    while sent < buf.len() {
+        stream.writable().await?;
+        match stream.try_write(&buf[sent..]) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 struct Stat {

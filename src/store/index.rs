@@ -145,17 +145,29 @@ pub struct LocalContent {
 }
 
 impl LocalContent {
-    /// Reads `buf.len()` bytes at `offset`, refusing if the file's size or
-    /// mtime no longer match what was hashed.
-    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StoreError> {
+    /// Opens the file, refusing if it no longer matches what was hashed.
+    pub fn open(&self) -> Result<std::fs::File, StoreError> {
         let file = std::fs::File::open(&self.path).map_err(io_err("cannot open", &self.path))?;
+        self.check(&file)?;
+        Ok(file)
+    }
+
+    /// Refuses a file whose size or mtime differ from what was hashed (it
+    /// changed on disk; the next scan re-indexes it).
+    pub fn check(&self, file: &std::fs::File) -> Result<(), StoreError> {
         let meta = file.metadata().map_err(io_err("cannot stat", &self.path))?;
         if meta.len() != self.size || mtime_ns(&meta) != self.mtime_ns {
             return Err(StoreError::Changed {
                 path: self.path.clone(),
             });
         }
-        file.read_exact_at(buf, offset)
+        Ok(())
+    }
+
+    /// Reads `buf.len()` bytes at `offset` from a checked file.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StoreError> {
+        self.open()?
+            .read_exact_at(buf, offset)
             .map_err(io_err("cannot read", &self.path))
     }
 }

@@ -154,6 +154,13 @@ impl Source {
     }
 }
 
+/// A servable chunk: a byte range of an open file.
+pub struct ChunkRef {
+    pub file: Arc<std::fs::File>,
+    pub offset: u64,
+    pub len: usize,
+}
+
 /// The node's content store. Cheap to share behind an `Arc`.
 pub struct Store {
     home: Home,
@@ -349,29 +356,44 @@ impl Store {
         Ok(target)
     }
 
-    /// Reads chunk `index` of `source` into `buf` (resized to the chunk length).
-    pub fn read_chunk(
+    /// Where chunk `index` of `source` lies on disk, checked to be servable:
+    /// the file still matches its index entry, or the partial chunk is
+    /// verified. `cache` keeps the last opened file for the next call.
+    pub fn chunk_ref(
         &self,
         source: &Source,
         index: u32,
-        buf: &mut Vec<u8>,
-    ) -> Result<(), StoreError> {
+        cache: &mut Option<(ContentId, Arc<std::fs::File>)>,
+    ) -> Result<ChunkRef, StoreError> {
         let manifest = source.manifest();
         let id = source.id();
         if index >= manifest.chunk_count() {
             return Err(StoreError::BadIndex { id, index });
         }
-        let len = manifest.chunk_len(index) as usize;
-        buf.resize(len, 0);
-        match source {
-            Source::Complete(c) => c.read_at(manifest.chunk_offset(index), buf),
+        let file = match source {
+            Source::Complete(c) => match cache {
+                Some((cid, f)) if *cid == id => {
+                    c.check(f)?;
+                    f.clone()
+                }
+                _ => {
+                    let f = Arc::new(c.open()?);
+                    *cache = Some((id, f.clone()));
+                    f
+                }
+            },
             Source::Partial(p) => {
                 if !p.has(index) {
                     return Err(StoreError::NoChunk { id, index });
                 }
-                p.read_at(manifest.chunk_offset(index), buf)
+                p.file().clone()
             }
-        }
+        };
+        Ok(ChunkRef {
+            file,
+            offset: manifest.chunk_offset(index),
+            len: manifest.chunk_len(index) as usize,
+        })
     }
 }
 

@@ -39,7 +39,7 @@ pub struct Partial {
     pub name: String,
     part_path: PathBuf,
     state_path: PathBuf,
-    file: File,
+    file: Arc<File>,
     /// Verified chunks. Std mutex: held only for bit operations.
     state: Mutex<HaveState>,
 }
@@ -82,7 +82,7 @@ impl Partial {
             name,
             part_path,
             state_path,
-            file,
+            file: Arc::new(file),
             state: Mutex::new(HaveState {
                 have,
                 last_save: Instant::now(),
@@ -127,6 +127,11 @@ impl Partial {
         let mut s = self.state.lock().expect("partial lock");
         s.have.clear(index);
         s.dirty = true;
+    }
+
+    /// The partial file, for serving verified chunks without a copy.
+    pub fn file(&self) -> &Arc<File> {
+        &self.file
     }
 
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StoreError> {
