@@ -70,8 +70,7 @@ pub fn default_name() -> String {
     name
 }
 
+/// Cuts a node name to the protocol's limit and replaces control characters.
 pub fn truncate(s: &mut String, max: usize) {
-    while s.len() > max {
-        s.pop();
-    }
+    *s = crate::wire::clean_text(s, max);
 }

@@ -379,11 +379,7 @@ async fn write_error<W: tokio::io::AsyncWrite + Unpin>(
     code: ErrorCode,
     msg: &str,
 ) -> Result<(), PeerError> {
-    let mut message = msg.to_string();
-    message.truncate(crate::wire::MAX_ERROR_MESSAGE.min(message.len()));
-    while !message.is_char_boundary(message.len()) {
-        message.pop();
-    }
+    let message = crate::wire::clean_text(msg, crate::wire::MAX_ERROR_MESSAGE);
     w.write_all(&Response::Error { req, code, message }.encode())
         .await?;
     Ok(())

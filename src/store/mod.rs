@@ -19,7 +19,18 @@ pub use partial::Partial;
 use crate::chunkset::ChunkSet;
 use crate::id::ContentId;
 use crate::manifest::{Category, Manifest};
-use crate::wire::InventoryEntry;
+use crate::wire::{InventoryEntry, MAX_COMMENT, MAX_FILE_NAME, clean_text};
+
+/// Comments keep their line breaks; other control characters go.
+fn clean_comment(s: &str) -> String {
+    s.split('\n')
+        .map(|l| clean_text(l, MAX_COMMENT))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .chars()
+        .take(MAX_COMMENT)
+        .collect::<String>()
+}
 
 /// The directories and files of a node's home (see PRODUCT.md).
 #[derive(Clone, Debug)]
@@ -261,10 +272,10 @@ impl Store {
         for c in self.index.lock().expect("index lock").contents() {
             entries.entry(c.id).or_insert_with(|| InventoryEntry {
                 id: c.id,
-                name: c.name.clone(),
+                name: clean_text(&c.name, MAX_FILE_NAME),
                 size: c.manifest.size,
                 category: c.category,
-                comment: c.comment.clone(),
+                comment: clean_comment(&c.comment),
                 chunks: ChunkSet::Full,
             });
         }

@@ -99,9 +99,7 @@ impl Datagram {
         match bytes[5] {
             KIND_ANNOUNCE => {
                 let a: Announce = decode_exact(body)?;
-                if a.name.len() > MAX_NODE_NAME {
-                    return Err(WireError::OutOfBounds { field: "name" });
-                }
+                super::check_text(&a.name, MAX_NODE_NAME, "name")?;
                 if a.tcp_port == 0 {
                     return Err(WireError::OutOfBounds { field: "tcp_port" });
                 }
@@ -164,6 +162,18 @@ mod tests {
         assert_eq!(
             crate::id::to_hex(&bytes),
             "4c4e5348010322222222222222222222222222222222"
+        );
+    }
+
+    #[test]
+    fn rejects_control_characters_in_names() {
+        let Datagram::Announce(mut a) = announce() else {
+            unreachable!()
+        };
+        a.name = "evil\x1b[2J".into();
+        assert_eq!(
+            Datagram::decode(&Datagram::Announce(a).encode()),
+            Err(WireError::OutOfBounds { field: "name" })
         );
     }
 

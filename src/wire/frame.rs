@@ -177,9 +177,7 @@ impl Request {
         Ok(match kind {
             K_HELLO => {
                 let h: HelloBody = decode_exact(body)?;
-                if h.name.len() > MAX_NODE_NAME {
-                    return Err(WireError::OutOfBounds { field: "name" });
-                }
+                super::check_text(&h.name, MAX_NODE_NAME, "name")?;
                 Request::Hello {
                     node: h.node,
                     name: h.name,
@@ -244,9 +242,7 @@ impl Response {
         Ok(match kind {
             K_R_HELLO => {
                 let h: HelloBody = decode_exact(body)?;
-                if h.name.len() > MAX_NODE_NAME {
-                    return Err(WireError::OutOfBounds { field: "name" });
-                }
+                super::check_text(&h.name, MAX_NODE_NAME, "name")?;
                 Response::Hello {
                     node: h.node,
                     name: h.name,
@@ -291,9 +287,7 @@ impl Response {
             }
             K_R_ERROR => {
                 let e: ErrorBody = decode_exact(body)?;
-                if e.message.len() > MAX_ERROR_MESSAGE {
-                    return Err(WireError::OutOfBounds { field: "message" });
-                }
+                super::check_text(&e.message, MAX_ERROR_MESSAGE, "message")?;
                 Response::Error {
                     req: e.req,
                     code: e.code,
@@ -412,6 +406,27 @@ mod tests {
         assert_eq!(
             Response::decode(kind, &h[5..], len).unwrap(),
             Response::Chunk { req: 9, len: 100 }
+        );
+    }
+
+    #[test]
+    fn inventory_names_with_control_characters_are_refused() {
+        let entry = InventoryEntry {
+            id: ContentId([3; 32]),
+            name: "photo\u{1b}]0;pwned\u{7}.png".into(),
+            size: 1,
+            category: Category::Image,
+            comment: String::new(),
+            chunks: ChunkSet::Full,
+        };
+        let f = Response::Inventory {
+            req: 1,
+            entries: vec![entry],
+        }
+        .encode();
+        assert_eq!(
+            Response::decode(f[4], &f[5..], f.len() - 5),
+            Err(WireError::OutOfBounds { field: "name" })
         );
     }
 

@@ -62,13 +62,39 @@ pub struct InventoryEntry {
     pub chunks: ChunkSet,
 }
 
+/// Checks a text field from the network: at most `max` bytes and no
+/// control characters (which could rewrite a user's terminal).
+pub fn check_text(s: &str, max: usize, field: &'static str) -> Result<(), WireError> {
+    if s.len() > max || s.chars().any(char::is_control) {
+        return Err(WireError::OutOfBounds { field });
+    }
+    Ok(())
+}
+
+/// Makes local text safe to send: control characters become `_`, and it
+/// is cut at a character boundary to `max` bytes.
+pub fn clean_text(s: &str, max: usize) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| if c.is_control() { '_' } else { c })
+        .collect();
+    while out.len() > max {
+        out.pop();
+    }
+    out
+}
+
 impl InventoryEntry {
     /// Checks every bound of an entry received from the network.
     pub fn check(&self) -> Result<(), WireError> {
-        if self.name.is_empty() || self.name.len() > MAX_FILE_NAME {
+        if self.name.is_empty() {
             return Err(WireError::OutOfBounds { field: "name" });
         }
-        if self.comment.len() > MAX_COMMENT {
+        check_text(&self.name, MAX_FILE_NAME, "name")?;
+        // Comments may span lines; other control characters are refused.
+        if self.comment.len() > MAX_COMMENT
+            || self.comment.chars().any(|c| c.is_control() && c != '\n')
+        {
             return Err(WireError::OutOfBounds { field: "comment" });
         }
         if let ChunkSet::Partial(b) = &self.chunks
@@ -90,4 +116,23 @@ fn decode_exact<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, WireError>
         )));
     }
     Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_text_is_always_accepted() {
+        for s in [
+            "plain",
+            "tab\there",
+            "new\nline",
+            "\u{1b}[31mred",
+            &"é".repeat(200),
+        ] {
+            let c = clean_text(s, MAX_NODE_NAME);
+            check_text(&c, MAX_NODE_NAME, "name").unwrap();
+        }
+    }
 }
