@@ -34,7 +34,9 @@ const PULL_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
-    #[error("cannot set up multicast socket on {what}: {source}")]
+    #[error(
+        "cannot set up multicast discovery on {what}; check that --interface is the IPv4 address of an up interface (see `ip addr`), or pass --no-multicast"
+    )]
     Socket {
         what: String,
         source: std::io::Error,

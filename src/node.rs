@@ -106,24 +106,9 @@ pub async fn run(
         fetch_locks: Default::default(),
     });
 
-    let cancel = CancellationToken::new();
-    let tasks = TaskTracker::new();
-
-    // Index first from the cache (cheap), so the first announce is complete
-    // for unchanged files; new files are hashed in the background.
-    tasks.spawn(scanner(node.clone(), cancel.clone()));
-
-    let server = Arc::new(Server::new(
-        store.clone(),
-        dict.clone(),
-        id,
-        cfg.name.clone(),
-        cfg.server.clone(),
-        rescan.clone(),
-    ));
-    tasks.spawn(server.run(listener, cancel.clone()));
-
+    // Bind every socket before any task starts, so a failure leaves nothing running.
     let mut interfaces = Vec::new();
+    let mut multicast = None;
     if cfg.multicast {
         interfaces = if cfg.interfaces.is_empty() {
             discovery::default_interfaces()
@@ -140,19 +125,37 @@ pub async fn run(
                 .iter()
                 .map(|i| discovery::send_socket(*i))
                 .collect::<Result<Vec<_>, _>>()?;
-            let (disc, pull_rx) = Discovery::new(
-                dict.clone(),
-                store.clone(),
-                id,
-                cfg.name.clone(),
-                listen.port(),
-                cfg.group,
-                cfg.announce_interval,
-            );
-            tasks.spawn(disc.clone().listener(recv, cancel.clone()));
-            tasks.spawn(disc.clone().puller(pull_rx, cancel.clone()));
-            tasks.spawn(disc.announcer(senders, cancel.clone()));
+            multicast = Some((recv, senders));
         }
+    }
+
+    let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    // Index first from the cache (cheap), so the first announce is complete
+    // for unchanged files; new files are hashed in the background.
+    tasks.spawn(scanner(node.clone(), cancel.clone()));
+    let server = Arc::new(Server::new(
+        store.clone(),
+        dict.clone(),
+        id,
+        cfg.name.clone(),
+        cfg.server.clone(),
+        rescan.clone(),
+    ));
+    tasks.spawn(server.run(listener, cancel.clone()));
+    if let Some((recv, senders)) = multicast {
+        let (disc, pull_rx) = Discovery::new(
+            dict.clone(),
+            store.clone(),
+            id,
+            cfg.name.clone(),
+            listen.port(),
+            cfg.group,
+            cfg.announce_interval,
+        );
+        tasks.spawn(disc.clone().listener(recv, cancel.clone()));
+        tasks.spawn(disc.clone().puller(pull_rx, cancel.clone()));
+        tasks.spawn(disc.announcer(senders, cancel.clone()));
     }
 
     tasks.spawn(control_server(
@@ -419,8 +422,8 @@ async fn write_event(
 
 /// Checks that `path` exists before it is added to the shares.
 pub fn check_share_path(path: &Path) -> anyhow::Result<std::path::PathBuf> {
-    let abs = std::fs::canonicalize(path)
-        .with_context(|| format!("cannot share {}: no such file or folder", path.display()))?;
+    let abs =
+        std::fs::canonicalize(path).with_context(|| format!("cannot share {}", path.display()))?;
     if !abs.is_file() && !abs.is_dir() {
         bail!(
             "cannot share {}: not a regular file or folder",
