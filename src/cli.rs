@@ -112,6 +112,9 @@ pub struct UpArgs {
     /// Seconds between rescans of the shared folders.
     #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_secs)]
     pub scan_interval: Duration,
+    /// A peer that no discovery reaches, as HOST:PORT of its TCP server (repeatable).
+    #[arg(long = "peer", value_name = "HOST:PORT", value_parser = crate::manual::parse_target)]
+    pub peers: Vec<String>,
     /// Do not announce or listen on UDP multicast.
     #[arg(long)]
     pub no_multicast: bool,
@@ -173,6 +176,7 @@ impl UpArgs {
         cfg.scan_interval = self.scan_interval;
         cfg.multicast = !self.no_multicast;
         cfg.mdns = !self.no_mdns;
+        cfg.peers = self.peers;
         Ok(cfg)
     }
 }

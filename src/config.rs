@@ -34,6 +34,8 @@ pub struct NodeConfig {
     pub announce_interval: Duration,
     pub multicast: bool,
     pub mdns: bool,
+    /// `HOST:PORT` of peers no discovery reaches.
+    pub peers: Vec<String>,
     /// How often shared folders are rescanned for changes.
     pub scan_interval: Duration,
     pub server: ServerLimits,
@@ -53,6 +55,7 @@ impl NodeConfig {
             announce_interval: DEFAULT_ANNOUNCE_INTERVAL,
             multicast: true,
             mdns: true,
+            peers: Vec::new(),
             scan_interval: DEFAULT_SCAN_INTERVAL,
             server: ServerLimits::default(),
             fetch: FetchLimits::default(),

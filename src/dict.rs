@@ -217,7 +217,7 @@ impl Dict {
         let stale: Vec<NodeId> = self
             .peers
             .iter()
-            .filter(|p| p.online && p.found_via.iter().all(|v| *v != FoundVia::Manual))
+            .filter(|p| p.online)
             .filter(|p| {
                 now.saturating_duration_since(p.last_seen)
                     > p.interval * MISSED_ANNOUNCES + Duration::from_millis(500)

@@ -277,7 +277,7 @@ impl Discovery {
     }
 
     /// Pulls inventories of peers whose digest changed, a few at a time, and
-    /// retries failed pulls once a second. Also expires silent peers.
+    /// retries failed pulls once a second.
     pub async fn puller(
         self: Arc<Self>,
         mut rx: mpsc::Receiver<NodeId>,
@@ -294,7 +294,6 @@ impl Discovery {
                 Some(id) = rx.recv() => want.push(id),
                 Some(done) = tasks.join_next() => { if let Ok(id) = done { running.remove(&id); } }
                 _ = tick.tick() => {
-                    self.dict.expire(Instant::now());
                     if last_retry.elapsed() >= Duration::from_secs(1) {
                         last_retry = Instant::now();
                         want.extend(self.dict.peers_needing_pull().into_iter().map(|p| p.id));

@@ -23,6 +23,7 @@ pub mod fetch;
 pub mod id;
 pub mod logs;
 pub mod manifest;
+pub mod manual;
 pub mod node;
 pub mod peer;
 pub mod resolve;

@@ -143,6 +143,17 @@ pub async fn run(
         rescan.clone(),
     ));
     tasks.spawn(server.run(listener, cancel.clone()));
+    tasks.spawn(expiry(dict.clone(), cancel.clone()));
+    for target in &cfg.peers {
+        tasks.spawn(crate::manual::follow(
+            dict.clone(),
+            id,
+            cfg.name.clone(),
+            target.clone(),
+            cfg.announce_interval,
+            cancel.clone(),
+        ));
+    }
     if let Some((recv, senders)) = multicast {
         let (disc, pull_rx) = Discovery::new(
             dict.clone(),
@@ -196,6 +207,17 @@ async fn bind_tcp(listen: Option<SocketAddr>) -> anyhow::Result<TcpListener> {
                 Ok(TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).await.context("cannot listen on any TCP port")?)
             }
         },
+    }
+}
+
+/// Marks silent peers offline, whichever way they were found.
+async fn expiry(dict: Arc<Dict>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => { dict.expire(std::time::Instant::now()); }
+        }
     }
 }
 

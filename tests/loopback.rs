@@ -373,3 +373,24 @@ fn share_with_comment_and_category() {
         0
     );
 }
+
+/// `--peer HOST:PORT` reaches a node with multicast off entirely: its
+/// content is listed and fetched, and it expires when it dies.
+#[test]
+fn manual_peer_without_multicast() {
+    let net = Net::new();
+    let content = data(3 << 20, 9);
+    let mut a = net.node_with("alpha", &[("clip.mp4", &content)], &["--no-multicast"]);
+    let target = a.listen.to_string();
+    let b = net.node_with("beta", &[], &["--no-multicast", "--peer", &target]);
+    assert!(wait_until(Duration::from_secs(10), || names(&b.ls()) == ["clip.mp4"]), "manual peer's content never listed");
+    let peers = b.peers();
+    assert_eq!(peers[0]["name"], "alpha");
+    assert_eq!(peers[0]["found_via"], serde_json::json!(["manual"]));
+    let out = b.fetch("clip");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::read(b.downloads().join("clip.mp4")).unwrap() == content);
+    a.kill();
+    assert!(wait_until(Duration::from_secs(10), || b.ls().is_empty()), "dead manual peer still offered");
+    assert_eq!(b.peers()[0]["online"], false);
+}

@@ -1,0 +1,120 @@
+//! Peers given with `up --peer HOST:PORT`, for machines no discovery
+//! reaches (another subnet, a network that drops multicast). Each is
+//! contacted once per announce interval over TCP: the hello says who it
+//! is, and its inventory is pulled and merged into the dictionary like any
+//! other peer's. One that cannot be reached is retried with backoff and
+//! expires from the dictionary like a silent multicast peer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::api::FoundVia;
+use crate::dict::{Dict, Observed};
+use crate::id::NodeId;
+use crate::peer::client::PeerConn;
+use crate::store::Inventory;
+
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Checks a `HOST:PORT` argument (the host is resolved later, on every try).
+pub fn parse_target(s: &str) -> Result<String, String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} is not HOST:PORT"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{s:?} has no valid port"))?;
+    if host.is_empty() || port == 0 {
+        return Err(format!("{s:?} is not HOST:PORT"));
+    }
+    Ok(s.to_string())
+}
+
+/// Keeps one manual peer fresh until cancelled.
+pub async fn follow(
+    dict: Arc<Dict>,
+    me: NodeId,
+    my_name: String,
+    target: String,
+    interval: Duration,
+    cancel: CancellationToken,
+) {
+    let mut delay = interval;
+    let mut warned = false;
+    loop {
+        match refresh(&dict, me, &my_name, &target, interval).await {
+            Ok(()) => {
+                if warned {
+                    tracing::info!(peer = %target, "manual peer is reachable again");
+                }
+                warned = false;
+                delay = interval;
+            }
+            Err(e) => {
+                if !warned {
+                    tracing::warn!(peer = %target, error = %e, "cannot reach manual peer; retrying with backoff");
+                    warned = true;
+                } else {
+                    tracing::debug!(peer = %target, error = %e, "manual peer still unreachable");
+                }
+                delay = (delay * 2).min(MAX_BACKOFF.max(interval));
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+async fn refresh(
+    dict: &Dict,
+    me: NodeId,
+    my_name: &str,
+    target: &str,
+    interval: Duration,
+) -> anyhow::Result<()> {
+    let addr = tokio::net::lookup_host(target)
+        .await?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{target} resolves to no address"))?;
+    let mut conn = PeerConn::connect(addr, me, my_name).await?;
+    if conn.remote_node == me {
+        anyhow::bail!("{target} is this node itself");
+    }
+    let entries = conn.get_inventory(Duration::from_secs(10)).await?;
+    let inv = Inventory::new(entries);
+    let (id, name) = (conn.remote_node, conn.remote_name.clone());
+    let observed = dict.observe(
+        id,
+        &name,
+        addr,
+        FoundVia::Manual,
+        interval,
+        inv.digest,
+        inv.entries.len() as u32,
+    );
+    if observed == Observed::Pull {
+        tracing::info!(peer = %name, %addr, contents = inv.entries.len(), "manual peer inventory updated");
+        dict.set_inventory(id, inv.digest, (*inv.entries).clone());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        assert!(parse_target("10.0.0.2:7373").is_ok());
+        assert!(parse_target("host.lan:7373").is_ok());
+        assert!(parse_target("[::1]:7373").is_ok());
+        assert!(parse_target("host").is_err());
+        assert!(parse_target("host:0").is_err());
+        assert!(parse_target(":7373").is_err());
+        assert!(parse_target("host:99999").is_err());
+    }
+}
