@@ -226,7 +226,7 @@ async fn scanner(node: Arc<Node>, cancel: CancellationToken) {
     loop {
         let store = node.store.clone();
         let scan = tokio::task::spawn_blocking(move || {
-            let changed = store.rescan_blocking(&|_, _, _| {});
+            let changed = store.rescan_blocking();
             store.publish();
             changed
         });

@@ -313,11 +313,29 @@ impl IndexState {
         (changed, to_hash)
     }
 
+    /// Adds (or replaces) one file. Cheap: the id map is updated in place
+    /// unless the path held other content before.
     pub fn insert(&mut self, file: FoundFile, manifest: Manifest) {
         let content = content_for(&file, Arc::new(manifest));
-        self.files
-            .insert(file.path.clone(), Record { file, content });
-        self.rebuild_by_id();
+        let path = file.path.clone();
+        let old = self.files.insert(
+            path.clone(),
+            Record {
+                file,
+                content: content.clone(),
+            },
+        );
+        if old.is_some_and(|o| o.content.id != content.id) {
+            self.rebuild_by_id();
+            return;
+        }
+        // Several files with one content: the smallest path names it.
+        match self.by_id.get(&content.id) {
+            Some(existing) if existing.path < path => {}
+            _ => {
+                self.by_id.insert(content.id, content);
+            }
+        }
     }
 
     fn rebuild_by_id(&mut self) {
@@ -330,6 +348,12 @@ impl IndexState {
                 .entry(r.content.id)
                 .or_insert_with(|| r.content.clone());
         }
+    }
+
+    /// Manifests loaded from the cache and not yet matched to a file.
+    #[cfg(test)]
+    pub fn cached_len(&self) -> usize {
+        self.cached.len()
     }
 
     pub fn get(&self, id: &ContentId) -> Option<Arc<LocalContent>> {

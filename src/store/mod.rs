@@ -229,19 +229,22 @@ impl Store {
     /// Walks every root, hashes new or changed files (blocking; run it on a
     /// blocking thread), drops removed ones, and republishes the inventory
     /// when anything changed. Returns whether it did.
-    pub fn rescan_blocking(&self, progress: &dyn Fn(&Path, u64, u64)) -> bool {
+    pub fn rescan_blocking(&self) -> bool {
         let roots = self.roots();
         let found = index::walk(&roots);
-        let (changed, to_hash) = {
-            let mut idx = self.index.lock().expect("index lock");
-            idx.apply_walk(&found)
-        };
-        let mut changed = changed;
+        let (mut changed, to_hash) = self.index.lock().expect("index lock").apply_walk(&found);
+        // Offer what is already known at once; new files follow as they are
+        // hashed, at most once a second.
+        if changed {
+            self.publish();
+        }
+        let mut last_publish = std::time::Instant::now();
         for file in to_hash {
             let started = std::time::Instant::now();
-            match crate::manifest::hash_file(&file.path, |done| {
-                progress(&file.path, done, file.size)
-            }) {
+            if file.size >= 256 << 20 {
+                tracing::info!(path = %file.path.display(), bytes = file.size, "indexing a large file");
+            }
+            match crate::manifest::hash_file(&file.path, |_| {}) {
                 Ok(manifest) => {
                     tracing::debug!(path = %file.path.display(), bytes = manifest.size, elapsed = ?started.elapsed(), "indexed");
                     // The file may have changed while we read it; then the
@@ -251,6 +254,10 @@ impl Store {
                         .expect("index lock")
                         .insert(file, manifest);
                     changed = true;
+                    if last_publish.elapsed() >= Duration::from_secs(1) {
+                        self.publish();
+                        last_publish = std::time::Instant::now();
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(path = %file.path.display(), error = %e, "cannot index file; skipping it")
@@ -459,6 +466,47 @@ mod tests {
         assert_eq!(safe_file_name(""), "download");
         assert_eq!(safe_file_name("a\0b\nc"), "a_b_c");
         assert!(safe_file_name(&"é".repeat(300)).len() <= 255);
+    }
+
+    #[test]
+    fn index_tracks_files_duplicates_and_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path());
+        let store = Store::open(home.clone(), Vec::new()).unwrap();
+        std::fs::write(home.shared().join("b.txt"), b"same").unwrap();
+        std::fs::write(home.shared().join("a.txt"), b"same").unwrap();
+        std::fs::create_dir(home.shared().join("sub")).unwrap();
+        std::fs::write(home.shared().join("sub/c.bin"), b"other").unwrap();
+        std::fs::write(home.downloads().join(".lanshare-x.part"), b"partial").unwrap();
+        assert!(store.rescan_blocking());
+        store.publish();
+        let inv = store.inventory();
+        let mut names: Vec<&str> = inv.entries.iter().map(|e| e.name.as_str()).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["a.txt", "c.bin"],
+            "duplicates share one entry; partial files are never shared"
+        );
+        assert!(!store.rescan_blocking(), "nothing changed");
+
+        std::fs::remove_file(home.shared().join("a.txt")).unwrap();
+        assert!(store.rescan_blocking());
+        store.publish();
+        let mut names: Vec<String> = store
+            .inventory()
+            .entries
+            .iter()
+            .map(|e| e.name.clone())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["b.txt", "c.bin"]);
+        assert_ne!(store.inventory().digest, inv.digest);
+
+        // A new store over the same home takes every manifest from the cache.
+        let again = Store::open(home, Vec::new()).unwrap();
+        let idx = again.index.lock().unwrap();
+        assert_eq!(idx.cached_len(), 2);
     }
 
     proptest::proptest! {
