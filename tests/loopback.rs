@@ -110,10 +110,12 @@ fn fetch_by_name_without_extension_from_two_holders() {
             holder.name
         );
     }
-    assert_eq!(
-        served,
-        content.len() as u64,
-        "holders served exactly the file once"
+    // Every byte once, plus at most the endgame's duplicate requests: one
+    // per chunk in flight when the last chunk was handed out (2 peers x 4).
+    let len = content.len() as u64;
+    assert!(
+        served >= len && served <= len + (8 << 20),
+        "holders served {served} bytes for a {len}-byte file"
     );
 
     // The fetched file is now shared by gamma too.

@@ -451,6 +451,21 @@ async fn worker(
             }
         }
         if inflight.is_empty() {
+            // Endgame: every chunk is requested; help with one a slower
+            // peer is still sending (the first verified copy wins).
+            let stolen = shared
+                .map
+                .lock()
+                .expect("map lock")
+                .steal(slot, |i| chunks.has(i) && !refused.contains(&i));
+            if let Some(index) = stolen {
+                match conn.request_chunk(shared.id, index).await {
+                    Ok(req) => inflight.push_back((req, index)),
+                    Err(e) => return failed(e),
+                }
+            }
+        }
+        if inflight.is_empty() {
             if shared.map.lock().expect("map lock").is_complete() {
                 return WorkerEnd::Finished;
             }
@@ -506,6 +521,9 @@ async fn worker(
                     if !s.manifest.chunk_matches(index, &data) {
                         return (Ok(false), data);
                     }
+                    if s.map.lock().expect("map lock").state(index) == Some(ChunkState::Done) {
+                        return (Ok(true), data); // the other endgame copy won
+                    }
                     let r = s.partial.write_chunk(index, &data).map(|()| true);
                     (r, data)
                 })
@@ -515,9 +533,10 @@ async fn worker(
                 match verdict {
                     Ok(true) => {
                         shared.verified_here.lock().expect("lock").set(index);
-                        shared.map.lock().expect("map lock").complete(index, slot);
-                        shared.received.fetch_add(len as u64, Ordering::Relaxed);
-                        shared.bump();
+                        if shared.map.lock().expect("map lock").complete(index, slot) {
+                            shared.received.fetch_add(len as u64, Ordering::Relaxed);
+                            shared.bump();
+                        }
                     }
                     Ok(false) => {
                         return WorkerEnd::Failed {
