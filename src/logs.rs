@@ -122,6 +122,21 @@ impl TransferLog {
     }
 }
 
+/// A node name made safe for the `name@addr` peers field.
+pub fn peer_name(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c == ',' || c == '@' || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    if s.is_empty() { "?".into() } else { s }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,19 +173,4 @@ mod tests {
             ]
         );
     }
-}
-
-/// A node name made safe for the `name@addr` peers field.
-pub fn peer_name(name: &str) -> String {
-    let s: String = name
-        .chars()
-        .map(|c| {
-            if c == ',' || c == '@' || c.is_control() {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect();
-    if s.is_empty() { "?".into() } else { s }
 }

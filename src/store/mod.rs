@@ -126,7 +126,7 @@ pub struct Inventory {
 
 impl Inventory {
     pub fn new(mut entries: Vec<InventoryEntry>) -> Self {
-        entries.sort_by(|a, b| a.id.cmp(&b.id));
+        entries.sort_by_key(|e| e.id);
         let bytes = postcard::to_allocvec(&entries).expect("encoding into a Vec cannot fail");
         let mut digest = [0u8; 16];
         digest.copy_from_slice(&blake3::hash(&bytes).as_bytes()[..16]);
