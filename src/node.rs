@@ -383,6 +383,7 @@ impl Node {
         let mut job = tokio::spawn(async move { fetch.fetch(id, &tx, task_cancel).await });
         let (mut read_half, mut write_half) = s.into_split();
         let mut probe = [0u8; 1];
+        let mut client_gone = false;
         let result = loop {
             tokio::select! {
                 r = &mut job => break r?,
@@ -392,7 +393,8 @@ impl Node {
                     }
                 }
                 // The client never writes again: a read returning means it left.
-                _ = tokio::io::AsyncReadExt::read(&mut read_half, &mut probe) => {
+                _ = tokio::io::AsyncReadExt::read(&mut read_half, &mut probe), if !client_gone => {
+                    client_gone = true;
                     tracing::info!(id = %id.short(), "fetch client went away; stopping the download (it resumes next time)");
                     fetch_cancel.cancel();
                 }
