@@ -118,6 +118,8 @@ pub struct FetchDone {
     pub size: u64,
     pub sha256: String,
     pub secs: f64,
+    /// Bytes fetched by this run (less than `size` when it resumed).
+    pub transferred: u64,
     pub peers: Vec<String>,
     /// The node already held it complete; nothing was transferred.
     pub already_local: bool,

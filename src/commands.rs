@@ -320,12 +320,17 @@ async fn fetch(home: &HomeArg, name: &str, json: bool) -> anyhow::Result<ExitCod
                         println!("already here: {}", d.path);
                     } else {
                         let rate = if d.secs > 0.0 {
-                            d.size as f64 / d.secs
+                            d.transferred as f64 / d.secs
                         } else {
                             0.0
                         };
+                        let resumed = if d.transferred < d.size {
+                            format!("; {} fetched this run", human_bytes(d.transferred as f64))
+                        } else {
+                            String::new()
+                        };
                         println!(
-                            "saved {} ({} in {:.1}s, {}/s, verified)",
+                            "saved {} ({}{resumed} in {:.1}s, {}/s, verified)",
                             d.path,
                             human_bytes(d.size as f64),
                             d.secs,

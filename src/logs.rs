@@ -4,8 +4,9 @@
 //! ```text
 //! time(RFC 3339 UTC, ms)  event  file  bytes  content-id  peers  duration  throughput  status  [sha256=HEX]
 //! ```
-//! `peers` is a comma-separated list of `name@address`; `status` is `ok` or
-//! `failed: reason`.
+//! `bytes` is what this transfer moved (a resumed download counts only what
+//! it fetched); `peers` is a comma-separated list of `name@address`;
+//! `status` is `ok` or `failed: reason`.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;

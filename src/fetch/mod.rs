@@ -96,7 +96,8 @@ struct Shared {
     verified_here: Mutex<Bitmap>,
     /// Bumped on every chunk state change.
     changed: watch::Sender<u64>,
-    received: AtomicU64,
+    /// Bytes of chunks this run fetched and kept (duplicates excluded).
+    received: Arc<AtomicU64>,
 }
 
 impl Shared {
@@ -127,9 +128,9 @@ impl FetchCtx {
             .content(&id)
             .and_then(|c| c.names.into_iter().next())
             .unwrap_or_else(|| id.short());
-        let mut size = 0;
+        let received = Arc::new(AtomicU64::new(0));
         let result = self
-            .fetch_inner(id, events, &cancel, &mut peers_used, &mut name, &mut size)
+            .fetch_inner(id, events, &cancel, &mut peers_used, &mut name, &received)
             .await;
         if !matches!(
             result,
@@ -142,7 +143,9 @@ impl FetchCtx {
             self.download_log.append(&Transfer {
                 event: "download",
                 file: &name,
-                bytes: size,
+                // What this run transferred: a resumed download counts
+                // only the chunks it fetched.
+                bytes: received.load(Ordering::Relaxed),
                 id: &id,
                 peers: &peers,
                 duration: started.elapsed(),
@@ -160,7 +163,7 @@ impl FetchCtx {
         cancel: &CancellationToken,
         peers_used: &mut BTreeSet<String>,
         name_out: &mut String,
-        size_out: &mut u64,
+        received: &Arc<AtomicU64>,
     ) -> Result<FetchDone, FetchError> {
         let started = Instant::now();
         if let Some(local) = self.store.complete(&id) {
@@ -170,6 +173,7 @@ impl FetchCtx {
                 size: local.manifest.size,
                 sha256: to_hex(&local.manifest.sha256),
                 secs: 0.0,
+                transferred: 0,
                 peers: Vec::new(),
                 already_local: true,
             });
@@ -177,7 +181,6 @@ impl FetchCtx {
         let holders = self.wait_for_holders(&id, cancel).await?;
         let (manifest, name) = self.get_manifest(&id, &holders, cancel).await?;
         *name_out = name.clone();
-        *size_out = manifest.size;
         let manifest = Arc::new(manifest);
         let partial = self.store.begin_partial(manifest.clone(), &name)?;
         let have = partial.have();
@@ -188,7 +191,7 @@ impl FetchCtx {
             manifest: manifest.clone(),
             partial: partial.clone(),
             changed: watch::channel(0).0,
-            received: AtomicU64::new(0),
+            received: received.clone(),
         });
         let already = (0..manifest.chunk_count())
             .filter(|i| have.get(*i))
@@ -223,6 +226,7 @@ impl FetchCtx {
             size: manifest.size,
             sha256: to_hex(&sha),
             secs: started.elapsed().as_secs_f64(),
+            transferred: received.load(Ordering::Relaxed),
             peers: peers_used.iter().cloned().collect(),
             already_local: false,
         })

@@ -30,6 +30,9 @@ use crate::wire::frame::{
 pub struct ServerLimits {
     /// Open connections at most; more wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// Open connections from one address at most, so one host (or a flood
+    /// of idle connections from it) cannot take every slot.
+    pub max_per_address: usize,
     /// A connection with no request for this long is closed.
     pub idle_timeout: Duration,
 }
@@ -38,6 +41,7 @@ impl Default for ServerLimits {
     fn default() -> Self {
         ServerLimits {
             max_connections: 64,
+            max_per_address: 16,
             idle_timeout: Duration::from_secs(60),
         }
     }
@@ -79,6 +83,7 @@ impl Server {
     pub async fn run(self: Arc<Self>, listener: TcpListener, cancel: CancellationToken) {
         let conns = Arc::new(Semaphore::new(self.limits.max_connections));
         let tracker = tokio_util::task::TaskTracker::new();
+        let per_address: PerAddress = Default::default();
         loop {
             let permit = tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -95,6 +100,12 @@ impl Server {
                     }
                 },
             };
+            let Some(slot) =
+                AddressSlot::take(&per_address, addr.ip(), self.limits.max_per_address)
+            else {
+                tracing::debug!(peer = %addr, "too many connections from this address; refusing one");
+                continue;
+            };
             let this = self.clone();
             let cancel = cancel.clone();
             tracker.spawn(async move {
@@ -102,6 +113,7 @@ impl Server {
                     _ = cancel.cancelled() => {}
                     _ = this.serve(stream, addr) => {}
                 }
+                drop(slot);
                 drop(permit);
             });
         }
@@ -345,6 +357,41 @@ async fn send_range(stream: &TcpStream, chunk: &ChunkRef) -> std::io::Result<()>
     Ok(())
 }
 
+type PerAddress = Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>>;
+
+/// One open connection counted against its address; released on drop.
+struct AddressSlot {
+    map: PerAddress,
+    ip: std::net::IpAddr,
+}
+
+impl AddressSlot {
+    fn take(map: &PerAddress, ip: std::net::IpAddr, max: usize) -> Option<AddressSlot> {
+        let mut m = map.lock().expect("per-address lock");
+        let n = m.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            map: map.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().expect("per-address lock");
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
 struct Stat {
     name: String,
     bytes: u64,
@@ -383,4 +430,22 @@ async fn write_error<W: tokio::io::AsyncWrite + Unpin>(
     w.write_all(&Response::Error { req, code, message }.encode())
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_address_slots_are_capped_and_released() {
+        let map: PerAddress = Default::default();
+        let ip: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let other: std::net::IpAddr = "10.0.0.2".parse().unwrap();
+        let a = AddressSlot::take(&map, ip, 2).unwrap();
+        let _b = AddressSlot::take(&map, ip, 2).unwrap();
+        assert!(AddressSlot::take(&map, ip, 2).is_none());
+        assert!(AddressSlot::take(&map, other, 2).is_some());
+        drop(a);
+        assert!(AddressSlot::take(&map, ip, 2).is_some());
+    }
 }
