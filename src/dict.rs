@@ -103,6 +103,10 @@ impl Dict {
         contents: u32,
     ) -> Observed {
         let _w = self.write.lock().expect("dict write lock");
+        if !self.peers.contains_key(&id) && !self.make_room() {
+            tracing::debug!(peer = %id.short(), "peer table full of online peers; ignoring a new one");
+            return Observed::Known;
+        }
         let now = Instant::now();
         let mut peer = self.peers.entry(id).or_insert_with(|| Peer {
             id,
@@ -129,7 +133,6 @@ impl Dict {
         peer.contents = contents;
         let pull = came_back || peer.pulled_digest != Some(digest);
         drop(peer);
-        self.evict_if_full();
         if pull {
             Observed::Pull
         } else {
@@ -137,9 +140,11 @@ impl Dict {
         }
     }
 
-    fn evict_if_full(&self) {
-        if self.peers.len() <= MAX_PEERS {
-            return;
+    /// Makes room for one more peer by forgetting the longest-offline one;
+    /// false when every known peer is online (the newcomer is ignored).
+    fn make_room(&self) -> bool {
+        if self.peers.len() < MAX_PEERS {
+            return true;
         }
         let oldest = self
             .peers
@@ -147,8 +152,12 @@ impl Dict {
             .filter(|p| !p.online)
             .min_by_key(|p| p.last_seen)
             .map(|p| p.id);
-        if let Some(id) = oldest {
-            self.peers.remove(&id);
+        match oldest {
+            Some(id) => {
+                self.peers.remove(&id);
+                true
+            }
+            None => false,
         }
     }
 
@@ -440,6 +449,42 @@ mod tests {
         // An inventory arriving for an offline peer is ignored.
         d.set_inventory(b, [2; 16], vec![entry(7, "x", ChunkSet::Full)]);
         assert!(d.content(&ContentId([7; 32])).is_none());
+    }
+
+    #[test]
+    fn peer_table_is_bounded() {
+        let d = Dict::new();
+        let iv = Duration::from_secs(60);
+        for i in 0..MAX_PEERS as u32 + 10 {
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&i.to_le_bytes());
+            d.observe(
+                NodeId(id),
+                "p",
+                addr(1),
+                FoundVia::Multicast,
+                iv,
+                [0; 16],
+                0,
+            );
+        }
+        assert_eq!(d.peer_views().len(), MAX_PEERS);
+        // An offline peer makes room for a new one.
+        d.set_offline(NodeId([0; 16]));
+        assert_eq!(
+            d.observe(
+                NodeId([0xff; 16]),
+                "new",
+                addr(2),
+                FoundVia::Multicast,
+                iv,
+                [1; 16],
+                0
+            ),
+            Observed::Pull
+        );
+        assert_eq!(d.peer_views().len(), MAX_PEERS);
+        assert!(d.peer(&NodeId([0; 16])).is_none());
     }
 
     #[test]

@@ -248,7 +248,7 @@ impl Discovery {
         match d {
             Datagram::Announce(a) => {
                 let addr = SocketAddr::new(src.ip(), a.tcp_port);
-                let interval = Duration::from_millis(a.interval_ms.clamp(100, 3_600_000) as u64);
+                let interval = Duration::from_millis(a.interval_ms.clamp(100, 300_000) as u64);
                 let first = self.dict.peer(&a.node).is_none_or(|p| !p.online);
                 if first {
                     tracing::info!(peer = %a.name, %addr, "peer found by multicast");

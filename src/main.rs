@@ -28,7 +28,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(lanshare::commands::run(cli)) {
+    let result = runtime.block_on(lanshare::commands::run(cli));
+    // Do not wait for blocking work still running (a long hash after
+    // Ctrl-C): everything that matters has been saved by now.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("lanshare: {e:#}");

@@ -214,6 +214,12 @@ impl FetchCtx {
         let sha = match result {
             Ok(sha) => sha,
             Err(e) => {
+                if matches!(e, FetchError::Sha256Mismatch) {
+                    // Every chunk verified, yet the whole file does not
+                    // match what the manifest claims: this content can
+                    // never complete. Do not keep it for a resume.
+                    partial.discard();
+                }
                 self.store.release_partial(&id);
                 self.store.publish();
                 return Err(e);
@@ -353,7 +359,9 @@ impl FetchCtx {
                 last_done = done;
                 last_progress = Instant::now();
             }
-            if active.is_empty() && last_progress.elapsed() > self.limits.give_up_after {
+            // No chunk completed for this long: every holder is gone, idle
+            // (partial holders lacking what is missing) or stalled.
+            if last_progress.elapsed() > self.limits.give_up_after {
                 let missing = shared.map.lock().expect("map lock").total() - done;
                 let mut r: Vec<String> = reasons.values().cloned().collect();
                 r.sort();
@@ -438,6 +446,7 @@ async fn worker(
     }
     let mut chunks = holder.chunks;
     let mut refused: HashSet<u32> = HashSet::new();
+    let mut last_refusal_reset = Instant::now();
     let mut inflight: VecDeque<(u32, u32)> = VecDeque::new();
     let mut buf: Vec<u8> = Vec::with_capacity(shared.manifest.chunk_size as usize);
     let mut changes = shared.changed.subscribe();
@@ -489,8 +498,11 @@ async fn worker(
                 Some(h) => chunks = h.chunks,
                 None => return WorkerEnd::Finished,
             }
-            if !refused.is_empty() && changes.has_changed().unwrap_or(false) {
+            // A partial holder may have verified refused chunks since; ask
+            // again at most once a second.
+            if last_refusal_reset.elapsed() >= Duration::from_secs(1) {
                 refused.clear();
+                last_refusal_reset = Instant::now();
             }
             continue;
         }

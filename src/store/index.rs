@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::fs::Metadata;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -58,10 +59,13 @@ impl SharesFile {
         file.entries.retain(|e| e.path != root.path);
         file.entries.push(root);
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(&file).expect("serializable"),
-        )?;
+        let json = serde_json::to_vec_pretty(&file).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("cannot record the share ({e}); use a path that is valid UTF-8"),
+            )
+        })?;
+        std::fs::write(&tmp, json)?;
         std::fs::rename(&tmp, path)
     }
 }
@@ -174,7 +178,8 @@ impl LocalContent {
 
 #[derive(Serialize, Deserialize)]
 struct CacheRecord {
-    path: PathBuf,
+    /// The path's raw bytes: file names need not be UTF-8.
+    path: Vec<u8>,
     size: u64,
     mtime_ns: u64,
     manifest: Manifest,
@@ -229,7 +234,17 @@ impl IndexState {
             .ok()
             .and_then(|b| postcard::from_bytes::<CacheFile>(&b).ok())
             .filter(|c| c.version == CACHE_VERSION)
-            .map(|c| c.records.into_iter().map(|r| (r.path.clone(), r)).collect())
+            .map(|c| {
+                c.records
+                    .into_iter()
+                    .map(|r| {
+                        (
+                            PathBuf::from(std::ffi::OsString::from_vec(r.path.clone())),
+                            r,
+                        )
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
         IndexState {
             cached,
@@ -242,7 +257,7 @@ impl IndexState {
             .files
             .values()
             .map(|r| CacheRecord {
-                path: r.file.path.clone(),
+                path: r.file.path.as_os_str().as_bytes().to_vec(),
                 size: r.file.size,
                 mtime_ns: r.file.mtime_ns,
                 manifest: (*r.content.manifest).clone(),

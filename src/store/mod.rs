@@ -23,13 +23,12 @@ use crate::wire::{InventoryEntry, MAX_COMMENT, MAX_FILE_NAME, clean_text};
 
 /// Comments keep their line breaks; other control characters go.
 fn clean_comment(s: &str) -> String {
-    s.split('\n')
-        .map(|l| clean_text(l, MAX_COMMENT))
-        .collect::<Vec<_>>()
-        .join("\n")
-        .chars()
-        .take(MAX_COMMENT)
-        .collect::<String>()
+    let lines: Vec<String> = s.split('\n').map(|l| clean_text(l, MAX_COMMENT)).collect();
+    let mut out = lines.join("\n");
+    while out.len() > MAX_COMMENT {
+        out.pop();
+    }
+    out
 }
 
 /// The directories and files of a node's home (see PRODUCT.md).
@@ -507,6 +506,23 @@ mod tests {
         let again = Store::open(home, Vec::new()).unwrap();
         let idx = again.index.lock().unwrap();
         assert_eq!(idx.cached_len(), 2);
+    }
+
+    /// Regression: a file name that is not UTF-8 made saving the index
+    /// cache panic with the index lock held, poisoning it for every task.
+    #[test]
+    fn non_utf8_file_names_are_indexed_and_cached() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path());
+        let store = Store::open(home.clone(), Vec::new()).unwrap();
+        let name = std::ffi::OsStr::from_bytes(b"caf\xe9.txt");
+        std::fs::write(home.shared().join(name), b"bytes").unwrap();
+        assert!(store.rescan_blocking());
+        store.publish();
+        assert_eq!(store.inventory().entries[0].name, "caf\u{fffd}.txt");
+        let again = Store::open(home, Vec::new()).unwrap();
+        assert_eq!(again.index.lock().unwrap().cached_len(), 1);
     }
 
     proptest::proptest! {

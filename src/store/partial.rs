@@ -161,6 +161,12 @@ impl Partial {
         std::fs::rename(&tmp, &self.state_path).map_err(io_err("cannot write", &self.state_path))
     }
 
+    /// Deletes the partial file and its state (its content can never verify).
+    pub fn discard(&self) {
+        let _ = std::fs::remove_file(&self.part_path);
+        let _ = std::fs::remove_file(&self.state_path);
+    }
+
     /// Flushes the data and links it into `dir` under the first free name
     /// (`name`, `name (1)`, ...); an existing file is never replaced.
     pub(super) fn finish(&self, dir: &Path) -> Result<PathBuf, StoreError> {
@@ -175,7 +181,13 @@ impl Partial {
             let candidate = if n == 0 {
                 self.name.clone()
             } else {
-                format!("{stem} ({n}){ext}")
+                // Keep the name within 255 bytes with its suffix.
+                let suffix = format!(" ({n}){ext}");
+                let mut stem = stem.clone();
+                while stem.len() + suffix.len() > crate::wire::MAX_FILE_NAME {
+                    stem.pop();
+                }
+                format!("{stem}{suffix}")
             };
             let target = dir.join(candidate);
             match std::fs::hard_link(&self.part_path, &target) {
