@@ -8,6 +8,15 @@ use lanshare::cli::Cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, lanshare::cli::Command::Up(_)) {
+        // A client whose output is cut (`lanshare ls | head`) ends quietly,
+        // like any Unix tool. Not for `up`: a node must survive peers that
+        // close their sockets.
+        // SAFETY: called before any thread exists; SIG_DFL is a valid handler.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let default = match cli.verbose {
         0 => "warn",
         1 => "info,lanshare=info",

@@ -390,3 +390,27 @@ fn manual_peer_without_multicast() {
     );
     assert_eq!(b.peers()[0]["online"], false);
 }
+
+/// Regression: `lanshare peers | head -0` panicked on the broken pipe.
+#[test]
+fn closed_stdout_is_not_a_panic() {
+    let net = Net::new();
+    let a = net.node("alpha", &[]);
+    let mut child = std::process::Command::new(util::BIN)
+        .args(["peers", "--json", "--home"])
+        .arg(&a.home)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away before any output
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    use std::os::unix::process::ExitStatusExt;
+    assert!(
+        out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+        "{:?}",
+        out.status
+    );
+}
