@@ -6,6 +6,7 @@
 //! skips and passes. No traffic leaves the namespaces the tests create.
 
 mod netns_util;
+mod util;
 
 use std::fs::OpenOptions;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};

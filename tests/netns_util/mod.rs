@@ -569,38 +569,8 @@ impl Drop for FetchRun {
     }
 }
 
-/// Polls `cond` every 50 ms until it holds or `timeout` passes.
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Deterministic pseudo-random bytes (xorshift).
-pub fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-pub fn sha256_hex(data: &[u8]) -> String {
-    use sha2::Digest;
-    lanshare::id::to_hex(&sha2::Sha256::digest(data))
-}
+// Shared with the loopback harness.
+pub use crate::util::{data, sha256_hex, wait_until};
 
 /// Runs `f` on a fresh thread that first enters network namespace `ns`
 /// (setns affects only the calling thread). If entering fails, `f` never
