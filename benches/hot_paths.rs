@@ -126,7 +126,9 @@ fn datagrams(c: &mut Criterion) {
     let d = announce();
     let bytes = d.encode();
     g.throughput(Throughput::Elements(1));
-    g.bench_function("announce encode", |b| b.iter(|| black_box(black_box(&d).encode())));
+    g.bench_function("announce encode", |b| {
+        b.iter(|| black_box(black_box(&d).encode()))
+    });
     g.bench_function("announce decode", |b| {
         b.iter(|| black_box(Datagram::decode(black_box(&bytes)).expect("decodes")))
     });

@@ -16,9 +16,7 @@ use std::time::Instant;
 
 fn main() {
     let Some(path) = std::env::var_os("LANSHARE_BENCH_FILE").map(PathBuf::from) else {
-        println!(
-            "index_file: set LANSHARE_BENCH_FILE=PATH to time hash_file on a file (skipped)"
-        );
+        println!("index_file: set LANSHARE_BENCH_FILE=PATH to time hash_file on a file (skipped)");
         return;
     };
     let runs: usize = std::env::var("LANSHARE_BENCH_REPEAT")

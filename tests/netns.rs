@@ -56,7 +56,8 @@ fn check_download(fetcher: &NetNode, file: &str, content: &[u8], stdout: &str) {
     match resumed_at(stdout) {
         None => assert_eq!(bytes, content.len() as u64, "{last}"),
         Some(already) => assert!(
-            bytes < content.len() as u64 && (bytes + already).abs_diff(content.len() as u64) < 64 * 1024,
+            bytes < content.len() as u64
+                && (bytes + already).abs_diff(content.len() as u64) < 64 * 1024,
             "resumed at {already}, logged {bytes} of {}: {last}",
             content.len()
         ),
