@@ -34,6 +34,30 @@ fn wait_holders(node: &NetNode, file: &str, n: u64) {
     );
 }
 
+/// Waits until `run` is at least `min_pct` done, and checks it is not
+/// nearly over, so the test can still interrupt it (`what`).
+fn wait_midway(
+    run: &mut netns_util::FetchRun,
+    fetcher: &NetNode,
+    min_pct: f64,
+    what: &str,
+) -> Option<f64> {
+    assert!(
+        wait_until(TRANSFER, || run.exited()
+            || run.progress().is_some_and(|p| p >= min_pct)),
+        "no progress: {}\n{}",
+        run.stdout(),
+        fetcher.log_tail()
+    );
+    let at = run.progress();
+    assert!(
+        !run.exited() && at.is_some_and(|p| p < 90.0),
+        "the transfer was (nearly) over before {what} (at {at:?}%); is tc shaping working?\n{}",
+        run.stdout()
+    );
+    at
+}
+
 /// Checks the fetched file against the original and the last download log line.
 fn check_download(fetcher: &NetNode, file: &str, content: &[u8], stdout: &str) {
     let got = std::fs::read(fetcher.downloads().join(file))
@@ -98,19 +122,7 @@ fn seeder_killed_mid_transfer_download_completes() {
     wait_holders(&fetcher, "movie.mkv", 3);
 
     let mut run = fetcher.spawn_fetch("movie");
-    assert!(
-        wait_until(TRANSFER, || run.exited()
-            || run.progress().is_some_and(|p| p >= 10.0)),
-        "no progress: {}\n{}",
-        run.stdout(),
-        fetcher.log_tail()
-    );
-    let at = run.progress();
-    assert!(
-        !run.exited() && at.is_some_and(|p| p < 90.0),
-        "the transfer was (nearly) over before a seeder could be killed (at {at:?}%); is tc shaping working?\n{}",
-        run.stdout()
-    );
+    let at = wait_midway(&mut run, &fetcher, 10.0, "a seeder could be killed");
     let victim = format!("seed0@{}", seeders[0].listen);
     seeders[0].kill();
     eprintln!("killed {victim} at {at:?}%");
@@ -238,19 +250,7 @@ fn fetcher_stopped_midway_resumes() {
     wait_holders(&fetcher, "backup.tar", 1);
 
     let mut run = fetcher.spawn_fetch("backup.tar");
-    assert!(
-        wait_until(TRANSFER, || run.exited()
-            || run.progress().is_some_and(|p| p >= 30.0)),
-        "no progress: {}\n{}",
-        run.stdout(),
-        fetcher.log_tail()
-    );
-    let at = run.progress();
-    assert!(
-        !run.exited() && at.is_some_and(|p| p < 90.0),
-        "the transfer was (nearly) over before the fetcher could be stopped (at {at:?}%); is tc shaping working?\n{}",
-        run.stdout()
-    );
+    let at = wait_midway(&mut run, &fetcher, 30.0, "the fetcher could be stopped");
     fetcher.kill();
     run.kill();
     eprintln!("killed the fetcher node at {at:?}%");
