@@ -78,6 +78,8 @@ pub enum Command {
         #[command(flatten)]
         home: HomeArg,
     },
+    /// Run the optional central registry (HTTP JSON API) for networks multicast cannot cross.
+    Tracker(crate::tracker::TrackerArgs),
     /// Show the running node's identity, address and counters.
     Status {
         #[arg(long)]
@@ -115,6 +117,9 @@ pub struct UpArgs {
     /// A peer that no discovery reaches, as HOST:PORT of its TCP server (repeatable).
     #[arg(long = "peer", value_name = "HOST:PORT", value_parser = crate::manual::parse_target)]
     pub peers: Vec<String>,
+    /// Tracker to register with, as an http:// URL (repeatable; comma-separated in LANSHARE_TRACKER).
+    #[arg(long = "tracker", value_name = "URL", env = "LANSHARE_TRACKER", value_delimiter = ',', value_parser = crate::tracker::parse_url)]
+    pub trackers: Vec<String>,
     /// Do not announce or listen on UDP multicast.
     #[arg(long)]
     pub no_multicast: bool,
@@ -177,6 +182,7 @@ impl UpArgs {
         cfg.multicast = !self.no_multicast;
         cfg.mdns = !self.no_mdns;
         cfg.peers = self.peers;
+        cfg.trackers = self.trackers;
         Ok(cfg)
     }
 }

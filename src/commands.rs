@@ -20,6 +20,7 @@ pub const EXIT_NO_MATCH: u8 = 3;
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Up(args) => up(args).await,
+        Command::Tracker(args) => crate::tracker::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Ls {
             query,
             category,

@@ -36,6 +36,8 @@ pub struct NodeConfig {
     pub mdns: bool,
     /// `HOST:PORT` of peers no discovery reaches.
     pub peers: Vec<String>,
+    /// Base URLs (`http://host:port`) of trackers to register with.
+    pub trackers: Vec<String>,
     /// How often shared folders are rescanned for changes.
     pub scan_interval: Duration,
     pub server: ServerLimits,
@@ -56,6 +58,7 @@ impl NodeConfig {
             multicast: true,
             mdns: true,
             peers: Vec::new(),
+            trackers: Vec::new(),
             scan_interval: DEFAULT_SCAN_INTERVAL,
             server: ServerLimits::default(),
             fetch: FetchLimits::default(),

@@ -9,6 +9,7 @@
 //! - [`peer`]: the TCP server (uploader) and client;
 //! - [`fetch`]: the download scheduler;
 //! - [`control`], [`api`]: the local control endpoint and its data;
+//! - [`tracker`]: the optional central registry (server) and its client;
 //! - [`node`]: wires the tasks together; [`cli`], [`config`]: the edges.
 
 pub mod api;
@@ -28,4 +29,5 @@ pub mod node;
 pub mod peer;
 pub mod resolve;
 pub mod store;
+pub mod tracker;
 pub mod wire;
