@@ -57,6 +57,8 @@ pub struct PeerView {
     pub id: String,
     pub name: String,
     pub addr: String,
+    /// Every known address of the peer's server, best first.
+    pub addrs: Vec<String>,
     pub online: bool,
     /// RFC 3339 UTC.
     pub last_seen: String,

@@ -16,21 +16,37 @@ use crate::chunkset::ChunkSet;
 use crate::id::{ContentId, NodeId};
 use crate::manifest::{Category, Manifest};
 use crate::resolve::{self, Resolution};
+use crate::store::Inventory;
 use crate::wire::InventoryEntry;
 
 /// Most peers remembered; the longest-offline are forgotten first.
 pub const MAX_PEERS: usize = 1024;
 /// A peer is offline after this many announce intervals without a word.
 pub const MISSED_ANNOUNCES: u32 = 3;
+/// Most addresses remembered per peer.
+pub const MAX_ADDRS: usize = 8;
+
+/// One address at which a peer's TCP server was announced or reached.
+#[derive(Clone, Debug)]
+pub struct PeerAddr {
+    pub addr: SocketAddr,
+    pub via: FoundVia,
+    pub seen: Instant,
+}
 
 #[derive(Clone, Debug)]
 pub struct Peer {
     pub id: NodeId,
     pub name: String,
-    /// TCP address of the peer's server.
-    pub addr: SocketAddr,
+    /// Addresses of the peer's TCP server (see [`Peer::addrs`] for the order).
+    pub addrs: Vec<PeerAddr>,
+    /// The address that last answered.
+    pub preferred: Option<SocketAddr>,
     pub found_via: BTreeSet<FoundVia>,
     pub last_seen: Instant,
+    /// Last time the peer was heard directly: a multicast announcement, or
+    /// a TCP hello it answered.
+    pub last_direct: Instant,
     pub last_seen_wall: SystemTime,
     pub interval: Duration,
     pub online: bool,
@@ -39,6 +55,46 @@ pub struct Peer {
     /// Digest of the inventory we hold for it.
     pub pulled_digest: Option<[u8; 16]>,
     pub contents: u32,
+}
+
+impl Peer {
+    /// Addresses to try, best first: the one that last answered, then the
+    /// most recently announced.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        let mut v: Vec<&PeerAddr> = self.addrs.iter().collect();
+        v.sort_by_key(|a| (Some(a.addr) != self.preferred, std::cmp::Reverse(a.seen)));
+        v.into_iter().map(|a| a.addr).collect()
+    }
+
+    /// The address shown to users.
+    pub fn addr(&self) -> SocketAddr {
+        self.preferred
+            .or_else(|| self.addrs.iter().max_by_key(|a| a.seen).map(|a| a.addr))
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    fn note_addr(&mut self, addr: SocketAddr, via: FoundVia, now: Instant) {
+        match self.addrs.iter_mut().find(|a| a.addr == addr) {
+            Some(a) => {
+                a.seen = now;
+                a.via = via;
+            }
+            None => {
+                if self.addrs.len() >= MAX_ADDRS
+                    && let Some(i) = (0..self.addrs.len())
+                        .filter(|i| Some(self.addrs[*i].addr) != self.preferred)
+                        .min_by_key(|i| self.addrs[*i].seen)
+                {
+                    self.addrs.swap_remove(i);
+                }
+                self.addrs.push(PeerAddr {
+                    addr,
+                    via,
+                    seen: now,
+                });
+            }
+        }
+    }
 }
 
 /// One content as the network offers it.
@@ -56,7 +112,10 @@ pub struct Content {
 pub struct Holder {
     pub id: NodeId,
     pub name: String,
+    /// The address shown in logs.
     pub addr: SocketAddr,
+    /// Every known address, best first.
+    pub addrs: Vec<SocketAddr>,
     pub chunks: ChunkSet,
 }
 
@@ -64,16 +123,23 @@ pub struct Holder {
 pub struct Dict {
     peers: DashMap<NodeId, Peer>,
     contents: DashMap<ContentId, Content>,
-    /// Each peer's current inventory, so its holdings can be withdrawn.
-    inventories: DashMap<NodeId, Vec<InventoryEntry>>,
+    /// Each peer's current inventory (sorted by id), so its holdings can
+    /// be updated by difference and a delta applied to it.
+    inventories: DashMap<NodeId, Inventory>,
     /// Serializes writers so holdings never go out of step with
     /// inventories; readers use the dashmaps without it. Never held across
     /// an await.
     write: Mutex<()>,
     /// Woken whenever holdings change (a fetch waiting for holders listens).
     pub changed: Notify,
+    /// Woken when a peer's inventory should be pulled.
+    pub pull_wanted: Notify,
     pub malformed_datagrams: AtomicU64,
     pub malformed_connections: AtomicU64,
+    /// Bytes of discovery datagrams this node sent.
+    pub discovery_bytes_sent: AtomicU64,
+    /// Bytes of inventory pages this node served to peers.
+    pub inventory_bytes_served: AtomicU64,
 }
 
 /// What an announcement means for the caller.
@@ -111,9 +177,11 @@ impl Dict {
         let mut peer = self.peers.entry(id).or_insert_with(|| Peer {
             id,
             name: name.to_string(),
-            addr,
+            addrs: Vec::new(),
+            preferred: None,
             found_via: BTreeSet::new(),
             last_seen: now,
+            last_direct: now,
             last_seen_wall: SystemTime::now(),
             interval,
             online: true,
@@ -123,9 +191,12 @@ impl Dict {
         });
         let came_back = !peer.online;
         peer.name = name.to_string();
-        peer.addr = addr;
+        peer.note_addr(addr, via, now);
         peer.found_via.insert(via);
         peer.last_seen = now;
+        if via == FoundVia::Multicast {
+            peer.last_direct = now;
+        }
         peer.last_seen_wall = SystemTime::now();
         peer.interval = interval;
         peer.online = true;
@@ -134,9 +205,58 @@ impl Dict {
         let pull = came_back || peer.pulled_digest != Some(digest);
         drop(peer);
         if pull {
+            self.pull_wanted.notify_one();
             Observed::Pull
         } else {
             Observed::Known
+        }
+    }
+
+    /// Records that `id` answered a TCP hello at `addr` with its current
+    /// inventory digest: it is alive, and this address works.
+    pub fn reached(
+        &self,
+        id: NodeId,
+        addr: SocketAddr,
+        digest: [u8; 16],
+        contents: u32,
+    ) -> Observed {
+        let _w = self.write.lock().expect("dict write lock");
+        let Some(mut peer) = self.peers.get_mut(&id) else {
+            return Observed::Known;
+        };
+        if !peer.online {
+            return Observed::Known;
+        }
+        let now = Instant::now();
+        let via = peer
+            .addrs
+            .iter()
+            .find(|a| a.addr == addr)
+            .map_or(FoundVia::Manual, |a| a.via);
+        peer.note_addr(addr, via, now);
+        peer.preferred = Some(addr);
+        peer.last_seen = now;
+        peer.last_direct = now;
+        peer.last_seen_wall = SystemTime::now();
+        peer.announced_digest = digest;
+        peer.contents = contents;
+        let pull = peer.pulled_digest != Some(digest);
+        drop(peer);
+        if pull {
+            self.pull_wanted.notify_one();
+            Observed::Pull
+        } else {
+            Observed::Known
+        }
+    }
+
+    /// A connection to `addr` failed: prefer another address next time.
+    pub fn unreachable(&self, id: NodeId, addr: SocketAddr) {
+        if let Some(mut p) = self.peers.get_mut(&id)
+            && p.preferred == Some(addr)
+        {
+            p.preferred = None;
         }
     }
 
@@ -161,51 +281,71 @@ impl Dict {
         }
     }
 
-    /// Replaces a peer's inventory (pulled over TCP).
-    pub fn set_inventory(&self, id: NodeId, digest: [u8; 16], entries: Vec<InventoryEntry>) {
+    /// The inventory held for a peer (to apply a delta to).
+    pub fn inventory(&self, id: &NodeId) -> Option<Inventory> {
+        self.inventories.get(id).map(|i| i.clone())
+    }
+
+    /// Replaces a peer's inventory (pulled over TCP), touching only the
+    /// contents that changed.
+    pub fn set_inventory(&self, id: NodeId, inv: Inventory) {
         let _w = self.write.lock().expect("dict write lock");
         match self.peers.get_mut(&id) {
             Some(mut p) if p.online => {
-                p.pulled_digest = Some(digest);
-                p.contents = entries.len() as u32;
+                p.pulled_digest = Some(inv.digest);
+                p.contents = inv.entries.len() as u32;
             }
             _ => return,
         }
-        self.withdraw(id);
-        for e in &entries {
-            let mut c = self.contents.entry(e.id).or_insert_with(|| Content {
-                names: BTreeSet::new(),
-                size: e.size,
-                category: e.category,
-                comment: String::new(),
-                holders: HashMap::new(),
-            });
-            if c.names.len() < 16 {
-                c.names.insert(e.name.clone());
+        let old = self.inventories.get(&id).map(|i| i.entries.clone());
+        let old: &[InventoryEntry] = old.as_deref().map_or(&[], |v| v.as_slice());
+        for changed in crate::store::changes::diff(old, &inv.entries) {
+            match inv.entries.binary_search_by(|e| e.id.cmp(&changed)) {
+                Ok(i) => self.hold(id, &inv.entries[i]),
+                Err(_) => self.release(id, &changed),
             }
-            if c.comment.is_empty() {
-                c.comment = e.comment.clone();
-            }
-            c.holders.insert(id, e.chunks.clone());
         }
-        self.inventories.insert(id, entries);
+        self.inventories.insert(id, inv);
         self.changed.notify_waiters();
+    }
+
+    /// Records that `peer` holds `e`; caller holds the write lock.
+    fn hold(&self, peer: NodeId, e: &InventoryEntry) {
+        let mut c = self.contents.entry(e.id).or_insert_with(|| Content {
+            names: BTreeSet::new(),
+            size: e.size,
+            category: e.category,
+            comment: String::new(),
+            holders: HashMap::new(),
+        });
+        if c.names.len() < 16 {
+            c.names.insert(e.name.clone());
+        }
+        if c.comment.is_empty() {
+            c.comment = e.comment.clone();
+        }
+        c.holders.insert(peer, e.chunks.clone());
+    }
+
+    /// Records that `peer` no longer holds `id`; caller holds the write lock.
+    fn release(&self, peer: NodeId, id: &ContentId) {
+        let empty = match self.contents.get_mut(id) {
+            Some(mut c) => {
+                c.holders.remove(&peer);
+                c.holders.is_empty()
+            }
+            None => false,
+        };
+        if empty {
+            self.contents.remove_if(id, |_, c| c.holders.is_empty());
+        }
     }
 
     /// Removes a peer's holdings; caller holds the write lock.
     fn withdraw(&self, id: NodeId) {
         if let Some((_, old)) = self.inventories.remove(&id) {
-            for e in old {
-                let empty = match self.contents.get_mut(&e.id) {
-                    Some(mut c) => {
-                        c.holders.remove(&id);
-                        c.holders.is_empty()
-                    }
-                    None => false,
-                };
-                if empty {
-                    self.contents.remove_if(&e.id, |_, c| c.holders.is_empty());
-                }
+            for e in old.entries.iter() {
+                self.release(id, &e.id);
             }
         }
     }
@@ -253,6 +393,18 @@ impl Dict {
             .collect()
     }
 
+    /// Online peers not heard directly for one and a half intervals: found
+    /// by mDNS or a tracker only, or whose multicast no longer arrives.
+    pub fn peers_to_probe(&self, now: Instant) -> Vec<Peer> {
+        self.peers
+            .iter()
+            .filter(|p| {
+                p.online && now.saturating_duration_since(p.last_direct) > p.interval.mul_f32(1.5)
+            })
+            .map(|p| p.clone())
+            .collect()
+    }
+
     /// Online holders of `id`.
     pub fn holders(&self, id: &ContentId) -> Vec<Holder> {
         let Some(c) = self.contents.get(id) else {
@@ -268,7 +420,8 @@ impl Dict {
                 p.online.then(|| Holder {
                     id: nid,
                     name: p.name.clone(),
-                    addr: p.addr,
+                    addr: p.addr(),
+                    addrs: p.addrs(),
                     chunks,
                 })
             })
@@ -368,7 +521,8 @@ impl Dict {
             .map(|p| PeerView {
                 id: p.id.to_hex(),
                 name: p.name.clone(),
-                addr: p.addr.to_string(),
+                addr: p.addr().to_string(),
+                addrs: p.addrs().iter().map(|a| a.to_string()).collect(),
                 online: p.online,
                 last_seen: humantime::format_rfc3339_millis(p.last_seen_wall).to_string(),
                 last_seen_secs: now.saturating_duration_since(p.last_seen).as_secs_f64(),
@@ -397,6 +551,10 @@ mod tests {
         }
     }
 
+    fn inv(entries: Vec<InventoryEntry>) -> Inventory {
+        Inventory::new(entries)
+    }
+
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
     }
@@ -406,23 +564,20 @@ mod tests {
         let d = Dict::new();
         let (a, b) = (NodeId([1; 16]), NodeId([2; 16]));
         let iv = Duration::from_secs(1);
+        let a1 = inv(vec![entry(9, "photo.png", ChunkSet::Full)]);
         assert_eq!(
-            d.observe(a, "a", addr(1), FoundVia::Multicast, iv, [1; 16], 1),
+            d.observe(a, "a", addr(1), FoundVia::Multicast, iv, a1.digest, 1),
             Observed::Pull
         );
-        d.set_inventory(a, [1; 16], vec![entry(9, "photo.png", ChunkSet::Full)]);
+        d.set_inventory(a, a1.clone());
         assert_eq!(
-            d.observe(a, "a", addr(1), FoundVia::Multicast, iv, [1; 16], 1),
+            d.observe(a, "a", addr(1), FoundVia::Multicast, iv, a1.digest, 1),
             Observed::Known
         );
         d.observe(b, "b", addr(2), FoundVia::Multicast, iv, [2; 16], 1);
         let mut bm = Bitmap::new(3);
         bm.set(0);
-        d.set_inventory(
-            b,
-            [2; 16],
-            vec![entry(9, "photo.png", ChunkSet::Partial(bm))],
-        );
+        d.set_inventory(b, inv(vec![entry(9, "photo.png", ChunkSet::Partial(bm))]));
         let v = d.view(&ContentId([9; 32]), false).unwrap();
         assert_eq!((v.complete, v.partial), (1, 1));
         assert_eq!(d.holders(&ContentId([9; 32])).len(), 2);
@@ -432,7 +587,7 @@ mod tests {
             d.observe(a, "a", addr(1), FoundVia::Multicast, iv, [3; 16], 1),
             Observed::Pull
         );
-        d.set_inventory(a, [3; 16], vec![entry(8, "song.mp3", ChunkSet::Full)]);
+        d.set_inventory(a, inv(vec![entry(8, "song.mp3", ChunkSet::Full)]));
         assert_eq!(d.holders(&ContentId([9; 32])).len(), 1);
 
         d.set_offline(b);
@@ -447,8 +602,61 @@ mod tests {
         );
         assert!(d.list(None, Some(Category::Image)).is_empty());
         // An inventory arriving for an offline peer is ignored.
-        d.set_inventory(b, [2; 16], vec![entry(7, "x", ChunkSet::Full)]);
+        d.set_inventory(b, inv(vec![entry(7, "x", ChunkSet::Full)]));
         assert!(d.content(&ContentId([7; 32])).is_none());
+    }
+
+    #[test]
+    fn a_peer_keeps_every_address_and_prefers_the_one_that_answered() {
+        let d = Dict::new();
+        let a = NodeId([1; 16]);
+        let iv = Duration::from_secs(1);
+        let v6: SocketAddr = "[fe80::1%2]:7000".parse().unwrap();
+        d.observe(a, "a", addr(1), FoundVia::Multicast, iv, [1; 16], 0);
+        d.observe(a, "a", v6, FoundVia::Mdns, iv, [1; 16], 0);
+        let p = d.peer(&a).unwrap();
+        assert_eq!(p.addrs(), vec![v6, addr(1)], "most recently seen first");
+        d.reached(a, addr(1), [1; 16], 0);
+        assert_eq!(d.peer(&a).unwrap().addrs(), vec![addr(1), v6]);
+        d.unreachable(a, addr(1));
+        assert_eq!(d.peer(&a).unwrap().preferred, None);
+        for port in 10..30 {
+            d.observe(a, "a", addr(port), FoundVia::Tracker, iv, [1; 16], 0);
+        }
+        assert_eq!(d.peer(&a).unwrap().addrs.len(), MAX_ADDRS);
+    }
+
+    #[test]
+    fn an_inventory_change_touches_only_what_changed() {
+        let d = Dict::new();
+        let a = NodeId([1; 16]);
+        d.observe(
+            a,
+            "a",
+            addr(1),
+            FoundVia::Multicast,
+            Duration::from_secs(1),
+            [0; 16],
+            2,
+        );
+        d.set_inventory(
+            a,
+            inv(vec![
+                entry(1, "one", ChunkSet::Full),
+                entry(2, "two", ChunkSet::Full),
+            ]),
+        );
+        d.set_inventory(
+            a,
+            inv(vec![
+                entry(2, "two", ChunkSet::Full),
+                entry(3, "three", ChunkSet::Full),
+            ]),
+        );
+        assert!(d.content(&ContentId([1; 32])).is_none());
+        assert_eq!(d.holders(&ContentId([2; 32])).len(), 1);
+        assert_eq!(d.holders(&ContentId([3; 32])).len(), 1);
+        assert_eq!(d.peer(&a).unwrap().contents, 2);
     }
 
     #[test]
@@ -500,7 +708,7 @@ mod tests {
             [1; 16],
             1,
         );
-        d.set_inventory(a, [1; 16], vec![entry(9, "photo.png", ChunkSet::Full)]);
+        d.set_inventory(a, inv(vec![entry(9, "photo.png", ChunkSet::Full)]));
         assert!(d.expire(Instant::now()).is_empty());
         let later = Instant::now() + Duration::from_secs(2);
         assert_eq!(d.expire(later), vec![a]);

@@ -8,7 +8,6 @@
 //! the group on every chosen interface, and one sending socket per interface
 //! with IP_MULTICAST_IF set to it and TTL 1, so announcements stay on the LAN.
 
-use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -16,13 +15,12 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::FoundVia;
-use crate::dict::{Dict, Observed};
+use crate::dict::Dict;
 use crate::id::NodeId;
-use crate::peer::client::PeerConn;
 use crate::store::{Inventory, Store};
 use crate::wire::datagram::{Announce, Datagram, MAX_DATAGRAM};
 
@@ -133,7 +131,6 @@ pub struct Discovery {
     pub interval: Duration,
     /// Poked to announce now (a query arrived).
     answer: Notify,
-    pull_tx: mpsc::Sender<NodeId>,
 }
 
 impl Discovery {
@@ -145,9 +142,8 @@ impl Discovery {
         tcp_port: u16,
         group: SocketAddrV4,
         interval: Duration,
-    ) -> (Arc<Self>, mpsc::Receiver<NodeId>) {
-        let (pull_tx, pull_rx) = mpsc::channel(1024);
-        let d = Discovery {
+    ) -> Arc<Self> {
+        Arc::new(Discovery {
             dict,
             store,
             node,
@@ -156,9 +152,7 @@ impl Discovery {
             group,
             interval,
             answer: Notify::new(),
-            pull_tx,
-        };
-        (Arc::new(d), pull_rx)
+        })
     }
 
     fn announce(&self, inv: &Inventory) -> Datagram {
@@ -253,7 +247,7 @@ impl Discovery {
                 if first {
                     tracing::info!(peer = %a.name, %addr, "peer found by multicast");
                 }
-                if self.dict.observe(
+                self.dict.observe(
                     a.node,
                     &a.name,
                     addr,
@@ -261,10 +255,7 @@ impl Discovery {
                     interval,
                     a.inventory_digest,
                     a.contents,
-                ) == Observed::Pull
-                {
-                    let _ = self.pull_tx.try_send(a.node);
-                }
+                );
             }
             Datagram::Query { .. } => self.answer.notify_one(),
             Datagram::Goodbye { node } => {
@@ -274,62 +265,5 @@ impl Discovery {
                 }
             }
         }
-    }
-
-    /// Pulls inventories of peers whose digest changed, a few at a time, and
-    /// retries failed pulls once a second.
-    pub async fn puller(
-        self: Arc<Self>,
-        mut rx: mpsc::Receiver<NodeId>,
-        cancel: CancellationToken,
-    ) {
-        let mut running: HashSet<NodeId> = HashSet::new();
-        let mut tasks = tokio::task::JoinSet::new();
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        let mut last_retry = Instant::now();
-        loop {
-            let mut want: Vec<NodeId> = Vec::new();
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                Some(id) = rx.recv() => want.push(id),
-                Some(done) = tasks.join_next() => { if let Ok(id) = done { running.remove(&id); } }
-                _ = tick.tick() => {
-                    if last_retry.elapsed() >= Duration::from_secs(1) {
-                        last_retry = Instant::now();
-                        want.extend(self.dict.peers_needing_pull().into_iter().map(|p| p.id));
-                    }
-                }
-            }
-            for id in want {
-                if running.len() >= MAX_PULLS || running.contains(&id) {
-                    continue;
-                }
-                running.insert(id);
-                let this = self.clone();
-                tasks.spawn(async move {
-                    if let Err(e) = this.pull(id).await {
-                        tracing::debug!(peer = %id.short(), error = %e, "inventory pull failed; will retry");
-                    }
-                    id
-                });
-            }
-        }
-        tasks.abort_all();
-    }
-
-    async fn pull(&self, id: NodeId) -> Result<(), crate::peer::PeerError> {
-        let Some(peer) = self.dict.peer(&id) else {
-            return Ok(());
-        };
-        let mut conn = PeerConn::connect(peer.addr, self.node, &self.name).await?;
-        if conn.remote_node != id {
-            return Err(crate::peer::PeerError::Unexpected(0));
-        }
-        let entries = conn.get_inventory(PULL_TIMEOUT).await?;
-        let inv = Inventory::new(entries);
-        tracing::debug!(peer = %peer.name, contents = inv.entries.len(), "pulled inventory");
-        self.dict
-            .set_inventory(id, inv.digest, (*inv.entries).clone());
-        Ok(())
     }
 }

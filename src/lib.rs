@@ -5,7 +5,8 @@
 //! - [`wire`]: bytes <-> messages for datagrams and TCP frames;
 //! - [`store`]: the only code touching content files;
 //! - [`dict`]: what the network offers (the only shared discovery state);
-//! - [`discovery`]: multicast announce/listen and inventory pulls;
+//! - [`discovery`]: multicast announce/listen; [`reach`]: inventory pulls
+//!   and liveness probes over TCP;
 //! - [`peer`]: the TCP server (uploader) and client;
 //! - [`fetch`]: the download scheduler;
 //! - [`control`], [`api`]: the local control endpoint and its data;
@@ -27,6 +28,7 @@ pub mod manifest;
 pub mod manual;
 pub mod node;
 pub mod peer;
+pub mod reach;
 pub mod resolve;
 pub mod store;
 pub mod tracker;

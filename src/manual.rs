@@ -1,8 +1,8 @@
 //! Peers given with `up --peer HOST:PORT`, for machines no discovery
 //! reaches (another subnet, a network that drops multicast). Each is
 //! contacted once per announce interval over TCP: the hello says who it
-//! is, and its inventory is pulled and merged into the dictionary like any
-//! other peer's. One that cannot be reached is retried with backoff and
+//! is and its inventory digest, and the puller ([`crate::reach`]) fetches
+//! its inventory like any other peer's. One that cannot be reached is retried with backoff and
 //! expires from the dictionary like a silent multicast peer.
 
 use std::sync::Arc;
@@ -11,10 +11,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::FoundVia;
-use crate::dict::{Dict, Observed};
+use crate::dict::Dict;
 use crate::id::NodeId;
 use crate::peer::client::PeerConn;
-use crate::store::Inventory;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -76,30 +75,29 @@ async fn refresh(
     target: &str,
     interval: Duration,
 ) -> anyhow::Result<()> {
-    let addr = tokio::net::lookup_host(target)
-        .await?
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("{target} resolves to no address"))?;
-    let mut conn = PeerConn::connect(addr, me, my_name).await?;
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host(target).await?.collect();
+    if addrs.is_empty() {
+        anyhow::bail!("{target} resolves to no address");
+    }
+    let conn = PeerConn::connect_any(&addrs, me, my_name).await?;
     if conn.remote_node == me {
         anyhow::bail!("{target} is this node itself");
     }
-    let entries = conn.get_inventory(Duration::from_secs(10)).await?;
-    let inv = Inventory::new(entries);
-    let (id, name) = (conn.remote_node, conn.remote_name.clone());
-    let observed = dict.observe(
+    let (id, name, addr) = (conn.remote_node, conn.remote_name.clone(), conn.addr);
+    if dict.peer(&id).is_none_or(|p| !p.online) {
+        tracing::info!(peer = %name, %addr, "manual peer reached");
+    }
+    // The puller fetches its inventory when the digest is new.
+    dict.observe(
         id,
         &name,
         addr,
         FoundVia::Manual,
         interval,
-        inv.digest,
-        inv.entries.len() as u32,
+        conn.remote_digest,
+        conn.remote_contents,
     );
-    if observed == Observed::Pull {
-        tracing::info!(peer = %name, %addr, contents = inv.entries.len(), "manual peer inventory updated");
-        dict.set_inventory(id, inv.digest, (*inv.entries).clone());
-    }
+    dict.reached(id, addr, conn.remote_digest, conn.remote_contents);
     Ok(())
 }
 

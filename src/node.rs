@@ -154,8 +154,15 @@ pub async fn run(
             cancel.clone(),
         ));
     }
+    let reach = Arc::new(crate::reach::Reach {
+        dict: dict.clone(),
+        me: id,
+        name: cfg.name.clone(),
+    });
+    tasks.spawn(reach.clone().puller(cancel.clone()));
+    tasks.spawn(reach.prober(cancel.clone()));
     if let Some((recv, senders)) = multicast {
-        let (disc, pull_rx) = Discovery::new(
+        let disc = Discovery::new(
             dict.clone(),
             store.clone(),
             id,
@@ -165,7 +172,6 @@ pub async fn run(
             cfg.announce_interval,
         );
         tasks.spawn(disc.clone().listener(recv, cancel.clone()));
-        tasks.spawn(disc.clone().puller(pull_rx, cancel.clone()));
         tasks.spawn(disc.announcer(senders, cancel.clone()));
     }
 

@@ -270,7 +270,7 @@ impl FetchCtx {
         let mut reasons = Vec::new();
         for h in holders {
             let attempt = async {
-                let mut conn = PeerConn::connect(h.addr, self.node, &self.name).await?;
+                let mut conn = PeerConn::connect_any(&h.addrs, self.node, &self.name).await?;
                 conn.get_manifest(*id, self.limits.stall_timeout).await
             };
             let r = tokio::select! {
@@ -388,7 +388,7 @@ impl FetchCtx {
                             backoff.insert(nid, (Instant::now() + Duration::from_millis(500), Duration::from_millis(500)));
                         }
                         WorkerEnd::Failed { reason, ban } => {
-                            let label = self.dict.peer(&nid).map(|p| format!("{}@{}", p.name, p.addr)).unwrap_or_else(|| nid.short());
+                            let label = self.dict.peer(&nid).map(|p| format!("{}@{}", p.name, p.addr())).unwrap_or_else(|| nid.short());
                             tracing::info!(peer = %label, %reason, ban, "peer dropped from download");
                             let _ = events.try_send(FetchEvent::PeerDropped { peer: label.clone(), reason: reason.clone() });
                             reasons.insert(nid, format!("{label}: {reason}"));
@@ -433,7 +433,7 @@ async fn worker(
     };
     let mut conn = tokio::select! {
         _ = cancel.cancelled() => return WorkerEnd::Finished,
-        c = PeerConn::connect(holder.addr, me, my_name) => match c {
+        c = PeerConn::connect_any(&holder.addrs, me, my_name) => match c {
             Ok(c) => c,
             Err(e) => return failed(e),
         },

@@ -12,8 +12,10 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use super::{CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, PeerError};
 use crate::id::{ContentId, NodeId};
 use crate::manifest::Manifest;
-use crate::wire::InventoryEntry;
-use crate::wire::frame::{self, HEADER_LEN, MAX_RESPONSE_FRAME, PREAMBLE, Request, Response};
+use crate::wire::frame::{
+    self, HEADER_LEN, MAX_INVENTORY_ENTRIES, MAX_RESPONSE_FRAME, PREAMBLE, Request, Response,
+};
+use crate::wire::{InventoryEntry, WireError};
 
 pub struct PeerConn {
     reader: BufReader<OwnedReadHalf>,
@@ -21,12 +23,37 @@ pub struct PeerConn {
     next_req: u32,
     pub remote_node: NodeId,
     pub remote_name: String,
+    /// The peer's inventory digest and size when it answered the hello.
+    pub remote_digest: [u8; 16],
+    pub remote_contents: u32,
     pub addr: SocketAddr,
     /// Reused for non-chunk response bodies.
     scratch: Vec<u8>,
 }
 
 impl PeerConn {
+    /// Connects to the first of `addrs` that answers, in order.
+    pub async fn connect_any(
+        addrs: &[SocketAddr],
+        me: NodeId,
+        my_name: &str,
+    ) -> Result<PeerConn, PeerError> {
+        let mut last = PeerError::Connect(std::io::Error::new(
+            std::io::ErrorKind::AddrNotAvailable,
+            "no known address",
+        ));
+        for addr in addrs {
+            match PeerConn::connect(*addr, me, my_name).await {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    tracing::debug!(%addr, error = %e, "cannot reach peer at this address; trying the next");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
     pub async fn connect(
         addr: SocketAddr,
         me: NodeId,
@@ -44,6 +71,8 @@ impl PeerConn {
             next_req: 1,
             remote_node: NodeId([0; 16]),
             remote_name: String::new(),
+            remote_digest: [0; 16],
+            remote_contents: 0,
             addr,
             scratch: Vec::new(),
         };
@@ -70,9 +99,16 @@ impl PeerConn {
         frame::check_preamble(&pre).map_err(PeerError::Handshake)?;
         let mut none = Vec::new();
         match self.read_response(&mut none).await? {
-            Response::Hello { node, name } => {
+            Response::Hello {
+                node,
+                name,
+                digest,
+                contents,
+            } => {
                 self.remote_node = node;
                 self.remote_name = name;
+                self.remote_digest = digest;
+                self.remote_contents = contents;
                 Ok(())
             }
             _ => Err(PeerError::Unexpected(0)),
@@ -158,22 +194,103 @@ impl PeerConn {
         }
     }
 
-    pub async fn get_inventory(
+    /// Pulls the peer's inventory, page by page: in full, or with `since`
+    /// (the digest of the inventory we hold) possibly as a delta. Each page
+    /// must arrive within `timeout`; the pages must agree and stay in order.
+    pub async fn pull_inventory(
         &mut self,
+        since: Option<[u8; 16]>,
         timeout: Duration,
-    ) -> Result<Vec<InventoryEntry>, PeerError> {
-        let req = self.next_id();
-        self.writer
-            .write_all(&Request::GetInventory { req }.encode())
-            .await?;
-        self.flush().await?;
-        let resp = tokio::time::timeout(timeout, self.read_response(&mut Vec::new()))
-            .await
-            .map_err(|_| PeerError::Timeout("waiting for an inventory"))??;
-        match resp {
-            Response::Inventory { req: r, entries } if r == req => Ok(entries),
-            Response::Error { code, message, .. } => Err(PeerError::Remote { code, message }),
-            _ => Err(PeerError::Unexpected(req)),
+    ) -> Result<Pulled, PeerError> {
+        let bad = |what: &str| PeerError::Protocol(WireError::Malformed(what.to_string()));
+        let mut out: Option<Pulled> = None;
+        let mut after: Option<ContentId> = None;
+        loop {
+            let req = self.next_id();
+            self.writer
+                .write_all(&Request::GetInventory { req, since, after }.encode())
+                .await?;
+            self.flush().await?;
+            let resp = tokio::time::timeout(timeout, self.read_response(&mut Vec::new()))
+                .await
+                .map_err(|_| PeerError::Timeout("waiting for an inventory"))??;
+            let page = match resp {
+                Response::Inventory(p) if p.req == req => p,
+                Response::Error { code, message, .. } => {
+                    return Err(PeerError::Remote { code, message });
+                }
+                _ => return Err(PeerError::Unexpected(req)),
+            };
+            if page.base.is_some() && page.base != since {
+                return Err(bad("inventory delta against a version we do not hold"));
+            }
+            let pulled = out.get_or_insert_with(|| Pulled {
+                digest: page.digest,
+                base: page.base,
+                entries: Vec::new(),
+                removed: page.removed.clone(),
+            });
+            if pulled.digest != page.digest || pulled.base != page.base {
+                return Err(bad("inventory pages of different versions"));
+            }
+            if let (Some(last), Some(first)) = (pulled.entries.last(), page.entries.first())
+                && first.id <= last.id
+            {
+                return Err(bad("inventory pages out of order"));
+            }
+            if pulled.entries.len() + page.entries.len() > MAX_INVENTORY_ENTRIES {
+                return Err(PeerError::Protocol(WireError::OutOfBounds {
+                    field: "entries",
+                }));
+            }
+            pulled.entries.extend(page.entries);
+            if !page.more {
+                return Ok(out.expect("set above"));
+            }
+            match pulled.entries.last() {
+                Some(e) => after = Some(e.id),
+                None => return Err(bad("an empty inventory page announced more")),
+            }
         }
+    }
+}
+
+/// An inventory as pulled: complete (`base: None`) or a delta.
+#[derive(Debug)]
+pub struct Pulled {
+    pub digest: [u8; 16],
+    pub base: Option<[u8; 16]>,
+    /// All entries, or (a delta) the new and changed ones; ascending by id.
+    pub entries: Vec<InventoryEntry>,
+    pub removed: Vec<ContentId>,
+}
+
+impl Pulled {
+    /// The whole inventory this pull describes, given the entries of its
+    /// base for a delta; checked against the digest the peer sent.
+    pub fn into_inventory(
+        self,
+        base: Option<&[InventoryEntry]>,
+    ) -> Result<crate::store::Inventory, PeerError> {
+        let entries = match (self.base, base) {
+            (None, _) => self.entries,
+            (Some(_), Some(b)) => {
+                let mut removed = self.removed;
+                removed.sort();
+                crate::store::changes::apply(b, &self.entries, &removed)
+            }
+            (Some(_), None) => {
+                return Err(PeerError::Protocol(WireError::Malformed(
+                    "a delta without its base".into(),
+                )));
+            }
+        };
+        let inv = crate::store::Inventory::new(entries);
+        if inv.digest != self.digest {
+            return Err(PeerError::Protocol(WireError::Malformed(
+                "inventory does not match its digest".into(),
+            )));
+        }
+        Ok(inv)
     }
 }

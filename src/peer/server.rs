@@ -20,9 +20,12 @@ use super::{HANDSHAKE_TIMEOUT, PeerError};
 use crate::dict::Dict;
 use crate::id::{ContentId, NodeId};
 use crate::logs::{Transfer, TransferLog};
+use crate::store::changes::Plan;
 use crate::store::{ChunkRef, Source, Store, StoreError};
+use crate::wire::InventoryEntry;
 use crate::wire::frame::{
-    self, ErrorCode, HEADER_LEN, MAX_REQUEST_FRAME, PREAMBLE, Request, Response,
+    self, ErrorCode, HEADER_LEN, InventoryPage, MAX_PAGE_ENTRIES, MAX_REQUEST_FRAME, PREAMBLE,
+    Request, Response,
 };
 
 /// Limits of the uploader, from the node's configuration.
@@ -187,9 +190,14 @@ impl Server {
         writer.write_all(&PREAMBLE).await?;
         writer
             .write_all(
-                &Response::Hello {
-                    node: self.node,
-                    name: self.name.clone(),
+                &{
+                    let inv = self.store.inventory();
+                    Response::Hello {
+                        node: self.node,
+                        name: self.name.clone(),
+                        digest: inv.digest,
+                        contents: inv.entries.len() as u32,
+                    }
                 }
                 .encode(),
             )
@@ -198,6 +206,9 @@ impl Server {
 
         let mut cached: Option<(ContentId, Source)> = None;
         let mut file_cache = None;
+        // The inventory being pulled on this connection, fixed at its
+        // first page so every page comes from one version.
+        let mut pull: Option<Plan> = None;
         loop {
             // Flush only when no further request is already buffered, so
             // pipelined requests are answered in one burst.
@@ -219,12 +230,17 @@ impl Server {
                         "second hello".into(),
                     )));
                 }
-                Request::GetInventory { req } => {
-                    let inv = self.store.inventory();
-                    let entries = (*inv.entries).clone();
-                    writer
-                        .write_all(&Response::Inventory { req, entries }.encode())
-                        .await?;
+                Request::GetInventory { req, since, after } => {
+                    if after.is_none() || pull.is_none() {
+                        pull = Some(self.store.inventory_plan(since));
+                    }
+                    let plan = pull.as_ref().expect("set above");
+                    let page = inventory_page(req, plan, after);
+                    let bytes = Response::Inventory(page).encode();
+                    self.dict
+                        .inventory_bytes_served
+                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    writer.write_all(&bytes).await?;
                 }
                 Request::GetManifest { req, id } => match self.store.source(&id) {
                     Some(src) => {
@@ -447,5 +463,38 @@ mod tests {
         assert!(AddressSlot::take(&map, other, 2).is_some());
         drop(a);
         assert!(AddressSlot::take(&map, ip, 2).is_some());
+    }
+}
+
+/// Bytes of entries in one inventory page (roughly; a single entry may exceed it).
+const PAGE_BYTES: usize = 1 << 20;
+
+/// The page of `plan` after the entry `after` (the first page when `None`).
+fn inventory_page(req: u32, plan: &Plan, after: Option<ContentId>) -> InventoryPage {
+    let (entries, base, removed): (&[InventoryEntry], _, &[ContentId]) = match &plan.delta {
+        Some(d) => (&d.upserts, Some(d.base), &d.removed),
+        None => (&plan.inventory.entries, None, &[]),
+    };
+    let start = after.map_or(0, |a| entries.partition_point(|e| e.id <= a));
+    let mut end = start;
+    let mut bytes = 0;
+    while end < entries.len()
+        && end - start < MAX_PAGE_ENTRIES
+        && (bytes < PAGE_BYTES || end == start)
+    {
+        bytes += entries[end].approx_size();
+        end += 1;
+    }
+    InventoryPage {
+        req,
+        digest: plan.inventory.digest,
+        base,
+        entries: entries[start..end].to_vec(),
+        removed: if after.is_none() {
+            removed.to_vec()
+        } else {
+            Vec::new()
+        },
+        more: end < entries.len(),
     }
 }

@@ -3,6 +3,7 @@
 //! downloads and their final rename. Network input reaches the filesystem
 //! only through [`safe_file_name`] and content ids, never as a path.
 
+pub mod changes;
 mod index;
 mod partial;
 
@@ -181,6 +182,9 @@ pub struct Store {
     index: Mutex<index::IndexState>,
     partials: Mutex<HashMap<ContentId, Arc<Partial>>>,
     inventory: watch::Sender<Inventory>,
+    /// Recent inventory changes, for incremental updates. Publishing holds
+    /// this lock, so the log and the published inventory never disagree.
+    changes: Mutex<changes::ChangeLog>,
 }
 
 impl Store {
@@ -195,7 +199,8 @@ impl Store {
             cli_roots,
             index: Mutex::new(index),
             partials: Mutex::new(HashMap::new()),
-            inventory: watch::channel(Inventory::default()).0,
+            inventory: watch::channel(Inventory::new(Vec::new())).0,
+            changes: Mutex::new(changes::ChangeLog::default()),
         });
         Ok(store)
     }
@@ -300,13 +305,24 @@ impl Store {
             });
         }
         let inv = Inventory::new(entries.into_values().collect());
+        let mut log = self.changes.lock().expect("change log lock");
         self.inventory.send_if_modified(|old| {
             if old.digest == inv.digest {
                 return false;
             }
+            log.record(old, &inv);
             *old = inv;
             true
         });
+    }
+
+    /// What to send a peer that holds our inventory of digest `since`
+    /// (`None`: nothing yet): the current inventory, with a delta when the
+    /// change log reaches back to `since`.
+    pub fn inventory_plan(&self, since: Option<[u8; 16]>) -> changes::Plan {
+        let log = self.changes.lock().expect("change log lock");
+        let current = self.inventory.borrow().clone();
+        log.plan(&current, since)
     }
 
     /// The complete local copy of `id`, if this node has one.

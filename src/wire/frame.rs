@@ -26,6 +26,10 @@ pub const MAX_REQUEST_FRAME: u32 = 4 * 1024;
 pub const MAX_RESPONSE_FRAME: u32 = 32 << 20;
 /// Most entries in one inventory.
 pub const MAX_INVENTORY_ENTRIES: usize = 200_000;
+/// Most entries in one inventory page.
+pub const MAX_PAGE_ENTRIES: usize = 4096;
+/// Most removed ids in one inventory delta.
+pub const MAX_REMOVED: usize = 16_384;
 
 pub const PREAMBLE: [u8; 5] = [b'L', b'N', b'S', b'H', super::VERSION];
 
@@ -81,8 +85,13 @@ pub enum Request {
         id: ContentId,
         index: u32,
     },
+    /// Starts (`after: None`) or continues an inventory pull. With `since`,
+    /// the client holds the inventory of that digest and wants only what
+    /// changed; the server answers with a delta when it can, else in full.
     GetInventory {
         req: u32,
+        since: Option<[u8; 16]>,
+        after: Option<ContentId>,
     },
 }
 
@@ -105,6 +114,10 @@ pub enum Response {
     Hello {
         node: NodeId,
         name: String,
+        /// Digest and size of the server's current inventory, so a hello
+        /// doubles as a liveness and change probe.
+        digest: [u8; 16],
+        contents: u32,
     },
     Manifest {
         req: u32,
@@ -115,15 +128,28 @@ pub enum Response {
         req: u32,
         len: usize,
     },
-    Inventory {
-        req: u32,
-        entries: Vec<InventoryEntry>,
-    },
+    Inventory(InventoryPage),
     Error {
         req: u32,
         code: ErrorCode,
         message: String,
     },
+}
+
+/// One page of an inventory, full or a delta, in content id order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryPage {
+    pub req: u32,
+    /// Digest of the inventory being sent (the same on every page of a pull).
+    pub digest: [u8; 16],
+    /// `Some(d)`: a delta against the inventory of digest `d`; `None`: in full.
+    pub base: Option<[u8; 16]>,
+    /// Entries (a delta: new or changed ones), ascending by id.
+    pub entries: Vec<InventoryEntry>,
+    /// Ids no longer offered (deltas only; first page only).
+    pub removed: Vec<ContentId>,
+    /// More pages follow: ask again with `after` = the last entry's id.
+    pub more: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -137,9 +163,11 @@ struct ManifestBody {
     manifest: Manifest,
 }
 #[derive(Serialize, Deserialize)]
-struct InventoryBody {
-    req: u32,
-    entries: Vec<InventoryEntry>,
+struct ServerHelloBody {
+    node: NodeId,
+    name: String,
+    digest: [u8; 16],
+    contents: u32,
 }
 #[derive(Serialize, Deserialize)]
 struct ErrorBody {
@@ -169,7 +197,9 @@ impl Request {
             ),
             Request::GetManifest { req, id } => frame(K_GET_MANIFEST, &(req, id)),
             Request::GetChunk { req, id, index } => frame(K_GET_CHUNK, &(req, id, index)),
-            Request::GetInventory { req } => frame(K_GET_INVENTORY, req),
+            Request::GetInventory { req, since, after } => {
+                frame(K_GET_INVENTORY, &(req, since, after))
+            }
         }
     }
 
@@ -191,9 +221,10 @@ impl Request {
                 let (req, id, index) = decode_exact(body)?;
                 Request::GetChunk { req, id, index }
             }
-            K_GET_INVENTORY => Request::GetInventory {
-                req: decode_exact(body)?,
-            },
+            K_GET_INVENTORY => {
+                let (req, since, after) = decode_exact(body)?;
+                Request::GetInventory { req, since, after }
+            }
             k => return Err(WireError::UnknownKind(k)),
         })
     }
@@ -203,11 +234,18 @@ impl Response {
     /// Encodes any response but a chunk (see [`chunk_header`]).
     pub fn encode(&self) -> Vec<u8> {
         match self {
-            Response::Hello { node, name } => frame(
+            Response::Hello {
+                node,
+                name,
+                digest,
+                contents,
+            } => frame(
                 K_R_HELLO,
-                &HelloBody {
+                &ServerHelloBody {
                     node: *node,
                     name: name.clone(),
+                    digest: *digest,
+                    contents: *contents,
                 },
             ),
             Response::Manifest { req, manifest } => frame(
@@ -218,13 +256,7 @@ impl Response {
                 },
             ),
             Response::Chunk { req, len } => chunk_header(*req, *len).to_vec(),
-            Response::Inventory { req, entries } => frame(
-                K_R_INVENTORY,
-                &InventoryBody {
-                    req: *req,
-                    entries: entries.clone(),
-                },
-            ),
+            Response::Inventory(page) => frame(K_R_INVENTORY, page),
             Response::Error { req, code, message } => frame(
                 K_R_ERROR,
                 &ErrorBody {
@@ -241,11 +273,13 @@ impl Response {
     pub fn decode(kind: u8, body: &[u8], body_len: usize) -> Result<Response, WireError> {
         Ok(match kind {
             K_R_HELLO => {
-                let h: HelloBody = decode_exact(body)?;
+                let h: ServerHelloBody = decode_exact(body)?;
                 super::check_text(&h.name, MAX_NODE_NAME, "name")?;
                 Response::Hello {
                     node: h.node,
                     name: h.name,
+                    digest: h.digest,
+                    contents: h.contents,
                 }
             }
             K_R_MANIFEST => {
@@ -273,17 +307,22 @@ impl Response {
                 }
             }
             K_R_INVENTORY => {
-                let inv: InventoryBody = decode_exact(body)?;
-                if inv.entries.len() > MAX_INVENTORY_ENTRIES {
+                let page: InventoryPage = decode_exact(body)?;
+                if page.entries.len() > MAX_PAGE_ENTRIES {
                     return Err(WireError::OutOfBounds { field: "entries" });
                 }
-                for e in &inv.entries {
+                if page.removed.len() > MAX_REMOVED
+                    || (page.base.is_none() && !page.removed.is_empty())
+                {
+                    return Err(WireError::OutOfBounds { field: "removed" });
+                }
+                if !page.entries.windows(2).all(|w| w[0].id < w[1].id) {
+                    return Err(WireError::OutOfBounds { field: "order" });
+                }
+                for e in &page.entries {
                     e.check()?;
                 }
-                Response::Inventory {
-                    req: inv.req,
-                    entries: inv.entries,
-                }
+                Response::Inventory(page)
             }
             K_R_ERROR => {
                 let e: ErrorBody = decode_exact(body)?;
@@ -360,7 +399,16 @@ mod tests {
                 id,
                 index: 5,
             },
-            Request::GetInventory { req: 0 },
+            Request::GetInventory {
+                req: 0,
+                since: None,
+                after: None,
+            },
+            Request::GetInventory {
+                req: 1,
+                since: Some([7; 16]),
+                after: Some(id),
+            },
         ] {
             let f = r.encode();
             let (kind, body) = split(&f);
@@ -382,15 +430,21 @@ mod tests {
             Response::Hello {
                 node: NodeId([2; 16]),
                 name: "n".into(),
+                digest: [9; 16],
+                contents: 12,
             },
             Response::Manifest {
                 req: 4,
                 manifest: manifest_of(b"abcdefg", 3),
             },
-            Response::Inventory {
+            Response::Inventory(InventoryPage {
                 req: 5,
+                digest: [1; 16],
+                base: Some([2; 16]),
                 entries: vec![entry],
-            },
+                removed: vec![ContentId([4; 32])],
+                more: true,
+            }),
             Response::Error {
                 req: 6,
                 code: ErrorCode::NoChunk,
@@ -419,10 +473,14 @@ mod tests {
             comment: String::new(),
             chunks: ChunkSet::Full,
         };
-        let f = Response::Inventory {
+        let f = Response::Inventory(InventoryPage {
             req: 1,
+            digest: [0; 16],
+            base: None,
             entries: vec![entry],
-        }
+            removed: Vec::new(),
+            more: false,
+        })
         .encode();
         assert_eq!(
             Response::decode(f[4], &f[5..], f.len() - 5),

@@ -62,6 +62,17 @@ pub struct InventoryEntry {
     pub chunks: ChunkSet,
 }
 
+impl InventoryEntry {
+    /// About how many bytes the entry takes on the wire.
+    pub fn approx_size(&self) -> usize {
+        let bitmap = match &self.chunks {
+            ChunkSet::Full => 0,
+            ChunkSet::Partial(b) => b.as_bytes().len(),
+        };
+        48 + self.name.len() + self.comment.len() + bitmap
+    }
+}
+
 /// Checks a text field from the network: at most `max` bytes and no
 /// control characters (which could rewrite a user's terminal).
 pub fn check_text(s: &str, max: usize, field: &'static str) -> Result<(), WireError> {

@@ -1,0 +1,176 @@
+//! Keeping in touch with peers over TCP, whichever way they were found
+//! (multicast, mDNS, a tracker, `--peer`):
+//! - the puller fetches a peer's inventory whenever the digest it announced
+//!   differs from the one held, as a delta when possible, a few peers at a
+//!   time, retrying failed pulls with backoff;
+//! - the prober says hello to every online peer not heard directly (by a
+//!   multicast announcement or a hello) for an announce interval, so peers
+//!   found without multicast stay alive, and their changes are noticed,
+//!   only while they answer.
+//!
+//! Every connection tries the peer's addresses in order, best first, and
+//! remembers the one that answered.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::dict::Dict;
+use crate::id::NodeId;
+use crate::peer::PeerError;
+use crate::peer::client::PeerConn;
+
+/// Inventory pulls running at once.
+const MAX_PULLS: usize = 4;
+/// Hello probes running at once.
+const MAX_PROBES: usize = 8;
+/// Each page of an inventory must arrive within this long.
+const PAGE_TIMEOUT: Duration = Duration::from_secs(10);
+const MIN_RETRY: Duration = Duration::from_millis(500);
+const MAX_RETRY: Duration = Duration::from_secs(8);
+
+pub struct Reach {
+    pub dict: Arc<Dict>,
+    pub me: NodeId,
+    pub name: String,
+}
+
+impl Reach {
+    /// Pulls inventories of peers whose digest changed until cancelled.
+    pub async fn puller(self: Arc<Self>, cancel: CancellationToken) {
+        let mut tasks: JoinSet<(NodeId, bool)> = JoinSet::new();
+        let mut running: HashMap<NodeId, ()> = HashMap::new();
+        // Per peer: when to try again after a failure, and the next delay.
+        let mut retry: HashMap<NodeId, (Instant, Duration)> = HashMap::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = self.dict.pull_wanted.notified() => {}
+                _ = tick.tick() => {}
+                Some(done) = tasks.join_next() => {
+                    if let Ok((id, ok)) = done {
+                        running.remove(&id);
+                        if ok {
+                            retry.remove(&id);
+                        } else {
+                            let delay = retry.get(&id).map_or(MIN_RETRY, |(_, d)| (*d * 2).min(MAX_RETRY));
+                            retry.insert(id, (Instant::now() + delay, delay));
+                        }
+                    }
+                }
+            }
+            let now = Instant::now();
+            for peer in self.dict.peers_needing_pull() {
+                if running.len() >= MAX_PULLS {
+                    break;
+                }
+                if running.contains_key(&peer.id)
+                    || retry.get(&peer.id).is_some_and(|(at, _)| *at > now)
+                {
+                    continue;
+                }
+                running.insert(peer.id, ());
+                let this = self.clone();
+                tasks.spawn(async move {
+                    let r = this.pull(peer.id).await;
+                    if let Err(e) = &r {
+                        tracing::debug!(peer = %peer.name, error = %e, "inventory pull failed; will retry");
+                    }
+                    (peer.id, r.is_ok())
+                });
+            }
+            retry.retain(|id, _| self.dict.peer(id).is_some_and(|p| p.online));
+        }
+        tasks.abort_all();
+    }
+
+    async fn pull(&self, id: NodeId) -> Result<(), PeerError> {
+        let Some(peer) = self.dict.peer(&id) else {
+            return Ok(());
+        };
+        let mut conn = self.connect(&peer.id, &peer.addrs()).await?;
+        let held = self.dict.inventory(&id);
+        let since = held.as_ref().map(|i| i.digest);
+        let pulled = conn.pull_inventory(since, PAGE_TIMEOUT).await?;
+        let delta = pulled.base.is_some();
+        let inv = pulled.into_inventory(held.as_ref().map(|i| i.entries.as_slice()))?;
+        tracing::debug!(peer = %peer.name, contents = inv.entries.len(), delta, "pulled inventory");
+        self.dict.set_inventory(id, inv);
+        Ok(())
+    }
+
+    /// Connects to `id` at the first of `addrs` that answers as `id`.
+    async fn connect(
+        &self,
+        id: &NodeId,
+        addrs: &[std::net::SocketAddr],
+    ) -> Result<PeerConn, PeerError> {
+        let mut last = PeerError::Closed;
+        for addr in addrs {
+            match PeerConn::connect(*addr, self.me, &self.name).await {
+                Ok(conn) if conn.remote_node == *id => {
+                    self.dict
+                        .reached(*id, *addr, conn.remote_digest, conn.remote_contents);
+                    return Ok(conn);
+                }
+                Ok(_) => {
+                    // Another node now answers there (an address reused).
+                    self.dict.unreachable(*id, *addr);
+                    last = PeerError::Unexpected(0);
+                }
+                Err(e) => {
+                    self.dict.unreachable(*id, *addr);
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Says hello to online peers not heard directly for an interval.
+    pub async fn prober(self: Arc<Self>, cancel: CancellationToken) {
+        let mut tasks: JoinSet<NodeId> = JoinSet::new();
+        let mut running: HashMap<NodeId, ()> = HashMap::new();
+        // Each peer is probed at most once per its interval.
+        let mut attempted: HashMap<NodeId, Instant> = HashMap::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tick.tick() => {}
+                Some(done) = tasks.join_next() => {
+                    if let Ok(id) = done { running.remove(&id); }
+                    continue;
+                }
+            }
+            attempted.retain(|id, _| self.dict.peer(id).is_some_and(|p| p.online));
+            let now = Instant::now();
+            for peer in self.dict.peers_to_probe(now) {
+                if running.len() >= MAX_PROBES {
+                    break;
+                }
+                if running.contains_key(&peer.id)
+                    || attempted
+                        .get(&peer.id)
+                        .is_some_and(|t| now.duration_since(*t) < peer.interval)
+                {
+                    continue;
+                }
+                running.insert(peer.id, ());
+                attempted.insert(peer.id, now);
+                let this = self.clone();
+                tasks.spawn(async move {
+                    if let Err(e) = this.connect(&peer.id, &peer.addrs()).await {
+                        tracing::debug!(peer = %peer.name, error = %e, "peer did not answer a probe");
+                    }
+                    peer.id
+                });
+            }
+        }
+        tasks.abort_all();
+    }
+}
