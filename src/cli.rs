@@ -1,7 +1,7 @@
 //! Command-line definitions (clap) and their translation into a
 //! [`NodeConfig`] or a client command. No sockets, no files.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, NodeConfig};
 use crate::manifest::Category;
+use crate::netif::IfaceSpec;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -102,12 +103,18 @@ pub struct UpArgs {
     /// TCP address for the peer server; port 0 picks a free one [default: 0.0.0.0:7373, or a free port if taken].
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<SocketAddr>,
-    /// IPv4 address of an interface to discover on (repeatable) [default: every up, multicast-capable, non-loopback interface].
-    #[arg(long = "interface", value_name = "ADDR")]
-    pub interfaces: Vec<Ipv4Addr>,
-    /// Multicast group and port for announcements.
+    /// Interface to discover on, by address or name (repeatable) [default: every up, multicast-capable, non-loopback interface, IPv4 and IPv6, but container and VM bridges].
+    #[arg(long = "interface", value_name = "ADDR|IFACE")]
+    pub interfaces: Vec<IfaceSpec>,
+    /// Leave out interfaces whose name matches (repeatable; `*` matches any part), besides docker*, br-*, veth*, virbr*, vboxnet*, vmnet*, cni*, flannel*.
+    #[arg(long = "exclude-interface", value_name = "PATTERN")]
+    pub exclude_interfaces: Vec<String>,
+    /// Multicast group and port for announcements (IPv4).
     #[arg(long, value_name = "IP:PORT", default_value_t = config::DEFAULT_GROUP, value_parser = parse_group)]
     pub group: SocketAddrV4,
+    /// IPv6 multicast group for announcements (same port as --group).
+    #[arg(long, value_name = "IPV6", default_value_t = crate::discovery::DEFAULT_GROUP6, value_parser = parse_group6)]
+    pub group6: Ipv6Addr,
     /// Seconds between announcements (fractions allowed).
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
     pub announce_interval: Duration,
@@ -138,6 +145,18 @@ fn parse_group(s: &str) -> Result<SocketAddrV4, String> {
     }
     if addr.port() == 0 {
         return Err("the group port must not be 0".into());
+    }
+    Ok(addr)
+}
+
+fn parse_group6(s: &str) -> Result<Ipv6Addr, String> {
+    let addr: Ipv6Addr = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IPv6 address"))?;
+    if !addr.is_multicast() {
+        return Err(format!(
+            "{addr} is not an IPv6 multicast address (ff00::/8, e.g. ff02::6c61:6e73)"
+        ));
     }
     Ok(addr)
 }
@@ -176,7 +195,9 @@ impl UpArgs {
         }
         cfg.listen = self.listen;
         cfg.interfaces = self.interfaces;
+        cfg.exclude_interfaces = self.exclude_interfaces;
         cfg.group = self.group;
+        cfg.group6 = self.group6;
         cfg.announce_interval = self.announce_interval;
         cfg.scan_interval = self.scan_interval;
         cfg.multicast = !self.no_multicast;
@@ -226,7 +247,10 @@ mod tests {
         assert_eq!(cfg.shares.len(), 2);
         assert_eq!(cfg.name, "n");
         assert_eq!(cfg.listen, Some("127.0.0.1:0".parse().unwrap()));
-        assert_eq!(cfg.interfaces, vec![Ipv4Addr::LOCALHOST]);
+        assert_eq!(
+            cfg.interfaces,
+            vec![IfaceSpec::Addr(std::net::Ipv4Addr::LOCALHOST.into())]
+        );
         assert_eq!(cfg.group, "239.255.1.2:5000".parse().unwrap());
         assert_eq!(cfg.announce_interval, Duration::from_millis(500));
         assert!(cfg.multicast && !cfg.mdns);

@@ -123,21 +123,15 @@ async fn up(args: crate::cli::UpArgs) -> anyhow::Result<ExitCode> {
     let name = cfg.name.clone();
     let home = cfg.home.clone();
     let group = cfg.group;
+    let group6 = cfg.group6;
     let multicast = cfg.multicast;
     crate::node::run(cfg, shutdown_signal(), |s| {
         let disc = if !multicast {
             "multicast off".to_string()
-        } else if s.interfaces.is_empty() {
-            "no multicast interface".to_string()
+        } else if s.links.is_empty() {
+            "no multicast interface yet".to_string()
         } else {
-            format!(
-                "multicast {group} on {}",
-                s.interfaces
-                    .iter()
-                    .map(|i| i.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
+            format!("multicast {group} / {group6} on {}", s.links.join(", "))
         };
         println!(
             "lanshare node {name:?} ({}) up: home {}, listening on {}, {disc}. Ctrl-C stops it.",

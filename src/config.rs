@@ -1,11 +1,12 @@
 //! The node's configuration, with documented defaults. Built by the CLI
 //! from flags and `LANSHARE_*` variables; read by `node`.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::fetch::FetchLimits;
+use crate::netif::IfaceSpec;
 use crate::peer::server::ServerLimits;
 
 /// Default multicast group: in 239.255.0.0/16, the IPv4 organization-local
@@ -25,12 +26,17 @@ pub struct NodeConfig {
     pub shares: Vec<PathBuf>,
     /// Name shown to peers (default: the host name).
     pub name: String,
-    /// TCP address of the peer server; `None` means 0.0.0.0:7373 or any free port.
+    /// TCP address of the peer server; `None` means [::]:7373 (both
+    /// families), or any free port.
     pub listen: Option<SocketAddr>,
-    /// IPv4 addresses whose interfaces discovery uses; empty means every
-    /// up, multicast-capable, non-loopback interface.
-    pub interfaces: Vec<Ipv4Addr>,
+    /// Interfaces discovery uses (addresses or names); empty means every
+    /// up, multicast-capable, non-loopback interface not excluded.
+    pub interfaces: Vec<IfaceSpec>,
+    /// Interface name patterns left out besides the default ones.
+    pub exclude_interfaces: Vec<String>,
     pub group: SocketAddrV4,
+    /// The IPv6 group; its port is `group`'s.
+    pub group6: Ipv6Addr,
     pub announce_interval: Duration,
     pub multicast: bool,
     pub mdns: bool,
@@ -53,7 +59,9 @@ impl NodeConfig {
             name: default_name(),
             listen: None,
             interfaces: Vec::new(),
+            exclude_interfaces: Vec::new(),
             group: DEFAULT_GROUP,
+            group6: crate::discovery::DEFAULT_GROUP6,
             announce_interval: DEFAULT_ANNOUNCE_INTERVAL,
             multicast: true,
             mdns: true,
@@ -79,4 +87,14 @@ pub fn default_name() -> String {
 /// Cuts a node name to the protocol's limit and replaces control characters.
 pub fn truncate(s: &mut String, max: usize) {
     *s = crate::wire::clean_text(s, max);
+}
+
+impl NodeConfig {
+    /// The interfaces discovery uses, as configured.
+    pub fn selection(&self) -> crate::netif::Selection {
+        crate::netif::Selection {
+            only: self.interfaces.clone(),
+            exclude: self.exclude_interfaces.clone(),
+        }
+    }
 }

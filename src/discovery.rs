@@ -1,39 +1,48 @@
-//! Multicast discovery: announces this node's inventory digest, answers
-//! newcomers' queries, says goodbye, listens to everyone else, and pulls a
-//! peer's full inventory over TCP whenever its digest changes. Writes only
-//! to the dictionary.
+//! Multicast discovery over IPv4 and IPv6: announces this node's inventory
+//! digest, answers newcomers' queries, says goodbye, and listens to
+//! everyone else. Writes only to the dictionary; inventories are pulled by
+//! [`crate::reach`].
 //!
-//! Sockets: one receiving socket bound to the group port (SO_REUSEADDR and
-//! SO_REUSEPORT, so several nodes on one host all hear the group) that joins
-//! the group on every chosen interface, and one sending socket per interface
-//! with IP_MULTICAST_IF set to it and TTL 1, so announcements stay on the LAN.
+//! Sockets: per family, one receiving socket bound to the group port
+//! (SO_REUSEADDR and SO_REUSEPORT, so several nodes on one host all hear
+//! the group) that joins the group on every link, and one sending socket
+//! per link (IP_MULTICAST_IF / IPV6_MULTICAST_IF, TTL / hop limit 1, so
+//! announcements stay on the LAN). Links follow the interfaces: the
+//! [`crate::netif`] watcher publishes the set, and [`Discovery::links`]
+//! joins new ones (announcing on them at once) and leaves vanished ones.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::FoundVia;
 use crate::dict::Dict;
 use crate::id::NodeId;
+use crate::netif::Link;
 use crate::store::{Inventory, Store};
 use crate::wire::datagram::{Announce, Datagram, MAX_DATAGRAM};
 
-/// Announcements triggered by a change or a query are at least this far apart.
+/// Announcements triggered by a change are at least this far apart.
 const MIN_GAP: Duration = Duration::from_millis(250);
-/// Inventory pulls running at once.
-const MAX_PULLS: usize = 4;
-const PULL_TIMEOUT: Duration = Duration::from_secs(10);
+/// A query is answered after a random delay below this, and queries
+/// arriving meanwhile share the answer: 30 nodes starting together send
+/// a few announcements each, not one per newcomer.
+const ANSWER_SPREAD: Duration = Duration::from_millis(300);
+
+/// The IPv6 group: link-local scope (never routed), "lans" in hex.
+pub const DEFAULT_GROUP6: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0x6c61, 0x6e73);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
     #[error(
-        "cannot set up multicast discovery on {what}; check that --interface is the IPv4 address of an up interface (see `ip addr`), or pass --no-multicast"
+        "cannot set up multicast discovery on {what}; check --interface (an address or name from `ip addr`), or pass --no-multicast"
     )]
     Socket {
         what: String,
@@ -41,83 +50,89 @@ pub enum DiscoveryError {
     },
 }
 
-/// The IPv4 addresses of every up, multicast-capable, non-loopback interface.
-pub fn default_interfaces() -> Vec<Ipv4Addr> {
-    let Ok(ifaces) = if_addrs::get_if_addrs() else {
-        return Vec::new();
-    };
-    ifaces
-        .into_iter()
-        .filter(|i| !i.is_loopback() && i.is_oper_up() && is_multicast_capable(&i.name))
-        .filter_map(|i| match i.ip() {
-            IpAddr::V4(v4) => Some(v4),
-            IpAddr::V6(_) => None,
-        })
-        .collect()
-}
-
-fn is_multicast_capable(name: &str) -> bool {
-    const IFF_MULTICAST: u32 = 0x1000;
-    match std::fs::read_to_string(format!("/sys/class/net/{name}/flags")) {
-        Ok(s) => u32::from_str_radix(s.trim().trim_start_matches("0x"), 16)
-            .is_ok_and(|f| f & IFF_MULTICAST != 0),
-        Err(_) => true,
-    }
-}
-
 fn sock_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DiscoveryError {
     let what = what.into();
     move |source| DiscoveryError::Socket { what, source }
 }
 
-/// The receiving socket: bound to the group port, member of the group on each interface.
-pub fn recv_socket(
-    group: SocketAddrV4,
-    interfaces: &[Ipv4Addr],
-) -> Result<UdpSocket, DiscoveryError> {
-    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))
-        .map_err(sock_err("a new socket"))?;
+fn no_multicast_all(s: &Socket, v6: bool) {
+    // Only datagrams for groups this socket joined (Linux otherwise
+    // delivers every group's traffic on the port).
+    #[cfg(target_os = "linux")]
+    unsafe {
+        let off: libc::c_int = 0;
+        let (level, opt) = if v6 {
+            (libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_ALL)
+        } else {
+            (libc::IPPROTO_IP, libc::IP_MULTICAST_ALL)
+        };
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(s),
+            level,
+            opt,
+            &off as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (s, v6);
+}
+
+/// The receiving socket of one family, bound to the group port; it joins
+/// the group per link later.
+pub fn recv_socket(v6: bool, port: u16) -> Result<UdpSocket, DiscoveryError> {
+    let (domain, any) = if v6 {
+        (Domain::IPV6, IpAddr::V6(Ipv6Addr::UNSPECIFIED))
+    } else {
+        (Domain::IPV4, IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+    };
+    let s =
+        Socket::new(domain, Type::DGRAM, Some(Protocol::UDP)).map_err(sock_err("a new socket"))?;
+    if v6 {
+        s.set_only_v6(true).map_err(sock_err("IPV6_V6ONLY"))?;
+    }
     s.set_reuse_address(true)
         .map_err(sock_err("SO_REUSEADDR"))?;
     s.set_reuse_port(true).map_err(sock_err("SO_REUSEPORT"))?;
     s.set_nonblocking(true)
         .map_err(sock_err("non-blocking mode"))?;
-    s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, group.port())).into())
-        .map_err(sock_err(format!("UDP port {}", group.port())))?;
-    // Only datagrams for groups this socket joined (Linux otherwise delivers
-    // every group's traffic on the port).
-    #[cfg(target_os = "linux")]
-    unsafe {
-        let off: libc::c_int = 0;
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&s),
-            libc::IPPROTO_IP,
-            libc::IP_MULTICAST_ALL,
-            &off as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-    for iface in interfaces {
-        s.join_multicast_v4(group.ip(), iface)
-            .map_err(sock_err(format!("group {} on {iface}", group.ip())))?;
-    }
+    s.bind(&SocketAddr::new(any, port).into())
+        .map_err(sock_err(format!("UDP port {port}")))?;
+    no_multicast_all(&s, v6);
     UdpSocket::from_std(s.into()).map_err(sock_err("the runtime"))
 }
 
-/// A sending socket whose datagrams leave through `iface` only.
-pub fn send_socket(iface: Ipv4Addr) -> Result<UdpSocket, DiscoveryError> {
-    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))
-        .map_err(sock_err("a new socket"))?;
+/// A sending socket whose datagrams leave through `link` only.
+pub fn send_socket(link: &Link) -> Result<UdpSocket, DiscoveryError> {
+    let s = match link {
+        Link::V4 { addr, .. } => {
+            let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))
+                .map_err(sock_err("a new socket"))?;
+            s.set_multicast_if_v4(addr)
+                .map_err(sock_err(format!("IP_MULTICAST_IF {addr}")))?;
+            s.set_multicast_loop_v4(true)
+                .map_err(sock_err("IP_MULTICAST_LOOP"))?;
+            s.set_multicast_ttl_v4(1)
+                .map_err(sock_err("IP_MULTICAST_TTL"))?;
+            s.bind(&SocketAddr::from((*addr, 0)).into())
+                .map_err(sock_err(format!("address {addr}")))?;
+            s
+        }
+        Link::V6 { name, index } => {
+            let s = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))
+                .map_err(sock_err("a new socket"))?;
+            s.set_only_v6(true).map_err(sock_err("IPV6_V6ONLY"))?;
+            s.set_multicast_if_v6(*index)
+                .map_err(sock_err(format!("IPV6_MULTICAST_IF {name}")))?;
+            s.set_multicast_loop_v6(true)
+                .map_err(sock_err("IPV6_MULTICAST_LOOP"))?;
+            s.set_multicast_hops_v6(1)
+                .map_err(sock_err("IPV6_MULTICAST_HOPS"))?;
+            s
+        }
+    };
     s.set_nonblocking(true)
         .map_err(sock_err("non-blocking mode"))?;
-    s.set_multicast_if_v4(&iface)
-        .map_err(sock_err(format!("IP_MULTICAST_IF {iface}")))?;
-    s.set_multicast_loop_v4(true)
-        .map_err(sock_err("IP_MULTICAST_LOOP"))?;
-    s.set_multicast_ttl_v4(1)
-        .map_err(sock_err("IP_MULTICAST_TTL"))?;
-    s.bind(&SocketAddr::from((iface, 0)).into())
-        .map_err(sock_err(format!("address {iface}")))?;
     UdpSocket::from_std(s.into()).map_err(sock_err("the runtime"))
 }
 
@@ -127,21 +142,31 @@ pub struct Discovery {
     pub node: NodeId,
     pub name: String,
     pub tcp_port: u16,
-    pub group: SocketAddrV4,
+    pub group4: SocketAddrV4,
+    pub group6: SocketAddrV6,
     pub interval: Duration,
-    /// Poked to announce now (a query arrived).
-    answer: Notify,
+    recv4: Option<Arc<UdpSocket>>,
+    recv6: Option<Arc<UdpSocket>>,
+    /// One sending socket per link.
+    senders: Mutex<BTreeMap<Link, Arc<UdpSocket>>>,
+    /// Poked to announce now (a query was answered, a link appeared).
+    announce_now: Notify,
+    answer_pending: AtomicBool,
 }
 
 impl Discovery {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         dict: Arc<Dict>,
         store: Arc<Store>,
         node: NodeId,
         name: String,
         tcp_port: u16,
-        group: SocketAddrV4,
+        group4: SocketAddrV4,
+        group6: SocketAddrV6,
         interval: Duration,
+        recv4: Option<UdpSocket>,
+        recv6: Option<UdpSocket>,
     ) -> Arc<Self> {
         Arc::new(Discovery {
             dict,
@@ -149,10 +174,92 @@ impl Discovery {
             node,
             name,
             tcp_port,
-            group,
+            group4,
+            group6,
             interval,
-            answer: Notify::new(),
+            recv4: recv4.map(Arc::new),
+            recv6: recv6.map(Arc::new),
+            senders: Mutex::new(BTreeMap::new()),
+            announce_now: Notify::new(),
+            answer_pending: AtomicBool::new(false),
         })
+    }
+
+    /// Joins the group on `links` not yet joined and leaves the others.
+    /// Returns the links that failed, with why.
+    pub fn set_links(&self, links: &BTreeSet<Link>) -> Vec<(Link, DiscoveryError)> {
+        let mut failed = Vec::new();
+        let mut senders = self.senders.lock().expect("senders lock");
+        let gone: Vec<Link> = senders
+            .keys()
+            .filter(|l| !links.contains(l))
+            .cloned()
+            .collect();
+        for l in gone {
+            senders.remove(&l);
+            let _ = match &l {
+                Link::V4 { addr, .. } => self
+                    .recv4
+                    .as_ref()
+                    .map(|s| s.leave_multicast_v4(*self.group4.ip(), *addr)),
+                Link::V6 { index, .. } => self
+                    .recv6
+                    .as_ref()
+                    .map(|s| s.leave_multicast_v6(self.group6.ip(), *index)),
+            };
+            tracing::info!(link = %l, "multicast discovery left an interface");
+        }
+        let mut added = false;
+        let new: Vec<&Link> = links.iter().filter(|l| !senders.contains_key(l)).collect();
+        for l in new {
+            let joined = match l {
+                Link::V4 { addr, .. } => match &self.recv4 {
+                    Some(s) => s
+                        .join_multicast_v4(*self.group4.ip(), *addr)
+                        .map_err(sock_err(format!("group {} on {l}", self.group4.ip()))),
+                    None => continue,
+                },
+                Link::V6 { index, .. } => match &self.recv6 {
+                    Some(s) => s
+                        .join_multicast_v6(self.group6.ip(), *index)
+                        .map_err(sock_err(format!("group {} on {l}", self.group6.ip()))),
+                    None => continue,
+                },
+            };
+            match joined.and_then(|()| send_socket(l)) {
+                Ok(s) => {
+                    tracing::info!(link = %l, "multicast discovery on an interface");
+                    senders.insert(l.clone(), Arc::new(s));
+                    added = true;
+                }
+                Err(e) => failed.push((l.clone(), e)),
+            }
+        }
+        drop(senders);
+        if added {
+            self.announce_now.notify_one();
+        }
+        failed
+    }
+
+    /// Follows the interface watcher's link set until cancelled. A new
+    /// link gets a query and an announcement at once.
+    pub async fn links(
+        self: Arc<Self>,
+        mut rx: watch::Receiver<BTreeSet<Link>>,
+        cancel: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = rx.changed() => if r.is_err() { return },
+            }
+            let links = rx.borrow_and_update().clone();
+            for (l, e) in self.set_links(&links) {
+                tracing::warn!(link = %l, error = %e, "cannot use this interface for discovery");
+            }
+            self.send_all(&Datagram::Query { node: self.node }).await;
+        }
     }
 
     fn announce(&self, inv: &Inventory) -> Datagram {
@@ -166,24 +273,41 @@ impl Discovery {
         })
     }
 
-    async fn send_all(&self, senders: &[UdpSocket], d: &Datagram) {
+    async fn send_all(&self, d: &Datagram) {
         let bytes = d.encode();
-        for s in senders {
-            if let Err(e) = s.send_to(&bytes, self.group).await {
-                tracing::debug!(error = %e, "cannot send datagram");
+        let senders: Vec<(Link, Arc<UdpSocket>)> = self
+            .senders
+            .lock()
+            .expect("senders lock")
+            .iter()
+            .map(|(l, s)| (l.clone(), s.clone()))
+            .collect();
+        for (link, s) in senders {
+            let to: SocketAddr = match link {
+                Link::V4 { .. } => self.group4.into(),
+                Link::V6 { index, .. } => {
+                    SocketAddrV6::new(*self.group6.ip(), self.group6.port(), 0, index).into()
+                }
+            };
+            match s.send_to(&bytes, to).await {
+                Ok(n) => {
+                    self.dict
+                        .discovery_bytes_sent
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(e) => tracing::debug!(%link, error = %e, "cannot send datagram"),
             }
         }
     }
 
     /// Announces at start (with a query), periodically with jitter, soon
     /// after every inventory change or query, and says goodbye on cancel.
-    pub async fn announcer(self: Arc<Self>, senders: Vec<UdpSocket>, cancel: CancellationToken) {
+    pub async fn announcer(self: Arc<Self>, cancel: CancellationToken) {
         let mut inv_rx = self.store.subscribe();
-        self.send_all(&senders, &Datagram::Query { node: self.node })
-            .await;
+        self.send_all(&Datagram::Query { node: self.node }).await;
         let mut last_sent = Instant::now() - MIN_GAP;
         loop {
-            // Triggered announces (change, query) keep MIN_GAP between them.
+            // Triggered announces keep MIN_GAP between them.
             let wait = MIN_GAP.saturating_sub(last_sent.elapsed());
             if !wait.is_zero() {
                 tokio::select! {
@@ -192,22 +316,25 @@ impl Discovery {
                 }
             }
             let inv = inv_rx.borrow_and_update().clone();
-            self.send_all(&senders, &self.announce(&inv)).await;
+            self.answer_pending.store(false, Ordering::Relaxed);
+            self.send_all(&self.announce(&inv)).await;
             last_sent = Instant::now();
             let period = self.interval.mul_f64(rand::random_range(0.8..1.2));
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep(period) => {}
                 r = inv_rx.changed() => if r.is_err() { break },
-                _ = self.answer.notified() => {}
+                _ = self.announce_now.notified() => {}
             }
         }
-        self.send_all(&senders, &Datagram::Goodbye { node: self.node })
-            .await;
+        self.send_all(&Datagram::Goodbye { node: self.node }).await;
     }
 
-    /// Receives datagrams until cancelled.
-    pub async fn listener(self: Arc<Self>, socket: UdpSocket, cancel: CancellationToken) {
+    /// Receives datagrams on one family's socket until cancelled.
+    pub async fn listener(self: Arc<Self>, v6: bool, cancel: CancellationToken) {
+        let Some(socket) = (if v6 { &self.recv6 } else { &self.recv4 }).clone() else {
+            return;
+        };
         let mut buf = vec![0u8; MAX_DATAGRAM + 1];
         loop {
             let (len, src) = tokio::select! {
@@ -238,10 +365,17 @@ impl Discovery {
         }
     }
 
-    fn handle(&self, d: Datagram, src: SocketAddr) {
+    fn handle(self: &Arc<Self>, d: Datagram, src: SocketAddr) {
         match d {
             Datagram::Announce(a) => {
-                let addr = SocketAddr::new(src.ip(), a.tcp_port);
+                // The TCP server is at the datagram's source address (with
+                // its scope id for an IPv6 link-local one).
+                let addr = match src {
+                    SocketAddr::V4(s) => SocketAddr::new(IpAddr::V4(*s.ip()), a.tcp_port),
+                    SocketAddr::V6(s) => {
+                        SocketAddrV6::new(*s.ip(), a.tcp_port, 0, s.scope_id()).into()
+                    }
+                };
                 let interval = Duration::from_millis(a.interval_ms.clamp(100, 300_000) as u64);
                 let first = self.dict.peer(&a.node).is_none_or(|p| !p.online);
                 if first {
@@ -257,7 +391,16 @@ impl Discovery {
                     a.contents,
                 );
             }
-            Datagram::Query { .. } => self.answer.notify_one(),
+            Datagram::Query { .. } => {
+                if !self.answer_pending.swap(true, Ordering::Relaxed) {
+                    let this = self.clone();
+                    let delay = ANSWER_SPREAD.mul_f64(rand::random_range(0.0..1.0));
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        this.announce_now.notify_one();
+                    });
+                }
+            }
             Datagram::Goodbye { node } => {
                 if self.dict.peer(&node).is_some_and(|p| p.online) {
                     tracing::info!(peer = %node.short(), "peer said goodbye");

@@ -26,6 +26,7 @@ pub mod id;
 pub mod logs;
 pub mod manifest;
 pub mod manual;
+pub mod netif;
 pub mod node;
 pub mod peer;
 pub mod reach;

@@ -30,8 +30,12 @@ use crate::store::{Home, Store};
 pub struct Started {
     pub node: NodeId,
     pub listen: SocketAddr,
-    pub interfaces: Vec<Ipv4Addr>,
+    /// Interfaces discovery started on.
+    pub links: Vec<String>,
 }
+
+/// How often interfaces are listed again, to follow ones that come and go.
+const LINK_CHECK: Duration = Duration::from_secs(2);
 
 /// Loads the node id from `.lanshare/node_id`, creating it on first start.
 pub fn load_or_create_id(home: &Home) -> anyhow::Result<NodeId> {
@@ -107,26 +111,54 @@ pub async fn run(
     });
 
     // Bind every socket before any task starts, so a failure leaves nothing running.
-    let mut interfaces = Vec::new();
-    let mut multicast = None;
-    if cfg.multicast {
-        interfaces = if cfg.interfaces.is_empty() {
-            discovery::default_interfaces()
-        } else {
-            cfg.interfaces.clone()
-        };
-        if interfaces.is_empty() {
-            tracing::warn!(
-                "no up, multicast-capable interface found; multicast discovery is off (use --interface ADDR)"
-            );
-        } else {
-            let recv = discovery::recv_socket(cfg.group, &interfaces)?;
-            let senders = interfaces
-                .iter()
-                .map(|i| discovery::send_socket(*i))
-                .collect::<Result<Vec<_>, _>>()?;
-            multicast = Some((recv, senders));
+    let selection = cfg.selection();
+    let ifaces = crate::netif::list();
+    for spec in selection.unmatched(&ifaces) {
+        match spec {
+            crate::netif::IfaceSpec::Addr(a) => bail!(
+                "--interface {a}: no interface of this machine has that address; see `ip addr` for the addresses, or give an interface name"
+            ),
+            crate::netif::IfaceSpec::Name(n) => tracing::warn!(
+                "--interface {n}: no such interface yet; discovery starts on it when it appears"
+            ),
         }
+    }
+    let links = selection.links(&ifaces);
+    let (links_tx, links_rx) = tokio::sync::watch::channel(links.clone());
+    let mut disc = None;
+    if cfg.multicast {
+        let recv4 = discovery::recv_socket(false, cfg.group.port())?;
+        let recv6 = match discovery::recv_socket(true, cfg.group.port()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "no IPv6 multicast discovery");
+                None
+            }
+        };
+        let d = Discovery::new(
+            dict.clone(),
+            store.clone(),
+            id,
+            cfg.name.clone(),
+            listen.port(),
+            cfg.group,
+            std::net::SocketAddrV6::new(cfg.group6, cfg.group.port(), 0, 0),
+            cfg.announce_interval,
+            Some(recv4),
+            recv6,
+        );
+        let failed = d.set_links(&links);
+        if let Some((link, e)) = failed.into_iter().next()
+            && !cfg.interfaces.is_empty()
+        {
+            return Err(anyhow::Error::new(e).context(format!("cannot use {link}")));
+        }
+        if links.is_empty() {
+            tracing::warn!(
+                "no up, multicast-capable interface found yet; multicast discovery starts when one appears (or use --interface)"
+            );
+        }
+        disc = Some(d);
     }
 
     let cancel = CancellationToken::new();
@@ -161,18 +193,17 @@ pub async fn run(
     });
     tasks.spawn(reach.clone().puller(cancel.clone()));
     tasks.spawn(reach.prober(cancel.clone()));
-    if let Some((recv, senders)) = multicast {
-        let disc = Discovery::new(
-            dict.clone(),
-            store.clone(),
-            id,
-            cfg.name.clone(),
-            listen.port(),
-            cfg.group,
-            cfg.announce_interval,
-        );
-        tasks.spawn(disc.clone().listener(recv, cancel.clone()));
-        tasks.spawn(disc.announcer(senders, cancel.clone()));
+    tasks.spawn(crate::netif::watch_links(
+        selection,
+        links_tx,
+        LINK_CHECK,
+        cancel.clone(),
+    ));
+    if let Some(disc) = disc {
+        tasks.spawn(disc.clone().listener(false, cancel.clone()));
+        tasks.spawn(disc.clone().listener(true, cancel.clone()));
+        tasks.spawn(disc.clone().links(links_rx.clone(), cancel.clone()));
+        tasks.spawn(disc.announcer(cancel.clone()));
     }
 
     tasks.spawn(control_server(
@@ -184,7 +215,7 @@ pub async fn run(
     on_start(&Started {
         node: id,
         listen,
-        interfaces,
+        links: links.iter().map(|l| l.to_string()).collect(),
     });
 
     shutdown.await;
@@ -206,14 +237,41 @@ async fn bind_tcp(listen: Option<SocketAddr>) -> anyhow::Result<TcpListener> {
         Some(addr) => TcpListener::bind(addr).await.with_context(|| {
             format!("cannot listen on {addr}; is another program using that port? Pick another with --listen ADDR:PORT (port 0 picks a free one)")
         }),
-        None => match TcpListener::bind((Ipv4Addr::UNSPECIFIED, DEFAULT_TCP_PORT)).await {
+        None => match dual_stack(DEFAULT_TCP_PORT) {
             Ok(l) => Ok(l),
             Err(e) => {
                 tracing::info!(error = %e, "default port {DEFAULT_TCP_PORT} is taken; using a free one");
-                Ok(TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).await.context("cannot listen on any TCP port")?)
+                dual_stack(0).context("cannot listen on any TCP port")
             }
         },
     }
+}
+
+/// A listener for both IPv4 and IPv6 on `port`, or IPv4 only where the
+/// system has no IPv6.
+fn dual_stack(port: u16) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let v6 = (|| {
+        let s = Socket::new(Domain::IPV6, Type::STREAM, None)?;
+        s.set_only_v6(false)?;
+        s.set_reuse_address(true)?;
+        s.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)).into())?;
+        Ok::<_, std::io::Error>(s)
+    })();
+    let s = match v6 {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => return Err(e),
+        Err(e) => {
+            tracing::debug!(error = %e, "no IPv6; listening on IPv4 only");
+            let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+            s.set_reuse_address(true)?;
+            s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())?;
+            s
+        }
+    };
+    s.listen(1024)?;
+    s.set_nonblocking(true)?;
+    TcpListener::from_std(s.into())
 }
 
 /// Marks silent peers offline, whichever way they were found.

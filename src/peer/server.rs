@@ -103,6 +103,8 @@ impl Server {
                     }
                 },
             };
+            // A dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d.
+            let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
             let Some(slot) =
                 AddressSlot::take(&per_address, addr.ip(), self.limits.max_per_address)
             else {
