@@ -77,6 +77,11 @@ pub struct NodeStatus {
     pub shared_contents: u32,
     pub malformed_datagrams: u64,
     pub malformed_connections: u64,
+    /// Bytes of discovery datagrams sent since start (announcements,
+    /// queries, goodbyes, on every interface).
+    pub discovery_bytes_sent: u64,
+    /// Bytes of inventory pages served to peers since start.
+    pub inventory_bytes_served: u64,
 }
 
 /// What a fetch reports while it runs.

@@ -66,6 +66,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "dropped   {} malformed datagrams, {} malformed connections",
                     status.malformed_datagrams, status.malformed_connections
                 );
+                println!(
+                    "sent      {} of discovery datagrams, {} of inventory pages",
+                    human_bytes(status.discovery_bytes_sent as f64),
+                    human_bytes(status.inventory_bytes_served as f64)
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

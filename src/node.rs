@@ -381,6 +381,8 @@ impl Node {
             shared_contents: self.store.inventory().entries.len() as u32,
             malformed_datagrams: self.dict.malformed_datagrams.load(Ordering::Relaxed),
             malformed_connections: self.dict.malformed_connections.load(Ordering::Relaxed),
+            discovery_bytes_sent: self.dict.discovery_bytes_sent.load(Ordering::Relaxed),
+            inventory_bytes_served: self.dict.inventory_bytes_served.load(Ordering::Relaxed),
         }
     }
 
