@@ -226,10 +226,14 @@ fn frames(c: &mut Criterion) {
     });
 
     let entries = inventory(1000);
-    let resp = Response::Inventory {
+    let resp = Response::Inventory(lanshare::wire::frame::InventoryPage {
         req: 7,
+        digest: [0; 16],
+        base: None,
         entries: entries.clone(),
-    };
+        removed: Vec::new(),
+        more: false,
+    });
     let bytes = resp.encode();
     g.throughput(Throughput::Bytes(bytes.len() as u64));
     g.bench_function("inventory 1000 entries encode", |b| {

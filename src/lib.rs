@@ -5,7 +5,8 @@
 //! - [`wire`]: bytes <-> messages for datagrams and TCP frames;
 //! - [`store`]: the only code touching content files;
 //! - [`dict`]: what the network offers (the only shared discovery state);
-//! - [`discovery`]: multicast announce/listen; [`reach`]: inventory pulls
+//! - [`discovery`]: multicast announce/listen; [`mdns`]: DNS-SD;
+//!   [`netif`]: interfaces; [`reach`]: inventory pulls
 //!   and liveness probes over TCP;
 //! - [`peer`]: the TCP server (uploader) and client;
 //! - [`fetch`]: the download scheduler;
@@ -26,6 +27,7 @@ pub mod id;
 pub mod logs;
 pub mod manifest;
 pub mod manual;
+pub mod mdns;
 pub mod netif;
 pub mod node;
 pub mod peer;

@@ -161,6 +161,20 @@ pub async fn run(
         disc = Some(d);
     }
 
+    let mdns = if cfg.mdns {
+        Some(crate::mdns::Mdns::start(
+            dict.clone(),
+            store.clone(),
+            id,
+            cfg.name.clone(),
+            listen.port(),
+            cfg.announce_interval,
+            links.clone(),
+        )?)
+    } else {
+        None
+    };
+
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
     // Index first from the cache (cheap), so the first announce is complete
@@ -199,6 +213,11 @@ pub async fn run(
         LINK_CHECK,
         cancel.clone(),
     ));
+    if let Some(mdns) = mdns {
+        tasks.spawn(mdns.clone().links(links_rx.clone(), cancel.clone()));
+        tasks.spawn(mdns.clone().browser(cancel.clone()));
+        tasks.spawn(mdns.publisher(cancel.clone()));
+    }
     if let Some(disc) = disc {
         tasks.spawn(disc.clone().listener(false, cancel.clone()));
         tasks.spawn(disc.clone().listener(true, cancel.clone()));

@@ -450,24 +450,6 @@ async fn write_error<W: tokio::io::AsyncWrite + Unpin>(
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn per_address_slots_are_capped_and_released() {
-        let map: PerAddress = Default::default();
-        let ip: std::net::IpAddr = "10.0.0.1".parse().unwrap();
-        let other: std::net::IpAddr = "10.0.0.2".parse().unwrap();
-        let a = AddressSlot::take(&map, ip, 2).unwrap();
-        let _b = AddressSlot::take(&map, ip, 2).unwrap();
-        assert!(AddressSlot::take(&map, ip, 2).is_none());
-        assert!(AddressSlot::take(&map, other, 2).is_some());
-        drop(a);
-        assert!(AddressSlot::take(&map, ip, 2).is_some());
-    }
-}
-
 /// Bytes of entries in one inventory page (roughly; a single entry may exceed it).
 const PAGE_BYTES: usize = 1 << 20;
 
@@ -498,5 +480,87 @@ fn inventory_page(req: u32, plan: &Plan, after: Option<ContentId>) -> InventoryP
             Vec::new()
         },
         more: end < entries.len(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_address_slots_are_capped_and_released() {
+        let map: PerAddress = Default::default();
+        let ip: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let other: std::net::IpAddr = "10.0.0.2".parse().unwrap();
+        let a = AddressSlot::take(&map, ip, 2).unwrap();
+        let _b = AddressSlot::take(&map, ip, 2).unwrap();
+        assert!(AddressSlot::take(&map, ip, 2).is_none());
+        assert!(AddressSlot::take(&map, other, 2).is_some());
+        drop(a);
+        assert!(AddressSlot::take(&map, ip, 2).is_some());
+    }
+
+    fn entries(n: u32) -> Vec<InventoryEntry> {
+        (0..n)
+            .map(|i| {
+                let mut id = [0u8; 32];
+                id[..4].copy_from_slice(&i.to_be_bytes());
+                InventoryEntry {
+                    id: ContentId(id),
+                    name: format!("file-{i}.txt"),
+                    size: 1,
+                    category: crate::manifest::Category::Text,
+                    comment: String::new(),
+                    chunks: crate::chunkset::ChunkSet::Full,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pages_cover_the_inventory_in_order() {
+        let inv = crate::store::Inventory::new(entries(10_000));
+        let plan = Plan {
+            inventory: inv.clone(),
+            delta: None,
+        };
+        let mut got = Vec::new();
+        let mut after = None;
+        let mut pages = 0;
+        loop {
+            let p = inventory_page(1, &plan, after);
+            pages += 1;
+            assert!(p.entries.len() <= MAX_PAGE_ENTRIES);
+            assert_eq!(p.digest, inv.digest);
+            // Each page fits a response frame with room to spare.
+            assert!(Response::Inventory(p.clone()).encode().len() < (2 << 20));
+            got.extend(p.entries.iter().cloned());
+            after = got.last().map(|e| e.id);
+            if !p.more {
+                break;
+            }
+        }
+        assert_eq!(pages, 3);
+        assert_eq!(got, *inv.entries);
+    }
+
+    #[test]
+    fn a_delta_sends_removals_on_the_first_page_only() {
+        let inv = crate::store::Inventory::new(entries(5000));
+        let plan = Plan {
+            inventory: inv.clone(),
+            delta: Some(crate::store::changes::Delta {
+                base: [1; 16],
+                upserts: entries(5000),
+                removed: vec![ContentId([0xff; 32])],
+            }),
+        };
+        let first = inventory_page(1, &plan, None);
+        assert_eq!(first.base, Some([1; 16]));
+        assert_eq!(first.removed.len(), 1);
+        assert!(first.more);
+        let second = inventory_page(2, &plan, first.entries.last().map(|e| e.id));
+        assert!(second.removed.is_empty() && !second.more);
+        assert_eq!(first.entries.len() + second.entries.len(), 5000);
     }
 }

@@ -1,0 +1,350 @@
+//! mDNS / DNS-SD discovery beside the custom multicast group, through the
+//! mdns-sd crate: for networks whose access points drop unknown multicast
+//! but pass mDNS, and so that standard tools (`avahi-browse -rt
+//! _lanshare._tcp`, python zeroconf) see lanshare nodes.
+//!
+//! Each node registers `<node name>._lanshare._tcp.local.` with its TCP
+//! port and a TXT record holding `id` (node id, hex), `v` (protocol
+//! version), `port` and `digest` (inventory digest, hex), but never the
+//! inventory itself; the record is updated when the digest changes (at most
+//! once a second). It browses for the same service type: every resolved
+//! instance and each of its addresses goes into the dictionary as found by
+//! mDNS, and its inventory is pulled over TCP like any peer's. A clean stop
+//! unregisters the service, which peers see as a removal at once.
+//!
+//! The daemon is told to use exactly the interfaces discovery uses (the
+//! [`crate::netif`] links), through a predicate that reads the current link
+//! set, so it follows interfaces that come and go.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr, SocketAddrV6};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use mdns_sd::{
+    IfKind, IfPredicate, ResolvedService, ScopedIp, ServiceDaemon, ServiceEvent, ServiceInfo,
+};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::FoundVia;
+use crate::dict::Dict;
+use crate::id::NodeId;
+use crate::netif::Link;
+use crate::store::Store;
+use crate::wire::{MAX_NODE_NAME, VERSION};
+
+pub const SERVICE_TYPE: &str = "_lanshare._tcp.local.";
+/// TXT updates are at least this far apart.
+const MIN_UPDATE_GAP: Duration = Duration::from_secs(1);
+/// How often the daemon looks for interface and address changes.
+const IP_CHECK_SECS: u32 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MdnsError {
+    #[error("cannot start mDNS (pass --no-mdns to run without it): {0}")]
+    Daemon(#[from] mdns_sd::Error),
+}
+
+pub struct Mdns {
+    daemon: ServiceDaemon,
+    dict: Arc<Dict>,
+    store: Arc<Store>,
+    node: NodeId,
+    name: String,
+    host: String,
+    tcp_port: u16,
+    interval: Duration,
+    /// The links the daemon may use, read by its interface predicate.
+    links: Arc<RwLock<BTreeSet<Link>>>,
+}
+
+impl Mdns {
+    /// Starts the daemon, restricted to `links`.
+    pub fn start(
+        dict: Arc<Dict>,
+        store: Arc<Store>,
+        node: NodeId,
+        name: String,
+        tcp_port: u16,
+        interval: Duration,
+        links: BTreeSet<Link>,
+    ) -> Result<Arc<Mdns>, MdnsError> {
+        let daemon = ServiceDaemon::new()?;
+        let links = Arc::new(RwLock::new(links));
+        let allowed = links.clone();
+        daemon.disable_interface(IfKind::All)?;
+        daemon.enable_interface(IfKind::Predicate(IfPredicate::new(move |intf| {
+            let links = allowed.read().expect("links lock");
+            links.iter().any(|l| match (l, intf.ip()) {
+                (Link::V4 { addr, .. }, IpAddr::V4(ip)) => *addr == ip,
+                (Link::V6 { name, .. }, IpAddr::V6(_)) => *name == intf.name,
+                _ => false,
+            })
+        })))?;
+        daemon.set_ip_check_interval(IP_CHECK_SECS)?;
+        let host = format!("{}-{}.local.", host_label(&name), &node.to_hex()[..8]);
+        Ok(Arc::new(Mdns {
+            daemon,
+            dict,
+            store,
+            node,
+            name,
+            host,
+            tcp_port,
+            interval,
+            links,
+        }))
+    }
+
+    fn fullname(&self) -> String {
+        format!("{}.{SERVICE_TYPE}", escape(&self.name))
+    }
+
+    fn register(&self, digest: &[u8; 16]) -> Result<(), MdnsError> {
+        let props = [
+            ("id", self.node.to_hex()),
+            ("v", VERSION.to_string()),
+            ("port", self.tcp_port.to_string()),
+            ("digest", crate::id::to_hex(digest)),
+        ];
+        let info = ServiceInfo::new(
+            SERVICE_TYPE,
+            &self.name,
+            &self.host,
+            (),
+            self.tcp_port,
+            &props[..],
+        )?
+        .enable_addr_auto();
+        self.daemon.register(info)?;
+        Ok(())
+    }
+
+    /// Keeps the registration's digest current; unregisters on cancel.
+    pub async fn publisher(self: Arc<Self>, cancel: CancellationToken) {
+        let mut inv = self.store.subscribe();
+        loop {
+            let digest = inv.borrow_and_update().digest;
+            if let Err(e) = self.register(&digest) {
+                tracing::warn!(error = %e, "cannot register the mDNS service");
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                r = inv.changed() => if r.is_err() { break },
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(MIN_UPDATE_GAP) => {}
+            }
+        }
+        match self.daemon.unregister(&self.fullname()) {
+            Ok(rx) => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), rx.recv_async()).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot unregister the mDNS service"),
+        }
+        if let Ok(rx) = self.daemon.shutdown() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), rx.recv_async()).await;
+        }
+    }
+
+    /// Follows the link set (the daemon rechecks interfaces on its own).
+    pub async fn links(
+        self: Arc<Self>,
+        mut rx: watch::Receiver<BTreeSet<Link>>,
+        cancel: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = rx.changed() => if r.is_err() { return },
+            }
+            *self.links.write().expect("links lock") = rx.borrow_and_update().clone();
+        }
+    }
+
+    /// Browses for other nodes until cancelled.
+    pub async fn browser(self: Arc<Self>, cancel: CancellationToken) {
+        let events = match self.daemon.browse(SERVICE_TYPE) {
+            Ok(rx) => rx,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot browse mDNS; peers are found by multicast only");
+                return;
+            }
+        };
+        // Instance full name -> node id, to handle removals.
+        let mut known: HashMap<String, NodeId> = HashMap::new();
+        loop {
+            let ev = tokio::select! {
+                _ = cancel.cancelled() => break,
+                ev = events.recv_async() => match ev {
+                    Ok(ev) => ev,
+                    Err(_) => break,
+                },
+            };
+            match ev {
+                ServiceEvent::ServiceResolved(rs) => match parse(&rs) {
+                    Some(found) if found.node != self.node => {
+                        if known.len() < crate::dict::MAX_PEERS || known.contains_key(&rs.fullname)
+                        {
+                            known.insert(rs.fullname.clone(), found.node);
+                        }
+                        self.found(found);
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.dict
+                            .malformed_datagrams
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::debug!(instance = %rs.fullname, "ignored a malformed lanshare mDNS record");
+                    }
+                },
+                ServiceEvent::ServiceRemoved(_, fullname) => {
+                    if let Some(id) = known.remove(&fullname)
+                        && self.dict.peer(&id).is_some_and(|p| p.online)
+                    {
+                        tracing::info!(peer = %id.short(), "peer unregistered from mDNS");
+                        self.dict.set_offline(id);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let _ = self.daemon.stop_browse(SERVICE_TYPE);
+    }
+
+    fn found(&self, f: Found) {
+        let contents = self.dict.peer(&f.node).map_or(0, |p| p.contents);
+        if self.dict.peer(&f.node).is_none_or(|p| !p.online) {
+            tracing::info!(peer = %f.name, addrs = ?f.addrs, "peer found by mDNS");
+        }
+        for addr in f.addrs {
+            self.dict.observe(
+                f.node,
+                &f.name,
+                addr,
+                FoundVia::Mdns,
+                self.interval,
+                f.digest,
+                contents,
+            );
+        }
+    }
+}
+
+/// A lanshare node as its mDNS record describes it.
+#[derive(Debug, PartialEq)]
+struct Found {
+    node: NodeId,
+    name: String,
+    digest: [u8; 16],
+    addrs: Vec<SocketAddr>,
+}
+
+/// Reads a resolved record; `None` when it is not a valid lanshare record
+/// of our protocol version. Everything in it came from the network.
+fn parse(rs: &ResolvedService) -> Option<Found> {
+    let txt = |k: &str| rs.get_property_val_str(k);
+    if txt("v")? != VERSION.to_string() {
+        return None;
+    }
+    let node: NodeId = txt("id")?.parse().ok()?;
+    let digest = parse_digest(txt("digest")?)?;
+    let port = rs.port;
+    if port == 0 {
+        return None;
+    }
+    let instance = rs
+        .fullname
+        .strip_suffix(SERVICE_TYPE)?
+        .strip_suffix('.')?
+        .replace("\\.", ".")
+        .replace("\\\\", "\\");
+    if crate::wire::check_text(&instance, MAX_NODE_NAME, "name").is_err() || instance.is_empty() {
+        return None;
+    }
+    let mut addrs: Vec<SocketAddr> = rs
+        .addresses
+        .iter()
+        .filter_map(|a| socket_addr(a, port))
+        .collect();
+    addrs.sort();
+    addrs.truncate(crate::dict::MAX_ADDRS);
+    if addrs.is_empty() {
+        return None;
+    }
+    Some(Found {
+        node,
+        name: instance,
+        digest,
+        addrs,
+    })
+}
+
+fn socket_addr(a: &ScopedIp, port: u16) -> Option<SocketAddr> {
+    let ip = a.to_ip_addr();
+    if ip.is_unspecified() || ip.is_multicast() {
+        return None;
+    }
+    Some(match a {
+        ScopedIp::V6(v6) => {
+            let scope = if v6.addr().segments()[0] & 0xffc0 == 0xfe80 {
+                v6.scope_id().index
+            } else {
+                0
+            };
+            SocketAddrV6::new(*v6.addr(), port, 0, scope).into()
+        }
+        _ => SocketAddr::new(ip, port),
+    })
+}
+
+fn parse_digest(s: &str) -> Option<[u8; 16]> {
+    if s.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// A DNS host label from a node name: letters, digits and hyphens.
+fn host_label(name: &str) -> String {
+    let mut s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(40)
+        .collect();
+    s = s.trim_matches('-').to_string();
+    if s.is_empty() { "lanshare".into() } else { s }
+}
+
+/// The instance label as mdns-sd writes it in full names.
+fn escape(name: &str) -> String {
+    name.replace('\\', "\\\\").replace('.', "\\.")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_and_digests() {
+        assert_eq!(host_label("Alice's Laptop"), "alice-s-laptop");
+        assert_eq!(host_label("..."), "lanshare");
+        assert_eq!(parse_digest(&"ab".repeat(16)), Some([0xab; 16]));
+        assert_eq!(parse_digest("abc"), None);
+        assert_eq!(parse_digest(&"zz".repeat(16)), None);
+        assert_eq!(parse_digest(&"é".repeat(16)), None);
+        assert_eq!(escape("a.b"), "a\\.b");
+    }
+}
