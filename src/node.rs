@@ -304,22 +304,29 @@ async fn expiry(dict: Arc<Dict>, cancel: CancellationToken) {
     }
 }
 
-/// Rescans the shared folders periodically and when poked.
+/// Rescans the shared folders periodically and when poked. A scan that
+/// takes long (a huge tree) stretches the period, so scanning stays under
+/// about a twentieth of one core.
 async fn scanner(node: Arc<Node>, cancel: CancellationToken) {
     loop {
         let store = node.store.clone();
         let scan = tokio::task::spawn_blocking(move || {
             let changed = store.rescan_blocking();
-            store.publish();
+            // Partial downloads change without a file changing: republish
+            // their progress (a no-op when nothing changed).
+            if changed || store.has_partials() {
+                store.publish();
+            }
             changed
         });
         tokio::select! {
             _ = cancel.cancelled() => return,
             r = scan => { if let Err(e) = r { tracing::error!(error = %e, "scan failed"); } }
         }
+        let period = node.cfg.scan_interval.max(node.store.last_walk() * 20);
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(node.cfg.scan_interval) => {}
+            _ = tokio::time::sleep(period) => {}
             _ = node.rescan.notified() => {}
         }
     }

@@ -16,7 +16,7 @@ use crate::id::ContentId;
 use crate::manifest::{Category, Manifest};
 
 /// A file or folder this node shares, with the metadata given to it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Eq, Serialize, Deserialize)]
 pub struct ShareRoot {
     pub path: PathBuf,
     #[serde(default)]
@@ -24,6 +24,16 @@ pub struct ShareRoot {
     /// Overrides the category guessed from each file's extension.
     #[serde(default)]
     pub category: Option<Category>,
+}
+
+impl PartialEq for ShareRoot {
+    /// Byte-wise on the path: compared once per file on every scan, where
+    /// `Path`'s component-wise equality is measurably slow.
+    fn eq(&self, other: &Self) -> bool {
+        self.path.as_os_str() == other.path.as_os_str()
+            && self.comment == other.comment
+            && self.category == other.category
+    }
 }
 
 impl ShareRoot {
@@ -94,40 +104,63 @@ fn is_internal(name: &std::ffi::OsStr) -> bool {
 /// shared/ itself. Directory symlinks are not followed (no loops).
 pub fn walk(roots: &[ShareRoot]) -> Vec<FoundFile> {
     let mut found: HashMap<PathBuf, FoundFile> = HashMap::new();
+    let mut consider = |path: PathBuf, meta: &std::fs::Metadata, root: &ShareRoot| {
+        let keep_old = found
+            .get(&path)
+            .is_some_and(|old| old.root.path.as_os_str().len() >= root.path.as_os_str().len());
+        if !keep_old {
+            let file = FoundFile {
+                path: path.clone(),
+                size: meta.len(),
+                mtime_ns: mtime_ns(meta),
+                root: root.clone(),
+            };
+            found.insert(path, file);
+        }
+    };
     for root in roots {
+        // The root itself is followed even when it is a symlink.
+        let Ok(meta) = std::fs::metadata(&root.path) else {
+            continue;
+        };
+        if meta.is_file() {
+            consider(root.path.clone(), &meta, root);
+            continue;
+        }
+        if !meta.is_dir() {
+            continue;
+        }
         let mut stack = vec![(root.path.clone(), 0usize)];
-        while let Some((path, depth)) = stack.pop() {
-            let Ok(meta) = std::fs::metadata(&path) else {
+        while let Some((dir, depth)) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;
             };
-            if meta.is_file() {
-                let file = FoundFile {
-                    path: path.clone(),
-                    size: meta.len(),
-                    mtime_ns: mtime_ns(&meta),
-                    root: root.clone(),
-                };
-                match found.get(&path) {
-                    Some(old) if old.root.path.as_os_str().len() >= root.path.as_os_str().len() => {
-                    }
-                    _ => {
-                        found.insert(path, file);
-                    }
-                }
-            } else if meta.is_dir() && depth < 64 {
-                let is_link = std::fs::symlink_metadata(&path)
-                    .map(|m| m.file_type().is_symlink())
-                    .unwrap_or(true);
-                if is_link && depth > 0 {
+            for entry in entries.flatten() {
+                if is_internal(&entry.file_name()) {
                     continue;
                 }
-                let Ok(dir) = std::fs::read_dir(&path) else {
+                let Ok(ft) = entry.file_type() else {
                     continue;
                 };
-                for entry in dir.flatten() {
-                    if !is_internal(&entry.file_name()) {
+                if ft.is_dir() {
+                    if depth < 64 {
                         stack.push((entry.path(), depth + 1));
                     }
+                    continue;
+                }
+                // A symlink is followed to a file, never to a folder (no
+                // loops); a regular file is stat'ed relative to its folder.
+                let meta = if ft.is_symlink() {
+                    std::fs::metadata(entry.path())
+                } else if ft.is_file() {
+                    entry.metadata()
+                } else {
+                    continue;
+                };
+                if let Ok(meta) = meta
+                    && meta.is_file()
+                {
+                    consider(entry.path(), &meta, root);
                 }
             }
         }

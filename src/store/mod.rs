@@ -185,6 +185,8 @@ pub struct Store {
     /// Recent inventory changes, for incremental updates. Publishing holds
     /// this lock, so the log and the published inventory never disagree.
     changes: Mutex<changes::ChangeLog>,
+    /// How long the last walk of the shared folders took (ns).
+    walk_nanos: std::sync::atomic::AtomicU64,
 }
 
 impl Store {
@@ -201,6 +203,7 @@ impl Store {
             partials: Mutex::new(HashMap::new()),
             inventory: watch::channel(Inventory::new(Vec::new())).0,
             changes: Mutex::new(changes::ChangeLog::default()),
+            walk_nanos: Default::default(),
         });
         Ok(store)
     }
@@ -235,8 +238,13 @@ impl Store {
     /// when anything changed. Returns whether it did.
     pub fn rescan_blocking(&self) -> bool {
         let roots = self.roots();
+        let walk_started = std::time::Instant::now();
         let found = index::walk(&roots);
         let (mut changed, to_hash) = self.index.lock().expect("index lock").apply_walk(&found);
+        self.walk_nanos.store(
+            walk_started.elapsed().as_nanos().min(u64::MAX as u128) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         // Offer what is already known at once; new files follow as they are
         // hashed, at most once a second.
         if changed {
@@ -323,6 +331,16 @@ impl Store {
         let log = self.changes.lock().expect("change log lock");
         let current = self.inventory.borrow().clone();
         log.plan(&current, since)
+    }
+
+    /// How long the last walk of the shared folders took (without hashing).
+    pub fn last_walk(&self) -> Duration {
+        Duration::from_nanos(self.walk_nanos.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Whether a download is in progress (its progress is republished).
+    pub fn has_partials(&self) -> bool {
+        !self.partials.lock().expect("partials lock").is_empty()
     }
 
     /// The complete local copy of `id`, if this node has one.
