@@ -198,7 +198,11 @@ impl Dict {
             peer.last_direct = now;
         }
         peer.last_seen_wall = SystemTime::now();
-        peer.interval = interval;
+        // Only a multicast announcement carries the peer's own interval;
+        // other sources give theirs when they first find it.
+        if via == FoundVia::Multicast || came_back {
+            peer.interval = interval;
+        }
         peer.online = true;
         peer.announced_digest = digest;
         peer.contents = contents;

@@ -110,8 +110,13 @@ impl Reach {
         addrs: &[std::net::SocketAddr],
     ) -> Result<PeerConn, PeerError> {
         let mut last = PeerError::Closed;
-        for addr in addrs {
-            match PeerConn::connect(*addr, self.me, &self.name).await {
+        for (i, addr) in addrs.iter().enumerate() {
+            let limit = if i + 1 < addrs.len() {
+                crate::peer::client::FALLBACK_CONNECT_TIMEOUT
+            } else {
+                crate::peer::CONNECT_TIMEOUT
+            };
+            match PeerConn::connect_within(*addr, self.me, &self.name, limit).await {
                 Ok(conn) if conn.remote_node == *id => {
                     self.dict
                         .reached(*id, *addr, conn.remote_digest, conn.remote_contents);

@@ -431,7 +431,8 @@ async fn worker(
         reason: e.to_string(),
         ban: false,
     };
-    let mut conn = tokio::select! {
+    let holder_id = holder.id;
+    let conn = tokio::select! {
         _ = cancel.cancelled() => return WorkerEnd::Finished,
         c = PeerConn::connect_any(&holder.addrs, me, my_name) => match c {
             Ok(c) => c,
@@ -439,11 +440,36 @@ async fn worker(
         },
     };
     if conn.remote_node != holder.id {
+        dict.unreachable(holder.id, conn.addr);
         return WorkerEnd::Failed {
             reason: "answered as a different node".into(),
             ban: false,
         };
     }
+    let addr = conn.addr;
+    dict.reached(holder.id, addr, conn.remote_digest, conn.remote_contents);
+    let end = work_with(conn, shared, dict, holder, slot, limits, cancel).await;
+    if matches!(end, WorkerEnd::Failed { ban: false, .. }) {
+        // Next time, try the peer's other addresses first.
+        dict.unreachable(holder_id, addr);
+    }
+    end
+}
+
+/// Downloads chunks over an open connection until nothing is left for the peer.
+async fn work_with(
+    mut conn: PeerConn,
+    shared: &Arc<Shared>,
+    dict: &Dict,
+    holder: Holder,
+    slot: Slot,
+    limits: &FetchLimits,
+    cancel: &CancellationToken,
+) -> WorkerEnd {
+    let failed = |e: PeerError| WorkerEnd::Failed {
+        reason: e.to_string(),
+        ban: false,
+    };
     let mut chunks = holder.chunks;
     let mut refused: HashSet<u32> = HashSet::new();
     let mut last_refusal_reset = Instant::now();

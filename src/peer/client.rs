@@ -10,6 +10,9 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::{CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, PeerError};
+
+/// Connecting to one of several addresses of a peer gives up sooner.
+pub const FALLBACK_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 use crate::id::{ContentId, NodeId};
 use crate::manifest::Manifest;
 use crate::wire::frame::{
@@ -42,8 +45,14 @@ impl PeerConn {
             std::io::ErrorKind::AddrNotAvailable,
             "no known address",
         ));
-        for addr in addrs {
-            match PeerConn::connect(*addr, me, my_name).await {
+        for (i, addr) in addrs.iter().enumerate() {
+            // Don't wait long on one address when others remain.
+            let limit = if i + 1 < addrs.len() {
+                FALLBACK_CONNECT_TIMEOUT
+            } else {
+                CONNECT_TIMEOUT
+            };
+            match PeerConn::connect_within(*addr, me, my_name, limit).await {
                 Ok(c) => return Ok(c),
                 Err(e) => {
                     tracing::debug!(%addr, error = %e, "cannot reach peer at this address; trying the next");
@@ -59,7 +68,17 @@ impl PeerConn {
         me: NodeId,
         my_name: &str,
     ) -> Result<PeerConn, PeerError> {
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        Self::connect_within(addr, me, my_name, CONNECT_TIMEOUT).await
+    }
+
+    /// Connects to `addr`, giving up after `limit`.
+    pub async fn connect_within(
+        addr: SocketAddr,
+        me: NodeId,
+        my_name: &str,
+        limit: Duration,
+    ) -> Result<PeerConn, PeerError> {
+        let stream = tokio::time::timeout(limit, TcpStream::connect(addr))
             .await
             .map_err(|_| PeerError::Timeout("connecting"))?
             .map_err(PeerError::Connect)?;
