@@ -207,16 +207,27 @@ fn print_peers(peers: &[PeerView]) {
         println!("No peers seen yet.");
         return;
     }
+    // The best address, and how many others are known (`peers --json` lists them).
+    let addr = |p: &PeerView| match p.addrs.len() {
+        0 | 1 => p.addr.clone(),
+        n => format!("{} (+{})", p.addr, n - 1),
+    };
+    let width = peers
+        .iter()
+        .map(|p| addr(p).len())
+        .max()
+        .unwrap_or(0)
+        .max(22);
     println!(
-        "{:<20} {:<22} {:<8} {:<12} {:<16} {:>8}  ID",
+        "{:<20} {:<width$} {:<8} {:<12} {:<16} {:>8}  ID",
         "NAME", "ADDRESS", "STATUS", "LAST SEEN", "FOUND VIA", "CONTENTS"
     );
     for p in peers {
         let via: Vec<String> = p.found_via.iter().map(|v| v.to_string()).collect();
         println!(
-            "{:<20} {:<22} {:<8} {:<12} {:<16} {:>8}  {}",
+            "{:<20} {:<width$} {:<8} {:<12} {:<16} {:>8}  {}",
             p.name,
-            p.addr,
+            addr(p),
             if p.online { "online" } else { "offline" },
             format!("{:.1}s ago", p.last_seen_secs),
             via.join(","),
