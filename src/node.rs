@@ -147,11 +147,11 @@ pub async fn run(
             Some(recv4),
             recv6,
         );
-        let failed = d.set_links(&links);
-        if let Some((link, e)) = failed.into_iter().next()
-            && !cfg.interfaces.is_empty()
-        {
-            return Err(anyhow::Error::new(e).context(format!("cannot use {link}")));
+        for (link, e) in d.set_links(&links) {
+            if !cfg.interfaces.is_empty() {
+                return Err(anyhow::Error::new(e).context(format!("cannot use {link}")));
+            }
+            tracing::warn!(%link, error = %e, "cannot use this interface for discovery; skipping it");
         }
         if links.is_empty() {
             tracing::warn!(
