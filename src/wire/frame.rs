@@ -380,6 +380,83 @@ mod tests {
         );
     }
 
+    /// The inventory-pull examples of docs/protocol.md §6.5.
+    #[test]
+    fn golden_inventory_pull() {
+        use crate::id::{from_hex, to_hex};
+        let abc = InventoryEntry {
+            id: ContentId(
+                from_hex("f265d24bc81638ad912442db4ae29b6187c843e43f9b482f73be426bb4edd919")
+                    .unwrap(),
+            ),
+            name: "abc.txt".into(),
+            size: 3,
+            category: Category::Text,
+            comment: String::new(),
+            chunks: ChunkSet::Full,
+        };
+        let full = crate::store::Inventory::new(vec![abc.clone()]);
+        let empty = crate::store::Inventory::new(Vec::new());
+        assert_eq!(to_hex(&full.digest), "5a46d6a278e86818307a2ad8e350cf20");
+        assert_eq!(to_hex(&empty.digest), "2d3adedff11b61f14c886e35afa03673");
+
+        let first = Request::GetInventory {
+            req: 1,
+            since: None,
+            after: None,
+        };
+        assert_eq!(to_hex(&first.encode()), "0400000004010000");
+        let page = Response::Inventory(InventoryPage {
+            req: 1,
+            digest: full.digest,
+            base: None,
+            entries: vec![abc.clone()],
+            removed: Vec::new(),
+            more: false,
+        });
+        assert_eq!(
+            to_hex(&page.encode()),
+            "4200000084015a46d6a278e86818307a2ad8e350cf200001f265d24bc81638ad912442db4ae29b6187c843e43f9b482f73be426bb4edd919076162632e747874030300000000"
+        );
+        let since = Request::GetInventory {
+            req: 1,
+            since: Some(full.digest),
+            after: None,
+        };
+        assert_eq!(
+            to_hex(&since.encode()),
+            "140000000401015a46d6a278e86818307a2ad8e350cf2000"
+        );
+        let delta = Response::Inventory(InventoryPage {
+            req: 1,
+            digest: empty.digest,
+            base: Some(full.digest),
+            entries: Vec::new(),
+            removed: vec![abc.id],
+            more: false,
+        });
+        assert_eq!(
+            to_hex(&delta.encode()),
+            "4600000084012d3adedff11b61f14c886e35afa03673015a46d6a278e86818307a2ad8e350cf200001f265d24bc81638ad912442db4ae29b6187c843e43f9b482f73be426bb4edd91900"
+        );
+        let hello = Response::Hello {
+            node: NodeId([0x22; 16]),
+            name: "beta".into(),
+            digest: full.digest,
+            contents: 1,
+        };
+        assert_eq!(
+            to_hex(&hello.encode()),
+            concat!(
+                "2700000081",
+                "22222222222222222222222222222222",
+                "0462657461",
+                "5a46d6a278e86818307a2ad8e350cf20",
+                "01"
+            )
+        );
+    }
+
     #[test]
     fn golden_chunk_header() {
         assert_eq!(crate::id::to_hex(&chunk_header(7, 3)), "080000008307000000");
