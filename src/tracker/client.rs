@@ -498,7 +498,7 @@ impl Follower {
             }
             out.push(entry);
         }
-        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out.sort_by_key(|e| e.id);
         out.dedup_by(|a, b| a.id == b.id);
         if out.len() > max as usize {
             skipped += out.len() - max as usize;

@@ -77,7 +77,7 @@ CREATE INDEX IF NOT EXISTS files_category ON files(category);
 
 CREATE VIRTUAL TABLE IF NOT EXISTS files_fts USING fts5(
     name_fold, content = 'files', content_rowid = 'fid',
-    tokenize = 'trigram', detail = 'none'
+    tokenize = 'trigram', detail = 'none', columnsize = 0
 );
 CREATE TRIGGER IF NOT EXISTS files_ai AFTER INSERT ON files BEGIN
     INSERT INTO files_fts(rowid, name_fold) VALUES (new.fid, new.name_fold);
@@ -569,17 +569,17 @@ impl Writer {
         source: IpAddr,
         now: i64,
     ) -> Result<Registered, DbError> {
-        let existing: Option<(i64, Option<Vec<u8>>, Option<Vec<u8>>)> = self
+        let existing: Option<(i64, Option<Vec<u8>>)> = self
             .conn
-            .prepare_cached("SELECT nid, digest, token_hash FROM nodes WHERE id = ?1")?
-            .query_row([&req.id.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .prepare_cached("SELECT nid, digest FROM nodes WHERE id = ?1")?
+            .query_row([&req.id.0[..]], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         let token = id::to_hex(&rand::random::<[u8; 32]>());
         let hash = hash_token(&token);
         let addrs = serde_json::to_string(&req.addrs).expect("addresses serialize");
         let seq = self.next_seq();
         match existing {
-            Some((nid, digest, _)) => {
+            Some((nid, digest)) => {
                 self.conn
                     .prepare_cached(
                         "UPDATE nodes SET name = ?2, port = ?3, addrs = ?4, source = ?5, token_hash = ?6,
@@ -654,23 +654,32 @@ impl Writer {
 
     /// Checks a node's token; every write of a node starts here.
     fn auth(&mut self, id: NodeId, token: &str) -> Result<NodeRow, DbError> {
-        let row: Option<(i64, Option<Vec<u8>>, bool, Option<Vec<u8>>, i64, String)> = self
+        /// A `nodes` row with its token hash.
+        struct Found {
+            row: NodeRow,
+            hash: Option<Vec<u8>>,
+        }
+        let found: Option<Found> = self
             .conn
             .prepare_cached(
                 "SELECT nid, token_hash, online, digest, files, source FROM nodes WHERE id = ?1",
             )?
             .query_row([&id.0[..]], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
+                Ok(Found {
+                    row: NodeRow {
+                        nid: r.get(0)?,
+                        online: r.get(2)?,
+                        digest: r
+                            .get::<_, Option<Vec<u8>>>(3)?
+                            .and_then(|d| d.try_into().ok()),
+                        files: r.get::<_, i64>(4)? as u64,
+                        source: r.get(5)?,
+                    },
+                    hash: r.get(1)?,
+                })
             })
             .optional()?;
-        let Some((nid, hash, online, digest, files, source)) = row else {
+        let Some(Found { row, hash }) = found else {
             return Err(DbError::UnknownNode(format!(
                 "node {id} is not registered with this tracker; register it again (POST /v1/nodes)"
             )));
@@ -685,13 +694,7 @@ impl Writer {
                 "the token does not match node {id}'s registration (a newer registration replaced it?); register again"
             )));
         }
-        Ok(NodeRow {
-            nid,
-            online,
-            digest: digest.and_then(|d| d.try_into().ok()),
-            files: files as u64,
-            source,
-        })
+        Ok(row)
     }
 
     /// Records that the node was heard from: online, last seen now.
