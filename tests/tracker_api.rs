@@ -1245,3 +1245,40 @@ async fn follow_backs_off_while_the_tracker_is_down_and_registers_again() {
     f.cancel.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), f.task).await;
 }
+
+#[tokio::test]
+async fn follow_announces_as_soon_as_the_first_inventory_is_published() {
+    let dir = temp();
+    // A long heartbeat: only the inventory change itself can explain a
+    // prompt announce.
+    let t = Tracker::start(
+        &dir.path().join("t.db"),
+        &["--heartbeat", "8", "--offline-after", "30"],
+    );
+    let api = t.api();
+    let me = node_id(0x44);
+    // Before the first scan the node's inventory is the empty default.
+    let f = start_follow(t.url(), me, 7400, Inventory::default());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let p = api.peers(&PeersQuery::default()).await.unwrap();
+        if let Some(x) = p.peers.iter().find(|x| x.id == me) {
+            assert_eq!(x.digest, None, "nothing announced before a publish");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the follower never registered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let inv = Inventory::new(vec![inv_entry(1, "first.txt", ChunkSet::Full)]);
+    let digest = inv.digest;
+    let published = Instant::now();
+    f.inventory.send(inv).unwrap();
+    wait_listed(&api, me, digest, Duration::from_secs(10)).await;
+    assert!(
+        published.elapsed() < Duration::from_secs(3),
+        "announced {:?} after the publish",
+        published.elapsed()
+    );
+    f.cancel.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), f.task).await;
+}

@@ -378,19 +378,19 @@ impl Follower {
             }
             // Wait for the next heartbeat, an inventory change (sent at most
             // once per MIN_ANNOUNCE_GAP) or new addresses.
-            let stale = self
-                .acked
-                .as_ref()
-                .is_none_or(|a| a.digest != inventory.borrow().digest);
+            let pending = {
+                let inv = inventory.borrow();
+                published(&inv) && self.acked.as_ref().is_none_or(|a| a.digest != inv.digest)
+            };
             let mut wake = next_tick;
-            if stale && published(&inventory.borrow()) {
+            if pending {
                 let at = last_announce.map_or(Instant::now(), |t| t + MIN_ANNOUNCE_GAP);
                 wake = wake.min(at);
             }
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep_until(wake) => {}
-                r = inventory.changed(), if inventory_open && !stale => {
+                r = inventory.changed(), if inventory_open && !pending => {
                     if r.is_err() { inventory_open = false; }
                 }
                 r = addrs.changed(), if addrs_open => {
