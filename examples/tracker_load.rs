@@ -3,7 +3,9 @@
 //! Registers NODES synthetic nodes holding FILES files in total, then
 //! measures, each phase on its own, with CONCURRENCY requests in flight:
 //! registrations, the initial full announces, full re-announces with a few
-//! entries changed, incremental announces, heartbeats, searches by name
+//! entries changed, incremental announces, heartbeats (over kept-alive
+//! connections, and with a connection per request as nodes send them),
+//! searches by name
 //! (a common word, and a rare string) and by category, and peer lists.
 //! Prints one line per phase: requests, seconds, requests per second and
 //! latency percentiles. Everything it prints was measured in this run.
@@ -523,34 +525,45 @@ async fn main() {
     .await;
     p.print();
 
-    // 5. Heartbeats.
-    let (a, ns) = (api.clone(), nodes.clone());
-    let p = run("heartbeat", conc, None, args.secs, move |i| {
-        let (a, ns) = (a.clone(), ns.clone());
-        async move {
-            let (id, token, digest) = {
-                let node = ns[i % n_nodes].lock().await;
-                (node.id, node.token.clone(), node.digest)
-            };
-            let req = HeartbeatRequest {
-                digest,
-                addrs: None,
-            };
-            match a.heartbeat(id, &token, &req).await {
-                Ok(r) if !r.send_inventory => true,
-                Ok(_) => {
-                    eprintln!("heartbeat: the tracker asked for an inventory it should have");
-                    false
-                }
-                Err(e) => {
-                    eprintln!("heartbeat: {e}");
-                    false
+    // 5. Heartbeats: over kept-alive connections, then with a new
+    //    connection per request, as nodes send them (Api::per_request).
+    for (name, per_request) in [
+        ("heartbeat (kept-alive connections)", false),
+        ("heartbeat (a connection per request)", true),
+    ] {
+        let a = if per_request {
+            Api::per_request(&args.url)
+        } else {
+            api.clone()
+        };
+        let ns = nodes.clone();
+        let p = run(name, conc, None, args.secs, move |i| {
+            let (a, ns) = (a.clone(), ns.clone());
+            async move {
+                let (id, token, digest) = {
+                    let node = ns[i % n_nodes].lock().await;
+                    (node.id, node.token.clone(), node.digest)
+                };
+                let req = HeartbeatRequest {
+                    digest,
+                    addrs: None,
+                };
+                match a.heartbeat(id, &token, &req).await {
+                    Ok(r) if !r.send_inventory => true,
+                    Ok(_) => {
+                        eprintln!("heartbeat: the tracker asked for an inventory it should have");
+                        false
+                    }
+                    Err(e) => {
+                        eprintln!("heartbeat: {e}");
+                        false
+                    }
                 }
             }
-        }
-    })
-    .await;
-    p.print();
+        })
+        .await;
+        p.print();
+    }
 
     // 6. Searches.
     let hits = Arc::new(AtomicUsize::new(0));

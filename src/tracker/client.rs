@@ -84,15 +84,31 @@ pub struct Api {
 }
 
 impl Api {
-    /// `base` is the tracker's URL, `http://HOST:PORT`.
+    /// `base` is the tracker's URL, `http://HOST:PORT`. Connections are
+    /// kept open between requests (for scripts and the load generator).
     pub fn new(base: &str) -> Api {
-        let http = reqwest::Client::builder()
+        Self::build(base, true)
+    }
+
+    /// What a node uses: one connection per request, closed after it. A
+    /// node talks to the tracker a few times per heartbeat interval, and
+    /// thousands of nodes each holding an idle connection would exhaust
+    /// the tracker's connection slots.
+    pub fn per_request(base: &str) -> Api {
+        Self::build(base, false)
+    }
+
+    fn build(base: &str, keep_alive: bool) -> Api {
+        let mut b = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(Duration::from_secs(5))
-            .no_proxy()
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()
-            .expect("a plain HTTP client builds");
+            .no_proxy();
+        b = if keep_alive {
+            b.pool_idle_timeout(Duration::from_secs(30))
+        } else {
+            b.pool_max_idle_per_host(0)
+        };
+        let http = b.build().expect("a plain HTTP client builds");
         Api {
             http,
             base: base.trim_end_matches('/').to_string(),
@@ -252,7 +268,7 @@ pub async fn follow(
     cancel: CancellationToken,
 ) {
     let mut f = Follower {
-        api: Api::new(&url),
+        api: Api::per_request(&url),
         me,
         dict,
         session: None,

@@ -154,7 +154,8 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 
 /// Runs the tracker until Ctrl-C / SIGTERM.
 pub async fn run(args: TrackerArgs) -> anyhow::Result<()> {
-    let cfg = TrackerConfig::from_args(&args)?;
+    let mut cfg = TrackerConfig::from_args(&args)?;
+    cfg.max_connections = raise_fd_limit(cfg.max_connections);
     let listener = bind(cfg.listen).await?;
     let (path, limits) = (cfg.db.clone(), cfg.limits.clone());
     let db = tokio::task::spawn_blocking(move || Db::open(&path, limits))
@@ -188,6 +189,44 @@ pub async fn run(args: TrackerArgs) -> anyhow::Result<()> {
     served.context("the tracker's HTTP server failed")?;
     eprintln!("lanshare tracker stopped");
     Ok(())
+}
+
+/// Raises the soft limit on open files so `want` connections fit (plus
+/// the database and a margin); returns how many connections fit.
+fn raise_fd_limit(want: usize) -> usize {
+    const MARGIN: usize = 64;
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit only writes into the struct it is given.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+            return want;
+        }
+        let need = (want + MARGIN) as libc::rlim_t;
+        if lim.rlim_cur < need {
+            let raised = libc::rlimit {
+                rlim_cur: need.min(lim.rlim_max),
+                rlim_max: lim.rlim_max,
+            };
+            // SAFETY: setrlimit only reads the struct it is given.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+                lim.rlim_cur = raised.rlim_cur;
+            }
+        }
+        let fits = (lim.rlim_cur as usize).saturating_sub(MARGIN).max(16);
+        if fits < want {
+            tracing::warn!(
+                wanted = want,
+                fits,
+                "the open-file limit (ulimit -n) is too low for --max-connections; serving at most {fits} connections at once"
+            );
+            return fits;
+        }
+    }
+    want
 }
 
 /// Cancels `token` on Ctrl-C or SIGTERM.

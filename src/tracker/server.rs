@@ -4,6 +4,7 @@
 //! sweeper that marks silent nodes offline. All state lives in [`Db`];
 //! handlers only validate, call it and shape the answer.
 
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -50,6 +51,10 @@ pub const MAX_UPLOADS: usize = 4;
 pub const ADMISSION_WAIT: Duration = Duration::from_secs(5);
 /// A request that takes longer (including reading its body) gets 408.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// A connection with no byte read or written for this long is closed. It
+/// is longer than any request may take (admission wait + [`REQUEST_TIMEOUT`]),
+/// so only idle connections are cut.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 
 /// An error answer: a status and `{"error": message}`.
 #[derive(Debug)]
@@ -220,13 +225,16 @@ impl RemoteAddr {
 pub struct LimitedListener {
     inner: TcpListener,
     slots: Arc<Semaphore>,
+    idle: Duration,
 }
 
 impl LimitedListener {
-    pub fn new(inner: TcpListener, max: usize) -> Self {
+    /// At most `max` connections; each closed after `idle` without traffic.
+    pub fn new(inner: TcpListener, max: usize, idle: Duration) -> Self {
         LimitedListener {
             inner,
             slots: Arc::new(Semaphore::new(max.max(1))),
+            idle,
         }
     }
 }
@@ -250,6 +258,8 @@ impl axum::serve::Listener for LimitedListener {
                         LimitedStream {
                             inner: stream,
                             _slot: permit,
+                            idle: Box::pin(tokio::time::sleep(self.idle)),
+                            idle_timeout: self.idle,
                         },
                         addr,
                     );
@@ -273,10 +283,34 @@ impl axum::serve::Listener for LimitedListener {
     }
 }
 
-/// A connection that frees its listener slot when dropped.
+/// A connection that frees its listener slot when dropped, and fails with
+/// `TimedOut` (which makes hyper close it) after [`IDLE_TIMEOUT`] without
+/// a byte in either direction, so idle keep-alive connections cannot hold
+/// the slots forever.
 pub struct LimitedStream {
     inner: TcpStream,
     _slot: OwnedSemaphorePermit,
+    idle: Pin<Box<tokio::time::Sleep>>,
+    idle_timeout: Duration,
+}
+
+impl LimitedStream {
+    fn active(&mut self) {
+        self.idle
+            .as_mut()
+            .reset(tokio::time::Instant::now() + self.idle_timeout);
+    }
+
+    /// Called when the socket is not ready: an error once idle too long.
+    fn check_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        match self.idle.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "connection idle too long",
+            )),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 impl AsyncRead for LimitedStream {
@@ -285,7 +319,16 @@ impl AsyncRead for LimitedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    self.active();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => self.check_idle(cx).map(Err),
+        }
     }
 }
 
@@ -295,7 +338,13 @@ impl AsyncWrite for LimitedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Ready(r) => {
+                self.active();
+                Poll::Ready(r)
+            }
+            Poll::Pending => self.check_idle(cx).map(Err),
+        }
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
@@ -308,7 +357,13 @@ impl AsyncWrite for LimitedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
+            Poll::Ready(r) => {
+                self.active();
+                Poll::Ready(r)
+            }
+            Poll::Pending => self.check_idle(cx).map(Err),
+        }
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
@@ -702,7 +757,7 @@ pub async fn serve(
     let stop_sweeper = shutdown.child_token();
     let sweep = tokio::spawn(sweeper(db, period, stop_sweeper.clone()));
     let app = router(state).into_make_service_with_connect_info::<RemoteAddr>();
-    let listener = LimitedListener::new(listener, cfg.max_connections);
+    let listener = LimitedListener::new(listener, cfg.max_connections, IDLE_TIMEOUT);
     let signal = shutdown.clone();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         signal.cancelled().await;
@@ -721,4 +776,49 @@ pub async fn serve(
     stop_sweeper.cancel();
     let _ = sweep.await;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::serve::Listener;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn idle_connections_are_cut_and_slots_are_bounded() {
+        let idle = Duration::from_millis(300);
+        let inner = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut l = LimitedListener::new(inner, 1, idle);
+        let addr = l.local_addr().unwrap();
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let (mut conn, _) = l.accept().await;
+
+        // Traffic keeps a connection alive; silence ends it.
+        let start = Instant::now();
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            client.write_all(b"x").await.unwrap();
+            client
+        });
+        let mut buf = [0u8; 4];
+        assert_eq!(conn.read(&mut buf).await.unwrap(), 1);
+        let err = conn.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(480), "cut after {took:?}");
+        let _client = writer.await.unwrap();
+
+        // The only slot is still taken: a second connection is not accepted.
+        let _second = TcpStream::connect(addr).await.unwrap();
+        let waited = tokio::time::timeout(Duration::from_millis(200), l.accept()).await;
+        assert!(waited.is_err(), "accepted past the cap");
+
+        // Closing the connection frees its slot.
+        drop(conn);
+        let accepted = tokio::time::timeout(Duration::from_secs(5), l.accept()).await;
+        assert!(
+            accepted.is_ok(),
+            "the freed slot takes the waiting connection"
+        );
+    }
 }
