@@ -1,23 +1,125 @@
 //! The optional tracker: a central registry for networks that multicast
 //! cannot cross (`lanshare tracker`), and the node's client for it
 //! (`lanshare up --tracker URL`).
+//!
+//! - [`proto`]: the HTTP JSON bodies and the rules each field must pass;
+//! - [`db`]: the state in SQLite (one writer thread, a pool of readers);
+//! - [`server`]: the axum routes, admission limits and the offline sweeper;
+//! - [`client`]: what a node runs to register, announce and learn peers.
+//!
+//! `docs/tracker.md` is the user's and implementer's reference.
 
+pub mod client;
+pub mod db;
+pub mod proto;
+pub mod server;
+
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
+use anyhow::Context;
 use clap::Args;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use client::{NodeInfo, follow};
+pub use db::{Db, Limits};
 
 /// Default address of `lanshare tracker`.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:7374";
 
 #[derive(Debug, Args)]
 pub struct TrackerArgs {
-    /// TCP address to serve the HTTP API on.
+    /// TCP address to serve the HTTP API on (port 0 picks a free one).
     #[arg(long, value_name = "ADDR:PORT", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
     /// SQLite database file (created when missing).
     #[arg(long, value_name = "FILE", default_value = "lanshare-tracker.db")]
     pub db: PathBuf,
+    /// Seconds between a node's heartbeats (told to each node when it registers).
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+    pub heartbeat: Duration,
+    /// A node silent for this many seconds is offline: its content is no longer offered.
+    #[arg(long, value_name = "SECS", default_value = "35", value_parser = parse_secs)]
+    pub offline_after: Duration,
+    /// An offline node is forgotten after this many seconds (default: 7 days).
+    #[arg(long, value_name = "SECS", default_value = "604800", value_parser = parse_secs)]
+    pub prune_after: Duration,
+    /// Most nodes remembered; when full, the node offline the longest is forgotten.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_nodes: u64,
+    /// Most inventory entries stored in total (all nodes).
+    #[arg(long, value_name = "N", default_value_t = 2_000_000)]
+    pub max_files: u64,
+    /// Most inventory entries stored for one node.
+    #[arg(long, value_name = "N", default_value_t = crate::wire::frame::MAX_INVENTORY_ENTRIES as u64)]
+    pub max_files_per_node: u64,
+    /// Largest inventory request body, in MiB (other requests: 64 KiB).
+    #[arg(long, value_name = "MIB", default_value_t = 16)]
+    pub max_body: usize,
+    /// Most client connections open at once; more wait to be accepted.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_connections: usize,
+}
+
+/// The tracker's settings, checked.
+#[derive(Clone, Debug)]
+pub struct TrackerConfig {
+    pub listen: SocketAddr,
+    pub db: PathBuf,
+    pub heartbeat: Duration,
+    pub limits: Limits,
+    /// Largest inventory body, in bytes.
+    pub max_body: usize,
+    pub max_connections: usize,
+}
+
+impl TrackerConfig {
+    pub fn from_args(a: &TrackerArgs) -> anyhow::Result<TrackerConfig> {
+        if a.offline_after <= a.heartbeat {
+            anyhow::bail!(
+                "--offline-after ({:?}) must be longer than --heartbeat ({:?}), or every node would flap offline; use about 3 heartbeats",
+                a.offline_after,
+                a.heartbeat
+            );
+        }
+        if a.prune_after < a.offline_after {
+            anyhow::bail!("--prune-after must be at least --offline-after");
+        }
+        if a.max_nodes == 0 || a.max_files == 0 || a.max_connections == 0 {
+            anyhow::bail!("--max-nodes, --max-files and --max-connections must be at least 1");
+        }
+        if !(1..=1024).contains(&a.max_body) {
+            anyhow::bail!("--max-body must be between 1 and 1024 MiB");
+        }
+        Ok(TrackerConfig {
+            listen: a.listen,
+            db: a.db.clone(),
+            heartbeat: a.heartbeat,
+            limits: Limits {
+                max_nodes: a.max_nodes,
+                max_files: a.max_files,
+                max_files_per_node: a.max_files_per_node.min(a.max_files),
+                offline_after: a.offline_after,
+                prune_after: a.prune_after,
+            },
+            max_body: a.max_body << 20,
+            max_connections: a.max_connections,
+        })
+    }
+}
+
+/// Parses seconds (fractions allowed) between 0.05 s and a year.
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(0.05..=31_536_000.0).contains(&v) {
+        return Err("must be between 0.05 and 31536000 seconds".into());
+    }
+    Ok(Duration::from_secs_f64(v))
 }
 
 /// Checks a `--tracker` URL: `http://HOST[:PORT][/PATH]`.
@@ -31,11 +133,123 @@ pub fn parse_url(s: &str) -> Result<String, String> {
     Ok(s.trim_end_matches('/').to_string())
 }
 
+/// Binds `addr`, with a message that says what to do when it fails.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                "the port is taken (another tracker running?); choose another with --listen ADDR:PORT"
+            }
+            std::io::ErrorKind::PermissionDenied => {
+                "ports below 1024 need privileges; choose another with --listen ADDR:PORT"
+            }
+            std::io::ErrorKind::AddrNotAvailable => {
+                "that address is not one of this machine's; use 0.0.0.0 or one of its addresses"
+            }
+            _ => "check --listen",
+        };
+        anyhow::anyhow!("cannot listen on {addr}: {e}; {hint}")
+    })
+}
+
 /// Runs the tracker until Ctrl-C / SIGTERM.
 pub async fn run(args: TrackerArgs) -> anyhow::Result<()> {
-    anyhow::bail!(
-        "the tracker at {} ({}) is not built yet",
-        args.listen,
-        args.db.display()
-    )
+    let mut cfg = TrackerConfig::from_args(&args)?;
+    cfg.max_connections = raise_fd_limit(cfg.max_connections);
+    let listener = bind(cfg.listen).await?;
+    let (path, limits) = (cfg.db.clone(), cfg.limits.clone());
+    let db = tokio::task::spawn_blocking(move || Db::open(&path, limits))
+        .await
+        .context("the database thread failed")??;
+    let addr = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "lanshare tracker listening on http://{addr} (database {})",
+            cfg.db.display()
+        );
+        if addr.ip().is_unspecified() {
+            let _ = writeln!(
+                out,
+                "nodes join with: lanshare up --tracker http://<this machine's address>:{}",
+                addr.port()
+            );
+        }
+        let _ = out.flush();
+    }
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    let served = server::serve(listener, db.clone(), cfg, shutdown).await;
+    tokio::task::spawn_blocking(move || db.close(Duration::from_secs(5)))
+        .await
+        .ok();
+    served.context("the tracker's HTTP server failed")?;
+    eprintln!("lanshare tracker stopped");
+    Ok(())
+}
+
+/// Raises the soft limit on open files so `want` connections fit (plus
+/// the database and a margin); returns how many connections fit.
+fn raise_fd_limit(want: usize) -> usize {
+    const MARGIN: usize = 64;
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit only writes into the struct it is given.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+            return want;
+        }
+        let need = (want + MARGIN) as libc::rlim_t;
+        if lim.rlim_cur < need {
+            let raised = libc::rlimit {
+                rlim_cur: need.min(lim.rlim_max),
+                rlim_max: lim.rlim_max,
+            };
+            // SAFETY: setrlimit only reads the struct it is given.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+                lim.rlim_cur = raised.rlim_cur;
+            }
+        }
+        let fits = (lim.rlim_cur as usize).saturating_sub(MARGIN).max(16);
+        if fits < want {
+            tracing::warn!(
+                wanted = want,
+                fits,
+                "the open-file limit (ulimit -n) is too low for --max-connections; serving at most {fits} connections at once"
+            );
+            return fits;
+        }
+    }
+    want
+}
+
+/// Cancels `token` on Ctrl-C or SIGTERM.
+pub async fn stop_on_signal(token: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    token.cancel();
 }
