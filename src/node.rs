@@ -213,6 +213,26 @@ pub async fn run(
         LINK_CHECK,
         cancel.clone(),
     ));
+    if !cfg.trackers.is_empty() {
+        // This node's addresses on its discovery interfaces, for trackers.
+        let (addrs_tx, addrs_rx) =
+            tokio::sync::watch::channel(crate::netif::addresses(&links_rx.borrow()));
+        tasks.spawn(local_addresses(links_rx.clone(), addrs_tx, cancel.clone()));
+        for url in &cfg.trackers {
+            tasks.spawn(crate::tracker::client::follow(
+                url.clone(),
+                crate::tracker::client::NodeInfo {
+                    id,
+                    name: cfg.name.clone(),
+                    tcp_port: listen.port(),
+                },
+                addrs_rx.clone(),
+                store.subscribe(),
+                dict.clone(),
+                cancel.clone(),
+            ));
+        }
+    }
     if let Some(mdns) = mdns {
         tasks.spawn(mdns.clone().links(links_rx.clone(), cancel.clone()));
         tasks.spawn(mdns.clone().browser(cancel.clone()));
@@ -291,6 +311,26 @@ fn dual_stack(port: u16) -> std::io::Result<TcpListener> {
     s.listen(1024)?;
     s.set_nonblocking(true)?;
     TcpListener::from_std(s.into())
+}
+
+/// Keeps `tx` holding this node's addresses on the current links.
+async fn local_addresses(
+    mut links: tokio::sync::watch::Receiver<std::collections::BTreeSet<crate::netif::Link>>,
+    tx: tokio::sync::watch::Sender<Vec<std::net::IpAddr>>,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = links.changed() => if r.is_err() { return },
+        }
+        let addrs = crate::netif::addresses(&links.borrow_and_update());
+        tx.send_if_modified(|old| {
+            let changed = *old != addrs;
+            *old = addrs;
+            changed
+        });
+    }
 }
 
 /// Marks silent peers offline, whichever way they were found.

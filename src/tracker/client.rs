@@ -640,6 +640,14 @@ impl Follower {
             }
             for g in &resp.gone {
                 self.peers.remove(g);
+                // Deregistered or timed out at the tracker: a peer known
+                // only from it is gone now, not after three intervals.
+                if self.dict.peer(g).is_some_and(|p| {
+                    p.online && p.found_via.iter().all(|v| *v == FoundVia::Tracker)
+                }) {
+                    tracing::info!(peer = %g.short(), "peer left the tracker");
+                    self.dict.set_offline(*g);
+                }
             }
             for p in resp.peers {
                 if p.id == self.me.id || check_node_name(&p.name).is_err() || p.port == 0 {
