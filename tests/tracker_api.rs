@@ -1144,7 +1144,7 @@ async fn follow_registers_announces_and_fills_the_dictionary() {
     .await;
     let peer = f.dict.peer(&p).unwrap();
     assert!(peer.found_via.contains(&FoundVia::Tracker));
-    assert_eq!(peer.addr, "127.0.0.1:7100".parse::<SocketAddr>().unwrap());
+    assert_eq!(peer.addr(), "127.0.0.1:7100".parse::<SocketAddr>().unwrap());
     assert_eq!(peer.announced_digest, [0x77; 16]);
     assert_eq!(peer.contents, 1);
     assert!(peer.online);
