@@ -1282,3 +1282,52 @@ async fn follow_announces_as_soon_as_the_first_inventory_is_published() {
     f.cancel.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), f.task).await;
 }
+
+#[tokio::test]
+async fn follow_sends_a_big_inventory_in_parts_a_small_body_limit_accepts() {
+    let dir = temp();
+    let t = Tracker::start(
+        &dir.path().join("t.db"),
+        &[
+            "--max-body",
+            "1",
+            "--heartbeat",
+            "0.5",
+            "--offline-after",
+            "5",
+        ],
+    );
+    let api = t.api();
+    // About 1.8 MB of JSON: over the 1 MiB limit in one request.
+    let entries: Vec<InventoryEntry> = (0..5000u32)
+        .map(|i| {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&i.to_le_bytes());
+            InventoryEntry {
+                id: ContentId(id),
+                name: format!("file-{i:05}.dat"),
+                size: 1 << 20,
+                category: Category::Other,
+                comment: "c".repeat(200),
+                chunks: ChunkSet::Full,
+            }
+        })
+        .collect();
+    let inv = Inventory::new(entries);
+    let as_json: Vec<Entry> = inv.entries.iter().map(Entry::from_inventory).collect();
+    let body = serde_json::to_vec(&as_json).unwrap().len();
+    assert!(
+        body > 1 << 20,
+        "the test needs more than 1 MiB, has {body} bytes"
+    );
+    let digest = inv.digest;
+    let me = node_id(0x45);
+    let f = start_follow(t.url(), me, 7500, inv);
+    wait_listed(&api, me, digest, Duration::from_secs(20)).await;
+    let stats = api.stats().await.unwrap();
+    assert_eq!(stats.files, 5000);
+    assert_eq!(search(&api, Some("file-04999"), None).await.len(), 1);
+    assert!(!t.log().contains("panicked"), "log:\n{}", t.log());
+    f.cancel.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), f.task).await;
+}

@@ -47,6 +47,8 @@ const MIN_ANNOUNCE_GAP: Duration = Duration::from_secs(1);
 /// Entries plus removals per request; at the longest names and comments a
 /// request stays under the tracker's default 16 MiB body limit.
 pub const BATCH: usize = 5000;
+/// Smallest batch when a tracker refuses requests as too large (413).
+const MIN_BATCH: usize = 100;
 /// Most tracker peers remembered (bounded whatever the tracker sends).
 const MAX_PEERS: usize = 20_000;
 /// Most peer-list pages read per poll.
@@ -279,6 +281,7 @@ pub async fn follow(
         epoch: None,
         warned_entries: false,
         max_files: crate::wire::frame::MAX_INVENTORY_ENTRIES as u32,
+        batch: BATCH,
     };
     f.run(addrs, inventory, &cancel).await;
     f.leave().await;
@@ -328,6 +331,8 @@ struct Follower {
     warned_entries: bool,
     /// The tracker's cap on entries per node.
     max_files: u32,
+    /// Entries plus removals per request ([`BATCH`], less after a 413).
+    batch: usize,
 }
 
 impl Follower {
@@ -532,36 +537,59 @@ impl Follower {
     async fn announce(&mut self, inv: &Inventory) -> Result<(), Failure> {
         let token = self.session.as_ref().expect("registered").token.clone();
         let entries = self.entries(inv, self.max_files);
+        loop {
+            match self.try_announce(inv, &token, &entries).await {
+                // A tracker with a smaller body limit: smaller requests.
+                Err(e) if e.status() == Some(413) && self.batch > MIN_BATCH => {
+                    self.batch = (self.batch / 4).max(MIN_BATCH);
+                    tracing::info!(tracker = %self.api.base(), batch = self.batch, "the tracker refused a request as too large; sending smaller parts");
+                    self.acked = None;
+                }
+                Err(e) => return Err(e.into()),
+                Ok(()) => {
+                    self.acked = Some(Acked {
+                        digest: inv.digest,
+                        entries,
+                    });
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    async fn try_announce(
+        &mut self,
+        inv: &Inventory,
+        token: &str,
+        entries: &[Entry],
+    ) -> Result<(), ClientError> {
+        let batch = self.batch;
         if let Some(acked) = &self.acked {
-            let (upsert, remove) = diff(&acked.entries, &entries);
+            let (upsert, remove) = diff(&acked.entries, entries);
             if upsert.len() + remove.len() < entries.len() {
                 match self
-                    .send_patch(&token, Some(acked.digest), inv.digest, upsert, remove)
+                    .send_patch(token, Some(acked.digest), inv.digest, upsert, remove)
                     .await
                 {
                     Ok(()) => {
                         tracing::debug!(tracker = %self.api.base(), "inventory change announced");
-                        self.acked = Some(Acked {
-                            digest: inv.digest,
-                            entries,
-                        });
                         return Ok(());
                     }
                     Err(e) if e.status() == Some(409) => {
                         tracing::debug!(tracker = %self.api.base(), "the tracker holds another inventory; sending all of it");
                     }
-                    Err(e) => return Err(e.into()),
+                    Err(e) => return Err(e),
                 }
             }
         }
         self.acked = None;
-        let mut batches = entries.chunks(BATCH);
+        let mut batches = entries.chunks(batch);
         let first = batches.next().unwrap_or(&[]).to_vec();
-        let more = entries.len() > BATCH;
+        let more = entries.len() > batch;
         self.api
             .announce_full(
                 self.me.id,
-                &token,
+                token,
                 &FullAnnounce {
                     digest: (!more).then_some(inv.digest),
                     entries: first,
@@ -570,16 +598,16 @@ impl Follower {
             )
             .await?;
         let rest: Vec<&[Entry]> = batches.collect();
-        for (i, batch) in rest.iter().enumerate() {
+        for (i, part) in rest.iter().enumerate() {
             let last = i + 1 == rest.len();
             self.api
                 .announce_patch(
                     self.me.id,
-                    &token,
+                    token,
                     &PatchAnnounce {
                         base: None,
                         digest: last.then_some(inv.digest),
-                        upsert: batch.to_vec(),
+                        upsert: part.to_vec(),
                         remove: Vec::new(),
                         more: !last,
                     },
@@ -587,10 +615,6 @@ impl Follower {
                 .await?;
         }
         tracing::debug!(tracker = %self.api.base(), entries = entries.len(), "inventory announced");
-        self.acked = Some(Acked {
-            digest: inv.digest,
-            entries,
-        });
         Ok(())
     }
 
@@ -607,8 +631,8 @@ impl Follower {
         let mut remove = remove.into_iter().peekable();
         let mut base = Some(base);
         loop {
-            let ups: Vec<Entry> = upsert.by_ref().take(BATCH).collect();
-            let rems: Vec<ContentId> = remove.by_ref().take(BATCH - ups.len()).collect();
+            let ups: Vec<Entry> = upsert.by_ref().take(self.batch).collect();
+            let rems: Vec<ContentId> = remove.by_ref().take(self.batch - ups.len()).collect();
             let last = upsert.peek().is_none() && remove.peek().is_none();
             let req = PatchAnnounce {
                 base: base.take().unwrap_or(None),

@@ -4,6 +4,7 @@
 //!
 //! - [`proto`]: the HTTP JSON bodies and the rules each field must pass;
 //! - [`db`]: the state in SQLite (one writer thread, a pool of readers);
+//! - [`read`]: the queries the readers run (peer lists, search, counts);
 //! - [`server`]: the axum routes, admission limits and the offline sweeper;
 //! - [`client`]: what a node runs to register, announce and learn peers.
 //!
@@ -12,6 +13,7 @@
 pub mod client;
 pub mod db;
 pub mod proto;
+pub mod read;
 pub mod server;
 
 use std::io::Write;

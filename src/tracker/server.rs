@@ -31,13 +31,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::TrackerConfig;
-use super::db::{Db, DbError, now_ms, read};
+use super::db::{Db, DbError, now_ms};
 use super::proto::{
     AnnounceResponse, DEFAULT_PEERS_LIMIT, DEFAULT_SEARCH_LIMIT, ErrorBody, FullAnnounce,
     HeartbeatRequest, HeartbeatResponse, MAX_PEERS_LIMIT, MAX_QUERY, MAX_SEARCH_LIMIT,
     PatchAnnounce, PeersQuery, RegisterRequest, RegisterResponse, SearchQuery, SearchResponse,
     Stats, check_addrs, check_node_name, hex16_string,
 };
+use super::read;
 use crate::id::NodeId;
 use crate::manifest::Category;
 
