@@ -204,9 +204,16 @@ impl Dict {
             peer.interval = interval;
         }
         peer.online = true;
-        peer.announced_digest = digest;
-        peer.contents = contents;
-        let pull = came_back || peer.pulled_digest != Some(digest);
+        // A tracker's digest may lag behind what the peer itself said
+        // (a hello or a pull) since the tracker's last heartbeat.
+        let stale = via == FoundVia::Tracker
+            && !came_back
+            && now.saturating_duration_since(peer.last_direct) < peer.interval;
+        if !stale {
+            peer.announced_digest = digest;
+            peer.contents = contents;
+        }
+        let pull = came_back || peer.pulled_digest != Some(peer.announced_digest);
         drop(peer);
         if pull {
             self.pull_wanted.notify_one();
@@ -661,6 +668,27 @@ mod tests {
         assert_eq!(d.holders(&ContentId([2; 32])).len(), 1);
         assert_eq!(d.holders(&ContentId([3; 32])).len(), 1);
         assert_eq!(d.peer(&a).unwrap().contents, 2);
+    }
+
+    #[test]
+    fn a_lagging_tracker_digest_does_not_undo_a_fresher_hello() {
+        let d = Dict::new();
+        let a = NodeId([1; 16]);
+        let iv = Duration::from_secs(10);
+        let new = inv(vec![entry(2, "two", ChunkSet::Full)]);
+        d.observe(a, "a", addr(1), FoundVia::Tracker, iv, [1; 16], 1);
+        // The peer itself says it changed, and we pull that version.
+        d.reached(a, addr(1), new.digest, 1);
+        d.set_inventory(a, new.clone());
+        // The tracker still lists the old digest: no flip-flop, no re-pull.
+        assert_eq!(
+            d.observe(a, "a", addr(1), FoundVia::Tracker, iv, [1; 16], 1),
+            Observed::Known
+        );
+        assert_eq!(d.peer(&a).unwrap().announced_digest, new.digest);
+        // A multicast announcement always counts.
+        d.observe(a, "a", addr(1), FoundVia::Multicast, iv, [3; 16], 1);
+        assert_eq!(d.peer(&a).unwrap().announced_digest, [3; 16]);
     }
 
     #[test]
