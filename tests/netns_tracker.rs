@@ -1,0 +1,357 @@
+//! The tracker across a router, in network namespaces: two subnets joined
+//! by a router namespace that forwards unicast but not multicast (TTL 1,
+//! link-local mDNS), the tracker on the router, nodes on both sides.
+//! Skipped with a message when not root or without iproute2.
+
+mod netns_util;
+mod util;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use netns_util::{BIN, NetNode, Topo, in_netns, uploaded_bytes};
+use util::{data, wait_until};
+
+const MIB: usize = 1 << 20;
+const TRACKER_PORT: u16 = 7374;
+
+/// A `lanshare tracker` process in a namespace, killed (by PID) on drop.
+struct Tracker {
+    child: Option<Child>,
+}
+
+impl Tracker {
+    fn start(t: &Topo, h: usize, db: &std::path::Path) -> Tracker {
+        let listen = format!("0.0.0.0:{TRACKER_PORT}");
+        let db = db.to_str().unwrap();
+        let mut cmd = t.spawn(
+            h,
+            BIN,
+            &[
+                "tracker",
+                "--listen",
+                &listen,
+                "--db",
+                db,
+                "--heartbeat",
+                "1",
+                "--offline-after",
+                "4",
+            ],
+        );
+        cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+        let mut child = cmd.spawn().expect("start lanshare tracker");
+        // Wait for the banner: the tracker listens once it is printed.
+        let mut out = child.stdout.take().unwrap();
+        let mut banner = Vec::new();
+        let mut byte = [0u8; 1];
+        while out.read(&mut byte).unwrap_or(0) == 1 && byte[0] != b'\n' {
+            banner.push(byte[0]);
+        }
+        assert!(
+            String::from_utf8_lossy(&banner).contains("listening on"),
+            "tracker did not start: {:?}",
+            String::from_utf8_lossy(&banner)
+        );
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        Tracker { child: Some(child) }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Sends one raw HTTP request from inside namespace `ns`; returns the
+/// status code and body.
+fn http(ns: &str, addr: SocketAddr, request: String) -> (u16, String) {
+    in_netns(ns, move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        let code = resp
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (code, body)
+    })
+    .join()
+    .expect("http thread")
+}
+
+fn get(ns: &str, addr: SocketAddr, path: &str) -> (u16, String) {
+    http(
+        ns,
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: tracker\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+fn post(ns: &str, addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
+    http(
+        ns,
+        addr,
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: tracker\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
+/// Names of the peers the tracker lists as online.
+fn tracker_peers(ns: &str, addr: SocketAddr) -> Vec<String> {
+    let (code, body) = get(ns, addr, "/v1/peers");
+    if code != 200 {
+        return Vec::new();
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let mut names: Vec<String> = v["peers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["name"].as_str().map(String::from))
+        .collect();
+    names.sort();
+    names
+}
+
+fn found_via(node: &NetNode, name: &str) -> Vec<String> {
+    node.peers()
+        .into_iter()
+        .find(|p| p["name"] == name && p["online"] == true)
+        .map(|p| {
+            p["found_via"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn lists(node: &NetNode, file: &str, holders: u64) -> bool {
+    node.ls().iter().any(|c| {
+        c["name"] == file
+            && c["complete"].as_u64().unwrap_or(0) + c["partial"].as_u64().unwrap_or(0) >= holders
+    })
+}
+
+/// Two subnets, 10.200.0.0/24 and 10.200.1.0/24, joined by host `router`
+/// (.254 on both) that forwards IPv4; returns (topo, [a1, a2, b1], router).
+fn routed() -> Option<(Topo, [usize; 3], usize)> {
+    let mut t = Topo::new(&["tc"])?;
+    let (b0, b1) = (t.add_bridge(), t.add_bridge());
+    let (a1, a2, bh, router) = (t.add_host(), t.add_host(), t.add_host(), t.add_host());
+    t.connect(a1, b0);
+    t.connect(a2, b0);
+    t.connect(bh, b1);
+    let gw0 = Ipv4Addr::new(10, 200, b0 as u8, 254);
+    let gw1 = Ipv4Addr::new(10, 200, b1 as u8, 254);
+    t.connect_with(router, b0, Some(gw0));
+    t.connect_with(router, b1, Some(gw1));
+    t.forward(router);
+    for h in [a1, a2] {
+        t.route(h, &format!("10.200.{b1}.0/24"), gw0);
+    }
+    t.route(bh, &format!("10.200.{b0}.0/24"), gw1);
+    Some((t, [a1, a2, bh], router))
+}
+
+/// Holders on both sides of a router, found through the tracker; a fetch
+/// takes chunks from both. Then the tracker is killed: restarted on its
+/// database, and again on an empty one, the nodes (never restarted)
+/// register again and what they share keeps flowing across the router.
+#[test]
+fn fetch_across_a_router_swarms_and_nodes_survive_tracker_restarts() {
+    let Some((t, [a1, a2, bh], router)) = routed() else {
+        return;
+    };
+    let db = t.dir().join("tracker.db");
+    let mut tracker = Tracker::start(&t, router, &db);
+    let url0 = format!("http://10.200.0.254:{TRACKER_PORT}");
+    let url1 = format!("http://10.200.1.254:{TRACKER_PORT}");
+    let api: SocketAddr = format!("10.200.0.254:{TRACKER_PORT}").parse().unwrap();
+
+    let content = data(24 * MIB + 5, 31);
+    let near = t.node(
+        a1,
+        "near",
+        &[("movie.mkv", &content)],
+        &["--tracker", &url0, "--no-mdns"],
+    );
+    let far = t.node(
+        bh,
+        "far",
+        &[("movie.mkv", &content)],
+        &["--tracker", &url1, "--no-mdns"],
+    );
+    let fetcher = t.node(a2, "fetcher", &[], &["--tracker", &url0, "--no-mdns"]);
+    // Both holders are slow, so a fetch needs both to go fast: each one's
+    // uploads must be a real share of the file.
+    t.shape(0, "60mbit");
+    t.shape(2, "60mbit");
+
+    assert!(
+        wait_until(Duration::from_secs(30), || lists(&fetcher, "movie.mkv", 2)),
+        "fetcher does not see both holders: {:?}\n{}",
+        fetcher.ls(),
+        fetcher.log_tail()
+    );
+    // The far holder came through the tracker only (multicast stops at
+    // the router); the near one at least by multicast.
+    assert_eq!(
+        found_via(&fetcher, "far"),
+        vec!["tracker"],
+        "{:?}",
+        fetcher.peers()
+    );
+    assert!(found_via(&fetcher, "near").contains(&"multicast".to_string()));
+    assert_eq!(tracker_peers(t.ns(a2), api), vec!["far", "fetcher", "near"]);
+
+    let out = fetcher.fetch_ok("movie", Duration::from_secs(120));
+    assert!(out.contains("verified"), "{out}");
+    let got = std::fs::read(fetcher.downloads().join("movie.mkv")).unwrap();
+    assert!(got == content, "downloaded file differs");
+    let (from_near, from_far) = (
+        uploaded_bytes(&near.upload_log()),
+        uploaded_bytes(&far.upload_log()),
+    );
+    eprintln!("near sent {from_near} bytes, far sent {from_far}");
+    assert!(
+        from_near >= 2 * MIB as u64 && from_far >= 2 * MIB as u64,
+        "not a swarm across the router: near sent {from_near}, far sent {from_far}"
+    );
+
+    // Killed and restarted on the same database: registrations survive,
+    // heartbeats go on.
+    tracker.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    let mut tracker = Tracker::start(&t, router, &db);
+    assert!(
+        wait_until(Duration::from_secs(20), || tracker_peers(t.ns(a2), api)
+            == vec!["far", "fetcher", "near"]),
+        "after a restart: {:?}",
+        tracker_peers(t.ns(a2), api)
+    );
+
+    // Killed and restarted with nothing: the nodes register again by
+    // themselves, and a file shared after that crosses the router.
+    tracker.kill();
+    std::fs::remove_file(&db).unwrap();
+    let _ = std::fs::remove_file(db.with_extension("db-wal"));
+    let _ = std::fs::remove_file(db.with_extension("db-shm"));
+    let _tracker = Tracker::start(&t, router, &db);
+    assert!(
+        wait_until(Duration::from_secs(30), || tracker_peers(t.ns(a2), api)
+            == vec!["far", "fetcher", "near"]),
+        "nodes did not register again with a fresh tracker: {:?}\n{}",
+        tracker_peers(t.ns(a2), api),
+        far.log_tail()
+    );
+    std::fs::write(far.shared().join("after.txt"), b"shared after the restart").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || lists(&fetcher, "after.txt", 1)),
+        "a file shared after the restart did not cross the router: {:?}",
+        fetcher.ls()
+    );
+    let (code, body) = get(t.ns(a2), api, "/v1/search?q=after");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("after.txt"), "{body}");
+}
+
+/// A node stopped cleanly deregisters: the tracker no longer offers its
+/// content, and a node across the router sees it go at its next poll, not
+/// after three intervals.
+#[test]
+fn clean_stop_deregisters_and_the_other_side_drops_the_peer() {
+    let Some((t, [a1, _a2, bh], router)) = routed() else {
+        return;
+    };
+    let db = t.dir().join("tracker.db");
+    let _tracker = Tracker::start(&t, router, &db);
+    let url0 = format!("http://10.200.0.254:{TRACKER_PORT}");
+    let url1 = format!("http://10.200.1.254:{TRACKER_PORT}");
+    let api: SocketAddr = format!("10.200.1.254:{TRACKER_PORT}").parse().unwrap();
+    let mut leaving = t.node(
+        a1,
+        "leaving",
+        &[("notes.txt", b"n")],
+        &["--tracker", &url0, "--no-mdns"],
+    );
+    let watcher = t.node(bh, "watcher", &[], &["--tracker", &url1, "--no-mdns"]);
+    assert!(
+        wait_until(Duration::from_secs(30), || lists(&watcher, "notes.txt", 1)),
+        "{:?}",
+        watcher.ls()
+    );
+    leaving.stop();
+    assert!(
+        // The tracker's heartbeat is 1 s: gone at the next poll, well
+        // before three missed intervals (3.5 s) would expire it.
+        wait_until(Duration::from_millis(2500), || !lists(
+            &watcher,
+            "notes.txt",
+            1
+        )),
+        "still offered after a clean stop: {:?}",
+        watcher.peers()
+    );
+    let (code, body) = get(t.ns(bh), api, "/v1/search?q=notes");
+    assert_eq!(code, 200);
+    assert!(!body.contains("notes.txt"), "{body}");
+}
+
+/// Malformed requests sent from across the router get a 4xx with a
+/// message, and the tracker keeps serving.
+#[test]
+fn malformed_requests_across_the_router() {
+    let Some((t, [a1, _a2, bh], router)) = routed() else {
+        return;
+    };
+    let db = t.dir().join("tracker.db");
+    let _tracker = Tracker::start(&t, router, &db);
+    let api: SocketAddr = format!("10.200.1.254:{TRACKER_PORT}").parse().unwrap();
+    let ns = t.ns(bh).to_string();
+    for (path, body) in [
+        ("/v1/nodes", "{not json"),
+        ("/v1/nodes", r#"{"id": 5}"#),
+        ("/v1/nodes", r#"{"id":"zz","name":"x","port":1,"addrs":[]}"#),
+        (
+            "/v1/nodes",
+            "{\"id\":\"00112233445566778899aabbccddeeff\",\"name\":\"bad\\u001b[2J\",\"port\":7373,\"addrs\":[]}",
+        ),
+        ("/v1/nodes/00112233445566778899aabbccddeeff/heartbeat", "{}"),
+    ] {
+        let (code, resp) = post(&ns, api, path, body);
+        assert!(
+            (400..500).contains(&code),
+            "{path} {body:?} -> {code} {resp}"
+        );
+        assert!(resp.contains("error"), "{path} {body:?} -> {resp}");
+    }
+    let (code, _) = get(&ns, api, "/v1/search?category=films");
+    assert!((400..500).contains(&code), "bad category -> {code}");
+    // Still serving, from either side.
+    assert_eq!(get(&ns, api, "/v1/health").0, 200);
+    let api0: SocketAddr = format!("10.200.0.254:{TRACKER_PORT}").parse().unwrap();
+    assert_eq!(get(t.ns(a1), api0, "/v1/health").0, 200);
+}
