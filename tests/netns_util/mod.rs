@@ -9,10 +9,18 @@
 //! Client commands (`ls`, `fetch`, `status`) talk to a node through the Unix
 //! socket in its home, so they run from the test process as they are.
 //!
-//! Cleanup never depends on the test passing: [`NetNode`] and [`FetchRun`]
-//! kill their own process when dropped, and [`Lan`] kills whatever is still
-//! inside its namespaces (only processes this test started can be there),
-//! then deletes the links, the bridge and the namespaces.
+//! A [`Topo`] is the general form, for the discovery tests: any number of
+//! bridges, hosts with several links (added, unplugged or deleted while
+//! nodes run), IPv6-only links, router hosts, nftables rules per host; its
+//! nodes run with lanshare's defaults (every interface, mDNS on) plus a
+//! group port unique to the test. [`Browser`] runs python zeroconf's
+//! DNS-SD browser inside a host.
+//!
+//! Cleanup never depends on the test passing: [`NetNode`], [`FetchRun`] and
+//! [`Browser`] kill their own process when dropped, and [`Lan`] and
+//! [`Topo`] kill whatever is still inside their namespaces (only processes
+//! this test started can be there), then delete the links, the bridges and
+//! the namespaces.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read};
@@ -195,70 +203,25 @@ impl Lan {
     /// returns once its banner says it listens.
     pub fn start(&self, i: usize, name: &str) -> NetNode {
         let h = &self.hosts[i];
-        let home = self.home(name);
-        std::fs::create_dir_all(&home).unwrap();
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let stderr_path = self.dir().join(format!("{name}.{n}.stderr"));
-        let stderr = std::fs::File::create(&stderr_path).unwrap();
-        let listen = format!("{}:{PORT}", h.addr);
-        let iface = h.addr.to_string();
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &h.ns, BIN, "up", "--home"])
-            .arg(&home)
-            .args([
-                "--name",
-                name,
-                "--listen",
-                &listen,
-                "--interface",
-                &iface,
-                "--group",
-                &self.group,
-                "--announce-interval",
-                "0.5",
-                "--scan-interval",
-                "0.2",
-                "--no-mdns",
-            ])
-            .env("RUST_LOG", "lanshare=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr);
-        die_with_parent(&mut cmd);
-        // `ip netns exec` execs the command: the child's PID is lanshare's.
-        let mut child = cmd.spawn().expect("start ip netns exec lanshare up");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(first)) = lines.next() {
-                let _ = tx.send(first);
-            }
-            // Keep draining so the node never blocks on a full pipe.
-            for _ in lines {}
-        });
-        let node = NetNode {
-            name: name.into(),
-            home,
-            addr: h.addr,
-            listen: SocketAddr::new(h.addr.into(), PORT),
-            child: Some(child),
-            stderr_path,
-        };
-        let banner = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(line) => line,
-            Err(_) => panic!("node {name} did not start: {}", node.log_tail()),
-        };
-        let addr = banner
-            .split("listening on ")
-            .nth(1)
-            .and_then(|s| s.split(',').next())
-            .unwrap_or_else(|| panic!("no listen address in banner {banner:?}"));
-        assert_eq!(
-            addr.parse::<SocketAddr>().expect("socket address"),
-            node.listen,
-            "banner: {banner}"
-        );
+        let listen = SocketAddr::new(h.addr.into(), PORT);
+        let args: Vec<String> = [
+            "--listen",
+            &listen.to_string(),
+            "--interface",
+            &h.addr.to_string(),
+            "--group",
+            &self.group,
+            "--announce-interval",
+            "0.5",
+            "--scan-interval",
+            "0.2",
+            "--no-mdns",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let node = spawn_up(&h.ns, self.dir(), name, &args, Some(h.addr));
+        assert_eq!(node.listen, listen, "listen address in the banner");
         node
     }
 
@@ -270,42 +233,115 @@ impl Lan {
 
 impl Drop for Lan {
     fn drop(&mut self) {
-        let me = std::process::id().to_string();
-        for ns in &self.namespaces {
-            // Only processes this test started live in its namespaces.
-            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
-                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    if pid != me
-                        && let Ok(pid) = pid.parse::<i32>()
-                        && pid > 1
-                    {
-                        unsafe { libc::kill(pid, libc::SIGKILL) };
-                    }
+        let ports: Vec<&str> = self.hosts.iter().map(|h| h.port.as_str()).collect();
+        teardown(
+            &self.switch_ns,
+            &ports,
+            &[self.bridge.as_str()],
+            &self.namespaces,
+        );
+        keep_dir(&mut self.dir);
+    }
+}
+
+/// Kills whatever still runs inside `namespaces` (only processes the test
+/// started can be there), then deletes the switch ports, the bridges and
+/// the namespaces.
+fn teardown(switch_ns: &str, ports: &[&str], bridges: &[&str], namespaces: &[String]) {
+    let me = std::process::id().to_string();
+    for ns in namespaces {
+        if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                if pid != me
+                    && let Ok(pid) = pid.parse::<i32>()
+                    && pid > 1
+                {
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
                 }
             }
         }
-        for h in &self.hosts {
-            let _ = run("ip", &["-n", &self.switch_ns, "link", "del", &h.port]);
-        }
-        let _ = run("ip", &["-n", &self.switch_ns, "link", "del", &self.bridge]);
-        for ns in self.namespaces.iter().rev() {
-            if let Err(e) = run("ip", &["netns", "del", ns]) {
-                eprintln!("cleanup: {e}");
-            }
-        }
-        if std::env::var_os("LANSHARE_TEST_KEEP").is_some()
-            && let Some(dir) = self.dir.take()
-        {
-            eprintln!("kept {}", dir.keep().display());
+    }
+    for port in ports {
+        let _ = run("ip", &["-n", switch_ns, "link", "del", port]);
+    }
+    for br in bridges {
+        let _ = run("ip", &["-n", switch_ns, "link", "del", br]);
+    }
+    for ns in namespaces.iter().rev() {
+        if let Err(e) = run("ip", &["netns", "del", ns]) {
+            eprintln!("cleanup: {e}");
         }
     }
+}
+
+/// Keeps the homes and logs when LANSHARE_TEST_KEEP is set.
+fn keep_dir(dir: &mut Option<tempfile::TempDir>) {
+    if std::env::var_os("LANSHARE_TEST_KEEP").is_some()
+        && let Some(dir) = dir.take()
+    {
+        eprintln!("kept {}", dir.keep().display());
+    }
+}
+
+/// Starts `lanshare up --home DIR/NAME --name NAME ARGS...` inside
+/// namespace `ns`; returns once its banner says where it listens.
+fn spawn_up(ns: &str, dir: &Path, name: &str, args: &[String], addr: Option<Ipv4Addr>) -> NetNode {
+    let home = dir.join(name);
+    std::fs::create_dir_all(&home).unwrap();
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let stderr_path = dir.join(format!("{name}.{n}.stderr"));
+    let stderr = std::fs::File::create(&stderr_path).unwrap();
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns, BIN, "up", "--home"])
+        .arg(&home)
+        .args(["--name", name])
+        .args(args)
+        .env("RUST_LOG", "lanshare=debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr);
+    die_with_parent(&mut cmd);
+    // `ip netns exec` execs the command: the child's PID is lanshare's.
+    let mut child = cmd.spawn().expect("start ip netns exec lanshare up");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(first)) = lines.next() {
+            let _ = tx.send(first);
+        }
+        // Keep draining so the node never blocks on a full pipe.
+        for _ in lines {}
+    });
+    let mut node = NetNode {
+        name: name.into(),
+        home,
+        addr,
+        listen: SocketAddr::from(([0, 0, 0, 0], 0)),
+        child: Some(child),
+        stderr_path,
+    };
+    let banner = match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(line) => line,
+        Err(_) => panic!("node {name} did not start: {}", node.log_tail()),
+    };
+    let addr = banner
+        .split("listening on ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap_or_else(|| panic!("no listen address in banner {banner:?}"));
+    node.listen = addr
+        .parse()
+        .unwrap_or_else(|_| panic!("listen address in banner {banner:?}"));
+    node
 }
 
 /// One `lanshare up` inside a host namespace.
 pub struct NetNode {
     pub name: String,
     pub home: PathBuf,
-    pub addr: Ipv4Addr,
+    /// The host's (first) IPv4 address; None on an IPv6-only host.
+    pub addr: Option<Ipv4Addr>,
     pub listen: SocketAddr,
     child: Option<Child>,
     pub stderr_path: PathBuf,
@@ -451,6 +487,54 @@ impl NetNode {
         )
     }
 
+    pub fn peers(&self) -> Vec<serde_json::Value> {
+        match self.json(&["peers", "--json"]) {
+            serde_json::Value::Array(v) => v,
+            other => panic!("peers --json is not a list: {other}"),
+        }
+    }
+
+    /// This node's id (32 hex digits), from `status`.
+    pub fn id(&self) -> String {
+        self.status()["id"]
+            .as_str()
+            .expect("status has an id")
+            .to_string()
+    }
+
+    /// The TCP port the node listens on.
+    pub fn port(&self) -> u16 {
+        self.listen.port()
+    }
+
+    /// Sends SIGTERM (a clean stop) without waiting; [`NetNode::stop`] or
+    /// drop reaps the process.
+    pub fn terminate(&mut self) {
+        if let Some(c) = self.child.as_ref() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        }
+    }
+
+    /// Runs `lanshare fetch NAME` to the end (at most `timeout`); panics
+    /// with the fetch's output and the node's log when it fails. Returns
+    /// the fetch's stdout.
+    pub fn fetch_ok(&self, name: &str, timeout: Duration) -> String {
+        let mut run = self.spawn_fetch(name);
+        let status = run.wait(timeout);
+        let stdout = run.stdout();
+        if status.is_none() {
+            run.kill();
+        }
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "`lanshare fetch {name}` on {} did not succeed ({status:?}): {stdout}\n{}\n{}",
+            self.name,
+            run.stderr,
+            self.log_tail()
+        );
+        stdout
+    }
+
     pub fn download_log(&self) -> Vec<String> {
         read_lines(&self.home.join("download_log.txt"))
     }
@@ -570,6 +654,7 @@ impl Drop for FetchRun {
 }
 
 // Shared with the loopback harness.
+#[allow(unused_imports)]
 pub use crate::util::{data, sha256_hex, wait_until};
 
 /// Runs `f` on a fresh thread that first enters network namespace `ns`
@@ -594,4 +679,639 @@ pub fn in_netns<T: Send + 'static>(
         );
         f()
     })
+}
+
+// ---------------------------------------------------------------------------
+// Topologies: several bridges, hosts with several interfaces (added or cut
+// while nodes run), routers, IPv6-only segments, firewall rules.
+
+/// Runs `program args` with `input` on its stdin; Err carries its stderr.
+fn run_with_input(program: &str, args: &[&str], input: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run `{program}`: {e}"))?;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .map_err(|e| format!("writing to `{program}`: {e}"))?;
+    let o = child
+        .wait_with_output()
+        .map_err(|e| format!("waiting for `{program}`: {e}"))?;
+    if o.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{program} {}` failed: {}\ninput:\n{input}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr).trim()
+        ))
+    }
+}
+
+/// Runs `program args` and returns its stdout; a failure fails the test.
+fn output(program: &str, args: &[&str]) -> String {
+    match Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Ok(o) => panic!(
+            "`{program} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => panic!("cannot run `{program}`: {e}"),
+    }
+}
+
+/// Sets a sysctl inside namespace `ns`.
+fn sysctl(ns: &str, key: &str, value: &str) {
+    if let Err(e) = run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-qw",
+            &format!("{key}={value}"),
+        ],
+    ) {
+        panic!("{e}");
+    }
+}
+
+/// True when `program` runs here (checked with `--version`/`-V`).
+fn have(program: &str) -> bool {
+    let flag = if program == "ip" || program == "tc" {
+        "-V"
+    } else {
+        "--version"
+    };
+    run(program, &[flag]).is_ok()
+}
+
+/// One interface of a host: a veth pair from the host to a bridge.
+#[derive(Clone, Debug)]
+pub struct TLink {
+    pub host: usize,
+    pub bridge: usize,
+    /// The host's end (inside the host's namespace).
+    pub dev: String,
+    /// The switch's end (inside the switch namespace, a bridge port).
+    pub port: String,
+    /// Its IPv4 address (a /24 per bridge); None on an IPv6-only link.
+    pub v4: Option<Ipv4Addr>,
+    /// False once deleted with [`Topo::remove_link`].
+    pub present: bool,
+}
+
+/// A network of namespaces: one switch namespace holding any number of
+/// bridges, and hosts each with any number of links to them. Bridge `b`
+/// is the subnet `10.200.b.0/24`, host `h`'s address on it is
+/// `10.200.b.(h+1)` (IPv6 link-local addresses come from the kernel; DAD
+/// is off in every host, so they are usable at once). Nodes run with
+/// their defaults (every interface, both families, mDNS on, `[::]:7373`)
+/// plus a group port unique to the test and whatever the test adds.
+///
+/// Like [`Lan`], everything is torn down on drop, whether the test passed
+/// or not.
+pub struct Topo {
+    pub dir: Option<tempfile::TempDir>,
+    tag: String,
+    /// `--group` of every node: an IPv4 group and port unique to the test.
+    pub group: String,
+    pub group_ip: Ipv4Addr,
+    pub group_port: u16,
+    /// `--announce-interval` of every node (seconds).
+    pub interval: String,
+    pub switch_ns: String,
+    pub bridges: Vec<String>,
+    /// Host namespaces.
+    pub hosts: Vec<String>,
+    pub links: Vec<TLink>,
+    namespaces: Vec<String>,
+}
+
+impl Topo {
+    /// An empty topology (a switch namespace without bridges), or None
+    /// (after printing why) when this machine cannot build one: not root,
+    /// no `ip netns`, or one of `tools` (such as "nft", "tc") is missing.
+    pub fn new(tools: &[&str]) -> Option<Topo> {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipping: needs root (network namespaces)");
+            return None;
+        }
+        for t in std::iter::once(&"ip").chain(tools) {
+            if !have(t) {
+                eprintln!("skipping: needs `{t}`, which is not installed");
+                return None;
+            }
+        }
+        let pid = std::process::id();
+        let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("{:06x}{:02x}", pid & 0xff_ffff, count & 0xff);
+        let switch_ns = format!("lanshare-{tag}-sw");
+        if let Err(e) = run("ip", &["netns", "add", &switch_ns]) {
+            eprintln!("skipping: cannot create a network namespace: {e}");
+            return None;
+        }
+        let group_ip = Ipv4Addr::new(239, 255, 1 + (pid % 200) as u8, 1 + (count % 250) as u8);
+        let group_port = (20_000 + (pid % 2_000) * 10 + count % 10) as u16;
+        let topo = Topo {
+            dir: Some(tempfile::tempdir().expect("temp dir")),
+            tag,
+            group: format!("{group_ip}:{group_port}"),
+            group_ip,
+            group_port,
+            interval: "1".into(),
+            switch_ns: switch_ns.clone(),
+            bridges: Vec::new(),
+            hosts: Vec::new(),
+            links: Vec::new(),
+            namespaces: vec![switch_ns.clone()],
+        };
+        ip(&format!("-n {switch_ns} link set lo up"));
+        // The switch takes no part in IPv6: its ports stay silent.
+        sysctl(&switch_ns, "net.ipv6.conf.all.disable_ipv6", "1");
+        sysctl(&switch_ns, "net.ipv6.conf.default.disable_ipv6", "1");
+        Some(topo)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.as_ref().expect("temp dir").path()
+    }
+
+    pub fn home(&self, name: &str) -> PathBuf {
+        self.dir().join(name)
+    }
+
+    /// Namespace of host `h`.
+    pub fn ns(&self, h: usize) -> &str {
+        &self.hosts[h]
+    }
+
+    /// Adds a bridge (a LAN segment); returns its index.
+    pub fn add_bridge(&mut self) -> usize {
+        let b = self.bridges.len();
+        let br = format!("lb{}{b:x}", self.tag);
+        // No IGMP/MLD snooping: the bridge floods multicast to every port.
+        ip(&format!(
+            "-n {} link add {br} type bridge mcast_snooping 0",
+            self.switch_ns
+        ));
+        ip(&format!(
+            "-n {} link set {br} multicast on up",
+            self.switch_ns
+        ));
+        self.bridges.push(br);
+        b
+    }
+
+    /// Adds a host namespace with only `lo` in it; returns its index.
+    pub fn add_host(&mut self) -> usize {
+        let h = self.hosts.len();
+        let ns = format!("lanshare-{}-h{h}", self.tag);
+        ip(&format!("netns add {ns}"));
+        self.namespaces.push(ns.clone());
+        ip(&format!("-n {ns} link set lo up"));
+        // Link-local addresses usable as soon as a link is up.
+        sysctl(&ns, "net.ipv6.conf.all.accept_dad", "0");
+        sysctl(&ns, "net.ipv6.conf.default.accept_dad", "0");
+        self.hosts.push(ns);
+        h
+    }
+
+    /// The IPv4 address host `h` gets on bridge `b`.
+    pub fn addr(b: usize, h: usize) -> Ipv4Addr {
+        assert!(b < 250 && h < 250);
+        Ipv4Addr::new(10, 200, b as u8, h as u8 + 1)
+    }
+
+    /// Connects host `h` to bridge `b` with its IPv4 address (and IPv6
+    /// link-local); returns the link's index.
+    pub fn connect(&mut self, h: usize, b: usize) -> usize {
+        self.connect_with(h, b, Some(Topo::addr(b, h)))
+    }
+
+    /// Connects host `h` to bridge `b` with no IPv4 address at all.
+    pub fn connect_v6_only(&mut self, h: usize, b: usize) -> usize {
+        self.connect_with(h, b, None)
+    }
+
+    /// Connects host `h` to bridge `b`, with `v4` (a /24) if given.
+    pub fn connect_with(&mut self, h: usize, b: usize, v4: Option<Ipv4Addr>) -> usize {
+        let l = self.links.len();
+        assert!(l < 256);
+        // Not "veth*": that prefix is excluded from discovery by default.
+        let dev = format!("lh{}{l:02x}", self.tag);
+        let port = format!("lp{}{l:02x}", self.tag);
+        let (sw, ns, br) = (&self.switch_ns, &self.hosts[h], &self.bridges[b]);
+        // Both ends are created straight inside their namespaces: no link
+        // ever exists in the root namespace.
+        ip(&format!(
+            "-n {sw} link add {port} type veth peer name {dev} netns {ns}"
+        ));
+        ip(&format!(
+            "-n {sw} link set {port} master {br} multicast on up"
+        ));
+        if let Some(a) = v4 {
+            ip(&format!("-n {ns} addr add {a}/24 dev {dev}"));
+        }
+        ip(&format!("-n {ns} link set {dev} multicast on up"));
+        self.links.push(TLink {
+            host: h,
+            bridge: b,
+            dev,
+            port,
+            v4,
+            present: true,
+        });
+        l
+    }
+
+    /// Plugs link `l`'s cable in or pulls it out at the switch (its switch
+    /// port goes up or down; the host keeps its interface and addresses,
+    /// with no carrier).
+    pub fn set_cable(&self, l: usize, plugged: bool) {
+        let state = if plugged { "up" } else { "down" };
+        ip(&format!(
+            "-n {} link set {} {state}",
+            self.switch_ns, self.links[l].port
+        ));
+    }
+
+    /// Deletes link `l` (both ends vanish from their namespaces).
+    pub fn remove_link(&mut self, l: usize) {
+        let link = &mut self.links[l];
+        ip(&format!("-n {} link del {}", self.switch_ns, link.port));
+        link.present = false;
+    }
+
+    /// The kernel's IPv6 link-local address of link `l` (on the host's
+    /// end), once it is usable (not tentative); panics after 10 s.
+    pub fn link_local(&self, l: usize) -> std::net::Ipv6Addr {
+        let link = &self.links[l];
+        let ns = &self.hosts[link.host];
+        let mut found = None;
+        let ok = wait_until(Duration::from_secs(10), || {
+            let out = output(
+                "ip",
+                &["-n", ns, "-j", "-6", "addr", "show", "dev", &link.dev],
+            );
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+            found = v
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|i| i["addr_info"].as_array().cloned().unwrap_or_default())
+                .find(|a| {
+                    a["scope"] == "link"
+                        && a["tentative"] != true
+                        && a["dadfailed"] != true
+                        && a["local"].as_str().is_some()
+                })
+                .and_then(|a| a["local"].as_str().and_then(|s| s.parse().ok()));
+            found.is_some()
+        });
+        assert!(ok, "no usable link-local address on {} in {ns}", link.dev);
+        found.unwrap()
+    }
+
+    /// IPv4 addresses configured on link `l` (empty on an IPv6-only one).
+    pub fn v4_addrs(&self, l: usize) -> Vec<Ipv4Addr> {
+        let link = &self.links[l];
+        let out = output(
+            "ip",
+            &[
+                "-n",
+                &self.hosts[link.host],
+                "-j",
+                "-4",
+                "addr",
+                "show",
+                "dev",
+                &link.dev,
+            ],
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|i| i["addr_info"].as_array().cloned().unwrap_or_default())
+            .filter_map(|a| a["local"].as_str().and_then(|s| s.parse().ok()))
+            .collect()
+    }
+
+    /// Makes host `h` an IPv4 router between its links.
+    pub fn forward(&self, h: usize) {
+        sysctl(&self.hosts[h], "net.ipv4.ip_forward", "1");
+    }
+
+    /// Adds a route on host `h`: `to` (CIDR) via gateway `via`.
+    pub fn route(&self, h: usize, to: &str, via: Ipv4Addr) {
+        ip(&format!("-n {} route add {to} via {via}", self.hosts[h]));
+    }
+
+    /// Shapes link `l`'s egress from its host.
+    pub fn shape(&self, l: usize, rate: &str) {
+        let link = &self.links[l];
+        ip(&format!(
+            "netns exec {} tc qdisc add dev {} root tbf rate {rate} burst 32kb latency 400ms",
+            self.hosts[link.host], link.dev
+        ));
+    }
+
+    /// Loads an nftables script (`nft -f -`) into host `h`'s namespace.
+    pub fn nft(&self, h: usize, script: &str) {
+        if let Err(e) = run_with_input(
+            "ip",
+            &["netns", "exec", &self.hosts[h], "nft", "-f", "-"],
+            script,
+        ) {
+            panic!("{e}");
+        }
+    }
+
+    /// Packets counted so far by the nftables rules of table `inet TABLE`
+    /// in host `h` whose comment is `comment`.
+    pub fn nft_packets(&self, h: usize, table: &str, comment: &str) -> u64 {
+        let out = output(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.hosts[h],
+                "nft",
+                "list",
+                "table",
+                "inet",
+                table,
+            ],
+        );
+        let tag = format!("comment \"{comment}\"");
+        out.lines()
+            .filter(|l| l.contains(&tag))
+            .map(|l| {
+                let n = l
+                    .split("packets ")
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                    .and_then(|n| n.parse::<u64>().ok());
+                n.unwrap_or_else(|| panic!("no packet counter in nft rule {l:?}"))
+            })
+            .sum()
+    }
+
+    /// A firewall in host `h` that drops the test's discovery group (the
+    /// IPv4 group and the IPv6 group ff02::6c61:6e73, UDP to the group
+    /// port), both ways. [`Topo::dropped_group_packets`] counts the drops.
+    pub fn drop_group(&self, h: usize) {
+        let (g4, port) = (self.group_ip, self.group_port);
+        let g6 = "ff02::6c61:6e73";
+        let rules = |hook: &str| {
+            format!(
+                "chain {hook} {{ type filter hook {hook} priority 0; policy accept;
+                    ip daddr {g4} udp dport {port} counter drop comment \"group\"
+                    ip6 daddr {g6} udp dport {port} counter drop comment \"group\"
+                }}"
+            )
+        };
+        self.nft(
+            h,
+            &format!(
+                "table inet lanshare_drop {{\n{}\n{}\n}}\n",
+                rules("input"),
+                rules("output")
+            ),
+        );
+    }
+
+    /// Packets the [`Topo::drop_group`] firewall of host `h` dropped.
+    pub fn dropped_group_packets(&self, h: usize) -> u64 {
+        self.nft_packets(h, "lanshare_drop", "group")
+    }
+
+    /// Counts (and lets through) mDNS packets (UDP port 5353) in and out
+    /// of host `h`; see [`Topo::mdns_packets`].
+    pub fn count_mdns(&self, h: usize) {
+        self.nft(
+            h,
+            "table inet lanshare_count {
+                chain input { type filter hook input priority 0; policy accept;
+                    udp dport 5353 counter comment \"mdns\"
+                    udp sport 5353 counter comment \"mdns\"
+                }
+                chain output { type filter hook output priority 0; policy accept;
+                    udp dport 5353 counter comment \"mdns\"
+                    udp sport 5353 counter comment \"mdns\"
+                }
+            }\n",
+        );
+    }
+
+    pub fn mdns_packets(&self, h: usize) -> u64 {
+        self.nft_packets(h, "lanshare_count", "mdns")
+    }
+
+    /// Writes `files` into NAME's shared/ and starts its node on host `h`
+    /// with the defaults plus `extra`.
+    pub fn node(&self, h: usize, name: &str, files: &[(&str, &[u8])], extra: &[&str]) -> NetNode {
+        let shared = self.home(name).join("shared");
+        std::fs::create_dir_all(&shared).unwrap();
+        for (file, data) in files {
+            std::fs::write(shared.join(file), data).unwrap();
+        }
+        self.start(h, name, extra)
+    }
+
+    /// Starts (or restarts) node NAME on host `h`: `lanshare up` with its
+    /// defaults except a group unique to the test, the test's announce
+    /// interval, a 0.2 s scan interval, and `extra`.
+    pub fn start(&self, h: usize, name: &str, extra: &[&str]) -> NetNode {
+        let mut args: Vec<String> = vec![
+            "--group".into(),
+            self.group.clone(),
+            "--announce-interval".into(),
+            self.interval.clone(),
+            "--scan-interval".into(),
+            "0.2".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let v4 = self
+            .links
+            .iter()
+            .filter(|l| l.host == h && l.present)
+            .find_map(|l| l.v4);
+        spawn_up(&self.hosts[h], self.dir(), name, &args, v4)
+    }
+
+    /// Starts a command inside host `h`'s namespace (killed with the test).
+    pub fn spawn(&self, h: usize, program: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.hosts[h], program])
+            .args(args);
+        die_with_parent(&mut cmd);
+        cmd
+    }
+}
+
+impl Drop for Topo {
+    fn drop(&mut self) {
+        let ports: Vec<&str> = self
+            .links
+            .iter()
+            .filter(|l| l.present)
+            .map(|l| l.port.as_str())
+            .collect();
+        let bridges: Vec<&str> = self.bridges.iter().map(String::as_str).collect();
+        teardown(&self.switch_ns, &ports, &bridges, &self.namespaces);
+        keep_dir(&mut self.dir);
+    }
+}
+
+/// The python3 interpreter itself (not a pyenv-style shim), when it can
+/// import `zeroconf`.
+pub fn python_with_zeroconf() -> Option<String> {
+    let out = Command::new("python3")
+        .args(["-c", "import sys, zeroconf; print(sys.executable)"])
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Browses `_lanshare._tcp.local.` with python zeroconf's ServiceBrowser
+/// and prints one JSON line per event: {"event": "added" | "updated" |
+/// "removed", "name", "port", "addresses", "txt": {key: value}}.
+const BROWSER: &str = r#"
+import json, sys
+from zeroconf import Zeroconf, ServiceBrowser, ServiceStateChange
+
+TYPE = "_lanshare._tcp.local."
+
+def out(**kw):
+    print(json.dumps(kw), flush=True)
+
+def on_change(zeroconf, service_type, name, state_change):
+    event = state_change.name.lower()
+    if state_change is ServiceStateChange.Removed:
+        out(event=event, name=name)
+        return
+    info = zeroconf.get_service_info(service_type, name, timeout=3000)
+    if info is None:
+        out(event=event, name=name, resolved=False)
+        return
+    txt = {k.decode("utf-8", "replace"): (None if v is None else v.decode("utf-8", "replace"))
+           for k, v in info.properties.items()}
+    out(event=event, name=name, resolved=True, port=info.port,
+        addresses=info.parsed_addresses(), server=info.server, txt=txt)
+
+zc = Zeroconf()
+browser = ServiceBrowser(zc, TYPE, handlers=[on_change])
+out(event="browsing")
+try:
+    sys.stdin.read()  # until the test closes stdin (or dies)
+finally:
+    browser.cancel()
+    zc.close()
+"#;
+
+/// A python zeroconf service browser running inside a host namespace;
+/// killed on drop.
+pub struct Browser {
+    child: Option<Child>,
+    lines: mpsc::Receiver<serde_json::Value>,
+    pub seen: Vec<serde_json::Value>,
+    stderr_path: PathBuf,
+}
+
+impl Browser {
+    /// Starts the browser on host `h`; None (after printing why) when
+    /// python3 cannot import zeroconf.
+    pub fn start(topo: &Topo, h: usize) -> Option<Browser> {
+        let Some(python) = python_with_zeroconf() else {
+            eprintln!("skipping: needs python3 with the zeroconf package (pip install zeroconf)");
+            return None;
+        };
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let stderr_path = topo.dir().join(format!("zeroconf.{n}.stderr"));
+        let mut cmd = topo.spawn(h, &python, &["-u", "-c", BROWSER]);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr_path).unwrap());
+        let mut child = cmd.spawn().expect("start the zeroconf browser");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        let mut b = Browser {
+            child: Some(child),
+            lines: rx,
+            seen: Vec::new(),
+            stderr_path,
+        };
+        let started = b.wait_for(Duration::from_secs(30), |v| v["event"] == "browsing");
+        assert!(
+            started.is_some(),
+            "zeroconf browser did not start: {}",
+            b.stderr()
+        );
+        Some(b)
+    }
+
+    /// Waits up to `timeout` for an event matching `pred` (events already
+    /// received count); every event is kept in `seen`.
+    pub fn wait_for(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<serde_json::Value> {
+        if let Some(v) = self.seen.iter().find(|v| pred(v)) {
+            return Some(v.clone());
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(v) => {
+                    self.seen.push(v.clone());
+                    if pred(&v) {
+                        return Some(v);
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }

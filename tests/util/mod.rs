@@ -272,3 +272,169 @@ pub fn check_log_line(line: &str, event: &str) -> Vec<String> {
     assert!(f[7].ends_with("/s"), "throughput field {:?}", f[7]);
     f
 }
+
+/// A node to start with [`Net::start_together`]: its name and the files
+/// (name, bytes) it shares.
+pub type NodeSpec = (String, Vec<(String, Vec<u8>)>);
+
+impl Net {
+    /// Starts one node per entry of `nodes` (name, files to share) all at
+    /// once: every process is spawned before any banner is awaited. Each is
+    /// pinned to 127.0.0.1 with `--no-mdns` and this net's group and
+    /// interval, with the default scan interval, plus `extra`.
+    pub fn start_together(&self, nodes: &[NodeSpec], extra: &[&str]) -> Vec<Node> {
+        let mut started = Vec::new();
+        for (name, files) in nodes {
+            let home = self.home(name);
+            std::fs::create_dir_all(home.join("shared")).unwrap();
+            for (file, data) in files {
+                std::fs::write(home.join("shared").join(file), data).unwrap();
+            }
+            let stderr_path = home.with_extension(format!(
+                "{}.stderr",
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            ));
+            let stderr = std::fs::File::create(&stderr_path).unwrap();
+            let child = Command::new(BIN)
+                .args(["up", "--name", name, "--listen", "127.0.0.1:0"])
+                .args(["--interface", "127.0.0.1", "--no-mdns"])
+                .args([
+                    "--group",
+                    &self.group,
+                    "--announce-interval",
+                    &self.interval,
+                ])
+                .args(extra)
+                .arg("--home")
+                .arg(&home)
+                .env("RUST_LOG", "lanshare=debug")
+                .stdout(Stdio::piped())
+                .stderr(stderr)
+                .spawn()
+                .expect("start lanshare up");
+            started.push(Node {
+                name: name.clone(),
+                home,
+                listen: "0.0.0.0:0".parse().unwrap(),
+                child: Some(child),
+                stderr_path,
+            });
+        }
+        for node in &mut started {
+            let stdout = node.child.as_mut().unwrap().stdout.take().unwrap();
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let n = reader.read_line(&mut line).unwrap_or(0);
+            assert!(
+                n > 0,
+                "node {} did not start: {}",
+                node.name,
+                node.log_text()
+            );
+            let addr = line
+                .split("listening on ")
+                .nth(1)
+                .and_then(|s| s.split(',').next())
+                .expect("listen address in banner");
+            node.listen = addr.parse().expect("socket address");
+            std::thread::spawn(move || for _ in reader.lines() {});
+        }
+        started
+    }
+}
+
+/// Counts the discovery datagrams sent to a multicast group on loopback,
+/// by kind (announce, query, goodbye, other), from a socket of its own
+/// bound to the group port (every socket bound to it gets a copy).
+pub struct Sniffer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    counts: std::sync::Arc<std::sync::Mutex<SniffCounts>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SniffCounts {
+    pub announces: u64,
+    pub queries: u64,
+    pub goodbyes: u64,
+    pub other: u64,
+    pub bytes: u64,
+}
+
+impl SniffCounts {
+    pub fn datagrams(&self) -> u64 {
+        self.announces + self.queries + self.goodbyes + self.other
+    }
+}
+
+impl Sniffer {
+    /// Joins `group` ("IP:PORT") on 127.0.0.1 and counts until dropped.
+    pub fn start(group: &str) -> Sniffer {
+        use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+        let group: std::net::SocketAddrV4 = group.parse().expect("group IP:PORT");
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.set_reuse_port(true).unwrap();
+        let _ = s.set_recv_buffer_size(4 << 20);
+        s.bind(&SockAddr::from(std::net::SocketAddrV4::new(
+            std::net::Ipv4Addr::UNSPECIFIED,
+            group.port(),
+        )))
+        .expect("bind the group port");
+        s.join_multicast_v4(group.ip(), &std::net::Ipv4Addr::LOCALHOST)
+            .expect("join the group on loopback");
+        // Only this group's datagrams (Linux otherwise delivers every
+        // group joined by anyone on this port).
+        let off: libc::c_int = 0;
+        // SAFETY: setsockopt on a socket we own, with a c_int option value.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&s),
+                libc::IPPROTO_IP,
+                libc::IP_MULTICAST_ALL,
+                &off as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let sock: UdpSocket = s.into();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let counts = std::sync::Arc::new(std::sync::Mutex::new(SniffCounts::default()));
+        let (st, c) = (stop.clone(), counts.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !st.load(Ordering::Relaxed) {
+                let Ok((n, _)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                let mut c = c.lock().unwrap();
+                c.bytes += n as u64;
+                match (n >= 6 && &buf[..4] == b"LNSH").then_some(buf[5]) {
+                    Some(1) => c.announces += 1,
+                    Some(2) => c.queries += 1,
+                    Some(3) => c.goodbyes += 1,
+                    _ => c.other += 1,
+                }
+            }
+        });
+        Sniffer {
+            stop,
+            counts,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn counts(&self) -> SniffCounts {
+        *self.counts.lock().unwrap()
+    }
+}
+
+impl Drop for Sniffer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
