@@ -395,6 +395,15 @@ impl Dict {
         self.peers.get(id).map(|p| p.clone())
     }
 
+    /// Every online peer.
+    pub fn online_peers(&self) -> Vec<Peer> {
+        self.peers
+            .iter()
+            .filter(|p| p.online)
+            .map(|p| p.clone())
+            .collect()
+    }
+
     /// Online peers whose inventory we should (re)pull.
     pub fn peers_needing_pull(&self) -> Vec<Peer> {
         self.peers

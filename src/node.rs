@@ -206,7 +206,7 @@ pub async fn run(
         name: cfg.name.clone(),
     });
     tasks.spawn(reach.clone().puller(cancel.clone()));
-    tasks.spawn(reach.prober(cancel.clone()));
+    tasks.spawn(reach.clone().prober(cancel.clone()));
     tasks.spawn(crate::netif::watch_links(
         selection,
         links_tx,
@@ -259,7 +259,11 @@ pub async fn run(
 
     shutdown.await;
     tracing::info!("shutting down");
+    // Peers that multicast does not reach hear the goodbye over TCP,
+    // while the announcer says it on every link.
+    let farewell = reach.farewell(Duration::from_millis(800));
     cancel.cancel();
+    farewell.await;
     tasks.close();
     if tokio::time::timeout(Duration::from_secs(5), tasks.wait())
         .await

@@ -178,4 +178,38 @@ impl Reach {
         }
         tasks.abort_all();
     }
+
+    /// Says goodbye over TCP to online peers that no multicast reaches
+    /// (found by mDNS, a tracker or `--peer` only), so they drop this node
+    /// at once instead of after missed probes or an mDNS cache timeout.
+    /// Bounded by `within`.
+    pub async fn farewell(&self, within: Duration) {
+        let peers: Vec<_> = self
+            .dict
+            .online_peers()
+            .into_iter()
+            .filter(|p| !p.found_via.contains(&crate::api::FoundVia::Multicast))
+            .take(crate::dict::MAX_PEERS)
+            .collect();
+        if peers.is_empty() {
+            return;
+        }
+        let mut tasks = JoinSet::new();
+        for p in peers {
+            let (me, name) = (self.me, self.name.clone());
+            tasks.spawn(async move {
+                for addr in p.addrs() {
+                    if let Ok(conn) = PeerConn::connect_within(addr, me, &name, within).await {
+                        if conn.remote_node == p.id {
+                            let _ = conn.goodbye().await;
+                        }
+                        return;
+                    }
+                }
+            });
+        }
+        let _ = tokio::time::timeout(within, async { while tasks.join_next().await.is_some() {} })
+            .await;
+        tasks.abort_all();
+    }
 }

@@ -213,6 +213,13 @@ impl PeerConn {
         }
     }
 
+    /// Tells the peer this node is stopping, and closes the connection.
+    pub async fn goodbye(mut self) -> Result<(), PeerError> {
+        self.writer.write_all(&Request::Goodbye.encode()).await?;
+        self.writer.flush().await?;
+        Ok(())
+    }
+
     /// Pulls the peer's inventory, page by page: in full, or with `since`
     /// (the digest of the inventory we hold) possibly as a delta. Each page
     /// must arrive within `timeout`; the pages must agree and stay in order.

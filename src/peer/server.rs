@@ -183,7 +183,11 @@ impl Server {
         })
         .await
         .map_err(|_| PeerError::Timeout("handshaking"))??;
-        let Request::Hello { name, .. } = hello else {
+        let Request::Hello {
+            node: remote_node,
+            name,
+        } = hello
+        else {
             return Err(PeerError::Handshake(crate::wire::WireError::Malformed(
                 "first frame must be a hello".into(),
             )));
@@ -231,6 +235,13 @@ impl Server {
                     return Err(PeerError::Protocol(crate::wire::WireError::Malformed(
                         "second hello".into(),
                     )));
+                }
+                Request::Goodbye => {
+                    if self.dict.peer(&remote_node).is_some_and(|p| p.online) {
+                        tracing::info!(peer = %conn.peer_label, "peer said goodbye");
+                        self.dict.set_offline(remote_node);
+                    }
+                    return Ok(());
                 }
                 Request::GetInventory { req, since, after } => {
                     if after.is_none() || pull.is_none() {

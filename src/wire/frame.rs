@@ -37,6 +37,7 @@ const K_HELLO: u8 = 0x01;
 const K_GET_MANIFEST: u8 = 0x02;
 const K_GET_CHUNK: u8 = 0x03;
 const K_GET_INVENTORY: u8 = 0x04;
+const K_GOODBYE: u8 = 0x05;
 const K_R_HELLO: u8 = 0x81;
 const K_R_MANIFEST: u8 = 0x82;
 pub const K_R_CHUNK: u8 = 0x83;
@@ -93,6 +94,9 @@ pub enum Request {
         since: Option<[u8; 16]>,
         after: Option<ContentId>,
     },
+    /// The client is stopping: forget it now. No response; the server
+    /// closes the connection. Sent to peers multicast does not reach.
+    Goodbye,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,6 +204,7 @@ impl Request {
             Request::GetInventory { req, since, after } => {
                 frame(K_GET_INVENTORY, &(req, since, after))
             }
+            Request::Goodbye => frame(K_GOODBYE, &()),
         }
     }
 
@@ -224,6 +229,10 @@ impl Request {
             K_GET_INVENTORY => {
                 let (req, since, after) = decode_exact(body)?;
                 Request::GetInventory { req, since, after }
+            }
+            K_GOODBYE => {
+                decode_exact::<()>(body)?;
+                Request::Goodbye
             }
             k => return Err(WireError::UnknownKind(k)),
         })
@@ -486,6 +495,7 @@ mod tests {
                 since: Some([7; 16]),
                 after: Some(id),
             },
+            Request::Goodbye,
         ] {
             let f = r.encode();
             let (kind, body) = split(&f);
