@@ -3,7 +3,8 @@
 //! Module map (each module's doc says what it owns):
 //! - [`id`], [`chunkset`], [`manifest`], [`resolve`]: pure data and rules;
 //! - [`wire`]: bytes <-> messages for datagrams and TCP frames;
-//! - [`store`]: the only code touching content files;
+//! - [`store`]: the only code touching content files; [`fswatch`]:
+//!   notifications that trigger its rescans;
 //! - [`dict`]: what the network offers (the only shared discovery state);
 //! - [`discovery`]: multicast announce/listen; [`mdns`]: DNS-SD;
 //!   [`netif`]: interfaces; [`reach`]: inventory pulls
@@ -23,6 +24,7 @@ pub mod control;
 pub mod dict;
 pub mod discovery;
 pub mod fetch;
+pub mod fswatch;
 pub mod id;
 pub mod logs;
 pub mod manifest;

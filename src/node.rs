@@ -348,10 +348,15 @@ async fn expiry(dict: Arc<Dict>, cancel: CancellationToken) {
     }
 }
 
-/// Rescans the shared folders periodically and when poked. A scan that
-/// takes long (a huge tree) stretches the period, so scanning stays under
-/// about a twentieth of one core.
+/// Rescans the shared folders when the file system reports a change
+/// ([`crate::fswatch`]), when poked (`lanshare share`, a file changed under
+/// an upload), and periodically as a safety net. A scan that takes long (a
+/// huge tree) stretches the period, so periodic scans stay under about a
+/// twentieth of one core; notifications still bring changes within about
+/// a second.
 async fn scanner(node: Arc<Node>, cancel: CancellationToken) {
+    let fs_changed = Arc::new(Notify::new());
+    let mut watch = crate::fswatch::FsWatch::new(fs_changed.clone());
     loop {
         let store = node.store.clone();
         let scan = tokio::task::spawn_blocking(move || {
@@ -361,17 +366,38 @@ async fn scanner(node: Arc<Node>, cancel: CancellationToken) {
             if changed || store.has_partials() {
                 store.publish();
             }
-            changed
+            if let Some(w) = &mut watch {
+                w.set_roots(&store.root_paths());
+            }
+            watch
         });
         tokio::select! {
             _ = cancel.cancelled() => return,
-            r = scan => { if let Err(e) = r { tracing::error!(error = %e, "scan failed"); } }
+            r = scan => match r {
+                Ok(w) => watch = w,
+                Err(e) => {
+                    tracing::error!(error = %e, "scan failed");
+                    watch = None;
+                }
+            },
         }
-        let period = node.cfg.scan_interval.max(node.store.last_walk() * 20);
+        let walk = node.store.last_walk();
+        let mut period = node.cfg.scan_interval.max(walk * 20);
+        if node.store.has_unsettled() {
+            period = period.min(crate::store::SETTLE * 2);
+        }
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(period) => {}
             _ = node.rescan.notified() => {}
+            _ = fs_changed.notified() => {
+                // Let a burst of changes (a copy in progress) settle.
+                let settle = Duration::from_millis(100).max(walk * 2);
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(settle) => {}
+                }
+            }
         }
     }
 }

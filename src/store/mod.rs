@@ -187,7 +187,12 @@ pub struct Store {
     changes: Mutex<changes::ChangeLog>,
     /// How long the last walk of the shared folders took (ns).
     walk_nanos: std::sync::atomic::AtomicU64,
+    /// The last scan left files still being written for later.
+    unsettled: std::sync::atomic::AtomicBool,
 }
+
+/// A file must be unmodified this long before it is hashed.
+pub const SETTLE: Duration = Duration::from_millis(300);
 
 impl Store {
     /// Opens the store, loading the index cache (a missing or unreadable
@@ -204,6 +209,7 @@ impl Store {
             inventory: watch::channel(Inventory::new(Vec::new())).0,
             changes: Mutex::new(changes::ChangeLog::default()),
             walk_nanos: Default::default(),
+            unsettled: Default::default(),
         });
         Ok(store)
     }
@@ -219,6 +225,11 @@ impl Store {
 
     pub fn inventory(&self) -> Inventory {
         self.inventory.borrow().clone()
+    }
+
+    /// The folders and files scanned (for file-system watches).
+    pub fn root_paths(&self) -> Vec<PathBuf> {
+        self.roots().into_iter().map(|r| r.path).collect()
     }
 
     /// The roots scanned: shared/, downloads/, `--share` paths and the
@@ -251,6 +262,14 @@ impl Store {
             self.publish();
         }
         let mut last_publish = std::time::Instant::now();
+        // A file modified in the last moments is probably still being
+        // written (a copy in progress): hash it once it has settled.
+        let now_ns = system_time_ns(Ok(SystemTime::now()));
+        let (to_hash, unsettled): (Vec<_>, Vec<_>) = to_hash
+            .into_iter()
+            .partition(|f| now_ns.saturating_sub(f.mtime_ns as u128) >= SETTLE.as_nanos());
+        self.unsettled
+            .store(!unsettled.is_empty(), std::sync::atomic::Ordering::Relaxed);
         for file in to_hash {
             let started = std::time::Instant::now();
             if file.size >= 256 << 20 {
@@ -336,6 +355,12 @@ impl Store {
     /// How long the last walk of the shared folders took (without hashing).
     pub fn last_walk(&self) -> Duration {
         Duration::from_nanos(self.walk_nanos.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Whether the last scan left files still being written for later
+    /// (then the next scan should come soon).
+    pub fn has_unsettled(&self) -> bool {
+        self.unsettled.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether a download is in progress (its progress is republished).
@@ -511,7 +536,12 @@ mod tests {
         std::fs::create_dir(home.shared().join("sub")).unwrap();
         std::fs::write(home.shared().join("sub/c.bin"), b"other").unwrap();
         std::fs::write(home.downloads().join(".lanshare-x.part"), b"partial").unwrap();
+        // Just written: left until it has settled.
+        assert!(!store.rescan_blocking());
+        assert!(store.has_unsettled());
+        std::thread::sleep(SETTLE);
         assert!(store.rescan_blocking());
+        assert!(!store.has_unsettled());
         store.publish();
         let inv = store.inventory();
         let mut names: Vec<&str> = inv.entries.iter().map(|e| e.name.as_str()).collect();
@@ -552,6 +582,7 @@ mod tests {
         let store = Store::open(home.clone(), Vec::new()).unwrap();
         let name = std::ffi::OsStr::from_bytes(b"caf\xe9.txt");
         std::fs::write(home.shared().join(name), b"bytes").unwrap();
+        std::thread::sleep(SETTLE);
         assert!(store.rescan_blocking());
         store.publish();
         assert_eq!(store.inventory().entries[0].name, "caf\u{fffd}.txt");
