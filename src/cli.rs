@@ -127,6 +127,9 @@ pub struct UpArgs {
     /// Tracker to register with, as an http:// URL (repeatable; comma-separated in LANSHARE_TRACKER).
     #[arg(long = "tracker", value_name = "URL", env = "LANSHARE_TRACKER", value_delimiter = ',', value_parser = crate::tracker::parse_url)]
     pub trackers: Vec<String>,
+    /// Most contents remembered from all peers together (about 1 KiB of memory each); a peer whose inventory would pass it is listed without its contents.
+    #[arg(long, value_name = "N", default_value_t = crate::dict::DEFAULT_MAX_REMOTE_CONTENTS)]
+    pub max_remote_contents: usize,
     /// Do not announce or listen on UDP multicast.
     #[arg(long)]
     pub no_multicast: bool,
@@ -204,6 +207,7 @@ impl UpArgs {
         cfg.mdns = !self.no_mdns;
         cfg.peers = self.peers;
         cfg.trackers = self.trackers;
+        cfg.max_remote_contents = self.max_remote_contents;
         Ok(cfg)
     }
 }

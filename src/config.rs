@@ -44,6 +44,8 @@ pub struct NodeConfig {
     pub peers: Vec<String>,
     /// Base URLs (`http://host:port`) of trackers to register with.
     pub trackers: Vec<String>,
+    /// Most inventory entries held for all peers together.
+    pub max_remote_contents: usize,
     /// How often shared folders are rescanned for changes.
     pub scan_interval: Duration,
     pub server: ServerLimits,
@@ -67,6 +69,7 @@ impl NodeConfig {
             mdns: true,
             peers: Vec::new(),
             trackers: Vec::new(),
+            max_remote_contents: crate::dict::DEFAULT_MAX_REMOTE_CONTENTS,
             scan_interval: DEFAULT_SCAN_INTERVAL,
             server: ServerLimits::default(),
             fetch: FetchLimits::default(),

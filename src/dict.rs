@@ -25,6 +25,9 @@ pub const MAX_PEERS: usize = 1024;
 pub const MISSED_ANNOUNCES: u32 = 3;
 /// Most addresses remembered per peer.
 pub const MAX_ADDRS: usize = 8;
+/// Default bound on inventory entries held for all peers together
+/// (`up --max-remote-contents`): about 1 KiB of memory each.
+pub const DEFAULT_MAX_REMOTE_CONTENTS: usize = 1_000_000;
 
 /// One address at which a peer's TCP server was announced or reached.
 #[derive(Clone, Debug)]
@@ -128,8 +131,11 @@ pub struct Dict {
     inventories: DashMap<NodeId, Inventory>,
     /// Serializes writers so holdings never go out of step with
     /// inventories; readers use the dashmaps without it. Never held across
-    /// an await.
-    write: Mutex<()>,
+    /// an await. Holds the number of inventory entries held in all.
+    write: Mutex<usize>,
+    /// Most inventory entries held for all peers together; a peer whose
+    /// inventory would pass it is listed without its contents.
+    max_entries: usize,
     /// Woken whenever holdings change (a fetch waiting for holders listens).
     pub changed: Notify,
     /// Woken when a peer's inventory should be pulled.
@@ -153,7 +159,15 @@ pub enum Observed {
 
 impl Dict {
     pub fn new() -> Self {
-        Self::default()
+        Self::with_limit(DEFAULT_MAX_REMOTE_CONTENTS)
+    }
+
+    /// A dictionary holding at most `max_entries` inventory entries in all.
+    pub fn with_limit(max_entries: usize) -> Self {
+        Dict {
+            max_entries,
+            ..Default::default()
+        }
     }
 
     /// Records that `id` was heard from at `addr`.
@@ -300,7 +314,7 @@ impl Dict {
     /// Replaces a peer's inventory (pulled over TCP), touching only the
     /// contents that changed.
     pub fn set_inventory(&self, id: NodeId, inv: Inventory) {
-        let _w = self.write.lock().expect("dict write lock");
+        let mut held = self.write.lock().expect("dict write lock");
         match self.peers.get_mut(&id) {
             Some(mut p) if p.online => {
                 p.pulled_digest = Some(inv.digest);
@@ -310,12 +324,24 @@ impl Dict {
         }
         let old = self.inventories.get(&id).map(|i| i.entries.clone());
         let old: &[InventoryEntry] = old.as_deref().map_or(&[], |v| v.as_slice());
+        if *held - old.len() + inv.entries.len() > self.max_entries {
+            tracing::warn!(
+                peer = %id.short(),
+                contents = inv.entries.len(),
+                limit = self.max_entries,
+                "this peer's inventory would pass the limit on contents held for all peers; its contents are not listed (raise --max-remote-contents)"
+            );
+            *held -= self.withdraw(id);
+            self.changed.notify_waiters();
+            return;
+        }
         for changed in crate::store::changes::diff(old, &inv.entries) {
             match inv.entries.binary_search_by(|e| e.id.cmp(&changed)) {
                 Ok(i) => self.hold(id, &inv.entries[i]),
                 Err(_) => self.release(id, &changed),
             }
         }
+        *held = *held - old.len() + inv.entries.len();
         self.inventories.insert(id, inv);
         self.changed.notify_waiters();
     }
@@ -352,23 +378,28 @@ impl Dict {
         }
     }
 
-    /// Removes a peer's holdings; caller holds the write lock.
-    fn withdraw(&self, id: NodeId) {
-        if let Some((_, old)) = self.inventories.remove(&id) {
-            for e in old.entries.iter() {
-                self.release(id, &e.id);
+    /// Removes a peer's holdings; caller holds the write lock. Returns how
+    /// many entries it held.
+    fn withdraw(&self, id: NodeId) -> usize {
+        match self.inventories.remove(&id) {
+            Some((_, old)) => {
+                for e in old.entries.iter() {
+                    self.release(id, &e.id);
+                }
+                old.entries.len()
             }
+            None => 0,
         }
     }
 
     /// A peer said goodbye, or stopped answering.
     pub fn set_offline(&self, id: NodeId) {
-        let _w = self.write.lock().expect("dict write lock");
+        let mut held = self.write.lock().expect("dict write lock");
         if let Some(mut p) = self.peers.get_mut(&id) {
             p.online = false;
             p.pulled_digest = None;
         }
-        self.withdraw(id);
+        *held -= self.withdraw(id);
         self.changed.notify_waiters();
     }
 
@@ -698,6 +729,35 @@ mod tests {
         // A multicast announcement always counts.
         d.observe(a, "a", addr(1), FoundVia::Multicast, iv, [3; 16], 1);
         assert_eq!(d.peer(&a).unwrap().announced_digest, [3; 16]);
+    }
+
+    #[test]
+    fn contents_held_for_all_peers_are_bounded() {
+        let d = Dict::with_limit(3);
+        let (a, b) = (NodeId([1; 16]), NodeId([2; 16]));
+        let iv = Duration::from_secs(1);
+        let two = |x: u8| {
+            inv(vec![
+                entry(x, "x", ChunkSet::Full),
+                entry(x + 1, "y", ChunkSet::Full),
+            ])
+        };
+        let (small, big) = (two(1), two(10));
+        d.observe(a, "a", addr(1), FoundVia::Multicast, iv, small.digest, 2);
+        d.observe(b, "b", addr(2), FoundVia::Multicast, iv, big.digest, 2);
+        d.set_inventory(a, small);
+        d.set_inventory(b, big.clone());
+        assert_eq!(
+            d.holders(&ContentId([10; 32])).len(),
+            0,
+            "4 > 3: b not held"
+        );
+        assert!(d.peers_needing_pull().is_empty(), "and not pulled again");
+        // Room made by a peer leaving lets it in.
+        d.set_offline(a);
+        d.set_inventory(b, big);
+        assert_eq!(d.holders(&ContentId([10; 32])).len(), 1);
+        assert_eq!(*d.write.lock().unwrap(), 2);
     }
 
     #[test]
