@@ -112,36 +112,53 @@ impl ChangeLog {
 /// Ids whose entries differ between two id-sorted inventories.
 pub fn diff(old: &[InventoryEntry], new: &[InventoryEntry]) -> Vec<ContentId> {
     let mut out = Vec::new();
+    diff_sorted(
+        old,
+        new,
+        |e| e.id,
+        |o, n| out.push(o.or(n).map(|e| e.id).expect("one side")),
+    );
+    out
+}
+
+/// Walks two lists sorted by `id` together and calls `changed(old, new)`
+/// for every id whose items differ: both present but unequal, or only one
+/// present (the other `None`).
+pub fn diff_sorted<'a, T: PartialEq>(
+    old: &'a [T],
+    new: &'a [T],
+    id: impl Fn(&T) -> ContentId,
+    mut changed: impl FnMut(Option<&'a T>, Option<&'a T>),
+) {
     let (mut i, mut j) = (0, 0);
-    while i < old.len() || j < new.len() {
+    loop {
         match (old.get(i), new.get(j)) {
-            (Some(a), Some(b)) if a.id == b.id => {
+            (Some(a), Some(b)) if id(a) == id(b) => {
                 if a != b {
-                    out.push(a.id);
+                    changed(Some(a), Some(b));
                 }
                 i += 1;
                 j += 1;
             }
-            (Some(a), Some(b)) if a.id < b.id => {
-                out.push(a.id);
+            (Some(a), Some(b)) if id(a) < id(b) => {
+                changed(Some(a), None);
                 i += 1;
             }
             (Some(_), Some(b)) => {
-                out.push(b.id);
+                changed(None, Some(b));
                 j += 1;
             }
             (Some(a), None) => {
-                out.push(a.id);
+                changed(Some(a), None);
                 i += 1;
             }
             (None, Some(b)) => {
-                out.push(b.id);
+                changed(None, Some(b));
                 j += 1;
             }
             (None, None) => break,
         }
     }
-    out
 }
 
 /// Applies a delta to the inventory it was made against (sorted by id);

@@ -813,36 +813,17 @@ fn candidates(p: &PeerInfo, observed: IpAddr, mine: &[IpAddr]) -> Vec<IpAddr> {
 /// What changed from `old` to `new` (both sorted by id): entries to upsert,
 /// ids to remove.
 fn diff(old: &[Entry], new: &[Entry]) -> (Vec<Entry>, Vec<ContentId>) {
-    let (mut i, mut j) = (0, 0);
     let (mut upsert, mut remove) = (Vec::new(), Vec::new());
-    while i < old.len() || j < new.len() {
-        match (old.get(i), new.get(j)) {
-            (Some(o), Some(n)) if o.id == n.id => {
-                if o != n {
-                    upsert.push(n.clone());
-                }
-                i += 1;
-                j += 1;
-            }
-            (Some(o), Some(n)) if o.id < n.id => {
-                remove.push(o.id);
-                i += 1;
-            }
-            (Some(_), Some(n)) => {
-                upsert.push(n.clone());
-                j += 1;
-            }
-            (Some(o), None) => {
-                remove.push(o.id);
-                i += 1;
-            }
-            (None, Some(n)) => {
-                upsert.push(n.clone());
-                j += 1;
-            }
-            (None, None) => break,
-        }
-    }
+    crate::store::changes::diff_sorted(
+        old,
+        new,
+        |e| e.id,
+        |o, n| match (o, n) {
+            (_, Some(n)) => upsert.push(n.clone()),
+            (Some(o), None) => remove.push(o.id),
+            (None, None) => {}
+        },
+    );
     (upsert, remove)
 }
 
