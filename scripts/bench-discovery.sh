@@ -18,9 +18,10 @@
 #      served meanwhile, the bytes served for the first (full) pull by a
 #      peer, and after one file is added, the bytes served to bring that
 #      peer up to date (the delta) and how long the peer took to list it:
-#      once for a file written into shared/ (noticed by the periodic scan,
-#      whose period grows with the time a walk of the tree takes), once
-#      for a file added with `lanshare share` (which rescans at once).
+#      once for a file written into shared/ (noticed through file-system
+#      notifications, or else by the periodic scan, whose period grows with
+#      the time a walk of the tree takes), once for a file added with
+#      `lanshare share` (which rescans at once).
 #
 # Environment (all optional):
 #   RUNS=5              runs of 1. and 2.

@@ -191,8 +191,10 @@ pub struct Store {
     unsettled: std::sync::atomic::AtomicBool,
 }
 
-/// A file must be unmodified this long before it is hashed.
+/// A large file must be unmodified this long before it is hashed.
 pub const SETTLE: Duration = Duration::from_millis(300);
+/// Files from this size on wait to settle before they are hashed.
+pub const SETTLE_MIN_SIZE: u64 = 8 << 20;
 
 impl Store {
     /// Opens the store, loading the index cache (a missing or unreadable
@@ -262,12 +264,14 @@ impl Store {
             self.publish();
         }
         let mut last_publish = std::time::Instant::now();
-        // A file modified in the last moments is probably still being
-        // written (a copy in progress): hash it once it has settled.
+        // A large file modified in the last moments is probably still
+        // being written (a copy in progress): hash it once it has settled,
+        // rather than again and again. Small ones cost nothing to redo.
         let now_ns = system_time_ns(Ok(SystemTime::now()));
-        let (to_hash, unsettled): (Vec<_>, Vec<_>) = to_hash
-            .into_iter()
-            .partition(|f| now_ns.saturating_sub(f.mtime_ns as u128) >= SETTLE.as_nanos());
+        let (to_hash, unsettled): (Vec<_>, Vec<_>) = to_hash.into_iter().partition(|f| {
+            f.size < SETTLE_MIN_SIZE
+                || now_ns.saturating_sub(f.mtime_ns as u128) >= SETTLE.as_nanos()
+        });
         self.unsettled
             .store(!unsettled.is_empty(), std::sync::atomic::Ordering::Relaxed);
         for file in to_hash {
@@ -536,12 +540,8 @@ mod tests {
         std::fs::create_dir(home.shared().join("sub")).unwrap();
         std::fs::write(home.shared().join("sub/c.bin"), b"other").unwrap();
         std::fs::write(home.downloads().join(".lanshare-x.part"), b"partial").unwrap();
-        // Just written: left until it has settled.
-        assert!(!store.rescan_blocking());
-        assert!(store.has_unsettled());
-        std::thread::sleep(SETTLE);
         assert!(store.rescan_blocking());
-        assert!(!store.has_unsettled());
+        assert!(!store.has_unsettled(), "small files are hashed at once");
         store.publish();
         let inv = store.inventory();
         let mut names: Vec<&str> = inv.entries.iter().map(|e| e.name.as_str()).collect();
@@ -572,6 +572,22 @@ mod tests {
         assert_eq!(idx.cached_len(), 2);
     }
 
+    #[test]
+    fn a_large_file_still_being_written_waits_until_it_settles() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path());
+        let store = Store::open(home.clone(), Vec::new()).unwrap();
+        let big = vec![7u8; SETTLE_MIN_SIZE as usize];
+        std::fs::write(home.shared().join("big.iso"), &big).unwrap();
+        assert!(!store.rescan_blocking(), "just written: not hashed yet");
+        assert!(store.has_unsettled());
+        std::thread::sleep(SETTLE);
+        assert!(store.rescan_blocking());
+        assert!(!store.has_unsettled());
+        store.publish();
+        assert_eq!(store.inventory().entries[0].name, "big.iso");
+    }
+
     /// Regression: a file name that is not UTF-8 made saving the index
     /// cache panic with the index lock held, poisoning it for every task.
     #[test]
@@ -582,7 +598,6 @@ mod tests {
         let store = Store::open(home.clone(), Vec::new()).unwrap();
         let name = std::ffi::OsStr::from_bytes(b"caf\xe9.txt");
         std::fs::write(home.shared().join(name), b"bytes").unwrap();
-        std::thread::sleep(SETTLE);
         assert!(store.rescan_blocking());
         store.publish();
         assert_eq!(store.inventory().entries[0].name, "caf\u{fffd}.txt");
