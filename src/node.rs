@@ -381,6 +381,7 @@ async fn scanner(node: Arc<Node>, cancel: CancellationToken) {
                 }
             },
         }
+        let scanned = std::time::Instant::now();
         let walk = node.store.last_walk();
         let mut period = node.cfg.scan_interval.max(walk * 20);
         if node.store.has_unsettled() {
@@ -391,8 +392,11 @@ async fn scanner(node: Arc<Node>, cancel: CancellationToken) {
             _ = tokio::time::sleep(period) => {}
             _ = node.rescan.notified() => {}
             _ = fs_changed.notified() => {
-                // Let a burst of changes (a copy in progress) settle.
-                let settle = Duration::from_millis(100).max(walk * 2);
+                // Let a burst of changes (a copy in progress) settle, and
+                // keep at least two walks' time between scans so a stream
+                // of changes in a huge tree costs at most a third of a core.
+                let settle = Duration::from_millis(100)
+                    .max((walk * 2).saturating_sub(scanned.elapsed()));
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(settle) => {}
