@@ -300,6 +300,9 @@ impl Store {
             }
         }
         if changed {
+            // Offer the result before writing the cache, which takes a
+            // while for a huge share.
+            self.publish();
             let idx = self.index.lock().expect("index lock");
             if let Err(e) = idx.save(&self.home.index_cache()) {
                 tracing::warn!(error = %e, "cannot write the index cache; files will be hashed again next start");
