@@ -225,7 +225,12 @@ fn fetch_across_a_router_swarms_and_nodes_survive_tracker_restarts() {
         fetcher.peers()
     );
     assert!(found_via(&fetcher, "near").contains(&"multicast".to_string()));
-    assert_eq!(tracker_peers(t.ns(a2), api), vec!["far", "fetcher", "near"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || tracker_peers(t.ns(a2), api)
+            == vec!["far", "fetcher", "near"]),
+        "the tracker does not list all three: {:?}",
+        tracker_peers(t.ns(a2), api)
+    );
 
     let out = fetcher.fetch_ok("movie", Duration::from_secs(120));
     assert!(out.contains("verified"), "{out}");
@@ -273,9 +278,16 @@ fn fetch_across_a_router_swarms_and_nodes_survive_tracker_restarts() {
         "a file shared after the restart did not cross the router: {:?}",
         fetcher.ls()
     );
-    let (code, body) = get(t.ns(a2), api, "/v1/search?q=after");
-    assert_eq!(code, 200, "{body}");
-    assert!(body.contains("after.txt"), "{body}");
+    // The tracker hears of it at the node's next announce (at most one a
+    // second), which may come after the fetcher's own probe of far.
+    let mut last = (0, String::new());
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            last = get(t.ns(a2), api, "/v1/search?q=after");
+            last.0 == 200 && last.1.contains("after.txt")
+        }),
+        "the tracker's search does not offer the new file: {last:?}"
+    );
 }
 
 /// A node stopped cleanly deregisters: the tracker no longer offers its
