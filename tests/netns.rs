@@ -127,14 +127,7 @@ fn seeder_killed_mid_transfer_download_completes() {
     seeders[0].kill();
     eprintln!("killed {victim} at {at:?}%");
 
-    let status = run.wait(TRANSFER);
-    let stdout = run.stdout();
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "fetch did not succeed ({status:?}): {stdout}\n{}\n{}",
-        run.stderr,
-        fetcher.log_tail()
-    );
+    let stdout = run.finish_ok(TRANSFER, "fetch did not succeed", &[&fetcher]);
     check_download(&fetcher, "movie.mkv", &content, &stdout);
     // The killed seeder was in use and was dropped, not silently idle.
     assert!(
@@ -202,14 +195,7 @@ fn corrupted_holder_is_detected_and_file_still_correct() {
     );
 
     let mut run = fetcher.spawn_fetch("disk");
-    let status = run.wait(TRANSFER);
-    let stdout = run.stdout();
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "fetch did not succeed ({status:?}): {stdout}\n{}\n{}",
-        run.stderr,
-        fetcher.log_tail()
-    );
+    let stdout = run.finish_ok(TRANSFER, "fetch did not succeed", &[&fetcher]);
     check_download(&fetcher, "disk.img", &content, &stdout);
     let dropped = format!("dropped peer bad@{}: sent chunk", bad.listen);
     let line = stdout
@@ -278,14 +264,7 @@ fn fetcher_stopped_midway_resumes() {
     let fetcher = lan.start(1, "fetcher");
     wait_holders(&fetcher, "backup.tar", 1);
     let mut run = fetcher.spawn_fetch("backup.tar");
-    let status = run.wait(TRANSFER);
-    let stdout = run.stdout();
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "resumed fetch did not succeed ({status:?}): {stdout}\n{}\n{}",
-        run.stderr,
-        fetcher.log_tail()
-    );
+    let stdout = run.finish_ok(TRANSFER, "resumed fetch did not succeed", &[&fetcher]);
     let resumed =
         resumed_at(&stdout).unwrap_or_else(|| panic!("the second fetch did not resume: {stdout}"));
     assert!(resumed >= MIB as u64, "resumed at only {resumed} bytes");

@@ -866,14 +866,10 @@ fn fetch_falls_back_to_the_peers_other_address() {
     );
     t.set_cable(cut, false);
 
-    let status = run.wait(TRANSFER);
-    let stdout = run.stdout();
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "fetch did not complete after one of the seed's links went down ({status:?}): {stdout}\n{}\n{}\n{}",
-        run.stderr,
-        fetcher.log_tail(),
-        seed.log_tail()
+    let stdout = run.finish_ok(
+        TRANSFER,
+        "fetch did not complete after one of the seed's links went down",
+        &[&fetcher, &seed],
     );
     let got = std::fs::read(fetcher.downloads().join("movie.mkv")).unwrap();
     assert!(got == content, "downloaded bytes differ");

@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use netns_util::{BIN, NetNode, Topo, in_netns, uploaded_bytes};
+use netns_util::{BIN, NetNode, Topo, in_netns, kill_child, uploaded_bytes};
 use util::{data, wait_until};
 
 const MIB: usize = 1 << 20;
@@ -60,10 +60,7 @@ impl Tracker {
     }
 
     fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill_child(&mut self.child);
     }
 }
 

@@ -448,26 +448,12 @@ impl NetNode {
 
     /// Stops the node with SIGTERM (a clean stop) and waits for it.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        stop_child(&mut self.child);
     }
 
     /// Kills the node with SIGKILL (a crash) and reaps it.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill_child(&mut self.child);
     }
 
     pub fn log_text(&self) -> String {
@@ -519,20 +505,8 @@ impl NetNode {
     /// with the fetch's output and the node's log when it fails. Returns
     /// the fetch's stdout.
     pub fn fetch_ok(&self, name: &str, timeout: Duration) -> String {
-        let mut run = self.spawn_fetch(name);
-        let status = run.wait(timeout);
-        let stdout = run.stdout();
-        if status.is_none() {
-            run.kill();
-        }
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "`lanshare fetch {name}` on {} did not succeed ({status:?}): {stdout}\n{}\n{}",
-            self.name,
-            run.stderr,
-            self.log_tail()
-        );
-        stdout
+        let what = format!("`lanshare fetch {name}` on {} did not succeed", self.name);
+        self.spawn_fetch(name).finish_ok(timeout, &what, &[self])
     }
 
     pub fn download_log(&self) -> Vec<String> {
@@ -625,6 +599,25 @@ impl FetchRun {
         }
     }
 
+    /// Waits (at most `timeout`) for the fetch to exit; panics unless it
+    /// succeeded, with `what` went wrong, its output and the tails of the
+    /// `logs` nodes' logs. Returns its stdout.
+    pub fn finish_ok(&mut self, timeout: Duration, what: &str, logs: &[&NetNode]) -> String {
+        let status = self.wait(timeout);
+        let stdout = self.stdout();
+        if status.is_none() {
+            self.kill();
+        }
+        let tails: Vec<String> = logs.iter().map(|n| n.log_tail()).collect();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{what} ({status:?}): {stdout}\n{}\n{}",
+            self.stderr,
+            tails.join("\n")
+        );
+        stdout
+    }
+
     /// Kills the client with SIGKILL and reaps it.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -655,7 +648,7 @@ impl Drop for FetchRun {
 
 // Shared with the loopback harness.
 #[allow(unused_imports)]
-pub use crate::util::{data, sha256_hex, wait_until};
+pub use crate::util::{data, kill_child, sha256_hex, stop_child, wait_until};
 
 /// Runs `f` on a fresh thread that first enters network namespace `ns`
 /// (setns affects only the calling thread). If entering fails, `f` never
