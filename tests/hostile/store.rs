@@ -1,0 +1,1 @@
+//! Hostile-peer regression tests: store.
