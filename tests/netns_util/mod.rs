@@ -64,8 +64,24 @@ fn ip(args: &str) {
 }
 
 fn skip() -> Option<Lan> {
-    eprintln!("skipping: needs root and iproute2 (ip, tc)");
+    skipping("needs root and iproute2 (ip, tc)");
     None
+}
+
+/// Reports a test that cannot run on this machine. The line goes straight
+/// to stderr, past the test harness's capture, so `cargo test` output shows
+/// it even though the test counts as passed; with `LANSHARE_REQUIRE_NETNS`
+/// set (CI sets it) a test that cannot run fails instead.
+pub fn skipping(why: &str) {
+    use std::io::Write;
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a namespace test")
+        .to_string();
+    if std::env::var_os("LANSHARE_REQUIRE_NETNS").is_some() {
+        panic!("{test} cannot run: {why} (LANSHARE_REQUIRE_NETNS is set, so this is a failure)");
+    }
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
 }
 
 /// Makes the child die with SIGKILL if the test thread that started it ends
@@ -800,12 +816,12 @@ impl Topo {
     /// no `ip netns`, or one of `tools` (such as "nft", "tc") is missing.
     pub fn new(tools: &[&str]) -> Option<Topo> {
         if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipping: needs root (network namespaces)");
+            skipping("needs root (network namespaces)");
             return None;
         }
         for t in std::iter::once(&"ip").chain(tools) {
             if !have(t) {
-                eprintln!("skipping: needs `{t}`, which is not installed");
+                skipping(&format!("needs `{t}`, which is not installed"));
                 return None;
             }
         }
@@ -814,7 +830,7 @@ impl Topo {
         let tag = format!("{:06x}{:02x}", pid & 0xff_ffff, count & 0xff);
         let switch_ns = format!("lanshare-{tag}-sw");
         if let Err(e) = run("ip", &["netns", "add", &switch_ns]) {
-            eprintln!("skipping: cannot create a network namespace: {e}");
+            skipping(&format!("cannot create a network namespace: {e}"));
             return None;
         }
         let group_ip = Ipv4Addr::new(239, 255, 1 + (pid % 200) as u8, 1 + (count % 250) as u8);
@@ -1235,7 +1251,7 @@ impl Browser {
     /// python3 cannot import zeroconf.
     pub fn start(topo: &Topo, h: usize) -> Option<Browser> {
         let Some(python) = python_with_zeroconf() else {
-            eprintln!("skipping: needs python3 with the zeroconf package (pip install zeroconf)");
+            skipping("needs python3 with the zeroconf package (pip install zeroconf)");
             return None;
         };
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
