@@ -1451,6 +1451,7 @@ async fn a_registration_flood_from_one_address_is_held_to_its_quota() {
     let started = Instant::now();
     let counts = registration_flood(&t.url(), &[rogue], 2000, 0xf1).await;
     let took = started.elapsed();
+    eprintln!("flood from {rogue}: {counts:?} (status: registrations) in {took:.1?}");
     assert_eq!(
         counts.get(&201).copied().unwrap_or(0),
         64,
@@ -1493,7 +1494,12 @@ async fn a_full_tracker_forgets_nodes_that_never_proved_themselves() {
     let rogues: Vec<IpAddr> = (2..=41)
         .map(|i| format!("127.0.0.{i}").parse().unwrap())
         .collect();
+    let started = Instant::now();
     let counts = registration_flood(&t.url(), &rogues, 50, 0xf2).await;
+    eprintln!(
+        "flood from 40 addresses: {counts:?} (status: registrations) in {:.1?}",
+        started.elapsed()
+    );
     assert_eq!(
         counts.get(&201).copied().unwrap_or(0),
         2000,
