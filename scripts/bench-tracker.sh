@@ -18,7 +18,9 @@
 #   RESULTS=FILE               where the summary goes (default target/bench/tracker.txt)
 #
 # The tracker runs with --heartbeat 600 --offline-after 3600 so no node goes
-# offline between phases, and with --max-files raised to FILES + 10%.
+# offline between phases, with --max-files raised to FILES + 10%, and with
+# --max-nodes-per-address raised to NODES + 100 (every node registers from
+# 127.0.0.1).
 # Network: 127.0.0.1 only. The script stops the tracker it started, by PID.
 
 set -euo pipefail
@@ -61,7 +63,8 @@ DB=$WORK/tracker.db
 MAX_FILES=$(( FILES + FILES / 10 + 1000 ))
 
 "$BIN" tracker --listen 127.0.0.1:0 --db "$DB" --heartbeat 600 --offline-after 3600 \
-    --max-nodes $(( NODES + 100 )) --max-files "$MAX_FILES" \
+    --max-nodes $(( NODES + 100 )) --max-nodes-per-address $(( NODES + 100 )) \
+    --max-files "$MAX_FILES" \
     >"$WORK/tracker.out" 2>"$WORK/tracker.err" &
 TRACKER_PID=$!
 URL=""

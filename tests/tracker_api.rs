@@ -984,9 +984,22 @@ async fn caps_bound_nodes_and_files() {
     let api = t.api();
     let mut tokens = Vec::new();
     for i in 1..=3 {
-        tokens.push(register(&api, node_id(i), "n", 7000).await.token);
+        let token = register(&api, node_id(i), "n", 7000).await.token;
+        // A heartbeat shows the node is real (a node that never sent one
+        // nor announced would make room for a newcomer).
+        api.heartbeat(
+            node_id(i),
+            &token,
+            &HeartbeatRequest {
+                digest: [0; 16],
+                addrs: None,
+            },
+        )
+        .await
+        .expect("heartbeat");
+        tokens.push(token);
     }
-    // Every node is online: a fourth is refused.
+    // Every node is online and active: a fourth is refused.
     let req = RegisterRequest {
         id: node_id(4),
         name: "n4".into(),
@@ -1330,4 +1343,186 @@ async fn follow_sends_a_big_inventory_in_parts_a_small_body_limit_accepts() {
     assert!(!t.log().contains("panicked"), "log:\n{}", t.log());
     f.cancel.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), f.task).await;
+}
+
+/// Registers `per_source` new nodes from each of `sources` (their requests
+/// leave from that loopback address), 8 at a time in all; returns how many
+/// got each status.
+async fn registration_flood(
+    url: &str,
+    sources: &[IpAddr],
+    per_source: u32,
+    tag: u8,
+) -> std::collections::BTreeMap<u16, u32> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (s, &source) in sources.iter().enumerate() {
+        let client = reqwest::Client::builder()
+            .local_address(source)
+            .timeout(Duration::from_secs(15))
+            .build()
+            .expect("an HTTP client");
+        let lanes = (8 / sources.len() as u32).max(1);
+        for lane in 0..lanes {
+            let (client, url) = (client.clone(), format!("{url}/v1/nodes"));
+            tasks.spawn(async move {
+                let mut got = Vec::new();
+                for i in (lane..per_source).step_by(lanes as usize) {
+                    let mut id = [tag; 16];
+                    id[8..12].copy_from_slice(&(s as u32).to_be_bytes());
+                    id[12..].copy_from_slice(&i.to_be_bytes());
+                    let req = RegisterRequest {
+                        id: NodeId(id),
+                        name: format!("fake-{s}-{i}"),
+                        port: 7000,
+                        addrs: vec![],
+                    };
+                    let status = match client.post(&url).json(&req).send().await {
+                        Ok(r) => r.status().as_u16(),
+                        Err(_) => 0,
+                    };
+                    got.push(status);
+                }
+                got
+            });
+        }
+    }
+    let mut counts = std::collections::BTreeMap::new();
+    while let Some(r) = tasks.join_next().await {
+        for status in r.expect("a flood task") {
+            *counts.entry(status).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// A real node registers from 127.0.0.1 and heartbeats, as a follower does.
+async fn real_node(api: &Api, id: NodeId, name: &str) -> Result<String, ClientError> {
+    let r = api
+        .register(&RegisterRequest {
+            id,
+            name: name.into(),
+            port: 7373,
+            addrs: vec![],
+        })
+        .await?;
+    api.heartbeat(
+        id,
+        &r.token,
+        &HeartbeatRequest {
+            digest: [7; 16],
+            addrs: None,
+        },
+    )
+    .await?;
+    Ok(r.token)
+}
+
+async fn online_ids(api: &Api) -> Vec<NodeId> {
+    let mut ids = Vec::new();
+    let mut q = PeersQuery {
+        limit: Some(5000),
+        ..PeersQuery::default()
+    };
+    loop {
+        let p = api.peers(&q).await.expect("peers");
+        ids.extend(p.peers.iter().map(|p| p.id));
+        if !p.more {
+            return ids;
+        }
+        q.since = p.seq;
+        q.epoch = Some(p.epoch);
+    }
+}
+
+/// Issue 8, item 11: thousands of registrations from one address filled
+/// the tracker and real nodes got 503. One address now holds at most its
+/// quota (`--max-nodes-per-address`, 64 by default) and the rest get 429.
+#[tokio::test]
+async fn a_registration_flood_from_one_address_is_held_to_its_quota() {
+    let dir = temp();
+    let t = Tracker::start(&dir.path().join("t.db"), &["--max-nodes", "100"]);
+    let api = t.api();
+    let early = node_id(0xe1);
+    real_node(&api, early, "early")
+        .await
+        .expect("register before the flood");
+
+    let rogue: IpAddr = "127.0.0.2".parse().unwrap();
+    let started = Instant::now();
+    let counts = registration_flood(&t.url(), &[rogue], 2000, 0xf1).await;
+    let took = started.elapsed();
+    eprintln!("flood from {rogue}: {counts:?} (status: registrations) in {took:.1?}");
+
+    // A real node that comes after the flood gets in, and the one that
+    // was there before is still listed.
+    let late = node_id(0xe2);
+    real_node(&api, late, "late")
+        .await
+        .unwrap_or_else(|e| panic!("a real node after the flood ({counts:?}, {took:?}): {e}"));
+    assert_eq!(
+        counts.get(&201).copied().unwrap_or(0),
+        64,
+        "one address gets its quota of nodes, no more: {counts:?}"
+    );
+    assert_eq!(
+        counts.get(&429).copied().unwrap_or(0),
+        2000 - 64,
+        "the rest are refused with 429: {counts:?}"
+    );
+    let online = online_ids(&api).await;
+    assert!(online.contains(&early) && online.contains(&late));
+    assert_eq!(online.len(), 64 + 2, "{counts:?}");
+    let stats = api.stats().await.unwrap();
+    assert_eq!(stats.max_nodes_per_address, 64);
+    assert!(!t.log().contains("panicked"), "log:\n{}", t.log());
+}
+
+/// Issue 8, item 11: a flood spread over many addresses (each under its
+/// quota) fills `--max-nodes`; newcomers then take the place of nodes that
+/// never heartbeated nor announced, instead of getting 503, and nodes that
+/// did are kept.
+#[tokio::test]
+async fn a_full_tracker_forgets_nodes_that_never_proved_themselves() {
+    let dir = temp();
+    let t = Tracker::start(&dir.path().join("t.db"), &["--max-nodes", "50"]);
+    let api = t.api();
+    let early = node_id(0xe1);
+    let early_token = real_node(&api, early, "early")
+        .await
+        .expect("register before the flood");
+
+    let rogues: Vec<IpAddr> = (2..=41)
+        .map(|i| format!("127.0.0.{i}").parse().unwrap())
+        .collect();
+    let started = Instant::now();
+    let counts = registration_flood(&t.url(), &rogues, 50, 0xf2).await;
+    eprintln!(
+        "flood from 40 addresses: {counts:?} (status: registrations) in {:.1?}",
+        started.elapsed()
+    );
+    let late = node_id(0xe2);
+    real_node(&api, late, "late")
+        .await
+        .unwrap_or_else(|e| panic!("a real node after the flood ({counts:?}): {e}"));
+    assert_eq!(
+        counts.get(&201).copied().unwrap_or(0),
+        2000,
+        "every fake evicts an older fake that never proved itself: {counts:?}"
+    );
+    // The node that was active before the flood kept its place and token.
+    api.heartbeat(
+        early,
+        &early_token,
+        &HeartbeatRequest {
+            digest: [7; 16],
+            addrs: None,
+        },
+    )
+    .await
+    .expect("the early node is still registered");
+    let online = online_ids(&api).await;
+    assert!(online.contains(&early) && online.contains(&late));
+    let stats = api.stats().await.unwrap();
+    assert_eq!(stats.nodes_online + stats.nodes_offline, 50, "{stats:?}");
+    assert!(!t.log().contains("panicked"), "log:\n{}", t.log());
 }

@@ -55,6 +55,11 @@ CREATE TABLE IF NOT EXISTS nodes (
 );
 CREATE INDEX IF NOT EXISTS nodes_seq ON nodes(seq);
 CREATE INDEX IF NOT EXISTS nodes_online_seen ON nodes(online, last_seen_ms);
+CREATE INDEX IF NOT EXISTS nodes_source ON nodes(source);
+-- Nodes that never heartbeated nor announced since they registered: any
+-- authenticated request moves last_seen_ms past registered_ms.
+CREATE INDEX IF NOT EXISTS nodes_unproven ON nodes(registered_ms)
+    WHERE digest IS NULL AND last_seen_ms <= registered_ms;
 
 CREATE TABLE IF NOT EXISTS files (
     fid       INTEGER PRIMARY KEY,
@@ -92,6 +97,8 @@ END;
 #[derive(Clone, Debug)]
 pub struct Limits {
     pub max_nodes: u64,
+    /// Most nodes whose requests come from one address.
+    pub max_nodes_per_address: u64,
     pub max_files: u64,
     pub max_files_per_node: u64,
     pub offline_after: Duration,
@@ -122,6 +129,9 @@ pub enum DbError {
     /// The tracker is full (503).
     #[error("{0}")]
     Full(String),
+    /// The source address holds its quota of nodes (429).
+    #[error("{0}")]
+    Quota(String),
     #[error("database error: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error("{0}")]
@@ -201,6 +211,23 @@ struct Inner {
     epoch: String,
     limits: Limits,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// A node chosen to be forgotten.
+struct Victim {
+    nid: i64,
+    seq: u64,
+    files: u64,
+    id: Vec<u8>,
+}
+
+fn victim_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Victim> {
+    Ok(Victim {
+        nid: r.get(0)?,
+        seq: r.get::<_, i64>(1)? as u64,
+        files: r.get::<_, i64>(2)? as u64,
+        id: r.get(3)?,
+    })
 }
 
 /// A node as a writer job sees it after checking its token.
@@ -599,8 +626,9 @@ impl Writer {
                 })
             }
             None => {
+                self.check_quota(source)?;
                 if self.mem.nodes >= self.limits.max_nodes {
-                    self.evict_longest_offline()?;
+                    self.make_room()?;
                 }
                 self.conn
                     .prepare_cached(
@@ -628,22 +656,65 @@ impl Writer {
         }
     }
 
-    /// Makes room for one node by forgetting the one offline the longest.
-    fn evict_longest_offline(&mut self) -> Result<(), DbError> {
-        let victim: Option<(i64, i64, i64, Vec<u8>)> = self
+    /// Lets `source` register one more node: at its quota, the node from
+    /// there offline the longest is forgotten; if all of them are online,
+    /// the registration is refused.
+    fn check_quota(&mut self, source: IpAddr) -> Result<(), DbError> {
+        let src = source.to_string();
+        let held: i64 = self
+            .conn
+            .prepare_cached("SELECT count(*) FROM nodes WHERE source = ?1")?
+            .query_row([&src], |r| r.get(0))?;
+        if (held as u64) < self.limits.max_nodes_per_address {
+            return Ok(());
+        }
+        let victim = self
+            .conn
+            .prepare_cached(
+                "SELECT nid, seq, files, id FROM nodes WHERE source = ?1 AND online = 0 ORDER BY last_seen_ms LIMIT 1",
+            )?
+            .query_row([&src], victim_row)
+            .optional()?;
+        match victim {
+            Some(v) => {
+                tracing::info!(node = %id::to_hex(&v.id), %source, "address at its node quota; forgetting its node offline the longest");
+                self.delete_node(v.nid, v.seq, v.files)
+            }
+            None => Err(DbError::Quota(format!(
+                "{held} nodes registered from {source} are online, the most this tracker accepts from one address; stop some, or start the tracker with a larger --max-nodes-per-address"
+            ))),
+        }
+    }
+
+    /// Makes room for one node: forgets the oldest node that never
+    /// heartbeated nor announced since it registered, else the one offline
+    /// the longest; refuses only when every node is online and has done so.
+    fn make_room(&mut self) -> Result<(), DbError> {
+        let unproven = self
+            .conn
+            .prepare_cached(
+                "SELECT nid, seq, files, id FROM nodes WHERE digest IS NULL AND last_seen_ms <= registered_ms ORDER BY registered_ms LIMIT 1",
+            )?
+            .query_row([], victim_row)
+            .optional()?;
+        if let Some(v) = unproven {
+            tracing::info!(node = %id::to_hex(&v.id), "node table full; forgetting a node that never heartbeated nor announced");
+            return self.delete_node(v.nid, v.seq, v.files);
+        }
+        let offline = self
             .conn
             .prepare_cached(
                 "SELECT nid, seq, files, id FROM nodes WHERE online = 0 ORDER BY last_seen_ms LIMIT 1",
             )?
-            .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .query_row([], victim_row)
             .optional()?;
-        match victim {
-            Some((nid, seq, files, id)) => {
-                tracing::info!(node = %id::to_hex(&id), "node table full; forgetting the node offline the longest");
-                self.delete_node(nid, seq as u64, files as u64)
+        match offline {
+            Some(v) => {
+                tracing::info!(node = %id::to_hex(&v.id), "node table full; forgetting the node offline the longest");
+                self.delete_node(v.nid, v.seq, v.files)
             }
             None => Err(DbError::Full(format!(
-                "the tracker holds its cap of {} nodes and every one is online; try again later, or start the tracker with a larger --max-nodes",
+                "the tracker holds its cap of {} nodes and every one is online and active; try again later, or start the tracker with a larger --max-nodes",
                 self.limits.max_nodes
             ))),
         }
@@ -694,21 +765,24 @@ impl Writer {
         Ok(row)
     }
 
-    /// Records that the node was heard from: online, last seen now.
+    /// Records that the node was heard from: online, last seen now (and
+    /// always after its registration, which marks it as active).
     fn touch(&mut self, row: &mut NodeRow, source: IpAddr, now: i64) -> Result<(), DbError> {
         let source = source.to_string();
         if !row.online || row.source != source {
             let seq = self.next_seq();
             self.conn
                 .prepare_cached(
-                    "UPDATE nodes SET last_seen_ms = ?2, source = ?3, online = 1, seq = ?4 WHERE nid = ?1",
+                    "UPDATE nodes SET last_seen_ms = max(?2, registered_ms + 1), source = ?3, online = 1, seq = ?4 WHERE nid = ?1",
                 )?
                 .execute(params![row.nid, now, source, seq as i64])?;
             row.online = true;
             row.source = source;
         } else {
             self.conn
-                .prepare_cached("UPDATE nodes SET last_seen_ms = ?2 WHERE nid = ?1")?
+                .prepare_cached(
+                    "UPDATE nodes SET last_seen_ms = max(?2, registered_ms + 1) WHERE nid = ?1",
+                )?
                 .execute(params![row.nid, now])?;
         }
         Ok(())

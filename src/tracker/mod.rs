@@ -31,6 +31,9 @@ pub use db::{Db, Limits};
 
 /// Default address of `lanshare tracker`.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:7374";
+/// Default of `--max-nodes-per-address`: room for a NAT or a lab host
+/// running a few dozen nodes, far below `--max-nodes`.
+pub const DEFAULT_MAX_NODES_PER_ADDRESS: u64 = 64;
 
 #[derive(Debug, Args)]
 pub struct TrackerArgs {
@@ -49,9 +52,12 @@ pub struct TrackerArgs {
     /// An offline node is forgotten after this many seconds (default: 7 days).
     #[arg(long, value_name = "SECS", default_value = "604800", value_parser = parse_secs)]
     pub prune_after: Duration,
-    /// Most nodes remembered; when full, the node offline the longest is forgotten.
+    /// Most nodes remembered; when full, a node that never heartbeated nor announced, else the node offline the longest, is forgotten.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub max_nodes: u64,
+    /// Most nodes registered from one source address; at the quota, its node offline the longest is forgotten, else the registration gets 429.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_NODES_PER_ADDRESS)]
+    pub max_nodes_per_address: u64,
     /// Most inventory entries stored in total (all nodes).
     #[arg(long, value_name = "N", default_value_t = 2_000_000)]
     pub max_files: u64,
@@ -90,8 +96,14 @@ impl TrackerConfig {
         if a.prune_after < a.offline_after {
             anyhow::bail!("--prune-after must be at least --offline-after");
         }
-        if a.max_nodes == 0 || a.max_files == 0 || a.max_connections == 0 {
-            anyhow::bail!("--max-nodes, --max-files and --max-connections must be at least 1");
+        if a.max_nodes == 0
+            || a.max_nodes_per_address == 0
+            || a.max_files == 0
+            || a.max_connections == 0
+        {
+            anyhow::bail!(
+                "--max-nodes, --max-nodes-per-address, --max-files and --max-connections must be at least 1"
+            );
         }
         if !(1..=1024).contains(&a.max_body) {
             anyhow::bail!("--max-body must be between 1 and 1024 MiB");
@@ -102,6 +114,7 @@ impl TrackerConfig {
             heartbeat: a.heartbeat,
             limits: Limits {
                 max_nodes: a.max_nodes,
+                max_nodes_per_address: a.max_nodes_per_address,
                 max_files: a.max_files,
                 max_files_per_node: a.max_files_per_node.min(a.max_files),
                 offline_after: a.offline_after,

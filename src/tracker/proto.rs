@@ -322,6 +322,9 @@ pub struct Stats {
     pub offline_after_secs: f64,
     pub prune_after_secs: f64,
     pub max_nodes: u64,
+    /// Absent from trackers older than the quota.
+    #[serde(default)]
+    pub max_nodes_per_address: u64,
     pub max_files: u64,
     pub max_files_per_node: u64,
     /// Requests refused because the tracker was busy or full (503).

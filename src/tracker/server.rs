@@ -90,6 +90,7 @@ impl From<DbError> for ApiError {
             DbError::Conflict { .. } => StatusCode::CONFLICT,
             DbError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             DbError::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
+            DbError::Quota(_) => StatusCode::TOO_MANY_REQUESTS,
             DbError::Sql(_) | DbError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
@@ -702,6 +703,7 @@ async fn stats(State(s): State<AppState>) -> Result<Json<Stats>, ApiError> {
         offline_after_secs: l.offline_after.as_secs_f64(),
         prune_after_secs: l.prune_after.as_secs_f64(),
         max_nodes: l.max_nodes,
+        max_nodes_per_address: l.max_nodes_per_address,
         max_files: l.max_files,
         max_files_per_node: l.max_files_per_node,
         refused: s.refused.load(Ordering::Relaxed),
