@@ -24,6 +24,10 @@ pub const MAX_REQUEST_FRAME: u32 = 4 * 1024;
 /// Largest response frame a client reads: the largest of a chunk, a manifest
 /// of [`crate::manifest::MAX_CHUNKS`] hashes, and an inventory.
 pub const MAX_RESPONSE_FRAME: u32 = 32 << 20;
+/// Largest inventory page frame a client reads. Servers cut pages at about
+/// 1 MiB (plus one entry of at most ~67 KiB); a bigger page is only a way
+/// to make the client allocate.
+pub const MAX_INVENTORY_FRAME: u32 = 4 << 20;
 /// Most entries in one inventory.
 pub const MAX_INVENTORY_ENTRIES: usize = 200_000;
 /// Most entries in one inventory page.
@@ -51,6 +55,19 @@ pub fn check_preamble(p: &[u8; 5]) -> Result<(), WireError> {
     }
     if p[4] != super::VERSION {
         return Err(WireError::Version(p[4]));
+    }
+    Ok(())
+}
+
+/// Rejects a response body longer than its kind allows (checked before the
+/// body is read): inventory pages are bounded tighter than chunks and
+/// manifests.
+pub fn check_response_len(kind: u8, body_len: usize) -> Result<(), WireError> {
+    if kind == K_R_INVENTORY && body_len + 1 > MAX_INVENTORY_FRAME as usize {
+        return Err(WireError::TooLarge {
+            len: body_len + 1,
+            max: MAX_INVENTORY_FRAME as usize,
+        });
     }
     Ok(())
 }
