@@ -158,7 +158,10 @@ mod tests {
         let b = a.clone();
         assert!(Arc::ptr_eq(&a.bits, &b.bits), "a clone shares the bytes");
         a.set(2);
-        assert!(a.get(2) && !b.get(2), "a write does not show through a clone");
+        assert!(
+            a.get(2) && !b.get(2),
+            "a write does not show through a clone"
+        );
         assert!(!Arc::ptr_eq(&a.bits, &b.bits));
     }
 

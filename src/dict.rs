@@ -532,7 +532,10 @@ impl Dict {
             }
             _ => return,
         };
-        let old = self.inventories.get(&id).map(|i| (i.inv.entries.clone(), i.bytes));
+        let old = self
+            .inventories
+            .get(&id)
+            .map(|i| (i.inv.entries.clone(), i.bytes));
         let old_bytes = old.as_ref().map_or(0, |(_, b)| *b);
         let old: &[InventoryEntry] = old.as_ref().map_or(&[], |(v, _)| v.as_slice());
         let bytes: usize = inv.entries.iter().map(entry_cost).sum();
@@ -1106,12 +1109,23 @@ mod tests {
         // A flood of made-up ids from many addresses, claiming 300 s.
         for i in 0..1100u32 {
             let a = ip_addr(200 + (i % 40) as u8, 1, 7000);
-            d.observe(nid(10_000 + i), "fake", a, FoundVia::Multicast, iv, [9; 16], 0);
+            d.observe(
+                nid(10_000 + i),
+                "fake",
+                a,
+                FoundVia::Multicast,
+                iv,
+                [9; 16],
+                0,
+            );
         }
         let views = d.peer_views();
         assert_eq!(views.len(), 100 + MAX_UNPROVEN);
         for i in 0..100 {
-            assert!(d.peer(&nid(i)).is_some_and(|p| p.online), "proven peer {i} kept");
+            assert!(
+                d.peer(&nid(i)).is_some_and(|p| p.online),
+                "proven peer {i} kept"
+            );
         }
         assert_eq!(
             d.peer(&nid(10_000 + 1099)).unwrap().interval,
@@ -1123,13 +1137,29 @@ mod tests {
         let real = NodeId([0x77; 16]);
         let at = ip_addr(99, 9, 7373);
         assert_eq!(
-            d.observe(real, "real", at, FoundVia::Multicast, Duration::from_secs(1), [1; 16], 0),
+            d.observe(
+                real,
+                "real",
+                at,
+                FoundVia::Multicast,
+                Duration::from_secs(1),
+                [1; 16],
+                0
+            ),
             Observed::Pull
         );
         d.reached(real, at, [1; 16], 0);
         for i in 0..1100u32 {
             let a = ip_addr(200 + (i % 40) as u8, 2, 7000);
-            d.observe(nid(20_000 + i), "fake", a, FoundVia::Multicast, iv, [9; 16], 0);
+            d.observe(
+                nid(20_000 + i),
+                "fake",
+                a,
+                FoundVia::Multicast,
+                iv,
+                [9; 16],
+                0,
+            );
         }
         assert!(d.peer(&real).unwrap().proven);
         assert_eq!(d.peer_views().len(), 101 + MAX_UNPROVEN);
@@ -1140,7 +1170,15 @@ mod tests {
         let d = Dict::new();
         let iv = Duration::from_secs(60);
         let real = NodeId([0x77; 16]);
-        d.observe(real, "real", addr(7373), FoundVia::Multicast, iv, [1; 16], 0);
+        d.observe(
+            real,
+            "real",
+            addr(7373),
+            FoundVia::Multicast,
+            iv,
+            [1; 16],
+            0,
+        );
         d.reached(real, addr(7373), [1; 16], 0);
         for i in 0..500u32 {
             d.observe(nid(i), "fake", addr(9), FoundVia::Multicast, iv, [9; 16], 0);
@@ -1152,7 +1190,15 @@ mod tests {
         // Another address is not affected.
         let other = SocketAddr::from(([127, 0, 0, 2], 1));
         assert_eq!(
-            d.observe(NodeId([0x78; 16]), "b", other, FoundVia::Multicast, iv, [1; 16], 0),
+            d.observe(
+                NodeId([0x78; 16]),
+                "b",
+                other,
+                FoundVia::Multicast,
+                iv,
+                [1; 16],
+                0
+            ),
             Observed::Pull
         );
     }
@@ -1170,7 +1216,15 @@ mod tests {
         assert!(d.peer(&a).unwrap().online);
         d.reached(a, home, [1; 16], 0);
         // The forger announces the victim's id from its own address first.
-        d.observe(a, "a", SocketAddr::new(forger, 7373), FoundVia::Multicast, iv, [1; 16], 0);
+        d.observe(
+            a,
+            "a",
+            SocketAddr::new(forger, 7373),
+            FoundVia::Multicast,
+            iv,
+            [1; 16],
+            0,
+        );
         assert!(!d.depart(a, forger), "an unproven address does not count");
         assert!(d.peer(&a).unwrap().online);
         assert!(d.depart(a, "10.0.0.1".parse().unwrap()));
@@ -1203,7 +1257,11 @@ mod tests {
     fn bytes_held_for_all_peers_are_bounded() {
         let iv = Duration::from_secs(1);
         let big = |x: u8| {
-            let mut e = entry(x, "big", ChunkSet::Partial(Bitmap::from_bytes(vec![0; 4096])));
+            let mut e = entry(
+                x,
+                "big",
+                ChunkSet::Partial(Bitmap::from_bytes(vec![0; 4096])),
+            );
             e.size = 1 << 40;
             e
         };
@@ -1218,7 +1276,10 @@ mod tests {
         d.set_inventory(a, inv(vec![big(1), big(2)]));
         d.set_inventory(b, inv(vec![big(3), big(4)]));
         assert_eq!(d.holders(&ContentId([1; 32])).len(), 1);
-        assert!(d.holders(&ContentId([3; 32])).is_empty(), "4 x cost > 3 x cost");
+        assert!(
+            d.holders(&ContentId([3; 32])).is_empty(),
+            "4 x cost > 3 x cost"
+        );
         assert_eq!(d.held().1, 2 * cost);
         // The holder's chunks share the inventory's bitmap.
         let held = d.inventory(&a).unwrap();

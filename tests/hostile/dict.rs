@@ -106,7 +106,8 @@ fn a_flood_of_made_up_peers_does_not_hide_a_real_one() {
 
     let _real = net.node("real", &[("real-file.txt", b"real data")]);
     let listed = wait_until(Duration::from_secs(15), || {
-        peer_of(&victim, "real").is_some_and(|(_, online)| online) && lists(&victim, "real-file.txt")
+        peer_of(&victim, "real").is_some_and(|(_, online)| online)
+            && lists(&victim, "real-file.txt")
     });
     assert!(
         listed,
@@ -255,7 +256,12 @@ fn read_frame(conn: &mut TcpStream) -> std::io::Result<Request> {
     Request::decode(kind, &body).map_err(|e| std::io::Error::other(e.to_string()))
 }
 
-fn serve(mut conn: TcpStream, id: NodeId, inv: &Inventory, pages: &AtomicUsize) -> std::io::Result<()> {
+fn serve(
+    mut conn: TcpStream,
+    id: NodeId,
+    inv: &Inventory,
+    pages: &AtomicUsize,
+) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(20)))?;
     let mut pre = [0u8; 5];
     conn.read_exact(&mut pre)?;
@@ -368,10 +374,7 @@ fn a_rogue_inventory_of_huge_bitmaps_does_not_bloat_a_node() {
         after < before + MAX_GROWTH_KIB,
         "the victim's memory grew from {before} KiB to {after} KiB on a rogue inventory"
     );
-    assert!(
-        victim.status().is_object(),
-        "the victim must still answer"
-    );
+    assert!(victim.status().is_object(), "the victim must still answer");
     assert!(
         lists(&victim, "real-file.txt"),
         "the victim no longer lists the real peer's file"
