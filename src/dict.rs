@@ -1103,21 +1103,20 @@ mod tests {
 
     #[test]
     fn unproven_peers_never_push_out_proven_ones() {
+        // The same whether the fakes come by multicast or from a tracker.
+        for via in [FoundVia::Multicast, FoundVia::Tracker] {
+            unproven_flood(via);
+        }
+    }
+
+    fn unproven_flood(via: FoundVia) {
         let d = Dict::new();
         let iv = Duration::from_secs(300);
         proven_peers(&d, 100);
         // A flood of made-up ids from many addresses, claiming 300 s.
         for i in 0..1100u32 {
             let a = ip_addr(200 + (i % 40) as u8, 1, 7000);
-            d.observe(
-                nid(10_000 + i),
-                "fake",
-                a,
-                FoundVia::Multicast,
-                iv,
-                [9; 16],
-                0,
-            );
+            d.observe(nid(10_000 + i), "fake", a, via, iv, [9; 16], 0);
         }
         let views = d.peer_views();
         assert_eq!(views.len(), 100 + MAX_UNPROVEN);
@@ -1151,15 +1150,7 @@ mod tests {
         d.reached(real, at, [1; 16], 0);
         for i in 0..1100u32 {
             let a = ip_addr(200 + (i % 40) as u8, 2, 7000);
-            d.observe(
-                nid(20_000 + i),
-                "fake",
-                a,
-                FoundVia::Multicast,
-                iv,
-                [9; 16],
-                0,
-            );
+            d.observe(nid(20_000 + i), "fake", a, via, iv, [9; 16], 0);
         }
         assert!(d.peer(&real).unwrap().proven);
         assert_eq!(d.peer_views().len(), 101 + MAX_UNPROVEN);

@@ -593,6 +593,54 @@ mod tests {
     }
 
     #[test]
+    fn bitmaps_longer_than_the_size_needs_are_refused() {
+        let entry = |size: u64, bytes: usize| InventoryEntry {
+            id: ContentId([3; 32]),
+            name: "x.bin".into(),
+            size,
+            category: Category::Other,
+            comment: String::new(),
+            chunks: ChunkSet::Partial(Bitmap::from_bytes(vec![0xff; bytes])),
+        };
+        let page = |e: InventoryEntry| {
+            Response::Inventory(InventoryPage {
+                req: 1,
+                digest: [0; 16],
+                base: None,
+                entries: vec![e],
+                removed: Vec::new(),
+                more: false,
+            })
+            .encode()
+        };
+        // 10 bytes: one chunk, one byte of bitmap.
+        let f = page(entry(10, 1));
+        assert!(Response::decode(f[4], &f[5..], f.len() - 5).is_ok());
+        let f = page(entry(10, 65_536));
+        assert_eq!(
+            Response::decode(f[4], &f[5..], f.len() - 5),
+            Err(WireError::OutOfBounds { field: "chunks" })
+        );
+        // 17 MiB: 17 chunks, 3 bytes.
+        let f = page(entry(17 << 20, 3));
+        assert!(Response::decode(f[4], &f[5..], f.len() - 5).is_ok());
+        let f = page(entry(17 << 20, 4));
+        assert!(Response::decode(f[4], &f[5..], f.len() - 5).is_err());
+    }
+
+    #[test]
+    fn inventory_pages_are_bounded_before_they_are_read() {
+        assert!(check_response_len(K_R_INVENTORY, 1 << 20).is_ok());
+        assert!(matches!(
+            check_response_len(K_R_INVENTORY, 8 << 20),
+            Err(WireError::TooLarge { .. })
+        ));
+        // Manifests and chunks keep the general limit.
+        assert!(check_response_len(K_R_MANIFEST, 8 << 20).is_ok());
+        assert!(check_response_len(K_R_CHUNK, 4 << 20).is_ok());
+    }
+
+    #[test]
     fn limits() {
         assert!(matches!(
             parse_header(&[0xff, 0xff, 0, 0, 1], MAX_REQUEST_FRAME),
