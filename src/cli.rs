@@ -115,8 +115,8 @@ pub struct UpArgs {
     /// IPv6 multicast group for announcements (same port as --group).
     #[arg(long, value_name = "IPV6", default_value_t = crate::discovery::DEFAULT_GROUP6, value_parser = parse_group6)]
     pub group6: Ipv6Addr,
-    /// Seconds between announcements (fractions allowed).
-    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
+    /// Seconds between announcements (fractions allowed, 0.1 to 60: peers take no longer interval from anyone).
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_announce_interval)]
     pub announce_interval: Duration,
     /// Seconds between rescans of the shared folders.
     #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_secs)]
@@ -130,6 +130,9 @@ pub struct UpArgs {
     /// Most contents remembered from all peers together (about 1 KiB of memory each); a peer whose inventory would pass it is listed without its contents.
     #[arg(long, value_name = "N", default_value_t = crate::dict::DEFAULT_MAX_REMOTE_CONTENTS)]
     pub max_remote_contents: usize,
+    /// Most memory spent on contents remembered from all peers together, in bytes (suffixes K, M, G: KiB, MiB, GiB); a peer whose inventory would pass it is listed without its contents.
+    #[arg(long, value_name = "BYTES", default_value = "128M", value_parser = parse_bytes)]
+    pub max_remote_bytes: usize,
     /// Do not announce or listen on UDP multicast.
     #[arg(long)]
     pub no_multicast: bool,
@@ -174,6 +177,35 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(v))
 }
 
+fn parse_announce_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_secs(s)?;
+    if d < crate::dict::MIN_INTERVAL || d > crate::dict::MAX_INTERVAL {
+        return Err(format!(
+            "must be between {} and {} seconds (peers clamp what they are told to that range)",
+            crate::dict::MIN_INTERVAL.as_secs_f64(),
+            crate::dict::MAX_INTERVAL.as_secs_f64()
+        ));
+    }
+    Ok(d)
+}
+
+/// A byte count: a number, optionally followed by K, M or G (powers of 1024).
+fn parse_bytes(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.eq_ignore_ascii_case(&'k') => (&t[..i], 1usize << 10),
+        Some((i, c)) if c.eq_ignore_ascii_case(&'m') => (&t[..i], 1 << 20),
+        Some((i, c)) if c.eq_ignore_ascii_case(&'g') => (&t[..i], 1 << 30),
+        _ => (t, 1),
+    };
+    let n: usize = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a byte count (e.g. 64M)"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
 /// Makes `home` absolute without requiring it to exist yet.
 pub fn absolute(home: &std::path::Path) -> std::io::Result<PathBuf> {
     if home.is_absolute() {
@@ -208,6 +240,7 @@ impl UpArgs {
         cfg.peers = self.peers;
         cfg.trackers = self.trackers;
         cfg.max_remote_contents = self.max_remote_contents;
+        cfg.max_remote_bytes = self.max_remote_bytes;
         Ok(cfg)
     }
 }
@@ -258,12 +291,18 @@ mod tests {
         assert_eq!(cfg.group, "239.255.1.2:5000".parse().unwrap());
         assert_eq!(cfg.announce_interval, Duration::from_millis(500));
         assert!(cfg.multicast && !cfg.mdns);
+        assert_eq!(cfg.max_remote_bytes, crate::dict::DEFAULT_MAX_REMOTE_BYTES);
+        assert_eq!(parse_bytes("64M"), Ok(64 << 20));
+        assert_eq!(parse_bytes("2g"), Ok(2 << 30));
+        assert_eq!(parse_bytes("1000"), Ok(1000));
     }
 
     #[test]
     fn bad_values_are_refused() {
         assert!(parse(&["up", "--group", "10.0.0.1:5000"]).is_err());
         assert!(parse(&["up", "--announce-interval", "0"]).is_err());
+        assert!(parse(&["up", "--announce-interval", "300"]).is_err());
+        assert!(parse(&["up", "--max-remote-bytes", "lots"]).is_err());
         assert!(parse(&["up", "--listen", "nope"]).is_err());
         assert!(parse(&["ls", "--category", "films"]).is_err());
         assert!(parse(&["fetch"]).is_err());

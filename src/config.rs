@@ -46,6 +46,8 @@ pub struct NodeConfig {
     pub trackers: Vec<String>,
     /// Most inventory entries held for all peers together.
     pub max_remote_contents: usize,
+    /// Most bytes (`dict::entry_cost`) of inventory held for all peers together.
+    pub max_remote_bytes: usize,
     /// How often shared folders are rescanned for changes.
     pub scan_interval: Duration,
     pub server: ServerLimits,
@@ -70,6 +72,7 @@ impl NodeConfig {
             peers: Vec::new(),
             trackers: Vec::new(),
             max_remote_contents: crate::dict::DEFAULT_MAX_REMOTE_CONTENTS,
+            max_remote_bytes: crate::dict::DEFAULT_MAX_REMOTE_BYTES,
             scan_interval: DEFAULT_SCAN_INTERVAL,
             server: ServerLimits::default(),
             fetch: FetchLimits::default(),

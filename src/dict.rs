@@ -3,7 +3,7 @@
 //! discovery tasks, read by `ls`, `peers` and the fetch scheduler.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant, SystemTime};
@@ -21,13 +21,46 @@ use crate::wire::InventoryEntry;
 
 /// Most peers remembered; the longest-offline are forgotten first.
 pub const MAX_PEERS: usize = 1024;
+/// Most peers remembered that never proved themselves over TCP (a TCP
+/// hello at one of their addresses answered with their id). Only they are
+/// evicted for a newcomer, oldest first, besides offline peers: anyone can
+/// announce a made-up id, and such ids must not push out real peers.
+pub const MAX_UNPROVEN: usize = 256;
+/// Most peers remembered per IP address (proven or not, online or not).
+/// One host runs one node, or a few in tests (30 on loopback): a flood of
+/// made-up ids from one address takes this many entries at most.
+pub const MAX_PEERS_PER_IP: usize = 64;
+/// Announce intervals a peer may claim: it stays online for
+/// [`MISSED_ANNOUNCES`] of them after its last word, so a forged announce
+/// keeps a ghost at most 3 minutes (`up --announce-interval` is bounded
+/// the same way).
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+pub const MAX_INTERVAL: Duration = Duration::from_secs(60);
 /// A peer is offline after this many announce intervals without a word.
 pub const MISSED_ANNOUNCES: u32 = 3;
 /// Most addresses remembered per peer.
 pub const MAX_ADDRS: usize = 8;
 /// Default bound on inventory entries held for all peers together
-/// (`up --max-remote-contents`): about 1 KiB of memory each.
+/// (`up --max-remote-contents`).
 pub const DEFAULT_MAX_REMOTE_CONTENTS: usize = 1_000_000;
+/// Default bound on the memory held for all peers' inventories together
+/// (`up --max-remote-bytes`), as counted by [`entry_cost`]: about 200,000
+/// contents with short names.
+pub const DEFAULT_MAX_REMOTE_BYTES: usize = 128 << 20;
+/// Memory one inventory entry costs besides its text and bitmap: the
+/// entry, its share of the content's record and of the holder map.
+pub const ENTRY_OVERHEAD: usize = 512;
+
+/// About how much memory the dictionary spends on one peer's entry: the
+/// name and comment are kept twice (the inventory and the content's
+/// record), the bitmap once (shared).
+pub fn entry_cost(e: &InventoryEntry) -> usize {
+    let bitmap = match &e.chunks {
+        ChunkSet::Full => 0,
+        ChunkSet::Partial(b) => b.as_bytes().len(),
+    };
+    ENTRY_OVERHEAD + 2 * (e.name.len() + e.comment.len()) + bitmap
+}
 
 /// One address at which a peer's TCP server was announced or reached.
 #[derive(Clone, Debug)]
@@ -35,6 +68,8 @@ pub struct PeerAddr {
     pub addr: SocketAddr,
     pub via: FoundVia,
     pub seen: Instant,
+    /// A TCP hello at this address answered with the peer's id.
+    pub proven: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -58,6 +93,12 @@ pub struct Peer {
     /// Digest of the inventory we hold for it.
     pub pulled_digest: Option<[u8; 16]>,
     pub contents: u32,
+    /// The peer answered a TCP hello with its id (see [`Dict::reached`]).
+    /// Until then it is one of at most [`MAX_UNPROVEN`] and evicted first.
+    pub proven: bool,
+    /// The address the entry counts against ([`MAX_PEERS_PER_IP`]): where
+    /// it was first heard, then where it proved itself.
+    pub ip: IpAddr,
 }
 
 impl Peer {
@@ -76,6 +117,9 @@ impl Peer {
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
+    /// Remembers `addr`. When full, the oldest address not proven and not
+    /// preferred makes room; announcing a peer's id from elsewhere never
+    /// pushes out an address where it answered.
     fn note_addr(&mut self, addr: SocketAddr, via: FoundVia, now: Instant) {
         match self.addrs.iter_mut().find(|a| a.addr == addr) {
             Some(a) => {
@@ -83,20 +127,34 @@ impl Peer {
                 a.via = via;
             }
             None => {
-                if self.addrs.len() >= MAX_ADDRS
-                    && let Some(i) = (0..self.addrs.len())
+                if self.addrs.len() >= MAX_ADDRS {
+                    let victim = (0..self.addrs.len())
                         .filter(|i| Some(self.addrs[*i].addr) != self.preferred)
-                        .min_by_key(|i| self.addrs[*i].seen)
-                {
-                    self.addrs.swap_remove(i);
+                        .min_by_key(|i| (self.addrs[*i].proven, self.addrs[*i].seen));
+                    match victim {
+                        Some(i) if !self.addrs[i].proven => {
+                            self.addrs.swap_remove(i);
+                        }
+                        _ => return,
+                    }
                 }
                 self.addrs.push(PeerAddr {
                     addr,
                     via,
                     seen: now,
+                    proven: false,
                 });
             }
         }
+    }
+
+    /// True when a departure heard from `ip` may be this peer's own: `ip`
+    /// is one of its addresses, one it proved itself at once it has.
+    pub fn is_at(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.addrs
+            .iter()
+            .any(|a| (a.proven || !self.proven) && a.addr.ip().to_canonical() == ip)
     }
 }
 
@@ -107,6 +165,8 @@ pub struct Content {
     pub size: u64,
     pub category: Category,
     pub comment: String,
+    /// Each holder's chunks; the bitmap bytes are shared with the holder's
+    /// inventory entry, not copied.
     pub holders: HashMap<NodeId, ChunkSet>,
 }
 
@@ -122,20 +182,40 @@ pub struct Holder {
     pub chunks: ChunkSet,
 }
 
+/// What the dictionary holds for all peers together.
+#[derive(Default, Debug)]
+struct Held {
+    entries: usize,
+    /// Sum of [`entry_cost`] over every entry held.
+    bytes: usize,
+    /// Bytes of inventory pages being pulled right now ([`PullBudget`]).
+    reserved: usize,
+}
+
+/// One peer's inventory as held, with its cost.
+#[derive(Clone)]
+struct HeldInventory {
+    inv: Inventory,
+    bytes: usize,
+}
+
 #[derive(Default)]
 pub struct Dict {
     peers: DashMap<NodeId, Peer>,
     contents: DashMap<ContentId, Content>,
     /// Each peer's current inventory (sorted by id), so its holdings can
     /// be updated by difference and a delta applied to it.
-    inventories: DashMap<NodeId, Inventory>,
+    inventories: DashMap<NodeId, HeldInventory>,
     /// Serializes writers so holdings never go out of step with
     /// inventories; readers use the dashmaps without it. Never held across
-    /// an await. Holds the number of inventory entries held in all.
-    write: Mutex<usize>,
+    /// an await. Holds what is held in all.
+    write: Mutex<Held>,
     /// Most inventory entries held for all peers together; a peer whose
     /// inventory would pass it is listed without its contents.
     max_entries: usize,
+    /// Most bytes ([`entry_cost`]) held for all peers together, pulls in
+    /// progress included; same rule.
+    max_bytes: usize,
     /// Woken whenever holdings change (a fetch waiting for holders listens).
     pub changed: Notify,
     /// Woken when a peer's inventory should be pulled.
@@ -164,8 +244,15 @@ impl Dict {
 
     /// A dictionary holding at most `max_entries` inventory entries in all.
     pub fn with_limit(max_entries: usize) -> Self {
+        Self::with_limits(max_entries, DEFAULT_MAX_REMOTE_BYTES)
+    }
+
+    /// A dictionary holding at most `max_entries` inventory entries and
+    /// `max_bytes` of them ([`entry_cost`]) in all.
+    pub fn with_limits(max_entries: usize, max_bytes: usize) -> Self {
         Dict {
             max_entries,
+            max_bytes,
             ..Default::default()
         }
     }
@@ -182,9 +269,11 @@ impl Dict {
         digest: [u8; 16],
         contents: u32,
     ) -> Observed {
-        let _w = self.write.lock().expect("dict write lock");
-        if !self.peers.contains_key(&id) && !self.make_room() {
-            tracing::debug!(peer = %id.short(), "peer table full of online peers; ignoring a new one");
+        let interval = interval.clamp(MIN_INTERVAL, MAX_INTERVAL);
+        let ip = addr.ip().to_canonical();
+        let mut held = self.write.lock().expect("dict write lock");
+        if !self.peers.contains_key(&id) && !self.make_room(ip, &mut held) {
+            tracing::debug!(peer = %id.short(), %addr, "peer table has no room for a new peer from this address; ignoring it");
             return Observed::Known;
         }
         let now = Instant::now();
@@ -202,6 +291,8 @@ impl Dict {
             announced_digest: digest,
             pulled_digest: None,
             contents,
+            proven: false,
+            ip,
         });
         let came_back = !peer.online;
         peer.name = name.to_string();
@@ -247,6 +338,17 @@ impl Dict {
         contents: u32,
     ) -> Observed {
         let _w = self.write.lock().expect("dict write lock");
+        let ip = addr.ip().to_canonical();
+        // A peer proves itself here unless its address is full already
+        // (counted before taking the entry: iterating while holding it
+        // would deadlock).
+        let room = match self.peers.get(&id) {
+            Some(p) if !p.proven => {
+                drop(p);
+                self.room_at(id, ip)
+            }
+            _ => true,
+        };
         let Some(mut peer) = self.peers.get_mut(&id) else {
             return Observed::Known;
         };
@@ -260,6 +362,15 @@ impl Dict {
             .find(|a| a.addr == addr)
             .map_or(FoundVia::Manual, |a| a.via);
         peer.note_addr(addr, via, now);
+        if room {
+            if !peer.proven {
+                peer.proven = true;
+                peer.ip = ip;
+            }
+            if let Some(a) = peer.addrs.iter_mut().find(|a| a.addr == addr) {
+                a.proven = true;
+            }
+        }
         peer.preferred = Some(addr);
         peer.last_seen = now;
         peer.last_direct = now;
@@ -285,53 +396,175 @@ impl Dict {
         }
     }
 
-    /// Makes room for one more peer by forgetting the longest-offline one;
-    /// false when every known peer is online (the newcomer is ignored).
-    fn make_room(&self) -> bool {
-        if self.peers.len() < MAX_PEERS {
-            return true;
+    /// Makes room for one more (unproven) peer first heard from `ip`,
+    /// forgetting one if a bound is reached; false when the newcomer must
+    /// be ignored. Caller holds the write lock.
+    ///
+    /// - `ip` already has [`MAX_PEERS_PER_IP`] entries: its oldest offline
+    ///   or unproven one goes (none: ignored).
+    /// - [`MAX_UNPROVEN`] unproven peers: the oldest unproven one goes
+    ///   (offline ones first, then the least recently heard).
+    /// - [`MAX_PEERS`] peers: the longest-offline one goes, else the
+    ///   oldest unproven one (none: ignored). A proven online peer is
+    ///   never forgotten for a newcomer.
+    fn make_room(&self, ip: IpAddr, held: &mut Held) -> bool {
+        let (mut total, mut unproven, mut same_ip) = (0, 0, 0);
+        // Eviction candidates; the smallest key goes first.
+        let mut worst_same: Option<((bool, Instant), NodeId)> = None;
+        let mut worst_unproven: Option<((bool, Instant), NodeId)> = None;
+        let mut worst_offline: Option<((bool, Instant), NodeId)> = None;
+        let keep_min = |slot: &mut Option<((bool, Instant), NodeId)>, key, id| {
+            if slot.as_ref().is_none_or(|(k, _)| key < *k) {
+                *slot = Some((key, id));
+            }
+        };
+        for p in self.peers.iter() {
+            total += 1;
+            let evictable = !p.online || !p.proven;
+            if !p.proven {
+                unproven += 1;
+                keep_min(&mut worst_unproven, (p.online, p.last_seen), p.id);
+            }
+            if !p.online {
+                keep_min(&mut worst_offline, (p.proven, p.last_seen), p.id);
+            }
+            if p.ip == ip {
+                same_ip += 1;
+                if evictable {
+                    keep_min(&mut worst_same, (p.online, p.last_seen), p.id);
+                }
+            }
         }
-        let oldest = self
-            .peers
-            .iter()
-            .filter(|p| !p.online)
-            .min_by_key(|p| p.last_seen)
-            .map(|p| p.id);
-        match oldest {
-            Some(id) => {
-                self.peers.remove(&id);
+        let victim = if same_ip >= MAX_PEERS_PER_IP {
+            worst_same
+        } else if unproven >= MAX_UNPROVEN {
+            worst_unproven
+        } else if total >= MAX_PEERS {
+            worst_offline.or(worst_unproven)
+        } else {
+            return true;
+        };
+        match victim {
+            Some((_, id)) => {
+                self.forget(id, held);
                 true
             }
             None => false,
         }
     }
 
+    /// True when `ip` holds fewer than [`MAX_PEERS_PER_IP`] peers besides
+    /// `id`. Must not be called while holding an entry of `peers`.
+    fn room_at(&self, id: NodeId, ip: IpAddr) -> bool {
+        self.peers
+            .iter()
+            .filter(|p| p.id != id && p.ip == ip)
+            .count()
+            < MAX_PEERS_PER_IP
+    }
+
+    /// Forgets a peer entirely; caller holds the write lock.
+    fn forget(&self, id: NodeId, held: &mut Held) {
+        self.peers.remove(&id);
+        let (entries, bytes) = self.withdraw(id);
+        held.entries -= entries;
+        held.bytes -= bytes;
+        if entries > 0 {
+            self.changed.notify_waiters();
+        }
+    }
+
     /// The inventory held for a peer (to apply a delta to).
     pub fn inventory(&self, id: &NodeId) -> Option<Inventory> {
-        self.inventories.get(id).map(|i| i.clone())
+        self.inventories.get(id).map(|i| i.inv.clone())
+    }
+
+    /// Budget for pulling `id`'s inventory: every page must be admitted
+    /// before it is kept (see [`PullBudget::admit`]).
+    pub fn pull_budget(&self, id: NodeId) -> PullBudget<'_> {
+        PullBudget {
+            dict: self,
+            peer: id,
+            reserved: 0,
+        }
+    }
+
+    /// A peer's inventory could not be held (over a limit, or the peer
+    /// has no room): it is listed without contents and not pulled again
+    /// until its digest changes.
+    pub fn refuse_inventory(&self, id: NodeId, digest: [u8; 16], why: &str) {
+        let mut held = self.write.lock().expect("dict write lock");
+        match self.peers.get_mut(&id) {
+            Some(mut p) if p.online => {
+                p.pulled_digest = Some(digest);
+                p.contents = 0;
+            }
+            _ => return,
+        }
+        tracing::warn!(peer = %id.short(), "{why}; this peer's contents are not listed");
+        let (entries, bytes) = self.withdraw(id);
+        held.entries -= entries;
+        held.bytes -= bytes;
+        self.changed.notify_waiters();
     }
 
     /// Replaces a peer's inventory (pulled over TCP), touching only the
     /// contents that changed.
     pub fn set_inventory(&self, id: NodeId, inv: Inventory) {
         let mut held = self.write.lock().expect("dict write lock");
-        match self.peers.get_mut(&id) {
+        // Serving its inventory under its id proves a peer too, if its
+        // address has room (a hello answered usually proved it already).
+        let room = match self.peers.get(&id) {
+            Some(p) if p.online && !p.proven => {
+                let ip = p.ip;
+                drop(p);
+                self.room_at(id, ip)
+            }
+            Some(p) if p.online => true,
+            _ => return,
+        };
+        let proven = match self.peers.get_mut(&id) {
             Some(mut p) if p.online => {
                 p.pulled_digest = Some(inv.digest);
                 p.contents = inv.entries.len() as u32;
+                p.proven |= room;
+                p.proven
             }
             _ => return,
-        }
-        let old = self.inventories.get(&id).map(|i| i.entries.clone());
-        let old: &[InventoryEntry] = old.as_deref().map_or(&[], |v| v.as_slice());
-        if *held - old.len() + inv.entries.len() > self.max_entries {
+        };
+        let old = self
+            .inventories
+            .get(&id)
+            .map(|i| (i.inv.entries.clone(), i.bytes));
+        let old_bytes = old.as_ref().map_or(0, |(_, b)| *b);
+        let old: &[InventoryEntry] = old.as_ref().map_or(&[], |(v, _)| v.as_slice());
+        let bytes: usize = inv.entries.iter().map(entry_cost).sum();
+        let refuse = if !proven {
+            Some("this peer's address holds too many peers already")
+        } else if held.entries - old.len() + inv.entries.len() > self.max_entries {
+            Some(
+                "this peer's inventory would pass the limit on contents held for all peers (raise --max-remote-contents)",
+            )
+        } else if held.bytes - old_bytes + bytes > self.max_bytes {
+            Some(
+                "this peer's inventory would pass the limit on memory held for all peers' contents (raise --max-remote-bytes)",
+            )
+        } else {
+            None
+        };
+        if let Some(why) = refuse {
             tracing::warn!(
                 peer = %id.short(),
                 contents = inv.entries.len(),
-                limit = self.max_entries,
-                "this peer's inventory would pass the limit on contents held for all peers; its contents are not listed (raise --max-remote-contents)"
+                bytes,
+                "{why}; its contents are not listed"
             );
-            *held -= self.withdraw(id);
+            if let Some(mut p) = self.peers.get_mut(&id) {
+                p.contents = 0;
+            }
+            let (entries, bytes) = self.withdraw(id);
+            held.entries -= entries;
+            held.bytes -= bytes;
             self.changed.notify_waiters();
             return;
         }
@@ -341,8 +574,9 @@ impl Dict {
                 Err(_) => self.release(id, &changed),
             }
         }
-        *held = *held - old.len() + inv.entries.len();
-        self.inventories.insert(id, inv);
+        held.entries = held.entries - old.len() + inv.entries.len();
+        held.bytes = held.bytes - old_bytes + bytes;
+        self.inventories.insert(id, HeldInventory { inv, bytes });
         self.changed.notify_waiters();
     }
 
@@ -379,16 +613,16 @@ impl Dict {
     }
 
     /// Removes a peer's holdings; caller holds the write lock. Returns how
-    /// many entries it held.
-    fn withdraw(&self, id: NodeId) -> usize {
+    /// many entries, and bytes, it held.
+    fn withdraw(&self, id: NodeId) -> (usize, usize) {
         match self.inventories.remove(&id) {
             Some((_, old)) => {
-                for e in old.entries.iter() {
+                for e in old.inv.entries.iter() {
                     self.release(id, &e.id);
                 }
-                old.entries.len()
+                (old.inv.entries.len(), old.bytes)
             }
-            None => 0,
+            None => (0, 0),
         }
     }
 
@@ -399,8 +633,28 @@ impl Dict {
             p.online = false;
             p.pulled_digest = None;
         }
-        *held -= self.withdraw(id);
+        let (entries, bytes) = self.withdraw(id);
+        held.entries -= entries;
+        held.bytes -= bytes;
         self.changed.notify_waiters();
+    }
+
+    /// A goodbye for `id` arrived from `from` (a datagram's source, or a
+    /// TCP connection's remote address): the peer goes offline only if it
+    /// is known at that address ([`Peer::is_at`]). True when it went.
+    pub fn depart(&self, id: NodeId, from: IpAddr) -> bool {
+        match self.peers.get(&id) {
+            Some(p) if p.online => {
+                if !p.is_at(from) {
+                    drop(p);
+                    tracing::debug!(peer = %id.short(), %from, "ignored a goodbye from an address where this peer is not known");
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+        self.set_offline(id);
+        true
     }
 
     /// Marks offline every peer silent for [`MISSED_ANNOUNCES`] intervals.
@@ -454,6 +708,12 @@ impl Dict {
             })
             .map(|p| p.clone())
             .collect()
+    }
+
+    /// Bytes and entries held for all peers, and bytes reserved by pulls.
+    pub fn held(&self) -> (usize, usize, usize) {
+        let h = self.write.lock().expect("dict write lock");
+        (h.entries, h.bytes, h.reserved)
     }
 
     /// Online holders of `id`.
@@ -583,6 +843,42 @@ impl Dict {
             .collect();
         v.sort_by(|a, b| b.online.cmp(&a.online).then(a.name.cmp(&b.name)));
         v
+    }
+}
+
+/// Memory an inventory pull may take before it is held: pages are
+/// admitted against [`Dict`]'s byte limit, counting what every other pull
+/// in progress reserved, so concurrent pulls of huge inventories cannot
+/// together pass it. The reservation ends when this is dropped (after
+/// [`Dict::set_inventory`]).
+pub struct PullBudget<'a> {
+    dict: &'a Dict,
+    peer: NodeId,
+    reserved: usize,
+}
+
+impl PullBudget<'_> {
+    /// Reserves room for `entries` (one page); false when they would pass
+    /// the limit: stop pulling. What the peer holds now does not count, as
+    /// the pull replaces it.
+    pub fn admit(&mut self, entries: &[InventoryEntry]) -> bool {
+        let n: usize = entries.iter().map(entry_cost).sum();
+        let own = self.dict.inventories.get(&self.peer).map_or(0, |i| i.bytes);
+        let mut held = self.dict.write.lock().expect("dict write lock");
+        if (held.bytes - own.min(held.bytes)) + held.reserved + n > self.dict.max_bytes {
+            return false;
+        }
+        held.reserved += n;
+        self.reserved += n;
+        true
+    }
+}
+
+impl Drop for PullBudget<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut held) = self.dict.write.lock() {
+            held.reserved -= self.reserved;
+        }
     }
 }
 
@@ -757,34 +1053,138 @@ mod tests {
         d.set_offline(a);
         d.set_inventory(b, big);
         assert_eq!(d.holders(&ContentId([10; 32])).len(), 1);
-        assert_eq!(*d.write.lock().unwrap(), 2);
+        assert_eq!(d.write.lock().unwrap().entries, 2);
+    }
+
+    fn nid(i: u32) -> NodeId {
+        let mut id = [0u8; 16];
+        id[..4].copy_from_slice(&i.to_le_bytes());
+        id[15] = 0xaa;
+        NodeId(id)
+    }
+
+    fn ip_addr(a: u8, b: u8, port: u16) -> SocketAddr {
+        SocketAddr::from(([10, 0, a, b], port))
+    }
+
+    /// Announces `n` peers, each from its own address `10.0.x.y`, and
+    /// proves them (a hello answered).
+    fn proven_peers(d: &Dict, n: u32) {
+        let iv = Duration::from_secs(60);
+        for i in 0..n {
+            let a = ip_addr((i / 250) as u8, (i % 250) as u8 + 1, 7000);
+            d.observe(nid(i), "p", a, FoundVia::Multicast, iv, [0; 16], 0);
+            d.reached(nid(i), a, [0; 16], 0);
+        }
     }
 
     #[test]
     fn peer_table_is_bounded() {
         let d = Dict::new();
-        let iv = Duration::from_secs(60);
-        for i in 0..MAX_PEERS as u32 + 10 {
-            let mut id = [0u8; 16];
-            id[..4].copy_from_slice(&i.to_le_bytes());
-            d.observe(
-                NodeId(id),
-                "p",
-                addr(1),
-                FoundVia::Multicast,
-                iv,
-                [0; 16],
-                0,
-            );
-        }
+        proven_peers(&d, MAX_PEERS as u32 + 10);
         assert_eq!(d.peer_views().len(), MAX_PEERS);
         // An offline peer makes room for a new one.
-        d.set_offline(NodeId([0; 16]));
+        d.set_offline(nid(0));
         assert_eq!(
             d.observe(
                 NodeId([0xff; 16]),
                 "new",
                 addr(2),
+                FoundVia::Multicast,
+                Duration::from_secs(1),
+                [1; 16],
+                0
+            ),
+            Observed::Pull
+        );
+        assert_eq!(d.peer_views().len(), MAX_PEERS);
+        assert!(d.peer(&nid(0)).is_none());
+    }
+
+    #[test]
+    fn unproven_peers_never_push_out_proven_ones() {
+        // The same whether the fakes come by multicast or from a tracker.
+        for via in [FoundVia::Multicast, FoundVia::Tracker] {
+            unproven_flood(via);
+        }
+    }
+
+    fn unproven_flood(via: FoundVia) {
+        let d = Dict::new();
+        let iv = Duration::from_secs(300);
+        proven_peers(&d, 100);
+        // A flood of made-up ids from many addresses, claiming 300 s.
+        for i in 0..1100u32 {
+            let a = ip_addr(200 + (i % 40) as u8, 1, 7000);
+            d.observe(nid(10_000 + i), "fake", a, via, iv, [9; 16], 0);
+        }
+        let views = d.peer_views();
+        assert_eq!(views.len(), 100 + MAX_UNPROVEN);
+        for i in 0..100 {
+            assert!(
+                d.peer(&nid(i)).is_some_and(|p| p.online),
+                "proven peer {i} kept"
+            );
+        }
+        assert_eq!(
+            d.peer(&nid(10_000 + 1099)).unwrap().interval,
+            MAX_INTERVAL,
+            "the claimed interval is clamped"
+        );
+        // A real newcomer still gets in (the oldest fake makes room), and
+        // stays once it proves itself.
+        let real = NodeId([0x77; 16]);
+        let at = ip_addr(99, 9, 7373);
+        assert_eq!(
+            d.observe(
+                real,
+                "real",
+                at,
+                FoundVia::Multicast,
+                Duration::from_secs(1),
+                [1; 16],
+                0
+            ),
+            Observed::Pull
+        );
+        d.reached(real, at, [1; 16], 0);
+        for i in 0..1100u32 {
+            let a = ip_addr(200 + (i % 40) as u8, 2, 7000);
+            d.observe(nid(20_000 + i), "fake", a, via, iv, [9; 16], 0);
+        }
+        assert!(d.peer(&real).unwrap().proven);
+        assert_eq!(d.peer_views().len(), 101 + MAX_UNPROVEN);
+    }
+
+    #[test]
+    fn one_address_holds_a_bounded_number_of_peers() {
+        let d = Dict::new();
+        let iv = Duration::from_secs(60);
+        let real = NodeId([0x77; 16]);
+        d.observe(
+            real,
+            "real",
+            addr(7373),
+            FoundVia::Multicast,
+            iv,
+            [1; 16],
+            0,
+        );
+        d.reached(real, addr(7373), [1; 16], 0);
+        for i in 0..500u32 {
+            d.observe(nid(i), "fake", addr(9), FoundVia::Multicast, iv, [9; 16], 0);
+        }
+        assert_eq!(d.peer_views().len(), MAX_PEERS_PER_IP);
+        assert!(d.peer(&real).is_some(), "the proven peer stays");
+        // The newest fakes are the ones kept.
+        assert!(d.peer(&nid(499)).is_some() && d.peer(&nid(0)).is_none());
+        // Another address is not affected.
+        let other = SocketAddr::from(([127, 0, 0, 2], 1));
+        assert_eq!(
+            d.observe(
+                NodeId([0x78; 16]),
+                "b",
+                other,
                 FoundVia::Multicast,
                 iv,
                 [1; 16],
@@ -792,8 +1192,110 @@ mod tests {
             ),
             Observed::Pull
         );
-        assert_eq!(d.peer_views().len(), MAX_PEERS);
-        assert!(d.peer(&NodeId([0; 16])).is_none());
+    }
+
+    #[test]
+    fn goodbye_counts_only_from_where_the_peer_is() {
+        let d = Dict::new();
+        let iv = Duration::from_secs(1);
+        let a = NodeId([1; 16]);
+        let home = SocketAddr::from(([10, 0, 0, 1], 7373));
+        let forger: IpAddr = [10, 0, 0, 66].into();
+        d.observe(a, "a", home, FoundVia::Multicast, iv, [1; 16], 0);
+        // Not proven yet: any address it was heard at counts.
+        assert!(!d.depart(a, forger));
+        assert!(d.peer(&a).unwrap().online);
+        d.reached(a, home, [1; 16], 0);
+        // The forger announces the victim's id from its own address first.
+        d.observe(
+            a,
+            "a",
+            SocketAddr::new(forger, 7373),
+            FoundVia::Multicast,
+            iv,
+            [1; 16],
+            0,
+        );
+        assert!(!d.depart(a, forger), "an unproven address does not count");
+        assert!(d.peer(&a).unwrap().online);
+        assert!(d.depart(a, "10.0.0.1".parse().unwrap()));
+        assert!(!d.peer(&a).unwrap().online);
+        // IPv4-mapped IPv6 addresses are the same address.
+        d.observe(a, "a", home, FoundVia::Multicast, iv, [1; 16], 0);
+        d.reached(a, home, [1; 16], 0);
+        assert!(d.depart(a, "::ffff:10.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn announcing_an_id_from_elsewhere_never_pushes_out_its_proven_address() {
+        let d = Dict::new();
+        let iv = Duration::from_secs(1);
+        let a = NodeId([1; 16]);
+        let home = SocketAddr::from(([10, 0, 0, 1], 7373));
+        d.observe(a, "a", home, FoundVia::Multicast, iv, [1; 16], 0);
+        d.reached(a, home, [1; 16], 0);
+        d.unreachable(a, home);
+        for i in 0..40 {
+            let x = SocketAddr::from(([10, 0, 1, i], 7373));
+            d.observe(a, "a", x, FoundVia::Multicast, iv, [1; 16], 0);
+        }
+        let p = d.peer(&a).unwrap();
+        assert_eq!(p.addrs.len(), MAX_ADDRS);
+        assert!(p.addrs.iter().any(|x| x.addr == home && x.proven));
+    }
+
+    #[test]
+    fn bytes_held_for_all_peers_are_bounded() {
+        let iv = Duration::from_secs(1);
+        let big = |x: u8| {
+            let mut e = entry(
+                x,
+                "big",
+                ChunkSet::Partial(Bitmap::from_bytes(vec![0; 4096])),
+            );
+            e.size = 1 << 40;
+            e
+        };
+        let cost = entry_cost(&big(1));
+        assert_eq!(cost, ENTRY_OVERHEAD + 6 + 4096);
+        let d = Dict::with_limits(1000, cost * 3);
+        let (a, b) = (NodeId([1; 16]), NodeId([2; 16]));
+        for (p, port) in [(a, 1), (b, 2)] {
+            d.observe(p, "p", addr(port), FoundVia::Multicast, iv, [0; 16], 0);
+            d.reached(p, addr(port), [0; 16], 0);
+        }
+        d.set_inventory(a, inv(vec![big(1), big(2)]));
+        d.set_inventory(b, inv(vec![big(3), big(4)]));
+        assert_eq!(d.holders(&ContentId([1; 32])).len(), 1);
+        assert!(
+            d.holders(&ContentId([3; 32])).is_empty(),
+            "4 x cost > 3 x cost"
+        );
+        assert_eq!(d.held().1, 2 * cost);
+        // The holder's chunks share the inventory's bitmap.
+        let held = d.inventory(&a).unwrap();
+        let (ChunkSet::Partial(x), ChunkSet::Partial(y)) = (
+            &held.entries[0].chunks,
+            &d.content(&ContentId([1; 32])).unwrap().holders[&a],
+        ) else {
+            panic!("partial")
+        };
+        assert!(std::ptr::eq(x.as_bytes(), y.as_bytes()));
+        // A pull is admitted page by page against what is left, counting
+        // other pulls in progress; what the pulled peer holds is replaced.
+        let mut pa = d.pull_budget(a);
+        assert!(pa.admit(&[big(5), big(6)]));
+        assert!(pa.admit(&[big(7)]));
+        assert!(!pa.admit(&[big(9)]));
+        let mut pb = d.pull_budget(b);
+        assert!(!pb.admit(&[big(8)]), "a's pull reserved the rest");
+        drop(pa);
+        assert!(pb.admit(&[big(8)]));
+        drop(pb);
+        assert_eq!(d.held().2, 0, "reservations end with the pull");
+        d.refuse_inventory(a, [0; 16], "test");
+        assert_eq!(d.held(), (0, 0, 0));
+        assert!(d.peers_needing_pull().iter().all(|p| p.id != a));
     }
 
     #[test]

@@ -376,7 +376,10 @@ impl Discovery {
                         SocketAddrV6::new(*s.ip(), a.tcp_port, 0, s.scope_id()).into()
                     }
                 };
-                let interval = Duration::from_millis(a.interval_ms.clamp(100, 300_000) as u64);
+                // Clamped again by the dictionary to [100 ms, 60 s]: a
+                // claimed interval decides how long a silent peer stays.
+                let interval = Duration::from_millis(a.interval_ms as u64)
+                    .clamp(crate::dict::MIN_INTERVAL, crate::dict::MAX_INTERVAL);
                 let first = self.dict.peer(&a.node).is_none_or(|p| !p.online);
                 if first {
                     tracing::info!(peer = %a.name, %addr, "peer found by multicast");
@@ -402,9 +405,10 @@ impl Discovery {
                 }
             }
             Datagram::Goodbye { node } => {
-                if self.dict.peer(&node).is_some_and(|p| p.online) {
+                // Only from where the peer is known to be: anyone can send
+                // a goodbye naming any id.
+                if self.dict.depart(node, src.ip()) {
                     tracing::info!(peer = %node.short(), "peer said goodbye");
-                    self.dict.set_offline(node);
                 }
             }
         }

@@ -89,7 +89,10 @@ pub async fn run(
 
     let store =
         Store::open(home.clone(), cfg.shares.clone()).context("cannot open the content store")?;
-    let dict = Arc::new(Dict::with_limit(cfg.max_remote_contents));
+    let dict = Arc::new(Dict::with_limits(
+        cfg.max_remote_contents,
+        cfg.max_remote_bytes,
+    ));
     let rescan = Arc::new(Notify::new());
     let fetch = Arc::new(FetchCtx {
         store: store.clone(),

@@ -10,6 +10,11 @@
 //!
 //! Every connection tries the peer's addresses in order, best first, and
 //! remembers the one that answered.
+//!
+//! Anyone can announce made-up ids, so peers that never proved themselves
+//! (see [`crate::dict::Peer::proven`]) never take every pull slot, wait
+//! behind peers not yet tried, and get a shorter connect timeout: a flood
+//! of fake announcements cannot starve a real peer's pull or probe.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,6 +30,8 @@ use crate::peer::client::PeerConn;
 
 /// Inventory pulls running at once.
 const MAX_PULLS: usize = 4;
+/// Of which at most this many for peers not proven yet.
+const MAX_UNPROVEN_PULLS: usize = 2;
 /// Hello probes running at once.
 const MAX_PROBES: usize = 8;
 /// Each page of an inventory must arrive within this long.
@@ -42,7 +49,8 @@ impl Reach {
     /// Pulls inventories of peers whose digest changed until cancelled.
     pub async fn puller(self: Arc<Self>, cancel: CancellationToken) {
         let mut tasks: JoinSet<(NodeId, bool)> = JoinSet::new();
-        let mut running: HashMap<NodeId, ()> = HashMap::new();
+        // Running pulls, each with whether its peer was unproven.
+        let mut running: HashMap<NodeId, bool> = HashMap::new();
         // Per peer: when to try again after a failure, and the next delay.
         let mut retry: HashMap<NodeId, (Instant, Duration)> = HashMap::new();
         let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -64,16 +72,21 @@ impl Reach {
                 }
             }
             let now = Instant::now();
-            for peer in self.dict.peers_needing_pull() {
+            let mut wanted = self.dict.peers_needing_pull();
+            // Proven peers first, then those failed least (never tried first).
+            wanted.sort_by_key(|p| (!p.proven, retry.get(&p.id).map(|(_, d)| *d)));
+            for peer in wanted {
                 if running.len() >= MAX_PULLS {
                     break;
                 }
                 if running.contains_key(&peer.id)
                     || retry.get(&peer.id).is_some_and(|(at, _)| *at > now)
+                    || (!peer.proven
+                        && running.values().filter(|u| **u).count() >= MAX_UNPROVEN_PULLS)
                 {
                     continue;
                 }
-                running.insert(peer.id, ());
+                running.insert(peer.id, !peer.proven);
                 let this = self.clone();
                 tasks.spawn(async move {
                     let r = this.pull(peer.id).await;
@@ -92,29 +105,59 @@ impl Reach {
         let Some(peer) = self.dict.peer(&id) else {
             return Ok(());
         };
-        let mut conn = self.connect(&peer.id, &peer.addrs()).await?;
+        let mut conn = self.connect_peer(&peer).await?;
         let held = self.dict.inventory(&id);
         let since = held.as_ref().map(|i| i.digest);
-        let pulled = conn.pull_inventory(since, PAGE_TIMEOUT).await?;
+        let mut budget = self.dict.pull_budget(id);
+        let pulled = match conn
+            .pull_inventory(since, PAGE_TIMEOUT, &mut |page| budget.admit(page))
+            .await
+        {
+            Err(PeerError::Protocol(crate::wire::WireError::OutOfBounds { field }))
+                if field == crate::peer::client::OVER_BUDGET =>
+            {
+                self.dict.refuse_inventory(
+                    id,
+                    conn.remote_digest,
+                    "this peer's inventory would pass the limit on memory held for all peers' contents (raise --max-remote-bytes)",
+                );
+                return Ok(());
+            }
+            r => r?,
+        };
         let delta = pulled.base.is_some();
         let inv = pulled.into_inventory(held.as_ref().map(|i| i.entries.as_slice()))?;
         tracing::debug!(peer = %peer.name, contents = inv.entries.len(), delta, "pulled inventory");
         self.dict.set_inventory(id, inv);
+        drop(budget);
         Ok(())
     }
 
-    /// Connects to `id` at the first of `addrs` that answers as `id`.
+    /// Connects to `peer`; one not proven yet gets the shorter timeout on
+    /// every address (a made-up peer's address often answers nothing).
+    async fn connect_peer(&self, peer: &crate::dict::Peer) -> Result<PeerConn, PeerError> {
+        let limit = if peer.proven {
+            crate::peer::CONNECT_TIMEOUT
+        } else {
+            crate::peer::client::FALLBACK_CONNECT_TIMEOUT
+        };
+        self.connect(&peer.id, &peer.addrs(), limit).await
+    }
+
+    /// Connects to `id` at the first of `addrs` that answers as `id`,
+    /// waiting at most `last_limit` on the last one.
     async fn connect(
         &self,
         id: &NodeId,
         addrs: &[std::net::SocketAddr],
+        last_limit: Duration,
     ) -> Result<PeerConn, PeerError> {
         let mut last = PeerError::Closed;
         for (i, addr) in addrs.iter().enumerate() {
             let limit = if i + 1 < addrs.len() {
-                crate::peer::client::FALLBACK_CONNECT_TIMEOUT
+                crate::peer::client::FALLBACK_CONNECT_TIMEOUT.min(last_limit)
             } else {
-                crate::peer::CONNECT_TIMEOUT
+                last_limit
             };
             match PeerConn::connect_within(*addr, self.me, &self.name, limit).await {
                 Ok(conn) if conn.remote_node == *id => {
@@ -154,7 +197,10 @@ impl Reach {
             }
             attempted.retain(|id, _| self.dict.peer(id).is_some_and(|p| p.online));
             let now = Instant::now();
-            for peer in self.dict.peers_to_probe(now) {
+            let mut due = self.dict.peers_to_probe(now);
+            // Proven peers first: made-up ones never crowd them out.
+            due.sort_by_key(|p| !p.proven);
+            for peer in due {
                 if running.len() >= MAX_PROBES {
                     break;
                 }
@@ -169,7 +215,7 @@ impl Reach {
                 attempted.insert(peer.id, now);
                 let this = self.clone();
                 tasks.spawn(async move {
-                    if let Err(e) = this.connect(&peer.id, &peer.addrs()).await {
+                    if let Err(e) = this.connect_peer(&peer).await {
                         tracing::debug!(peer = %peer.name, error = %e, "peer did not answer a probe");
                     }
                     peer.id

@@ -13,6 +13,8 @@ use super::{CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, PeerError};
 
 /// Connecting to one of several addresses of a peer gives up sooner.
 pub const FALLBACK_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The `OutOfBounds` field of a pull stopped by its memory budget.
+pub const OVER_BUDGET: &str = "inventory bytes";
 use crate::id::{ContentId, NodeId};
 use crate::manifest::Manifest;
 use crate::wire::frame::{
@@ -164,6 +166,7 @@ impl PeerConn {
             Err(e) => return Err(e.into()),
         }
         let (kind, len) = frame::parse_header(&header, MAX_RESPONSE_FRAME)?;
+        frame::check_response_len(kind, len)?;
         if kind == frame::K_R_CHUNK {
             let mut req = [0u8; 4];
             self.reader.read_exact(&mut req).await?;
@@ -222,11 +225,14 @@ impl PeerConn {
 
     /// Pulls the peer's inventory, page by page: in full, or with `since`
     /// (the digest of the inventory we hold) possibly as a delta. Each page
-    /// must arrive within `timeout`; the pages must agree and stay in order.
+    /// must arrive within `timeout`; the pages must agree and stay in order;
+    /// each must be admitted by `admit` (a memory budget) before it is
+    /// kept, else the pull stops with `OutOfBounds { field: OVER_BUDGET }`.
     pub async fn pull_inventory(
         &mut self,
         since: Option<[u8; 16]>,
         timeout: Duration,
+        admit: &mut (dyn FnMut(&[InventoryEntry]) -> bool + Send),
     ) -> Result<Pulled, PeerError> {
         let bad = |what: &str| PeerError::Protocol(WireError::Malformed(what.to_string()));
         let mut out: Option<Pulled> = None;
@@ -267,6 +273,11 @@ impl PeerConn {
             if pulled.entries.len() + page.entries.len() > MAX_INVENTORY_ENTRIES {
                 return Err(PeerError::Protocol(WireError::OutOfBounds {
                     field: "entries",
+                }));
+            }
+            if !admit(&page.entries) {
+                return Err(PeerError::Protocol(WireError::OutOfBounds {
+                    field: OVER_BUDGET,
                 }));
             }
             pulled.entries.extend(page.entries);

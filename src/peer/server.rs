@@ -287,9 +287,10 @@ impl Server {
                     )));
                 }
                 Request::Goodbye => {
-                    if self.dict.peer(&remote_node).is_some_and(|p| p.online) {
+                    // The hello's id is only a claim: the peer goes only if
+                    // it is known at this connection's address.
+                    if self.dict.depart(remote_node, addr.ip()) {
                         tracing::info!(peer = %conn.peer_label, "peer said goodbye");
-                        self.dict.set_offline(remote_node);
                     }
                     return Ok(());
                 }

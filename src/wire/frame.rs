@@ -24,6 +24,10 @@ pub const MAX_REQUEST_FRAME: u32 = 4 * 1024;
 /// Largest response frame a client reads: the largest of a chunk, a manifest
 /// of [`crate::manifest::MAX_CHUNKS`] hashes, and an inventory.
 pub const MAX_RESPONSE_FRAME: u32 = 32 << 20;
+/// Largest inventory page frame a client reads. Servers cut pages at about
+/// 1 MiB (plus one entry of at most ~67 KiB); a bigger page is only a way
+/// to make the client allocate.
+pub const MAX_INVENTORY_FRAME: u32 = 4 << 20;
 /// Most entries in one inventory.
 pub const MAX_INVENTORY_ENTRIES: usize = 200_000;
 /// Most entries in one inventory page.
@@ -51,6 +55,19 @@ pub fn check_preamble(p: &[u8; 5]) -> Result<(), WireError> {
     }
     if p[4] != super::VERSION {
         return Err(WireError::Version(p[4]));
+    }
+    Ok(())
+}
+
+/// Rejects a response body longer than its kind allows (checked before the
+/// body is read): inventory pages are bounded tighter than chunks and
+/// manifests.
+pub fn check_response_len(kind: u8, body_len: usize) -> Result<(), WireError> {
+    if kind == K_R_INVENTORY && body_len + 1 > MAX_INVENTORY_FRAME as usize {
+        return Err(WireError::TooLarge {
+            len: body_len + 1,
+            max: MAX_INVENTORY_FRAME as usize,
+        });
     }
     Ok(())
 }
@@ -573,6 +590,54 @@ mod tests {
             Response::decode(f[4], &f[5..], f.len() - 5),
             Err(WireError::OutOfBounds { field: "name" })
         );
+    }
+
+    #[test]
+    fn bitmaps_longer_than_the_size_needs_are_refused() {
+        let entry = |size: u64, bytes: usize| InventoryEntry {
+            id: ContentId([3; 32]),
+            name: "x.bin".into(),
+            size,
+            category: Category::Other,
+            comment: String::new(),
+            chunks: ChunkSet::Partial(Bitmap::from_bytes(vec![0xff; bytes])),
+        };
+        let page = |e: InventoryEntry| {
+            Response::Inventory(InventoryPage {
+                req: 1,
+                digest: [0; 16],
+                base: None,
+                entries: vec![e],
+                removed: Vec::new(),
+                more: false,
+            })
+            .encode()
+        };
+        // 10 bytes: one chunk, one byte of bitmap.
+        let f = page(entry(10, 1));
+        assert!(Response::decode(f[4], &f[5..], f.len() - 5).is_ok());
+        let f = page(entry(10, 65_536));
+        assert_eq!(
+            Response::decode(f[4], &f[5..], f.len() - 5),
+            Err(WireError::OutOfBounds { field: "chunks" })
+        );
+        // 17 MiB: 17 chunks, 3 bytes.
+        let f = page(entry(17 << 20, 3));
+        assert!(Response::decode(f[4], &f[5..], f.len() - 5).is_ok());
+        let f = page(entry(17 << 20, 4));
+        assert!(Response::decode(f[4], &f[5..], f.len() - 5).is_err());
+    }
+
+    #[test]
+    fn inventory_pages_are_bounded_before_they_are_read() {
+        assert!(check_response_len(K_R_INVENTORY, 1 << 20).is_ok());
+        assert!(matches!(
+            check_response_len(K_R_INVENTORY, 8 << 20),
+            Err(WireError::TooLarge { .. })
+        ));
+        // Manifests and chunks keep the general limit.
+        assert!(check_response_len(K_R_MANIFEST, 8 << 20).is_ok());
+        assert!(check_response_len(K_R_CHUNK, 4 << 20).is_ok());
     }
 
     #[test]

@@ -108,8 +108,10 @@ impl InventoryEntry {
         {
             return Err(WireError::OutOfBounds { field: "comment" });
         }
+        // One bit per chunk of the advertised size, and no more (at most
+        // MAX_CHUNKS / 8 bytes): a bitmap cannot carry more than it means.
         if let ChunkSet::Partial(b) = &self.chunks
-            && b.as_bytes().len() > crate::manifest::MAX_CHUNKS / 8
+            && b.as_bytes().len() > crate::chunkset::max_bitmap_bytes(self.size)
         {
             return Err(WireError::OutOfBounds { field: "chunks" });
         }
