@@ -136,6 +136,9 @@ pub struct UpArgs {
     /// Do not register or browse mDNS (DNS-SD) services.
     #[arg(long)]
     pub no_mdns: bool,
+    /// Also share files that symlinks in a shared folder point to outside that folder (by default only links staying inside it are followed).
+    #[arg(long)]
+    pub follow_symlinks: bool,
 }
 
 fn parse_group(s: &str) -> Result<SocketAddrV4, String> {
@@ -208,6 +211,7 @@ impl UpArgs {
         cfg.peers = self.peers;
         cfg.trackers = self.trackers;
         cfg.max_remote_contents = self.max_remote_contents;
+        cfg.follow_symlinks = self.follow_symlinks;
         Ok(cfg)
     }
 }
@@ -241,6 +245,7 @@ mod tests {
             "--announce-interval",
             "0.5",
             "--no-mdns",
+            "--follow-symlinks",
         ])
         .unwrap();
         let Command::Up(up) = cli.command else {
@@ -258,6 +263,7 @@ mod tests {
         assert_eq!(cfg.group, "239.255.1.2:5000".parse().unwrap());
         assert_eq!(cfg.announce_interval, Duration::from_millis(500));
         assert!(cfg.multicast && !cfg.mdns);
+        assert!(cfg.follow_symlinks);
     }
 
     #[test]
@@ -278,5 +284,9 @@ mod tests {
         assert_eq!(cfg.group, config::DEFAULT_GROUP);
         assert_eq!(cfg.announce_interval, Duration::from_secs(5));
         assert!(cfg.multicast && cfg.mdns && cfg.listen.is_none());
+        assert!(
+            !cfg.follow_symlinks,
+            "links out of a shared folder are not followed by default"
+        );
     }
 }

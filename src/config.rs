@@ -48,6 +48,9 @@ pub struct NodeConfig {
     pub max_remote_contents: usize,
     /// How often shared folders are rescanned for changes.
     pub scan_interval: Duration,
+    /// Follow symlinks in a shared folder that point outside it (off by
+    /// default; links staying inside are always followed).
+    pub follow_symlinks: bool,
     pub server: ServerLimits,
     pub fetch: FetchLimits,
 }
@@ -71,6 +74,7 @@ impl NodeConfig {
             trackers: Vec::new(),
             max_remote_contents: crate::dict::DEFAULT_MAX_REMOTE_CONTENTS,
             scan_interval: DEFAULT_SCAN_INTERVAL,
+            follow_symlinks: false,
             server: ServerLimits::default(),
             fetch: FetchLimits::default(),
         }
