@@ -493,10 +493,11 @@ fn a_symlink_at_the_partial_path_is_not_written_through() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(
-        std::fs::read(&victim).unwrap(),
-        b"precious",
-        "the download was written through the planted symlink"
+    let victim_now = std::fs::read(&victim).unwrap();
+    assert!(
+        victim_now == b"precious",
+        "the download was written through the planted symlink: the file outside the home now holds {} bytes",
+        victim_now.len()
     );
     assert_eq!(
         sha256_hex(&std::fs::read(beta.downloads().join("doc.txt")).unwrap()),
@@ -504,40 +505,65 @@ fn a_symlink_at_the_partial_path_is_not_written_through() {
     );
 }
 
+/// HOME/.lanshare/ (which lists the full paths of shared files) is made
+/// private (0700), even when it existed with a looser mode.
+#[test]
+fn the_state_folder_is_private() {
+    let net = Net::new();
+    let home = net.home("alpha");
+    std::fs::create_dir_all(home.join(".lanshare/partial")).unwrap();
+    for d in [".lanshare", ".lanshare/partial"] {
+        std::fs::set_permissions(home.join(d), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let alpha = net.node("alpha", &[]);
+    assert!(alpha.status()["id"].is_string());
+    for d in [".lanshare", ".lanshare/partial"] {
+        let mode = std::fs::metadata(home.join(d))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o777,
+            0o700,
+            "HOME/{d} is not private: {:o}",
+            mode & 0o777
+        );
+    }
+    let fresh = net.node("beta", &[]);
+    let mode = std::fs::metadata(fresh.home.join(".lanshare"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700, "a new HOME/.lanshare is not private");
+}
+
 /// A symlink in shared/ to a file outside it (an unpacked archive can hold
 /// one to ~/.ssh/id_ed25519) is not offered; with `--follow-symlinks` it is.
-/// HOME/.lanshare/ is made private (0700) even when it existed looser.
+/// A link staying inside shared/ is still followed.
 #[test]
 fn symlinks_out_of_shared_are_offered_only_with_the_flag() {
     let net = Net::new();
     let secret = net.dir.path().join("id_ed25519");
     std::fs::write(&secret, b"-----BEGIN OPENSSH PRIVATE KEY-----").unwrap();
     let home = net.home("alpha");
-    std::fs::create_dir_all(home.join("shared")).unwrap();
-    std::fs::create_dir_all(home.join(".lanshare")).unwrap();
-    std::fs::set_permissions(
-        home.join(".lanshare"),
-        std::fs::Permissions::from_mode(0o755),
-    )
-    .unwrap();
+    std::fs::create_dir_all(home.join("shared/sub")).unwrap();
+    std::fs::write(home.join("shared/sub/inside.txt"), b"inside").unwrap();
     std::os::unix::fs::symlink(&secret, home.join("shared/key.txt")).unwrap();
-    std::os::unix::fs::symlink("notes.txt", home.join("shared/inside-link.txt")).unwrap();
+    std::os::unix::fs::symlink("sub/inside.txt", home.join("shared/inside-link.txt")).unwrap();
     let mut alpha = net.node("alpha", &[("notes.txt", b"hello")]);
     let beta = net.node("beta", &[]);
     let notes = id_of(b"hello");
+    let inside = id_of(b"inside");
     let key = id_of(b"-----BEGIN OPENSSH PRIVATE KEY-----");
     assert!(wait_until(Duration::from_secs(10), || listed(
         &beta, &notes
+    ) && listed(
+        &beta, &inside
     )));
     // Several scans later, still not offered.
     std::thread::sleep(Duration::from_millis(1500));
     assert!(!listed(&beta, &key), "the link out of shared/ was followed");
-    assert_eq!(alpha.status()["shared_contents"], 1);
-    let mode = std::fs::metadata(home.join(".lanshare"))
-        .unwrap()
-        .permissions()
-        .mode();
-    assert_eq!(mode & 0o777, 0o700, "HOME/.lanshare is not private");
+    assert_eq!(alpha.status()["shared_contents"], 2);
 
     alpha.stop();
     let _alpha = net.restart(&alpha, &["--follow-symlinks"]);
