@@ -139,6 +139,9 @@ pub struct UpArgs {
     /// Do not register or browse mDNS (DNS-SD) services.
     #[arg(long)]
     pub no_mdns: bool,
+    /// Also share files that symlinks in a shared folder point to outside that folder (by default only links staying inside it are followed).
+    #[arg(long)]
+    pub follow_symlinks: bool,
 }
 
 fn parse_group(s: &str) -> Result<SocketAddrV4, String> {
@@ -241,6 +244,7 @@ impl UpArgs {
         cfg.trackers = self.trackers;
         cfg.max_remote_contents = self.max_remote_contents;
         cfg.max_remote_bytes = self.max_remote_bytes;
+        cfg.follow_symlinks = self.follow_symlinks;
         Ok(cfg)
     }
 }
@@ -274,6 +278,7 @@ mod tests {
             "--announce-interval",
             "0.5",
             "--no-mdns",
+            "--follow-symlinks",
         ])
         .unwrap();
         let Command::Up(up) = cli.command else {
@@ -295,6 +300,7 @@ mod tests {
         assert_eq!(parse_bytes("64M"), Ok(64 << 20));
         assert_eq!(parse_bytes("2g"), Ok(2 << 30));
         assert_eq!(parse_bytes("1000"), Ok(1000));
+        assert!(cfg.follow_symlinks);
     }
 
     #[test]
@@ -317,5 +323,9 @@ mod tests {
         assert_eq!(cfg.group, config::DEFAULT_GROUP);
         assert_eq!(cfg.announce_interval, Duration::from_secs(5));
         assert!(cfg.multicast && cfg.mdns && cfg.listen.is_none());
+        assert!(
+            !cfg.follow_symlinks,
+            "links out of a shared folder are not followed by default"
+        );
     }
 }

@@ -50,6 +50,9 @@ pub struct NodeConfig {
     pub max_remote_bytes: usize,
     /// How often shared folders are rescanned for changes.
     pub scan_interval: Duration,
+    /// Follow symlinks in a shared folder that point outside it (off by
+    /// default; links staying inside are always followed).
+    pub follow_symlinks: bool,
     pub server: ServerLimits,
     pub fetch: FetchLimits,
 }
@@ -74,6 +77,7 @@ impl NodeConfig {
             max_remote_contents: crate::dict::DEFAULT_MAX_REMOTE_CONTENTS,
             max_remote_bytes: crate::dict::DEFAULT_MAX_REMOTE_BYTES,
             scan_interval: DEFAULT_SCAN_INTERVAL,
+            follow_symlinks: false,
             server: ServerLimits::default(),
             fetch: FetchLimits::default(),
         }

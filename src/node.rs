@@ -89,6 +89,7 @@ pub async fn run(
 
     let store =
         Store::open(home.clone(), cfg.shares.clone()).context("cannot open the content store")?;
+    store.set_follow_symlinks(cfg.follow_symlinks);
     let dict = Arc::new(Dict::with_limits(
         cfg.max_remote_contents,
         cfg.max_remote_bytes,

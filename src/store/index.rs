@@ -101,8 +101,11 @@ fn is_internal(name: &std::ffi::OsStr) -> bool {
 
 /// Walks every root. A file reached from several roots keeps the most
 /// specific root (the longest path), so `share shared/x --comment` wins over
-/// shared/ itself. Directory symlinks are not followed (no loops).
-pub fn walk(roots: &[ShareRoot]) -> Vec<FoundFile> {
+/// shared/ itself. Directory symlinks are not followed (no loops). A
+/// symlink to a file is followed when its target lies inside the same root
+/// (after resolving every link), or anywhere with `follow_symlinks`: an
+/// unpacked archive can hold links to `~/.ssh/id_ed25519` and the like.
+pub fn walk(roots: &[ShareRoot], follow_symlinks: bool) -> Vec<FoundFile> {
     let mut found: HashMap<PathBuf, FoundFile> = HashMap::new();
     let mut consider = |path: PathBuf, meta: &std::fs::Metadata, root: &ShareRoot| {
         let keep_old = found
@@ -130,6 +133,15 @@ pub fn walk(roots: &[ShareRoot]) -> Vec<FoundFile> {
         if !meta.is_dir() {
             continue;
         }
+        // Where the root really is, to tell links that stay inside it.
+        let real_root = if follow_symlinks {
+            None
+        } else {
+            match std::fs::canonicalize(&root.path) {
+                Ok(p) => Some(p),
+                Err(_) => continue,
+            }
+        };
         let mut stack = vec![(root.path.clone(), 0usize)];
         while let Some((dir, depth)) = stack.pop() {
             let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -151,6 +163,14 @@ pub fn walk(roots: &[ShareRoot]) -> Vec<FoundFile> {
                 // A symlink is followed to a file, never to a folder (no
                 // loops); a regular file is stat'ed relative to its folder.
                 let meta = if ft.is_symlink() {
+                    if let Some(real_root) = &real_root {
+                        let inside = std::fs::canonicalize(entry.path())
+                            .is_ok_and(|target| target.starts_with(real_root));
+                        if !inside {
+                            tracing::debug!(path = %entry.path().display(), "not following a symlink out of the shared folder (see up --follow-symlinks)");
+                            continue;
+                        }
+                    }
                     std::fs::metadata(entry.path())
                 } else if ft.is_file() {
                     entry.metadata()

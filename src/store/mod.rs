@@ -73,18 +73,42 @@ impl Home {
         self.state_dir().join("shares.json")
     }
 
-    /// Creates the directories a node needs.
+    /// Creates the directories a node needs. The state folder (which lists
+    /// the full paths of shared files) is private: created mode 0700, and
+    /// tightened to it when it exists with a looser mode.
     pub fn create_dirs(&self) -> std::io::Result<()> {
-        for d in [
-            self.shared(),
-            self.downloads(),
-            self.state_dir(),
-            self.partial_dir(),
-        ] {
+        for d in [self.shared(), self.downloads()] {
             std::fs::create_dir_all(&d)?;
+        }
+        for d in [self.state_dir(), self.partial_dir()] {
+            private_dir(&d)?;
         }
         Ok(())
     }
+}
+
+/// Creates `dir` (its parent must exist) mode 0700, or tightens an existing
+/// one to 0700 when group or others have any access.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let meta = std::fs::metadata(dir)?;
+    if !meta.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!("{} exists and is not a folder", dir.display()),
+        ));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        tracing::info!(dir = %dir.display(), mode = format!("{mode:o}"), "making the state folder private (0700)");
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -189,6 +213,9 @@ pub struct Store {
     walk_nanos: std::sync::atomic::AtomicU64,
     /// The last scan left files still being written for later.
     unsettled: std::sync::atomic::AtomicBool,
+    /// Follow symlinks in a shared folder that lead out of it (`up
+    /// --follow-symlinks`); by default only those staying inside are.
+    follow_symlinks: std::sync::atomic::AtomicBool,
 }
 
 /// A large file must be unmodified this long before it is hashed.
@@ -212,8 +239,17 @@ impl Store {
             changes: Mutex::new(changes::ChangeLog::default()),
             walk_nanos: Default::default(),
             unsettled: Default::default(),
+            follow_symlinks: Default::default(),
         });
         Ok(store)
+    }
+
+    /// Whether symlinks in a shared folder that lead out of it are followed
+    /// (off by default: an unpacked archive can hold links to anywhere).
+    /// Takes effect at the next scan.
+    pub fn set_follow_symlinks(&self, follow: bool) {
+        self.follow_symlinks
+            .store(follow, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn home(&self) -> &Home {
@@ -252,7 +288,11 @@ impl Store {
     pub fn rescan_blocking(&self) -> bool {
         let roots = self.roots();
         let walk_started = std::time::Instant::now();
-        let found = index::walk(&roots);
+        let found = index::walk(
+            &roots,
+            self.follow_symlinks
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
         let (mut changed, to_hash) = self.index.lock().expect("index lock").apply_walk(&found);
         self.walk_nanos.store(
             walk_started.elapsed().as_nanos().min(u64::MAX as u128) as u64,
@@ -325,7 +365,9 @@ impl Store {
             });
         }
         for p in self.partials.lock().expect("partials lock").values() {
-            let have = p.have();
+            // Only chunks this process checked: never ones a resume state
+            // merely claims.
+            let have = p.servable();
             if have.count_ones() == 0 {
                 continue;
             }
@@ -408,6 +450,19 @@ impl Store {
             .lock()
             .expect("partials lock")
             .insert(id, p.clone());
+        // Chunks from an earlier run are served only once read back and
+        // checked, which happens off the runtime, in the background.
+        if !p.unverified().is_empty() {
+            let weak = Arc::downgrade(&p);
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn_blocking(move || Partial::verify_resumed(weak));
+                }
+                Err(_) => {
+                    std::thread::spawn(move || Partial::verify_resumed(weak));
+                }
+            }
+        }
         Ok(p)
     }
 
@@ -466,6 +521,7 @@ impl Store {
                 }
             },
             Source::Partial(p) => {
+                // Verified by this process only (see partial.rs).
                 if !p.has(index) {
                     return Err(StoreError::NoChunk { id, index });
                 }
@@ -606,6 +662,65 @@ mod tests {
         assert_eq!(store.inventory().entries[0].name, "caf\u{fffd}.txt");
         let again = Store::open(home, Vec::new()).unwrap();
         assert_eq!(again.index.lock().unwrap().cached_len(), 1);
+    }
+
+    #[test]
+    fn state_folder_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path().join("fresh"));
+        let _store = Store::open(home.clone(), Vec::new()).unwrap();
+        assert_eq!(mode(&home.state_dir()), 0o700);
+        assert_eq!(mode(&home.partial_dir()), 0o700);
+        // An existing one with a looser mode is tightened.
+        let home = Home::new(dir.path().join("old"));
+        std::fs::create_dir_all(home.partial_dir()).unwrap();
+        std::fs::set_permissions(home.state_dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(home.partial_dir(), std::fs::Permissions::from_mode(0o777))
+            .unwrap();
+        let _store = Store::open(home.clone(), Vec::new()).unwrap();
+        assert_eq!(mode(&home.state_dir()), 0o700);
+        assert_eq!(mode(&home.partial_dir()), 0o700);
+    }
+
+    #[test]
+    fn symlinks_out_of_a_shared_folder_are_followed_only_when_asked() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path().join("home"));
+        let store = Store::open(home.clone(), Vec::new()).unwrap();
+        std::fs::write(dir.path().join("secret.key"), b"outside the share").unwrap();
+        std::fs::create_dir(home.shared().join("sub")).unwrap();
+        std::fs::write(home.shared().join("sub/real.txt"), b"inside").unwrap();
+        symlink(dir.path().join("secret.key"), home.shared().join("key.txt")).unwrap();
+        symlink("../../secret.key", home.shared().join("sub/rel.txt")).unwrap();
+        // Inside, even through a link to a folder of the share.
+        symlink("sub/real.txt", home.shared().join("a-link.txt")).unwrap();
+        symlink(dir.path(), home.shared().join("dirlink")).unwrap();
+        store.rescan_blocking();
+        store.publish();
+        let names = |s: &Store| {
+            let mut n: Vec<String> = s
+                .inventory()
+                .entries
+                .iter()
+                .map(|e| e.name.clone())
+                .collect();
+            n.sort();
+            n
+        };
+        // The link staying inside shares real.txt's content (one entry,
+        // named by the smallest path).
+        assert_eq!(names(&store), ["a-link.txt"]);
+        let walked = index::walk(&[ShareRoot::plain(home.shared())], false);
+        assert_eq!(walked.len(), 2, "{walked:?}");
+
+        let store = Store::open(home.clone(), Vec::new()).unwrap();
+        store.set_follow_symlinks(true);
+        store.rescan_blocking();
+        store.publish();
+        assert_eq!(names(&store), ["a-link.txt", "key.txt"]);
     }
 
     proptest::proptest! {
