@@ -93,6 +93,10 @@ pub struct Peer {
     /// Digest of the inventory we hold for it.
     pub pulled_digest: Option<[u8; 16]>,
     pub contents: u32,
+    /// Someone who cannot speak for the peer (an mDNS removal, a tracker)
+    /// said it left: the prober checks at once, and only a failed hello
+    /// takes it offline.
+    pub departure_claimed: bool,
     /// The peer answered a TCP hello with its id (see [`Dict::reached`]).
     /// Until then it is one of at most [`MAX_UNPROVEN`] and evicted first.
     pub proven: bool,
@@ -220,6 +224,9 @@ pub struct Dict {
     pub changed: Notify,
     /// Woken when a peer's inventory should be pulled.
     pub pull_wanted: Notify,
+    /// Woken when a peer should be probed now: a departure was claimed for
+    /// it by a source that cannot prove it (see [`Dict::claim_departure`]).
+    pub probe_wanted: Notify,
     pub malformed_datagrams: AtomicU64,
     pub malformed_connections: AtomicU64,
     /// Bytes of discovery datagrams this node sent.
@@ -291,10 +298,21 @@ impl Dict {
             announced_digest: digest,
             pulled_digest: None,
             contents,
+            departure_claimed: false,
             proven: false,
             ip,
         });
         let came_back = !peer.online;
+        // An online peer that proved itself is spoken for only from where it
+        // did: a claim from another address (someone announcing its id) is
+        // remembered as an unproven address and changes neither its name,
+        // nor its interval or digest, nor how long it stays online. If the
+        // real peer moved, the prober's hello proves the new address (and
+        // brings its digest) within an interval and a half.
+        if peer.online && peer.addrs.iter().any(|a| a.proven) && !peer.is_at(ip) {
+            peer.note_addr(addr, via, now);
+            return Observed::Known;
+        }
         peer.name = name.to_string();
         peer.note_addr(addr, via, now);
         peer.found_via.insert(via);
@@ -362,6 +380,7 @@ impl Dict {
             .find(|a| a.addr == addr)
             .map_or(FoundVia::Manual, |a| a.via);
         peer.note_addr(addr, via, now);
+        peer.departure_claimed = false;
         if room {
             if !peer.proven {
                 peer.proven = true;
@@ -632,6 +651,7 @@ impl Dict {
         if let Some(mut p) = self.peers.get_mut(&id) {
             p.online = false;
             p.pulled_digest = None;
+            p.departure_claimed = false;
         }
         let (entries, bytes) = self.withdraw(id);
         held.entries -= entries;
@@ -655,6 +675,34 @@ impl Dict {
         }
         self.set_offline(id);
         true
+    }
+
+    /// A source that cannot speak for `id` (an mDNS record's removal, a
+    /// tracker's list of departed nodes) says it left. Anyone can remove an
+    /// mDNS record naming any id, so this changes nothing by itself: the
+    /// prober says hello at once and takes the peer offline only if no
+    /// address answers as `id` ([`Dict::probe_failed`]).
+    pub fn claim_departure(&self, id: NodeId) {
+        if let Some(mut p) = self.peers.get_mut(&id)
+            && p.online
+        {
+            p.departure_claimed = true;
+            drop(p);
+            self.probe_wanted.notify_one();
+        }
+    }
+
+    /// A probe found no address answering as `id`: if its departure was
+    /// claimed, it is gone now, not after missed announcements.
+    pub fn probe_failed(&self, id: NodeId) {
+        let claimed = self
+            .peers
+            .get(&id)
+            .is_some_and(|p| p.online && p.departure_claimed);
+        if claimed {
+            tracing::info!(peer = %id.short(), "peer said to have left did not answer; marking it offline");
+            self.set_offline(id);
+        }
     }
 
     /// Marks offline every peer silent for [`MISSED_ANNOUNCES`] intervals.
@@ -704,7 +752,9 @@ impl Dict {
         self.peers
             .iter()
             .filter(|p| {
-                p.online && now.saturating_duration_since(p.last_direct) > p.interval.mul_f32(1.5)
+                p.online
+                    && (p.departure_claimed
+                        || now.saturating_duration_since(p.last_direct) > p.interval.mul_f32(1.5))
             })
             .map(|p| p.clone())
             .collect()
@@ -1224,6 +1274,61 @@ mod tests {
         d.observe(a, "a", home, FoundVia::Multicast, iv, [1; 16], 0);
         d.reached(a, home, [1; 16], 0);
         assert!(d.depart(a, "::ffff:10.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_claimed_departure_takes_effect_only_when_the_peer_does_not_answer() {
+        let d = Dict::new();
+        let iv = Duration::from_secs(1);
+        let a = NodeId([1; 16]);
+        let home = SocketAddr::from(([10, 0, 0, 1], 7373));
+        d.observe(a, "a", home, FoundVia::Mdns, iv, [1; 16], 0);
+        d.reached(a, home, [1; 16], 0);
+        let now = Instant::now();
+        assert!(d.peers_to_probe(now).is_empty(), "just heard from");
+        // A removed mDNS record (anyone can remove one naming any id).
+        d.claim_departure(a);
+        assert!(d.peer(&a).unwrap().online, "a claim alone changes nothing");
+        assert_eq!(d.peers_to_probe(now).len(), 1, "it is probed at once");
+        // The peer answers: the claim is void.
+        d.reached(a, home, [1; 16], 0);
+        assert!(d.peers_to_probe(now).is_empty());
+        d.probe_failed(a);
+        assert!(
+            d.peer(&a).unwrap().online,
+            "an unclaimed failure is for expiry"
+        );
+        // Claimed again, and this time nobody answers as `a`: gone at once.
+        d.claim_departure(a);
+        d.probe_failed(a);
+        assert!(!d.peer(&a).unwrap().online);
+    }
+
+    #[test]
+    fn a_claim_from_elsewhere_neither_renames_nor_keeps_alive_a_proven_peer() {
+        let d = Dict::new();
+        let iv = Duration::from_secs(1);
+        let a = NodeId([1; 16]);
+        let home = SocketAddr::from(([10, 0, 0, 1], 7373));
+        let forger = SocketAddr::from(([10, 0, 0, 66], 7373));
+        d.observe(a, "alice", home, FoundVia::Multicast, iv, [1; 16], 0);
+        d.reached(a, home, [1; 16], 0);
+        let seen = d.peer(&a).unwrap().last_seen;
+        std::thread::sleep(Duration::from_millis(5));
+        let long = Duration::from_secs(60);
+        assert_eq!(
+            d.observe(a, "mallory", forger, FoundVia::Multicast, long, [9; 16], 0),
+            Observed::Known
+        );
+        let p = d.peer(&a).unwrap();
+        assert_eq!(p.name, "alice");
+        assert_eq!(p.interval, iv);
+        assert_eq!(p.last_seen, seen, "no extra life from a forger");
+        assert_eq!(p.announced_digest, [1; 16]);
+        assert!(p.addrs.iter().any(|x| x.addr == forger && !x.proven));
+        // The same claim from where the peer proved itself counts in full.
+        d.observe(a, "alice2", home, FoundVia::Multicast, iv, [2; 16], 0);
+        assert_eq!(d.peer(&a).unwrap().name, "alice2");
     }
 
     #[test]

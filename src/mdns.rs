@@ -204,8 +204,10 @@ impl Mdns {
                     if let Some(id) = known.remove(&fullname)
                         && self.dict.peer(&id).is_some_and(|p| p.online)
                     {
-                        tracing::info!(peer = %id.short(), "peer unregistered from mDNS");
-                        self.dict.set_offline(id);
+                        // Anyone can remove a record naming any id: the
+                        // peer is checked over TCP before it is dropped.
+                        tracing::info!(peer = %id.short(), "peer unregistered from mDNS; checking that it left");
+                        self.dict.claim_departure(id);
                     }
                 }
                 _ => {}

@@ -190,6 +190,7 @@ impl Reach {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tick.tick() => {}
+                _ = self.dict.probe_wanted.notified() => {}
                 Some(done) = tasks.join_next() => {
                     if let Ok(id) = done { running.remove(&id); }
                     continue;
@@ -205,9 +206,10 @@ impl Reach {
                     break;
                 }
                 if running.contains_key(&peer.id)
-                    || attempted
-                        .get(&peer.id)
-                        .is_some_and(|t| now.duration_since(*t) < peer.interval)
+                    || (!peer.departure_claimed
+                        && attempted
+                            .get(&peer.id)
+                            .is_some_and(|t| now.duration_since(*t) < peer.interval))
                 {
                     continue;
                 }
@@ -217,6 +219,7 @@ impl Reach {
                 tasks.spawn(async move {
                     if let Err(e) = this.connect_peer(&peer).await {
                         tracing::debug!(peer = %peer.name, error = %e, "peer did not answer a probe");
+                        this.dict.probe_failed(peer.id);
                     }
                     peer.id
                 });

@@ -669,8 +669,9 @@ impl Follower {
                 if self.dict.peer(g).is_some_and(|p| {
                     p.online && p.found_via.iter().all(|v| *v == FoundVia::Tracker)
                 }) {
-                    tracing::info!(peer = %g.short(), "peer left the tracker");
-                    self.dict.set_offline(*g);
+                    // The tracker's word is checked over TCP first.
+                    tracing::info!(peer = %g.short(), "peer left the tracker; checking that it left");
+                    self.dict.claim_departure(*g);
                 }
             }
             for p in resp.peers {
