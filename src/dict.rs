@@ -106,11 +106,18 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// Addresses to try, best first: the one that last answered, then the
-    /// most recently announced.
+    /// Addresses to try, best first: the one that last answered, then
+    /// those where the peer proved itself, then the most recently heard (so
+    /// an address someone announced the peer's id from is tried last).
     pub fn addrs(&self) -> Vec<SocketAddr> {
         let mut v: Vec<&PeerAddr> = self.addrs.iter().collect();
-        v.sort_by_key(|a| (Some(a.addr) != self.preferred, std::cmp::Reverse(a.seen)));
+        v.sort_by_key(|a| {
+            (
+                Some(a.addr) != self.preferred,
+                !a.proven,
+                std::cmp::Reverse(a.seen),
+            )
+        });
         v.into_iter().map(|a| a.addr).collect()
     }
 
