@@ -21,7 +21,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use netns_util::{Browser, NetNode, Topo, data, wait_until};
+use netns_util::{Browser, Forger, NetNode, Topo, data, wait_until};
 use serde_json::Value;
 
 const MIB: usize = 1 << 20;
@@ -557,6 +557,176 @@ fn killed_node_expires_after_three_intervals_stopped_one_at_once() {
 #[test]
 fn departures_seen_through_mdns_alone() {
     departure(true);
+}
+
+/// Issue 8, weakness 3 (forged goodbye), through mDNS: anyone on the LAN
+/// can register a `_lanshare._tcp.local.` record whose TXT claims another
+/// node's id and then unregister it. The removal must not make the victim
+/// drop that node: it is only a claim, checked by a TCP hello, and the real
+/// node answers. The forger (host F, no lanshare there) copies alice's TXT
+/// (id, v, port, digest) under another instance name with F's own address;
+/// once the victim has the record (it notes F's address for alice), the
+/// record is unregistered. Alice and her file must stay listed for well
+/// over the time it took the old code to drop her (at once). Control: when
+/// alice stops cleanly, the victim still drops her within a second.
+#[test]
+fn forged_mdns_goodbye_does_not_drop_a_live_peer() {
+    let Some(mut t) = Topo::new(&["nft"]) else {
+        return;
+    };
+    // As in `departure`: expiry (not before 1.5 intervals) is then well
+    // apart from a departure seen at once.
+    t.interval = "2".into();
+    let iv = interval(&t);
+    let br = t.add_bridge();
+    let (ha, hv, hf) = (t.add_host(), t.add_host(), t.add_host());
+    for h in [ha, hv, hf] {
+        t.connect(h, br);
+        // mDNS is the only discovery path (and the only goodbye).
+        t.drop_group(h);
+    }
+    // A browser on the victim's host: what any host on the LAN can see.
+    let Some(mut browser) = Browser::start(&t, hv) else {
+        return;
+    };
+    let mut a = t.node(ha, "alice", &[("alice.txt", b"alice's file")], &[]);
+    let v = t.node(hv, "victim", &[], &[]);
+    wait_lists(&v, "alice.txt", &a, FIND);
+    let via = found_via(&v, "alice");
+    assert!(
+        via.contains("mdns") && !via.contains("multicast"),
+        "victim found alice via {via:?}; expected mDNS alone (the group is dropped)"
+    );
+
+    // What the forger learns from the LAN: alice's id (as the victim
+    // lists it) and her record's TXT.
+    let id = peer(&v, "alice").expect("victim lists alice")["id"]
+        .as_str()
+        .expect("peers --json has an id")
+        .to_string();
+    assert_eq!(id, a.id(), "the victim's id for alice is not alice's own");
+    let real = "alice._lanshare._tcp.local.";
+    let seen = browser
+        .wait_for(FIND, |e| {
+            e["name"] == real
+                && (e["event"] == "added" || e["event"] == "updated")
+                && e["resolved"] == true
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "zeroconf never resolved {real}; events: {:?}\n{}",
+                browser.seen,
+                browser.stderr()
+            )
+        });
+    let txt_of = |k: &str| seen["txt"][k].as_str().unwrap_or_default().to_string();
+    let (version, digest) = (txt_of("v"), txt_of("digest"));
+    assert_eq!(txt_of("id"), id, "alice's record: {seen}");
+    let port = a.port();
+    let port_s = port.to_string();
+    let f_addr = Topo::addr(br, hf);
+    let instance = "not-alice";
+    let Some(mut forger) = Forger::start(
+        &t,
+        hf,
+        instance,
+        port,
+        &[IpAddr::V4(f_addr)],
+        &[
+            ("id", &id),
+            ("v", &version),
+            ("port", &port_s),
+            ("digest", &digest),
+        ],
+    ) else {
+        return;
+    };
+    // The victim took the forged record in: it notes F's address for the
+    // id the record claims.
+    let forged_at = format!("{f_addr}:{port}");
+    let has_forged_addr = || {
+        peer(&v, "alice").is_some_and(|p| {
+            p["addrs"]
+                .as_array()
+                .is_some_and(|xs| xs.iter().any(|x| *x == forged_at.as_str()))
+        })
+    };
+    let t0 = Instant::now();
+    assert!(
+        wait_until(FIND, has_forged_addr),
+        "the victim never took in the forged record {instance} (alice's id at {forged_at}): {:?}\n{}",
+        v.peers(),
+        v.log_tail()
+    );
+    eprintln!("victim noted the forged address after {:?}", t0.elapsed());
+    assert!(online(&v, "alice") && lists(&v, "alice.txt", "alice"));
+    // Let the victim settle on the record a little, then the forged goodbye.
+    std::thread::sleep(Duration::from_secs(1));
+    forger.unregister();
+    let goodbye = Instant::now();
+    let removed = browser.wait_for(Duration::from_secs(10), |e| {
+        e["name"] == format!("{instance}._lanshare._tcp.local.") && e["event"] == "removed"
+    });
+    assert!(
+        removed.is_some(),
+        "the forged record's removal never reached the victim's host; events: {:?}\n{}",
+        browser.seen,
+        forger.stderr()
+    );
+    eprintln!(
+        "zeroconf on the victim's host saw the forged record removed after {:?}",
+        goodbye.elapsed()
+    );
+
+    // Watch: the old code dropped alice and her file at once on the
+    // removal; a failed check would drop her within a hello's timeout.
+    let watch = iv * 3 + Duration::from_secs(5);
+    while goodbye.elapsed() < watch {
+        let (up, listed) = (online(&v, "alice"), lists(&v, "alice.txt", "alice"));
+        assert!(
+            up && listed,
+            "a forged mDNS goodbye (record {instance} claiming alice's id {id} from {f_addr}, \
+             then unregistered) made the victim drop alice {:?} after the goodbye \
+             (online: {up}, alice.txt listed: {listed}): alice never left\npeers: {:?}\nls: {:?}\n{}",
+            goodbye.elapsed(),
+            v.peers(),
+            v.ls(),
+            v.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        v.log_text().contains("peer unregistered from mDNS"),
+        "the victim never handled the forged record's removal (so this test proved nothing)\n{}",
+        v.log_tail()
+    );
+    eprintln!(
+        "alice still online and alice.txt listed {:?} after the forged goodbye",
+        goodbye.elapsed()
+    );
+    drop(forger);
+
+    // Control: a real departure is still seen at once, well before expiry
+    // (1.5 intervals at the earliest): by alice's TCP goodbye when it comes
+    // from an address the victim proved her at, else by her record's
+    // removal (which mdns-sd reports a second after the goodbye packets)
+    // and a hello that nobody answers.
+    let t0 = Instant::now();
+    a.terminate();
+    let gone = poll_every(Duration::from_millis(20), Duration::from_secs(5), || {
+        !online(&v, "alice") && !lists(&v, "alice.txt", "alice")
+    });
+    let took = t0.elapsed();
+    a.stop();
+    eprintln!("clean stop: alice offline and unlisted after {took:?}");
+    let limit = Duration::from_secs(2);
+    assert!(
+        gone && took <= limit && took < iv.mul_f64(1.5),
+        "alice stopped cleanly but the victim did not drop her within {limit:?} \
+         (gone: {gone}, after {took:?})\npeers: {:?}\n{}",
+        v.peers(),
+        v.log_tail()
+    );
 }
 
 /// Two subnets joined by a router namespace (forwarding on, routes set):

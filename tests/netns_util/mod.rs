@@ -1324,3 +1324,144 @@ impl Drop for Browser {
         }
     }
 }
+
+/// Registers one `_lanshare._tcp.local.` service with python zeroconf,
+/// exactly as described by the JSON in argv[1] ({"instance", "port",
+/// "addresses", "txt": {key: value}}), prints {"event": "registered"};
+/// on the stdin line "unregister" unregisters it (goodbye packets with TTL
+/// 0) and prints {"event": "unregistered"}; then waits for stdin to close.
+const FORGER: &str = r#"
+import ipaddress, json, socket, sys
+from zeroconf import Zeroconf, ServiceInfo
+
+TYPE = "_lanshare._tcp.local."
+
+def out(**kw):
+    print(json.dumps(kw), flush=True)
+
+cfg = json.loads(sys.argv[1])
+addrs = [ipaddress.ip_address(a).packed for a in cfg["addresses"]]
+info = ServiceInfo(TYPE, cfg["instance"] + "." + TYPE, addresses=addrs,
+                   port=cfg["port"], properties=cfg["txt"],
+                   server=cfg["instance"] + "-host.local.")
+zc = Zeroconf()
+try:
+    zc.register_service(info)
+    out(event="registered")
+    for line in sys.stdin:
+        if line.strip() == "unregister":
+            zc.unregister_service(info)
+            out(event="unregistered")
+            break
+    sys.stdin.read()  # until the test closes stdin (or dies)
+finally:
+    zc.close()
+"#;
+
+/// A python zeroconf responder inside a host namespace that registers a
+/// `_lanshare._tcp.local.` record saying whatever the test wants (any
+/// instance name, port, addresses and TXT, such as another node's id),
+/// then unregisters it cleanly when told; killed on drop.
+pub struct Forger {
+    child: Option<Child>,
+    lines: mpsc::Receiver<serde_json::Value>,
+    stderr_path: PathBuf,
+}
+
+impl Forger {
+    /// Registers instance `instance` on host `h` with SRV port `port`, A/AAAA
+    /// `addresses` and TXT `txt`; returns once zeroconf says it is
+    /// registered. None (after printing why) when python3 cannot import
+    /// zeroconf.
+    pub fn start(
+        topo: &Topo,
+        h: usize,
+        instance: &str,
+        port: u16,
+        addresses: &[std::net::IpAddr],
+        txt: &[(&str, &str)],
+    ) -> Option<Forger> {
+        let Some(python) = python_with_zeroconf() else {
+            skipping("needs python3 with the zeroconf package (pip install zeroconf)");
+            return None;
+        };
+        let cfg = serde_json::json!({
+            "instance": instance,
+            "port": port,
+            "addresses": addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "txt": txt.iter().map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+                .collect::<serde_json::Map<_, _>>(),
+        })
+        .to_string();
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let stderr_path = topo.dir().join(format!("forger.{n}.stderr"));
+        let mut cmd = topo.spawn(h, &python, &["-u", "-c", FORGER, &cfg]);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr_path).unwrap());
+        let mut child = cmd.spawn().expect("start the zeroconf forger");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        let f = Forger {
+            child: Some(child),
+            lines: rx,
+            stderr_path,
+        };
+        f.expect("registered", Duration::from_secs(30));
+        Some(f)
+    }
+
+    /// Waits for the event `event`; panics with zeroconf's stderr after
+    /// `timeout`.
+    fn expect(&self, event: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(v) if v["event"] == event => return,
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "the zeroconf forger did not report {event:?} within {timeout:?}: {}",
+                    self.stderr()
+                ),
+            }
+        }
+    }
+
+    /// Unregisters the record (zeroconf sends its goodbye packets) and
+    /// returns once that is done.
+    pub fn unregister(&mut self) {
+        use std::io::Write;
+        let stdin = self
+            .child
+            .as_mut()
+            .and_then(|c| c.stdin.as_mut())
+            .expect("forger's stdin");
+        stdin
+            .write_all(b"unregister\n")
+            .and_then(|_| stdin.flush())
+            .expect("tell the forger to unregister");
+        self.expect("unregistered", Duration::from_secs(30));
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Forger {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
