@@ -667,14 +667,19 @@ impl Dict {
     }
 
     /// A goodbye for `id` arrived from `from` (a datagram's source, or a
-    /// TCP connection's remote address): the peer goes offline only if it
-    /// is known at that address ([`Peer::is_at`]). True when it went.
+    /// TCP connection's remote address): the peer goes offline at once if it
+    /// is known at that address ([`Peer::is_at`]); from anywhere else it is
+    /// only a claim, checked by a hello ([`Dict::claim_departure`]). True
+    /// when it went at once.
     pub fn depart(&self, id: NodeId, from: IpAddr) -> bool {
         match self.peers.get(&id) {
             Some(p) if p.online => {
                 if !p.is_at(from) {
                     drop(p);
-                    tracing::debug!(peer = %id.short(), %from, "ignored a goodbye from an address where this peer is not known");
+                    // Maybe forged, maybe the peer leaving from an address
+                    // it never answered at: a hello tells which, at once.
+                    tracing::debug!(peer = %id.short(), %from, "a goodbye from an address where this peer is not known; checking that it left");
+                    self.claim_departure(id);
                     return false;
                 }
             }
@@ -1275,6 +1280,10 @@ mod tests {
         );
         assert!(!d.depart(a, forger), "an unproven address does not count");
         assert!(d.peer(&a).unwrap().online);
+        // It is only a claim: the peer is probed, and stays if it answers.
+        assert!(d.peer(&a).unwrap().departure_claimed);
+        d.reached(a, home, [1; 16], 0);
+        assert!(!d.peer(&a).unwrap().departure_claimed);
         assert!(d.depart(a, "10.0.0.1".parse().unwrap()));
         assert!(!d.peer(&a).unwrap().online);
         // IPv4-mapped IPv6 addresses are the same address.
