@@ -473,11 +473,15 @@ impl FetchCtx {
                 seed.hash_one(h.id),
             )
         });
+        let mut known: HashSet<NodeId> = queue.iter().map(|h| h.id).collect();
         let mut queue: VecDeque<Holder> = queue.into();
-        let max_frame = want.size.map_or(
-            crate::wire::frame::MAX_RESPONSE_FRAME,
-            Manifest::max_frame_len,
-        );
+        // A manifest frame longer than the listed size allows is refused
+        // unread (1 MiB at least, so that a smaller lie is read and named).
+        let max_frame = want
+            .size
+            .map_or(crate::wire::frame::MAX_RESPONSE_FRAME, |s| {
+                Manifest::max_frame_len(s).max(1 << 20)
+            });
         let fanout = limits.manifest_fanout.max(1);
         let patience = limits.manifest_patience;
         let deadline = tokio::time::Instant::now() + limits.give_up_after;
@@ -495,6 +499,12 @@ impl FetchCtx {
         let mut reasons: Vec<String> = Vec::new();
         let mut told: Vec<String> = Vec::new();
         loop {
+            // Holders that appeared since (their inventory was just pulled).
+            for h in self.dict.holders(&id) {
+                if known.insert(h.id) {
+                    queue.push_back(h);
+                }
+            }
             // Keep `fanout` holders that are not (yet) slow busy; slow ones
             // may still answer until their own limits, up to 4 x fanout open.
             while fast < fanout && running.len() < 4 * fanout {
@@ -536,7 +546,9 @@ impl FetchCtx {
                 .map(|a| a.started + patience)
                 .min()
                 .unwrap_or(deadline);
+            let changed = self.dict.changed.notified();
             tokio::select! {
+                _ = changed => {}
                 _ = cancel.cancelled() => return Err(FetchError::Cancelled),
                 _ = tokio::time::sleep_until(deadline) => {
                     let waiting: Vec<String> = attempts.iter().filter(|a| a.running).map(|a| label(&a.holder)).collect();
@@ -817,7 +829,14 @@ async fn ask_manifest(
         )));
     }
     dict.reached(h.id, conn.addr, conn.remote_digest, conn.remote_contents);
-    conn.get_manifest(id, limit, body_limit, max_frame).await
+    match conn.get_manifest(id, limit, body_limit, max_frame).await {
+        Err(PeerError::Protocol(crate::wire::WireError::TooLarge { len, max })) => Err(
+            PeerError::Protocol(crate::wire::WireError::Malformed(format!(
+                "sent a manifest of {len} bytes where the listed size allows at most {max}"
+            ))),
+        ),
+        r => r,
+    }
 }
 
 /// Bytes available to this user in the file system holding `dir`.
@@ -993,14 +1012,18 @@ async fn work_with(
         };
         // Judge the last window: a peer kept busy must send verified data at
         // `min_rate` at least; a refusal is an answer but not progress.
-        if window_start.elapsed() >= window {
-            let floor = (limits.min_rate as f64 * busy.as_secs_f64()) as u64;
-            let lazy = busy >= window / 2 || refusals > MAX_REFUSALS_PER_WINDOW;
-            if lazy && useful < floor.max(1) {
+        let elapsed = window_start.elapsed();
+        if elapsed >= window {
+            // Judged only when the peer was kept busy half the window, or
+            // refused a lot: an idle partial holder is not slow.
+            let engaged = busy >= window / 2 || refusals > MAX_REFUSALS_PER_WINDOW;
+            let floor = (limits.min_rate as f64 * elapsed.as_secs_f64()) as u64;
+            if engaged && useful < floor {
                 return WorkerEnd::Useless {
                     reason: format!(
-                        "only {} of verified data and {refusals} refused chunks in {:.0}s of waiting (at least {}/s needed)",
+                        "gave up on it: only {} of verified data in {:.0}s ({refusals} chunks refused, {:.0}s waiting for answers); at least {}/s is needed",
                         human_bytes(useful as f64),
+                        elapsed.as_secs_f64(),
                         busy.as_secs_f64(),
                         human_bytes(limits.min_rate as f64)
                     ),
