@@ -640,11 +640,26 @@ impl FetchCtx {
         let mut told_slow: Vec<String> = Vec::new();
         // Since when every online holder is banned with no worker running.
         let mut all_banned_since: Option<Instant> = None;
+        let seed = std::collections::hash_map::RandomState::new();
 
         loop {
             // Start a worker for every usable holder not yet working.
             let now = Instant::now();
-            let holders = self.dict.holders(&shared.id);
+            let mut holders = self.dict.holders(&shared.id);
+            // Holders that answered before (the manifest's sender) first, so
+            // that silent ones cannot take every worker slot; ties at random.
+            holders.sort_by_cached_key(|h| {
+                (
+                    self.memory.rank(&h.id),
+                    !matches!(h.chunks, ChunkSet::Full),
+                    seed.hash_one(h.id),
+                )
+            });
+            // A worker silent for `endgame_patience` does not count against
+            // `max_peers` (up to as many again): stalling peers cannot keep
+            // the holders that would answer out.
+            let stalled = shared.stalled_slots(self.limits.endgame_patience).len();
+            let max_peers = self.limits.max_peers + stalled.min(self.limits.max_peers);
             if active.is_empty() && holders.iter().all(|h| banned.contains(&h.id)) {
                 let since = *all_banned_since.get_or_insert(now);
                 // A new holder may still appear; wait as long as for the first.
@@ -661,10 +676,17 @@ impl FetchCtx {
                 all_banned_since = None;
             }
             for h in holders {
-                if active.len() >= self.limits.max_peers {
+                if active.len() >= max_peers {
                     break;
                 }
-                if active.contains_key(&h.id)
+                // Holders that failed this node before (a manifest request
+                // they left unanswered, a download they were given up on)
+                // start a little later, so that they cannot grab every chunk
+                // and endgame slot before the ones that answer.
+                let late = self.memory.rank(&h.id) == 2
+                    && swarm_started.elapsed() < self.limits.endgame_patience;
+                if late
+                    || active.contains_key(&h.id)
                     || banned.contains(&h.id)
                     || backoff.get(&h.id).is_some_and(|(until, _)| now < *until)
                 {
@@ -884,6 +906,7 @@ async fn worker(
     }
     let addr = conn.addr;
     dict.reached(holder.id, addr, conn.remote_digest, conn.remote_contents);
+    tracing::debug!(peer = %addr, slot, "download worker connected");
     let end = work_with(conn, shared, dict, holder, slot, limits, cancel).await;
     if matches!(end, WorkerEnd::Failed { ban: false, .. }) {
         // Next time, try the peer's other addresses first.
@@ -990,6 +1013,7 @@ async fn work_with(
         if let Err(e) = conn.flush().await {
             return failed(e);
         }
+        tracing::trace!(slot, inflight = ?inflight, "waiting for an answer");
         if !waiting {
             shared.set_quiet(slot, Some(Instant::now()));
             waiting = true;
