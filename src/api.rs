@@ -116,6 +116,12 @@ pub enum FetchEvent {
     NotFound {
         query: String,
     },
+    /// Holders that have not answered for a while (`phase` is what this
+    /// node waits for: "manifest" or "chunks"); the download asks others.
+    Slow {
+        phase: String,
+        peers: Vec<String>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

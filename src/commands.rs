@@ -322,6 +322,17 @@ async fn fetch(home: &HomeArg, name: &str, json: bool) -> anyhow::Result<ExitCod
                     None => {}
                 }
             }
+            FetchEvent::Slow { phase, peers } => {
+                let msg = format!(
+                    "waiting for the {phase}: no answer yet from {} (slow or not responding); asking other holders",
+                    peers.join(", ")
+                );
+                match &bar {
+                    Some(b) => b.println(msg),
+                    None if !json => println!("{msg}"),
+                    None => {}
+                }
+            }
             FetchEvent::Done(d) => {
                 if let Some(b) = &bar {
                     b.finish_and_clear();

@@ -19,6 +19,11 @@ use crate::id::{ChunkHash, ContentId};
 pub const CHUNK_SIZE: u32 = 1 << 20;
 /// Largest chunk size accepted from a peer.
 pub const MAX_CHUNK_SIZE: u32 = 4 << 20;
+/// Smallest chunk size accepted from a peer. Every request, refusal and
+/// bookkeeping step costs the same whatever the chunk's size, so a
+/// manifest of tiny chunks would let a peer turn a small file into
+/// hundreds of thousands of round trips (CPU amplification).
+pub const MIN_CHUNK_SIZE: u32 = 64 << 10;
 /// Most chunks in one manifest (a 512 GiB file at 1 MiB chunks); bounds the
 /// manifest frame at 16 MiB.
 pub const MAX_CHUNKS: usize = 512 * 1024;
@@ -38,7 +43,9 @@ pub struct Manifest {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ManifestError {
-    #[error("chunk size {0} is out of range (1..={MAX_CHUNK_SIZE})")]
+    #[error(
+        "chunk size {0} is not a power of two between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE} bytes"
+    )]
     ChunkSize(u32),
     #[error("manifest lists {got} chunks but a {size}-byte file at this chunk size has {want}")]
     ChunkCount { size: u64, got: usize, want: u64 },
@@ -50,6 +57,14 @@ impl Manifest {
     /// Number of chunks a file of `size` bytes has (an empty file has none).
     pub fn chunk_count_for(size: u64, chunk_size: u32) -> u64 {
         size.div_ceil(chunk_size as u64)
+    }
+
+    /// Longest `Manifest` response frame (kind byte, request id and
+    /// manifest) that can describe a content of `size` bytes: its chunk
+    /// count is at most `size / MIN_CHUNK_SIZE`, rounded up.
+    pub fn max_frame_len(size: u64) -> u32 {
+        let chunks = Self::chunk_count_for(size, MIN_CHUNK_SIZE).min(MAX_CHUNKS as u64);
+        (64 + 32 * chunks) as u32
     }
 
     pub fn chunk_count(&self) -> u32 {
@@ -82,7 +97,9 @@ impl Manifest {
 
     /// Checks the manifest is internally consistent.
     pub fn check_shape(&self) -> Result<(), ManifestError> {
-        if self.chunk_size == 0 || self.chunk_size > MAX_CHUNK_SIZE {
+        if !self.chunk_size.is_power_of_two()
+            || !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&self.chunk_size)
+        {
             return Err(ManifestError::ChunkSize(self.chunk_size));
         }
         let want = Self::chunk_count_for(self.size, self.chunk_size);
@@ -309,8 +326,39 @@ mod tests {
     }
 
     #[test]
+    fn chunk_size_must_be_a_power_of_two_in_range() {
+        let data = vec![7u8; 300 << 10];
+        for cs in [
+            1,
+            4,
+            1000,
+            MIN_CHUNK_SIZE / 2,
+            MIN_CHUNK_SIZE + 1,
+            3 << 20,
+            2 * MAX_CHUNK_SIZE,
+        ] {
+            let m = manifest_of(&data, cs);
+            assert_eq!(
+                m.verify(&m.content_id()),
+                Err(ManifestError::ChunkSize(cs)),
+                "{cs}"
+            );
+        }
+        for cs in [MIN_CHUNK_SIZE, 128 << 10, CHUNK_SIZE, MAX_CHUNK_SIZE] {
+            let m = manifest_of(&data, cs);
+            m.verify(&m.content_id()).unwrap();
+        }
+        assert!(
+            CHUNK_SIZE.is_power_of_two() && (MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&CHUNK_SIZE)
+        );
+    }
+
+    #[test]
     fn content_id_commits_to_every_field() {
-        let m = manifest_of(b"hello world", 4);
+        let data: Vec<u8> = (0..3 * MIN_CHUNK_SIZE as usize + 5)
+            .map(|i| i as u8)
+            .collect();
+        let m = manifest_of(&data, MIN_CHUNK_SIZE);
         let id = m.content_id();
         let mut other = m.clone();
         other.sha256[0] ^= 1;

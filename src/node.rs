@@ -19,7 +19,7 @@ use crate::config::{DEFAULT_TCP_PORT, NodeConfig};
 use crate::control::{self, ControlRequest, ControlResponse};
 use crate::dict::Dict;
 use crate::discovery::{self, Discovery};
-use crate::fetch::FetchCtx;
+use crate::fetch::{FetchCtx, Want};
 use crate::id::{ContentId, NodeId};
 use crate::logs::TransferLog;
 use crate::peer::server::Server;
@@ -102,6 +102,7 @@ pub async fn run(
         name: cfg.name.clone(),
         download_log: TransferLog::new(&home.download_log()),
         limits: cfg.fetch.clone(),
+        memory: Default::default(),
     });
     let node = Arc::new(Node {
         cfg: cfg.clone(),
@@ -543,6 +544,13 @@ impl Node {
                 return Ok(());
             }
         };
+        // What the user chose from: the size `ls` shows for that content.
+        // A manifest of another size is refused before any file is made.
+        let want = Want {
+            id,
+            query: query.to_string(),
+            size: self.dict.content(&id).map(|c| c.size),
+        };
         let lock = self.fetch_locks.entry(id).or_default().clone();
         let _guard = lock.lock().await;
 
@@ -550,7 +558,7 @@ impl Node {
         let (tx, mut rx) = mpsc::channel::<FetchEvent>(64);
         let fetch = self.fetch.clone();
         let task_cancel = fetch_cancel.clone();
-        let mut job = tokio::spawn(async move { fetch.fetch(id, &tx, task_cancel).await });
+        let mut job = tokio::spawn(async move { fetch.fetch(want, &tx, task_cancel).await });
         let (mut read_half, mut write_half) = s.into_split();
         let mut probe = [0u8; 1];
         let mut client_gone = false;

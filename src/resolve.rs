@@ -87,6 +87,38 @@ fn names_match<'a, N: IntoIterator<Item = &'a str>>(names: N, f: impl Fn(&str) -
     names.into_iter().any(f)
 }
 
+/// One name a content goes by, and how much its holders are trusted: a
+/// name from a holder that proved it holds the content (it sent the
+/// manifest) ranks above one from holders that only listed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NameChoice<'a> {
+    pub name: &'a str,
+    pub proven: bool,
+}
+
+/// The name a download is saved under, given what the user typed and the
+/// names the content goes by. Never a name a holder merely listed first:
+/// 1. a name equal to the query (case-sensitive, then case-insensitive);
+/// 2. a name whose stem equals the query (`data` -> `data.bin`);
+/// 3. otherwise (an id prefix) any name;
+///
+/// and within the first step that finds any, a proven holder's name first,
+/// then the first in sort order, so the choice is deterministic.
+pub fn choose_name(query: &str, names: &[NameChoice<'_>]) -> Option<String> {
+    let query = query.trim();
+    let best = |f: &dyn Fn(&str) -> bool| {
+        names
+            .iter()
+            .filter(|n| f(n.name))
+            .min_by(|a, b| b.proven.cmp(&a.proven).then(a.name.cmp(b.name)))
+            .map(|n| n.name.to_string())
+    };
+    best(&|n| n == query)
+        .or_else(|| best(&|n| n.eq_ignore_ascii_case(query)))
+        .or_else(|| best(&|n| stems(n).iter().any(|s| s.eq_ignore_ascii_case(query))))
+        .or_else(|| best(&|_| true))
+}
+
 /// `ls QUERY` filter: a case-insensitive substring of a name, or an id prefix.
 pub fn matches_filter<'a>(
     query: &str,
@@ -148,6 +180,37 @@ mod tests {
         assert_eq!(run("backup.tar", &c), Resolution::One(id(1)));
         let c = vec![(id(1), vec![".hidden"])];
         assert_eq!(run(".hidden", &c), Resolution::One(id(1)));
+    }
+
+    #[test]
+    fn saved_name_is_the_one_asked_for() {
+        let n = |name, proven| NameChoice { name, proven };
+        let names = [
+            n("0-invoice.pdf.exe", false),
+            n("data.bin", false),
+            n("Data.BIN", true),
+        ];
+        assert_eq!(choose_name("data.bin", &names).as_deref(), Some("data.bin"));
+        assert_eq!(
+            choose_name("DATA.bin", &names).as_deref(),
+            Some("Data.BIN"),
+            "case-insensitive: the proven holder's spelling"
+        );
+        assert_eq!(choose_name(" data ", &names).as_deref(), Some("Data.BIN"));
+        let names = [n("0-invoice.pdf.exe", false), n("data.bin", false)];
+        assert_eq!(choose_name("data", &names).as_deref(), Some("data.bin"));
+        assert_eq!(
+            choose_name("0123abcd", &names).as_deref(),
+            Some("0-invoice.pdf.exe"),
+            "nothing matches: deterministic"
+        );
+        let names = [n("0-invoice.pdf.exe", false), n("z.bin", true)];
+        assert_eq!(
+            choose_name("0123abcd", &names).as_deref(),
+            Some("z.bin"),
+            "nothing matches: the proven holder's name"
+        );
+        assert_eq!(choose_name("x", &[]), None);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 pub mod state;
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,12 +21,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{FetchDone, FetchEvent};
 use crate::chunkset::Bitmap;
+use crate::chunkset::ChunkSet;
 use crate::dict::{Dict, Holder};
 use crate::id::{ContentId, NodeId, to_hex};
-use crate::logs::{Transfer, TransferLog, peer_name};
+use crate::logs::{Transfer, TransferLog, human_bytes, peer_name};
 use crate::manifest::Manifest;
 use crate::peer::PeerError;
 use crate::peer::client::PeerConn;
+use crate::resolve::{NameChoice, choose_name};
 use crate::store::{Partial, Store, StoreError};
 use crate::wire::frame::{ErrorCode, Response};
 use state::{ChunkMap, ChunkState, Slot};
@@ -43,6 +46,19 @@ pub struct FetchLimits {
     pub give_up_after: Duration,
     /// How long to wait for a first holder to appear.
     pub wait_for_holders: Duration,
+    /// Holders asked for the manifest at once.
+    pub manifest_fanout: usize,
+    /// A holder that has not answered the manifest request for this long is
+    /// reported slow and another holder is asked as well; it is dropped
+    /// after three times this long.
+    pub manifest_patience: Duration,
+    /// In the endgame, a peer silent for this long with a chunk requested
+    /// gives up its duplicate slot to another peer.
+    pub endgame_patience: Duration,
+    /// Least useful throughput (bytes of verified chunks per second) of a
+    /// peer kept busy, and of the whole download; measured over
+    /// `stall_timeout` for a peer and `give_up_after` for the download.
+    pub min_rate: u64,
 }
 
 impl Default for FetchLimits {
@@ -53,7 +69,71 @@ impl Default for FetchLimits {
             stall_timeout: Duration::from_secs(10),
             give_up_after: Duration::from_secs(30),
             wait_for_holders: Duration::from_secs(3),
+            manifest_fanout: 4,
+            manifest_patience: Duration::from_secs(1),
+            endgame_patience: Duration::from_secs(2),
+            min_rate: 32 << 10,
         }
+    }
+}
+
+/// A peer that refuses more chunks than this in one throughput window,
+/// while sending less than the minimum rate, is given up on.
+const MAX_REFUSALS_PER_WINDOW: u32 = 256;
+/// Longest pause before a peer is asked again for chunks it refused.
+const MAX_REFUSAL_BACKOFF: Duration = Duration::from_secs(30);
+/// Holders remembered across downloads (good or bad answers).
+const HOLDER_MEMORY: usize = 4096;
+
+/// What the user asked for.
+#[derive(Clone, Debug)]
+pub struct Want {
+    pub id: ContentId,
+    /// What the user typed: a name, a name without its extension, or an id
+    /// prefix. The download is saved under the content's name that matches it.
+    pub query: String,
+    /// The size the user chose from (the dictionary entry the query
+    /// resolved to). A manifest of another size is refused.
+    pub size: Option<u64>,
+}
+
+impl Want {
+    /// A download of `id` by id, with no expectation on the size.
+    pub fn id(id: ContentId) -> Want {
+        Want {
+            id,
+            query: id.to_hex(),
+            size: None,
+        }
+    }
+}
+
+/// What this node learnt about holders across downloads: those that sent a
+/// manifest or chunks are asked first next time, those that failed last.
+#[derive(Default)]
+pub struct HolderMemory {
+    inner: Mutex<HashMap<NodeId, (bool, Instant)>>,
+}
+
+impl HolderMemory {
+    /// 0: answered before; 1: unknown; 2: failed last time.
+    fn rank(&self, id: &NodeId) -> u8 {
+        match self.inner.lock().expect("memory lock").get(id) {
+            Some((true, _)) => 0,
+            None => 1,
+            Some((false, _)) => 2,
+        }
+    }
+
+    fn note(&self, id: NodeId, good: bool) {
+        let mut m = self.inner.lock().expect("memory lock");
+        if m.len() >= HOLDER_MEMORY
+            && !m.contains_key(&id)
+            && let Some(oldest) = m.iter().min_by_key(|(_, (_, at))| *at).map(|(k, _)| *k)
+        {
+            m.remove(&oldest);
+        }
+        m.insert(id, (good, Instant::now()));
     }
 }
 
@@ -63,6 +143,22 @@ pub enum FetchError {
     NoHolders(ContentId),
     #[error("no holder could send a valid manifest ({0})")]
     NoManifest(String),
+    #[error(
+        "refusing the download: {holder} sent a manifest of {} ({manifest} bytes) but the content was listed as {} ({listed} bytes); that listing is wrong or forged",
+        human_bytes(*manifest as f64),
+        human_bytes(*listed as f64)
+    )]
+    SizeMismatch {
+        holder: String,
+        listed: u64,
+        manifest: u64,
+    },
+    #[error(
+        "not enough free space in {dir}: the download needs {} more, {} is free; free some space and fetch again",
+        human_bytes(*needed as f64),
+        human_bytes(*free as f64)
+    )]
+    NoSpace { needed: u64, free: u64, dir: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("download stalled: {missing} chunks missing and no peer can send them ({reasons})")]
@@ -83,6 +179,7 @@ pub struct FetchCtx {
     pub name: String,
     pub download_log: TransferLog,
     pub limits: FetchLimits,
+    pub memory: HolderMemory,
 }
 
 /// State shared by the workers, the follower and the scheduler of one download.
@@ -98,39 +195,68 @@ struct Shared {
     changed: watch::Sender<u64>,
     /// Bytes of chunks this run fetched and kept (duplicates excluded).
     received: Arc<AtomicU64>,
+    /// Per worker slot: since when it waits for an answer with requests
+    /// in flight (reset by every answer). Never nested with `map`.
+    quiet_since: Mutex<HashMap<Slot, Instant>>,
 }
 
 impl Shared {
     fn bump(&self) {
         self.changed.send_modify(|g| *g += 1);
     }
+
+    /// Slots silent for longer than `patience` with requests in flight.
+    fn stalled_slots(&self, patience: Duration) -> HashSet<Slot> {
+        self.quiet_since
+            .lock()
+            .expect("quiet lock")
+            .iter()
+            .filter(|(_, since)| since.elapsed() > patience)
+            .map(|(s, _)| *s)
+            .collect()
+    }
+
+    fn set_quiet(&self, slot: Slot, since: Option<Instant>) {
+        let mut q = self.quiet_since.lock().expect("quiet lock");
+        match since {
+            Some(t) => q.insert(slot, t),
+            None => q.remove(&slot),
+        };
+    }
 }
 
 enum WorkerEnd {
     /// Nothing left this peer could send.
     Finished,
+    /// Gave back nothing useful: its useful throughput was under the
+    /// minimum. Never asked again this download.
+    Useless { reason: String },
     /// Dropped; `ban` when it sent bad data (never asked again this download).
     Failed { reason: String, ban: bool },
 }
 
 impl FetchCtx {
-    /// Downloads `id` and returns where it landed. Logs the outcome.
+    /// Downloads what `want` names and returns where it landed. Logs the outcome.
     pub async fn fetch(
         &self,
-        id: ContentId,
+        want: Want,
         events: &mpsc::Sender<FetchEvent>,
         cancel: CancellationToken,
     ) -> Result<FetchDone, FetchError> {
         let started = Instant::now();
+        let id = want.id;
         let mut peers_used = BTreeSet::new();
-        let mut name = self
-            .dict
-            .content(&id)
-            .and_then(|c| c.names.into_iter().next())
-            .unwrap_or_else(|| id.short());
+        let mut name = self.save_name(&want, None);
         let received = Arc::new(AtomicU64::new(0));
         let result = self
-            .fetch_inner(id, events, &cancel, &mut peers_used, &mut name, &received)
+            .fetch_inner(
+                &want,
+                events,
+                &cancel,
+                &mut peers_used,
+                &mut name,
+                &received,
+            )
             .await;
         if !matches!(
             result,
@@ -158,7 +284,7 @@ impl FetchCtx {
 
     async fn fetch_inner(
         &self,
-        id: ContentId,
+        want: &Want,
         events: &mpsc::Sender<FetchEvent>,
         cancel: &CancellationToken,
         peers_used: &mut BTreeSet<String>,
@@ -166,6 +292,7 @@ impl FetchCtx {
         received: &Arc<AtomicU64>,
     ) -> Result<FetchDone, FetchError> {
         let started = Instant::now();
+        let id = want.id;
         if let Some(local) = self.store.complete(&id) {
             return Ok(FetchDone {
                 id: id.to_hex(),
@@ -179,8 +306,10 @@ impl FetchCtx {
             });
         }
         let holders = self.wait_for_holders(&id, cancel).await?;
-        let (manifest, name) = self.get_manifest(&id, &holders, cancel).await?;
+        let (manifest, sender) = self.get_manifest(want, &holders, events, cancel).await?;
+        let name = self.save_name(want, Some(&sender));
         *name_out = name.clone();
+        self.check_space(&manifest)?;
         let manifest = Arc::new(manifest);
         let partial = self.store.begin_partial(manifest.clone(), &name)?;
         let have = partial.have();
@@ -192,6 +321,7 @@ impl FetchCtx {
             partial: partial.clone(),
             changed: watch::channel(0).0,
             received: received.clone(),
+            quiet_since: Mutex::new(HashMap::new()),
         });
         let already = (0..manifest.chunk_count())
             .filter(|i| have.get(*i))
@@ -258,41 +388,227 @@ impl FetchCtx {
         }
     }
 
-    /// Asks holders in turn (complete ones first) for a manifest that hashes to `id`.
+    /// The name the download is saved under: the content's name that
+    /// matches what the user typed, else a name from `proven` (the holder
+    /// that sent the manifest), else the first in sort order. Never the
+    /// first name any holder listed when a name matches the query.
+    fn save_name(&self, want: &Want, proven: Option<&Holder>) -> String {
+        let listed = self.dict.content(&want.id).map(|c| c.names);
+        let own = proven.and_then(|h| {
+            let inv = self.dict.inventory(&h.id)?;
+            let i = inv.entries.binary_search_by(|e| e.id.cmp(&want.id)).ok()?;
+            Some(inv.entries[i].name.clone())
+        });
+        let mut names: Vec<NameChoice<'_>> = listed
+            .iter()
+            .flatten()
+            .map(|n| NameChoice {
+                name: n,
+                proven: own.as_deref() == Some(n.as_str()),
+            })
+            .collect();
+        if let Some(n) = own.as_deref()
+            && !names.iter().any(|c| c.name == n)
+        {
+            names.push(NameChoice {
+                name: n,
+                proven: true,
+            });
+        }
+        choose_name(&want.query, &names).unwrap_or_else(|| want.id.short())
+    }
+
+    /// Refuses to start a download the file system cannot hold: the space
+    /// still to be written (the manifest's size less what a `.part` from an
+    /// earlier run already has on disk) must be free in downloads/.
+    fn check_space(&self, manifest: &Manifest) -> Result<(), FetchError> {
+        let dir = self.store.home().downloads();
+        // The partial file's name, as `store::Partial::open` makes it.
+        let part = dir.join(format!(
+            ".lanshare-{}.part",
+            &manifest.content_id().to_hex()[..24]
+        ));
+        let on_disk = std::fs::metadata(&part).map_or(0, |m| {
+            use std::os::unix::fs::MetadataExt;
+            m.blocks() * 512
+        });
+        let needed = manifest.size.saturating_sub(on_disk);
+        let Some(free) = free_space(&dir) else {
+            return Ok(()); // cannot tell: let the writes report it
+        };
+        if needed > free {
+            return Err(FetchError::NoSpace {
+                needed,
+                free,
+                dir: dir.display().to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Asks holders for a manifest that hashes to `id`, `manifest_fanout`
+    /// at a time: answered-before and complete holders first. A holder
+    /// silent for `manifest_patience` is reported slow and one more is
+    /// asked; everything ends at `give_up_after`. Returns the first valid
+    /// manifest and the holder that sent it.
     async fn get_manifest(
         &self,
-        id: &ContentId,
+        want: &Want,
         holders: &[Holder],
+        events: &mpsc::Sender<FetchEvent>,
         cancel: &CancellationToken,
-    ) -> Result<(Manifest, String), FetchError> {
-        let mut holders = holders.to_vec();
-        holders.sort_by_key(|h| !matches!(h.chunks, crate::chunkset::ChunkSet::Full));
-        let mut reasons = Vec::new();
-        for h in holders {
-            let attempt = async {
-                let mut conn = PeerConn::connect_any(&h.addrs, self.node, &self.name).await?;
-                conn.get_manifest(*id, self.limits.stall_timeout).await
-            };
-            let r = tokio::select! {
-                _ = cancel.cancelled() => return Err(FetchError::Cancelled),
-                r = attempt => r,
-            };
-            match r {
-                Ok(m) => {
-                    let name = self
-                        .dict
-                        .content(id)
-                        .and_then(|c| c.names.into_iter().next())
-                        .unwrap_or_else(|| id.short());
-                    return Ok((m, name));
+    ) -> Result<(Manifest, Holder), FetchError> {
+        let id = want.id;
+        let limits = &self.limits;
+        let seed = std::collections::hash_map::RandomState::new();
+        let mut queue: Vec<Holder> = holders.to_vec();
+        // Ties are broken at random, so node ids chosen to sort first buy
+        // nothing.
+        queue.sort_by_cached_key(|h| {
+            let answered = self.dict.peer(&h.id).is_some_and(|p| p.preferred.is_some());
+            (
+                self.memory.rank(&h.id),
+                !matches!(h.chunks, ChunkSet::Full),
+                !answered,
+                seed.hash_one(h.id),
+            )
+        });
+        let mut known: HashSet<NodeId> = queue.iter().map(|h| h.id).collect();
+        let mut queue: VecDeque<Holder> = queue.into();
+        // A manifest frame longer than the listed size allows is refused
+        // unread (1 MiB at least, so that a smaller lie is read and named).
+        let max_frame = want
+            .size
+            .map_or(crate::wire::frame::MAX_RESPONSE_FRAME, |s| {
+                Manifest::max_frame_len(s).max(1 << 20)
+            });
+        let fanout = limits.manifest_fanout.max(1);
+        let patience = limits.manifest_patience;
+        let deadline = tokio::time::Instant::now() + limits.give_up_after;
+        let label = |h: &Holder| format!("{}@{}", peer_name(&h.name), h.addr);
+
+        struct Attempt {
+            holder: Holder,
+            started: tokio::time::Instant,
+            slow: bool,
+            running: bool,
+        }
+        let mut attempts: Vec<Attempt> = Vec::new();
+        let mut running: JoinSet<(usize, Result<Manifest, PeerError>)> = JoinSet::new();
+        let mut fast = 0usize;
+        let mut reasons: Vec<String> = Vec::new();
+        let mut told: Vec<String> = Vec::new();
+        loop {
+            // Holders that appeared since (their inventory was just pulled).
+            for h in self.dict.holders(&id) {
+                if known.insert(h.id) {
+                    queue.push_back(h);
                 }
-                Err(e) => {
-                    tracing::info!(peer = %h.addr, error = %e, "cannot get manifest");
-                    reasons.push(format!("{}@{}: {e}", h.name, h.addr));
+            }
+            // Keep `fanout` holders that are not (yet) slow busy; slow ones
+            // may still answer until their own limits, up to 4 x fanout open.
+            while fast < fanout && running.len() < 4 * fanout {
+                let Some(h) = queue.pop_front() else { break };
+                let idx = attempts.len();
+                let (me, my_name, dict) = (self.node, self.name.clone(), self.dict.clone());
+                let (hh, body_limit) = (h.clone(), limits.stall_timeout);
+                running.spawn(async move {
+                    let r = ask_manifest(
+                        &dict,
+                        &hh,
+                        id,
+                        me,
+                        &my_name,
+                        patience * 3,
+                        body_limit,
+                        max_frame,
+                    )
+                    .await;
+                    (idx, r)
+                });
+                attempts.push(Attempt {
+                    holder: h,
+                    started: tokio::time::Instant::now(),
+                    slow: false,
+                    running: true,
+                });
+                fast += 1;
+            }
+            if running.is_empty() {
+                if reasons.is_empty() {
+                    reasons.push("no holder is online".into());
+                }
+                return Err(FetchError::NoManifest(reasons.join("; ")));
+            }
+            let next_slow = attempts
+                .iter()
+                .filter(|a| a.running && !a.slow)
+                .map(|a| a.started + patience)
+                .min()
+                .unwrap_or(deadline);
+            let changed = self.dict.changed.notified();
+            tokio::select! {
+                _ = changed => {}
+                _ = cancel.cancelled() => return Err(FetchError::Cancelled),
+                _ = tokio::time::sleep_until(deadline) => {
+                    let waiting: Vec<String> = attempts.iter().filter(|a| a.running).map(|a| label(&a.holder)).collect();
+                    reasons.push(format!(
+                        "no manifest within {:?}; no answer from {}",
+                        limits.give_up_after,
+                        waiting.join(", ")
+                    ));
+                    return Err(FetchError::NoManifest(reasons.join("; ")));
+                }
+                _ = tokio::time::sleep_until(next_slow) => {
+                    let now = tokio::time::Instant::now();
+                    let mut grew = false;
+                    for a in attempts.iter_mut().filter(|a| a.running && !a.slow && now >= a.started + patience) {
+                        a.slow = true;
+                        fast -= 1;
+                        let l = label(&a.holder);
+                        tracing::info!(peer = %l, "holder slow to send the manifest; asking another");
+                        if !told.contains(&l) {
+                            told.push(l);
+                            grew = true;
+                        }
+                    }
+                    if grew {
+                        let _ = events.try_send(FetchEvent::Slow { phase: "manifest".into(), peers: told.clone() });
+                    }
+                }
+                Some(joined) = running.join_next() => {
+                    let Ok((idx, r)) = joined else { continue };
+                    let a = &mut attempts[idx];
+                    a.running = false;
+                    if !a.slow {
+                        fast -= 1;
+                    }
+                    match r {
+                        Ok(m) => {
+                            let h = a.holder.clone();
+                            self.memory.note(h.id, true);
+                            if let Some(listed) = want.size
+                                && m.size != listed
+                            {
+                                // The manifest hashes to the id, so every
+                                // holder's is the same: the listing lied.
+                                return Err(FetchError::SizeMismatch {
+                                    holder: label(&h),
+                                    listed,
+                                    manifest: m.size,
+                                });
+                            }
+                            return Ok((m, h));
+                        }
+                        Err(e) => {
+                            self.memory.note(a.holder.id, false);
+                            tracing::info!(peer = %a.holder.addr, error = %e, "cannot get manifest");
+                            reasons.push(format!("{}: {e}", label(&a.holder)));
+                        }
+                    }
                 }
             }
         }
-        Err(FetchError::NoManifest(reasons.join("; ")))
     }
 
     /// Runs workers and the follower until the file is complete and checked.
@@ -317,15 +633,60 @@ impl FetchCtx {
         let mut last_done = shared.map.lock().expect("map lock").done_count();
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let swarm_started = Instant::now();
+        // (when, bytes received): the useful throughput of the last window.
+        let mut samples: VecDeque<(Instant, u64)> = VecDeque::new();
+        let mut labels: HashMap<Slot, String> = HashMap::new();
+        let mut told_slow: Vec<String> = Vec::new();
+        // Since when every online holder is banned with no worker running.
+        let mut all_banned_since: Option<Instant> = None;
+        let seed = std::collections::hash_map::RandomState::new();
 
         loop {
             // Start a worker for every usable holder not yet working.
             let now = Instant::now();
-            for h in self.dict.holders(&shared.id) {
-                if active.len() >= self.limits.max_peers {
+            let mut holders = self.dict.holders(&shared.id);
+            // Holders that answered before (the manifest's sender) first, so
+            // that silent ones cannot take every worker slot; ties at random.
+            holders.sort_by_cached_key(|h| {
+                (
+                    self.memory.rank(&h.id),
+                    !matches!(h.chunks, ChunkSet::Full),
+                    seed.hash_one(h.id),
+                )
+            });
+            // A worker silent for `endgame_patience` does not count against
+            // `max_peers` (up to as many again): stalling peers cannot keep
+            // the holders that would answer out.
+            let stalled = shared.stalled_slots(self.limits.endgame_patience).len();
+            let max_peers = self.limits.max_peers + stalled.min(self.limits.max_peers);
+            if active.is_empty() && holders.iter().all(|h| banned.contains(&h.id)) {
+                let since = *all_banned_since.get_or_insert(now);
+                // A new holder may still appear; wait as long as for the first.
+                if !holders.is_empty() && since.elapsed() > self.limits.wait_for_holders {
+                    let missing = shared.map.lock().expect("map lock").total() - last_done;
+                    let mut r: Vec<String> = reasons.values().cloned().collect();
+                    r.sort();
+                    return Err(FetchError::Stalled {
+                        missing,
+                        reasons: format!("every holder was given up on: {}", r.join("; ")),
+                    });
+                }
+            } else {
+                all_banned_since = None;
+            }
+            for h in holders {
+                if active.len() >= max_peers {
                     break;
                 }
-                if active.contains_key(&h.id)
+                // Holders that failed this node before (a manifest request
+                // they left unanswered, a download they were given up on)
+                // start a little later, so that they cannot grab every chunk
+                // and endgame slot before the ones that answer.
+                let late = self.memory.rank(&h.id) == 2
+                    && swarm_started.elapsed() < self.limits.endgame_patience;
+                if late
+                    || active.contains_key(&h.id)
                     || banned.contains(&h.id)
                     || backoff.get(&h.id).is_some_and(|(until, _)| now < *until)
                 {
@@ -334,7 +695,9 @@ impl FetchCtx {
                 let slot = next_slot;
                 next_slot += 1;
                 active.insert(h.id, slot);
-                peers_used.insert(format!("{}@{}", peer_name(&h.name), h.addr));
+                let label = format!("{}@{}", peer_name(&h.name), h.addr);
+                labels.insert(slot, label.clone());
+                peers_used.insert(label);
                 let (ctx_node, ctx_name) = (self.node, self.name.clone());
                 let (shared, cancel, limits, dict) = (
                     shared.clone(),
@@ -349,6 +712,7 @@ impl FetchCtx {
                     )
                     .await;
                     shared.map.lock().expect("map lock").release_peer(slot);
+                    shared.set_quiet(slot, None);
                     shared.bump();
                     (slot, nid, end)
                 });
@@ -361,10 +725,35 @@ impl FetchCtx {
             }
             // No chunk completed for this long: every holder is gone, idle
             // (partial holders lacking what is missing) or stalled.
-            if last_progress.elapsed() > self.limits.give_up_after {
+            // Useful throughput of the whole download over the last
+            // `give_up_after`: a trickle of valid chunks (one every 20 s)
+            // must not keep it going for ever.
+            let received = shared.received.load(Ordering::Relaxed);
+            let window = self.limits.give_up_after;
+            while samples.len() > 1 && samples[1].0.elapsed() >= window {
+                samples.pop_front();
+            }
+            let trickle = match samples.front() {
+                Some((at, then)) if at.elapsed() >= window && swarm_started.elapsed() >= window => {
+                    let remaining = shared.manifest.size.saturating_sub(already + then);
+                    let floor = (self.limits.min_rate as f64 * window.as_secs_f64()) as u64;
+                    (received - then < floor.min(remaining)).then(|| {
+                        format!(
+                            "{} in the last {window:?}, less than {}/s",
+                            human_bytes((received - then) as f64),
+                            human_bytes(self.limits.min_rate as f64)
+                        )
+                    })
+                }
+                _ => None,
+            };
+            if last_progress.elapsed() > self.limits.give_up_after || trickle.is_some() {
                 let missing = shared.map.lock().expect("map lock").total() - done;
                 let mut r: Vec<String> = reasons.values().cloned().collect();
                 r.sort();
+                if let Some(t) = trickle {
+                    r.insert(0, t);
+                }
                 if r.is_empty() {
                     r.push("no holder is online".into());
                 }
@@ -381,9 +770,18 @@ impl FetchCtx {
                     return r.unwrap_or_else(|e| Err(FetchError::NoManifest(format!("verifier crashed: {e}"))));
                 }
                 Some(joined) = workers.join_next() => {
-                    let Ok((_slot, nid, end)) = joined else { continue };
+                    let Ok((slot, nid, end)) = joined else { continue };
                     active.remove(&nid);
+                    labels.remove(&slot);
                     match end {
+                        WorkerEnd::Useless { reason } => {
+                            let label = self.dict.peer(&nid).map(|p| format!("{}@{}", p.name, p.addr())).unwrap_or_else(|| nid.short());
+                            tracing::info!(peer = %label, %reason, "giving up on this peer for this download");
+                            let _ = events.try_send(FetchEvent::PeerDropped { peer: label.clone(), reason: reason.clone() });
+                            reasons.insert(nid, format!("{label}: {reason}"));
+                            banned.insert(nid);
+                            self.memory.note(nid, false);
+                        }
                         WorkerEnd::Finished => {
                             backoff.insert(nid, (Instant::now() + Duration::from_millis(500), Duration::from_millis(500)));
                         }
@@ -404,6 +802,20 @@ impl FetchCtx {
                 _ = changed => {}
                 _ = tick.tick() => {
                     let received = shared.received.load(Ordering::Relaxed);
+                    samples.push_back((Instant::now(), received));
+                    // Tell the user which peers keep chunks waiting.
+                    let mut grew = false;
+                    for slot in shared.stalled_slots(self.limits.endgame_patience) {
+                        if let Some(l) = labels.get(&slot)
+                            && !told_slow.contains(l)
+                        {
+                            told_slow.push(l.clone());
+                            grew = true;
+                        }
+                    }
+                    if grew {
+                        let _ = events.try_send(FetchEvent::Slow { phase: "chunks".into(), peers: told_slow.clone() });
+                    }
                     let _ = events.try_send(FetchEvent::Progress {
                         done: (already + received).min(shared.manifest.size),
                         size: shared.manifest.size,
@@ -413,6 +825,52 @@ impl FetchCtx {
             }
         }
     }
+}
+
+/// One manifest request to one holder: connect and handshake within
+/// `limit`, the answer's first byte within `limit` too, the rest within
+/// `body_limit`.
+#[allow(clippy::too_many_arguments)]
+async fn ask_manifest(
+    dict: &Dict,
+    h: &Holder,
+    id: ContentId,
+    me: NodeId,
+    my_name: &str,
+    limit: Duration,
+    body_limit: Duration,
+    max_frame: u32,
+) -> Result<Manifest, PeerError> {
+    let mut conn = tokio::time::timeout(limit, PeerConn::connect_any(&h.addrs, me, my_name))
+        .await
+        .map_err(|_| PeerError::Timeout("connecting and handshaking"))??;
+    if conn.remote_node != h.id {
+        dict.unreachable(h.id, conn.addr);
+        return Err(PeerError::Protocol(crate::wire::WireError::Malformed(
+            "answered as a different node".into(),
+        )));
+    }
+    dict.reached(h.id, conn.addr, conn.remote_digest, conn.remote_contents);
+    match conn.get_manifest(id, limit, body_limit, max_frame).await {
+        Err(PeerError::Protocol(crate::wire::WireError::TooLarge { len, max })) => Err(
+            PeerError::Protocol(crate::wire::WireError::Malformed(format!(
+                "sent a manifest of {len} bytes where the listed size allows at most {max}"
+            ))),
+        ),
+        r => r,
+    }
+}
+
+/// Bytes available to this user in the file system holding `dir`.
+fn free_space(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid NUL-terminated path and a statvfs we own.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 /// Downloads chunks from one peer until nothing is left for it.
@@ -448,6 +906,7 @@ async fn worker(
     }
     let addr = conn.addr;
     dict.reached(holder.id, addr, conn.remote_digest, conn.remote_contents);
+    tracing::debug!(peer = %addr, slot, "download worker connected");
     let end = work_with(conn, shared, dict, holder, slot, limits, cancel).await;
     if matches!(end, WorkerEnd::Failed { ban: false, .. }) {
         // Next time, try the peer's other addresses first.
@@ -473,9 +932,19 @@ async fn work_with(
     let mut chunks = holder.chunks;
     let mut refused: HashSet<u32> = HashSet::new();
     let mut last_refusal_reset = Instant::now();
+    // Refused chunks are asked again after this long; it doubles while the
+    // peer sends nothing useful in between.
+    let mut refusal_backoff = Duration::from_secs(1);
     let mut inflight: VecDeque<(u32, u32)> = VecDeque::new();
     let mut buf: Vec<u8> = Vec::with_capacity(shared.manifest.chunk_size as usize);
     let mut changes = shared.changed.subscribe();
+    // Useful throughput over windows of `stall_timeout`: time spent waiting
+    // for this peer with requests in flight, verified bytes it sent, and
+    // chunks it refused.
+    let window = limits.stall_timeout;
+    let mut window_start = Instant::now();
+    let (mut busy, mut useful, mut refusals) = (Duration::ZERO, 0u64, 0u32);
+    let mut waiting = false;
     loop {
         while inflight.len() < limits.pipeline {
             let next = shared
@@ -492,11 +961,12 @@ async fn work_with(
         if inflight.is_empty() {
             // Endgame: every chunk is requested; help with one a slower
             // peer is still sending (the first verified copy wins).
-            let stolen = shared
-                .map
-                .lock()
-                .expect("map lock")
-                .steal(slot, |i| chunks.has(i) && !refused.contains(&i));
+            let stalled = shared.stalled_slots(limits.endgame_patience);
+            let stolen = shared.map.lock().expect("map lock").steal(
+                slot,
+                |i| chunks.has(i) && !refused.contains(&i),
+                |s| stalled.contains(&s),
+            );
             if let Some(index) = stolen {
                 match conn.request_chunk(shared.id, index).await {
                     Ok(req) => inflight.push_back((req, index)),
@@ -521,24 +991,39 @@ async fn work_with(
                 .into_iter()
                 .find(|h| h.id == holder.id)
             {
-                Some(h) => chunks = h.chunks,
+                Some(h) => {
+                    if h.chunks != chunks {
+                        // It holds more now: look at every chunk again.
+                        shared.map.lock().expect("map lock").rewind(slot);
+                    }
+                    chunks = h.chunks;
+                }
                 None => return WorkerEnd::Finished,
             }
             // A partial holder may have verified refused chunks since; ask
-            // again at most once a second.
-            if last_refusal_reset.elapsed() >= Duration::from_secs(1) {
+            // again, less often each time it refuses them all again.
+            if !refused.is_empty() && last_refusal_reset.elapsed() >= refusal_backoff {
                 refused.clear();
+                shared.map.lock().expect("map lock").rewind(slot);
                 last_refusal_reset = Instant::now();
+                refusal_backoff = (refusal_backoff * 2).min(MAX_REFUSAL_BACKOFF);
             }
             continue;
         }
         if let Err(e) = conn.flush().await {
             return failed(e);
         }
+        tracing::trace!(slot, inflight = ?inflight, "waiting for an answer");
+        if !waiting {
+            shared.set_quiet(slot, Some(Instant::now()));
+            waiting = true;
+        }
+        let asked_at = Instant::now();
         let resp = tokio::select! {
             _ = cancel.cancelled() => return WorkerEnd::Finished,
             r = tokio::time::timeout(limits.stall_timeout, conn.read_response(&mut buf)) => r,
         };
+        busy += asked_at.elapsed();
         let resp = match resp {
             Err(_) => {
                 return WorkerEnd::Failed {
@@ -549,6 +1034,28 @@ async fn work_with(
             Ok(Err(e)) => return failed(e),
             Ok(Ok(r)) => r,
         };
+        // Judge the last window: a peer kept busy must send verified data at
+        // `min_rate` at least; a refusal is an answer but not progress.
+        let elapsed = window_start.elapsed();
+        if elapsed >= window {
+            // Judged only when the peer was kept busy half the window, or
+            // refused a lot: an idle partial holder is not slow.
+            let engaged = busy >= window / 2 || refusals > MAX_REFUSALS_PER_WINDOW;
+            let floor = (limits.min_rate as f64 * elapsed.as_secs_f64()) as u64;
+            if engaged && useful < floor {
+                return WorkerEnd::Useless {
+                    reason: format!(
+                        "gave up on it: only {} of verified data in {:.0}s ({refusals} chunks refused, {:.0}s waiting for answers); at least {}/s is needed",
+                        human_bytes(useful as f64),
+                        elapsed.as_secs_f64(),
+                        busy.as_secs_f64(),
+                        human_bytes(limits.min_rate as f64)
+                    ),
+                };
+            }
+            window_start = Instant::now();
+            (busy, useful, refusals) = (Duration::ZERO, 0, 0);
+        }
         match resp {
             Response::Chunk { req, len } => {
                 let Some(pos) = inflight.iter().position(|(r, _)| *r == req) else {
@@ -574,6 +1081,8 @@ async fn work_with(
                 buf = data;
                 match verdict {
                     Ok(true) => {
+                        useful += len as u64;
+                        refusal_backoff = Duration::from_secs(1);
                         shared.verified_here.lock().expect("lock").set(index);
                         if shared.map.lock().expect("map lock").complete(index, slot) {
                             shared.received.fetch_add(len as u64, Ordering::Relaxed);
@@ -603,6 +1112,7 @@ async fn work_with(
                     let (_, index) = inflight.remove(pos).expect("position is valid");
                     shared.map.lock().expect("map lock").release(index, slot);
                     refused.insert(index);
+                    refusals += 1;
                     shared.bump();
                 }
             }
@@ -618,6 +1128,13 @@ async fn work_with(
                     ban: true,
                 };
             }
+        }
+        // An answer: quiet from now on only if requests remain.
+        if inflight.is_empty() {
+            shared.set_quiet(slot, None);
+            waiting = false;
+        } else {
+            shared.set_quiet(slot, Some(Instant::now()));
         }
     }
 }

@@ -11,6 +11,8 @@
 //!     └──────────────────────────────────────────────────────────┘ mark_bad
 //! ```
 
+use std::collections::HashMap;
+
 use crate::chunkset::Bitmap;
 
 /// A peer's slot in one download.
@@ -34,6 +36,12 @@ pub struct ChunkMap {
     done: u32,
     /// No chunk below this index is `Missing` (a scan hint, never wrong).
     first_missing: u32,
+    /// Where each peer's next `acquire` starts scanning. Below it, every
+    /// `Missing` chunk is one the peer lacked when it scanned past it, or
+    /// gave back itself (refused); a chunk another peer gives back lowers
+    /// it. So a peer that refuses chunks never rescans them: a refusal
+    /// costs O(1) amortized instead of a scan of the whole map.
+    cursors: HashMap<Slot, u32>,
 }
 
 impl ChunkMap {
@@ -53,6 +61,7 @@ impl ChunkMap {
             states,
             done,
             first_missing: 0,
+            cursors: HashMap::new(),
         }
     }
 
@@ -82,17 +91,26 @@ impl ChunkMap {
         (self.first_missing as usize) < self.states.len()
     }
 
-    /// Takes the lowest missing chunk that `peer` holds, marking it in flight.
+    /// Takes the lowest missing chunk that `peer` holds, marking it in
+    /// flight; chunks `peer` itself gave back since its last
+    /// [`rewind`](Self::rewind) are skipped (see `cursors`). `holds` must
+    /// not change between rewinds.
     pub fn acquire(&mut self, peer: Slot, holds: impl Fn(u32) -> bool) -> Option<u32> {
         if !self.has_missing() {
             return None;
         }
-        let start = self.first_missing as usize;
+        let cursor = self.cursors.entry(peer).or_insert(0);
+        let start = (*cursor).max(self.first_missing) as usize;
         let found = self.states[start..]
             .iter()
             .enumerate()
-            .find(|(i, s)| **s == ChunkState::Missing && holds((start + i) as u32));
-        let index = (start + found?.0) as u32;
+            .find(|(i, s)| **s == ChunkState::Missing && holds((start + i) as u32))
+            .map(|(i, _)| (start + i) as u32);
+        let Some(index) = found else {
+            *cursor = self.states.len() as u32;
+            return None;
+        };
+        *cursor = index + 1;
         self.states[index as usize] = ChunkState::InFlight {
             owner: peer,
             second: None,
@@ -100,18 +118,58 @@ impl ChunkMap {
         Some(index)
     }
 
+    /// `peer`'s next `acquire` looks at every missing chunk again (its
+    /// holdings grew, or it may now have chunks it refused).
+    pub fn rewind(&mut self, peer: Slot) {
+        self.cursors.remove(&peer);
+    }
+
+    /// Chunk `index` became `Missing` because of `by` (None: the follower):
+    /// every other peer's scan must see it again.
+    fn became_missing(&mut self, index: u32, by: Option<Slot>) {
+        self.first_missing = self.first_missing.min(index);
+        for (slot, c) in self.cursors.iter_mut() {
+            if Some(*slot) != by {
+                *c = (*c).min(index);
+            }
+        }
+    }
+
     /// Endgame: when no chunk is missing any more, an idle `peer` may also
-    /// request the lowest chunk in flight with one other peer, so a slow
-    /// peer cannot hold up the end of the download.
-    pub fn steal(&mut self, peer: Slot, holds: impl Fn(u32) -> bool) -> Option<u32> {
+    /// request a chunk in flight with another peer, so a slow peer cannot
+    /// hold up the end of the download. First choice: the lowest chunk
+    /// whose every requester is `stalled` (no answer for a while); if it
+    /// already has a second requester, `peer` takes that stalled second's
+    /// place, so an idle stalling peer never keeps the duplicate slot.
+    /// Otherwise the lowest chunk in flight with one peer only.
+    pub fn steal(
+        &mut self,
+        peer: Slot,
+        holds: impl Fn(u32) -> bool,
+        stalled: impl Fn(Slot) -> bool,
+    ) -> Option<u32> {
         if self.has_missing() {
             return None;
         }
-        let (index, state) = self.states.iter_mut().enumerate().find(|(i, s)| {
-            matches!(s, ChunkState::InFlight { owner, second: None } if *owner != peer)
-                && holds(*i as u32)
-        })?;
-        if let ChunkState::InFlight { second, .. } = state {
+        let mut single = None;
+        let mut stuck = None;
+        for (i, s) in self.states.iter().enumerate() {
+            let ChunkState::InFlight { owner, second } = *s else {
+                continue;
+            };
+            if owner == peer || second == Some(peer) || !holds(i as u32) {
+                continue;
+            }
+            if stalled(owner) && second.is_none_or(&stalled) {
+                stuck = Some(i);
+                break;
+            }
+            if second.is_none() && single.is_none() {
+                single = Some(i);
+            }
+        }
+        let index = stuck.or(single)?;
+        if let ChunkState::InFlight { second, .. } = &mut self.states[index] {
             *second = Some(peer);
         }
         Some(index as u32)
@@ -153,13 +211,16 @@ impl ChunkMap {
             };
             *s = next;
             if next == ChunkState::Missing {
-                self.first_missing = self.first_missing.min(index);
+                self.became_missing(index, Some(peer));
             }
         }
     }
 
     /// Gives back every request of `peer` (it died or was dropped).
     pub fn release_peer(&mut self, peer: Slot) -> u32 {
+        // Slots are never reused: its scan position goes too, before its
+        // chunks are given back so that none is hidden from the others.
+        self.cursors.remove(&peer);
         let mut n = 0;
         for i in 0..self.total() {
             if let Some(s) = self.states.get(i as usize)
@@ -179,7 +240,7 @@ impl ChunkMap {
         {
             *s = ChunkState::Missing;
             self.done -= 1;
-            self.first_missing = self.first_missing.min(index);
+            self.became_missing(index, None);
         }
     }
 
@@ -246,19 +307,27 @@ mod tests {
         assert_eq!(m.acquire(0, |_| true), Some(0));
         assert_eq!(m.acquire(0, |_| true), Some(1));
         assert_eq!(
-            m.steal(1, |_| true),
+            m.steal(1, |_| true, |_| false),
             None,
             "chunk 2 is still missing: no duplicate requests"
         );
         assert_eq!(m.acquire(1, |_| true), Some(2));
         assert_eq!(
-            m.steal(1, |_| true),
+            m.steal(1, |_| true, |_| false),
             Some(0),
             "everything requested: the idle peer helps"
         );
-        assert_eq!(m.steal(1, |_| true), Some(1));
-        assert_eq!(m.steal(2, |_| true), Some(2), "chunk 2 had one requester");
-        assert_eq!(m.steal(3, |_| true), None, "at most two requests per chunk");
+        assert_eq!(m.steal(1, |_| true, |_| false), Some(1));
+        assert_eq!(
+            m.steal(2, |_| true, |_| false),
+            Some(2),
+            "chunk 2 had one requester"
+        );
+        assert_eq!(
+            m.steal(3, |_| true, |_| false),
+            None,
+            "at most two requests per chunk"
+        );
         assert!(m.complete(0, 1), "the helper's copy wins");
         assert!(!m.complete(0, 0), "the slow copy changes nothing");
         m.release_peer(1);
@@ -268,10 +337,87 @@ mod tests {
         assert_eq!(m.state(1), Some(ChunkState::Missing));
     }
 
+    #[test]
+    fn a_stalled_helper_gives_its_duplicate_slot_to_another_peer() {
+        let mut m = ChunkMap::new(2, &Bitmap::new(2));
+        assert_eq!(m.acquire(0, |_| true), Some(0));
+        assert_eq!(m.acquire(1, |_| true), Some(1));
+        assert_eq!(m.steal(2, |_| true, |_| false), Some(0));
+        assert_eq!(m.steal(3, |_| true, |_| false), Some(1));
+        assert_eq!(
+            m.steal(4, |_| true, |_| false),
+            None,
+            "both chunks have two live requesters"
+        );
+        // Slots 0 and 2 (both requesters of chunk 0) stop answering.
+        let stalled = |s: Slot| s == 0 || s == 2;
+        assert_eq!(
+            m.steal(4, |_| true, stalled),
+            Some(0),
+            "the stalled helper is replaced"
+        );
+        assert_eq!(
+            m.state(0),
+            Some(ChunkState::InFlight {
+                owner: 0,
+                second: Some(4)
+            })
+        );
+        assert!(
+            !m.complete(0, 2),
+            "the replaced helper's late copy changes nothing"
+        );
+        m.release(0, 2);
+        assert_eq!(
+            m.state(0),
+            Some(ChunkState::InFlight {
+                owner: 0,
+                second: Some(4)
+            })
+        );
+        // A stalled owner alone: an idle peer prefers that chunk.
+        let mut m = ChunkMap::new(3, &Bitmap::new(3));
+        for i in 0..3 {
+            assert_eq!(m.acquire(i, |_| true), Some(i));
+        }
+        assert_eq!(
+            m.steal(5, |_| true, |s| s == 2),
+            Some(2),
+            "the stuck chunk first"
+        );
+        assert_eq!(m.steal(6, |_| true, |s| s == 2), Some(0));
+    }
+
+    #[test]
+    fn refused_chunks_are_not_rescanned_but_given_back_ones_are() {
+        let mut m = ChunkMap::new(6, &Bitmap::new(6));
+        // Peer 0 refuses every chunk it gets: each acquire moves on.
+        for i in 0..6 {
+            assert_eq!(m.acquire(0, |_| true), Some(i));
+            m.release(i, 0);
+        }
+        assert_eq!(m.acquire(0, |_| true), None, "nothing it has not refused");
+        assert_eq!(m.acquire(1, |_| true), Some(0), "others see every chunk");
+        m.release(0, 1);
+        assert_eq!(
+            m.acquire(0, |_| true),
+            Some(0),
+            "given back by another: seen again"
+        );
+        m.release(0, 0);
+        m.rewind(0);
+        assert_eq!(
+            m.acquire(0, |_| true),
+            Some(0),
+            "after a rewind: everything again"
+        );
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
-        Acquire(Slot, u8),
-        Steal(Slot, u8),
+        Acquire(Slot),
+        Steal(Slot, u8, u8),
+        Rewind(Slot),
         Complete(u32, Slot),
         Release(u32, Slot),
         ReleasePeer(Slot),
@@ -280,8 +426,9 @@ mod tests {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            (0u32..4, any::<u8>()).prop_map(|(p, m)| Op::Acquire(p, m)),
-            (0u32..4, any::<u8>()).prop_map(|(p, m)| Op::Steal(p, m)),
+            (0u32..4).prop_map(Op::Acquire),
+            (0u32..4, any::<u8>(), any::<u8>()).prop_map(|(p, m, s)| Op::Steal(p, m, s)),
+            (0u32..4).prop_map(Op::Rewind),
             (0u32..40, 0u32..4).prop_map(|(i, p)| Op::Complete(i, p)),
             (0u32..40, 0u32..4).prop_map(|(i, p)| Op::Release(i, p)),
             (0u32..4).prop_map(Op::ReleasePeer),
@@ -292,31 +439,71 @@ mod tests {
     proptest! {
         /// Whatever happens, the done count matches the states, a chunk is
         /// in flight with at most two different peers, a chunk handed out is
-        /// in flight with the peer that got it, and a peer released holds nothing.
+        /// in flight with the peer that got it, a peer released holds
+        /// nothing, and `acquire` hands out the lowest missing chunk the
+        /// peer holds and has not itself given back since its last rewind
+        /// (a model of what the scan cursors may skip).
         #[test]
-        fn invariants_hold(total in 0u32..40, ops in proptest::collection::vec(op(), 0..300)) {
+        fn invariants_hold(total in 0u32..40, masks in proptest::array::uniform4(any::<u8>()), ops in proptest::collection::vec(op(), 0..300)) {
             let mut m = ChunkMap::new(total, &Bitmap::new(total));
+            let holds = |p: Slot, i: u32| masks[p as usize] & (1 << (i % 8)) != 0;
+            let mut gave_back: [std::collections::BTreeSet<u32>; 4] = Default::default();
             for op in ops {
+                let before: Vec<Option<ChunkState>> = (0..total).map(|i| m.state(i)).collect();
+                let mut by = None;
                 match op {
-                    Op::Acquire(p, mask) => {
-                        if let Some(i) = m.acquire(p, |i| mask & (1 << (i % 8)) != 0) {
-                            prop_assert_eq!(m.state(i), inflight(p));
+                    Op::Acquire(p) => {
+                        let candidates: Vec<u32> = (0..total)
+                            .filter(|i| m.state(*i) == Some(ChunkState::Missing) && holds(p, *i))
+                            .collect();
+                        let visible = candidates.iter().find(|i| !gave_back[p as usize].contains(i)).copied();
+                        let got = m.acquire(p, |i| holds(p, i));
+                        match got {
+                            // It may offer again a chunk the peer gave back,
+                            // never skip one it should see.
+                            Some(i) => {
+                                prop_assert!(candidates.contains(&i));
+                                prop_assert!(visible.is_none_or(|v| v >= i), "skipped chunk {:?}", visible);
+                                prop_assert_eq!(m.state(i), inflight(p));
+                            }
+                            None => prop_assert_eq!(visible, None, "hid a missing chunk"),
                         }
                     }
-                    Op::Steal(p, mask) => {
-                        if let Some(i) = m.steal(p, |i| mask & (1 << (i % 8)) != 0) {
+                    Op::Steal(p, mask, stalled) => {
+                        if let Some(i) = m.steal(p, |i| mask & (1 << (i % 8)) != 0, |s| stalled & (1 << s) != 0) {
                             let ok = matches!(m.state(i), Some(ChunkState::InFlight { owner, second: Some(q) }) if q == p && owner != p);
                             prop_assert!(ok, "steal did not record the helper");
                             prop_assert!(m.missing().next().is_none(), "stole while a chunk was missing");
                         }
                     }
+                    Op::Rewind(p) => {
+                        m.rewind(p);
+                        gave_back[p as usize].clear();
+                    }
                     Op::Complete(i, p) => { m.complete(i, p); }
-                    Op::Release(i, p) => m.release(i, p),
+                    Op::Release(i, p) => {
+                        m.release(i, p);
+                        by = Some(p);
+                    }
                     Op::ReleasePeer(p) => {
                         m.release_peer(p);
+                        gave_back[p as usize].clear();
                         prop_assert!((0..total).all(|i| !in_flight_with(&m.state(i).unwrap(), p)));
                     }
                     Op::Bad(i) => m.mark_bad(i),
+                }
+                // Update the model: a chunk that became missing is seen
+                // again by everyone but the peer that gave it back.
+                for i in 0..total {
+                    if before[i as usize] != Some(ChunkState::Missing) && m.state(i) == Some(ChunkState::Missing) {
+                        for (p, set) in gave_back.iter_mut().enumerate() {
+                            if Some(p as Slot) == by {
+                                set.insert(i);
+                            } else {
+                                set.remove(&i);
+                            }
+                        }
+                    }
                 }
                 let done = (0..total).filter(|i| m.state(*i) == Some(ChunkState::Done)).count() as u32;
                 prop_assert_eq!(done, m.done_count());

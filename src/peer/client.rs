@@ -190,21 +190,40 @@ impl PeerConn {
         resp
     }
 
-    /// Asks for a manifest and checks it against `id`.
+    /// Asks for a manifest and checks it against `id`. The answer must
+    /// start within `patience` and be complete within `timeout`; a frame
+    /// longer than `max_frame` is refused before anything is allocated
+    /// (the caller bounds it by the size it expects).
     pub async fn get_manifest(
         &mut self,
         id: ContentId,
+        patience: Duration,
         timeout: Duration,
+        max_frame: u32,
     ) -> Result<Manifest, PeerError> {
         let req = self.next_id();
         self.writer
             .write_all(&Request::GetManifest { req, id }.encode())
             .await?;
         self.flush().await?;
-        let resp = tokio::time::timeout(timeout, self.read_response(&mut Vec::new()))
+        let mut header = [0u8; HEADER_LEN];
+        match tokio::time::timeout(patience, self.reader.read_exact(&mut header)).await {
+            Err(_) => return Err(PeerError::Timeout("waiting for a manifest")),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Err(PeerError::Closed);
+            }
+            Ok(Err(e)) => return Err(e.into()),
+            Ok(Ok(_)) => {}
+        }
+        let (kind, len) = frame::parse_header(&header, max_frame.min(MAX_RESPONSE_FRAME))?;
+        if kind == frame::K_R_CHUNK {
+            return Err(PeerError::Unexpected(req));
+        }
+        let mut body = vec![0u8; len];
+        tokio::time::timeout(timeout, self.reader.read_exact(&mut body))
             .await
-            .map_err(|_| PeerError::Timeout("waiting for a manifest"))??;
-        match resp {
+            .map_err(|_| PeerError::Timeout("receiving a manifest"))??;
+        match Response::decode(kind, &body, len)? {
             Response::Manifest { req: r, manifest } if r == req => {
                 manifest.verify(&id).map_err(|e| {
                     PeerError::Protocol(crate::wire::WireError::Malformed(e.to_string()))
