@@ -198,6 +198,13 @@ struct Shared {
     /// Per worker slot: since when it waits for an answer with requests
     /// in flight (reset by every answer). Never nested with `map`.
     quiet_since: Mutex<HashMap<Slot, Instant>>,
+    /// Slots trusted to take a stalled peer's endgame slot at once: their
+    /// peer answered this node before (the manifest's sender among them)
+    /// or sent a verified chunk in this download, and has not stalled
+    /// since. Others wait twice as long, so
+    /// a crowd of idle stalling peers cannot pass the slot round among
+    /// themselves while a peer that answers waits its turn.
+    trusted: Mutex<HashSet<Slot>>,
 }
 
 impl Shared {
@@ -205,15 +212,33 @@ impl Shared {
         self.changed.send_modify(|g| *g += 1);
     }
 
-    /// Slots silent for longer than `patience` with requests in flight.
+    /// Slots silent for longer than `patience` with requests in flight;
+    /// they lose their trust.
     fn stalled_slots(&self, patience: Duration) -> HashSet<Slot> {
-        self.quiet_since
+        let stalled: HashSet<Slot> = self
+            .quiet_since
             .lock()
             .expect("quiet lock")
             .iter()
             .filter(|(_, since)| since.elapsed() > patience)
             .map(|(s, _)| *s)
-            .collect()
+            .collect();
+        let mut trusted = self.trusted.lock().expect("trusted lock");
+        trusted.retain(|s| !stalled.contains(s));
+        stalled
+    }
+
+    fn set_trusted(&self, slot: Slot, yes: bool) {
+        let mut t = self.trusted.lock().expect("trusted lock");
+        if yes {
+            t.insert(slot);
+        } else {
+            t.remove(&slot);
+        }
+    }
+
+    fn is_trusted(&self, slot: Slot) -> bool {
+        self.trusted.lock().expect("trusted lock").contains(&slot)
     }
 
     fn set_quiet(&self, slot: Slot, since: Option<Instant>) {
@@ -322,6 +347,7 @@ impl FetchCtx {
             changed: watch::channel(0).0,
             received: received.clone(),
             quiet_since: Mutex::new(HashMap::new()),
+            trusted: Mutex::new(HashSet::new()),
         });
         let already = (0..manifest.chunk_count())
             .filter(|i| have.get(*i))
@@ -695,6 +721,7 @@ impl FetchCtx {
                 let slot = next_slot;
                 next_slot += 1;
                 active.insert(h.id, slot);
+                shared.set_trusted(slot, self.memory.rank(&h.id) == 0);
                 let label = format!("{}@{}", peer_name(&h.name), h.addr);
                 labels.insert(slot, label.clone());
                 peers_used.insert(label);
@@ -962,10 +989,17 @@ async fn work_with(
             // Endgame: every chunk is requested; help with one a slower
             // peer is still sending (the first verified copy wins).
             let stalled = shared.stalled_slots(limits.endgame_patience);
+            let trusted = shared.is_trusted(slot);
+            let long_stalled = if trusted {
+                HashSet::new()
+            } else {
+                shared.stalled_slots(limits.endgame_patience * 2)
+            };
             let stolen = shared.map.lock().expect("map lock").steal(
                 slot,
                 |i| chunks.has(i) && !refused.contains(&i),
                 |s| stalled.contains(&s),
+                |s| trusted || long_stalled.contains(&s),
             );
             if let Some(index) = stolen {
                 match conn.request_chunk(shared.id, index).await {
@@ -1084,6 +1118,7 @@ async fn work_with(
                         useful += len as u64;
                         refusal_backoff = Duration::from_secs(1);
                         shared.verified_here.lock().expect("lock").set(index);
+                        shared.set_trusted(slot, true);
                         if shared.map.lock().expect("map lock").complete(index, slot) {
                             shared.received.fetch_add(len as u64, Ordering::Relaxed);
                             shared.bump();

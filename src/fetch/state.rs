@@ -140,13 +140,17 @@ impl ChunkMap {
     /// hold up the end of the download. First choice: the lowest chunk
     /// whose every requester is `stalled` (no answer for a while); if it
     /// already has a second requester, `peer` takes that stalled second's
-    /// place, so an idle stalling peer never keeps the duplicate slot.
-    /// Otherwise the lowest chunk in flight with one peer only.
+    /// place when `may_replace(second)` (the caller lets a peer it trusts
+    /// replace at once and others only after longer), so an idle stalling
+    /// peer never keeps the duplicate slot, and a crowd of idle stalling
+    /// peers cannot pass it round among themselves. Otherwise the lowest
+    /// chunk in flight with one peer only.
     pub fn steal(
         &mut self,
         peer: Slot,
         holds: impl Fn(u32) -> bool,
         stalled: impl Fn(Slot) -> bool,
+        may_replace: impl Fn(Slot) -> bool,
     ) -> Option<u32> {
         if self.has_missing() {
             return None;
@@ -160,7 +164,7 @@ impl ChunkMap {
             if owner == peer || second == Some(peer) || !holds(i as u32) {
                 continue;
             }
-            if stalled(owner) && second.is_none_or(&stalled) {
+            if stalled(owner) && second.is_none_or(|q| stalled(q) && may_replace(q)) {
                 stuck = Some(i);
                 break;
             }
@@ -307,24 +311,24 @@ mod tests {
         assert_eq!(m.acquire(0, |_| true), Some(0));
         assert_eq!(m.acquire(0, |_| true), Some(1));
         assert_eq!(
-            m.steal(1, |_| true, |_| false),
+            m.steal(1, |_| true, |_| false, |_| true),
             None,
             "chunk 2 is still missing: no duplicate requests"
         );
         assert_eq!(m.acquire(1, |_| true), Some(2));
         assert_eq!(
-            m.steal(1, |_| true, |_| false),
+            m.steal(1, |_| true, |_| false, |_| true),
             Some(0),
             "everything requested: the idle peer helps"
         );
-        assert_eq!(m.steal(1, |_| true, |_| false), Some(1));
+        assert_eq!(m.steal(1, |_| true, |_| false, |_| true), Some(1));
         assert_eq!(
-            m.steal(2, |_| true, |_| false),
+            m.steal(2, |_| true, |_| false, |_| true),
             Some(2),
             "chunk 2 had one requester"
         );
         assert_eq!(
-            m.steal(3, |_| true, |_| false),
+            m.steal(3, |_| true, |_| false, |_| true),
             None,
             "at most two requests per chunk"
         );
@@ -342,17 +346,22 @@ mod tests {
         let mut m = ChunkMap::new(2, &Bitmap::new(2));
         assert_eq!(m.acquire(0, |_| true), Some(0));
         assert_eq!(m.acquire(1, |_| true), Some(1));
-        assert_eq!(m.steal(2, |_| true, |_| false), Some(0));
-        assert_eq!(m.steal(3, |_| true, |_| false), Some(1));
+        assert_eq!(m.steal(2, |_| true, |_| false, |_| true), Some(0));
+        assert_eq!(m.steal(3, |_| true, |_| false, |_| true), Some(1));
         assert_eq!(
-            m.steal(4, |_| true, |_| false),
+            m.steal(4, |_| true, |_| false, |_| true),
             None,
             "both chunks have two live requesters"
         );
         // Slots 0 and 2 (both requesters of chunk 0) stop answering.
         let stalled = |s: Slot| s == 0 || s == 2;
         assert_eq!(
-            m.steal(4, |_| true, stalled),
+            m.steal(4, |_| true, stalled, |_| false),
+            None,
+            "a peer not trusted to replace a stalled helper waits"
+        );
+        assert_eq!(
+            m.steal(4, |_| true, stalled, |_| true),
             Some(0),
             "the stalled helper is replaced"
         );
@@ -381,11 +390,11 @@ mod tests {
             assert_eq!(m.acquire(i, |_| true), Some(i));
         }
         assert_eq!(
-            m.steal(5, |_| true, |s| s == 2),
+            m.steal(5, |_| true, |s| s == 2, |_| false),
             Some(2),
             "the stuck chunk first"
         );
-        assert_eq!(m.steal(6, |_| true, |s| s == 2), Some(0));
+        assert_eq!(m.steal(6, |_| true, |s| s == 2, |_| false), Some(0));
     }
 
     #[test]
@@ -470,7 +479,7 @@ mod tests {
                         }
                     }
                     Op::Steal(p, mask, stalled) => {
-                        if let Some(i) = m.steal(p, |i| mask & (1 << (i % 8)) != 0, |s| stalled & (1 << s) != 0) {
+                        if let Some(i) = m.steal(p, |i| mask & (1 << (i % 8)) != 0, |s| stalled & (1 << s) != 0, |s| s % 2 == 0) {
                             let ok = matches!(m.state(i), Some(ChunkState::InFlight { owner, second: Some(q) }) if q == p && owner != p);
                             prop_assert!(ok, "steal did not record the helper");
                             prop_assert!(m.missing().next().is_none(), "stole while a chunk was missing");
