@@ -418,6 +418,13 @@ impl FetchCtx {
     /// matches what the user typed, else a name from `proven` (the holder
     /// that sent the manifest), else the first in sort order. Never the
     /// first name any holder listed when a name matches the query.
+    /// The size `holder` itself lists for `id` in the inventory held for it.
+    fn listed_size(&self, holder: &NodeId, id: &ContentId) -> Option<u64> {
+        let inv = self.dict.inventory(holder)?;
+        let i = inv.entries.binary_search_by(|e| e.id.cmp(id)).ok()?;
+        Some(inv.entries[i].size)
+    }
+
     fn save_name(&self, want: &Want, proven: Option<&Holder>) -> String {
         let listed = self.dict.content(&want.id).map(|c| c.names);
         let own = proven.and_then(|h| {
@@ -501,13 +508,19 @@ impl FetchCtx {
         });
         let mut known: HashSet<NodeId> = queue.iter().map(|h| h.id).collect();
         let mut queue: VecDeque<Holder> = queue.into();
-        // A manifest frame longer than the listed size allows is refused
-        // unread (1 MiB at least, so that a smaller lie is read and named).
-        let max_frame = want
-            .size
-            .map_or(crate::wire::frame::MAX_RESPONSE_FRAME, |s| {
+        // Each holder is held to the size it listed itself (else the size
+        // the user chose from): a manifest frame longer than that size
+        // allows is refused unread (1 MiB at least, so that a smaller lie is
+        // read and named), and a manifest of another size is refused. So no
+        // holder can make this node write more than it advertised, and one
+        // that lists a real content under a wrong size (first, so that `ls`
+        // shows its size) cannot make the honest holders' manifests refused.
+        let listed_by = |h: &Holder| self.listed_size(&h.id, &want.id).or(want.size);
+        let max_frame = |size: Option<u64>| {
+            size.map_or(crate::wire::frame::MAX_RESPONSE_FRAME, |s| {
                 Manifest::max_frame_len(s).max(1 << 20)
-            });
+            })
+        };
         let fanout = limits.manifest_fanout.max(1);
         let patience = limits.manifest_patience;
         let deadline = tokio::time::Instant::now() + limits.give_up_after;
@@ -538,6 +551,7 @@ impl FetchCtx {
                 let idx = attempts.len();
                 let (me, my_name, dict) = (self.node, self.name.clone(), self.dict.clone());
                 let (hh, body_limit) = (h.clone(), limits.stall_timeout);
+                let max_frame = max_frame(listed_by(&h));
                 running.spawn(async move {
                     let r = ask_manifest(
                         &dict,
@@ -613,11 +627,12 @@ impl FetchCtx {
                         Ok(m) => {
                             let h = a.holder.clone();
                             self.memory.note(h.id, true);
-                            if let Some(listed) = want.size
+                            if let Some(listed) = listed_by(&h)
                                 && m.size != listed
                             {
                                 // The manifest hashes to the id, so every
-                                // holder's is the same: the listing lied.
+                                // holder's is the same: the sender's own
+                                // listing lied.
                                 return Err(FetchError::SizeMismatch {
                                     holder: label(&h),
                                     listed,

@@ -739,3 +739,34 @@ fn fetch_saves_the_name_asked_for() {
         data
     );
 }
+
+/// A holder that lists a real content first, under a wrong size (so that
+/// `ls` shows its size), must not make the honest holders' manifests
+/// refused: each holder is held to the size it listed itself.
+#[test]
+fn a_wrong_size_listed_first_does_not_block_the_honest_holders() {
+    let net = Net::new();
+    let data = crate::util::data(100_000, 11);
+    let id = manifest_of(&data, CHUNK_SIZE).content_id();
+    let _rogue = Rogue::start(
+        "liar",
+        &net.group,
+        vec![entry(id, "data.bin", 10)],
+        Behaviour::stall(),
+    );
+    let victim = net.node("victim", &[]);
+    wait_listed(&victim, &id, 1, Duration::from_secs(20));
+    let _real = net.node("real", &[("data.bin", &data)]);
+    wait_listed(&victim, &id, 2, Duration::from_secs(20));
+    let (out, took) = fetch_within(&victim, "data.bin", Duration::from_secs(30));
+    let out = out.unwrap_or_else(|| panic!("fetch still running after {took:?}"));
+    let t = text(&out);
+    assert!(
+        out.status.success(),
+        "a size listed first by a liar blocked the real holder's manifest: {t}"
+    );
+    assert_eq!(
+        std::fs::read(victim.downloads().join("data.bin")).unwrap(),
+        data
+    );
+}
