@@ -261,6 +261,8 @@ async fn fetch(home: &HomeArg, name: &str, json: bool) -> anyhow::Result<ExitCod
         b
     });
     let mut last_line = std::time::Instant::now();
+    // Bytes verified so far: a failure after some says how to resume.
+    let mut verified = 0u64;
     loop {
         let ev = match control::read_msg::<ControlResponse>(&mut s, control::MAX_RESPONSE).await? {
             Some(ControlResponse::Fetch(ev)) => ev,
@@ -280,6 +282,7 @@ async fn fetch(home: &HomeArg, name: &str, json: bool) -> anyhow::Result<ExitCod
                 already,
                 id,
             } => {
+                verified = already;
                 if let Some(b) = &bar {
                     b.set_length(size);
                     b.set_position(already);
@@ -298,6 +301,7 @@ async fn fetch(home: &HomeArg, name: &str, json: bool) -> anyhow::Result<ExitCod
                 }
             }
             FetchEvent::Progress { done, size, peers } => {
+                verified = verified.max(done);
                 if let Some(b) = &bar {
                     b.set_position(done);
                 } else if !json && last_line.elapsed() >= Duration::from_secs(1) {
@@ -368,7 +372,12 @@ async fn fetch(home: &HomeArg, name: &str, json: bool) -> anyhow::Result<ExitCod
                     b.abandon();
                 }
                 eprintln!("lanshare: download of {name:?} failed: {reason}");
-                eprintln!("Run the same command again to resume from the verified chunks.");
+                if verified > 0 {
+                    eprintln!(
+                        "{} verified so far are kept: run the same command again to resume from them.",
+                        human_bytes(verified as f64)
+                    );
+                }
                 return Ok(ExitCode::FAILURE);
             }
             FetchEvent::NotFound { query } => {
