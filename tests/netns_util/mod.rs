@@ -1239,6 +1239,40 @@ finally:
 
 /// A python zeroconf service browser running inside a host namespace;
 /// killed on drop.
+/// Starts `python -u -c SCRIPT ARGS...` inside host `h`, with stdin piped
+/// (the script runs until it closes) and each JSON line it prints sent to
+/// the returned receiver; stderr goes to a file named after `what`.
+fn python_json_lines(
+    topo: &Topo,
+    h: usize,
+    python: &str,
+    what: &str,
+    script_and_args: &[&str],
+) -> (Child, mpsc::Receiver<serde_json::Value>, PathBuf) {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let stderr_path = topo.dir().join(format!("{what}.{n}.stderr"));
+    let mut args = vec!["-u", "-c"];
+    args.extend_from_slice(script_and_args);
+    let mut cmd = topo.spawn(h, python, &args);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&stderr_path).unwrap());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("start the python {what}: {e}"));
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    (child, rx, stderr_path)
+}
+
 pub struct Browser {
     child: Option<Child>,
     lines: mpsc::Receiver<serde_json::Value>,
@@ -1254,23 +1288,7 @@ impl Browser {
             skipping("needs python3 with the zeroconf package (pip install zeroconf)");
             return None;
         };
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let stderr_path = topo.dir().join(format!("zeroconf.{n}.stderr"));
-        let mut cmd = topo.spawn(h, &python, &["-u", "-c", BROWSER]);
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr_path).unwrap());
-        let mut child = cmd.spawn().expect("start the zeroconf browser");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    let _ = tx.send(v);
-                }
-            }
-        });
+        let (child, rx, stderr_path) = python_json_lines(topo, h, &python, "zeroconf", &[BROWSER]);
         let mut b = Browser {
             child: Some(child),
             lines: rx,
@@ -1393,23 +1411,8 @@ impl Forger {
                 .collect::<serde_json::Map<_, _>>(),
         })
         .to_string();
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let stderr_path = topo.dir().join(format!("forger.{n}.stderr"));
-        let mut cmd = topo.spawn(h, &python, &["-u", "-c", FORGER, &cfg]);
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr_path).unwrap());
-        let mut child = cmd.spawn().expect("start the zeroconf forger");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    let _ = tx.send(v);
-                }
-            }
-        });
+        let (child, rx, stderr_path) =
+            python_json_lines(topo, h, &python, "forger", &[FORGER, &cfg]);
         let f = Forger {
             child: Some(child),
             lines: rx,
