@@ -403,6 +403,42 @@ fn part_files(node: &Node) -> Vec<(String, u64)> {
         .unwrap_or_default()
 }
 
+/// Fetches `name` on `victim` and starts the real holder of `data` (named
+/// "real") `delay` into the fetch. Returns the fetch's output (panicking
+/// with the victim's log when it did not end within 30 s), how long it
+/// took, and the real node, to keep until the file is checked.
+fn fetch_as_real_holder_joins(
+    net: &Net,
+    victim: &Node,
+    name: &str,
+    data: &[u8],
+    delay: Duration,
+) -> (Output, Duration, Node) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        let fetch = s.spawn(|| {
+            tx.send(()).unwrap();
+            fetch_within(victim, name, Duration::from_secs(30))
+        });
+        rx.recv().unwrap();
+        std::thread::sleep(delay);
+        let real = net.node("real", &[(name, data)]);
+        let (out, took) = fetch.join().unwrap();
+        let out = out.unwrap_or_else(|| {
+            panic!(
+                "the fetch did not finish within 30 s: {}",
+                victim
+                    .log_text()
+                    .lines()
+                    .filter(|l| !l.contains("peer found") && !l.contains("lanshare::reach"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        });
+        (out, took, real)
+    })
+}
+
 /// Weakness 5: 24 holders that never send the manifest must not hold up a
 /// 6-byte fetch (it took 90 s, silently): the holders are asked several at
 /// a time, the one real holder (which appears while the fetch waits) is
@@ -426,44 +462,25 @@ fn stalling_holders_do_not_hold_up_a_fetch() {
     wait_listed(&victim, &id, rogues.len(), Duration::from_secs(20));
 
     // The real holder starts once the fetch is already waiting on the stallers.
-    let (tx, rx) = std::sync::mpsc::channel();
-    let real = std::thread::scope(|s| {
-        let fetch = s.spawn(|| {
-            tx.send(()).unwrap();
-            fetch_within(&victim, "data.bin", Duration::from_secs(30))
-        });
-        rx.recv().unwrap();
-        std::thread::sleep(Duration::from_millis(1500));
-        let real = net.node("real", &[("data.bin", &data)]);
-        let (out, took) = fetch.join().unwrap();
-        let out = out.unwrap_or_else(|| {
-            panic!(
-                "the fetch did not finish within 30 s: {}",
-                victim
-                    .log_text()
-                    .lines()
-                    .filter(|l| !l.contains("peer found") && !l.contains("lanshare::reach"))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            )
-        });
-        let t = text(&out);
-        eprintln!("figure: 6-byte fetch with 24 stalling holders took {took:?}");
-        if took > Duration::from_secs(8) {
-            eprintln!("SLOWRUN {t}\n{}", victim.log_text());
-        }
-        assert!(out.status.success(), "fetch failed after {took:?}: {t}");
-        assert!(
-            took < Duration::from_secs(15),
-            "a 6-byte fetch took {took:?} with 24 stalling holders: {t}"
-        );
-        let named = rogues.iter().filter(|r| t.contains(&r.name)).count();
-        assert!(
-            t.contains("no answer yet from") && named >= 4,
-            "the output does not name the slow holders ({named} named): {t}"
-        );
-        real
-    });
+    let (out, took, real) = fetch_as_real_holder_joins(
+        &net,
+        &victim,
+        "data.bin",
+        &data,
+        Duration::from_millis(1500),
+    );
+    let t = text(&out);
+    eprintln!("figure: 6-byte fetch with 24 stalling holders took {took:?}");
+    assert!(out.status.success(), "fetch failed after {took:?}: {t}");
+    assert!(
+        took < Duration::from_secs(15),
+        "a 6-byte fetch took {took:?} with 24 stalling holders: {t}"
+    );
+    let named = rogues.iter().filter(|r| t.contains(&r.name)).count();
+    assert!(
+        t.contains("no answer yet from") && named >= 4,
+        "the output does not name the slow holders ({named} named): {t}"
+    );
     assert_eq!(
         std::fs::read(victim.downloads().join("data.bin")).unwrap(),
         data
@@ -497,30 +514,24 @@ fn stalling_peers_do_not_keep_the_endgame_slots() {
         .collect();
     let victim = net.node("victim", &[]);
     wait_listed(&victim, &id, rogues.len(), Duration::from_secs(20));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let real = std::thread::scope(|s| {
-        let fetch = s.spawn(|| {
-            tx.send(()).unwrap();
-            fetch_within(&victim, "pair.bin", Duration::from_secs(30))
-        });
-        rx.recv().unwrap();
-        std::thread::sleep(Duration::from_millis(1000));
-        let real = net.node("real", &[("pair.bin", &data)]);
-        let (out, took) = fetch.join().unwrap();
-        let out = out.unwrap_or_else(|| panic!("the fetch did not finish within 30 s"));
-        let t = text(&out);
-        eprintln!("figure: 2-chunk fetch with 4 chunk-stalling holders took {took:?}");
-        assert!(out.status.success(), "fetch failed after {took:?}: {t}");
-        assert!(
-            took < Duration::from_secs(8),
-            "the real holder waited for the stallers' timeout: {took:?}: {t}"
-        );
-        assert!(
-            t.contains("no answer yet from") && rogues.iter().any(|r| t.contains(&r.name)),
-            "the output does not name the slow holders: {t}"
-        );
-        real
-    });
+    let (out, took, real) = fetch_as_real_holder_joins(
+        &net,
+        &victim,
+        "pair.bin",
+        &data,
+        Duration::from_millis(1000),
+    );
+    let t = text(&out);
+    eprintln!("figure: 2-chunk fetch with 4 chunk-stalling holders took {took:?}");
+    assert!(out.status.success(), "fetch failed after {took:?}: {t}");
+    assert!(
+        took < Duration::from_secs(8),
+        "the real holder waited for the stallers' timeout: {took:?}: {t}"
+    );
+    assert!(
+        t.contains("no answer yet from") && rogues.iter().any(|r| t.contains(&r.name)),
+        "the output does not name the slow holders: {t}"
+    );
     assert_eq!(
         std::fs::read(victim.downloads().join("pair.bin")).unwrap(),
         data
