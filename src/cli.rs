@@ -119,7 +119,7 @@ pub struct UpArgs {
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_announce_interval)]
     pub announce_interval: Duration,
     /// Seconds between rescans of the shared folders.
-    #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_secs)]
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = config::secs_up_to(MAX_SECS))]
     pub scan_interval: Duration,
     /// A peer that no discovery reaches, as HOST:PORT of its TCP server (repeatable).
     #[arg(long = "peer", value_name = "HOST:PORT", value_parser = crate::manual::parse_target)]
@@ -170,18 +170,11 @@ fn parse_group6(s: &str) -> Result<Ipv6Addr, String> {
     Ok(addr)
 }
 
-fn parse_secs(s: &str) -> Result<Duration, String> {
-    let v: f64 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if !(0.05..=86_400.0).contains(&v) {
-        return Err("must be between 0.05 and 86400 seconds".into());
-    }
-    Ok(Duration::from_secs_f64(v))
-}
+/// The longest period a node flag takes: a day.
+const MAX_SECS: f64 = 86_400.0;
 
 fn parse_announce_interval(s: &str) -> Result<Duration, String> {
-    let d = parse_secs(s)?;
+    let d = config::parse_secs(s, MAX_SECS)?;
     if d < crate::dict::MIN_INTERVAL || d > crate::dict::MAX_INTERVAL {
         return Err(format!(
             "must be between {} and {} seconds (peers clamp what they are told to that range)",

@@ -6,13 +6,15 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::path::Path;
+
 use anyhow::{Context, bail};
 
-use crate::api::{ContentView, FetchEvent, PeerView};
+use crate::api::{ContentView, FetchDone, FetchEvent, NodeStatus, PeerView};
 use crate::cli::{Cli, Command, HomeArg, absolute};
-use crate::control::{self, ControlRequest, ControlResponse};
+use crate::control::Client;
 use crate::logs::human_bytes;
-use crate::store::{Home, ShareRoot, SharesFile};
+use crate::manifest::Category;
 
 /// Exit code when a name matched nothing or several contents.
 pub const EXIT_NO_MATCH: u8 = 3;
@@ -27,100 +29,80 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             home,
         } => {
-            let views = match call(&home, &ControlRequest::Ls { query, category }).await? {
-                ControlResponse::Ls(v) => v,
-                other => bail!("unexpected answer from the node: {other:?}"),
-            };
-            if json {
-                println_json(&views)?;
-            } else {
-                print_ls(&views);
-            }
-            Ok(ExitCode::SUCCESS)
+            let views = client(&home)?.ls(query, category).await?;
+            print_as(json, &views, |v| print_ls(v))
         }
         Command::Peers { json, home } => {
-            let peers = match call(&home, &ControlRequest::Peers).await? {
-                ControlResponse::Peers(v) => v,
-                other => bail!("unexpected answer from the node: {other:?}"),
-            };
-            if json {
-                println_json(&peers)?;
-            } else {
-                print_peers(&peers);
-            }
-            Ok(ExitCode::SUCCESS)
+            let peers = client(&home)?.peers().await?;
+            print_as(json, &peers, |p| print_peers(p))
         }
         Command::Status { json, home } => {
-            let status = match call(&home, &ControlRequest::Status).await? {
-                ControlResponse::Status(s) => s,
-                other => bail!("unexpected answer from the node: {other:?}"),
-            };
-            if json {
-                println_json(&status)?;
-            } else {
-                println!("node      {} ({})", status.name, status.id);
-                println!("listening {}", status.listen);
-                println!("home      {}", status.home);
-                println!("sharing   {} contents", status.shared_contents);
-                println!(
-                    "dropped   {} malformed datagrams, {} malformed connections",
-                    status.malformed_datagrams, status.malformed_connections
-                );
-                println!(
-                    "sent      {} of discovery datagrams, {} of inventory pages",
-                    human_bytes(status.discovery_bytes_sent as f64),
-                    human_bytes(status.inventory_bytes_served as f64)
-                );
-            }
-            Ok(ExitCode::SUCCESS)
+            let status = client(&home)?.status().await?;
+            print_as(json, &status, print_status)
         }
         Command::Share {
             path,
             comment,
             category,
             home,
-        } => {
-            let abs = crate::node::check_share_path(&path)?;
-            let home_dir = absolute(&home.home)?;
-            let h = Home::new(&home_dir);
-            h.create_dirs()
-                .with_context(|| format!("cannot create {}", home_dir.display()))?;
-            if comment.len() > crate::wire::MAX_COMMENT {
-                bail!(
-                    "the comment is {} bytes; the limit is {}",
-                    comment.len(),
-                    crate::wire::MAX_COMMENT
-                );
-            }
-            SharesFile::add(
-                &h.shares_file(),
-                ShareRoot {
-                    path: abs.clone(),
-                    comment,
-                    category,
-                },
-            )
-            .with_context(|| format!("cannot write {}", h.shares_file().display()))?;
-            println!("sharing {}", abs.display());
-            // Tell a running node to pick it up now; without one, `up` will.
-            if control::call(&home_dir, &h.control_socket(), &ControlRequest::Rescan)
-                .await
-                .is_err()
-            {
-                println!(
-                    "(no node is running in {}; it will be shared when `lanshare up` starts)",
-                    home_dir.display()
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => share(&home, &path, comment, category).await,
         Command::Fetch { name, json, home } => fetch(&home, &name, json).await,
     }
 }
 
+/// The client of the node in `home`.
+fn client(home: &HomeArg) -> anyhow::Result<Client> {
+    Ok(Client::new(&absolute(&home.home)?))
+}
+
+/// Prints `v` as JSON for scripts, or with `human` for people.
+fn print_as<T: serde::Serialize>(json: bool, v: &T, human: fn(&T)) -> anyhow::Result<ExitCode> {
+    if json {
+        println_json(v)?;
+    } else {
+        human(v);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_status(status: &NodeStatus) {
+    println!("node      {} ({})", status.name, status.id);
+    println!("listening {}", status.listen);
+    println!("home      {}", status.home);
+    println!("sharing   {} contents", status.shared_contents);
+    println!(
+        "dropped   {} malformed datagrams, {} malformed connections",
+        status.malformed_datagrams, status.malformed_connections
+    );
+    println!(
+        "sent      {} of discovery datagrams, {} of inventory pages",
+        human_bytes(status.discovery_bytes_sent as f64),
+        human_bytes(status.inventory_bytes_served as f64)
+    );
+}
+
+async fn share(
+    home: &HomeArg,
+    path: &Path,
+    comment: String,
+    category: Option<Category>,
+) -> anyhow::Result<ExitCode> {
+    let home_dir = absolute(&home.home)?;
+    let abs = crate::service::add_share(&home_dir, path, comment, category)?;
+    println!("sharing {}", abs.display());
+    // Tell a running node to pick it up now; without one, `up` will.
+    if Client::new(&home_dir).rescan().await.is_err() {
+        println!(
+            "(no node is running in {}; it will be shared when `lanshare up` starts)",
+            home_dir.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn up(args: crate::cli::UpArgs) -> anyhow::Result<ExitCode> {
     for s in &args.shares {
-        crate::node::check_share_path(s)?;
+        crate::service::check_share_path(s)?;
     }
     let cfg = args
         .into_config()
@@ -156,12 +138,6 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
     }
-}
-
-async fn call(home: &HomeArg, req: &ControlRequest) -> anyhow::Result<ControlResponse> {
-    let dir = absolute(&home.home)?;
-    let h = Home::new(&dir);
-    Ok(control::call(&dir, &h.control_socket(), req).await?)
 }
 
 fn println_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
@@ -238,42 +214,59 @@ fn print_peers(peers: &[PeerView]) {
 }
 
 async fn fetch(home: &HomeArg, name: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let dir = absolute(&home.home)?;
-    let h = Home::new(&dir);
-    let mut s = control::connect(&dir, &h.control_socket()).await?;
-    control::write_msg(
-        &mut s,
-        &ControlRequest::Fetch {
-            query: name.to_string(),
-        },
-    )
-    .await?;
-    let tty = !json && std::io::stderr().is_terminal();
-    let bar = tty.then(|| {
-        let b = indicatif::ProgressBar::new(0);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        b
-    });
-    let mut last_line = std::time::Instant::now();
-    // Bytes verified so far: a failure after some says how to resume.
-    let mut verified = 0u64;
+    let mut events = client(home)?.fetch(name).await?;
+    let mut view = FetchView::new(name, json);
     loop {
-        let ev = match control::read_msg::<ControlResponse>(&mut s, control::MAX_RESPONSE).await? {
-            Some(ControlResponse::Fetch(ev)) => ev,
-            Some(other) => bail!("unexpected answer from the node: {other:?}"),
-            None => bail!(
+        let Some(ev) = events.next().await? else {
+            bail!(
                 "the node closed the connection before the download finished; is it still running?"
-            ),
+            );
         };
         if json {
             println!("{}", serde_json::to_string(&ev)?);
         }
+        if let Some(code) = view.show(ev) {
+            return Ok(code);
+        }
+    }
+}
+
+/// How a fetch is shown: a progress bar on a terminal, a line a second
+/// otherwise, or nothing but the JSON events.
+struct FetchView<'a> {
+    name: &'a str,
+    json: bool,
+    bar: Option<indicatif::ProgressBar>,
+    last_line: std::time::Instant,
+    /// Bytes verified so far: a failure after some says how to resume.
+    verified: u64,
+}
+
+impl<'a> FetchView<'a> {
+    fn new(name: &'a str, json: bool) -> Self {
+        let tty = !json && std::io::stderr().is_terminal();
+        let bar = tty.then(|| {
+            let b = indicatif::ProgressBar::new(0);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            b
+        });
+        FetchView {
+            name,
+            json,
+            bar,
+            last_line: std::time::Instant::now(),
+            verified: 0,
+        }
+    }
+
+    /// Shows one event; the exit code once the fetch is over.
+    fn show(&mut self, ev: FetchEvent) -> Option<ExitCode> {
         match ev {
             FetchEvent::Started {
                 name,
@@ -281,137 +274,149 @@ async fn fetch(home: &HomeArg, name: &str, json: bool) -> anyhow::Result<ExitCod
                 holders,
                 already,
                 id,
-            } => {
-                verified = already;
-                if let Some(b) = &bar {
-                    b.set_length(size);
-                    b.set_position(already);
-                    b.set_message(name.clone());
-                } else if !json {
-                    let resumed = if already > 0 {
-                        format!(", resuming at {}", human_bytes(already as f64))
-                    } else {
-                        String::new()
-                    };
-                    println!(
-                        "fetching {name} ({}, id {}) from {holders} peer(s){resumed}",
-                        human_bytes(size as f64),
-                        &id[..12]
-                    );
-                }
-            }
-            FetchEvent::Progress { done, size, peers } => {
-                verified = verified.max(done);
-                if let Some(b) = &bar {
-                    b.set_position(done);
-                } else if !json && last_line.elapsed() >= Duration::from_secs(1) {
-                    last_line = std::time::Instant::now();
-                    let pct = if size > 0 {
-                        done as f64 * 100.0 / size as f64
-                    } else {
-                        100.0
-                    };
-                    println!(
-                        "{pct:5.1}%  {} of {} from {peers} peer(s)",
-                        human_bytes(done as f64),
-                        human_bytes(size as f64)
-                    );
-                }
-            }
+            } => self.started(&name, size, holders, already, &id),
+            FetchEvent::Progress { done, size, peers } => self.progress(done, size, peers),
             FetchEvent::PeerDropped { peer, reason } => {
-                let msg = format!("dropped peer {peer}: {reason}");
-                match &bar {
-                    Some(b) => b.println(msg),
-                    None if !json => println!("{msg}"),
-                    None => {}
-                }
+                self.note(format!("dropped peer {peer}: {reason}"))
             }
-            FetchEvent::Slow { phase, peers } => {
-                let msg = format!(
-                    "waiting for the {phase}: no answer yet from {} (slow or not responding); asking other holders",
-                    peers.join(", ")
-                );
-                match &bar {
-                    Some(b) => b.println(msg),
-                    None if !json => println!("{msg}"),
-                    None => {}
-                }
-            }
-            FetchEvent::Done(d) => {
-                if let Some(b) = &bar {
-                    b.finish_and_clear();
-                }
-                if !json {
-                    if d.already_local {
-                        println!("already here: {}", d.path);
-                    } else {
-                        let rate = if d.secs > 0.0 {
-                            d.transferred as f64 / d.secs
-                        } else {
-                            0.0
-                        };
-                        let resumed = if d.transferred < d.size {
-                            format!("; {} fetched this run", human_bytes(d.transferred as f64))
-                        } else {
-                            String::new()
-                        };
-                        println!(
-                            "saved {} ({}{resumed} in {:.1}s, {}/s, verified)",
-                            d.path,
-                            human_bytes(d.size as f64),
-                            d.secs,
-                            human_bytes(rate)
-                        );
-                    }
-                    println!("sha256 {}", d.sha256);
-                }
-                return Ok(ExitCode::SUCCESS);
-            }
-            FetchEvent::Failed { reason } => {
-                if let Some(b) = &bar {
-                    b.abandon();
-                }
-                eprintln!("lanshare: download of {name:?} failed: {reason}");
-                if verified > 0 {
-                    eprintln!(
-                        "{} verified so far are kept: run the same command again to resume from them.",
-                        human_bytes(verified as f64)
-                    );
-                }
-                return Ok(ExitCode::FAILURE);
-            }
+            FetchEvent::Slow { phase, peers } => self.note(format!(
+                "waiting for the {phase}: no answer yet from {} (slow or not responding); asking other holders",
+                peers.join(", ")
+            )),
+            FetchEvent::Done(d) => return Some(self.done(&d)),
+            FetchEvent::Failed { reason } => return Some(self.failed(&reason)),
             FetchEvent::NotFound { query } => {
-                if !json {
+                if !self.json {
                     eprintln!(
                         "lanshare: nothing on the network is called {query:?}; `lanshare ls` shows what is offered"
                     );
                 }
-                return Ok(ExitCode::from(EXIT_NO_MATCH));
+                return Some(ExitCode::from(EXIT_NO_MATCH));
             }
             FetchEvent::Ambiguous { candidates } => {
-                if !json {
-                    eprintln!(
-                        "lanshare: {name:?} matches {} different contents; fetch one by id (or a prefix of 8+ digits):",
-                        candidates.len()
-                    );
-                    for c in &candidates {
-                        let who: Vec<&str> = c.holders.iter().map(|h| h.name.as_str()).collect();
-                        let who = if c.local && who.is_empty() {
-                            "this node".to_string()
-                        } else {
-                            who.join(",")
-                        };
-                        eprintln!(
-                            "  {}  {:<32} {:>10}  held by {}",
-                            c.id,
-                            c.name,
-                            human_bytes(c.size as f64),
-                            who
-                        );
-                    }
+                if !self.json {
+                    print_candidates(self.name, &candidates);
                 }
-                return Ok(ExitCode::from(EXIT_NO_MATCH));
+                return Some(ExitCode::from(EXIT_NO_MATCH));
             }
         }
+        None
+    }
+
+    fn started(&mut self, name: &str, size: u64, holders: u32, already: u64, id: &str) {
+        self.verified = already;
+        if let Some(b) = &self.bar {
+            b.set_length(size);
+            b.set_position(already);
+            b.set_message(name.to_string());
+        } else if !self.json {
+            let resumed = if already > 0 {
+                format!(", resuming at {}", human_bytes(already as f64))
+            } else {
+                String::new()
+            };
+            println!(
+                "fetching {name} ({}, id {}) from {holders} peer(s){resumed}",
+                human_bytes(size as f64),
+                &id[..12]
+            );
+        }
+    }
+
+    fn progress(&mut self, done: u64, size: u64, peers: u32) {
+        self.verified = self.verified.max(done);
+        if let Some(b) = &self.bar {
+            b.set_position(done);
+        } else if !self.json && self.last_line.elapsed() >= Duration::from_secs(1) {
+            self.last_line = std::time::Instant::now();
+            let pct = if size > 0 {
+                done as f64 * 100.0 / size as f64
+            } else {
+                100.0
+            };
+            println!(
+                "{pct:5.1}%  {} of {} from {peers} peer(s)",
+                human_bytes(done as f64),
+                human_bytes(size as f64)
+            );
+        }
+    }
+
+    /// A line beside the progress: above the bar, or on its own.
+    fn note(&self, msg: String) {
+        match &self.bar {
+            Some(b) => b.println(msg),
+            None if !self.json => println!("{msg}"),
+            None => {}
+        }
+    }
+
+    fn done(&self, d: &FetchDone) -> ExitCode {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+        if self.json {
+            return ExitCode::SUCCESS;
+        }
+        if d.already_local {
+            println!("already here: {}", d.path);
+        } else {
+            let rate = if d.secs > 0.0 {
+                d.transferred as f64 / d.secs
+            } else {
+                0.0
+            };
+            let resumed = if d.transferred < d.size {
+                format!("; {} fetched this run", human_bytes(d.transferred as f64))
+            } else {
+                String::new()
+            };
+            println!(
+                "saved {} ({}{resumed} in {:.1}s, {}/s, verified)",
+                d.path,
+                human_bytes(d.size as f64),
+                d.secs,
+                human_bytes(rate)
+            );
+        }
+        println!("sha256 {}", d.sha256);
+        ExitCode::SUCCESS
+    }
+
+    fn failed(&self, reason: &str) -> ExitCode {
+        if let Some(b) = &self.bar {
+            b.abandon();
+        }
+        eprintln!("lanshare: download of {:?} failed: {reason}", self.name);
+        if self.verified > 0 {
+            eprintln!(
+                "{} verified so far are kept: run the same command again to resume from them.",
+                human_bytes(self.verified as f64)
+            );
+        }
+        ExitCode::FAILURE
+    }
+}
+
+/// The contents a name matches, so the user can pick one by id.
+fn print_candidates(name: &str, candidates: &[ContentView]) {
+    eprintln!(
+        "lanshare: {name:?} matches {} different contents; fetch one by id (or a prefix of 8+ digits):",
+        candidates.len()
+    );
+    for c in candidates {
+        let who: Vec<&str> = c.holders.iter().map(|h| h.name.as_str()).collect();
+        let who = if c.local && who.is_empty() {
+            "this node".to_string()
+        } else {
+            who.join(",")
+        };
+        eprintln!(
+            "  {}  {:<32} {:>10}  held by {}",
+            c.id,
+            c.name,
+            human_bytes(c.size as f64),
+            who
+        );
     }
 }

@@ -99,6 +99,23 @@ pub fn truncate(s: &mut String, max: usize) {
     *s = crate::wire::clean_text(s, max);
 }
 
+/// Seconds (fractions allowed) between 0.05 and `max`, as a flag gives them.
+pub fn parse_secs(s: &str, max: f64) -> Result<Duration, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(0.05..=max).contains(&v) {
+        return Err(format!("must be between 0.05 and {max} seconds"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// [`parse_secs`] up to `max`, as a clap value parser
+/// (`value_parser = config::secs_up_to(86_400.0)`).
+pub fn secs_up_to(max: f64) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync {
+    move |s| parse_secs(s, max)
+}
+
 impl NodeConfig {
     /// The interfaces discovery uses, as configured.
     pub fn selection(&self) -> crate::netif::Selection {
@@ -106,5 +123,27 @@ impl NodeConfig {
             only: self.interfaces.clone(),
             exclude: self.exclude_interfaces.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secs_within_bounds() {
+        assert_eq!(parse_secs("0.5", 60.0), Ok(Duration::from_millis(500)));
+        assert_eq!(
+            parse_secs("86401", 86_400.0),
+            Err("must be between 0.05 and 86400 seconds".into())
+        );
+        assert_eq!(
+            secs_up_to(31_536_000.0)("0"),
+            Err("must be between 0.05 and 31536000 seconds".into())
+        );
+        assert_eq!(
+            parse_secs("soon", 1.0),
+            Err("\"soon\" is not a number of seconds".into())
+        );
     }
 }

@@ -3,15 +3,25 @@
 //! `peers`, `fetch`, `share` and `status` talk to the running node.
 //! Frames are `length u32 LE | postcard`; one request per connection, then
 //! one response, or a stream of fetch events ending with a final one.
+//!
+//! This module owns the framing, the server loop ([`serve`]: decode a
+//! request, call the [`Service`], encode its answer) and the typed
+//! [`Client`]. It answers nothing itself and prints nothing.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::api::{ContentView, FetchEvent, NodeStatus, PeerView};
 use crate::manifest::Category;
+use crate::service::Service;
+use crate::task::Tasks;
 
 /// Largest request the node reads.
 pub const MAX_REQUEST: u32 = 64 * 1024;
@@ -55,6 +65,8 @@ pub enum ControlError {
     Malformed(String),
     #[error("message of {0} bytes is over the limit")]
     TooLarge(u32),
+    #[error("unexpected answer from the node: {0}")]
+    Unexpected(String),
 }
 
 pub async fn write_msg<T: Serialize>(s: &mut UnixStream, msg: &T) -> Result<(), ControlError> {
@@ -143,4 +155,180 @@ pub async fn call(
     read_msg(&mut s, MAX_RESPONSE)
         .await?
         .ok_or_else(|| ControlError::Malformed("no answer".into()))
+}
+
+/// The typed client of the node whose home is `home`: one method per
+/// request, each returning the answer's type (a connection per call).
+pub struct Client {
+    home: PathBuf,
+    socket: PathBuf,
+}
+
+/// An answer of the wrong kind.
+fn unexpected(r: ControlResponse) -> ControlError {
+    ControlError::Unexpected(format!("{r:?}"))
+}
+
+impl Client {
+    /// A client of the node in `home` (absolute); connects on each call.
+    pub fn new(home: &Path) -> Client {
+        Client {
+            home: home.to_path_buf(),
+            socket: crate::store::Home::new(home).control_socket(),
+        }
+    }
+
+    async fn call(&self, req: &ControlRequest) -> Result<ControlResponse, ControlError> {
+        call(&self.home, &self.socket, req).await
+    }
+
+    pub async fn status(&self) -> Result<NodeStatus, ControlError> {
+        match self.call(&ControlRequest::Status).await? {
+            ControlResponse::Status(s) => Ok(s),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn ls(
+        &self,
+        query: Option<String>,
+        category: Option<Category>,
+    ) -> Result<Vec<ContentView>, ControlError> {
+        match self.call(&ControlRequest::Ls { query, category }).await? {
+            ControlResponse::Ls(v) => Ok(v),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn peers(&self) -> Result<Vec<PeerView>, ControlError> {
+        match self.call(&ControlRequest::Peers).await? {
+            ControlResponse::Peers(v) => Ok(v),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Asks the node to rescan its shared folders now.
+    pub async fn rescan(&self) -> Result<(), ControlError> {
+        match self.call(&ControlRequest::Rescan).await? {
+            ControlResponse::Ok => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Starts a fetch; its events arrive through [`FetchStream::next`].
+    pub async fn fetch(&self, query: &str) -> Result<FetchStream, ControlError> {
+        let mut s = connect(&self.home, &self.socket).await?;
+        let query = query.to_string();
+        write_msg(&mut s, &ControlRequest::Fetch { query }).await?;
+        Ok(FetchStream { s })
+    }
+}
+
+/// The events of one fetch, as the node sends them.
+pub struct FetchStream {
+    s: UnixStream,
+}
+
+impl FetchStream {
+    /// The next event; `None` when the node closed the connection.
+    pub async fn next(&mut self) -> Result<Option<FetchEvent>, ControlError> {
+        match read_msg::<ControlResponse>(&mut self.s, MAX_RESPONSE).await? {
+            Some(ControlResponse::Fetch(ev)) => Ok(Some(ev)),
+            Some(other) => Err(unexpected(other)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Accepts control connections until `tasks` is cancelled, each handled
+/// by its own task.
+pub async fn serve(listener: UnixListener, service: Arc<Service>, tasks: Tasks) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "control accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let service = service.clone();
+        let cancel = tasks.token();
+        // Not stopped by cancellation: a fetch in progress still tells its
+        // client how it ended.
+        tasks.spawn("control connection", async move {
+            if let Err(e) = handle(&service, stream, cancel).await {
+                tracing::debug!(error = %e, "control connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Answers one request.
+async fn handle(
+    service: &Service,
+    mut s: UnixStream,
+    cancel: CancellationToken,
+) -> Result<(), ControlError> {
+    let Some(req) = read_msg::<ControlRequest>(&mut s, MAX_REQUEST).await? else {
+        return Ok(());
+    };
+    let resp = match req {
+        ControlRequest::Status => ControlResponse::Status(service.status()),
+        ControlRequest::Ls { query, category } => {
+            ControlResponse::Ls(service.ls(query.as_deref(), category))
+        }
+        ControlRequest::Peers => ControlResponse::Peers(service.peers()),
+        ControlRequest::Rescan => {
+            service.rescan();
+            ControlResponse::Ok
+        }
+        ControlRequest::Fetch { query } => {
+            stream_fetch(service, s, &query, cancel.child_token()).await;
+            return Ok(());
+        }
+    };
+    write_msg(&mut s, &resp).await
+}
+
+/// Runs one fetch, writing its events to the client as they come; the
+/// fetch is cancelled if the client goes away.
+async fn stream_fetch(service: &Service, s: UnixStream, query: &str, cancel: CancellationToken) {
+    let (tx, mut rx) = mpsc::channel::<FetchEvent>(64);
+    let job = service.fetch(query, tx, cancel.clone());
+    tokio::pin!(job);
+    let (mut read_half, mut write_half) = s.into_split();
+    let mut probe = [0u8; 1];
+    let (mut job_done, mut client_gone) = (false, false);
+    loop {
+        tokio::select! {
+            _ = &mut job, if !job_done => job_done = true,
+            ev = rx.recv() => match ev {
+                Some(ev) => {
+                    if write_event(&mut write_half, &ev).await.is_err() {
+                        cancel.cancel();
+                    }
+                }
+                // Every sender is gone: the fetch sent its last event.
+                None => break,
+            },
+            // The client never writes again: a read returning means it left.
+            _ = read_half.read(&mut probe), if !client_gone => {
+                client_gone = true;
+                tracing::info!(%query, "fetch client went away; stopping the download (it resumes next time)");
+                cancel.cancel();
+            }
+        }
+    }
+}
+
+async fn write_event(
+    w: &mut tokio::net::unix::OwnedWriteHalf,
+    ev: &FetchEvent,
+) -> Result<(), ControlError> {
+    let body = postcard::to_allocvec(&ControlResponse::Fetch(ev.clone()))
+        .map_err(|e| ControlError::Malformed(e.to_string()))?;
+    w.write_all(&(body.len() as u32).to_le_bytes()).await?;
+    w.write_all(&body).await?;
+    Ok(())
 }

@@ -35,6 +35,8 @@ pub mod node;
 pub mod peer;
 pub mod reach;
 pub mod resolve;
+pub mod service;
 pub mod store;
+pub mod task;
 pub mod tracker;
 pub mod wire;

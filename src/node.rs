@@ -3,28 +3,23 @@
 //! server and control endpoint close, partial downloads save their state.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tokio::net::{TcpListener, UnixStream};
-use tokio::sync::{Notify, mpsc};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
 
-use crate::api::{FetchEvent, NodeStatus};
 use crate::config::{DEFAULT_TCP_PORT, NodeConfig};
-use crate::control::{self, ControlRequest, ControlResponse};
+use crate::control;
 use crate::dict::Dict;
 use crate::discovery::{self, Discovery};
-use crate::fetch::{FetchCtx, Want};
-use crate::id::{ContentId, NodeId};
-use crate::logs::TransferLog;
+use crate::id::NodeId;
+use crate::netif::Link;
 use crate::peer::server::Server;
-use crate::resolve::Resolution;
+use crate::service::{Identity, Service};
 use crate::store::{Home, Store};
+use crate::task::Tasks;
 
 /// What a bound node is: its id, its addresses and its control socket.
 /// `up` prints it; tests read the bound address from it.
@@ -41,6 +36,10 @@ pub struct Started {
 
 /// How often interfaces are listed again, to follow ones that come and go.
 const LINK_CHECK: Duration = Duration::from_secs(2);
+/// How long a stopping node waits for its tasks before naming the late ones.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// The links discovery runs on, as they change.
+type Links = std::collections::BTreeSet<Link>;
 
 /// Loads the node id from `.lanshare/node_id`, creating it on first start.
 pub fn load_or_create_id(home: &Home) -> anyhow::Result<NodeId> {
@@ -57,31 +56,18 @@ pub fn load_or_create_id(home: &Home) -> anyhow::Result<NodeId> {
     Ok(id)
 }
 
-struct Node {
-    cfg: NodeConfig,
-    id: NodeId,
-    listen: SocketAddr,
-    store: Arc<Store>,
-    dict: Arc<Dict>,
-    fetch: Arc<FetchCtx>,
-    rescan: Arc<Notify>,
-    /// One fetch per content at a time; a second waits for the first.
-    fetch_locks: dashmap::DashMap<ContentId, Arc<tokio::sync::Mutex<()>>>,
-}
-
 /// A node with every socket bound, its identity loaded and its store
 /// opened, and no task started yet. [`Bound::run`] starts it.
 pub struct Bound {
     cfg: NodeConfig,
-    home: Home,
     started: Started,
     control: tokio::net::UnixListener,
     listener: TcpListener,
     store: Arc<Store>,
     dict: Arc<Dict>,
     selection: crate::netif::Selection,
-    links_tx: tokio::sync::watch::Sender<std::collections::BTreeSet<crate::netif::Link>>,
-    links_rx: tokio::sync::watch::Receiver<std::collections::BTreeSet<crate::netif::Link>>,
+    links_tx: tokio::sync::watch::Sender<Links>,
+    links_rx: tokio::sync::watch::Receiver<Links>,
     disc: Option<Arc<Discovery>>,
     mdns: Option<Arc<crate::mdns::Mdns>>,
 }
@@ -158,7 +144,6 @@ pub async fn bind(cfg: NodeConfig) -> anyhow::Result<Bound> {
     };
     Ok(Bound {
         cfg,
-        home,
         started,
         control,
         listener,
@@ -182,9 +167,7 @@ struct Me<'a> {
 
 /// The links discovery starts on; an `--interface` address no interface
 /// has is an error, a name not present yet only a warning.
-fn selected_links(
-    selection: &crate::netif::Selection,
-) -> anyhow::Result<std::collections::BTreeSet<crate::netif::Link>> {
+fn selected_links(selection: &crate::netif::Selection) -> anyhow::Result<Links> {
     let ifaces = crate::netif::list();
     for spec in selection.unmatched(&ifaces) {
         match spec {
@@ -200,11 +183,7 @@ fn selected_links(
 }
 
 /// Binds the multicast sockets and joins the group on `links`.
-fn bind_discovery(
-    cfg: &NodeConfig,
-    me: &Me<'_>,
-    links: &std::collections::BTreeSet<crate::netif::Link>,
-) -> anyhow::Result<Arc<Discovery>> {
+fn bind_discovery(cfg: &NodeConfig, me: &Me<'_>, links: &Links) -> anyhow::Result<Arc<Discovery>> {
     let recv4 = discovery::recv_socket(false, cfg.group.port())?;
     let recv6 = match discovery::recv_socket(true, cfg.group.port()) {
         Ok(s) => Some(s),
@@ -246,136 +225,148 @@ impl Bound {
     }
 
     /// Starts every task and runs until `shutdown` completes, then stops
-    /// them in order.
+    /// them in order: peers hear a goodbye, every task is cancelled, and
+    /// those that do not stop within [`STOP_GRACE`] are named in a warning.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
-        let Bound {
-            cfg,
-            home,
-            started,
-            control,
-            listener,
-            store,
-            dict,
-            selection,
-            links_tx,
-            links_rx,
-            disc,
-            mdns,
-        } = self;
-        let id = started.node;
-        let listen = started.listen;
-        let rescan = Arc::new(Notify::new());
-        let fetch = Arc::new(FetchCtx {
-            store: store.clone(),
-            dict: dict.clone(),
-            node: id,
-            name: cfg.name.clone(),
-            download_log: TransferLog::new(&home.download_log()),
-            limits: cfg.fetch.clone(),
-            memory: Default::default(),
-        });
-        let node = Arc::new(Node {
-            cfg: cfg.clone(),
-            id,
-            listen,
-            store: store.clone(),
-            dict: dict.clone(),
-            fetch,
-            rescan: rescan.clone(),
-            fetch_locks: Default::default(),
-        });
-        let cancel = CancellationToken::new();
-        let tasks = TaskTracker::new();
-        // Index first from the cache (cheap), so the first announce is complete
-        // for unchanged files; new files are hashed in the background.
-        tasks.spawn(scanner(node.clone(), cancel.clone()));
-        let server = Arc::new(Server::new(
-            store.clone(),
-            dict.clone(),
-            id,
-            cfg.name.clone(),
-            cfg.server.clone(),
-            rescan.clone(),
-        ));
-        tasks.spawn(server.run(listener, cancel.clone()));
-        tasks.spawn(expiry(dict.clone(), cancel.clone()));
-        for target in &cfg.peers {
-            tasks.spawn(crate::manual::follow(
-                dict.clone(),
-                id,
-                cfg.name.clone(),
-                target.clone(),
-                cfg.announce_interval,
-                cancel.clone(),
-            ));
-        }
-        let reach = Arc::new(crate::reach::Reach {
-            dict: dict.clone(),
-            me: id,
-            name: cfg.name.clone(),
-        });
-        tasks.spawn(reach.clone().puller(cancel.clone()));
-        tasks.spawn(reach.clone().prober(cancel.clone()));
-        tasks.spawn(crate::netif::watch_links(
-            selection,
-            links_tx,
-            LINK_CHECK,
-            cancel.clone(),
-        ));
-        if !cfg.trackers.is_empty() {
-            // This node's addresses on its discovery interfaces, for trackers.
-            let (addrs_tx, addrs_rx) =
-                tokio::sync::watch::channel(crate::netif::addresses(&links_rx.borrow()));
-            tasks.spawn(local_addresses(links_rx.clone(), addrs_tx, cancel.clone()));
-            for url in &cfg.trackers {
-                tasks.spawn(crate::tracker::client::follow(
-                    url.clone(),
-                    crate::tracker::client::NodeInfo {
-                        id,
-                        name: cfg.name.clone(),
-                        tcp_port: listen.port(),
-                    },
-                    addrs_rx.clone(),
-                    store.subscribe(),
-                    dict.clone(),
-                    cancel.clone(),
-                ));
-            }
-        }
-        if let Some(mdns) = mdns {
-            tasks.spawn(mdns.clone().links(links_rx.clone(), cancel.clone()));
-            tasks.spawn(mdns.clone().browser(cancel.clone()));
-            tasks.spawn(mdns.publisher(cancel.clone()));
-        }
-        if let Some(disc) = disc {
-            tasks.spawn(disc.clone().listener(false, cancel.clone()));
-            tasks.spawn(disc.clone().listener(true, cancel.clone()));
-            tasks.spawn(disc.clone().links(links_rx.clone(), cancel.clone()));
-            tasks.spawn(disc.announcer(cancel.clone()));
-        }
-        tasks.spawn(control_server(
-            node.clone(),
-            control,
-            cancel.clone(),
-            tasks.clone(),
-        ));
-
+        let tasks = Tasks::new("node");
+        let socket = self.started.control.clone();
+        let reach = self.spawn_all(&tasks);
         shutdown.await;
         tracing::info!("shutting down");
         // Peers that multicast does not reach hear the goodbye over TCP,
         // while the announcer says it on every link.
         let farewell = reach.farewell(Duration::from_millis(800));
-        cancel.cancel();
+        tasks.cancel();
         farewell.await;
-        tasks.close();
-        if tokio::time::timeout(Duration::from_secs(5), tasks.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("some tasks did not stop within 5 s");
-        }
-        let _ = std::fs::remove_file(home.control_socket());
+        let _ = tasks.shutdown(STOP_GRACE).await;
+        let _ = std::fs::remove_file(socket);
         Ok(())
+    }
+
+    /// Spawns every task of the node; returns what says goodbye to peers.
+    fn spawn_all(self, tasks: &Tasks) -> Arc<crate::reach::Reach> {
+        let cfg = &self.cfg;
+        let (id, listen) = (self.started.node, self.started.listen);
+        let rescan = Arc::new(Notify::new());
+        // Index first from the cache (cheap), so the first announce is complete
+        // for unchanged files; new files are hashed in the background.
+        let scanner = Scanner {
+            store: self.store.clone(),
+            period: cfg.scan_interval,
+            rescan: rescan.clone(),
+        };
+        tasks.spawn_until_cancelled("scanner", scanner.run());
+        let server = Arc::new(Server::new(
+            self.store.clone(),
+            self.dict.clone(),
+            id,
+            cfg.name.clone(),
+            cfg.server.clone(),
+            rescan.clone(),
+        ));
+        tasks.spawn_until_cancelled("expiry", expiry(self.dict.clone()));
+        let reach = self.spawn_peer_followers(tasks);
+        self.spawn_trackers(tasks);
+        self.spawn_discovery(tasks);
+        tasks.spawn("server", server.run(self.listener, tasks.token()));
+        tasks.spawn(
+            "links",
+            crate::netif::watch_links(self.selection, self.links_tx, LINK_CHECK, tasks.token()),
+        );
+        let me = Identity { id, listen };
+        let service = Service::new(
+            cfg,
+            me,
+            self.store,
+            self.dict,
+            rescan,
+            tasks.child("service"),
+        );
+        let control_tasks = tasks.child("control");
+        tasks.spawn_until_cancelled(
+            "control",
+            control::serve(self.control, Arc::new(service), control_tasks),
+        );
+        reach
+    }
+
+    /// Peers given with `--peer`, and the pulls and probes that keep
+    /// every peer's inventory and liveness current.
+    fn spawn_peer_followers(&self, tasks: &Tasks) -> Arc<crate::reach::Reach> {
+        let (cfg, id) = (&self.cfg, self.started.node);
+        for target in &cfg.peers {
+            let follow = crate::manual::follow(
+                self.dict.clone(),
+                id,
+                cfg.name.clone(),
+                target.clone(),
+                cfg.announce_interval,
+                tasks.token(),
+            );
+            tasks.spawn(&format!("manual peer {target}"), follow);
+        }
+        let reach = Arc::new(crate::reach::Reach {
+            dict: self.dict.clone(),
+            me: id,
+            name: cfg.name.clone(),
+        });
+        tasks.spawn("reach/puller", reach.clone().puller(tasks.token()));
+        tasks.spawn("reach/prober", reach.clone().prober(tasks.token()));
+        reach
+    }
+
+    /// One client per tracker, fed this node's addresses on its links.
+    fn spawn_trackers(&self, tasks: &Tasks) {
+        let cfg = &self.cfg;
+        if cfg.trackers.is_empty() {
+            return;
+        }
+        let (addrs_tx, addrs_rx) =
+            tokio::sync::watch::channel(crate::netif::addresses(&self.links_rx.borrow()));
+        tasks.spawn_until_cancelled(
+            "local addresses",
+            local_addresses(self.links_rx.clone(), addrs_tx),
+        );
+        for url in &cfg.trackers {
+            let node = crate::tracker::client::NodeInfo {
+                id: self.started.node,
+                name: cfg.name.clone(),
+                tcp_port: self.started.listen.port(),
+            };
+            let follow = crate::tracker::client::follow(
+                url.clone(),
+                node,
+                addrs_rx.clone(),
+                self.store.subscribe(),
+                self.dict.clone(),
+                tasks.token(),
+            );
+            tasks.spawn(&format!("tracker {url}"), follow);
+        }
+    }
+
+    /// mDNS and multicast discovery, where bound.
+    fn spawn_discovery(&self, tasks: &Tasks) {
+        let links = &self.links_rx;
+        if let Some(mdns) = &self.mdns {
+            tasks.spawn(
+                "mdns/links",
+                mdns.clone().links(links.clone(), tasks.token()),
+            );
+            tasks.spawn("mdns/browser", mdns.clone().browser(tasks.token()));
+            tasks.spawn("mdns/publisher", mdns.clone().publisher(tasks.token()));
+        }
+        if let Some(disc) = &self.disc {
+            let listen4 = disc.clone().listener(false, tasks.token());
+            tasks.spawn("discovery/listener v4", listen4);
+            let listen6 = disc.clone().listener(true, tasks.token());
+            tasks.spawn("discovery/listener v6", listen6);
+            tasks.spawn(
+                "discovery/links",
+                disc.clone().links(links.clone(), tasks.token()),
+            );
+            tasks.spawn("discovery/announcer", disc.clone().announcer(tasks.token()));
+        }
     }
 }
 
@@ -423,15 +414,10 @@ fn dual_stack(port: u16) -> std::io::Result<TcpListener> {
 
 /// Keeps `tx` holding this node's addresses on the current links.
 async fn local_addresses(
-    mut links: tokio::sync::watch::Receiver<std::collections::BTreeSet<crate::netif::Link>>,
+    mut links: tokio::sync::watch::Receiver<Links>,
     tx: tokio::sync::watch::Sender<Vec<std::net::IpAddr>>,
-    cancel: CancellationToken,
 ) {
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = links.changed() => if r.is_err() { return },
-        }
+    while links.changed().await.is_ok() {
         let addrs = crate::netif::addresses(&links.borrow_and_update());
         tx.send_if_modified(|old| {
             let changed = *old != addrs;
@@ -442,13 +428,11 @@ async fn local_addresses(
 }
 
 /// Marks silent peers offline, whichever way they were found.
-async fn expiry(dict: Arc<Dict>, cancel: CancellationToken) {
+async fn expiry(dict: Arc<Dict>) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => { dict.expire(std::time::Instant::now()); }
-        }
+        tick.tick().await;
+        dict.expire(std::time::Instant::now());
     }
 }
 
@@ -457,12 +441,49 @@ async fn expiry(dict: Arc<Dict>, cancel: CancellationToken) {
 /// an upload), and periodically as a safety net. A scan that takes long (a
 /// huge tree) stretches the period, so periodic scans stay under about a
 /// twentieth of one core; notifications still bring changes within about
-/// a second.
-async fn scanner(node: Arc<Node>, cancel: CancellationToken) {
-    let fs_changed = Arc::new(Notify::new());
-    let mut watch = crate::fswatch::FsWatch::new(fs_changed.clone());
-    loop {
-        let store = node.store.clone();
+/// a second. It sees only the store, its period and its poke.
+struct Scanner {
+    store: Arc<Store>,
+    /// The configured period between scans (`--scan-interval`).
+    period: Duration,
+    /// Poked for a scan now.
+    rescan: Arc<Notify>,
+}
+
+impl Scanner {
+    async fn run(self) {
+        let fs_changed = Arc::new(Notify::new());
+        let mut watch = crate::fswatch::FsWatch::new(fs_changed.clone());
+        loop {
+            watch = self.scan(watch).await;
+            let scanned = std::time::Instant::now();
+            let walk = self.store.last_walk();
+            let mut period = self.period.max(walk * 20);
+            if self.store.has_unsettled() {
+                period = period.min(crate::store::SETTLE * 2);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = self.rescan.notified() => {}
+                _ = fs_changed.notified() => {
+                    // Let a burst of changes (a copy in progress) settle, and
+                    // keep at least two walks' time between scans so a stream
+                    // of changes in a huge tree costs at most a third of a core.
+                    let settle = Duration::from_millis(100)
+                        .max((walk * 2).saturating_sub(scanned.elapsed()));
+                    tokio::time::sleep(settle).await;
+                }
+            }
+        }
+    }
+
+    /// One scan on a blocking thread; returns the watcher, re-aimed at the
+    /// current roots (`None` once it failed).
+    async fn scan(
+        &self,
+        mut watch: Option<crate::fswatch::FsWatch>,
+    ) -> Option<crate::fswatch::FsWatch> {
+        let store = self.store.clone();
         let scan = tokio::task::spawn_blocking(move || {
             let changed = store.rescan_blocking();
             // Partial downloads change without a file changing: republish
@@ -475,270 +496,21 @@ async fn scanner(node: Arc<Node>, cancel: CancellationToken) {
             }
             watch
         });
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = scan => match r {
-                Ok(w) => watch = w,
-                Err(e) => {
-                    tracing::error!(error = %e, "scan failed");
-                    watch = None;
-                }
-            },
-        }
-        let scanned = std::time::Instant::now();
-        let walk = node.store.last_walk();
-        let mut period = node.cfg.scan_interval.max(walk * 20);
-        if node.store.has_unsettled() {
-            period = period.min(crate::store::SETTLE * 2);
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(period) => {}
-            _ = node.rescan.notified() => {}
-            _ = fs_changed.notified() => {
-                // Let a burst of changes (a copy in progress) settle, and
-                // keep at least two walks' time between scans so a stream
-                // of changes in a huge tree costs at most a third of a core.
-                let settle = Duration::from_millis(100)
-                    .max((walk * 2).saturating_sub(scanned.elapsed()));
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(settle) => {}
-                }
+        match scan.await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "scan failed");
+                None
             }
         }
     }
-}
-
-async fn control_server(
-    node: Arc<Node>,
-    listener: tokio::net::UnixListener,
-    cancel: CancellationToken,
-    tasks: TaskTracker,
-) {
-    loop {
-        let stream = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "control accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let node = node.clone();
-        let cancel = cancel.clone();
-        tasks.spawn(async move {
-            if let Err(e) = handle_control(&node, stream, cancel).await {
-                tracing::debug!(error = %e, "control connection ended with an error");
-            }
-        });
-    }
-}
-
-async fn handle_control(
-    node: &Node,
-    mut s: UnixStream,
-    cancel: CancellationToken,
-) -> anyhow::Result<()> {
-    let Some(req) = control::read_msg::<ControlRequest>(&mut s, control::MAX_REQUEST).await? else {
-        return Ok(());
-    };
-    let resp = match req {
-        ControlRequest::Status => ControlResponse::Status(node.status()),
-        ControlRequest::Ls { query, category } => {
-            let local: Vec<ContentId> = node
-                .store
-                .inventory()
-                .entries
-                .iter()
-                .map(|e| e.id)
-                .collect();
-            let views = node
-                .dict
-                .list(query.as_deref(), category)
-                .into_iter()
-                .filter_map(|id| node.dict.view(&id, local.contains(&id)))
-                .collect();
-            ControlResponse::Ls(views)
-        }
-        ControlRequest::Peers => ControlResponse::Peers(node.dict.peer_views()),
-        ControlRequest::Rescan => {
-            node.rescan.notify_one();
-            ControlResponse::Ok
-        }
-        ControlRequest::Fetch { query } => return node.serve_fetch(s, &query, cancel).await,
-    };
-    control::write_msg(&mut s, &resp).await?;
-    Ok(())
-}
-
-impl Node {
-    fn status(&self) -> NodeStatus {
-        NodeStatus {
-            id: self.id.to_hex(),
-            name: self.cfg.name.clone(),
-            listen: self.listen.to_string(),
-            home: self.cfg.home.display().to_string(),
-            shared_contents: self.store.inventory().entries.len() as u32,
-            malformed_datagrams: self.dict.malformed_datagrams.load(Ordering::Relaxed),
-            malformed_connections: self.dict.malformed_connections.load(Ordering::Relaxed),
-            discovery_bytes_sent: self.dict.discovery_bytes_sent.load(Ordering::Relaxed),
-            inventory_bytes_served: self.dict.inventory_bytes_served.load(Ordering::Relaxed),
-        }
-    }
-
-    /// Resolves and runs one fetch, streaming events to the client; the
-    /// fetch is cancelled if the client goes away.
-    async fn serve_fetch(
-        &self,
-        mut s: UnixStream,
-        query: &str,
-        cancel: CancellationToken,
-    ) -> anyhow::Result<()> {
-        let local: Vec<(ContentId, String)> = self
-            .store
-            .inventory()
-            .entries
-            .iter()
-            .map(|e| (e.id, e.name.clone()))
-            .collect();
-        // What the network offers comes first: a local file of the same name
-        // must not make a fetch ambiguous. Only when nothing on the network
-        // matches do this node's own contents count (-> "already here").
-        let mut resolution = self.dict.resolve(query, &[]);
-        if resolution == Resolution::None {
-            // A node that just started may not have heard everyone yet.
-            let deadline = tokio::time::Instant::now() + self.cfg.fetch.wait_for_holders;
-            while resolution == Resolution::None && tokio::time::Instant::now() < deadline {
-                let _ = tokio::time::timeout_at(deadline, self.dict.changed.notified()).await;
-                resolution = self.dict.resolve(query, &[]);
-            }
-        }
-        if resolution == Resolution::None {
-            resolution = self.dict.resolve(query, &local);
-        }
-        let id = match resolution {
-            Resolution::One(id) => id,
-            Resolution::None => {
-                let ev = FetchEvent::NotFound {
-                    query: query.to_string(),
-                };
-                control::write_msg(&mut s, &ControlResponse::Fetch(ev)).await?;
-                return Ok(());
-            }
-            Resolution::Ambiguous(ids) => {
-                let local_ids: Vec<ContentId> = local.iter().map(|(id, _)| *id).collect();
-                let candidates = ids
-                    .iter()
-                    .filter_map(|id| self.view_any(id, &local_ids))
-                    .collect();
-                control::write_msg(
-                    &mut s,
-                    &ControlResponse::Fetch(FetchEvent::Ambiguous { candidates }),
-                )
-                .await?;
-                return Ok(());
-            }
-        };
-        // What the user chose from: the size `ls` shows for that content.
-        // A manifest of another size is refused before any file is made.
-        let want = Want {
-            id,
-            query: query.to_string(),
-            size: self.dict.content(&id).map(|c| c.size),
-        };
-        let lock = self.fetch_locks.entry(id).or_default().clone();
-        let _guard = lock.lock().await;
-
-        let fetch_cancel = cancel.child_token();
-        let (tx, mut rx) = mpsc::channel::<FetchEvent>(64);
-        let fetch = self.fetch.clone();
-        let task_cancel = fetch_cancel.clone();
-        let mut job = tokio::spawn(async move { fetch.fetch(want, &tx, task_cancel).await });
-        let (mut read_half, mut write_half) = s.into_split();
-        let mut probe = [0u8; 1];
-        let mut client_gone = false;
-        let result = loop {
-            tokio::select! {
-                r = &mut job => break r?,
-                Some(ev) = rx.recv() => {
-                    if write_event(&mut write_half, &ev).await.is_err() {
-                        fetch_cancel.cancel();
-                    }
-                }
-                // The client never writes again: a read returning means it left.
-                _ = tokio::io::AsyncReadExt::read(&mut read_half, &mut probe), if !client_gone => {
-                    client_gone = true;
-                    tracing::info!(id = %id.short(), "fetch client went away; stopping the download (it resumes next time)");
-                    fetch_cancel.cancel();
-                }
-            }
-        };
-        while let Ok(ev) = rx.try_recv() {
-            let _ = write_event(&mut write_half, &ev).await;
-        }
-        let last = match result {
-            Ok(done) => FetchEvent::Done(done),
-            Err(e) => FetchEvent::Failed {
-                reason: e.to_string(),
-            },
-        };
-        let _ = write_event(&mut write_half, &last).await;
-        Ok(())
-    }
-
-    fn view_any(&self, id: &ContentId, local: &[ContentId]) -> Option<crate::api::ContentView> {
-        if let Some(v) = self.dict.view(id, local.contains(id)) {
-            return Some(v);
-        }
-        let c = self.store.complete(id)?;
-        Some(crate::api::ContentView {
-            id: id.to_hex(),
-            name: c.name.clone(),
-            names: vec![c.name.clone()],
-            size: c.manifest.size,
-            category: c.category,
-            comment: c.comment.clone(),
-            complete: 0,
-            partial: 0,
-            holders: Vec::new(),
-            local: true,
-        })
-    }
-}
-
-async fn write_event(
-    w: &mut tokio::net::unix::OwnedWriteHalf,
-    ev: &FetchEvent,
-) -> anyhow::Result<()> {
-    use tokio::io::AsyncWriteExt;
-    let body = postcard::to_allocvec(&ControlResponse::Fetch(ev.clone()))?;
-    w.write_all(&(body.len() as u32).to_le_bytes()).await?;
-    w.write_all(&body).await?;
-    Ok(())
-}
-
-/// Checks that `path` exists before it is added to the shares.
-pub fn check_share_path(path: &Path) -> anyhow::Result<std::path::PathBuf> {
-    let abs =
-        std::fs::canonicalize(path).with_context(|| format!("cannot share {}", path.display()))?;
-    if !abs.is_file() && !abs.is_dir() {
-        bail!(
-            "cannot share {}: not a regular file or folder",
-            path.display()
-        );
-    }
-    Ok(abs)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn quiet_config(home: &Path) -> NodeConfig {
+    fn quiet_config(home: &std::path::Path) -> NodeConfig {
         let mut cfg = NodeConfig::new(home.to_path_buf());
         cfg.listen = Some("127.0.0.1:0".parse().unwrap());
         cfg.multicast = false;
@@ -759,7 +531,7 @@ mod tests {
         assert_ne!(sa.listen, sb.listen);
         assert_ne!(sa.node, sb.node);
         assert_eq!(sa.control, Home::new(a.path()).control_socket());
-        let stop = CancellationToken::new();
+        let stop = tokio_util::sync::CancellationToken::new();
         let ra = tokio::spawn(na.run(stop.clone().cancelled_owned()));
         let rb = tokio::spawn(nb.run(stop.clone().cancelled_owned()));
         tokio::net::TcpStream::connect(sa.listen).await.unwrap();

@@ -1,0 +1,317 @@
+//! The node's service facade: every request a user makes of a running node
+//! (status, ls, peers, resolve, fetch, share, rescan) is answered here, in
+//! typed methods returning [`crate::api`] views. The control socket
+//! ([`crate::control`]) only decodes a request, calls a method and encodes
+//! the answer; a web API would do the same. This module reads the store and
+//! the dictionary and starts downloads; it never touches sockets, never
+//! formats text for people, and never writes to the dictionary.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::sync::{Mutex, Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{ContentView, FetchEvent, NodeStatus, PeerView};
+use crate::config::NodeConfig;
+use crate::dict::Dict;
+use crate::fetch::{FetchCtx, Want};
+use crate::id::{ContentId, NodeId};
+use crate::logs::TransferLog;
+use crate::manifest::Category;
+use crate::resolve::Resolution;
+use crate::store::{Home, ShareRoot, SharesFile, Store};
+use crate::task::Tasks;
+
+/// What a query names, once the network has had a chance to answer.
+#[derive(Debug)]
+pub enum Resolved {
+    /// One content: what to download, with the size the user chose from.
+    One(Want),
+    /// Several contents match; each as `ls` would show it.
+    Ambiguous(Vec<ContentView>),
+    NotFound,
+}
+
+/// Answers the requests of one node.
+pub struct Service {
+    id: NodeId,
+    name: String,
+    listen: SocketAddr,
+    home: PathBuf,
+    store: Arc<Store>,
+    dict: Arc<Dict>,
+    fetch: Arc<FetchCtx>,
+    /// Wakes the scanner (after `lanshare share`).
+    rescan: Arc<Notify>,
+    /// How long a query waits for the network to know a content.
+    wait_for_network: Duration,
+    /// One fetch per content at a time; a second waits for the first.
+    fetch_locks: dashmap::DashMap<ContentId, Arc<Mutex<()>>>,
+    /// Where downloads are spawned (one named task each).
+    tasks: Tasks,
+}
+
+/// Where a node listens, as the service reports it.
+pub struct Identity {
+    pub id: NodeId,
+    pub listen: SocketAddr,
+}
+
+impl Service {
+    pub fn new(
+        cfg: &NodeConfig,
+        me: Identity,
+        store: Arc<Store>,
+        dict: Arc<Dict>,
+        rescan: Arc<Notify>,
+        tasks: Tasks,
+    ) -> Service {
+        let fetch = Arc::new(FetchCtx {
+            store: store.clone(),
+            dict: dict.clone(),
+            node: me.id,
+            name: cfg.name.clone(),
+            download_log: TransferLog::new(&Home::new(&cfg.home).download_log()),
+            limits: cfg.fetch.clone(),
+            memory: Default::default(),
+        });
+        Service {
+            id: me.id,
+            name: cfg.name.clone(),
+            listen: me.listen,
+            home: cfg.home.clone(),
+            store,
+            dict,
+            fetch,
+            rescan,
+            wait_for_network: cfg.fetch.wait_for_holders,
+            fetch_locks: Default::default(),
+            tasks,
+        }
+    }
+
+    /// The node's identity, address and counters.
+    pub fn status(&self) -> NodeStatus {
+        NodeStatus {
+            id: self.id.to_hex(),
+            name: self.name.clone(),
+            listen: self.listen.to_string(),
+            home: self.home.display().to_string(),
+            shared_contents: self.store.inventory().entries.len() as u32,
+            malformed_datagrams: self.dict.malformed_datagrams.load(Ordering::Relaxed),
+            malformed_connections: self.dict.malformed_connections.load(Ordering::Relaxed),
+            discovery_bytes_sent: self.dict.discovery_bytes_sent.load(Ordering::Relaxed),
+            inventory_bytes_served: self.dict.inventory_bytes_served.load(Ordering::Relaxed),
+        }
+    }
+
+    /// What the network offers, optionally narrowed by a query and a category.
+    pub fn ls(&self, query: Option<&str>, category: Option<Category>) -> Vec<ContentView> {
+        let local = self.local_ids();
+        self.dict
+            .list(query, category)
+            .into_iter()
+            .filter_map(|id| self.dict.view(&id, local.contains(&id)))
+            .collect()
+    }
+
+    /// Every peer seen.
+    pub fn peers(&self) -> Vec<PeerView> {
+        self.dict.peer_views()
+    }
+
+    /// Rescans the shared folders now.
+    pub fn rescan(&self) {
+        self.rescan.notify_one();
+    }
+
+    /// Adds `path` to the shares and rescans.
+    pub fn share(
+        &self,
+        path: &Path,
+        comment: String,
+        category: Option<Category>,
+    ) -> anyhow::Result<PathBuf> {
+        let abs = add_share(&self.home, path, comment, category)?;
+        self.rescan();
+        Ok(abs)
+    }
+
+    fn local_ids(&self) -> Vec<ContentId> {
+        self.store
+            .inventory()
+            .entries
+            .iter()
+            .map(|e| e.id)
+            .collect()
+    }
+
+    /// What `query` names. What the network offers comes first: a local
+    /// file of the same name must not make a fetch ambiguous. A node that
+    /// just started may not have heard everyone yet, so an unknown query
+    /// waits a little for the network; only when nothing on the network
+    /// matches do this node's own contents count (-> "already here").
+    pub async fn resolve(&self, query: &str, cancel: &CancellationToken) -> Resolved {
+        let found = wait_for_network(&self.dict, self.wait_for_network, cancel, |d| {
+            match d.resolve(query, &[]) {
+                Resolution::None => None,
+                r => Some(r),
+            }
+        })
+        .await;
+        let resolution = found.unwrap_or_else(|| self.dict.resolve(query, &self.local_names()));
+        match resolution {
+            Resolution::None => Resolved::NotFound,
+            Resolution::Ambiguous(ids) => {
+                let local = self.local_ids();
+                Resolved::Ambiguous(
+                    ids.iter()
+                        .filter_map(|id| self.view_any(id, &local))
+                        .collect(),
+                )
+            }
+            // What the user chose from: the size `ls` shows for that content.
+            // A manifest of another size is refused before any file is made.
+            Resolution::One(id) => Resolved::One(Want {
+                id,
+                query: query.to_string(),
+                size: self.dict.content(&id).map(|c| c.size),
+            }),
+        }
+    }
+
+    fn local_names(&self) -> Vec<(ContentId, String)> {
+        let inv = self.store.inventory();
+        inv.entries.iter().map(|e| (e.id, e.name.clone())).collect()
+    }
+
+    /// A content as `ls` shows it, or from this node's own store.
+    fn view_any(&self, id: &ContentId, local: &[ContentId]) -> Option<ContentView> {
+        if let Some(v) = self.dict.view(id, local.contains(id)) {
+            return Some(v);
+        }
+        let c = self.store.complete(id)?;
+        Some(ContentView {
+            id: id.to_hex(),
+            name: c.name.clone(),
+            names: vec![c.name.clone()],
+            size: c.manifest.size,
+            category: c.category,
+            comment: c.comment.clone(),
+            complete: 0,
+            partial: 0,
+            holders: Vec::new(),
+            local: true,
+        })
+    }
+
+    /// Resolves `query` and downloads it, sending every event to `events`;
+    /// the last one sent is final (`Done`, `Failed`, `NotFound` or
+    /// `Ambiguous`). `cancel` stops the download (it resumes next time).
+    pub async fn fetch(
+        &self,
+        query: &str,
+        events: mpsc::Sender<FetchEvent>,
+        cancel: CancellationToken,
+    ) {
+        let want = match self.resolve(query, &cancel).await {
+            Resolved::One(want) => want,
+            Resolved::NotFound => {
+                let query = query.to_string();
+                let _ = events.send(FetchEvent::NotFound { query }).await;
+                return;
+            }
+            Resolved::Ambiguous(candidates) => {
+                let _ = events.send(FetchEvent::Ambiguous { candidates }).await;
+                return;
+            }
+        };
+        let lock = self.fetch_locks.entry(want.id).or_default().clone();
+        let _guard = lock.lock().await;
+        let fetch = self.fetch.clone();
+        let name = format!("fetch {}", want.id.short());
+        let job = self.tasks.spawn(&name, async move {
+            let last = match fetch.fetch(want, &events, cancel).await {
+                Ok(done) => FetchEvent::Done(done),
+                Err(e) => FetchEvent::Failed {
+                    reason: e.to_string(),
+                },
+            };
+            let _ = events.send(last).await;
+        });
+        // A download that panicked ends the stream without a final event.
+        let _ = job.await;
+    }
+}
+
+/// Waits until `known` finds what it looks for in the dictionary, checking
+/// again whenever the dictionary changes, for at most `limit`. `None` when
+/// the time is up or `cancel` fires first. The one place that waits for the
+/// network to learn about a content.
+pub async fn wait_for_network<T>(
+    dict: &Dict,
+    limit: Duration,
+    cancel: &CancellationToken,
+    mut known: impl FnMut(&Dict) -> Option<T>,
+) -> Option<T> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        // Listen before looking, so a change in between is not missed.
+        let changed = dict.changed.notified();
+        if let Some(found) = known(dict) {
+            return Some(found);
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return None,
+            _ = tokio::time::sleep_until(deadline) => return None,
+            _ = changed => {}
+        }
+    }
+}
+
+/// Checks that `path` exists before it is added to the shares.
+pub fn check_share_path(path: &Path) -> anyhow::Result<PathBuf> {
+    let abs =
+        std::fs::canonicalize(path).with_context(|| format!("cannot share {}", path.display()))?;
+    if !abs.is_file() && !abs.is_dir() {
+        bail!(
+            "cannot share {}: not a regular file or folder",
+            path.display()
+        );
+    }
+    Ok(abs)
+}
+
+/// Adds `path` to the shares file of the node in `home` (absolute), which
+/// picks it up at its next scan. Returns the absolute path shared.
+pub fn add_share(
+    home: &Path,
+    path: &Path,
+    comment: String,
+    category: Option<Category>,
+) -> anyhow::Result<PathBuf> {
+    let abs = check_share_path(path)?;
+    let h = Home::new(home);
+    h.create_dirs()
+        .with_context(|| format!("cannot create {}", home.display()))?;
+    if comment.len() > crate::wire::MAX_COMMENT {
+        bail!(
+            "the comment is {} bytes; the limit is {}",
+            comment.len(),
+            crate::wire::MAX_COMMENT
+        );
+    }
+    let root = ShareRoot {
+        path: abs.clone(),
+        comment,
+        category,
+    };
+    SharesFile::add(&h.shares_file(), root)
+        .with_context(|| format!("cannot write {}", h.shares_file().display()))?;
+    Ok(abs)
+}
