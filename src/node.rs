@@ -543,4 +543,35 @@ mod tests {
             "the control socket is removed on stop"
         );
     }
+
+    /// The typed client talks to an in-process node: status names the
+    /// bound address, an unknown name ends the fetch stream with NotFound.
+    #[tokio::test]
+    async fn the_typed_client_reaches_the_service() {
+        let home = tempfile::tempdir().unwrap();
+        let mut cfg = quiet_config(home.path());
+        cfg.fetch.wait_for_holders = Duration::from_millis(50);
+        let node = bind(cfg).await.unwrap();
+        let started = node.started().clone();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let run = tokio::spawn(node.run(stop.clone().cancelled_owned()));
+        let client = control::Client::new(home.path());
+        let status = client.status().await.unwrap();
+        assert_eq!(status.listen, started.listen.to_string());
+        assert_eq!(status.id, started.node.to_hex());
+        assert!(client.ls(None, None).await.unwrap().is_empty());
+        assert!(client.peers().await.unwrap().is_empty());
+        client.rescan().await.unwrap();
+        let mut events = client.fetch("nothing-here").await.unwrap();
+        let ev = events.next().await.unwrap();
+        assert_eq!(
+            ev,
+            Some(crate::api::FetchEvent::NotFound {
+                query: "nothing-here".into()
+            })
+        );
+        assert_eq!(events.next().await.unwrap(), None);
+        stop.cancel();
+        run.await.unwrap().unwrap();
+    }
 }

@@ -315,3 +315,49 @@ pub fn add_share(
         .with_context(|| format!("cannot write {}", h.shares_file().display()))?;
     Ok(abs)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+
+    fn dict() -> Dict {
+        Dict::with_limits(
+            crate::dict::DEFAULT_MAX_REMOTE_CONTENTS,
+            crate::dict::DEFAULT_MAX_REMOTE_BYTES,
+        )
+    }
+
+    #[tokio::test]
+    async fn the_wait_ends_when_the_dictionary_learns_it() {
+        let (d, cancel) = (dict(), CancellationToken::new());
+        let seen = AtomicU32::new(0);
+        let wait = wait_for_network(&d, Duration::from_secs(30), &cancel, |_| {
+            (seen.fetch_add(1, Ordering::Relaxed) >= 1).then_some("known")
+        });
+        let change = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            d.changed.notify_waiters();
+        };
+        let (found, ()) = tokio::join!(wait, change);
+        assert_eq!(found, Some("known"));
+        assert_eq!(
+            seen.load(Ordering::Relaxed),
+            2,
+            "checked again on the change"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_wait_gives_up_at_its_limit_or_on_cancel() {
+        let (d, cancel) = (dict(), CancellationToken::new());
+        let never = |_: &Dict| None::<()>;
+        let limit = Duration::from_millis(30);
+        assert_eq!(wait_for_network(&d, limit, &cancel, never).await, None);
+        cancel.cancel();
+        let forever = Duration::from_secs(3600);
+        assert_eq!(wait_for_network(&d, forever, &cancel, never).await, None);
+        let now = |_: &Dict| Some(1);
+        assert_eq!(wait_for_network(&d, forever, &cancel, now).await, Some(1));
+    }
+}
