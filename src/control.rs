@@ -256,7 +256,7 @@ pub async fn serve(listener: UnixListener, service: Arc<Service>, tasks: Tasks) 
         let cancel = tasks.token();
         // Not stopped by cancellation: a fetch in progress still tells its
         // client how it ended.
-        tasks.spawn("control connection", async move {
+        tasks.spawn("connection", async move {
             if let Err(e) = handle(&service, stream, cancel).await {
                 tracing::debug!(error = %e, "control connection ended with an error");
             }

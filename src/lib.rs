@@ -11,9 +11,12 @@
 //!   and liveness probes over TCP;
 //! - [`peer`]: the TCP server (uploader) and client;
 //! - [`fetch`]: the download scheduler;
-//! - [`control`], [`api`]: the local control endpoint and its data;
+//! - [`service`]: answers every request (status, ls, peers, fetch, share);
+//! - [`control`], [`api`]: the local control endpoint (server loop and
+//!   typed client) and its data;
 //! - [`tracker`]: the optional central registry (server) and its client;
-//! - [`node`]: wires the tasks together; [`cli`], [`config`]: the edges.
+//! - [`node`]: binds the sockets and wires the tasks together; [`task`]:
+//!   named tasks and their shutdown; [`cli`], [`config`]: the edges.
 
 pub mod api;
 pub mod chunkset;

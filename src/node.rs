@@ -1,6 +1,11 @@
-//! Builds every task of a running node from its configuration, owns their
-//! cancellation, and stops them in order: the announcer says goodbye, the
-//! server and control endpoint close, partial downloads save their state.
+//! Starts and stops a node. [`bind`] binds every socket (control, TCP,
+//! discovery, mDNS), loads the identity and opens the store, starting
+//! nothing; [`Bound::run`] spawns every task as a named [`Tasks`] task and,
+//! at shutdown, stops them in order: the announcer says goodbye, the server
+//! and control endpoint close, partial downloads save their state, and
+//! tasks that do not stop in time are named. Nothing here answers a
+//! request ([`crate::service`] does) or relies on process-wide state, so
+//! several nodes can run in one process.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;

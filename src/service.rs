@@ -266,10 +266,9 @@ pub async fn wait_for_network<T>(
         if let Some(found) = known(dict) {
             return Some(found);
         }
-        tokio::select! {
-            _ = cancel.cancelled() => return None,
-            _ = tokio::time::sleep_until(deadline) => return None,
-            _ = changed => {}
+        let woken = tokio::time::timeout_at(deadline, cancel.run_until_cancelled(changed)).await;
+        if woken != Ok(Some(())) {
+            return None;
         }
     }
 }
