@@ -10,7 +10,7 @@
 //!   [`netif`]: interfaces; [`reach`]: inventory pulls
 //!   and liveness probes over TCP;
 //! - [`peer`]: the TCP server (uploader) and client;
-//! - [`fetch`]: the download scheduler;
+//! - [`fetch`]: the download scheduler; [`retry`]: the one backoff rule;
 //! - [`control`], [`api`]: the local control endpoint and its data;
 //! - [`tracker`]: the optional central registry (server) and its client;
 //! - [`node`]: wires the tasks together; [`cli`], [`config`]: the edges.
@@ -35,6 +35,7 @@ pub mod node;
 pub mod peer;
 pub mod reach;
 pub mod resolve;
+pub mod retry;
 pub mod store;
 pub mod tracker;
 pub mod wire;
