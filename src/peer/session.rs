@@ -39,6 +39,15 @@ enum Flow {
     Close,
 }
 
+/// Which deadline the next request is read under.
+#[derive(Clone, Copy, Debug)]
+enum Waiting {
+    /// Just after the hello: `first_request_timeout`.
+    FirstRequest,
+    /// After a request: `idle_timeout`.
+    Idle,
+}
+
 /// The state of one served connection.
 pub(super) struct Session<'a> {
     server: &'a Server,
@@ -77,10 +86,10 @@ impl<'a> Session<'a> {
         let remote = self.handshake(&mut framed).await?;
         // A peer that says hello must then ask for something soon: a
         // connection that only holds a slot is closed early.
-        let mut first = true;
+        let mut waiting = Waiting::FirstRequest;
         loop {
-            let req = self.next_request(&mut framed, first).await?;
-            first = false;
+            let req = self.next_request(&mut framed, waiting).await?;
+            waiting = Waiting::Idle;
             if let Flow::Close = self.dispatch(&mut framed, remote, req).await? {
                 return Ok(());
             }
@@ -110,17 +119,16 @@ impl<'a> Session<'a> {
     async fn next_request(
         &self,
         framed: &mut FramedConn,
-        first: bool,
+        waiting: Waiting,
     ) -> Result<Request, PeerError> {
         if !framed.input_buffered() {
             framed.flush().await?;
             self.activity.touch();
         }
         let limits = &self.server.limits;
-        let (limit, what) = if first {
-            (limits.first_request_timeout, "waiting for a first request")
-        } else {
-            (limits.idle_timeout, "idle")
+        let (limit, what) = match waiting {
+            Waiting::FirstRequest => (limits.first_request_timeout, "waiting for a first request"),
+            Waiting::Idle => (limits.idle_timeout, "idle"),
         };
         let req = tokio::time::timeout(limit, framed.read_request())
             .await

@@ -102,9 +102,27 @@ pub(super) struct Slot {
 pub(super) enum Admit {
     Admitted(Slot),
     /// Refused at once, for this reason.
-    Refused(&'static str),
+    Refused(Refusal),
     /// Every slot is taken by a connection too busy to close: retry later.
     Full,
+}
+
+/// Why a connection was refused at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Refusal {
+    /// Its address holds `max_per_address` connections.
+    AddressFull,
+    /// Its range holds `max_per_range` connections, none idle enough to close.
+    RangeBusy,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Refusal::AddressFull => "too many connections from this address",
+            Refusal::RangeBusy => "too many busy connections from this address range",
+        })
+    }
 }
 
 impl Slots {
@@ -126,12 +144,12 @@ impl Slots {
         let mut g = self.inner.lock().expect("slots lock");
         let from_ip = g.per_address.get(&ip).copied().unwrap_or(0);
         if from_ip >= self.limits.max_per_address {
-            return Admit::Refused("too many connections from this address");
+            return Admit::Refused(Refusal::AddressFull);
         }
         if g.per_range.get(&range).copied().unwrap_or(0) >= self.limits.max_per_range {
             match self.victim(&g, now, from_ip, |o| o.range == range) {
                 Some(v) => g.evict(v),
-                None => return Admit::Refused("too many busy connections from this address range"),
+                None => return Admit::Refused(Refusal::RangeBusy),
             }
         }
         if g.open.len() >= self.limits.max_connections {

@@ -32,7 +32,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::TrackerConfig;
-use super::db::{Db, now_ms};
+use super::db::{Db, Swept, now_ms};
 
 /// Body limit of every route but the inventory uploads.
 pub const SMALL_BODY: usize = 64 * 1024;
@@ -49,6 +49,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// so only idle connections are cut.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 
+/// What every handler shares.
 #[derive(Clone)]
 struct AppState {
     db: Db,
@@ -166,8 +167,11 @@ async fn sweeper(db: Db, period: Duration, cancel: CancellationToken) {
         }
         let now = now_ms();
         match db.write(move |w| w.sweep(now)).await {
-            Ok((0, 0)) => {}
-            Ok((offline, pruned)) => {
+            Ok(Swept {
+                offline: 0,
+                pruned: 0,
+            }) => {}
+            Ok(Swept { offline, pruned }) => {
                 tracing::info!(offline, pruned, "nodes went offline or were pruned")
             }
             Err(e) => tracing::warn!(error = %e, "sweeping silent nodes failed"),

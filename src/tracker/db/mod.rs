@@ -25,7 +25,7 @@ use rusqlite::Connection;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 pub(super) use files::{category_index, category_of};
-pub use nodes::Registered;
+pub use nodes::{Registered, Swept};
 pub use schema::OpenError;
 
 /// Jobs waiting for the writer; senders wait when it is full.
@@ -80,8 +80,7 @@ pub enum DbError {
     Internal(String),
 }
 
-/// Errors opening the database, with what to do about them.
-
+/// Milliseconds since the Unix epoch, the clock of every stored time.
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -32,6 +32,15 @@ fn victim_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Victim> {
     })
 }
 
+/// What one sweep did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Swept {
+    /// Nodes marked offline (silent for `offline_after`).
+    pub offline: usize,
+    /// Nodes forgotten (offline for `prune_after`).
+    pub pruned: usize,
+}
+
 /// What `register` hands back to the handler.
 pub struct Registered {
     pub token: String,
@@ -293,8 +302,7 @@ impl Writer {
     }
 
     /// Marks silent nodes offline and prunes those offline for too long.
-    /// Returns (marked offline, pruned).
-    pub fn sweep(&mut self, now: i64) -> Result<(usize, usize), DbError> {
+    pub fn sweep(&mut self, now: i64) -> Result<Swept, DbError> {
         let offline_before = now - self.limits.offline_after.as_millis() as i64;
         let silent: Vec<i64> = {
             let mut stmt = self
@@ -320,6 +328,9 @@ impl Writer {
         for (nid, seq, files) in &stale {
             self.delete_node(*nid, *seq as u64, *files as u64)?;
         }
-        Ok((silent.len(), stale.len()))
+        Ok(Swept {
+            offline: silent.len(),
+            pruned: stale.len(),
+        })
     }
 }

@@ -75,8 +75,6 @@ CREATE TRIGGER IF NOT EXISTS files_au AFTER UPDATE OF name_fold ON files BEGIN
 END;
 "#;
 
-/// Caps and timeouts the database enforces.
-
 /// Errors opening the database, with what to do about them.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {

@@ -181,8 +181,6 @@ impl AsyncWrite for LimitedStream {
     }
 }
 
-/// What every handler shares.
-
 #[cfg(test)]
 mod tests {
     use super::*;
