@@ -1,14 +1,17 @@
 //! The uploader: a TCP server that serves manifests, chunks and the
 //! inventory of what this node holds, looked up by content id only.
 //! Connections are limited in number, per address and per address range
-//! ([`super::slots`]); a connection must finish its handshake and send its first
-//! request promptly, and when every slot is taken the idlest connection is
-//! closed to admit a newcomer, so idle connections cannot hold the uploader
-//! hostage. Chunk bytes go from the page cache to the socket with
-//! sendfile(2) ([`super::sendfile`]): no buffer per connection, so memory does not grow with the
-//! number of connections. Every transfer served is logged when its
-//! connection ends. This file accepts, admits and logs; each connection
-//! is served by a [`Session`] over a [`super::conn::FramedConn`].
+//! ([`super::slots`]); a connection must finish its handshake and send its
+//! first request promptly, and when every slot is taken the idlest
+//! connection is closed to admit a newcomer, so idle connections cannot
+//! hold the uploader hostage. Chunk bytes go from the page cache to the
+//! socket with sendfile(2) ([`super::sendfile`]): no buffer per connection,
+//! so memory does not grow with the number of connections. Every transfer
+//! served is logged when its connection ends.
+//!
+//! This file accepts, admits and logs; each connection is served by a
+//! [`Session`] over a [`super::conn::FramedConn`]. It never reads a frame
+//! itself.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
