@@ -10,7 +10,7 @@
 //!   [`netif`]: interfaces; [`reach`]: inventory pulls
 //!   and liveness probes over TCP;
 //! - [`peer`]: the TCP server (uploader) and client;
-//! - [`fetch`]: the download scheduler;
+//! - [`fetch`]: the download scheduler; [`retry`]: the one backoff rule;
 //! - [`service`]: answers every request (status, ls, peers, fetch, share);
 //! - [`control`], [`api`]: the local control endpoint (server loop and
 //!   typed client) and its data;
@@ -38,6 +38,7 @@ pub mod node;
 pub mod peer;
 pub mod reach;
 pub mod resolve;
+pub mod retry;
 pub mod service;
 pub mod store;
 pub mod task;

@@ -5,10 +5,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
+use super::conn::{Buffers, FramedConn};
 use super::{CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, PeerError};
 
 /// Connecting to one of several addresses of a peer gives up sooner.
@@ -17,14 +16,11 @@ pub const FALLBACK_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const OVER_BUDGET: &str = "inventory bytes";
 use crate::id::{ContentId, NodeId};
 use crate::manifest::Manifest;
-use crate::wire::frame::{
-    self, HEADER_LEN, MAX_INVENTORY_ENTRIES, MAX_RESPONSE_FRAME, PREAMBLE, Request, Response,
-};
+use crate::wire::frame::{self, MAX_INVENTORY_ENTRIES, MAX_RESPONSE_FRAME, Request, Response};
 use crate::wire::{InventoryEntry, WireError};
 
 pub struct PeerConn {
-    reader: BufReader<OwnedReadHalf>,
-    writer: BufWriter<OwnedWriteHalf>,
+    framed: FramedConn,
     next_req: u32,
     pub remote_node: NodeId,
     pub remote_name: String,
@@ -32,8 +28,6 @@ pub struct PeerConn {
     pub remote_digest: [u8; 16],
     pub remote_contents: u32,
     pub addr: SocketAddr,
-    /// Reused for non-chunk response bodies.
-    scratch: Vec<u8>,
 }
 
 impl PeerConn {
@@ -85,55 +79,19 @@ impl PeerConn {
             .map_err(|_| PeerError::Timeout("connecting"))?
             .map_err(PeerError::Connect)?;
         stream.set_nodelay(true)?;
-        let (r, w) = stream.into_split();
-        let mut conn = PeerConn {
-            reader: BufReader::with_capacity(256 * 1024, r),
-            writer: BufWriter::with_capacity(64 * 1024, w),
-            next_req: 1,
-            remote_node: NodeId([0; 16]),
-            remote_name: String::new(),
-            remote_digest: [0; 16],
-            remote_contents: 0,
-            addr,
-            scratch: Vec::new(),
-        };
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.handshake(me, my_name))
+        let mut framed = FramedConn::new(stream, Buffers::CLIENT);
+        let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, framed.hello_as_client(me, my_name))
             .await
             .map_err(|_| PeerError::Timeout("handshaking"))??;
-        Ok(conn)
-    }
-
-    async fn handshake(&mut self, me: NodeId, my_name: &str) -> Result<(), PeerError> {
-        self.writer.write_all(&PREAMBLE).await?;
-        self.writer
-            .write_all(
-                &Request::Hello {
-                    node: me,
-                    name: my_name.to_string(),
-                }
-                .encode(),
-            )
-            .await?;
-        self.writer.flush().await?;
-        let mut pre = [0u8; 5];
-        self.reader.read_exact(&mut pre).await?;
-        frame::check_preamble(&pre).map_err(PeerError::Handshake)?;
-        let mut none = Vec::new();
-        match self.read_response(&mut none).await? {
-            Response::Hello {
-                node,
-                name,
-                digest,
-                contents,
-            } => {
-                self.remote_node = node;
-                self.remote_name = name;
-                self.remote_digest = digest;
-                self.remote_contents = contents;
-                Ok(())
-            }
-            _ => Err(PeerError::Unexpected(0)),
-        }
+        Ok(PeerConn {
+            framed,
+            next_req: 1,
+            remote_node: hello.node,
+            remote_name: hello.name,
+            remote_digest: hello.digest,
+            remote_contents: hello.contents,
+            addr,
+        })
     }
 
     fn next_id(&mut self) -> u32 {
@@ -145,49 +103,19 @@ impl PeerConn {
     /// Queues a chunk request (call [`flush`](Self::flush) to send); returns its id.
     pub async fn request_chunk(&mut self, id: ContentId, index: u32) -> Result<u32, PeerError> {
         let req = self.next_id();
-        self.writer
-            .write_all(&Request::GetChunk { req, id, index }.encode())
+        self.framed
+            .send(&Request::GetChunk { req, id, index }.encode())
             .await?;
         Ok(req)
     }
 
     pub async fn flush(&mut self) -> Result<(), PeerError> {
-        Ok(self.writer.flush().await?)
+        self.framed.flush().await
     }
 
     /// Reads the next response. A chunk's bytes are read into `chunk_buf`.
     pub async fn read_response(&mut self, chunk_buf: &mut Vec<u8>) -> Result<Response, PeerError> {
-        let mut header = [0u8; HEADER_LEN];
-        match self.reader.read_exact(&mut header).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return Err(PeerError::Closed);
-            }
-            Err(e) => return Err(e.into()),
-        }
-        let (kind, len) = frame::parse_header(&header, MAX_RESPONSE_FRAME)?;
-        frame::check_response_len(kind, len)?;
-        if kind == frame::K_R_CHUNK {
-            let mut req = [0u8; 4];
-            self.reader.read_exact(&mut req).await?;
-            let resp = Response::decode(kind, &req, len)?;
-            if let Response::Chunk { len, .. } = resp {
-                chunk_buf.resize(len, 0);
-                self.reader.read_exact(chunk_buf).await?;
-            }
-            return Ok(resp);
-        }
-        let mut body = std::mem::take(&mut self.scratch);
-        body.resize(len, 0);
-        let res = self.reader.read_exact(&mut body).await;
-        let resp = res
-            .map_err(PeerError::from)
-            .and_then(|_| Ok(Response::decode(kind, &body, len)?));
-        body.clear();
-        if body.capacity() <= 1 << 20 {
-            self.scratch = body;
-        }
-        resp
+        self.framed.read_response(chunk_buf).await
     }
 
     /// Asks for a manifest and checks it against `id`. The answer must
@@ -202,28 +130,21 @@ impl PeerConn {
         max_frame: u32,
     ) -> Result<Manifest, PeerError> {
         let req = self.next_id();
-        self.writer
-            .write_all(&Request::GetManifest { req, id }.encode())
+        self.framed
+            .send(&Request::GetManifest { req, id }.encode())
             .await?;
         self.flush().await?;
-        let mut header = [0u8; HEADER_LEN];
-        match tokio::time::timeout(patience, self.reader.read_exact(&mut header)).await {
-            Err(_) => return Err(PeerError::Timeout("waiting for a manifest")),
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return Err(PeerError::Closed);
-            }
-            Ok(Err(e)) => return Err(e.into()),
-            Ok(Ok(_)) => {}
-        }
-        let (kind, len) = frame::parse_header(&header, max_frame.min(MAX_RESPONSE_FRAME))?;
-        if kind == frame::K_R_CHUNK {
+        let max = max_frame.min(MAX_RESPONSE_FRAME);
+        let h = tokio::time::timeout(patience, self.framed.read_header(max))
+            .await
+            .map_err(|_| PeerError::Timeout("waiting for a manifest"))??;
+        if h.kind == frame::K_R_CHUNK {
             return Err(PeerError::Unexpected(req));
         }
-        let mut body = vec![0u8; len];
-        tokio::time::timeout(timeout, self.reader.read_exact(&mut body))
+        let body = tokio::time::timeout(timeout, self.framed.read_body(h.len))
             .await
             .map_err(|_| PeerError::Timeout("receiving a manifest"))??;
-        match Response::decode(kind, &body, len)? {
+        match Response::decode(h.kind, &body, h.len)? {
             Response::Manifest { req: r, manifest } if r == req => {
                 manifest.verify(&id).map_err(|e| {
                     PeerError::Protocol(crate::wire::WireError::Malformed(e.to_string()))
@@ -237,9 +158,8 @@ impl PeerConn {
 
     /// Tells the peer this node is stopping, and closes the connection.
     pub async fn goodbye(mut self) -> Result<(), PeerError> {
-        self.writer.write_all(&Request::Goodbye.encode()).await?;
-        self.writer.flush().await?;
-        Ok(())
+        self.framed.send(&Request::Goodbye.encode()).await?;
+        self.framed.flush().await
     }
 
     /// Pulls the peer's inventory, page by page: in full, or with `since`
@@ -258,8 +178,8 @@ impl PeerConn {
         let mut after: Option<ContentId> = None;
         loop {
             let req = self.next_id();
-            self.writer
-                .write_all(&Request::GetInventory { req, since, after }.encode())
+            self.framed
+                .send(&Request::GetInventory { req, since, after }.encode())
                 .await?;
             self.flush().await?;
             let resp = tokio::time::timeout(timeout, self.read_response(&mut Vec::new()))

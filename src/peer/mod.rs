@@ -1,9 +1,15 @@
 //! The TCP peer protocol in action: [`server`] serves manifests, chunks and
 //! inventories of what this node holds; [`client`] is one connection to a
-//! peer's server. Framing is in `wire::frame`.
+//! peer's server; both speak through [`conn::FramedConn`] (frames and the
+//! hello exchange). [`slots`] admits connections, [`session`] serves one,
+//! [`sendfile`] sends chunk bytes. Frame encoding is in `wire::frame`.
 
 pub mod client;
+pub mod conn;
+mod sendfile;
 pub mod server;
+mod session;
+mod slots;
 
 use std::time::Duration;
 

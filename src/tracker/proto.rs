@@ -296,6 +296,40 @@ pub struct ContentHit {
     pub holders: Vec<Holder>,
 }
 
+impl ContentHit {
+    /// The same content as `ls` shows one ([`crate::api::ContentView`]):
+    /// a search hit is a content view whose holders the tracker lists, each
+    /// at the address the tracker sees its requests come from. The tracker's
+    /// JSON keeps its own form (holder ids, every address, `holders_total`);
+    /// this is the one conversion between the two.
+    pub fn to_view(&self) -> crate::api::ContentView {
+        let holders = self
+            .holders
+            .iter()
+            .map(|h| crate::api::HolderView {
+                name: h.name.clone(),
+                addr: h.addrs.first().map_or_else(String::new, |ip| {
+                    std::net::SocketAddr::new(*ip, h.port).to_string()
+                }),
+                chunks: h.have,
+                total: h.total,
+            })
+            .collect();
+        crate::api::ContentView {
+            id: self.id.to_hex(),
+            name: self.name.clone(),
+            names: self.names.clone(),
+            size: self.size,
+            category: self.category,
+            comment: self.comment.clone(),
+            complete: self.complete,
+            partial: self.partial,
+            holders,
+            local: false,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Holder {
     #[serde(with = "hex_node")]
@@ -465,6 +499,40 @@ pub mod vec_hex_content {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_search_hit_reads_as_a_content_view() {
+        let hit = ContentHit {
+            id: ContentId([0xab; 32]),
+            name: "song.mp3".into(),
+            names: vec!["Song.MP3".into(), "song.mp3".into()],
+            size: 3,
+            category: Category::Audio,
+            comment: "live".into(),
+            complete: 1,
+            partial: 2,
+            holders_total: 3,
+            holders: vec![Holder {
+                id: NodeId([1; 16]),
+                name: "alice".into(),
+                addrs: vec!["10.0.0.7".parse().unwrap(), "192.168.1.7".parse().unwrap()],
+                port: 7373,
+                have: 1,
+                total: 1,
+            }],
+        };
+        let v = hit.to_view();
+        assert_eq!(v.id, "ab".repeat(32));
+        assert_eq!((v.name.as_str(), v.names.len()), ("song.mp3", 2));
+        assert_eq!(
+            (v.size, v.category, v.comment.as_str()),
+            (3, Category::Audio, "live")
+        );
+        assert_eq!((v.complete, v.partial, v.local), (1, 2, false));
+        assert_eq!(v.holders.len(), 1);
+        assert_eq!(v.holders[0].addr, "10.0.0.7:7373");
+        assert_eq!((v.holders[0].chunks, v.holders[0].total), (1, 1));
+    }
 
     #[test]
     fn entries_round_trip_and_default() {

@@ -1,0 +1,387 @@
+//! One served connection, after its slot is granted: the hello, then
+//! each request answered in turn (inventory pages, manifests, chunks, a
+//! goodbye) under the first-request and idle deadlines. It reads the store
+//! and tells the dictionary only of a goodbye and of inventory bytes
+//! served; it never decides who is admitted (that is [`super::slots`]).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use tokio::net::TcpStream;
+
+use super::PeerError;
+use super::conn::{Buffers, FramedConn};
+use super::sendfile::send_range;
+use super::server::Server;
+use super::slots::Activity;
+use crate::id::{ContentId, NodeId};
+use crate::store::changes::Plan;
+use crate::store::{Source, StoreError};
+use crate::wire::InventoryEntry;
+use crate::wire::WireError;
+use crate::wire::frame::{self, ErrorCode, InventoryPage, MAX_PAGE_ENTRIES, Request, Response};
+
+/// Bytes served of one content on one connection, for the upload log.
+pub(super) struct Stat {
+    pub name: String,
+    pub bytes: u64,
+    pub first: Instant,
+    pub last: Instant,
+}
+
+/// What to do after answering a request.
+enum Flow {
+    Continue,
+    /// The peer said goodbye: close the connection.
+    Close,
+}
+
+/// Which deadline the next request is read under.
+#[derive(Clone, Copy, Debug)]
+enum Waiting {
+    /// Just after the hello: `first_request_timeout`.
+    FirstRequest,
+    /// After a request: `idle_timeout`.
+    Idle,
+}
+
+/// The state of one served connection.
+pub(super) struct Session<'a> {
+    server: &'a Server,
+    addr: SocketAddr,
+    activity: &'a Activity,
+    /// `name@address` once the peer said hello, its address before.
+    pub peer_label: String,
+    /// What was served, by content, for the upload log.
+    pub stats: HashMap<ContentId, Stat>,
+    /// The source of the last content asked for (chunks come in runs).
+    cached: Option<(ContentId, Source)>,
+    /// The open file of the last content served.
+    file_cache: Option<(ContentId, Arc<std::fs::File>)>,
+    /// The inventory being pulled on this connection, fixed at its
+    /// first page so every page comes from one version.
+    pull: Option<Plan>,
+}
+
+impl<'a> Session<'a> {
+    pub(super) fn new(server: &'a Server, addr: SocketAddr, activity: &'a Activity) -> Self {
+        Session {
+            server,
+            addr,
+            activity,
+            peer_label: addr.to_string(),
+            stats: HashMap::new(),
+            cached: None,
+            file_cache: None,
+            pull: None,
+        }
+    }
+
+    /// Serves the connection until the peer leaves, errs or stays silent.
+    pub(super) async fn run(&mut self, stream: TcpStream) -> Result<(), PeerError> {
+        let mut framed = FramedConn::new(stream, Buffers::SERVER);
+        let remote = self.handshake(&mut framed).await?;
+        // A peer that says hello must then ask for something soon: a
+        // connection that only holds a slot is closed early.
+        let mut waiting = Waiting::FirstRequest;
+        loop {
+            let req = self.next_request(&mut framed, waiting).await?;
+            waiting = Waiting::Idle;
+            if let Flow::Close = self.dispatch(&mut framed, remote, req).await? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reads the peer's hello under the handshake deadline and answers
+    /// with this node's; returns the id the peer claims.
+    async fn handshake(&mut self, framed: &mut FramedConn) -> Result<NodeId, PeerError> {
+        let limits = &self.server.limits;
+        let hello = framed.hello_from_client(limits.handshake_timeout).await?;
+        self.peer_label = format!("{}@{}", crate::logs::peer_name(&hello.name), self.addr);
+        let inv = self.server.store.inventory();
+        let answer = Response::Hello {
+            node: self.server.node,
+            name: self.server.name.clone(),
+            digest: inv.digest,
+            contents: inv.entries.len() as u32,
+        };
+        framed.hello_to_client(&answer).await?;
+        Ok(hello.node)
+    }
+
+    /// Flushes what is queued unless more requests are already buffered
+    /// (pipelined requests are answered in one burst), then reads the next
+    /// request under the first-request or the idle deadline.
+    async fn next_request(
+        &self,
+        framed: &mut FramedConn,
+        waiting: Waiting,
+    ) -> Result<Request, PeerError> {
+        if !framed.input_buffered() {
+            framed.flush().await?;
+            self.activity.touch();
+        }
+        let limits = &self.server.limits;
+        let (limit, what) = match waiting {
+            Waiting::FirstRequest => (limits.first_request_timeout, "waiting for a first request"),
+            Waiting::Idle => (limits.idle_timeout, "idle"),
+        };
+        let req = tokio::time::timeout(limit, framed.read_request())
+            .await
+            .map_err(|_| PeerError::Timeout(what))??;
+        self.activity.touch();
+        Ok(req)
+    }
+
+    async fn dispatch(
+        &mut self,
+        framed: &mut FramedConn,
+        remote: NodeId,
+        req: Request,
+    ) -> Result<Flow, PeerError> {
+        match req {
+            Request::Hello { .. } => {
+                return Err(PeerError::Protocol(WireError::Malformed(
+                    "second hello".into(),
+                )));
+            }
+            Request::Goodbye => {
+                self.goodbye(remote);
+                return Ok(Flow::Close);
+            }
+            Request::GetInventory { req, since, after } => {
+                self.serve_inventory(framed, req, since, after).await?
+            }
+            Request::GetManifest { req, id } => self.serve_manifest(framed, req, id).await?,
+            Request::GetChunk { req, id, index } => {
+                self.serve_chunk(framed, req, id, index).await?
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// The hello's id is only a claim: the peer goes only if it is known
+    /// at this connection's address.
+    fn goodbye(&self, remote: NodeId) {
+        if self.server.dict.depart(remote, self.addr.ip()) {
+            tracing::info!(peer = %self.peer_label, "peer said goodbye");
+        }
+    }
+
+    async fn serve_inventory(
+        &mut self,
+        framed: &mut FramedConn,
+        req: u32,
+        since: Option<[u8; 16]>,
+        after: Option<ContentId>,
+    ) -> Result<(), PeerError> {
+        if after.is_none() || self.pull.is_none() {
+            self.pull = Some(self.server.store.inventory_plan(since));
+        }
+        let plan = self.pull.as_ref().expect("set above");
+        let bytes = Response::Inventory(inventory_page(req, plan, after)).encode();
+        self.server
+            .dict
+            .inventory_bytes_served
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        framed.send(&bytes).await
+    }
+
+    async fn serve_manifest(
+        &mut self,
+        framed: &mut FramedConn,
+        req: u32,
+        id: ContentId,
+    ) -> Result<(), PeerError> {
+        match self.server.store.source(&id) {
+            Some(src) => {
+                let manifest = (**src.manifest()).clone();
+                framed
+                    .send(&Response::Manifest { req, manifest }.encode())
+                    .await
+            }
+            None => write_error(framed, req, ErrorCode::NotFound, "content not held here").await,
+        }
+    }
+
+    /// The source of `id`, from the one-entry cache when it is the last asked.
+    fn source(&mut self, id: ContentId) -> Option<Source> {
+        if let Some((cid, src)) = &self.cached
+            && *cid == id
+        {
+            return Some(src.clone());
+        }
+        let src = self.server.store.source(&id)?;
+        self.cached = Some((id, src.clone()));
+        Some(src)
+    }
+
+    async fn serve_chunk(
+        &mut self,
+        framed: &mut FramedConn,
+        req: u32,
+        id: ContentId,
+        index: u32,
+    ) -> Result<(), PeerError> {
+        let Some(source) = self.source(id) else {
+            return write_error(framed, req, ErrorCode::NotFound, "content not held here").await;
+        };
+        let asked = Instant::now();
+        let store = &self.server.store;
+        let chunk = match store.chunk_ref(&source, index, &mut self.file_cache) {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                let code = self.chunk_error_code(&e);
+                tracing::debug!(peer = %self.addr, error = %e, "cannot serve chunk");
+                return write_error(framed, req, code, &e.to_string()).await;
+            }
+        };
+        framed.send(&frame::chunk_header(req, chunk.len)).await?;
+        framed.flush().await?;
+        send_range(framed.socket(), &chunk, self.activity).await?;
+        let now = Instant::now();
+        let s = self.stats.entry(id).or_insert_with(|| Stat {
+            name: source.name().to_string(),
+            bytes: 0,
+            first: asked,
+            last: now,
+        });
+        s.bytes += chunk.len as u64;
+        s.last = now;
+        Ok(())
+    }
+
+    /// The error code for a chunk the store could not give; a file changed
+    /// on disk drops the caches and asks for a rescan.
+    fn chunk_error_code(&mut self, e: &StoreError) -> ErrorCode {
+        match e {
+            StoreError::NoChunk { .. } => ErrorCode::NoChunk,
+            StoreError::BadIndex { .. } => ErrorCode::BadRequest,
+            StoreError::Changed { .. } => {
+                self.cached = None;
+                self.file_cache = None;
+                self.server.rescan.notify_one();
+                ErrorCode::NotFound
+            }
+            _ => ErrorCode::Internal,
+        }
+    }
+}
+
+async fn write_error(
+    framed: &mut FramedConn,
+    req: u32,
+    code: ErrorCode,
+    msg: &str,
+) -> Result<(), PeerError> {
+    let message = crate::wire::clean_text(msg, crate::wire::MAX_ERROR_MESSAGE);
+    framed
+        .send(&Response::Error { req, code, message }.encode())
+        .await
+}
+
+/// Bytes of entries in one inventory page (roughly; a single entry may exceed it).
+const PAGE_BYTES: usize = 1 << 20;
+
+/// The page of `plan` after the entry `after` (the first page when `None`).
+fn inventory_page(req: u32, plan: &Plan, after: Option<ContentId>) -> InventoryPage {
+    let (entries, base, removed): (&[InventoryEntry], _, &[ContentId]) = match &plan.delta {
+        Some(d) => (&d.upserts, Some(d.base), &d.removed),
+        None => (&plan.inventory.entries, None, &[]),
+    };
+    let start = after.map_or(0, |a| entries.partition_point(|e| e.id <= a));
+    let mut end = start;
+    let mut bytes = 0;
+    while end < entries.len()
+        && end - start < MAX_PAGE_ENTRIES
+        && (bytes < PAGE_BYTES || end == start)
+    {
+        bytes += entries[end].approx_size();
+        end += 1;
+    }
+    InventoryPage {
+        req,
+        digest: plan.inventory.digest,
+        base,
+        entries: entries[start..end].to_vec(),
+        removed: if after.is_none() {
+            removed.to_vec()
+        } else {
+            Vec::new()
+        },
+        more: end < entries.len(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(n: u32) -> Vec<InventoryEntry> {
+        (0..n)
+            .map(|i| {
+                let mut id = [0u8; 32];
+                id[..4].copy_from_slice(&i.to_be_bytes());
+                InventoryEntry {
+                    id: ContentId(id),
+                    name: format!("file-{i}.txt"),
+                    size: 1,
+                    category: crate::manifest::Category::Text,
+                    comment: String::new(),
+                    chunks: crate::chunkset::ChunkSet::Full,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pages_cover_the_inventory_in_order() {
+        let inv = crate::store::Inventory::new(entries(10_000));
+        let plan = Plan {
+            inventory: inv.clone(),
+            delta: None,
+        };
+        let mut got = Vec::new();
+        let mut after = None;
+        let mut pages = 0;
+        loop {
+            let p = inventory_page(1, &plan, after);
+            pages += 1;
+            assert!(p.entries.len() <= MAX_PAGE_ENTRIES);
+            assert_eq!(p.digest, inv.digest);
+            // Each page fits a response frame with room to spare.
+            assert!(Response::Inventory(p.clone()).encode().len() < (2 << 20));
+            got.extend(p.entries.iter().cloned());
+            after = got.last().map(|e| e.id);
+            if !p.more {
+                break;
+            }
+        }
+        assert_eq!(pages, 3);
+        assert_eq!(got, *inv.entries);
+    }
+
+    #[test]
+    fn a_delta_sends_removals_on_the_first_page_only() {
+        let inv = crate::store::Inventory::new(entries(5000));
+        let plan = Plan {
+            inventory: inv.clone(),
+            delta: Some(crate::store::changes::Delta {
+                base: [1; 16],
+                upserts: entries(5000),
+                removed: vec![ContentId([0xff; 32])],
+            }),
+        };
+        let first = inventory_page(1, &plan, None);
+        assert_eq!(first.base, Some([1; 16]));
+        assert_eq!(first.removed.len(), 1);
+        assert!(first.more);
+        let second = inventory_page(2, &plan, first.entries.last().map(|e| e.id));
+        assert!(second.removed.is_empty() && !second.more);
+        assert_eq!(first.entries.len() + second.entries.len(), 5000);
+    }
+}

@@ -1,0 +1,215 @@
+//! The tracker's HTTP API as a client sees it, one method per route, and
+//! the errors a request can end with. No state, no retries: [`super`]
+//! decides what to do when a request fails.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use super::REQUEST_TIMEOUT;
+use crate::id::NodeId;
+use crate::tracker::proto::{
+    AnnounceResponse, ErrorBody, FullAnnounce, HeartbeatRequest, HeartbeatResponse, PatchAnnounce,
+    PeersQuery, PeersResponse, RegisterRequest, RegisterResponse, SearchQuery, SearchResponse,
+    Stats,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the tracker at {url}: {source}")]
+    Unreachable { url: String, source: reqwest::Error },
+    #[error("the tracker at {url} answered {status}: {message}")]
+    Status {
+        url: String,
+        status: u16,
+        message: String,
+        stored_digest: Option<String>,
+    },
+    #[error("the tracker at {url} sent an answer this node does not understand: {message}")]
+    BadAnswer { url: String, message: String },
+}
+
+impl ClientError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// The tracker's HTTP API, one method per route.
+#[derive(Clone)]
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Api {
+    /// `base` is the tracker's URL, `http://HOST:PORT`. Connections are
+    /// kept open between requests (for scripts and the load generator).
+    pub fn new(base: &str) -> Api {
+        Self::build(base, true)
+    }
+
+    /// What a node uses: one connection per request, closed after it. A
+    /// node talks to the tracker a few times per heartbeat interval, and
+    /// thousands of nodes each holding an idle connection would exhaust
+    /// the tracker's connection slots.
+    pub fn per_request(base: &str) -> Api {
+        Self::build(base, false)
+    }
+
+    fn build(base: &str, keep_alive: bool) -> Api {
+        let mut b = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(Duration::from_secs(5))
+            .no_proxy();
+        b = if keep_alive {
+            b.pool_idle_timeout(Duration::from_secs(30))
+        } else {
+            b.pool_max_idle_per_host(0)
+        };
+        let http = b.build().expect("a plain HTTP client builds");
+        Api {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        url: String,
+        rb: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let resp = rb.send().await.map_err(|source| ClientError::Unreachable {
+            url: url.clone(),
+            source,
+        })?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
+        if !status.is_success() {
+            let body: Option<ErrorBody> = serde_json::from_slice(&bytes).ok();
+            return Err(ClientError::Status {
+                url,
+                status: status.as_u16(),
+                message: body.as_ref().map(|b| b.error.clone()).unwrap_or_else(|| {
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned()
+                }),
+                stored_digest: body.and_then(|b| b.stored_digest),
+            });
+        }
+        let body: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+        serde_json::from_slice(body).map_err(|e| ClientError::BadAnswer {
+            url,
+            message: e.to_string(),
+        })
+    }
+
+    pub async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse, ClientError> {
+        let url = self.url("/v1/nodes");
+        let rb = self.http.post(&url).json(req);
+        self.send(url, rb).await
+    }
+
+    pub async fn heartbeat(
+        &self,
+        id: NodeId,
+        token: &str,
+        req: &HeartbeatRequest,
+    ) -> Result<HeartbeatResponse, ClientError> {
+        let url = self.url(&format!("/v1/nodes/{id}/heartbeat"));
+        let rb = self.http.post(&url).bearer_auth(token).json(req);
+        self.send(url, rb).await
+    }
+
+    pub async fn announce_full(
+        &self,
+        id: NodeId,
+        token: &str,
+        req: &FullAnnounce,
+    ) -> Result<AnnounceResponse, ClientError> {
+        let url = self.url(&format!("/v1/nodes/{id}/inventory"));
+        let rb = self.http.put(&url).bearer_auth(token).json(req);
+        self.send(url, rb).await
+    }
+
+    pub async fn announce_patch(
+        &self,
+        id: NodeId,
+        token: &str,
+        req: &PatchAnnounce,
+    ) -> Result<AnnounceResponse, ClientError> {
+        let url = self.url(&format!("/v1/nodes/{id}/inventory"));
+        let rb = self.http.patch(&url).bearer_auth(token).json(req);
+        self.send(url, rb).await
+    }
+
+    pub async fn deregister(&self, id: NodeId, token: &str) -> Result<(), ClientError> {
+        let url = self.url(&format!("/v1/nodes/{id}"));
+        let rb = self.http.delete(&url).bearer_auth(token);
+        self.send::<serde_json::Value>(url, rb).await.map(|_| ())
+    }
+
+    pub async fn peers(&self, q: &PeersQuery) -> Result<PeersResponse, ClientError> {
+        let mut url = self.parse_url("/v1/peers")?;
+        {
+            let mut pairs = url.query_pairs_mut();
+            pairs.append_pair("since", &q.since.to_string());
+            if let Some(e) = &q.epoch {
+                pairs.append_pair("epoch", e);
+            }
+            if let Some(l) = q.limit {
+                pairs.append_pair("limit", &l.to_string());
+            }
+        }
+        let rb = self.http.get(url.clone());
+        self.send(url.to_string(), rb).await
+    }
+
+    pub async fn search(&self, q: &SearchQuery) -> Result<SearchResponse, ClientError> {
+        let mut url = self.parse_url("/v1/search")?;
+        {
+            let mut pairs = url.query_pairs_mut();
+            if let Some(text) = &q.q {
+                pairs.append_pair("q", text);
+            }
+            if let Some(c) = &q.category {
+                pairs.append_pair("category", c);
+            }
+            if let Some(l) = q.limit {
+                pairs.append_pair("limit", &l.to_string());
+            }
+        }
+        let rb = self.http.get(url.clone());
+        self.send(url.to_string(), rb).await
+    }
+
+    pub async fn stats(&self) -> Result<Stats, ClientError> {
+        let url = self.url("/v1/stats");
+        let rb = self.http.get(&url);
+        self.send(url, rb).await
+    }
+
+    fn parse_url(&self, path: &str) -> Result<reqwest::Url, ClientError> {
+        let url = self.url(path);
+        reqwest::Url::parse(&url).map_err(|e| ClientError::BadAnswer {
+            url: url.clone(),
+            message: format!("not a valid URL: {e}"),
+        })
+    }
+}
