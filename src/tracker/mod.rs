@@ -44,13 +44,13 @@ pub struct TrackerArgs {
     #[arg(long, value_name = "FILE", default_value = "lanshare-tracker.db")]
     pub db: PathBuf,
     /// Seconds between a node's heartbeats (told to each node when it registers).
-    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = crate::config::secs_up_to(MAX_SECS))]
     pub heartbeat: Duration,
     /// A node silent for this many seconds is offline: its content is no longer offered.
-    #[arg(long, value_name = "SECS", default_value = "35", value_parser = parse_secs)]
+    #[arg(long, value_name = "SECS", default_value = "35", value_parser = crate::config::secs_up_to(MAX_SECS))]
     pub offline_after: Duration,
     /// An offline node is forgotten after this many seconds (default: 7 days).
-    #[arg(long, value_name = "SECS", default_value = "604800", value_parser = parse_secs)]
+    #[arg(long, value_name = "SECS", default_value = "604800", value_parser = crate::config::secs_up_to(MAX_SECS))]
     pub prune_after: Duration,
     /// Most nodes remembered; when full, a node that never heartbeated nor announced, else the node offline the longest, is forgotten.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
@@ -126,16 +126,8 @@ impl TrackerConfig {
     }
 }
 
-/// Parses seconds (fractions allowed) between 0.05 s and a year.
-fn parse_secs(s: &str) -> Result<Duration, String> {
-    let v: f64 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if !(0.05..=31_536_000.0).contains(&v) {
-        return Err("must be between 0.05 and 31536000 seconds".into());
-    }
-    Ok(Duration::from_secs_f64(v))
-}
+/// The longest span a tracker duration flag takes: a year.
+const MAX_SECS: f64 = 31_536_000.0;
 
 /// Checks a `--tracker` URL: `http://HOST[:PORT][/PATH]`.
 pub fn parse_url(s: &str) -> Result<String, String> {
