@@ -14,9 +14,9 @@ use tokio::sync::Notify;
 use crate::api::{ContentView, FoundVia, HolderView, PeerView};
 use crate::chunkset::ChunkSet;
 use crate::id::{ContentId, NodeId};
+use crate::inventory::Inventory;
 use crate::manifest::{Category, Manifest};
 use crate::resolve::{self, Resolution};
-use crate::store::Inventory;
 use crate::wire::InventoryEntry;
 
 /// Most peers remembered; the longest-offline are forgotten first.
@@ -594,7 +594,7 @@ impl Dict {
             self.changed.notify_waiters();
             return;
         }
-        for changed in crate::store::changes::diff(old, &inv.entries) {
+        for changed in crate::inventory::diff(old, &inv.entries) {
             match inv.entries.binary_search_by(|e| e.id.cmp(&changed)) {
                 Ok(i) => self.hold(id, &inv.entries[i]),
                 Err(_) => self.release(id, &changed),

@@ -25,8 +25,9 @@ use tokio_util::sync::CancellationToken;
 use crate::api::FoundVia;
 use crate::dict::Dict;
 use crate::id::NodeId;
+use crate::inventory::Inventory;
 use crate::netif::Link;
-use crate::store::{Inventory, Store};
+use crate::store::Store;
 use crate::wire::datagram::{Announce, Datagram, MAX_DATAGRAM};
 
 /// Announcements triggered by a change are at least this far apart.

@@ -15,8 +15,8 @@ use lanshare::api::FoundVia;
 use lanshare::chunkset::{Bitmap, ChunkSet};
 use lanshare::dict::Dict;
 use lanshare::id::{ContentId, NodeId};
+use lanshare::inventory::Inventory;
 use lanshare::manifest::Category;
-use lanshare::store::Inventory;
 use lanshare::tracker::client::{Api, ClientError};
 use lanshare::tracker::proto::{
     Entry, FullAnnounce, HeartbeatRequest, PatchAnnounce, PeersQuery, RegisterRequest,

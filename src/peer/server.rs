@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 use super::PeerError;
 use crate::dict::Dict;
 use crate::id::{ContentId, NodeId};
+use crate::inventory::Plan;
 use crate::logs::{Transfer, TransferLog};
-use crate::store::changes::Plan;
 use crate::store::{ChunkRef, Source, Store, StoreError};
 use crate::wire::InventoryEntry;
 use crate::wire::frame::{
@@ -908,7 +908,7 @@ mod tests {
 
     #[test]
     fn pages_cover_the_inventory_in_order() {
-        let inv = crate::store::Inventory::new(entries(10_000));
+        let inv = crate::inventory::Inventory::new(entries(10_000));
         let plan = Plan {
             inventory: inv.clone(),
             delta: None,
@@ -935,10 +935,10 @@ mod tests {
 
     #[test]
     fn a_delta_sends_removals_on_the_first_page_only() {
-        let inv = crate::store::Inventory::new(entries(5000));
+        let inv = crate::inventory::Inventory::new(entries(5000));
         let plan = Plan {
             inventory: inv.clone(),
-            delta: Some(crate::store::changes::Delta {
+            delta: Some(crate::inventory::Delta {
                 base: [1; 16],
                 upserts: entries(5000),
                 removed: vec![ContentId([0xff; 32])],

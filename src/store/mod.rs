@@ -3,7 +3,6 @@
 //! downloads and their final rename. Network input reaches the filesystem
 //! only through [`safe_file_name`] and content ids, never as a path.
 
-pub mod changes;
 mod index;
 mod partial;
 
@@ -19,6 +18,7 @@ pub use partial::Partial;
 
 use crate::chunkset::ChunkSet;
 use crate::id::ContentId;
+use crate::inventory::{Digest, Inventory, Plan, Publisher};
 use crate::manifest::{Category, Manifest};
 use crate::wire::{InventoryEntry, MAX_COMMENT, MAX_FILE_NAME, clean_text};
 
@@ -140,27 +140,6 @@ pub(crate) fn io_err<'a>(
     }
 }
 
-/// What this node offers, as announced: entries plus a digest that changes
-/// whenever any entry does.
-#[derive(Clone, Debug, Default)]
-pub struct Inventory {
-    pub entries: Arc<Vec<InventoryEntry>>,
-    pub digest: [u8; 16],
-}
-
-impl Inventory {
-    pub fn new(mut entries: Vec<InventoryEntry>) -> Self {
-        entries.sort_by_key(|e| e.id);
-        let bytes = postcard::to_allocvec(&entries).expect("encoding into a Vec cannot fail");
-        let mut digest = [0u8; 16];
-        digest.copy_from_slice(&blake3::hash(&bytes).as_bytes()[..16]);
-        Inventory {
-            entries: Arc::new(entries),
-            digest,
-        }
-    }
-}
-
 /// Where a held chunk comes from.
 #[derive(Clone)]
 pub enum Source {
@@ -205,10 +184,8 @@ pub struct Store {
     /// scans compute off-lock and swap results in.
     index: Mutex<index::IndexState>,
     partials: Mutex<HashMap<ContentId, Arc<Partial>>>,
-    inventory: watch::Sender<Inventory>,
-    /// Recent inventory changes, for incremental updates. Publishing holds
-    /// this lock, so the log and the published inventory never disagree.
-    changes: Mutex<changes::ChangeLog>,
+    /// The published inventory and its change log.
+    published: Publisher,
     /// How long the last walk of the shared folders took (ns).
     walk_nanos: std::sync::atomic::AtomicU64,
     /// The last scan left files still being written for later.
@@ -235,8 +212,7 @@ impl Store {
             cli_roots,
             index: Mutex::new(index),
             partials: Mutex::new(HashMap::new()),
-            inventory: watch::channel(Inventory::new(Vec::new())).0,
-            changes: Mutex::new(changes::ChangeLog::default()),
+            published: Publisher::default(),
             walk_nanos: Default::default(),
             unsettled: Default::default(),
             follow_symlinks: Default::default(),
@@ -258,11 +234,11 @@ impl Store {
 
     /// Notified whenever the inventory changes.
     pub fn subscribe(&self) -> watch::Receiver<Inventory> {
-        self.inventory.subscribe()
+        self.published.subscribe()
     }
 
     pub fn inventory(&self) -> Inventory {
-        self.inventory.borrow().clone()
+        self.published.current()
     }
 
     /// The folders and files scanned (for file-system watches).
@@ -380,25 +356,15 @@ impl Store {
                 chunks: ChunkSet::Partial(have),
             });
         }
-        let inv = Inventory::new(entries.into_values().collect());
-        let mut log = self.changes.lock().expect("change log lock");
-        self.inventory.send_if_modified(|old| {
-            if old.digest == inv.digest {
-                return false;
-            }
-            log.record(old, &inv);
-            *old = inv;
-            true
-        });
+        self.published
+            .publish(Inventory::new(entries.into_values().collect()));
     }
 
     /// What to send a peer that holds our inventory of digest `since`
     /// (`None`: nothing yet): the current inventory, with a delta when the
     /// change log reaches back to `since`.
-    pub fn inventory_plan(&self, since: Option<[u8; 16]>) -> changes::Plan {
-        let log = self.changes.lock().expect("change log lock");
-        let current = self.inventory.borrow().clone();
-        log.plan(&current, since)
+    pub fn inventory_plan(&self, since: Option<Digest>) -> Plan {
+        self.published.plan(since)
     }
 
     /// How long the last walk of the shared folders took (without hashing).

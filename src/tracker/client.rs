@@ -22,7 +22,7 @@ use super::proto::{
 use crate::api::FoundVia;
 use crate::dict::Dict;
 use crate::id::{ContentId, NodeId};
-use crate::store::Inventory;
+use crate::inventory::Inventory;
 
 /// Who this node is, as the tracker lists it.
 #[derive(Clone, Debug)]
@@ -815,7 +815,7 @@ fn candidates(p: &PeerInfo, observed: IpAddr, mine: &[IpAddr]) -> Vec<IpAddr> {
 /// ids to remove.
 fn diff(old: &[Entry], new: &[Entry]) -> (Vec<Entry>, Vec<ContentId>) {
     let (mut upsert, mut remove) = (Vec::new(), Vec::new());
-    crate::store::changes::diff_sorted(
+    crate::inventory::diff_sorted(
         old,
         new,
         |e| e.id,
