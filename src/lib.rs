@@ -37,6 +37,7 @@ pub mod node;
 pub mod peer;
 pub mod reach;
 pub mod resolve;
+pub mod stats;
 pub mod store;
 pub mod tracker;
 pub mod wire;

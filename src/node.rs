@@ -5,7 +5,6 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -24,6 +23,7 @@ use crate::id::{ContentId, NodeId};
 use crate::logs::TransferLog;
 use crate::peer::server::Server;
 use crate::resolve::Resolution;
+use crate::stats::{Counter, Stats};
 use crate::store::{Home, Store};
 
 /// What `up` prints once the node runs.
@@ -58,6 +58,7 @@ struct Node {
     listen: SocketAddr,
     store: Arc<Store>,
     dict: Arc<Dict>,
+    stats: Arc<Stats>,
     fetch: Arc<FetchCtx>,
     rescan: Arc<Notify>,
     /// One fetch per content at a time; a second waits for the first.
@@ -94,6 +95,7 @@ pub async fn run(
         cfg.max_remote_contents,
         cfg.max_remote_bytes,
     ));
+    let stats = Arc::new(Stats::default());
     let rescan = Arc::new(Notify::new());
     let fetch = Arc::new(FetchCtx {
         store: store.clone(),
@@ -110,6 +112,7 @@ pub async fn run(
         listen,
         store: store.clone(),
         dict: dict.clone(),
+        stats: stats.clone(),
         fetch,
         rescan: rescan.clone(),
         fetch_locks: Default::default(),
@@ -130,6 +133,15 @@ pub async fn run(
     }
     let links = selection.links(&ifaces);
     let (links_tx, links_rx) = tokio::sync::watch::channel(links.clone());
+    let discovery_ctx = discovery::Context {
+        node: id,
+        name: cfg.name.clone(),
+        tcp_port: listen.port(),
+        interval: cfg.announce_interval,
+        inventory: store.subscribe(),
+        dict: dict.clone(),
+        stats: stats.clone(),
+    };
     let mut disc = None;
     if cfg.multicast {
         let recv4 = discovery::recv_socket(false, cfg.group.port())?;
@@ -141,14 +153,9 @@ pub async fn run(
             }
         };
         let d = Discovery::new(
-            dict.clone(),
-            store.clone(),
-            id,
-            cfg.name.clone(),
-            listen.port(),
+            discovery_ctx.clone(),
             cfg.group,
             std::net::SocketAddrV6::new(cfg.group6, cfg.group.port(), 0, 0),
-            cfg.announce_interval,
             Some(recv4),
             recv6,
         );
@@ -167,15 +174,7 @@ pub async fn run(
     }
 
     let mdns = if cfg.mdns {
-        Some(crate::mdns::Mdns::start(
-            dict.clone(),
-            store.clone(),
-            id,
-            cfg.name.clone(),
-            listen.port(),
-            cfg.announce_interval,
-            links.clone(),
-        )?)
+        Some(crate::mdns::Mdns::start(discovery_ctx, links.clone())?)
     } else {
         None
     };
@@ -188,6 +187,7 @@ pub async fn run(
     let server = Arc::new(Server::new(
         store.clone(),
         dict.clone(),
+        stats.clone(),
         id,
         cfg.name.clone(),
         cfg.server.clone(),
@@ -465,7 +465,10 @@ async fn handle_control(
                 .collect();
             ControlResponse::Ls(views)
         }
-        ControlRequest::Peers => ControlResponse::Peers(node.dict.peer_views()),
+        ControlRequest::Peers => ControlResponse::Peers(
+            node.dict
+                .peer_views(std::time::Instant::now(), std::time::SystemTime::now()),
+        ),
         ControlRequest::Rescan => {
             node.rescan.notify_one();
             ControlResponse::Ok
@@ -484,10 +487,10 @@ impl Node {
             listen: self.listen.to_string(),
             home: self.cfg.home.display().to_string(),
             shared_contents: self.store.inventory().entries.len() as u32,
-            malformed_datagrams: self.dict.malformed_datagrams.load(Ordering::Relaxed),
-            malformed_connections: self.dict.malformed_connections.load(Ordering::Relaxed),
-            discovery_bytes_sent: self.dict.discovery_bytes_sent.load(Ordering::Relaxed),
-            inventory_bytes_served: self.dict.inventory_bytes_served.load(Ordering::Relaxed),
+            malformed_datagrams: self.stats.get(Counter::MalformedDatagrams),
+            malformed_connections: self.stats.get(Counter::MalformedConnections),
+            discovery_bytes_sent: self.stats.get(Counter::DiscoveryBytesSent),
+            inventory_bytes_served: self.stats.get(Counter::InventoryBytesServed),
         }
     }
 
@@ -514,7 +517,8 @@ impl Node {
             // A node that just started may not have heard everyone yet.
             let deadline = tokio::time::Instant::now() + self.cfg.fetch.wait_for_holders;
             while resolution == Resolution::None && tokio::time::Instant::now() < deadline {
-                let _ = tokio::time::timeout_at(deadline, self.dict.changed.notified()).await;
+                let _ =
+                    tokio::time::timeout_at(deadline, self.dict.contents.changed.notified()).await;
                 resolution = self.dict.resolve(query, &[]);
             }
         }
@@ -549,7 +553,7 @@ impl Node {
         let want = Want {
             id,
             query: query.to_string(),
-            size: self.dict.content(&id).map(|c| c.size),
+            size: self.dict.contents.with(&id, |c| c.size),
         };
         let lock = self.fetch_locks.entry(id).or_default().clone();
         let _guard = lock.lock().await;

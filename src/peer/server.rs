@@ -73,6 +73,7 @@ impl Default for ServerLimits {
 pub struct Server {
     pub store: Arc<Store>,
     pub dict: Arc<Dict>,
+    pub stats: Arc<crate::stats::Stats>,
     pub node: NodeId,
     pub name: String,
     pub upload_log: TransferLog,
@@ -85,6 +86,7 @@ impl Server {
     pub fn new(
         store: Arc<Store>,
         dict: Arc<Dict>,
+        stats: Arc<crate::stats::Stats>,
         node: NodeId,
         name: String,
         limits: ServerLimits,
@@ -94,6 +96,7 @@ impl Server {
         Server {
             store,
             dict,
+            stats,
             node,
             name,
             upload_log,
@@ -180,9 +183,8 @@ impl Server {
             match e {
                 PeerError::Closed => {}
                 PeerError::Handshake(_) | PeerError::Protocol(_) => {
-                    self.dict
-                        .malformed_connections
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .count(crate::stats::Counter::MalformedConnections);
                     tracing::debug!(peer = %addr, error = %e, "dropped malformed connection");
                 }
                 _ => tracing::debug!(peer = %addr, error = %e, "connection ended"),
@@ -301,9 +303,10 @@ impl Server {
                     let plan = pull.as_ref().expect("set above");
                     let page = inventory_page(req, plan, after);
                     let bytes = Response::Inventory(page).encode();
-                    self.dict
-                        .inventory_bytes_served
-                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    self.stats.add(
+                        crate::stats::Counter::InventoryBytesServed,
+                        bytes.len() as u64,
+                    );
                     writer.write_all(&bytes).await?;
                 }
                 Request::GetManifest { req, id } => match self.store.source(&id) {
