@@ -206,11 +206,7 @@ impl Store {
         // A large file modified in the last moments is probably still
         // being written (a copy in progress): hash it once it has settled,
         // rather than again and again. Small ones cost nothing to redo.
-        let now_ns = system_time_ns(Ok(SystemTime::now()));
-        let (to_hash, unsettled): (Vec<_>, Vec<_>) = to_hash.into_iter().partition(|f| {
-            f.size < SETTLE_MIN_SIZE
-                || now_ns.saturating_sub(f.mtime_ns as u128) >= SETTLE.as_nanos()
-        });
+        let (to_hash, unsettled) = split_settled(to_hash, SystemTime::now());
         self.unsettled
             .store(!unsettled.is_empty(), std::sync::atomic::Ordering::Relaxed);
         for file in to_hash {
@@ -425,6 +421,18 @@ impl Store {
     }
 }
 
+/// Splits files to hash into those settled at `now` (small, or large and
+/// unmodified for [`SETTLE`]) and those probably still being written.
+fn split_settled(
+    files: Vec<index::FoundFile>,
+    now: SystemTime,
+) -> (Vec<index::FoundFile>, Vec<index::FoundFile>) {
+    let now_ns = system_time_ns(Ok(now));
+    files.into_iter().partition(|f| {
+        f.size < SETTLE_MIN_SIZE || now_ns.saturating_sub(f.mtime_ns as u128) >= SETTLE.as_nanos()
+    })
+}
+
 /// Modification time as nanoseconds since the epoch (0 when unknown).
 pub fn system_time_ns(t: std::io::Result<SystemTime>) -> u128 {
     t.ok()
@@ -493,6 +501,39 @@ mod tests {
         assert!(!store.has_unsettled());
         store.publish();
         assert_eq!(store.inventory().entries[0].name, "big.iso");
+    }
+
+    #[test]
+    fn large_files_settle_after_the_settle_time_of_passed_in_time() {
+        let file = |size: u64, mtime_ns: u64| index::FoundFile {
+            path: PathBuf::from(format!("/f{size}-{mtime_ns}")),
+            size,
+            mtime_ns,
+            root: ShareRoot::plain(PathBuf::from("/")),
+        };
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let modified = Duration::from_secs(1000).as_nanos() as u64;
+        let settle = SETTLE.as_nanos() as u64;
+        let files = vec![
+            file(SETTLE_MIN_SIZE - 1, modified),
+            file(SETTLE_MIN_SIZE, modified),
+            file(SETTLE_MIN_SIZE, modified - settle),
+            file(SETTLE_MIN_SIZE, modified - settle + 1),
+        ];
+        let (ready, waiting) = split_settled(files, t);
+        let sizes_ages = |v: &[index::FoundFile]| {
+            v.iter()
+                .map(|f| (f.size, modified - f.mtime_ns))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            sizes_ages(&ready),
+            [(SETTLE_MIN_SIZE - 1, 0), (SETTLE_MIN_SIZE, settle)]
+        );
+        assert_eq!(
+            sizes_ages(&waiting),
+            [(SETTLE_MIN_SIZE, 0), (SETTLE_MIN_SIZE, settle - 1)]
+        );
     }
 
     /// Regression: a file name that is not UTF-8 made saving the index
