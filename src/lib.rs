@@ -3,8 +3,9 @@
 //! Module map (each module's doc says what it owns):
 //! - [`id`], [`chunkset`], [`manifest`], [`resolve`]: pure data and rules;
 //! - [`wire`]: bytes <-> messages for datagrams and TCP frames;
-//! - [`store`]: the only code touching content files; [`fswatch`]:
-//!   notifications that trigger its rescans;
+//! - [`inventory`]: what a node offers, its digest, deltas and change log
+//!   (pure); [`store`]: the only code touching content files, publishes the
+//!   inventory; [`fswatch`]: notifications that trigger its rescans;
 //! - [`dict`]: what the network offers (the only shared discovery state);
 //! - [`discovery`]: multicast announce/listen; [`mdns`]: DNS-SD;
 //!   [`netif`]: interfaces; [`reach`]: inventory pulls
@@ -29,6 +30,7 @@ pub mod discovery;
 pub mod fetch;
 pub mod fswatch;
 pub mod id;
+pub mod inventory;
 pub mod logs;
 pub mod manifest;
 pub mod manual;
@@ -40,6 +42,7 @@ pub mod reach;
 pub mod resolve;
 pub mod retry;
 pub mod service;
+pub mod stats;
 pub mod store;
 pub mod task;
 pub mod tracker;

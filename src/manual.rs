@@ -84,20 +84,23 @@ async fn refresh(
         anyhow::bail!("{target} is this node itself");
     }
     let (id, name, addr) = (conn.remote_node, conn.remote_name.clone(), conn.addr);
-    if dict.peer(&id).is_none_or(|p| !p.online) {
+    if !dict.peers.is_online(&id) {
         tracing::info!(peer = %name, %addr, "manual peer reached");
     }
     // The puller fetches its inventory when the digest is new.
-    dict.observe(
+    let seen = crate::dict::Sighting {
         id,
-        &name,
+        name: &name,
         addr,
-        FoundVia::Manual,
+        via: FoundVia::Manual,
         interval,
-        conn.remote_digest,
-        conn.remote_contents,
-    );
-    dict.reached(id, addr, conn.remote_digest, conn.remote_contents);
+        digest: conn.remote_digest,
+        contents: conn.remote_contents,
+    };
+    let now = std::time::Instant::now();
+    dict.observe(seen, now);
+    dict.peers
+        .reached(id, addr, conn.remote_digest, conn.remote_contents, now);
     Ok(())
 }
 

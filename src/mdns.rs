@@ -14,12 +14,17 @@
 //!
 //! The daemon is told to use exactly the interfaces discovery uses (the
 //! [`crate::netif`] links), through a predicate that reads the current link
-//! set, so it follows interfaces that come and go.
+//! set, so it follows interfaces that come and go
+//! ([`crate::discovery::follow_links`]).
+//!
+//! Like multicast discovery it reads the published inventory through a
+//! `watch` receiver (never the store), and writes only to the dictionary
+//! and the node's counters.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr, SocketAddrV6};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mdns_sd::{
     IfKind, IfPredicate, ResolvedService, ScopedIp, ServiceDaemon, ServiceEvent, ServiceInfo,
@@ -28,10 +33,11 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::FoundVia;
-use crate::dict::Dict;
+use crate::dict::Sighting;
+use crate::discovery::{Context, follow_links};
 use crate::id::NodeId;
 use crate::netif::Link;
-use crate::store::Store;
+use crate::stats::Counter;
 use crate::wire::{MAX_NODE_NAME, VERSION};
 
 pub const SERVICE_TYPE: &str = "_lanshare._tcp.local.";
@@ -48,28 +54,15 @@ pub enum MdnsError {
 
 pub struct Mdns {
     daemon: ServiceDaemon,
-    dict: Arc<Dict>,
-    store: Arc<Store>,
-    node: NodeId,
-    name: String,
+    ctx: Context,
     host: String,
-    tcp_port: u16,
-    interval: Duration,
     /// The links the daemon may use, read by its interface predicate.
     links: Arc<RwLock<BTreeSet<Link>>>,
 }
 
 impl Mdns {
     /// Starts the daemon, restricted to `links`.
-    pub fn start(
-        dict: Arc<Dict>,
-        store: Arc<Store>,
-        node: NodeId,
-        name: String,
-        tcp_port: u16,
-        interval: Duration,
-        links: BTreeSet<Link>,
-    ) -> Result<Arc<Mdns>, MdnsError> {
+    pub fn start(ctx: Context, links: BTreeSet<Link>) -> Result<Arc<Mdns>, MdnsError> {
         let daemon = ServiceDaemon::new()?;
         let links = Arc::new(RwLock::new(links));
         let allowed = links.clone();
@@ -83,37 +76,37 @@ impl Mdns {
             })
         })))?;
         daemon.set_ip_check_interval(IP_CHECK_SECS)?;
-        let host = format!("{}-{}.local.", host_label(&name), &node.to_hex()[..8]);
+        let host = format!(
+            "{}-{}.local.",
+            host_label(&ctx.name),
+            &ctx.node.to_hex()[..8]
+        );
         Ok(Arc::new(Mdns {
             daemon,
-            dict,
-            store,
-            node,
-            name,
+            ctx,
             host,
-            tcp_port,
-            interval,
             links,
         }))
     }
 
     fn fullname(&self) -> String {
-        format!("{}.{SERVICE_TYPE}", escape(&self.name))
+        format!("{}.{SERVICE_TYPE}", escape(&self.ctx.name))
     }
 
     fn register(&self, digest: &[u8; 16]) -> Result<(), MdnsError> {
+        let me = &self.ctx;
         let props = [
-            ("id", self.node.to_hex()),
+            ("id", me.node.to_hex()),
             ("v", VERSION.to_string()),
-            ("port", self.tcp_port.to_string()),
+            ("port", me.tcp_port.to_string()),
             ("digest", crate::id::to_hex(digest)),
         ];
         let info = ServiceInfo::new(
             SERVICE_TYPE,
-            &self.name,
+            &me.name,
             &self.host,
             (),
-            self.tcp_port,
+            me.tcp_port,
             &props[..],
         )?
         .enable_addr_auto();
@@ -123,7 +116,7 @@ impl Mdns {
 
     /// Keeps the registration's digest current; unregisters on cancel.
     pub async fn publisher(self: Arc<Self>, cancel: CancellationToken) {
-        let mut inv = self.store.subscribe();
+        let mut inv = self.ctx.inventory.clone();
         loop {
             let digest = inv.borrow_and_update().digest;
             if let Err(e) = self.register(&digest) {
@@ -152,16 +145,14 @@ impl Mdns {
     /// Follows the link set (the daemon rechecks interfaces on its own).
     pub async fn links(
         self: Arc<Self>,
-        mut rx: watch::Receiver<BTreeSet<Link>>,
+        rx: watch::Receiver<BTreeSet<Link>>,
         cancel: CancellationToken,
     ) {
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                r = rx.changed() => if r.is_err() { return },
-            }
-            *self.links.write().expect("links lock") = rx.borrow_and_update().clone();
-        }
+        follow_links(rx, cancel, |links| {
+            *self.links.write().expect("links lock") = links;
+            std::future::ready(())
+        })
+        .await
     }
 
     /// Browses for other nodes until cancelled.
@@ -185,7 +176,7 @@ impl Mdns {
             };
             match ev {
                 ServiceEvent::ServiceResolved(rs) => match parse(&rs) {
-                    Some(found) if found.node != self.node => {
+                    Some(found) if found.node != self.ctx.node => {
                         if known.len() < crate::dict::MAX_PEERS || known.contains_key(&rs.fullname)
                         {
                             known.insert(rs.fullname.clone(), found.node);
@@ -194,20 +185,18 @@ impl Mdns {
                     }
                     Some(_) => {}
                     None => {
-                        self.dict
-                            .malformed_datagrams
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        self.ctx.stats.count(Counter::MalformedDatagrams);
                         tracing::debug!(instance = %rs.fullname, "ignored a malformed lanshare mDNS record");
                     }
                 },
                 ServiceEvent::ServiceRemoved(_, fullname) => {
                     if let Some(id) = known.remove(&fullname)
-                        && self.dict.peer(&id).is_some_and(|p| p.online)
+                        && self.ctx.dict.peers.is_online(&id)
                     {
                         // Anyone can remove a record naming any id: the
                         // peer is checked over TCP before it is dropped.
                         tracing::info!(peer = %id.short(), "peer unregistered from mDNS; checking that it left");
-                        self.dict.claim_departure(id);
+                        self.ctx.dict.peers.claim_departure(id);
                     }
                 }
                 _ => {}
@@ -217,20 +206,23 @@ impl Mdns {
     }
 
     fn found(&self, f: Found) {
-        let contents = self.dict.peer(&f.node).map_or(0, |p| p.contents);
-        if self.dict.peer(&f.node).is_none_or(|p| !p.online) {
+        let dict = &self.ctx.dict;
+        // The record has no size: the one held stands until a pull.
+        let contents = dict.peers.with(&f.node, |p| p.contents).unwrap_or(0);
+        if !dict.peers.is_online(&f.node) {
             tracing::info!(peer = %f.name, addrs = ?f.addrs, "peer found by mDNS");
         }
         for addr in f.addrs {
-            self.dict.observe(
-                f.node,
-                &f.name,
+            let seen = Sighting {
+                id: f.node,
+                name: &f.name,
                 addr,
-                FoundVia::Mdns,
-                self.interval,
-                f.digest,
+                via: FoundVia::Mdns,
+                interval: self.ctx.interval,
+                digest: f.digest,
                 contents,
-            );
+            };
+            dict.observe(seen, Instant::now());
         }
     }
 }

@@ -23,6 +23,7 @@ use crate::id::NodeId;
 use crate::netif::Link;
 use crate::peer::server::Server;
 use crate::service::{Identity, Service};
+use crate::stats::Stats;
 use crate::store::{Home, Store};
 use crate::task::Tasks;
 
@@ -70,6 +71,7 @@ pub struct Bound {
     listener: TcpListener,
     store: Arc<Store>,
     dict: Arc<Dict>,
+    stats: Arc<Stats>,
     selection: crate::netif::Selection,
     links_tx: tokio::sync::watch::Sender<Links>,
     links_rx: tokio::sync::watch::Receiver<Links>,
@@ -117,27 +119,23 @@ pub async fn bind(cfg: NodeConfig) -> anyhow::Result<Bound> {
     let selection = cfg.selection();
     let links = selected_links(&selection)?;
     let (links_tx, links_rx) = tokio::sync::watch::channel(links.clone());
-    let me = Me {
-        id,
-        listen,
-        dict: &dict,
-        store: &store,
+    let stats = Arc::new(Stats::default());
+    let ctx = discovery::Context {
+        node: id,
+        name: cfg.name.clone(),
+        tcp_port: listen.port(),
+        interval: cfg.announce_interval,
+        inventory: store.subscribe(),
+        dict: dict.clone(),
+        stats: stats.clone(),
     };
     let disc = if cfg.multicast {
-        Some(bind_discovery(&cfg, &me, &links)?)
+        Some(bind_discovery(&cfg, ctx.clone(), &links)?)
     } else {
         None
     };
     let mdns = if cfg.mdns {
-        Some(crate::mdns::Mdns::start(
-            dict.clone(),
-            store.clone(),
-            id,
-            cfg.name.clone(),
-            listen.port(),
-            cfg.announce_interval,
-            links.clone(),
-        )?)
+        Some(crate::mdns::Mdns::start(ctx, links.clone())?)
     } else {
         None
     };
@@ -154,20 +152,13 @@ pub async fn bind(cfg: NodeConfig) -> anyhow::Result<Bound> {
         listener,
         store,
         dict,
+        stats,
         selection,
         links_tx,
         links_rx,
         disc,
         mdns,
     })
-}
-
-/// What discovery needs to know about this node while it binds.
-struct Me<'a> {
-    id: NodeId,
-    listen: SocketAddr,
-    dict: &'a Arc<Dict>,
-    store: &'a Arc<Store>,
 }
 
 /// The links discovery starts on; an `--interface` address no interface
@@ -188,7 +179,11 @@ fn selected_links(selection: &crate::netif::Selection) -> anyhow::Result<Links> 
 }
 
 /// Binds the multicast sockets and joins the group on `links`.
-fn bind_discovery(cfg: &NodeConfig, me: &Me<'_>, links: &Links) -> anyhow::Result<Arc<Discovery>> {
+fn bind_discovery(
+    cfg: &NodeConfig,
+    ctx: discovery::Context,
+    links: &Links,
+) -> anyhow::Result<Arc<Discovery>> {
     let recv4 = discovery::recv_socket(false, cfg.group.port())?;
     let recv6 = match discovery::recv_socket(true, cfg.group.port()) {
         Ok(s) => Some(s),
@@ -198,14 +193,9 @@ fn bind_discovery(cfg: &NodeConfig, me: &Me<'_>, links: &Links) -> anyhow::Resul
         }
     };
     let d = Discovery::new(
-        me.dict.clone(),
-        me.store.clone(),
-        me.id,
-        cfg.name.clone(),
-        me.listen.port(),
+        ctx,
         cfg.group,
         std::net::SocketAddrV6::new(cfg.group6, cfg.group.port(), 0, 0),
-        cfg.announce_interval,
         Some(recv4),
         recv6,
     );
@@ -264,6 +254,7 @@ impl Bound {
         let server = Arc::new(Server::new(
             self.store.clone(),
             self.dict.clone(),
+            self.stats.clone(),
             id,
             cfg.name.clone(),
             cfg.server.clone(),
@@ -284,6 +275,7 @@ impl Bound {
             me,
             self.store,
             self.dict,
+            self.stats,
             rescan,
             tasks.child("service"),
         );

@@ -57,7 +57,7 @@ impl Reach {
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = self.dict.pull_wanted.notified() => {}
+                _ = self.dict.peers.pull_wanted.notified() => {}
                 _ = tick.tick() => {}
                 Some(done) = tasks.join_next() => {
                     if let Ok((id, ok)) = done {
@@ -72,7 +72,7 @@ impl Reach {
                 }
             }
             let now = Instant::now();
-            let mut wanted = self.dict.peers_needing_pull();
+            let mut wanted = self.dict.peers.needing_pull();
             // Proven peers first, then those failed least (never tried first).
             wanted.sort_by_key(|p| (!p.proven, retry.get(&p.id).map(|(_, d)| *d)));
             for peer in wanted {
@@ -96,19 +96,19 @@ impl Reach {
                     (peer.id, r.is_ok())
                 });
             }
-            retry.retain(|id, _| self.dict.peer(id).is_some_and(|p| p.online));
+            retry.retain(|id, _| self.dict.peers.is_online(id));
         }
         tasks.abort_all();
     }
 
     async fn pull(&self, id: NodeId) -> Result<(), PeerError> {
-        let Some(peer) = self.dict.peer(&id) else {
+        let Some(peer) = self.dict.peers.peer(&id) else {
             return Ok(());
         };
         let mut conn = self.connect_peer(&peer).await?;
-        let held = self.dict.inventory(&id);
+        let held = self.dict.contents.inventory(&id);
         let since = held.as_ref().map(|i| i.digest);
-        let mut budget = self.dict.pull_budget(id);
+        let mut budget = self.dict.contents.pull_budget(id);
         let pulled = match conn
             .pull_inventory(since, PAGE_TIMEOUT, &mut |page| budget.admit(page))
             .await
@@ -116,11 +116,8 @@ impl Reach {
             Err(PeerError::Protocol(crate::wire::WireError::OutOfBounds { field }))
                 if field == crate::peer::client::OVER_BUDGET =>
             {
-                self.dict.refuse_inventory(
-                    id,
-                    conn.remote_digest,
-                    "this peer's inventory would pass the limit on memory held for all peers' contents (raise --max-remote-bytes)",
-                );
+                self.dict
+                    .refuse_inventory(id, conn.remote_digest, crate::dict::Refusal::OverBytes);
                 return Ok(());
             }
             r => r?,
@@ -161,17 +158,22 @@ impl Reach {
             };
             match PeerConn::connect_within(*addr, self.me, &self.name, limit).await {
                 Ok(conn) if conn.remote_node == *id => {
-                    self.dict
-                        .reached(*id, *addr, conn.remote_digest, conn.remote_contents);
+                    self.dict.peers.reached(
+                        *id,
+                        *addr,
+                        conn.remote_digest,
+                        conn.remote_contents,
+                        Instant::now(),
+                    );
                     return Ok(conn);
                 }
                 Ok(_) => {
                     // Another node now answers there (an address reused).
-                    self.dict.unreachable(*id, *addr);
+                    self.dict.peers.unreachable(*id, *addr);
                     last = PeerError::Unexpected(0);
                 }
                 Err(e) => {
-                    self.dict.unreachable(*id, *addr);
+                    self.dict.peers.unreachable(*id, *addr);
                     last = e;
                 }
             }
@@ -190,15 +192,15 @@ impl Reach {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tick.tick() => {}
-                _ = self.dict.probe_wanted.notified() => {}
+                _ = self.dict.peers.probe_wanted.notified() => {}
                 Some(done) = tasks.join_next() => {
                     if let Ok(id) = done { running.remove(&id); }
                     continue;
                 }
             }
-            attempted.retain(|id, _| self.dict.peer(id).is_some_and(|p| p.online));
+            attempted.retain(|id, _| self.dict.peers.is_online(id));
             let now = Instant::now();
-            let mut due = self.dict.peers_to_probe(now);
+            let mut due = self.dict.peers.to_probe(now);
             // Proven peers first: made-up ones never crowd them out.
             due.sort_by_key(|p| !p.proven);
             for peer in due {
@@ -235,7 +237,8 @@ impl Reach {
     pub async fn farewell(&self, within: Duration) {
         let peers: Vec<_> = self
             .dict
-            .online_peers()
+            .peers
+            .online()
             .into_iter()
             .filter(|p| !p.found_via.contains(&crate::api::FoundVia::Multicast))
             .take(crate::dict::MAX_PEERS)

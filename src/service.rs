@@ -9,7 +9,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -24,6 +23,7 @@ use crate::id::{ContentId, NodeId};
 use crate::logs::TransferLog;
 use crate::manifest::Category;
 use crate::resolve::Resolution;
+use crate::stats::{Counter, Stats};
 use crate::store::{Home, ShareRoot, SharesFile, Store};
 use crate::task::Tasks;
 
@@ -45,6 +45,8 @@ pub struct Service {
     home: PathBuf,
     store: Arc<Store>,
     dict: Arc<Dict>,
+    /// The node's counters (`status`).
+    stats: Arc<Stats>,
     fetch: Arc<FetchCtx>,
     /// Wakes the scanner (after `lanshare share`).
     rescan: Arc<Notify>,
@@ -68,6 +70,7 @@ impl Service {
         me: Identity,
         store: Arc<Store>,
         dict: Arc<Dict>,
+        stats: Arc<Stats>,
         rescan: Arc<Notify>,
         tasks: Tasks,
     ) -> Service {
@@ -87,6 +90,7 @@ impl Service {
             home: cfg.home.clone(),
             store,
             dict,
+            stats,
             fetch,
             rescan,
             wait_for_network: cfg.fetch.wait_for_holders,
@@ -103,10 +107,10 @@ impl Service {
             listen: self.listen.to_string(),
             home: self.home.display().to_string(),
             shared_contents: self.store.inventory().entries.len() as u32,
-            malformed_datagrams: self.dict.malformed_datagrams.load(Ordering::Relaxed),
-            malformed_connections: self.dict.malformed_connections.load(Ordering::Relaxed),
-            discovery_bytes_sent: self.dict.discovery_bytes_sent.load(Ordering::Relaxed),
-            inventory_bytes_served: self.dict.inventory_bytes_served.load(Ordering::Relaxed),
+            malformed_datagrams: self.stats.get(Counter::MalformedDatagrams),
+            malformed_connections: self.stats.get(Counter::MalformedConnections),
+            discovery_bytes_sent: self.stats.get(Counter::DiscoveryBytesSent),
+            inventory_bytes_served: self.stats.get(Counter::InventoryBytesServed),
         }
     }
 
@@ -122,7 +126,8 @@ impl Service {
 
     /// Every peer seen.
     pub fn peers(&self) -> Vec<PeerView> {
-        self.dict.peer_views()
+        self.dict
+            .peer_views(std::time::Instant::now(), std::time::SystemTime::now())
     }
 
     /// Rescans the shared folders now.
@@ -180,7 +185,7 @@ impl Service {
             Resolution::One(id) => Resolved::One(Want {
                 id,
                 query: query.to_string(),
-                size: self.dict.content(&id).map(|c| c.size),
+                size: self.dict.contents.with(&id, |c| c.size),
             }),
         }
     }
@@ -262,7 +267,7 @@ pub async fn wait_for_network<T>(
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         // Listen before looking, so a change in between is not missed.
-        let changed = dict.changed.notified();
+        let changed = dict.contents.changed.notified();
         if let Some(found) = known(dict) {
             return Some(found);
         }
@@ -318,7 +323,7 @@ pub fn add_share(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicU32;
+    use std::sync::atomic::{AtomicU32, Ordering};
 
     fn dict() -> Dict {
         Dict::with_limits(
@@ -336,7 +341,7 @@ mod tests {
         });
         let change = async {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            d.changed.notify_waiters();
+            d.contents.changed.notify_waiters();
         };
         let (found, ()) = tokio::join!(wait, change);
         assert_eq!(found, Some("known"));

@@ -15,8 +15,8 @@ use lanshare::api::FoundVia;
 use lanshare::chunkset::{Bitmap, ChunkSet};
 use lanshare::dict::Dict;
 use lanshare::id::{ContentId, NodeId};
+use lanshare::inventory::Inventory;
 use lanshare::manifest::Category;
-use lanshare::store::Inventory;
 use lanshare::tracker::client::{Api, ClientError};
 use lanshare::tracker::proto::{
     Entry, FullAnnounce, HeartbeatRequest, PatchAnnounce, PeersQuery, RegisterRequest,
@@ -1152,16 +1152,19 @@ async fn follow_registers_announces_and_fills_the_dictionary() {
     wait_for(
         "the hand-made peer in the dictionary",
         Duration::from_secs(10),
-        || dict.peer(&p).is_some(),
+        || dict.peers.peer(&p).is_some(),
     )
     .await;
-    let peer = f.dict.peer(&p).unwrap();
+    let peer = f.dict.peers.peer(&p).unwrap();
     assert!(peer.found_via.contains(&FoundVia::Tracker));
     assert_eq!(peer.addr(), "127.0.0.1:7100".parse::<SocketAddr>().unwrap());
     assert_eq!(peer.announced_digest, [0x77; 16]);
     assert_eq!(peer.contents, 1);
     assert!(peer.online);
-    assert!(f.dict.peer(&me).is_none(), "a node never lists itself");
+    assert!(
+        f.dict.peers.peer(&me).is_none(),
+        "a node never lists itself"
+    );
 
     // A change in the inventory reaches the tracker.
     let changed = Inventory::new(vec![
@@ -1182,7 +1185,7 @@ async fn follow_registers_announces_and_fills_the_dictionary() {
     let dict = f.dict.clone();
     wait_for("the silent peer to expire", Duration::from_secs(10), || {
         dict.expire(std::time::Instant::now());
-        dict.peer(&p).is_some_and(|p| !p.online)
+        dict.peers.peer(&p).is_some_and(|p| !p.online)
     })
     .await;
 

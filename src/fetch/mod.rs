@@ -401,7 +401,7 @@ impl FetchCtx {
     ) -> Result<Vec<Holder>, FetchError> {
         let deadline = tokio::time::Instant::now() + self.limits.wait_for_holders;
         loop {
-            let notified = self.dict.changed.notified();
+            let notified = self.dict.contents.changed.notified();
             let holders = self.dict.holders(id);
             if !holders.is_empty() {
                 return Ok(holders);
@@ -420,15 +420,15 @@ impl FetchCtx {
     /// first name any holder listed when a name matches the query.
     /// The size `holder` itself lists for `id` in the inventory held for it.
     fn listed_size(&self, holder: &NodeId, id: &ContentId) -> Option<u64> {
-        let inv = self.dict.inventory(holder)?;
+        let inv = self.dict.contents.inventory(holder)?;
         let i = inv.entries.binary_search_by(|e| e.id.cmp(id)).ok()?;
         Some(inv.entries[i].size)
     }
 
     fn save_name(&self, want: &Want, proven: Option<&Holder>) -> String {
-        let listed = self.dict.content(&want.id).map(|c| c.names);
+        let listed = self.dict.contents.content(&want.id).map(|c| c.names);
         let own = proven.and_then(|h| {
-            let inv = self.dict.inventory(&h.id)?;
+            let inv = self.dict.contents.inventory(&h.id)?;
             let i = inv.entries.binary_search_by(|e| e.id.cmp(&want.id)).ok()?;
             Some(inv.entries[i].name.clone())
         });
@@ -498,7 +498,7 @@ impl FetchCtx {
         // Ties are broken at random, so node ids chosen to sort first buy
         // nothing.
         queue.sort_by_cached_key(|h| {
-            let answered = self.dict.peer(&h.id).is_some_and(|p| p.preferred.is_some());
+            let answered = self.dict.peers.with(&h.id, |p| p.preferred.is_some()) == Some(true);
             (
                 self.memory.rank(&h.id),
                 !matches!(h.chunks, ChunkSet::Full),
@@ -586,7 +586,7 @@ impl FetchCtx {
                 .map(|a| a.started + patience)
                 .min()
                 .unwrap_or(deadline);
-            let changed = self.dict.changed.notified();
+            let changed = self.dict.contents.changed.notified();
             tokio::select! {
                 _ = changed => {}
                 _ = cancel.cancelled() => return Err(FetchError::Cancelled),
@@ -805,7 +805,7 @@ impl FetchCtx {
                 });
             }
 
-            let changed = self.dict.changed.notified();
+            let changed = self.dict.contents.changed.notified();
             tokio::select! {
                 _ = cancel.cancelled() => return Err(FetchError::Cancelled),
                 r = &mut follower => {
@@ -817,7 +817,7 @@ impl FetchCtx {
                     labels.remove(&slot);
                     match end {
                         WorkerEnd::Useless { reason } => {
-                            let label = self.dict.peer(&nid).map(|p| format!("{}@{}", p.name, p.addr())).unwrap_or_else(|| nid.short());
+                            let label = self.dict.peers.peer(&nid).map(|p| format!("{}@{}", p.name, p.addr())).unwrap_or_else(|| nid.short());
                             tracing::info!(peer = %label, %reason, "giving up on this peer for this download");
                             let _ = events.try_send(FetchEvent::PeerDropped { peer: label.clone(), reason: reason.clone() });
                             reasons.insert(nid, format!("{label}: {reason}"));
@@ -828,7 +828,7 @@ impl FetchCtx {
                             backoff.insert(nid, (Instant::now() + Duration::from_millis(500), Duration::from_millis(500)));
                         }
                         WorkerEnd::Failed { reason, ban } => {
-                            let label = self.dict.peer(&nid).map(|p| format!("{}@{}", p.name, p.addr())).unwrap_or_else(|| nid.short());
+                            let label = self.dict.peers.peer(&nid).map(|p| format!("{}@{}", p.name, p.addr())).unwrap_or_else(|| nid.short());
                             tracing::info!(peer = %label, %reason, ban, "peer dropped from download");
                             let _ = events.try_send(FetchEvent::PeerDropped { peer: label.clone(), reason: reason.clone() });
                             reasons.insert(nid, format!("{label}: {reason}"));
@@ -887,12 +887,19 @@ async fn ask_manifest(
         .await
         .map_err(|_| PeerError::Timeout("connecting and handshaking"))??;
     if conn.remote_node != h.id {
-        dict.unreachable(h.id, conn.addr);
+        dict.peers.unreachable(h.id, conn.addr);
         return Err(PeerError::Protocol(crate::wire::WireError::Malformed(
             "answered as a different node".into(),
         )));
     }
-    dict.reached(h.id, conn.addr, conn.remote_digest, conn.remote_contents);
+    let now = Instant::now();
+    dict.peers.reached(
+        h.id,
+        conn.addr,
+        conn.remote_digest,
+        conn.remote_contents,
+        now,
+    );
     match conn.get_manifest(id, limit, body_limit, max_frame).await {
         Err(PeerError::Protocol(crate::wire::WireError::TooLarge { len, max })) => Err(
             PeerError::Protocol(crate::wire::WireError::Malformed(format!(
@@ -940,19 +947,26 @@ async fn worker(
         },
     };
     if conn.remote_node != holder.id {
-        dict.unreachable(holder.id, conn.addr);
+        dict.peers.unreachable(holder.id, conn.addr);
         return WorkerEnd::Failed {
             reason: "answered as a different node".into(),
             ban: false,
         };
     }
     let addr = conn.addr;
-    dict.reached(holder.id, addr, conn.remote_digest, conn.remote_contents);
+    let now = Instant::now();
+    dict.peers.reached(
+        holder.id,
+        addr,
+        conn.remote_digest,
+        conn.remote_contents,
+        now,
+    );
     tracing::debug!(peer = %addr, slot, "download worker connected");
     let end = work_with(conn, shared, dict, holder, slot, limits, cancel).await;
     if matches!(end, WorkerEnd::Failed { ban: false, .. }) {
         // Next time, try the peer's other addresses first.
-        dict.unreachable(holder_id, addr);
+        dict.peers.unreachable(holder_id, addr);
     }
     end
 }

@@ -247,26 +247,15 @@ impl Pulled {
     pub fn into_inventory(
         self,
         base: Option<&[InventoryEntry]>,
-    ) -> Result<crate::store::Inventory, PeerError> {
-        let entries = match (self.base, base) {
-            (None, _) => self.entries,
-            (Some(_), Some(b)) => {
-                let mut removed = self.removed;
-                removed.sort();
-                crate::store::changes::apply(b, &self.entries, &removed)
-            }
-            (Some(_), None) => {
-                return Err(PeerError::Protocol(WireError::Malformed(
-                    "a delta without its base".into(),
-                )));
-            }
+    ) -> Result<crate::inventory::Inventory, PeerError> {
+        let received = crate::inventory::Received {
+            digest: self.digest,
+            base: self.base,
+            entries: self.entries,
+            removed: self.removed,
         };
-        let inv = crate::store::Inventory::new(entries);
-        if inv.digest != self.digest {
-            return Err(PeerError::Protocol(WireError::Malformed(
-                "inventory does not match its digest".into(),
-            )));
-        }
-        Ok(inv)
+        received
+            .rebuild(base)
+            .map_err(|e| PeerError::Protocol(WireError::Malformed(e.to_string())))
     }
 }

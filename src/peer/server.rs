@@ -15,7 +15,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
@@ -70,6 +69,8 @@ impl Default for ServerLimits {
 pub struct Server {
     pub store: Arc<Store>,
     pub dict: Arc<Dict>,
+    /// The node's counters: malformed connections, inventory bytes served.
+    pub stats: Arc<crate::stats::Stats>,
     pub node: NodeId,
     pub name: String,
     pub upload_log: TransferLog,
@@ -82,6 +83,7 @@ impl Server {
     pub fn new(
         store: Arc<Store>,
         dict: Arc<Dict>,
+        stats: Arc<crate::stats::Stats>,
         node: NodeId,
         name: String,
         limits: ServerLimits,
@@ -91,6 +93,7 @@ impl Server {
         Server {
             store,
             dict,
+            stats,
             node,
             name,
             upload_log,
@@ -200,9 +203,8 @@ impl Server {
         match result {
             Ok(()) | Err(PeerError::Closed) => {}
             Err(e @ (PeerError::Handshake(_) | PeerError::Protocol(_))) => {
-                self.dict
-                    .malformed_connections
-                    .fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .count(crate::stats::Counter::MalformedConnections);
                 tracing::debug!(peer = %addr, error = %e, "dropped malformed connection");
             }
             Err(e) => tracing::debug!(peer = %addr, error = %e, "connection ended"),

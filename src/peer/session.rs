@@ -1,13 +1,12 @@
 //! One served connection, after its slot is granted: the hello, then
 //! each request answered in turn (inventory pages, manifests, chunks, a
 //! goodbye) under the first-request and idle deadlines. It reads the store
-//! and tells the dictionary only of a goodbye and of inventory bytes
-//! served; it never decides who is admitted (that is [`super::slots`]).
+//! and tells the dictionary only of a goodbye (and the node's stats of
+//! inventory bytes served); it never decides who is admitted (that is [`super::slots`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use tokio::net::TcpStream;
@@ -18,7 +17,7 @@ use super::sendfile::send_range;
 use super::server::Server;
 use super::slots::Activity;
 use crate::id::{ContentId, NodeId};
-use crate::store::changes::Plan;
+use crate::inventory::Plan;
 use crate::store::{Source, StoreError};
 use crate::wire::InventoryEntry;
 use crate::wire::WireError;
@@ -184,10 +183,10 @@ impl<'a> Session<'a> {
         }
         let plan = self.pull.as_ref().expect("set above");
         let bytes = Response::Inventory(inventory_page(req, plan, after)).encode();
-        self.server
-            .dict
-            .inventory_bytes_served
-            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.server.stats.add(
+            crate::stats::Counter::InventoryBytesServed,
+            bytes.len() as u64,
+        );
         framed.send(&bytes).await
     }
 
@@ -340,7 +339,7 @@ mod tests {
 
     #[test]
     fn pages_cover_the_inventory_in_order() {
-        let inv = crate::store::Inventory::new(entries(10_000));
+        let inv = crate::inventory::Inventory::new(entries(10_000));
         let plan = Plan {
             inventory: inv.clone(),
             delta: None,
@@ -367,10 +366,10 @@ mod tests {
 
     #[test]
     fn a_delta_sends_removals_on_the_first_page_only() {
-        let inv = crate::store::Inventory::new(entries(5000));
+        let inv = crate::inventory::Inventory::new(entries(5000));
         let plan = Plan {
             inventory: inv.clone(),
-            delta: Some(crate::store::changes::Delta {
+            delta: Some(crate::inventory::Delta {
                 base: [1; 16],
                 upserts: entries(5000),
                 removed: vec![ContentId([0xff; 32])],

@@ -106,28 +106,14 @@ fn is_internal(name: &std::ffi::OsStr) -> bool {
 /// (after resolving every link), or anywhere with `follow_symlinks`: an
 /// unpacked archive can hold links to `~/.ssh/id_ed25519` and the like.
 pub fn walk(roots: &[ShareRoot], follow_symlinks: bool) -> Vec<FoundFile> {
-    let mut found: HashMap<PathBuf, FoundFile> = HashMap::new();
-    let mut consider = |path: PathBuf, meta: &std::fs::Metadata, root: &ShareRoot| {
-        let keep_old = found
-            .get(&path)
-            .is_some_and(|old| old.root.path.as_os_str().len() >= root.path.as_os_str().len());
-        if !keep_old {
-            let file = FoundFile {
-                path: path.clone(),
-                size: meta.len(),
-                mtime_ns: mtime_ns(meta),
-                root: root.clone(),
-            };
-            found.insert(path, file);
-        }
-    };
+    let mut found = Found::default();
     for root in roots {
         // The root itself is followed even when it is a symlink.
         let Ok(meta) = std::fs::metadata(&root.path) else {
             continue;
         };
         if meta.is_file() {
-            consider(root.path.clone(), &meta, root);
+            found.consider(root.path.clone(), &meta, root);
             continue;
         }
         if !meta.is_dir() {
@@ -142,50 +128,88 @@ pub fn walk(roots: &[ShareRoot], follow_symlinks: bool) -> Vec<FoundFile> {
                 Err(_) => continue,
             }
         };
-        let mut stack = vec![(root.path.clone(), 0usize)];
-        while let Some((dir, depth)) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else {
+        walk_dir(root, real_root.as_deref(), &mut found);
+    }
+    found.0.into_values().collect()
+}
+
+/// The files a walk found so far, by path.
+#[derive(Default)]
+struct Found(HashMap<PathBuf, FoundFile>);
+
+impl Found {
+    /// Keeps `path` under `root`, unless a more specific root (a longer
+    /// path) already has it.
+    fn consider(&mut self, path: PathBuf, meta: &std::fs::Metadata, root: &ShareRoot) {
+        let keep_old = self
+            .0
+            .get(&path)
+            .is_some_and(|old| old.root.path.as_os_str().len() >= root.path.as_os_str().len());
+        if !keep_old {
+            let file = FoundFile {
+                path: path.clone(),
+                size: meta.len(),
+                mtime_ns: mtime_ns(meta),
+                root: root.clone(),
+            };
+            self.0.insert(path, file);
+        }
+    }
+}
+
+/// Walks the folder `root` (at most 64 levels deep). With `real_root`,
+/// file symlinks are followed only when they lead inside it.
+fn walk_dir(root: &ShareRoot, real_root: Option<&Path>, found: &mut Found) {
+    let mut stack = vec![(root.path.clone(), 0usize)];
+    while let Some((dir, depth)) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if is_internal(&entry.file_name()) {
+                continue;
+            }
+            let Ok(ft) = entry.file_type() else {
                 continue;
             };
-            for entry in entries.flatten() {
-                if is_internal(&entry.file_name()) {
-                    continue;
+            if ft.is_dir() {
+                if depth < 64 {
+                    stack.push((entry.path(), depth + 1));
                 }
-                let Ok(ft) = entry.file_type() else {
-                    continue;
-                };
-                if ft.is_dir() {
-                    if depth < 64 {
-                        stack.push((entry.path(), depth + 1));
-                    }
-                    continue;
-                }
-                // A symlink is followed to a file, never to a folder (no
-                // loops); a regular file is stat'ed relative to its folder.
-                let meta = if ft.is_symlink() {
-                    if let Some(real_root) = &real_root {
-                        let inside = std::fs::canonicalize(entry.path())
-                            .is_ok_and(|target| target.starts_with(real_root));
-                        if !inside {
-                            tracing::debug!(path = %entry.path().display(), "not following a symlink out of the shared folder (see up --follow-symlinks)");
-                            continue;
-                        }
-                    }
-                    std::fs::metadata(entry.path())
-                } else if ft.is_file() {
-                    entry.metadata()
-                } else {
-                    continue;
-                };
-                if let Ok(meta) = meta
-                    && meta.is_file()
-                {
-                    consider(entry.path(), &meta, root);
-                }
+                continue;
+            }
+            if let Some(meta) = file_meta(&entry, ft, real_root) {
+                found.consider(entry.path(), &meta, root);
             }
         }
     }
-    found.into_values().collect()
+}
+
+/// The metadata of a file entry: a symlink is followed to a file, never
+/// to a folder (no loops), and with `real_root` only when it leads inside
+/// it; a regular file is stat'ed relative to its folder. `None` for
+/// anything else.
+fn file_meta(
+    entry: &std::fs::DirEntry,
+    ft: std::fs::FileType,
+    real_root: Option<&Path>,
+) -> Option<std::fs::Metadata> {
+    let meta = if ft.is_symlink() {
+        if let Some(real_root) = real_root {
+            let inside = std::fs::canonicalize(entry.path())
+                .is_ok_and(|target| target.starts_with(real_root));
+            if !inside {
+                tracing::debug!(path = %entry.path().display(), "not following a symlink out of the shared folder (see up --follow-symlinks)");
+                return None;
+            }
+        }
+        std::fs::metadata(entry.path())
+    } else if ft.is_file() {
+        entry.metadata()
+    } else {
+        return None;
+    };
+    meta.ok().filter(|m| m.is_file())
 }
 
 /// A complete file this node shares.

@@ -3,7 +3,7 @@
 //! downloads and their final rename. Network input reaches the filesystem
 //! only through [`safe_file_name`] and content ids, never as a path.
 
-pub mod changes;
+mod home;
 mod index;
 mod partial;
 
@@ -14,11 +14,13 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
+pub use home::{Home, safe_file_name};
 pub use index::{LocalContent, ShareRoot, SharesFile};
 pub use partial::Partial;
 
 use crate::chunkset::ChunkSet;
 use crate::id::ContentId;
+use crate::inventory::{Digest, Inventory, Plan, Publisher};
 use crate::manifest::{Category, Manifest};
 use crate::wire::{InventoryEntry, MAX_COMMENT, MAX_FILE_NAME, clean_text};
 
@@ -30,85 +32,6 @@ fn clean_comment(s: &str) -> String {
         out.pop();
     }
     out
-}
-
-/// The directories and files of a node's home (see PRODUCT.md).
-#[derive(Clone, Debug)]
-pub struct Home {
-    pub root: PathBuf,
-}
-
-impl Home {
-    pub fn new(root: impl Into<PathBuf>) -> Self {
-        Home { root: root.into() }
-    }
-    pub fn shared(&self) -> PathBuf {
-        self.root.join("shared")
-    }
-    pub fn downloads(&self) -> PathBuf {
-        self.root.join("downloads")
-    }
-    pub fn state_dir(&self) -> PathBuf {
-        self.root.join(".lanshare")
-    }
-    pub fn download_log(&self) -> PathBuf {
-        self.root.join("download_log.txt")
-    }
-    pub fn upload_log(&self) -> PathBuf {
-        self.root.join("upload_log.txt")
-    }
-    pub fn control_socket(&self) -> PathBuf {
-        self.state_dir().join("control.sock")
-    }
-    pub fn node_id_file(&self) -> PathBuf {
-        self.state_dir().join("node_id")
-    }
-    pub fn index_cache(&self) -> PathBuf {
-        self.state_dir().join("index.bin")
-    }
-    pub fn partial_dir(&self) -> PathBuf {
-        self.state_dir().join("partial")
-    }
-    pub fn shares_file(&self) -> PathBuf {
-        self.state_dir().join("shares.json")
-    }
-
-    /// Creates the directories a node needs. The state folder (which lists
-    /// the full paths of shared files) is private: created mode 0700, and
-    /// tightened to it when it exists with a looser mode.
-    pub fn create_dirs(&self) -> std::io::Result<()> {
-        for d in [self.shared(), self.downloads()] {
-            std::fs::create_dir_all(&d)?;
-        }
-        for d in [self.state_dir(), self.partial_dir()] {
-            private_dir(&d)?;
-        }
-        Ok(())
-    }
-}
-
-/// Creates `dir` (its parent must exist) mode 0700, or tightens an existing
-/// one to 0700 when group or others have any access.
-fn private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e),
-    }
-    let meta = std::fs::metadata(dir)?;
-    if !meta.is_dir() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::AlreadyExists,
-            format!("{} exists and is not a folder", dir.display()),
-        ));
-    }
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        tracing::info!(dir = %dir.display(), mode = format!("{mode:o}"), "making the state folder private (0700)");
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    }
-    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,27 +60,6 @@ pub(crate) fn io_err<'a>(
         what,
         path: path.to_path_buf(),
         source,
-    }
-}
-
-/// What this node offers, as announced: entries plus a digest that changes
-/// whenever any entry does.
-#[derive(Clone, Debug, Default)]
-pub struct Inventory {
-    pub entries: Arc<Vec<InventoryEntry>>,
-    pub digest: [u8; 16],
-}
-
-impl Inventory {
-    pub fn new(mut entries: Vec<InventoryEntry>) -> Self {
-        entries.sort_by_key(|e| e.id);
-        let bytes = postcard::to_allocvec(&entries).expect("encoding into a Vec cannot fail");
-        let mut digest = [0u8; 16];
-        digest.copy_from_slice(&blake3::hash(&bytes).as_bytes()[..16]);
-        Inventory {
-            entries: Arc::new(entries),
-            digest,
-        }
     }
 }
 
@@ -205,10 +107,8 @@ pub struct Store {
     /// scans compute off-lock and swap results in.
     index: Mutex<index::IndexState>,
     partials: Mutex<HashMap<ContentId, Arc<Partial>>>,
-    inventory: watch::Sender<Inventory>,
-    /// Recent inventory changes, for incremental updates. Publishing holds
-    /// this lock, so the log and the published inventory never disagree.
-    changes: Mutex<changes::ChangeLog>,
+    /// The published inventory and its change log.
+    published: Publisher,
     /// How long the last walk of the shared folders took (ns).
     walk_nanos: std::sync::atomic::AtomicU64,
     /// The last scan left files still being written for later.
@@ -235,8 +135,7 @@ impl Store {
             cli_roots,
             index: Mutex::new(index),
             partials: Mutex::new(HashMap::new()),
-            inventory: watch::channel(Inventory::new(Vec::new())).0,
-            changes: Mutex::new(changes::ChangeLog::default()),
+            published: Publisher::default(),
             walk_nanos: Default::default(),
             unsettled: Default::default(),
             follow_symlinks: Default::default(),
@@ -258,11 +157,11 @@ impl Store {
 
     /// Notified whenever the inventory changes.
     pub fn subscribe(&self) -> watch::Receiver<Inventory> {
-        self.inventory.subscribe()
+        self.published.subscribe()
     }
 
     pub fn inventory(&self) -> Inventory {
-        self.inventory.borrow().clone()
+        self.published.current()
     }
 
     /// The folders and files scanned (for file-system watches).
@@ -307,11 +206,7 @@ impl Store {
         // A large file modified in the last moments is probably still
         // being written (a copy in progress): hash it once it has settled,
         // rather than again and again. Small ones cost nothing to redo.
-        let now_ns = system_time_ns(Ok(SystemTime::now()));
-        let (to_hash, unsettled): (Vec<_>, Vec<_>) = to_hash.into_iter().partition(|f| {
-            f.size < SETTLE_MIN_SIZE
-                || now_ns.saturating_sub(f.mtime_ns as u128) >= SETTLE.as_nanos()
-        });
+        let (to_hash, unsettled) = split_settled(to_hash, SystemTime::now());
         self.unsettled
             .store(!unsettled.is_empty(), std::sync::atomic::Ordering::Relaxed);
         for file in to_hash {
@@ -380,25 +275,15 @@ impl Store {
                 chunks: ChunkSet::Partial(have),
             });
         }
-        let inv = Inventory::new(entries.into_values().collect());
-        let mut log = self.changes.lock().expect("change log lock");
-        self.inventory.send_if_modified(|old| {
-            if old.digest == inv.digest {
-                return false;
-            }
-            log.record(old, &inv);
-            *old = inv;
-            true
-        });
+        self.published
+            .publish(Inventory::new(entries.into_values().collect()));
     }
 
     /// What to send a peer that holds our inventory of digest `since`
     /// (`None`: nothing yet): the current inventory, with a delta when the
     /// change log reaches back to `since`.
-    pub fn inventory_plan(&self, since: Option<[u8; 16]>) -> changes::Plan {
-        let log = self.changes.lock().expect("change log lock");
-        let current = self.inventory.borrow().clone();
-        log.plan(&current, since)
+    pub fn inventory_plan(&self, since: Option<Digest>) -> Plan {
+        self.published.plan(since)
     }
 
     /// How long the last walk of the shared folders took (without hashing).
@@ -536,33 +421,16 @@ impl Store {
     }
 }
 
-/// Turns a file name from the network into one safe to create in
-/// downloads/: a single path component, no separators, control characters
-/// or leading dots, at most 255 bytes. Never empty.
-pub fn safe_file_name(name: &str) -> String {
-    let mut out: String = name
-        .chars()
-        .map(|c| {
-            if c == '/' || c == '\\' || c == ':' || c.is_control() {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect();
-    while out.starts_with('.') || out.starts_with(' ') {
-        out.remove(0);
-    }
-    let out = out.trim_end().to_string();
-    let mut out = if out.is_empty() {
-        "download".to_string()
-    } else {
-        out
-    };
-    while out.len() > crate::wire::MAX_FILE_NAME {
-        out.pop();
-    }
-    out
+/// Splits files to hash into those settled at `now` (small, or large and
+/// unmodified for [`SETTLE`]) and those probably still being written.
+fn split_settled(
+    files: Vec<index::FoundFile>,
+    now: SystemTime,
+) -> (Vec<index::FoundFile>, Vec<index::FoundFile>) {
+    let now_ns = system_time_ns(Ok(now));
+    files.into_iter().partition(|f| {
+        f.size < SETTLE_MIN_SIZE || now_ns.saturating_sub(f.mtime_ns as u128) >= SETTLE.as_nanos()
+    })
 }
 
 /// Modification time as nanoseconds since the epoch (0 when unknown).
@@ -576,18 +444,6 @@ pub fn system_time_ns(t: std::io::Result<SystemTime>) -> u128 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn safe_names_stay_in_one_component() {
-        assert_eq!(safe_file_name("photo.png"), "photo.png");
-        assert_eq!(safe_file_name("../../etc/passwd"), "_.._etc_passwd");
-        assert_eq!(safe_file_name("..\\..\\x"), "_.._x");
-        assert_eq!(safe_file_name(".bashrc"), "bashrc");
-        assert_eq!(safe_file_name(".."), "download");
-        assert_eq!(safe_file_name(""), "download");
-        assert_eq!(safe_file_name("a\0b\nc"), "a_b_c");
-        assert!(safe_file_name(&"é".repeat(300)).len() <= 255);
-    }
 
     #[test]
     fn index_tracks_files_duplicates_and_cache() {
@@ -647,6 +503,39 @@ mod tests {
         assert_eq!(store.inventory().entries[0].name, "big.iso");
     }
 
+    #[test]
+    fn large_files_settle_after_the_settle_time_of_passed_in_time() {
+        let file = |size: u64, mtime_ns: u64| index::FoundFile {
+            path: PathBuf::from(format!("/f{size}-{mtime_ns}")),
+            size,
+            mtime_ns,
+            root: ShareRoot::plain(PathBuf::from("/")),
+        };
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let modified = Duration::from_secs(1000).as_nanos() as u64;
+        let settle = SETTLE.as_nanos() as u64;
+        let files = vec![
+            file(SETTLE_MIN_SIZE - 1, modified),
+            file(SETTLE_MIN_SIZE, modified),
+            file(SETTLE_MIN_SIZE, modified - settle),
+            file(SETTLE_MIN_SIZE, modified - settle + 1),
+        ];
+        let (ready, waiting) = split_settled(files, t);
+        let sizes_ages = |v: &[index::FoundFile]| {
+            v.iter()
+                .map(|f| (f.size, modified - f.mtime_ns))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            sizes_ages(&ready),
+            [(SETTLE_MIN_SIZE - 1, 0), (SETTLE_MIN_SIZE, settle)]
+        );
+        assert_eq!(
+            sizes_ages(&waiting),
+            [(SETTLE_MIN_SIZE, 0), (SETTLE_MIN_SIZE, settle - 1)]
+        );
+    }
+
     /// Regression: a file name that is not UTF-8 made saving the index
     /// cache panic with the index lock held, poisoning it for every task.
     #[test]
@@ -662,26 +551,6 @@ mod tests {
         assert_eq!(store.inventory().entries[0].name, "caf\u{fffd}.txt");
         let again = Store::open(home, Vec::new()).unwrap();
         assert_eq!(again.index.lock().unwrap().cached_len(), 1);
-    }
-
-    #[test]
-    fn state_folder_is_private() {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-        let dir = tempfile::tempdir().unwrap();
-        let home = Home::new(dir.path().join("fresh"));
-        let _store = Store::open(home.clone(), Vec::new()).unwrap();
-        assert_eq!(mode(&home.state_dir()), 0o700);
-        assert_eq!(mode(&home.partial_dir()), 0o700);
-        // An existing one with a looser mode is tightened.
-        let home = Home::new(dir.path().join("old"));
-        std::fs::create_dir_all(home.partial_dir()).unwrap();
-        std::fs::set_permissions(home.state_dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::set_permissions(home.partial_dir(), std::fs::Permissions::from_mode(0o777))
-            .unwrap();
-        let _store = Store::open(home.clone(), Vec::new()).unwrap();
-        assert_eq!(mode(&home.state_dir()), 0o700);
-        assert_eq!(mode(&home.partial_dir()), 0o700);
     }
 
     #[test]
@@ -721,17 +590,5 @@ mod tests {
         store.rescan_blocking();
         store.publish();
         assert_eq!(names(&store), ["a-link.txt", "key.txt"]);
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn any_name_is_one_safe_component(name in ".*") {
-            let s = safe_file_name(&name);
-            proptest::prop_assert!(!s.is_empty() && s.len() <= 255);
-            proptest::prop_assert!(!s.contains('/') && !s.contains('\0') && !s.starts_with('.'));
-            let p = Path::new(&s);
-            proptest::prop_assert_eq!(p.components().count(), 1);
-            proptest::prop_assert!(matches!(p.components().next(), Some(std::path::Component::Normal(_))));
-        }
     }
 }

@@ -54,6 +54,70 @@ fn open_nofollow(opts: &mut OpenOptions, path: &Path) -> std::io::Result<File> {
     opts.custom_flags(libc::O_NOFOLLOW).open(path)
 }
 
+/// The .part path must be a plain file of ours: a symlink, a hard link or
+/// a folder planted there (e.g. to a file outside the home) is removed,
+/// never written through. Returns whether a plain file of ours was there.
+fn clear_foreign(part_path: &Path) -> Result<bool, StoreError> {
+    match std::fs::symlink_metadata(part_path) {
+        Ok(m) if m.file_type().is_file() && m.nlink() == 1 => Ok(true),
+        Ok(m) => {
+            tracing::warn!(path = %part_path.display(), "partial file is not a plain file of ours (a symlink or link?); replacing it");
+            if m.is_dir() {
+                std::fs::remove_dir(part_path)
+            } else {
+                std::fs::remove_file(part_path)
+            }
+            .map_err(io_err("cannot replace", part_path))?;
+            Ok(false)
+        }
+        Err(_) => Ok(false),
+    }
+}
+
+/// Opens (or creates, mode 0600) the .part file without following a
+/// symlink; a link swapped in after [`clear_foreign`] is refused.
+fn open_part(part_path: &Path) -> Result<File, StoreError> {
+    let file = open_nofollow(
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600),
+        part_path,
+    )
+    .map_err(io_err("cannot create partial file", part_path))?;
+    let meta = file
+        .metadata()
+        .map_err(io_err("cannot stat partial file", part_path))?;
+    if !meta.is_file() || meta.nlink() != 1 {
+        return Err(StoreError::Io {
+            what: "refusing to write a partial file that is linked elsewhere:",
+            path: part_path.to_path_buf(),
+            source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+        });
+    }
+    Ok(file)
+}
+
+/// The chunks a resume state for `manifest` names, if it is readable and
+/// for this manifest: only a hint of what to re-check.
+fn resume_state(state_path: &Path, manifest: &Manifest) -> Option<Bitmap> {
+    let bytes = read_nofollow(state_path).ok()?;
+    let state = postcard::from_bytes::<StateFile>(&bytes).ok()?;
+    let empty = Bitmap::new(manifest.chunk_count());
+    if state.manifest != *manifest || state.have.as_bytes().len() != empty.as_bytes().len() {
+        return None;
+    }
+    let mut have = state.have;
+    // Bits past the last chunk mean nothing.
+    for i in manifest.chunk_count()..have.capacity() {
+        have.clear(i);
+    }
+    tracing::info!(id = %manifest.content_id().short(), chunks = have.count_ones(), "resuming partial download; re-checking its chunks before serving them");
+    Some(have)
+}
+
 pub struct Partial {
     pub id: ContentId,
     pub manifest: Arc<Manifest>,
@@ -78,60 +142,16 @@ impl Partial {
             .downloads()
             .join(format!(".lanshare-{}.part", &id.to_hex()[..24]));
         let state_path = home.partial_dir().join(format!("{}.state", id.to_hex()));
-        // The .part path must be a plain file of ours: a symlink or a hard
-        // link planted there (e.g. to a file outside the home) is removed,
-        // never written through.
-        let part_existed = match std::fs::symlink_metadata(&part_path) {
-            Ok(m) if m.file_type().is_file() && m.nlink() == 1 => true,
-            Ok(m) => {
-                tracing::warn!(path = %part_path.display(), "partial file is not a plain file of ours (a symlink or link?); replacing it");
-                if m.is_dir() {
-                    std::fs::remove_dir(&part_path)
-                } else {
-                    std::fs::remove_file(&part_path)
-                }
-                .map_err(io_err("cannot replace", &part_path))?;
-                false
-            }
-            Err(_) => false,
-        };
-        let file = open_nofollow(
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600),
-            &part_path,
-        )
-        .map_err(io_err("cannot create partial file", &part_path))?;
-        // A link swapped in between the check and the open is refused.
-        let meta = file
-            .metadata()
-            .map_err(io_err("cannot stat partial file", &part_path))?;
-        if !meta.is_file() || meta.nlink() != 1 {
-            return Err(StoreError::Io {
-                what: "refusing to write a partial file that is linked elsewhere:",
-                path: part_path,
-                source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
-            });
-        }
+        let part_existed = clear_foreign(&part_path)?;
+        let file = open_part(&part_path)?;
         file.set_len(manifest.size)
             .map_err(io_err("cannot size partial file", &part_path))?;
-        let mut have = Bitmap::new(manifest.chunk_count());
-        if part_existed
-            && let Ok(bytes) = read_nofollow(&state_path)
-            && let Ok(state) = postcard::from_bytes::<StateFile>(&bytes)
-            && state.manifest == *manifest
-            && state.have.as_bytes().len() == have.as_bytes().len()
-        {
-            have = state.have;
-            // Bits past the last chunk mean nothing.
-            for i in manifest.chunk_count()..have.capacity() {
-                have.clear(i);
-            }
-            tracing::info!(id = %id.short(), chunks = have.count_ones(), "resuming partial download; re-checking its chunks before serving them");
-        }
+        let have = if part_existed {
+            resume_state(&state_path, &manifest)
+        } else {
+            None
+        };
+        let have = have.unwrap_or_else(|| Bitmap::new(manifest.chunk_count()));
         let verified = Bitmap::new(manifest.chunk_count());
         let p = Partial {
             id,

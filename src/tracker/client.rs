@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::proto::{Entry, HeartbeatRequest, PeerInfo, RegisterRequest};
 use crate::dict::Dict;
 use crate::id::NodeId;
-use crate::store::Inventory;
+use crate::inventory::Inventory;
 pub use api::{Api, ClientError};
 use health::{Health, Next, jittered};
 use peers::reportable;

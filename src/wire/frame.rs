@@ -421,8 +421,8 @@ mod tests {
             comment: String::new(),
             chunks: ChunkSet::Full,
         };
-        let full = crate::store::Inventory::new(vec![abc.clone()]);
-        let empty = crate::store::Inventory::new(Vec::new());
+        let full = crate::inventory::Inventory::new(vec![abc.clone()]);
+        let empty = crate::inventory::Inventory::new(Vec::new());
         assert_eq!(to_hex(&full.digest), "5a46d6a278e86818307a2ad8e350cf20");
         assert_eq!(to_hex(&empty.digest), "2d3adedff11b61f14c886e35afa03673");
 

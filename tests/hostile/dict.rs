@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use lanshare::chunkset::{Bitmap, ChunkSet};
 use lanshare::id::{ContentId, NodeId};
+use lanshare::inventory::Inventory;
 use lanshare::manifest::Category;
-use lanshare::store::Inventory;
 use lanshare::wire::InventoryEntry;
 use lanshare::wire::datagram::{Announce, Datagram};
 use lanshare::wire::frame::{self, InventoryPage, PREAMBLE, Request, Response};

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use lanshare::chunkset::ChunkSet;
 use lanshare::id::{ChunkHash, ContentId, NodeId};
+use lanshare::inventory::Inventory;
 use lanshare::manifest::{CHUNK_SIZE, Category, Manifest, manifest_of};
-use lanshare::store::Inventory;
 use lanshare::wire::InventoryEntry;
 use lanshare::wire::datagram::{Announce, Datagram};
 use lanshare::wire::frame::{

@@ -184,7 +184,7 @@ impl RogueHolder {
             chunks: ChunkSet::Full,
         };
         // The digest peers check the inventory against.
-        let digest = lanshare::store::Inventory::new(vec![entry.clone()]).digest;
+        let digest = lanshare::inventory::Inventory::new(vec![entry.clone()]).digest;
         let shared = Arc::new((content, manifest, entry));
         let (a, sv, st) = (allow.clone(), served.clone(), stop.clone());
         std::thread::spawn(move || {

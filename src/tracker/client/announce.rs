@@ -5,7 +5,7 @@
 
 use super::{Acked, ClientError, Failure, Follower, MIN_BATCH};
 use crate::id::ContentId;
-use crate::store::Inventory;
+use crate::inventory::Inventory;
 use crate::tracker::proto::{Entry, FullAnnounce, PatchAnnounce};
 
 impl Follower {
@@ -156,7 +156,7 @@ impl Follower {
 /// ids to remove.
 fn diff(old: &[Entry], new: &[Entry]) -> (Vec<Entry>, Vec<ContentId>) {
     let (mut upsert, mut remove) = (Vec::new(), Vec::new());
-    crate::store::changes::diff_sorted(
+    crate::inventory::diff_sorted(
         old,
         new,
         |e| e.id,

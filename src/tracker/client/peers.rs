@@ -29,12 +29,12 @@ impl Follower {
                 self.peers.remove(g);
                 // Deregistered or timed out at the tracker: a peer known
                 // only from it is gone now, not after three intervals.
-                if self.dict.peer(g).is_some_and(|p| {
+                if self.dict.peers.peer(g).is_some_and(|p| {
                     p.online && p.found_via.iter().all(|v| *v == FoundVia::Tracker)
                 }) {
                     // The tracker's word is checked over TCP first.
                     tracing::info!(peer = %g.short(), "peer left the tracker; checking that it left");
-                    self.dict.claim_departure(*g);
+                    self.dict.peers.claim_departure(*g);
                 }
             }
             for p in resp.peers {
@@ -65,15 +65,16 @@ impl Follower {
                 continue;
             };
             for ip in candidates(p, session.observed, my_addrs) {
-                self.dict.observe(
-                    p.id,
-                    &p.name,
-                    SocketAddr::new(ip, p.port),
-                    FoundVia::Tracker,
+                let seen = crate::dict::Sighting {
+                    id: p.id,
+                    name: &p.name,
+                    addr: SocketAddr::new(ip, p.port),
+                    via: FoundVia::Tracker,
                     interval,
                     digest,
-                    p.files,
-                );
+                    contents: p.files,
+                };
+                self.dict.observe(seen, std::time::Instant::now());
             }
         }
     }

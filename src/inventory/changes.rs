@@ -1,12 +1,13 @@
 //! The recent history of this node's inventory, so a peer that holds an
 //! older version can be sent only what changed (an incremental update)
-//! instead of everything. Bounded: it remembers at most [`MAX_CHANGES`]
+//! instead of everything. Pure: the store's [`super::Publisher`] records
+//! into it, the peer server asks it for a [`Plan`]. Bounded: it remembers at most [`MAX_CHANGES`]
 //! versions and [`MAX_CHANGED_IDS`] changed ids in all; a peer further
 //! behind gets the inventory in full.
 
 use std::collections::{BTreeSet, VecDeque};
 
-use super::Inventory;
+use super::{Digest, Inventory, diff};
 use crate::id::ContentId;
 use crate::wire::InventoryEntry;
 
@@ -19,7 +20,7 @@ pub const MAX_CHANGED_IDS: usize = crate::wire::frame::MAX_REMOVED;
 /// inventory versions.
 #[derive(Debug)]
 struct Change {
-    from: [u8; 16],
+    from: Digest,
     ids: Vec<ContentId>,
 }
 
@@ -38,7 +39,7 @@ pub struct Plan {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Delta {
-    pub base: [u8; 16],
+    pub base: Digest,
     /// New or changed entries, ascending by id.
     pub upserts: Vec<InventoryEntry>,
     /// Ids no longer offered, ascending.
@@ -65,7 +66,7 @@ impl ChangeLog {
     /// What a peer holding the inventory of digest `since` needs to reach
     /// `current`: a delta when the log reaches back that far and the delta
     /// is smaller than the whole, else the whole inventory.
-    pub fn plan(&self, current: &Inventory, since: Option<[u8; 16]>) -> Plan {
+    pub fn plan(&self, current: &Inventory, since: Option<Digest>) -> Plan {
         let full = Plan {
             inventory: current.clone(),
             delta: None,
@@ -109,107 +110,11 @@ impl ChangeLog {
     }
 }
 
-/// Ids whose entries differ between two id-sorted inventories.
-pub fn diff(old: &[InventoryEntry], new: &[InventoryEntry]) -> Vec<ContentId> {
-    let mut out = Vec::new();
-    diff_sorted(
-        old,
-        new,
-        |e| e.id,
-        |o, n| out.push(o.or(n).map(|e| e.id).expect("one side")),
-    );
-    out
-}
-
-/// Walks two lists sorted by `id` together and calls `changed(old, new)`
-/// for every id whose items differ: both present but unequal, or only one
-/// present (the other `None`).
-pub fn diff_sorted<'a, T: PartialEq>(
-    old: &'a [T],
-    new: &'a [T],
-    id: impl Fn(&T) -> ContentId,
-    mut changed: impl FnMut(Option<&'a T>, Option<&'a T>),
-) {
-    let (mut i, mut j) = (0, 0);
-    loop {
-        match (old.get(i), new.get(j)) {
-            (Some(a), Some(b)) if id(a) == id(b) => {
-                if a != b {
-                    changed(Some(a), Some(b));
-                }
-                i += 1;
-                j += 1;
-            }
-            (Some(a), Some(b)) if id(a) < id(b) => {
-                changed(Some(a), None);
-                i += 1;
-            }
-            (Some(_), Some(b)) => {
-                changed(None, Some(b));
-                j += 1;
-            }
-            (Some(a), None) => {
-                changed(Some(a), None);
-                i += 1;
-            }
-            (None, Some(b)) => {
-                changed(None, Some(b));
-                j += 1;
-            }
-            (None, None) => break,
-        }
-    }
-}
-
-/// Applies a delta to the inventory it was made against (sorted by id);
-/// the result is sorted by id. The caller checks its digest.
-pub fn apply(
-    base: &[InventoryEntry],
-    upserts: &[InventoryEntry],
-    removed: &[ContentId],
-) -> Vec<InventoryEntry> {
-    let mut out = Vec::with_capacity(base.len() + upserts.len());
-    let (mut i, mut j) = (0, 0);
-    let gone = |id: &ContentId| removed.binary_search(id).is_ok();
-    while i < base.len() || j < upserts.len() {
-        match (base.get(i), upserts.get(j)) {
-            (Some(a), Some(b)) if a.id == b.id => {
-                out.push(b.clone());
-                i += 1;
-                j += 1;
-            }
-            (Some(a), Some(b)) if a.id < b.id => {
-                if !gone(&a.id) {
-                    out.push(a.clone());
-                }
-                i += 1;
-            }
-            (Some(_), Some(b)) => {
-                out.push(b.clone());
-                j += 1;
-            }
-            (Some(a), None) => {
-                if !gone(&a.id) {
-                    out.push(a.clone());
-                }
-                i += 1;
-            }
-            (None, Some(b)) => {
-                out.push(b.clone());
-                j += 1;
-            }
-            (None, None) => break,
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::chunkset::ChunkSet;
     use crate::manifest::Category;
-    use proptest::prelude::*;
 
     fn entry(id: u8, name: &str) -> InventoryEntry {
         InventoryEntry {
@@ -245,7 +150,7 @@ mod tests {
         assert_eq!(d.base, v1.digest);
         assert_eq!(d.upserts.len(), 2);
         assert_eq!(d.removed, vec![ContentId([0; 32]), ContentId([5; 32])]);
-        let rebuilt = Inventory::new(apply(&v1.entries, &d.upserts, &d.removed));
+        let rebuilt = Inventory::new(crate::inventory::apply(&v1.entries, &d.upserts, &d.removed));
         assert_eq!(rebuilt.digest, v3.digest);
 
         // Up to date: an empty delta.
@@ -280,22 +185,5 @@ mod tests {
         let mut log = ChangeLog::default();
         log.record(&v1, &v2);
         assert!(log.plan(&v2, Some(v1.digest)).delta.is_none());
-    }
-
-    proptest! {
-        #[test]
-        fn diff_then_apply_round_trips(
-            a in proptest::collection::btree_map(any::<u8>(), any::<bool>(), 0..60),
-            b in proptest::collection::btree_map(any::<u8>(), any::<bool>(), 0..60),
-        ) {
-            let mk = |m: &std::collections::BTreeMap<u8, bool>| Inventory::new(
-                m.iter().map(|(k, v)| entry(*k, if *v { "x" } else { "y" })).collect());
-            let (va, vb) = (mk(&a), mk(&b));
-            let ids = diff(&va.entries, &vb.entries);
-            let upserts: Vec<_> = vb.entries.iter().filter(|e| ids.contains(&e.id)).cloned().collect();
-            let removed: Vec<_> = ids.iter().copied().filter(|id| vb.entries.iter().all(|e| e.id != *id)).collect();
-            let rebuilt = Inventory::new(apply(&va.entries, &upserts, &removed));
-            prop_assert_eq!(rebuilt.digest, vb.digest);
-        }
     }
 }

@@ -1,0 +1,301 @@
+//! The content index: what the network offers and who holds it. Owns each
+//! online peer's inventory as held, the holder map of every content (built
+//! from those inventories by difference), and the memory budget for all of
+//! them together ([`entry_cost`], pulls in progress included). Never
+//! decides whether a peer is online: [`super::Dict`] withdraws a peer's
+//! holdings when the peer table says it left.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+
+use dashmap::DashMap;
+use tokio::sync::Notify;
+
+use super::{DEFAULT_MAX_REMOTE_BYTES, DEFAULT_MAX_REMOTE_CONTENTS, ENTRY_OVERHEAD};
+use crate::chunkset::ChunkSet;
+use crate::id::{ContentId, NodeId};
+use crate::inventory::Inventory;
+use crate::manifest::Category;
+use crate::wire::InventoryEntry;
+
+/// Most names remembered per content.
+const MAX_NAMES: usize = 16;
+
+/// About how much memory the dictionary spends on one peer's entry: the
+/// name and comment are kept twice (the inventory and the content's
+/// record), the bitmap once (shared).
+pub fn entry_cost(e: &InventoryEntry) -> usize {
+    let bitmap = match &e.chunks {
+        ChunkSet::Full => 0,
+        ChunkSet::Partial(b) => b.as_bytes().len(),
+    };
+    ENTRY_OVERHEAD + 2 * (e.name.len() + e.comment.len()) + bitmap
+}
+
+/// Why a peer's inventory is not held: it is listed without contents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The peer did not prove itself: its address holds too many peers.
+    AddressFull,
+    /// Over `--max-remote-contents` for all peers together.
+    OverContents,
+    /// Over `--max-remote-bytes` for all peers together.
+    OverBytes,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Refusal::AddressFull => "this peer's address holds too many peers already",
+            Refusal::OverContents => {
+                "this peer's inventory would pass the limit on contents held for all peers (raise --max-remote-contents)"
+            }
+            Refusal::OverBytes => {
+                "this peer's inventory would pass the limit on memory held for all peers' contents (raise --max-remote-bytes)"
+            }
+        })
+    }
+}
+
+/// One content as the network offers it.
+#[derive(Clone, Debug)]
+pub struct Content {
+    pub names: BTreeSet<String>,
+    pub size: u64,
+    pub category: Category,
+    pub comment: String,
+    /// Each holder's chunks; the bitmap bytes are shared with the holder's
+    /// inventory entry, not copied.
+    pub holders: HashMap<NodeId, ChunkSet>,
+}
+
+/// What is held for all peers together.
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    pub entries: usize,
+    /// Sum of [`entry_cost`] over every entry held.
+    pub bytes: usize,
+    /// Bytes of inventory pages being pulled right now ([`PullBudget`]).
+    pub reserved: usize,
+}
+
+/// One peer's inventory as held, with its cost.
+#[derive(Clone)]
+struct HeldInventory {
+    inv: Inventory,
+    bytes: usize,
+}
+
+pub struct Contents {
+    index: DashMap<ContentId, Content>,
+    /// Each peer's current inventory (sorted by id), so its holdings can
+    /// be updated by difference and a delta applied to it.
+    inventories: DashMap<NodeId, HeldInventory>,
+    /// Serializes writers so holdings never go out of step with
+    /// inventories; readers use the maps without it. Never held across an
+    /// await. Holds what is held in all.
+    held: Mutex<Held>,
+    /// Most inventory entries held for all peers together.
+    max_entries: usize,
+    /// Most bytes ([`entry_cost`]) held for all peers together, pulls in
+    /// progress included.
+    max_bytes: usize,
+    /// Woken whenever holdings change (a fetch waiting for holders listens).
+    pub changed: Notify,
+}
+
+impl Default for Contents {
+    fn default() -> Self {
+        Contents::new(DEFAULT_MAX_REMOTE_CONTENTS, DEFAULT_MAX_REMOTE_BYTES)
+    }
+}
+
+impl Contents {
+    pub fn new(max_entries: usize, max_bytes: usize) -> Self {
+        Contents {
+            index: DashMap::new(),
+            inventories: DashMap::new(),
+            held: Mutex::new(Held::default()),
+            max_entries,
+            max_bytes,
+            changed: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().expect("contents lock")
+    }
+
+    pub fn content(&self, id: &ContentId) -> Option<Content> {
+        self.index.get(id).map(|c| c.clone())
+    }
+
+    /// `f` of the content `id`, without copying it.
+    pub fn with<R>(&self, id: &ContentId, f: impl FnOnce(&Content) -> R) -> Option<R> {
+        self.index.get(id).map(|c| f(&c))
+    }
+
+    /// `f` of every content (in no order).
+    pub fn map_all<R>(&self, mut f: impl FnMut(&ContentId, &Content) -> Option<R>) -> Vec<R> {
+        self.index.iter().filter_map(|c| f(c.key(), &c)).collect()
+    }
+
+    /// The inventory held for a peer (to apply a delta to).
+    pub fn inventory(&self, peer: &NodeId) -> Option<Inventory> {
+        self.inventories.get(peer).map(|i| i.inv.clone())
+    }
+
+    /// Entries and bytes held for all peers, and bytes reserved by pulls.
+    pub fn held(&self) -> Held {
+        *self.lock()
+    }
+
+    /// Budget for pulling `peer`'s inventory: every page must be admitted
+    /// before it is kept (see [`PullBudget::admit`]).
+    pub fn pull_budget(&self, peer: NodeId) -> PullBudget<'_> {
+        PullBudget {
+            contents: self,
+            peer,
+            reserved: 0,
+        }
+    }
+
+    /// Replaces `peer`'s inventory, touching only the contents that
+    /// changed. Over a bound, its holdings are withdrawn instead, with a
+    /// warning, and the reason returned.
+    pub fn set(&self, peer: NodeId, inv: Inventory) -> Result<(), Refusal> {
+        let mut held = self.lock();
+        let old = self
+            .inventories
+            .get(&peer)
+            .map(|i| (i.inv.entries.clone(), i.bytes));
+        let old_bytes = old.as_ref().map_or(0, |(_, b)| *b);
+        let old: &[InventoryEntry] = old.as_ref().map_or(&[], |(v, _)| v.as_slice());
+        let bytes: usize = inv.entries.iter().map(entry_cost).sum();
+        let refusal = if held.entries - old.len() + inv.entries.len() > self.max_entries {
+            Some(Refusal::OverContents)
+        } else if held.bytes - old_bytes + bytes > self.max_bytes {
+            Some(Refusal::OverBytes)
+        } else {
+            None
+        };
+        if let Some(why) = refusal {
+            warn_refused(peer, &inv, why);
+            self.withdraw_locked(peer, &mut held);
+            self.changed.notify_waiters();
+            return Err(why);
+        }
+        for changed in crate::inventory::diff(old, &inv.entries) {
+            match inv.entries.binary_search_by(|e| e.id.cmp(&changed)) {
+                Ok(i) => self.hold(peer, &inv.entries[i]),
+                Err(_) => self.release(peer, &changed),
+            }
+        }
+        held.entries = held.entries - old.len() + inv.entries.len();
+        held.bytes = held.bytes - old_bytes + bytes;
+        self.inventories.insert(peer, HeldInventory { inv, bytes });
+        self.changed.notify_waiters();
+        Ok(())
+    }
+
+    /// Removes `peer`'s holdings, waking fetches that wait for holders.
+    pub fn withdraw(&self, peer: NodeId) {
+        let mut held = self.lock();
+        self.withdraw_locked(peer, &mut held);
+        self.changed.notify_waiters();
+    }
+
+    /// Removes `peer`'s holdings, with the lock held.
+    fn withdraw_locked(&self, peer: NodeId, held: &mut Held) {
+        if let Some((_, old)) = self.inventories.remove(&peer) {
+            for e in old.inv.entries.iter() {
+                self.release(peer, &e.id);
+            }
+            held.entries -= old.inv.entries.len();
+            held.bytes -= old.bytes;
+        }
+    }
+
+    /// Records that `peer` holds `e`; caller holds the lock.
+    fn hold(&self, peer: NodeId, e: &InventoryEntry) {
+        let mut c = self.index.entry(e.id).or_insert_with(|| Content {
+            names: BTreeSet::new(),
+            size: e.size,
+            category: e.category,
+            comment: String::new(),
+            holders: HashMap::new(),
+        });
+        if c.names.len() < MAX_NAMES {
+            c.names.insert(e.name.clone());
+        }
+        if c.comment.is_empty() {
+            c.comment = e.comment.clone();
+        }
+        c.holders.insert(peer, e.chunks.clone());
+    }
+
+    /// Records that `peer` no longer holds `id`; caller holds the lock.
+    fn release(&self, peer: NodeId, id: &ContentId) {
+        let empty = match self.index.get_mut(id) {
+            Some(mut c) => {
+                c.holders.remove(&peer);
+                c.holders.is_empty()
+            }
+            None => false,
+        };
+        if empty {
+            self.index.remove_if(id, |_, c| c.holders.is_empty());
+        }
+    }
+}
+
+/// Logs why `peer`'s inventory `inv` is not held.
+pub(super) fn warn_refused(peer: NodeId, inv: &Inventory, why: Refusal) {
+    let bytes: usize = inv.entries.iter().map(entry_cost).sum();
+    tracing::warn!(
+        peer = %peer.short(),
+        contents = inv.entries.len(),
+        bytes,
+        "{why}; its contents are not listed"
+    );
+}
+
+/// Memory an inventory pull may take before it is held: pages are
+/// admitted against [`Contents`]' byte limit, counting what every other
+/// pull in progress reserved, so concurrent pulls of huge inventories
+/// cannot together pass it. The reservation ends when this is dropped
+/// (after [`super::Dict::set_inventory`]).
+pub struct PullBudget<'a> {
+    contents: &'a Contents,
+    peer: NodeId,
+    reserved: usize,
+}
+
+impl PullBudget<'_> {
+    /// Reserves room for `entries` (one page); false when they would pass
+    /// the limit: stop pulling. What the peer holds now does not count, as
+    /// the pull replaces it.
+    pub fn admit(&mut self, entries: &[InventoryEntry]) -> bool {
+        let n: usize = entries.iter().map(entry_cost).sum();
+        let own = self
+            .contents
+            .inventories
+            .get(&self.peer)
+            .map_or(0, |i| i.bytes);
+        let mut held = self.contents.lock();
+        if (held.bytes - own.min(held.bytes)) + held.reserved + n > self.contents.max_bytes {
+            return false;
+        }
+        held.reserved += n;
+        self.reserved += n;
+        true
+    }
+}
+
+impl Drop for PullBudget<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut held) = self.contents.held.lock() {
+            held.reserved -= self.reserved;
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! Multicast discovery over IPv4 and IPv6: announces this node's inventory
+//! digest, answers newcomers' queries, says goodbye, and listens to
+//! everyone else. Reads the published inventory through a `watch`
+//! receiver (never the store); writes only to the dictionary and the
+//! node's counters ([`crate::stats`]); inventories are pulled by
+//! [`crate::reach`]. The link-following loop ([`follow_links`]) is shared
+//! with [`crate::mdns`].
+//!
+//! Sockets: per family, one receiving socket bound to the group port
+//! (SO_REUSEADDR and SO_REUSEPORT, so several nodes on one host all hear
+//! the group) that joins the group on every link, and one sending socket
+//! per link (IP_MULTICAST_IF / IPV6_MULTICAST_IF, TTL / hop limit 1, so
+//! announcements stay on the LAN). Links follow the interfaces: the
+//! [`crate::netif`] watcher publishes the set, and [`Discovery::links`]
+//! joins new ones (announcing on them at once) and leaves vanished ones.
+
+mod links;
+mod sockets;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+pub use links::follow_links;
+pub use sockets::{DiscoveryError, recv_socket, send_socket};
+
+use crate::api::FoundVia;
+use crate::dict::{Dict, Sighting};
+use crate::id::NodeId;
+use crate::inventory::Inventory;
+use crate::netif::Link;
+use crate::stats::{Counter, Stats};
+use crate::wire::datagram::{Announce, Datagram, MAX_DATAGRAM};
+
+/// Announcements triggered by a change are at least this far apart.
+const MIN_GAP: Duration = Duration::from_millis(250);
+/// A query is answered after a random delay below this, and queries
+/// arriving meanwhile share the answer: 30 nodes starting together send
+/// a few announcements each, not one per newcomer.
+const ANSWER_SPREAD: Duration = Duration::from_millis(300);
+
+/// The IPv6 group: link-local scope (never routed), "lans" in hex.
+pub const DEFAULT_GROUP6: std::net::Ipv6Addr =
+    std::net::Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0x6c61, 0x6e73);
+
+/// What a discovery path (multicast, mDNS) needs from the node: who it
+/// is, what it offers (the published inventory, read only), and where
+/// what it hears goes (the dictionary, the counters).
+#[derive(Clone)]
+pub struct Context {
+    pub node: NodeId,
+    pub name: String,
+    /// The port of this node's TCP server.
+    pub tcp_port: u16,
+    /// The announce interval.
+    pub interval: Duration,
+    /// The published inventory (its digest and size are announced).
+    pub inventory: watch::Receiver<Inventory>,
+    pub dict: Arc<Dict>,
+    pub stats: Arc<Stats>,
+}
+
+pub struct Discovery {
+    ctx: Context,
+    group4: SocketAddrV4,
+    group6: SocketAddrV6,
+    recv4: Option<Arc<UdpSocket>>,
+    recv6: Option<Arc<UdpSocket>>,
+    /// One sending socket per link.
+    senders: Mutex<BTreeMap<Link, Arc<UdpSocket>>>,
+    /// Poked to announce now (a query was answered, a link appeared).
+    announce_now: Notify,
+    answer_pending: AtomicBool,
+}
+
+impl Discovery {
+    /// Multicast discovery on `group4` and `group6` (its scope id is set
+    /// per link), receiving on the sockets of [`recv_socket`] (without an
+    /// IPv6 one, over IPv4 only). It joins no link until
+    /// [`Discovery::set_links`].
+    pub fn new(
+        ctx: Context,
+        group4: SocketAddrV4,
+        group6: SocketAddrV6,
+        recv4: Option<UdpSocket>,
+        recv6: Option<UdpSocket>,
+    ) -> Arc<Self> {
+        Arc::new(Discovery {
+            ctx,
+            group4,
+            group6,
+            recv4: recv4.map(Arc::new),
+            recv6: recv6.map(Arc::new),
+            senders: Mutex::new(BTreeMap::new()),
+            announce_now: Notify::new(),
+            answer_pending: AtomicBool::new(false),
+        })
+    }
+
+    fn announce(&self, inv: &Inventory) -> Datagram {
+        let me = &self.ctx;
+        Datagram::Announce(Announce {
+            node: me.node,
+            name: me.name.clone(),
+            tcp_port: me.tcp_port,
+            interval_ms: me.interval.as_millis().min(u32::MAX as u128) as u32,
+            inventory_digest: inv.digest,
+            contents: inv.count(),
+        })
+    }
+
+    async fn send_all(&self, d: &Datagram) {
+        let bytes = d.encode();
+        let senders: Vec<(Link, Arc<UdpSocket>)> = self
+            .senders
+            .lock()
+            .expect("senders lock")
+            .iter()
+            .map(|(l, s)| (l.clone(), s.clone()))
+            .collect();
+        for (link, s) in senders {
+            let to: SocketAddr = match link {
+                Link::V4 { .. } => self.group4.into(),
+                Link::V6 { index, .. } => {
+                    SocketAddrV6::new(*self.group6.ip(), self.group6.port(), 0, index).into()
+                }
+            };
+            match s.send_to(&bytes, to).await {
+                Ok(n) => self.ctx.stats.add(Counter::DiscoveryBytesSent, n as u64),
+                Err(e) => tracing::debug!(%link, error = %e, "cannot send datagram"),
+            }
+        }
+    }
+
+    /// Announces at start (with a query), periodically with jitter, soon
+    /// after every inventory change or query, and says goodbye on cancel.
+    pub async fn announcer(self: Arc<Self>, cancel: CancellationToken) {
+        let mut inv_rx = self.ctx.inventory.clone();
+        self.send_all(&Datagram::Query {
+            node: self.ctx.node,
+        })
+        .await;
+        let mut last_sent = Instant::now() - MIN_GAP;
+        loop {
+            // Triggered announces keep MIN_GAP between them.
+            let wait = MIN_GAP.saturating_sub(last_sent.elapsed());
+            if !wait.is_zero() {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+            let inv = inv_rx.borrow_and_update().clone();
+            self.answer_pending.store(false, Ordering::Relaxed);
+            self.send_all(&self.announce(&inv)).await;
+            last_sent = Instant::now();
+            let period = self.ctx.interval.mul_f64(rand::random_range(0.8..1.2));
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(period) => {}
+                r = inv_rx.changed() => if r.is_err() { break },
+                _ = self.announce_now.notified() => {}
+            }
+        }
+        self.send_all(&Datagram::Goodbye {
+            node: self.ctx.node,
+        })
+        .await;
+    }
+
+    /// Receives datagrams on one family's socket until cancelled.
+    pub async fn listener(self: Arc<Self>, v6: bool, cancel: CancellationToken) {
+        let Some(socket) = (if v6 { &self.recv6 } else { &self.recv4 }).clone() else {
+            return;
+        };
+        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+        loop {
+            let (len, src) = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = socket.recv_from(&mut buf) => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "multicast receive failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let d = match Datagram::decode(&buf[..len]) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.ctx.stats.count(Counter::MalformedDatagrams);
+                    tracing::debug!(from = %src, error = %e, "dropped malformed datagram");
+                    continue;
+                }
+            };
+            if d.node() == self.ctx.node {
+                continue;
+            }
+            self.handle(d, src);
+        }
+    }
+
+    fn handle(self: &Arc<Self>, d: Datagram, src: SocketAddr) {
+        match d {
+            Datagram::Announce(a) => {
+                // The TCP server is at the datagram's source address (with
+                // its scope id for an IPv6 link-local one).
+                let addr = match src {
+                    SocketAddr::V4(s) => SocketAddr::new(IpAddr::V4(*s.ip()), a.tcp_port),
+                    SocketAddr::V6(s) => {
+                        SocketAddrV6::new(*s.ip(), a.tcp_port, 0, s.scope_id()).into()
+                    }
+                };
+                // Clamped again by the dictionary to [100 ms, 60 s]: a
+                // claimed interval decides how long a silent peer stays.
+                let interval = Duration::from_millis(a.interval_ms as u64)
+                    .clamp(crate::dict::MIN_INTERVAL, crate::dict::MAX_INTERVAL);
+                let dict = &self.ctx.dict;
+                if !dict.peers.is_online(&a.node) {
+                    tracing::info!(peer = %a.name, %addr, "peer found by multicast");
+                }
+                let seen = Sighting {
+                    id: a.node,
+                    name: &a.name,
+                    addr,
+                    via: FoundVia::Multicast,
+                    interval,
+                    digest: a.inventory_digest,
+                    contents: a.contents,
+                };
+                dict.observe(seen, Instant::now());
+            }
+            Datagram::Query { .. } => {
+                if !self.answer_pending.swap(true, Ordering::Relaxed) {
+                    let this = self.clone();
+                    let delay = ANSWER_SPREAD.mul_f64(rand::random_range(0.0..1.0));
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        this.announce_now.notify_one();
+                    });
+                }
+            }
+            Datagram::Goodbye { node } => {
+                // Only from where the peer is known to be: anyone can send
+                // a goodbye naming any id.
+                if self.ctx.dict.depart(node, src.ip()) {
+                    tracing::info!(peer = %node.short(), "peer said goodbye");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! The node's counters, shown by `lanshare status`: what was dropped as
+//! malformed and what discovery cost. Written by the tasks that see the
+//! events (listeners, mDNS browser, announcer, peer server), read by the
+//! status view. Only counters: never a decision depends on them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// One counter of [`Stats`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Datagrams and mDNS records dropped as malformed.
+    MalformedDatagrams,
+    /// TCP connections closed for a protocol violation.
+    MalformedConnections,
+    /// Bytes of discovery datagrams this node sent.
+    DiscoveryBytesSent,
+    /// Bytes of inventory pages this node served to peers.
+    InventoryBytesServed,
+}
+
+const COUNTERS: usize = 4;
+
+/// The node's counters; cheap to share behind an `Arc`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    counters: [AtomicU64; COUNTERS],
+}
+
+impl Stats {
+    /// Adds `n` to `counter`.
+    pub fn add(&self, counter: Counter, n: u64) {
+        self.counters[counter as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Adds one to `counter`.
+    pub fn count(&self, counter: Counter) {
+        self.add(counter, 1);
+    }
+
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.counters[counter as usize].load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_independent() {
+        let s = Stats::default();
+        s.count(Counter::MalformedDatagrams);
+        s.add(Counter::DiscoveryBytesSent, 120);
+        s.add(Counter::DiscoveryBytesSent, 80);
+        assert_eq!(s.get(Counter::MalformedDatagrams), 1);
+        assert_eq!(s.get(Counter::MalformedConnections), 0);
+        assert_eq!(s.get(Counter::DiscoveryBytesSent), 200);
+        assert_eq!(s.get(Counter::InventoryBytesServed), 0);
+    }
+}
