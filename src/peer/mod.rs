@@ -1,8 +1,10 @@
 //! The TCP peer protocol in action: [`server`] serves manifests, chunks and
 //! inventories of what this node holds; [`client`] is one connection to a
-//! peer's server. Framing is in `wire::frame`.
+//! peer's server; [`dial`] opens one to a peer by id over its addresses.
+//! Framing is in `wire::frame`.
 
 pub mod client;
+pub mod dial;
 pub mod server;
 
 use std::time::Duration;
