@@ -154,7 +154,8 @@ impl Reach {
     pub async fn prober(self: Arc<Self>, cancel: CancellationToken) {
         let mut tasks: JoinSet<NodeId> = JoinSet::new();
         let mut running: HashMap<NodeId, ()> = HashMap::new();
-        // Each peer is probed at most once per its interval.
+        // Each peer is probed at most once per its interval: only `tried`
+        // and `since` are used, so the policy plays no part.
         let mut attempted: RetryBook<NodeId> = RetryBook::new(PULL_RETRY);
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
