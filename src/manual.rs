@@ -6,16 +6,25 @@
 //! expires from the dictionary like a silent multicast peer.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
 use crate::api::FoundVia;
 use crate::dict::Dict;
 use crate::id::NodeId;
-use crate::peer::client::PeerConn;
+use crate::peer::dial::{DialError, Dialer};
+use crate::retry::{Retry, RetryPolicy};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// An unreachable manual peer is tried again after twice the interval,
+/// doubling up to `max(30 s, interval)`; one that answers, after the
+/// interval.
+fn retry_policy(interval: Duration) -> RetryPolicy {
+    let max = MAX_BACKOFF.max(interval);
+    RetryPolicy::new((interval * 2).min(max), max)
+}
 
 /// Checks a `HOST:PORT` argument (the host is resolved later, on every try).
 pub fn parse_target(s: &str) -> Result<String, String> {
@@ -40,16 +49,18 @@ pub async fn follow(
     interval: Duration,
     cancel: CancellationToken,
 ) {
-    let mut delay = interval;
+    let dialer = Dialer::new(me, &my_name, dict.clone());
+    let mut retry = Retry::new(retry_policy(interval));
     let mut warned = false;
     loop {
-        match refresh(&dict, me, &my_name, &target, interval).await {
+        let delay = match refresh(&dict, &dialer, &target, interval).await {
             Ok(()) => {
                 if warned {
                     tracing::info!(peer = %target, "manual peer is reachable again");
                 }
                 warned = false;
-                delay = interval;
+                retry.succeeded();
+                interval
             }
             Err(e) => {
                 if !warned {
@@ -58,9 +69,9 @@ pub async fn follow(
                 } else {
                     tracing::debug!(peer = %target, error = %e, "manual peer still unreachable");
                 }
-                delay = (delay * 2).min(MAX_BACKOFF.max(interval));
+                retry.failed(Instant::now())
             }
-        }
+        };
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
@@ -70,8 +81,7 @@ pub async fn follow(
 
 async fn refresh(
     dict: &Dict,
-    me: NodeId,
-    my_name: &str,
+    dialer: &Dialer,
     target: &str,
     interval: Duration,
 ) -> anyhow::Result<()> {
@@ -79,10 +89,11 @@ async fn refresh(
     if addrs.is_empty() {
         anyhow::bail!("{target} resolves to no address");
     }
-    let conn = PeerConn::connect_any(&addrs, me, my_name).await?;
-    if conn.remote_node == me {
-        anyhow::bail!("{target} is this node itself");
-    }
+    let conn = match dialer.dial_unknown(&addrs).await {
+        Ok(conn) => conn,
+        Err(DialError::Myself) => anyhow::bail!("{target} is this node itself"),
+        Err(e) => return Err(e.into()),
+    };
     let (id, name, addr) = (conn.remote_node, conn.remote_name.clone(), conn.addr);
     if !dict.peers.is_online(&id) {
         tracing::info!(peer = %name, %addr, "manual peer reached");
@@ -107,6 +118,23 @@ async fn refresh(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_is_unchanged() {
+        // Today's rule: the wait starts at the interval, doubles on every
+        // failure up to max(30 s, interval), and is the interval again
+        // after a success.
+        for secs in [1u64, 5, 10, 20, 30, 60] {
+            let interval = Duration::from_secs(secs);
+            let mut retry = Retry::new(retry_policy(interval));
+            let mut old = interval;
+            let now = Instant::now();
+            for _ in 0..8 {
+                old = (old * 2).min(MAX_BACKOFF.max(interval));
+                assert_eq!(retry.failed(now), old, "interval {secs}s");
+            }
+        }
+    }
 
     #[test]
     fn targets() {

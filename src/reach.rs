@@ -27,6 +27,8 @@ use crate::dict::Dict;
 use crate::id::NodeId;
 use crate::peer::PeerError;
 use crate::peer::client::PeerConn;
+use crate::peer::dial::{DialError, Dialer};
+use crate::retry::{RetryBook, RetryPolicy};
 
 /// Inventory pulls running at once.
 const MAX_PULLS: usize = 4;
@@ -36,8 +38,9 @@ const MAX_UNPROVEN_PULLS: usize = 2;
 const MAX_PROBES: usize = 8;
 /// Each page of an inventory must arrive within this long.
 const PAGE_TIMEOUT: Duration = Duration::from_secs(10);
-const MIN_RETRY: Duration = Duration::from_millis(500);
-const MAX_RETRY: Duration = Duration::from_secs(8);
+/// A failed pull is retried after 500 ms, doubling up to 8 s.
+const PULL_RETRY: RetryPolicy =
+    RetryPolicy::new(Duration::from_millis(500), Duration::from_secs(8));
 
 pub struct Reach {
     pub dict: Arc<Dict>,
@@ -51,8 +54,8 @@ impl Reach {
         let mut tasks: JoinSet<(NodeId, bool)> = JoinSet::new();
         // Running pulls, each with whether its peer was unproven.
         let mut running: HashMap<NodeId, bool> = HashMap::new();
-        // Per peer: when to try again after a failure, and the next delay.
-        let mut retry: HashMap<NodeId, (Instant, Duration)> = HashMap::new();
+        // Per peer: when to try again after a failure.
+        let mut retry: RetryBook<NodeId> = RetryBook::new(PULL_RETRY);
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {
@@ -63,10 +66,9 @@ impl Reach {
                     if let Ok((id, ok)) = done {
                         running.remove(&id);
                         if ok {
-                            retry.remove(&id);
+                            retry.succeeded(&id);
                         } else {
-                            let delay = retry.get(&id).map_or(MIN_RETRY, |(_, d)| (*d * 2).min(MAX_RETRY));
-                            retry.insert(id, (Instant::now() + delay, delay));
+                            retry.failed(id, Instant::now());
                         }
                     }
                 }
@@ -74,13 +76,13 @@ impl Reach {
             let now = Instant::now();
             let mut wanted = self.dict.peers.needing_pull();
             // Proven peers first, then those failed least (never tried first).
-            wanted.sort_by_key(|p| (!p.proven, retry.get(&p.id).map(|(_, d)| *d)));
+            wanted.sort_by_key(|p| (!p.proven, retry.delay(&p.id)));
             for peer in wanted {
                 if running.len() >= MAX_PULLS {
                     break;
                 }
                 if running.contains_key(&peer.id)
-                    || retry.get(&peer.id).is_some_and(|(at, _)| *at > now)
+                    || !retry.ready(&peer.id, now)
                     || (!peer.proven
                         && running.values().filter(|u| **u).count() >= MAX_UNPROVEN_PULLS)
                 {
@@ -96,7 +98,7 @@ impl Reach {
                     (peer.id, r.is_ok())
                 });
             }
-            retry.retain(|id, _| self.dict.peers.is_online(id));
+            retry.retain(|id| self.dict.peers.peer(id).is_some_and(|p| p.online));
         }
         tasks.abort_all();
     }
@@ -105,7 +107,7 @@ impl Reach {
         let Some(peer) = self.dict.peers.peer(&id) else {
             return Ok(());
         };
-        let mut conn = self.connect_peer(&peer).await?;
+        let mut conn = self.connect_peer(&peer).await.map_err(dial_failed)?;
         let held = self.dict.contents.inventory(&id);
         let since = held.as_ref().map(|i| i.digest);
         let mut budget = self.dict.contents.pull_budget(id);
@@ -130,63 +132,28 @@ impl Reach {
         Ok(())
     }
 
+    fn dialer(&self) -> Dialer {
+        Dialer::new(self.me, &self.name, self.dict.clone())
+    }
+
     /// Connects to `peer`; one not proven yet gets the shorter timeout on
     /// every address (a made-up peer's address often answers nothing).
-    async fn connect_peer(&self, peer: &crate::dict::Peer) -> Result<PeerConn, PeerError> {
+    async fn connect_peer(&self, peer: &crate::dict::Peer) -> Result<PeerConn, DialError> {
         let limit = if peer.proven {
             crate::peer::CONNECT_TIMEOUT
         } else {
             crate::peer::client::FALLBACK_CONNECT_TIMEOUT
         };
-        self.connect(&peer.id, &peer.addrs(), limit).await
-    }
-
-    /// Connects to `id` at the first of `addrs` that answers as `id`,
-    /// waiting at most `last_limit` on the last one.
-    async fn connect(
-        &self,
-        id: &NodeId,
-        addrs: &[std::net::SocketAddr],
-        last_limit: Duration,
-    ) -> Result<PeerConn, PeerError> {
-        let mut last = PeerError::Closed;
-        for (i, addr) in addrs.iter().enumerate() {
-            let limit = if i + 1 < addrs.len() {
-                crate::peer::client::FALLBACK_CONNECT_TIMEOUT.min(last_limit)
-            } else {
-                last_limit
-            };
-            match PeerConn::connect_within(*addr, self.me, &self.name, limit).await {
-                Ok(conn) if conn.remote_node == *id => {
-                    self.dict.peers.reached(
-                        *id,
-                        *addr,
-                        conn.remote_digest,
-                        conn.remote_contents,
-                        Instant::now(),
-                    );
-                    return Ok(conn);
-                }
-                Ok(_) => {
-                    // Another node now answers there (an address reused).
-                    self.dict.peers.unreachable(*id, *addr);
-                    last = PeerError::Unexpected(0);
-                }
-                Err(e) => {
-                    self.dict.peers.unreachable(*id, *addr);
-                    last = e;
-                }
-            }
-        }
-        Err(last)
+        self.dialer().dial(peer.id, &peer.addrs(), limit).await
     }
 
     /// Says hello to online peers not heard directly for an interval.
     pub async fn prober(self: Arc<Self>, cancel: CancellationToken) {
         let mut tasks: JoinSet<NodeId> = JoinSet::new();
         let mut running: HashMap<NodeId, ()> = HashMap::new();
-        // Each peer is probed at most once per its interval.
-        let mut attempted: HashMap<NodeId, Instant> = HashMap::new();
+        // Each peer is probed at most once per its interval: only `tried`
+        // and `since` are used, so the policy plays no part.
+        let mut attempted: RetryBook<NodeId> = RetryBook::new(PULL_RETRY);
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {
@@ -198,7 +165,7 @@ impl Reach {
                     continue;
                 }
             }
-            attempted.retain(|id, _| self.dict.peers.is_online(id));
+            attempted.retain(|id| self.dict.peers.peer(id).is_some_and(|p| p.online));
             let now = Instant::now();
             let mut due = self.dict.peers.to_probe(now);
             // Proven peers first: made-up ones never crowd them out.
@@ -210,13 +177,13 @@ impl Reach {
                 if running.contains_key(&peer.id)
                     || (!peer.departure_claimed
                         && attempted
-                            .get(&peer.id)
-                            .is_some_and(|t| now.duration_since(*t) < peer.interval))
+                            .since(&peer.id, now)
+                            .is_some_and(|ago| ago < peer.interval))
                 {
                     continue;
                 }
                 running.insert(peer.id, ());
-                attempted.insert(peer.id, now);
+                attempted.tried(peer.id, now);
                 let this = self.clone();
                 tasks.spawn(async move {
                     if let Err(e) = this.connect_peer(&peer).await {
@@ -248,20 +215,24 @@ impl Reach {
         }
         let mut tasks = JoinSet::new();
         for p in peers {
-            let (me, name) = (self.me, self.name.clone());
+            let dialer = self.dialer();
             tasks.spawn(async move {
-                for addr in p.addrs() {
-                    if let Ok(conn) = PeerConn::connect_within(addr, me, &name, within).await {
-                        if conn.remote_node == p.id {
-                            let _ = conn.goodbye().await;
-                        }
-                        return;
-                    }
+                if let Ok(conn) = dialer.dial(p.id, &p.addrs(), within).await {
+                    let _ = conn.goodbye().await;
                 }
             });
         }
         let _ = tokio::time::timeout(within, async { while tasks.join_next().await.is_some() {} })
             .await;
         tasks.abort_all();
+    }
+}
+
+/// A dial's failure as a pull's error.
+fn dial_failed(e: DialError) -> PeerError {
+    match e {
+        DialError::Peer(e) => e,
+        // Another node now answers there (an address reused).
+        DialError::WrongNode | DialError::Myself => PeerError::Unexpected(0),
     }
 }

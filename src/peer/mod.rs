@@ -1,11 +1,13 @@
 //! The TCP peer protocol in action: [`server`] serves manifests, chunks and
 //! inventories of what this node holds; [`client`] is one connection to a
 //! peer's server; both speak through [`conn::FramedConn`] (frames and the
-//! hello exchange). [`slots`] admits connections, [`session`] serves one,
-//! [`sendfile`] sends chunk bytes. Frame encoding is in `wire::frame`.
+//! hello exchange). [`dial`] opens one to a peer by id over its addresses.
+//! [`slots`] admits connections, [`session`] serves one, [`sendfile`]
+//! sends chunk bytes. Frame encoding is in `wire::frame`.
 
 pub mod client;
 pub mod conn;
+pub mod dial;
 mod sendfile;
 pub mod server;
 mod session;

@@ -1,0 +1,275 @@
+//! [`FetchCtx`]: one download from start to end, stage by stage: already
+//! here, wait for holders, manifest, saved name and free space, the
+//! partial file, the swarm, and the end (keep or discard the partial, the
+//! download log line).
+//!
+//! Never schedules chunks or talks to a peer itself (see [`super::swarm`]
+//! and [`super::manifest`]).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::peers::HolderMemory;
+use super::swarm::Shared;
+use super::{FetchError, FetchLimits, Want};
+use crate::api::{FetchDone, FetchEvent};
+use crate::dict::{Dict, Holder};
+use crate::id::{ContentId, NodeId, to_hex};
+use crate::logs::{Transfer, TransferLog};
+use crate::manifest::Manifest;
+use crate::peer::dial::Dialer;
+use crate::resolve::{NameChoice, choose_name};
+use crate::store::{Partial, Store};
+
+/// Everything a download needs from the node.
+pub struct FetchCtx {
+    pub store: Arc<Store>,
+    pub dict: Arc<Dict>,
+    pub node: NodeId,
+    pub name: String,
+    pub download_log: TransferLog,
+    pub limits: FetchLimits,
+    pub memory: HolderMemory,
+}
+
+impl FetchCtx {
+    /// Downloads what `want` names and returns where it landed. Logs the outcome.
+    pub async fn fetch(
+        &self,
+        want: Want,
+        events: &mpsc::Sender<FetchEvent>,
+        cancel: CancellationToken,
+    ) -> Result<FetchDone, FetchError> {
+        let started = Instant::now();
+        let id = want.id;
+        let mut peers_used = BTreeSet::new();
+        let mut name = self.save_name(&want, None);
+        let received = Arc::new(AtomicU64::new(0));
+        let result = self
+            .fetch_inner(
+                &want,
+                events,
+                &cancel,
+                &mut peers_used,
+                &mut name,
+                &received,
+            )
+            .await;
+        if !matches!(
+            result,
+            Ok(FetchDone {
+                already_local: true,
+                ..
+            })
+        ) {
+            let peers: Vec<String> = peers_used.into_iter().collect();
+            self.download_log.append(&Transfer {
+                event: "download",
+                file: &name,
+                // What this run transferred: a resumed download counts
+                // only the chunks it fetched.
+                bytes: received.load(Ordering::Relaxed),
+                id: &id,
+                peers: &peers,
+                duration: started.elapsed(),
+                result: result.as_ref().map(|_| ()).map_err(|e| e.to_string()),
+                sha256: result.as_ref().ok().map(|d| d.sha256.as_str()),
+            });
+        }
+        result
+    }
+
+    async fn fetch_inner(
+        &self,
+        want: &Want,
+        events: &mpsc::Sender<FetchEvent>,
+        cancel: &CancellationToken,
+        peers_used: &mut BTreeSet<String>,
+        name_out: &mut String,
+        received: &Arc<AtomicU64>,
+    ) -> Result<FetchDone, FetchError> {
+        let started = Instant::now();
+        let id = want.id;
+        if let Some(done) = self.already_here(&id) {
+            return Ok(done);
+        }
+        let holders = self.wait_for_holders(&id, cancel).await?;
+        let (manifest, sender) = self.get_manifest(want, &holders, events, cancel).await?;
+        let name = self.save_name(want, Some(&sender));
+        *name_out = name.clone();
+        self.check_space(&manifest)?;
+        let manifest = Arc::new(manifest);
+        let partial = self.store.begin_partial(manifest.clone(), &name)?;
+        let shared = Arc::new(Shared::new(id, partial.clone(), received.clone()));
+        let already = shared.bytes_done();
+        let _ = events
+            .send(FetchEvent::Started {
+                id: id.to_hex(),
+                name: name.clone(),
+                size: manifest.size,
+                holders: holders.len() as u32,
+                already,
+            })
+            .await;
+        let result = self
+            .run_swarm(&shared, events, cancel, peers_used, already)
+            .await;
+        let sha = self.end_partial(&id, &partial, result)?;
+        let path = self.store.finish_partial(&partial)?;
+        Ok(FetchDone {
+            id: id.to_hex(),
+            path: path.display().to_string(),
+            size: manifest.size,
+            sha256: to_hex(&sha),
+            secs: started.elapsed().as_secs_f64(),
+            transferred: received.load(Ordering::Relaxed),
+            peers: peers_used.iter().cloned().collect(),
+            already_local: false,
+        })
+    }
+
+    /// The answer when this node holds `id` complete already.
+    fn already_here(&self, id: &ContentId) -> Option<FetchDone> {
+        let local = self.store.complete(id)?;
+        Some(FetchDone {
+            id: id.to_hex(),
+            path: local.path.display().to_string(),
+            size: local.manifest.size,
+            sha256: to_hex(&local.manifest.sha256),
+            secs: 0.0,
+            transferred: 0,
+            peers: Vec::new(),
+            already_local: true,
+        })
+    }
+
+    /// Saves the partial's state whatever the swarm's `result`; on failure
+    /// unregisters the partial (kept on disk for a resume, unless the
+    /// whole file can never match its manifest).
+    fn end_partial(
+        &self,
+        id: &ContentId,
+        partial: &Arc<Partial>,
+        result: Result<[u8; 32], FetchError>,
+    ) -> Result<[u8; 32], FetchError> {
+        let _ = partial.save_state();
+        result.inspect_err(|e| {
+            if matches!(e, FetchError::Sha256Mismatch) {
+                // Every chunk verified, yet the whole file does not
+                // match what the manifest claims: this content can
+                // never complete. Do not keep it for a resume.
+                partial.discard();
+            }
+            self.store.release_partial(id);
+            self.store.publish();
+        })
+    }
+
+    /// Connects as this node.
+    pub(super) fn dialer(&self) -> Dialer {
+        Dialer::new(self.node, &self.name, self.dict.clone())
+    }
+
+    async fn wait_for_holders(
+        &self,
+        id: &ContentId,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<Holder>, FetchError> {
+        let deadline = tokio::time::Instant::now() + self.limits.wait_for_holders;
+        loop {
+            let notified = self.dict.contents.changed.notified();
+            let holders = self.dict.holders(id);
+            if !holders.is_empty() {
+                return Ok(holders);
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return Err(FetchError::Cancelled),
+                _ = tokio::time::sleep_until(deadline) => return Err(FetchError::NoHolders(*id)),
+                _ = notified => {}
+            }
+        }
+    }
+
+    /// The size `holder` itself lists for `id` in the inventory held for it.
+    /// The size `holder` itself lists for `id` in the inventory held for it.
+    pub(super) fn listed_size(&self, holder: &NodeId, id: &ContentId) -> Option<u64> {
+        let inv = self.dict.contents.inventory(holder)?;
+        let i = inv.entries.binary_search_by(|e| e.id.cmp(id)).ok()?;
+        Some(inv.entries[i].size)
+    }
+
+    /// The name the download is saved under: the content's name that
+    /// matches what the user typed, else a name from `proven` (the holder
+    /// that sent the manifest), else the first in sort order. Never the
+    /// first name any holder listed when a name matches the query.
+    fn save_name(&self, want: &Want, proven: Option<&Holder>) -> String {
+        let listed = self.dict.contents.content(&want.id).map(|c| c.names);
+        let own = proven.and_then(|h| {
+            let inv = self.dict.contents.inventory(&h.id)?;
+            let i = inv.entries.binary_search_by(|e| e.id.cmp(&want.id)).ok()?;
+            Some(inv.entries[i].name.clone())
+        });
+        let mut names: Vec<NameChoice<'_>> = listed
+            .iter()
+            .flatten()
+            .map(|n| NameChoice {
+                name: n,
+                proven: own.as_deref() == Some(n.as_str()),
+            })
+            .collect();
+        if let Some(n) = own.as_deref()
+            && !names.iter().any(|c| c.name == n)
+        {
+            names.push(NameChoice {
+                name: n,
+                proven: true,
+            });
+        }
+        choose_name(&want.query, &names).unwrap_or_else(|| want.id.short())
+    }
+
+    /// Refuses to start a download the file system cannot hold: the space
+    /// still to be written (the manifest's size less what a `.part` from an
+    /// earlier run already has on disk) must be free in downloads/.
+    fn check_space(&self, manifest: &Manifest) -> Result<(), FetchError> {
+        let dir = self.store.home().downloads();
+        // The partial file's name, as `store::Partial::open` makes it.
+        let part = dir.join(format!(
+            ".lanshare-{}.part",
+            &manifest.content_id().to_hex()[..24]
+        ));
+        let on_disk = std::fs::metadata(&part).map_or(0, |m| {
+            use std::os::unix::fs::MetadataExt;
+            m.blocks() * 512
+        });
+        let needed = manifest.size.saturating_sub(on_disk);
+        let Some(free) = free_space(&dir) else {
+            return Ok(()); // cannot tell: let the writes report it
+        };
+        if needed > free {
+            return Err(FetchError::NoSpace {
+                needed,
+                free,
+                dir: dir.display().to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Bytes available to this user in the file system holding `dir`.
+fn free_space(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid NUL-terminated path and a statvfs we own.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
