@@ -162,13 +162,15 @@ impl Service {
     /// waits a little for the network; only when nothing on the network
     /// matches do this node's own contents count (-> "already here").
     pub async fn resolve(&self, query: &str, cancel: &CancellationToken) -> Resolved {
-        let found = wait_for_network(&self.dict, self.wait_for_network, cancel, |d| {
-            match d.resolve(query, &[]) {
-                Resolution::None => None,
-                r => Some(r),
-            }
-        })
-        .await;
+        let found = self
+            .dict
+            .wait_for(self.wait_for_network, cancel, |d| {
+                match d.resolve(query, &[]) {
+                    Resolution::None => None,
+                    r => Some(r),
+                }
+            })
+            .await;
         let resolution = found.unwrap_or_else(|| self.dict.resolve(query, &self.local_names()));
         match resolution {
             Resolution::None => Resolved::NotFound,
@@ -254,30 +256,6 @@ impl Service {
     }
 }
 
-/// Waits until `known` finds what it looks for in the dictionary, checking
-/// again whenever the dictionary changes, for at most `limit`. `None` when
-/// the time is up or `cancel` fires first. The one place that waits for the
-/// network to learn about a content.
-pub async fn wait_for_network<T>(
-    dict: &Dict,
-    limit: Duration,
-    cancel: &CancellationToken,
-    mut known: impl FnMut(&Dict) -> Option<T>,
-) -> Option<T> {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        // Listen before looking, so a change in between is not missed.
-        let changed = dict.contents.changed.notified();
-        if let Some(found) = known(dict) {
-            return Some(found);
-        }
-        let woken = tokio::time::timeout_at(deadline, cancel.run_until_cancelled(changed)).await;
-        if woken != Ok(Some(())) {
-            return None;
-        }
-    }
-}
-
 /// Checks that `path` exists before it is added to the shares.
 pub fn check_share_path(path: &Path) -> anyhow::Result<PathBuf> {
     let abs =
@@ -336,7 +314,7 @@ mod tests {
     async fn the_wait_ends_when_the_dictionary_learns_it() {
         let (d, cancel) = (dict(), CancellationToken::new());
         let seen = AtomicU32::new(0);
-        let wait = wait_for_network(&d, Duration::from_secs(30), &cancel, |_| {
+        let wait = d.wait_for(Duration::from_secs(30), &cancel, |_| {
             (seen.fetch_add(1, Ordering::Relaxed) >= 1).then_some("known")
         });
         let change = async {
@@ -357,11 +335,11 @@ mod tests {
         let (d, cancel) = (dict(), CancellationToken::new());
         let never = |_: &Dict| None::<()>;
         let limit = Duration::from_millis(30);
-        assert_eq!(wait_for_network(&d, limit, &cancel, never).await, None);
+        assert_eq!(d.wait_for(limit, &cancel, never).await, None);
         cancel.cancel();
         let forever = Duration::from_secs(3600);
-        assert_eq!(wait_for_network(&d, forever, &cancel, never).await, None);
+        assert_eq!(d.wait_for(forever, &cancel, never).await, None);
         let now = |_: &Dict| Some(1);
-        assert_eq!(wait_for_network(&d, forever, &cancel, now).await, Some(1));
+        assert_eq!(d.wait_for(forever, &cancel, now).await, Some(1));
     }
 }

@@ -34,6 +34,8 @@ pub use peer::{Peer, PeerAddr};
 pub use peers::Peers;
 pub use views::Holder;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::api::FoundVia;
 use crate::id::NodeId;
 use crate::inventory::{Digest, Inventory};
@@ -106,6 +108,31 @@ pub struct Dict {
 }
 
 impl Dict {
+    /// Waits until `known` finds what it looks for in the dictionary, checking
+    /// again whenever the dictionary changes, for at most `limit`. `None` when
+    /// the time is up or `cancel` fires first. The one place that waits for the
+    /// network to learn about a content.
+    pub async fn wait_for<T>(
+        &self,
+        limit: Duration,
+        cancel: &CancellationToken,
+        mut known: impl FnMut(&Dict) -> Option<T>,
+    ) -> Option<T> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            // Listen before looking, so a change in between is not missed.
+            let changed = self.contents.changed.notified();
+            if let Some(found) = known(self) {
+                return Some(found);
+            }
+            let woken =
+                tokio::time::timeout_at(deadline, cancel.run_until_cancelled(changed)).await;
+            if woken != Ok(Some(())) {
+                return None;
+            }
+        }
+    }
+
     pub fn new() -> Self {
         Self::default()
     }

@@ -175,27 +175,25 @@ impl FetchCtx {
         Dialer::new(self.node, &self.name, self.dict.clone())
     }
 
+    /// The holders of `id`, waiting up to `wait_for_holders` for the network
+    /// to name one (through the one wait, [`Dict::wait_for`]).
     async fn wait_for_holders(
         &self,
         id: &ContentId,
         cancel: &CancellationToken,
     ) -> Result<Vec<Holder>, FetchError> {
-        let deadline = tokio::time::Instant::now() + self.limits.wait_for_holders;
-        loop {
-            let notified = self.dict.contents.changed.notified();
-            let holders = self.dict.holders(id);
-            if !holders.is_empty() {
-                return Ok(holders);
-            }
-            tokio::select! {
-                _ = cancel.cancelled() => return Err(FetchError::Cancelled),
-                _ = tokio::time::sleep_until(deadline) => return Err(FetchError::NoHolders(*id)),
-                _ = notified => {}
-            }
+        let holders = |d: &Dict| Some(d.holders(id)).filter(|h| !h.is_empty());
+        match self
+            .dict
+            .wait_for(self.limits.wait_for_holders, cancel, holders)
+            .await
+        {
+            Some(holders) => Ok(holders),
+            None if cancel.is_cancelled() => Err(FetchError::Cancelled),
+            None => Err(FetchError::NoHolders(*id)),
         }
     }
 
-    /// The size `holder` itself lists for `id` in the inventory held for it.
     /// The size `holder` itself lists for `id` in the inventory held for it.
     pub(super) fn listed_size(&self, holder: &NodeId, id: &ContentId) -> Option<u64> {
         let inv = self.dict.contents.inventory(holder)?;
