@@ -1,10 +1,17 @@
 //! Real `lanshare` processes on one host, discovery pinned to loopback.
 
-mod util;
+mod harness;
+
+#[path = "loopback/discovery.rs"]
+mod discovery;
+#[path = "hostile/mod.rs"]
+mod hostile;
+#[path = "loopback/tracker_api.rs"]
+mod tracker_api;
 
 use std::time::{Duration, Instant};
 
-use util::{Net, check_log_line, data, sha256_hex, wait_until};
+use harness::{Net, check_log_line, data, sha256_hex, wait_until};
 
 fn names(ls: &[serde_json::Value]) -> Vec<String> {
     ls.iter()
@@ -311,7 +318,7 @@ fn never_overwrites_and_knows_what_it_has() {
 #[test]
 fn clear_error_without_a_running_node() {
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(util::BIN)
+    let out = std::process::Command::new(harness::BIN)
         .args(["ls", "--home"])
         .arg(dir.path())
         .output()
@@ -396,7 +403,7 @@ fn manual_peer_without_multicast() {
 fn closed_stdout_is_not_a_panic() {
     let net = Net::new();
     let a = net.node("alpha", &[]);
-    let mut child = std::process::Command::new(util::BIN)
+    let mut child = std::process::Command::new(harness::BIN)
         .args(["peers", "--json", "--home"])
         .arg(&a.home)
         .stdout(std::process::Stdio::piped())
