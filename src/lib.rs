@@ -33,6 +33,7 @@ pub mod mdns;
 pub mod netif;
 pub mod node;
 pub mod peer;
+pub mod platform;
 pub mod reach;
 pub mod resolve;
 pub mod store;

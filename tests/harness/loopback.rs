@@ -83,8 +83,14 @@ impl Net {
     }
 
     /// Writes `files` into NAME's shared/ and starts it inside this test
-    /// process, with exactly the flags [`Net::node_with`] gives a process.
-    pub fn in_process(&self, name: &str, files: &[(&str, &[u8])], extra: &[&str]) -> Node {
+    /// process; returns once its sockets are bound.
+    pub fn in_process(&self, name: &str, files: &[(&str, &[u8])]) -> Node {
+        self.in_process_with(name, files, &[])
+    }
+
+    /// Like [`Net::node_with`], in this test process: the same flags,
+    /// parsed by the same `cli` types into the node's configuration.
+    pub fn in_process_with(&self, name: &str, files: &[(&str, &[u8])], extra: &[&str]) -> Node {
         let home = self.home(name);
         write_shared(&home, files);
         let run = InProcess::start(&home, name, &self.args(Some("0.2"), extra));
