@@ -26,12 +26,17 @@ use crate::peer::server::Server;
 use crate::resolve::Resolution;
 use crate::store::{Home, Store};
 
-/// What `up` prints once the node runs.
+/// What a bound node is: its id, its addresses and its control socket.
+/// `up` prints it; tests read the bound address from it.
+#[derive(Clone, Debug)]
 pub struct Started {
     pub node: NodeId,
+    /// The TCP address of the peer server (port 0 resolved).
     pub listen: SocketAddr,
     /// Interfaces discovery started on.
     pub links: Vec<String>,
+    /// The control socket clients talk to.
+    pub control: std::path::PathBuf,
 }
 
 /// How often interfaces are listed again, to follow ones that come and go.
@@ -64,6 +69,23 @@ struct Node {
     fetch_locks: dashmap::DashMap<ContentId, Arc<tokio::sync::Mutex<()>>>,
 }
 
+/// A node with every socket bound, its identity loaded and its store
+/// opened, and no task started yet. [`Bound::run`] starts it.
+pub struct Bound {
+    cfg: NodeConfig,
+    home: Home,
+    started: Started,
+    control: tokio::net::UnixListener,
+    listener: TcpListener,
+    store: Arc<Store>,
+    dict: Arc<Dict>,
+    selection: crate::netif::Selection,
+    links_tx: tokio::sync::watch::Sender<std::collections::BTreeSet<crate::netif::Link>>,
+    links_rx: tokio::sync::watch::Receiver<std::collections::BTreeSet<crate::netif::Link>>,
+    disc: Option<Arc<Discovery>>,
+    mdns: Option<Arc<crate::mdns::Mdns>>,
+}
+
 /// Runs a node until `shutdown` completes. `on_start` is called once every
 /// socket is bound.
 pub async fn run(
@@ -71,6 +93,15 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
     on_start: impl FnOnce(&Started),
 ) -> anyhow::Result<()> {
+    let bound = bind(cfg).await?;
+    on_start(bound.started());
+    bound.run(shutdown).await
+}
+
+/// Binds every socket (control, TCP, discovery, mDNS), loads the node id
+/// and opens the store. Nothing runs yet, so a failure leaves nothing
+/// behind but the control socket file.
+pub async fn bind(cfg: NodeConfig) -> anyhow::Result<Bound> {
     let home = Home::new(&cfg.home);
     home.create_dirs()
         .with_context(|| format!("cannot create the node's folders in {}", cfg.home.display()))?;
@@ -83,10 +114,8 @@ pub async fn run(
             )
         })?;
     let id = load_or_create_id(&home)?;
-
     let listener = bind_tcp(cfg.listen).await?;
     let listen = listener.local_addr()?;
-
     let store =
         Store::open(home.clone(), cfg.shares.clone()).context("cannot open the content store")?;
     store.set_follow_symlinks(cfg.follow_symlinks);
@@ -94,78 +123,20 @@ pub async fn run(
         cfg.max_remote_contents,
         cfg.max_remote_bytes,
     ));
-    let rescan = Arc::new(Notify::new());
-    let fetch = Arc::new(FetchCtx {
-        store: store.clone(),
-        dict: dict.clone(),
-        node: id,
-        name: cfg.name.clone(),
-        download_log: TransferLog::new(&home.download_log()),
-        limits: cfg.fetch.clone(),
-        memory: Default::default(),
-    });
-    let node = Arc::new(Node {
-        cfg: cfg.clone(),
+    let selection = cfg.selection();
+    let links = selected_links(&selection)?;
+    let (links_tx, links_rx) = tokio::sync::watch::channel(links.clone());
+    let me = Me {
         id,
         listen,
-        store: store.clone(),
-        dict: dict.clone(),
-        fetch,
-        rescan: rescan.clone(),
-        fetch_locks: Default::default(),
-    });
-
-    // Bind every socket before any task starts, so a failure leaves nothing running.
-    let selection = cfg.selection();
-    let ifaces = crate::netif::list();
-    for spec in selection.unmatched(&ifaces) {
-        match spec {
-            crate::netif::IfaceSpec::Addr(a) => bail!(
-                "--interface {a}: no interface of this machine has that address; see `ip addr` for the addresses, or give an interface name"
-            ),
-            crate::netif::IfaceSpec::Name(n) => tracing::warn!(
-                "--interface {n}: no such interface yet; discovery starts on it when it appears"
-            ),
-        }
-    }
-    let links = selection.links(&ifaces);
-    let (links_tx, links_rx) = tokio::sync::watch::channel(links.clone());
-    let mut disc = None;
-    if cfg.multicast {
-        let recv4 = discovery::recv_socket(false, cfg.group.port())?;
-        let recv6 = match discovery::recv_socket(true, cfg.group.port()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "no IPv6 multicast discovery");
-                None
-            }
-        };
-        let d = Discovery::new(
-            dict.clone(),
-            store.clone(),
-            id,
-            cfg.name.clone(),
-            listen.port(),
-            cfg.group,
-            std::net::SocketAddrV6::new(cfg.group6, cfg.group.port(), 0, 0),
-            cfg.announce_interval,
-            Some(recv4),
-            recv6,
-        );
-        for (link, e) in d.set_links(&links) {
-            if !cfg.interfaces.is_empty() {
-                return Err(anyhow::Error::new(e).context(format!("cannot use {link}")));
-            }
-            tracing::warn!(%link, error = %e, "cannot use this interface for discovery; skipping it");
-        }
-        if links.is_empty() {
-            tracing::warn!(
-                "no up, multicast-capable interface found yet; multicast discovery starts when one appears (or use --interface)"
-            );
-        }
-        disc = Some(d);
-    }
-
+        dict: &dict,
+        store: &store,
+    };
+    let disc = if cfg.multicast {
+        Some(bind_discovery(&cfg, &me, &links)?)
+    } else {
+        None
+    };
     let mdns = if cfg.mdns {
         Some(crate::mdns::Mdns::start(
             dict.clone(),
@@ -179,105 +150,233 @@ pub async fn run(
     } else {
         None
     };
-
-    let cancel = CancellationToken::new();
-    let tasks = TaskTracker::new();
-    // Index first from the cache (cheap), so the first announce is complete
-    // for unchanged files; new files are hashed in the background.
-    tasks.spawn(scanner(node.clone(), cancel.clone()));
-    let server = Arc::new(Server::new(
-        store.clone(),
-        dict.clone(),
-        id,
-        cfg.name.clone(),
-        cfg.server.clone(),
-        rescan.clone(),
-    ));
-    tasks.spawn(server.run(listener, cancel.clone()));
-    tasks.spawn(expiry(dict.clone(), cancel.clone()));
-    for target in &cfg.peers {
-        tasks.spawn(crate::manual::follow(
-            dict.clone(),
-            id,
-            cfg.name.clone(),
-            target.clone(),
-            cfg.announce_interval,
-            cancel.clone(),
-        ));
-    }
-    let reach = Arc::new(crate::reach::Reach {
-        dict: dict.clone(),
-        me: id,
-        name: cfg.name.clone(),
-    });
-    tasks.spawn(reach.clone().puller(cancel.clone()));
-    tasks.spawn(reach.clone().prober(cancel.clone()));
-    tasks.spawn(crate::netif::watch_links(
-        selection,
-        links_tx,
-        LINK_CHECK,
-        cancel.clone(),
-    ));
-    if !cfg.trackers.is_empty() {
-        // This node's addresses on its discovery interfaces, for trackers.
-        let (addrs_tx, addrs_rx) =
-            tokio::sync::watch::channel(crate::netif::addresses(&links_rx.borrow()));
-        tasks.spawn(local_addresses(links_rx.clone(), addrs_tx, cancel.clone()));
-        for url in &cfg.trackers {
-            tasks.spawn(crate::tracker::client::follow(
-                url.clone(),
-                crate::tracker::client::NodeInfo {
-                    id,
-                    name: cfg.name.clone(),
-                    tcp_port: listen.port(),
-                },
-                addrs_rx.clone(),
-                store.subscribe(),
-                dict.clone(),
-                cancel.clone(),
-            ));
-        }
-    }
-    if let Some(mdns) = mdns {
-        tasks.spawn(mdns.clone().links(links_rx.clone(), cancel.clone()));
-        tasks.spawn(mdns.clone().browser(cancel.clone()));
-        tasks.spawn(mdns.publisher(cancel.clone()));
-    }
-    if let Some(disc) = disc {
-        tasks.spawn(disc.clone().listener(false, cancel.clone()));
-        tasks.spawn(disc.clone().listener(true, cancel.clone()));
-        tasks.spawn(disc.clone().links(links_rx.clone(), cancel.clone()));
-        tasks.spawn(disc.announcer(cancel.clone()));
-    }
-
-    tasks.spawn(control_server(
-        node.clone(),
-        control,
-        cancel.clone(),
-        tasks.clone(),
-    ));
-    on_start(&Started {
+    let started = Started {
         node: id,
         listen,
         links: links.iter().map(|l| l.to_string()).collect(),
-    });
+        control: home.control_socket(),
+    };
+    Ok(Bound {
+        cfg,
+        home,
+        started,
+        control,
+        listener,
+        store,
+        dict,
+        selection,
+        links_tx,
+        links_rx,
+        disc,
+        mdns,
+    })
+}
 
-    shutdown.await;
-    tracing::info!("shutting down");
-    // Peers that multicast does not reach hear the goodbye over TCP,
-    // while the announcer says it on every link.
-    let farewell = reach.farewell(Duration::from_millis(800));
-    cancel.cancel();
-    farewell.await;
-    tasks.close();
-    if tokio::time::timeout(Duration::from_secs(5), tasks.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("some tasks did not stop within 5 s");
+/// What discovery needs to know about this node while it binds.
+struct Me<'a> {
+    id: NodeId,
+    listen: SocketAddr,
+    dict: &'a Arc<Dict>,
+    store: &'a Arc<Store>,
+}
+
+/// The links discovery starts on; an `--interface` address no interface
+/// has is an error, a name not present yet only a warning.
+fn selected_links(
+    selection: &crate::netif::Selection,
+) -> anyhow::Result<std::collections::BTreeSet<crate::netif::Link>> {
+    let ifaces = crate::netif::list();
+    for spec in selection.unmatched(&ifaces) {
+        match spec {
+            crate::netif::IfaceSpec::Addr(a) => bail!(
+                "--interface {a}: no interface of this machine has that address; see `ip addr` for the addresses, or give an interface name"
+            ),
+            crate::netif::IfaceSpec::Name(n) => tracing::warn!(
+                "--interface {n}: no such interface yet; discovery starts on it when it appears"
+            ),
+        }
     }
-    let _ = std::fs::remove_file(home.control_socket());
-    Ok(())
+    Ok(selection.links(&ifaces))
+}
+
+/// Binds the multicast sockets and joins the group on `links`.
+fn bind_discovery(
+    cfg: &NodeConfig,
+    me: &Me<'_>,
+    links: &std::collections::BTreeSet<crate::netif::Link>,
+) -> anyhow::Result<Arc<Discovery>> {
+    let recv4 = discovery::recv_socket(false, cfg.group.port())?;
+    let recv6 = match discovery::recv_socket(true, cfg.group.port()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "no IPv6 multicast discovery");
+            None
+        }
+    };
+    let d = Discovery::new(
+        me.dict.clone(),
+        me.store.clone(),
+        me.id,
+        cfg.name.clone(),
+        me.listen.port(),
+        cfg.group,
+        std::net::SocketAddrV6::new(cfg.group6, cfg.group.port(), 0, 0),
+        cfg.announce_interval,
+        Some(recv4),
+        recv6,
+    );
+    for (link, e) in d.set_links(links) {
+        if !cfg.interfaces.is_empty() {
+            return Err(anyhow::Error::new(e).context(format!("cannot use {link}")));
+        }
+        tracing::warn!(%link, error = %e, "cannot use this interface for discovery; skipping it");
+    }
+    if links.is_empty() {
+        tracing::warn!(
+            "no up, multicast-capable interface found yet; multicast discovery starts when one appears (or use --interface)"
+        );
+    }
+    Ok(d)
+}
+
+impl Bound {
+    /// The node's id and bound addresses.
+    pub fn started(&self) -> &Started {
+        &self.started
+    }
+
+    /// Starts every task and runs until `shutdown` completes, then stops
+    /// them in order.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+        let Bound {
+            cfg,
+            home,
+            started,
+            control,
+            listener,
+            store,
+            dict,
+            selection,
+            links_tx,
+            links_rx,
+            disc,
+            mdns,
+        } = self;
+        let id = started.node;
+        let listen = started.listen;
+        let rescan = Arc::new(Notify::new());
+        let fetch = Arc::new(FetchCtx {
+            store: store.clone(),
+            dict: dict.clone(),
+            node: id,
+            name: cfg.name.clone(),
+            download_log: TransferLog::new(&home.download_log()),
+            limits: cfg.fetch.clone(),
+            memory: Default::default(),
+        });
+        let node = Arc::new(Node {
+            cfg: cfg.clone(),
+            id,
+            listen,
+            store: store.clone(),
+            dict: dict.clone(),
+            fetch,
+            rescan: rescan.clone(),
+            fetch_locks: Default::default(),
+        });
+        let cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        // Index first from the cache (cheap), so the first announce is complete
+        // for unchanged files; new files are hashed in the background.
+        tasks.spawn(scanner(node.clone(), cancel.clone()));
+        let server = Arc::new(Server::new(
+            store.clone(),
+            dict.clone(),
+            id,
+            cfg.name.clone(),
+            cfg.server.clone(),
+            rescan.clone(),
+        ));
+        tasks.spawn(server.run(listener, cancel.clone()));
+        tasks.spawn(expiry(dict.clone(), cancel.clone()));
+        for target in &cfg.peers {
+            tasks.spawn(crate::manual::follow(
+                dict.clone(),
+                id,
+                cfg.name.clone(),
+                target.clone(),
+                cfg.announce_interval,
+                cancel.clone(),
+            ));
+        }
+        let reach = Arc::new(crate::reach::Reach {
+            dict: dict.clone(),
+            me: id,
+            name: cfg.name.clone(),
+        });
+        tasks.spawn(reach.clone().puller(cancel.clone()));
+        tasks.spawn(reach.clone().prober(cancel.clone()));
+        tasks.spawn(crate::netif::watch_links(
+            selection,
+            links_tx,
+            LINK_CHECK,
+            cancel.clone(),
+        ));
+        if !cfg.trackers.is_empty() {
+            // This node's addresses on its discovery interfaces, for trackers.
+            let (addrs_tx, addrs_rx) =
+                tokio::sync::watch::channel(crate::netif::addresses(&links_rx.borrow()));
+            tasks.spawn(local_addresses(links_rx.clone(), addrs_tx, cancel.clone()));
+            for url in &cfg.trackers {
+                tasks.spawn(crate::tracker::client::follow(
+                    url.clone(),
+                    crate::tracker::client::NodeInfo {
+                        id,
+                        name: cfg.name.clone(),
+                        tcp_port: listen.port(),
+                    },
+                    addrs_rx.clone(),
+                    store.subscribe(),
+                    dict.clone(),
+                    cancel.clone(),
+                ));
+            }
+        }
+        if let Some(mdns) = mdns {
+            tasks.spawn(mdns.clone().links(links_rx.clone(), cancel.clone()));
+            tasks.spawn(mdns.clone().browser(cancel.clone()));
+            tasks.spawn(mdns.publisher(cancel.clone()));
+        }
+        if let Some(disc) = disc {
+            tasks.spawn(disc.clone().listener(false, cancel.clone()));
+            tasks.spawn(disc.clone().listener(true, cancel.clone()));
+            tasks.spawn(disc.clone().links(links_rx.clone(), cancel.clone()));
+            tasks.spawn(disc.announcer(cancel.clone()));
+        }
+        tasks.spawn(control_server(
+            node.clone(),
+            control,
+            cancel.clone(),
+            tasks.clone(),
+        ));
+
+        shutdown.await;
+        tracing::info!("shutting down");
+        // Peers that multicast does not reach hear the goodbye over TCP,
+        // while the announcer says it on every link.
+        let farewell = reach.farewell(Duration::from_millis(800));
+        cancel.cancel();
+        farewell.await;
+        tasks.close();
+        if tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some tasks did not stop within 5 s");
+        }
+        let _ = std::fs::remove_file(home.control_socket());
+        Ok(())
+    }
 }
 
 async fn bind_tcp(listen: Option<SocketAddr>) -> anyhow::Result<TcpListener> {
@@ -633,4 +732,43 @@ pub fn check_share_path(path: &Path) -> anyhow::Result<std::path::PathBuf> {
         );
     }
     Ok(abs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quiet_config(home: &Path) -> NodeConfig {
+        let mut cfg = NodeConfig::new(home.to_path_buf());
+        cfg.listen = Some("127.0.0.1:0".parse().unwrap());
+        cfg.multicast = false;
+        cfg.mdns = false;
+        cfg.interfaces = vec![crate::netif::IfaceSpec::Addr(Ipv4Addr::LOCALHOST.into())];
+        cfg
+    }
+
+    /// Two nodes bind in one process on one runtime, each on its own
+    /// port, and stop when their shutdown future completes.
+    #[tokio::test]
+    async fn two_nodes_bind_and_run_in_one_process() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let na = bind(quiet_config(a.path())).await.unwrap();
+        let nb = bind(quiet_config(b.path())).await.unwrap();
+        let (sa, sb) = (na.started().clone(), nb.started().clone());
+        assert_ne!(sa.listen.port(), 0);
+        assert_ne!(sa.listen, sb.listen);
+        assert_ne!(sa.node, sb.node);
+        assert_eq!(sa.control, Home::new(a.path()).control_socket());
+        let stop = CancellationToken::new();
+        let ra = tokio::spawn(na.run(stop.clone().cancelled_owned()));
+        let rb = tokio::spawn(nb.run(stop.clone().cancelled_owned()));
+        tokio::net::TcpStream::connect(sa.listen).await.unwrap();
+        stop.cancel();
+        ra.await.unwrap().unwrap();
+        rb.await.unwrap().unwrap();
+        assert!(
+            !sa.control.exists(),
+            "the control socket is removed on stop"
+        );
+    }
 }
