@@ -148,7 +148,7 @@ fn sysfs_flags_say_loopback_is_up_and_the_fallback_does_not_guess() {
 }
 
 #[test]
-fn allocated_bytes_of_a_full_file_is_at_least_its_length() {
+fn the_fallback_counts_a_file_by_its_length() {
     let dir = tempfile::tempdir().unwrap();
     let (file, _) = file_of(dir.path(), 20_000);
     let meta = file.metadata().unwrap();

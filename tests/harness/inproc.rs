@@ -75,8 +75,10 @@ fn config(home: &Path, name: &str, args: &[String]) -> lanshare::config::NodeCon
 }
 
 impl InProcess {
-    /// Starts node NAME with home HOME and the `up` flags `args`; returns
-    /// once every socket is bound, with the address `bind` handed back.
+    /// Starts node NAME with home HOME and the `up` flags `args`: binds it
+    /// (`node::bind`), then runs it (`Bound::run`) on the node's runtime;
+    /// returns once every socket is bound, with the id and the listen
+    /// address `bind` handed back.
     pub fn start(home: &Path, name: &str, args: &[String]) -> InProcess {
         std::fs::create_dir_all(home).unwrap();
         let cfg = config(home, name, args);
@@ -86,14 +88,19 @@ impl InProcess {
         let (started_tx, started) = mpsc::channel();
         let (ended_tx, ended) = mpsc::channel();
         rt.spawn(async move {
+            let bound = match lanshare::node::bind(cfg).await {
+                Ok(b) => b,
+                Err(e) => {
+                    let _ = ended_tx.send(Err(e));
+                    return;
+                }
+            };
+            let s = bound.started();
+            let _ = started_tx.send((s.node.to_hex(), s.listen));
             let shutdown = async {
                 let _ = stop.await;
             };
-            let r = lanshare::node::run(cfg, shutdown, |s| {
-                let _ = started_tx.send((s.node.to_hex(), s.listen));
-            })
-            .await;
-            let _ = ended_tx.send(r);
+            let _ = ended_tx.send(bound.run(shutdown).await);
         });
         let (id, listen) = match started.recv_timeout(START) {
             Ok(s) => s,
