@@ -133,11 +133,7 @@ async fn up(args: crate::cli::UpArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-    }
+    crate::platform::stop_requested().await
 }
 
 fn println_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {

@@ -1,5 +1,5 @@
-//! File-system notifications (inotify on Linux, through the notify crate)
-//! on the shared folders, so a file added, changed or removed is noticed
+//! File-system notifications (the system's own, inotify on Linux, through
+//! the notify crate and [`crate::platform::fs_watcher`]) on the shared folders, so a file added, changed or removed is noticed
 //! at once rather than at the next periodic scan. The periodic scan stays
 //! as the safety net (a watch limit reached, a network file system without
 //! notifications); with a huge tree it runs rarely, and this is what keeps
@@ -15,12 +15,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use notify::event::{AccessKind, AccessMode};
-use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use notify::{EventKind, RecursiveMode};
 use tokio::sync::Notify;
 
 /// Watches a set of roots and pokes `changed` on any change under them.
 pub struct FsWatch {
-    watcher: RecommendedWatcher,
+    watcher: Box<dyn notify::Watcher + Send>,
     watched: BTreeSet<PathBuf>,
 }
 
@@ -33,7 +33,7 @@ impl FsWatch {
             Ok(_) => {}
             Err(e) => tracing::debug!(error = %e, "file-system notification error"),
         };
-        match notify::recommended_watcher(handler) {
+        match crate::platform::fs_watcher(handler) {
             Ok(watcher) => Some(FsWatch {
                 watcher,
                 watched: BTreeSet::new(),
@@ -65,7 +65,8 @@ impl FsWatch {
                 Err(e) => tracing::info!(
                     root = %root.display(),
                     error = %e,
-                    "cannot watch this folder for changes; it is rescanned periodically (raise fs.inotify.max_user_watches for huge trees)"
+                    "cannot watch this folder for changes; it is rescanned periodically ({})",
+                    crate::platform::WATCH_LIMIT_HINT
                 ),
             }
         }

@@ -38,6 +38,7 @@ pub mod mdns;
 pub mod netif;
 pub mod node;
 pub mod peer;
+pub mod platform;
 pub mod reach;
 pub mod resolve;
 pub mod retry;

@@ -12,10 +12,7 @@ fn main() -> ExitCode {
         // A client whose output is cut (`lanshare ls | head`) ends quietly,
         // like any Unix tool. Not for `up`: a node must survive peers that
         // close their sockets.
-        // SAFETY: called before any thread exists; SIG_DFL is a valid handler.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
+        lanshare::platform::quiet_broken_pipe();
     }
     let default = match cli.verbose {
         0 => "warn",

@@ -259,15 +259,12 @@ pub fn addresses(links: &BTreeSet<Link>) -> Vec<IpAddr> {
     out
 }
 
-/// (up, multicast-capable) from /sys where it can be read.
+/// (up, multicast-capable): the system's flags where it says them
+/// ([`crate::platform::link_flags`]), else the operational state and
+/// multicast assumed.
 fn flags(name: &str, oper_up: bool) -> (bool, bool) {
-    const IFF_UP: u32 = 0x1;
-    const IFF_MULTICAST: u32 = 0x1000;
-    match std::fs::read_to_string(format!("/sys/class/net/{name}/flags"))
-        .ok()
-        .and_then(|s| u32::from_str_radix(s.trim().trim_start_matches("0x"), 16).ok())
-    {
-        Some(f) => (f & IFF_UP != 0 && oper_up, f & IFF_MULTICAST != 0),
+    match crate::platform::link_flags(name) {
+        Some(f) => (f.up && oper_up, f.multicast),
         None => (oper_up, true),
     }
 }

@@ -1,10 +1,19 @@
-//! Real `lanshare` processes on one host, discovery pinned to loopback.
+//! Nodes on one host, discovery pinned to loopback: in this test process
+//! where a test only drives them through the client, as `lanshare up`
+//! processes where it kills one, restarts one or reads its own log.
 
-mod util;
+mod harness;
+
+#[path = "loopback/discovery.rs"]
+mod discovery;
+#[path = "hostile/mod.rs"]
+mod hostile;
+#[path = "loopback/tracker_api.rs"]
+mod tracker_api;
 
 use std::time::{Duration, Instant};
 
-use util::{Net, check_log_line, data, sha256_hex, wait_until};
+use harness::{Net, check_log_line, data, sha256_hex, wait_until};
 
 fn names(ls: &[serde_json::Value]) -> Vec<String> {
     ls.iter()
@@ -18,7 +27,7 @@ fn names(ls: &[serde_json::Value]) -> Vec<String> {
 fn discovery_within_a_second_without_waiting_for_a_period() {
     let mut net = Net::new();
     net.interval = "30".into();
-    let a = net.node("alpha", &[("photo.png", b"pixels")]);
+    let a = net.in_process("alpha", &[("photo.png", b"pixels")]);
     // Let alpha finish its first announcement before beta exists.
     assert!(wait_until(
         Duration::from_secs(5),
@@ -26,7 +35,7 @@ fn discovery_within_a_second_without_waiting_for_a_period() {
     ));
     std::thread::sleep(Duration::from_millis(300));
     let started = Instant::now();
-    let b = net.node("beta", &[]);
+    let b = net.in_process("beta", &[]);
     assert!(
         wait_until(Duration::from_secs(3), || names(&b.ls()) == ["photo.png"]),
         "beta did not see alpha's file within 3 s (periodic announce is 30 s)"
@@ -46,9 +55,9 @@ fn discovery_within_a_second_without_waiting_for_a_period() {
 fn fetch_by_name_without_extension_from_two_holders() {
     let net = Net::new();
     let content = data(24 << 20, 1);
-    let a = net.node("alpha", &[("photo.png", &content)]);
-    let b = net.node("beta", &[("photo.png", &content)]);
-    let c = net.node("gamma", &[]);
+    let a = net.in_process("alpha", &[("photo.png", &content)]);
+    let b = net.in_process("beta", &[("photo.png", &content)]);
+    let c = net.in_process("gamma", &[]);
     assert!(
         wait_until(Duration::from_secs(10), || c
             .ls()
@@ -134,9 +143,9 @@ fn fetch_by_name_without_extension_from_two_holders() {
 #[test]
 fn ambiguous_name_is_refused_with_candidates() {
     let net = Net::new();
-    let _a = net.node("alpha", &[("photo.png", b"png bytes")]);
-    let _b = net.node("beta", &[("photo.jpg", b"jpg bytes")]);
-    let c = net.node("gamma", &[]);
+    let _a = net.in_process("alpha", &[("photo.png", b"png bytes")]);
+    let _b = net.in_process("beta", &[("photo.jpg", b"jpg bytes")]);
+    let c = net.in_process("gamma", &[]);
     assert!(wait_until(Duration::from_secs(10), || c.ls().len() == 2));
     let out = c.fetch("photo");
     assert_eq!(out.status.code(), Some(3));
@@ -195,8 +204,8 @@ fn ambiguous_name_is_refused_with_candidates() {
 fn goodbye_and_live_inventory_changes() {
     let mut net = Net::new();
     net.interval = "30".into();
-    let mut a = net.node("alpha", &[("one.txt", b"1")]);
-    let b = net.node("beta", &[]);
+    let mut a = net.in_process("alpha", &[("one.txt", b"1")]);
+    let b = net.in_process("beta", &[]);
     assert!(wait_until(Duration::from_secs(5), || names(&b.ls()) == ["one.txt"]));
 
     std::fs::write(a.shared().join("two.txt"), b"2").unwrap();
@@ -272,8 +281,8 @@ fn restart_reuses_index_cache_and_identity() {
 #[test]
 fn never_overwrites_and_knows_what_it_has() {
     let net = Net::new();
-    let _a = net.node("alpha", &[("report.pdf", b"version two")]);
-    let b = net.node("beta", &[]);
+    let _a = net.in_process("alpha", &[("report.pdf", b"version two")]);
+    let b = net.in_process("beta", &[]);
     std::fs::write(b.downloads().join("report.pdf"), b"version one, unrelated").unwrap();
     assert!(
         wait_until(Duration::from_secs(5), || names(&b.ls()) == ["report.pdf"]),
@@ -311,7 +320,7 @@ fn never_overwrites_and_knows_what_it_has() {
 #[test]
 fn clear_error_without_a_running_node() {
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(util::BIN)
+    let out = std::process::Command::new(harness::BIN)
         .args(["ls", "--home"])
         .arg(dir.path())
         .output()
@@ -329,8 +338,8 @@ fn clear_error_without_a_running_node() {
 #[test]
 fn share_with_comment_and_category() {
     let net = Net::new();
-    let a = net.node("alpha", &[]);
-    let b = net.node("beta", &[]);
+    let a = net.in_process("alpha", &[]);
+    let b = net.in_process("beta", &[]);
     let extra = net.dir.path().join("music");
     std::fs::create_dir_all(&extra).unwrap();
     std::fs::write(extra.join("song.bin"), b"la la la").unwrap();
@@ -395,8 +404,8 @@ fn manual_peer_without_multicast() {
 #[test]
 fn closed_stdout_is_not_a_panic() {
     let net = Net::new();
-    let a = net.node("alpha", &[]);
-    let mut child = std::process::Command::new(util::BIN)
+    let a = net.in_process("alpha", &[]);
+    let mut child = std::process::Command::new(harness::BIN)
         .args(["peers", "--json", "--home"])
         .arg(&a.home)
         .stdout(std::process::Stdio::piped())

@@ -5,8 +5,12 @@
 //! Needs root and iproute2 (`ip`, `tc`); elsewhere every test prints why it
 //! skips and passes. No traffic leaves the namespaces the tests create.
 
-mod netns_util;
-mod util;
+mod harness;
+
+#[path = "netns/discovery.rs"]
+mod discovery;
+#[path = "netns/tracker.rs"]
+mod tracker;
 
 use std::fs::OpenOptions;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -15,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use netns_util::{Lan, NetNode, data, sha256_hex, uploaded_bytes, wait_until};
+use harness::{Lan, Node, data, sha256_hex, uploaded_bytes, wait_until};
 
 const MIB: usize = 1 << 20;
 /// Deadline for a shaped transfer to finish (each takes a few seconds).
@@ -24,7 +28,7 @@ const TRANSFER: Duration = Duration::from_secs(120);
 const DISCOVERY: Duration = Duration::from_secs(60);
 
 /// Waits until `node` lists `file` with `n` complete holders.
-fn wait_holders(node: &NetNode, file: &str, n: u64) {
+fn wait_holders(node: &Node, file: &str, n: u64) {
     assert!(
         wait_until(DISCOVERY, || node.complete_holders(file) == n),
         "{} never saw {n} complete holders of {file}: {:?}\n{}",
@@ -37,8 +41,8 @@ fn wait_holders(node: &NetNode, file: &str, n: u64) {
 /// Waits until `run` is at least `min_pct` done, and checks it is not
 /// nearly over, so the test can still interrupt it (`what`).
 fn wait_midway(
-    run: &mut netns_util::FetchRun,
-    fetcher: &NetNode,
+    run: &mut harness::FetchRun,
+    fetcher: &Node,
     min_pct: f64,
     what: &str,
 ) -> Option<f64> {
@@ -59,7 +63,7 @@ fn wait_midway(
 }
 
 /// Checks the fetched file against the original and the last download log line.
-fn check_download(fetcher: &NetNode, file: &str, content: &[u8], stdout: &str) {
+fn check_download(fetcher: &Node, file: &str, content: &[u8], stdout: &str) {
     let got = std::fs::read(fetcher.downloads().join(file))
         .unwrap_or_else(|e| panic!("{file} not in downloads/: {e}\nfetch said:\n{stdout}"));
     let sha = sha256_hex(content);
@@ -115,7 +119,7 @@ fn seeder_killed_mid_transfer_download_completes() {
     for i in 0..3 {
         lan.shape(i, "24mbit");
     }
-    let mut seeders: Vec<NetNode> = (0..3)
+    let mut seeders: Vec<Node> = (0..3)
         .map(|i| lan.node(i, &format!("seed{i}"), &[("movie.mkv", &content)]))
         .collect();
     let fetcher = lan.node(3, "fetcher", &[]);
@@ -417,7 +421,7 @@ fn node_keeps_serving_under_garbage() {
     let group: SocketAddrV4 = lan.group.parse().unwrap();
     let (from, target) = (lan.hosts[2].addr, seed.listen);
     let s = stop.clone();
-    let noise = netns_util::in_netns(lan.ns(2), move || send_garbage(s, from, group, target));
+    let noise = harness::in_netns(lan.ns(2), move || send_garbage(s, from, group, target));
     // Make sure the thread stops even if an assertion below fails.
     struct StopOnDrop(Arc<AtomicBool>);
     impl Drop for StopOnDrop {
@@ -427,7 +431,7 @@ fn node_keeps_serving_under_garbage() {
     }
     let _stop_guard = StopOnDrop(stop.clone());
 
-    let counters = |n: &NetNode| {
+    let counters = |n: &Node| {
         let st = n.status();
         (
             st["malformed_datagrams"].as_u64().unwrap(),

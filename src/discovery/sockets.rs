@@ -25,29 +25,6 @@ pub(super) fn sock_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -
     move |source| DiscoveryError::Socket { what, source }
 }
 
-fn no_multicast_all(s: &Socket, v6: bool) {
-    // Only datagrams for groups this socket joined (Linux otherwise
-    // delivers every group's traffic on the port).
-    #[cfg(target_os = "linux")]
-    unsafe {
-        let off: libc::c_int = 0;
-        let (level, opt) = if v6 {
-            (libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_ALL)
-        } else {
-            (libc::IPPROTO_IP, libc::IP_MULTICAST_ALL)
-        };
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(s),
-            level,
-            opt,
-            &off as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (s, v6);
-}
-
 /// The receiving socket of one family, bound to the group port; it joins
 /// the group per link later.
 pub fn recv_socket(v6: bool, port: u16) -> Result<UdpSocket, DiscoveryError> {
@@ -63,12 +40,12 @@ pub fn recv_socket(v6: bool, port: u16) -> Result<UdpSocket, DiscoveryError> {
     }
     s.set_reuse_address(true)
         .map_err(sock_err("SO_REUSEADDR"))?;
-    s.set_reuse_port(true).map_err(sock_err("SO_REUSEPORT"))?;
+    crate::platform::reuse_port(&s).map_err(sock_err("SO_REUSEPORT"))?;
     s.set_nonblocking(true)
         .map_err(sock_err("non-blocking mode"))?;
     s.bind(&SocketAddr::new(any, port).into())
         .map_err(sock_err(format!("UDP port {port}")))?;
-    no_multicast_all(&s, v6);
+    crate::platform::only_joined_groups(&s, v6);
     UdpSocket::from_std(s.into()).map_err(sock_err("the runtime"))
 }
 

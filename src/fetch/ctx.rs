@@ -241,12 +241,9 @@ impl FetchCtx {
             ".lanshare-{}.part",
             &manifest.content_id().to_hex()[..24]
         ));
-        let on_disk = std::fs::metadata(&part).map_or(0, |m| {
-            use std::os::unix::fs::MetadataExt;
-            m.blocks() * 512
-        });
+        let on_disk = std::fs::metadata(&part).map_or(0, |m| crate::platform::allocated_bytes(&m));
         let needed = manifest.size.saturating_sub(on_disk);
-        let Some(free) = free_space(&dir) else {
+        let Some(free) = crate::platform::free_space(&dir) else {
             return Ok(()); // cannot tell: let the writes report it
         };
         if needed > free {
@@ -258,16 +255,4 @@ impl FetchCtx {
         }
         Ok(())
     }
-}
-
-/// Bytes available to this user in the file system holding `dir`.
-fn free_space(dir: &std::path::Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid NUL-terminated path and a statvfs we own.
-    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }

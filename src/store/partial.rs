@@ -51,7 +51,7 @@ pub(super) const MAX_NAME_ATTEMPTS: u32 = 10_000;
 
 /// Opens a lanshare-owned file without following a symlink at `path`.
 fn open_nofollow(opts: &mut OpenOptions, path: &Path) -> std::io::Result<File> {
-    opts.custom_flags(libc::O_NOFOLLOW).open(path)
+    crate::platform::open_nofollow(opts, path)
 }
 
 /// The .part path must be a plain file of ours: a symlink, a hard link or

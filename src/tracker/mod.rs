@@ -202,28 +202,8 @@ pub async fn run(args: TrackerArgs) -> anyhow::Result<()> {
 /// the database and a margin); returns how many connections fit.
 fn raise_fd_limit(want: usize) -> usize {
     const MARGIN: usize = 64;
-    #[cfg(unix)]
-    {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit only writes into the struct it is given.
-        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-            return want;
-        }
-        let need = (want + MARGIN) as libc::rlim_t;
-        if lim.rlim_cur < need {
-            let raised = libc::rlimit {
-                rlim_cur: need.min(lim.rlim_max),
-                rlim_max: lim.rlim_max,
-            };
-            // SAFETY: setrlimit only reads the struct it is given.
-            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-                lim.rlim_cur = raised.rlim_cur;
-            }
-        }
-        let fits = (lim.rlim_cur as usize).saturating_sub(MARGIN).max(16);
+    if let Some(limit) = crate::platform::raise_open_files((want + MARGIN) as u64) {
+        let fits = (limit as usize).saturating_sub(MARGIN).max(16);
         if fits < want {
             tracing::warn!(
                 wanted = want,
@@ -238,25 +218,6 @@ fn raise_fd_limit(want: usize) -> usize {
 
 /// Cancels `token` on Ctrl-C or SIGTERM.
 pub async fn stop_on_signal(token: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
+    crate::platform::stop_requested().await;
     token.cancel();
 }

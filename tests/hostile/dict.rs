@@ -19,7 +19,7 @@ use lanshare::wire::datagram::{Announce, Datagram};
 use lanshare::wire::frame::{self, InventoryPage, PREAMBLE, Request, Response};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::util::{Net, Node, wait_until};
+use crate::harness::{Net, Node, wait_until};
 
 fn group(net: &Net) -> SocketAddrV4 {
     net.group.parse().expect("group IP:PORT")

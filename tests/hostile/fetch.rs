@@ -24,7 +24,7 @@ use lanshare::wire::frame::{
     self, ErrorCode, HEADER_LEN, InventoryPage, MAX_REQUEST_FRAME, PREAMBLE, Request, Response,
 };
 
-use crate::util::{BIN, Net, Node, wait_until};
+use crate::harness::{BIN, Net, Node, wait_until};
 
 /// What a rogue answers to a chunk request.
 pub enum ChunkAnswer {
@@ -496,7 +496,7 @@ fn stalling_holders_do_not_hold_up_a_fetch() {
 #[test]
 fn stalling_peers_do_not_keep_the_endgame_slots() {
     let net = Net::new();
-    let data = crate::util::data(2 * CHUNK_SIZE as usize, 11);
+    let data = crate::harness::data(2 * CHUNK_SIZE as usize, 11);
     let manifest = manifest_of(&data, CHUNK_SIZE);
     let id = manifest.content_id();
     let rogues: Vec<Rogue> = (0..4)
@@ -628,7 +628,7 @@ fn free_space(dir: &std::path::Path) -> u64 {
 #[test]
 fn tiny_chunks_are_refused_without_burning_cpu() {
     let net = Net::new();
-    let data = crate::util::data(30_000, 8);
+    let data = crate::harness::data(30_000, 8);
     let manifest = manifest_of(&data, 1);
     let id = manifest.content_id();
     let _rogue = Rogue::start(
@@ -667,7 +667,7 @@ fn tiny_chunks_are_refused_without_burning_cpu() {
 fn a_holder_that_refuses_and_trickles_is_given_up_on() {
     let net = Net::new();
     let cs = 64 << 10;
-    let data = Arc::new(crate::util::data(512 * cs, 9));
+    let data = Arc::new(crate::harness::data(512 * cs, 9));
     let manifest = manifest_of(&data, cs as u32);
     let id = manifest.content_id();
     let last = Arc::new(Mutex::new(Instant::now()));
@@ -720,7 +720,7 @@ fn a_holder_that_refuses_and_trickles_is_given_up_on() {
 #[test]
 fn fetch_saves_the_name_asked_for() {
     let net = Net::new();
-    let data = crate::util::data(100_000, 10);
+    let data = crate::harness::data(100_000, 10);
     let manifest = manifest_of(&data, CHUNK_SIZE);
     let id = manifest.content_id();
     let _rogue = Rogue::start(
@@ -757,7 +757,7 @@ fn fetch_saves_the_name_asked_for() {
 #[test]
 fn a_wrong_size_listed_first_does_not_block_the_honest_holders() {
     let net = Net::new();
-    let data = crate::util::data(100_000, 11);
+    let data = crate::harness::data(100_000, 11);
     let id = manifest_of(&data, CHUNK_SIZE).content_id();
     let _rogue = Rogue::start(
         "liar",

@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::util::{Net, data, sha256_hex, wait_until};
+use crate::harness::{Net, data, sha256_hex, wait_until};
 
 /// The uploader's default slots (`ServerLimits`): 64 in all, 16 per address.
 const SLOTS: usize = 64;

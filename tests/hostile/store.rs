@@ -21,7 +21,7 @@ use lanshare::wire::frame::{
     PREAMBLE, Request, Response,
 };
 
-use crate::util::{BIN, Net, Node, data, sha256_hex, wait_until};
+use crate::harness::{BIN, Net, Node, data, sha256_hex, wait_until};
 
 const MIB: usize = 1 << 20;
 

@@ -3,16 +3,13 @@
 //! link-local mDNS), the tracker on the router, nodes on both sides.
 //! Skipped with a message when not root or without iproute2.
 
-mod netns_util;
-mod util;
-
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use netns_util::{BIN, NetNode, Topo, in_netns, kill_child, uploaded_bytes};
-use util::{data, wait_until};
+use crate::harness::{BIN, Node, Topo, in_netns, kill_child, uploaded_bytes};
+use crate::harness::{data, wait_until};
 
 const MIB: usize = 1 << 20;
 const TRACKER_PORT: u16 = 7374;
@@ -130,7 +127,7 @@ fn tracker_peers(ns: &str, addr: SocketAddr) -> Vec<String> {
     names
 }
 
-fn found_via(node: &NetNode, name: &str) -> Vec<String> {
+fn found_via(node: &Node, name: &str) -> Vec<String> {
     node.peers()
         .into_iter()
         .find(|p| p["name"] == name && p["online"] == true)
@@ -145,7 +142,7 @@ fn found_via(node: &NetNode, name: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn lists(node: &NetNode, file: &str, holders: u64) -> bool {
+fn lists(node: &Node, file: &str, holders: u64) -> bool {
     node.ls().iter().any(|c| {
         c["name"] == file
             && c["complete"].as_u64().unwrap_or(0) + c["partial"].as_u64().unwrap_or(0) >= holders

@@ -3,13 +3,7 @@
 //! Every area has its own module; the rogue peers are built on the
 //! library's own `wire` types so they speak the protocol exactly and then lie.
 
-mod util;
-
-#[path = "hostile/dict.rs"]
 mod dict;
-#[path = "hostile/fetch.rs"]
 mod fetch;
-#[path = "hostile/server.rs"]
 mod server;
-#[path = "hostile/store.rs"]
 mod store;

@@ -14,14 +14,11 @@
 //! `zeroconf` for some tests; without them a test prints why it skips and
 //! passes.
 
-mod netns_util;
-mod util;
-
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use netns_util::{Browser, Forger, NetNode, Topo, data, wait_until};
+use crate::harness::{Browser, Forger, Node, Topo, data, wait_until};
 use serde_json::Value;
 
 const MIB: usize = 1 << 20;
@@ -31,12 +28,12 @@ const FIND: Duration = Duration::from_secs(30);
 const TRANSFER: Duration = Duration::from_secs(120);
 
 /// The peer called `name` in `node`'s `peers --json`.
-fn peer(node: &NetNode, name: &str) -> Option<Value> {
+fn peer(node: &Node, name: &str) -> Option<Value> {
     node.peers().into_iter().find(|p| p["name"] == name)
 }
 
 /// How `node` found the peer called `name` (sorted).
-fn found_via(node: &NetNode, name: &str) -> BTreeSet<String> {
+fn found_via(node: &Node, name: &str) -> BTreeSet<String> {
     peer(node, name)
         .map(|p| {
             p["found_via"]
@@ -49,12 +46,12 @@ fn found_via(node: &NetNode, name: &str) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-fn online(node: &NetNode, name: &str) -> bool {
+fn online(node: &Node, name: &str) -> bool {
     peer(node, name).is_some_and(|p| p["online"] == true)
 }
 
 /// True when `node`'s `ls` lists `file` with `holder` among its holders.
-fn lists(node: &NetNode, file: &str, holder: &str) -> bool {
+fn lists(node: &Node, file: &str, holder: &str) -> bool {
     node.ls().iter().any(|v| {
         v["name"] == file
             && v["holders"]
@@ -64,7 +61,7 @@ fn lists(node: &NetNode, file: &str, holder: &str) -> bool {
 }
 
 /// Waits until `node` lists `file` held by `holder`.
-fn wait_lists(node: &NetNode, file: &str, holder: &NetNode, within: Duration) {
+fn wait_lists(node: &Node, file: &str, holder: &Node, within: Duration) {
     let t = Instant::now();
     assert!(
         wait_until(within, || lists(node, file, &holder.name)),
@@ -85,7 +82,7 @@ fn wait_lists(node: &NetNode, file: &str, holder: &NetNode, within: Duration) {
 }
 
 /// Fetches `file` on `node` and checks the bytes against `content`.
-fn fetch_and_check(node: &NetNode, file: &str, content: &[u8]) -> String {
+fn fetch_and_check(node: &Node, file: &str, content: &[u8]) -> String {
     let stdout = node.fetch_ok(file, TRANSFER);
     let got = std::fs::read(node.downloads().join(file))
         .unwrap_or_else(|e| panic!("{file} not in {}'s downloads/: {e}\n{stdout}", node.name));

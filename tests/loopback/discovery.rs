@@ -2,12 +2,10 @@
 //! pinned to 127.0.0.1 (`--no-mdns`, a multicast group unique to each
 //! test), and the datagrams they send counted from the group itself.
 
-mod util;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use util::{Net, Node, NodeSpec, Sniffer, wait_until};
+use crate::harness::{Net, Node, NodeSpec, Sniffer, wait_until};
 
 /// Names of the files `node` lists as held by someone else.
 fn remote_names(node: &Node) -> BTreeSet<String> {

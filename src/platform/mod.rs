@@ -1,0 +1,211 @@
+//! Every call that differs between operating systems, behind one small
+//! API, so a Windows or macOS build is a packaging step, not a port.
+//!
+//! Owns: zero-copy file sending, the discovery socket options that only
+//! Linux has, interface flags beyond what `if-addrs` reports, the
+//! file-system watcher, opening a file without following a symlink, the
+//! bytes a file occupies and the free space of a file system, and the
+//! process-level Unix facilities (SIGPIPE, SIGTERM, the open-file limit).
+//! Never touches: what is sent, which sockets exist, which files are
+//! opened — callers decide; this module only says how, here.
+//!
+//! Two tiers:
+//! - Linux specifics with a portable fallback ([`linux`] and
+//!   [`portable`]): `sendfile` (fallback: read, then write),
+//!   `SO_REUSEPORT` and `IP_MULTICAST_ALL` (fallback: skipped),
+//!   interface flags from sysfs (fallback: up as the system reports it,
+//!   multicast assumed), `O_NOFOLLOW` (fallback: refuse a symlink, then
+//!   open), allocated blocks (fallback: the file's length). The cargo
+//!   feature `portable` forces the fallbacks on Linux, so CI runs the
+//!   loopback tests through them; it also swaps the native file-system
+//!   watcher (inotify) for notify's polling one.
+//! - Unix facilities that no fallback could imitate on Unix (a signal's
+//!   default action, the open-file limit, `statvfs`): `cfg(unix)` code,
+//!   with what Windows needs instead noted beside each.
+
+use std::fs::{File, Metadata, OpenOptions};
+use std::path::Path;
+
+#[cfg(target_os = "linux")]
+#[cfg_attr(feature = "portable", allow(dead_code))]
+mod linux;
+#[cfg_attr(all(target_os = "linux", not(feature = "portable")), allow(dead_code))]
+mod portable;
+
+#[cfg(all(target_os = "linux", not(feature = "portable")))]
+use linux as chosen;
+#[cfg(not(all(target_os = "linux", not(feature = "portable"))))]
+use portable as chosen;
+
+pub use chosen::{only_joined_groups, reuse_port, send_file_range};
+
+/// An interface's administrative flags, where the system says them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkFlags {
+    /// Configured up (IFF_UP); whether it has a carrier is separate.
+    pub up: bool,
+    /// Multicast-capable (IFF_MULTICAST).
+    pub multicast: bool,
+}
+
+/// The flags of interface `name`; None when this system does not say
+/// (the caller then trusts the operational state and assumes multicast).
+pub fn link_flags(name: &str) -> Option<LinkFlags> {
+    chosen::link_flags(name)
+}
+
+/// Opens a lanshare-owned file without following a symlink at `path`.
+pub fn open_nofollow(opts: &mut OpenOptions, path: &Path) -> std::io::Result<File> {
+    chosen::open_nofollow(opts, path)
+}
+
+/// Bytes a file occupies on disk (less than its length when sparse).
+pub fn allocated_bytes(meta: &Metadata) -> u64 {
+    chosen::allocated_bytes(meta)
+}
+
+/// Reads exactly `buf.len()` bytes of `file` at `offset`, without moving
+/// a shared cursor (safe from several threads at once).
+pub fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+    }
+    #[cfg(windows)]
+    {
+        let (mut buf, mut offset) = (buf, offset);
+        while !buf.is_empty() {
+            match std::os::windows::fs::FileExt::seek_read(file, buf, offset)? {
+                0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                n => {
+                    buf = &mut buf[n..];
+                    offset += n as u64;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A watcher of file-system changes calling `handler` on each event:
+/// the system's own (inotify, FSEvents, ReadDirectoryChanges), or with
+/// the `portable` feature notify's polling watcher, the one left where a
+/// system offers none.
+pub fn fs_watcher<F: notify::EventHandler>(
+    handler: F,
+) -> notify::Result<Box<dyn notify::Watcher + Send>> {
+    #[cfg(not(feature = "portable"))]
+    {
+        Ok(Box::new(notify::recommended_watcher(handler)?))
+    }
+    #[cfg(feature = "portable")]
+    {
+        let config =
+            notify::Config::default().with_poll_interval(std::time::Duration::from_secs(1));
+        Ok(Box::new(notify::PollWatcher::new(handler, config)?))
+    }
+}
+
+/// What to tell the user when a folder cannot be watched.
+pub const WATCH_LIMIT_HINT: &str = if cfg!(target_os = "linux") {
+    "raise fs.inotify.max_user_watches for huge trees"
+} else {
+    "the system's watch limit may be reached"
+};
+
+/// Bytes available to this user in the file system holding `dir`; None
+/// when the system will not say. (Windows: GetDiskFreeSpaceExW.)
+pub fn free_space(dir: &Path) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid NUL-terminated path and a statvfs we own.
+        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+            return None;
+        }
+        #[allow(clippy::unnecessary_cast)] // the field types differ by platform
+        Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        None
+    }
+}
+
+/// For a client command: a closed stdout (`lanshare ls | head`) ends the
+/// process quietly, as any Unix tool. Not for a node, which must survive
+/// peers closing their sockets. Call before any thread exists.
+/// (Windows has no SIGPIPE: a write to a closed pipe is an error there.)
+pub fn quiet_broken_pipe() {
+    #[cfg(unix)]
+    // SAFETY: called before any thread exists; SIG_DFL is a valid handler.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// Completes on Ctrl-C, or on SIGTERM where there is one (a service
+/// manager's stop).
+pub async fn stop_requested() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Raises the soft limit on open files to `need` where the hard limit
+/// allows; returns the soft limit now in force, or None where there is
+/// no such limit (Windows: handles are not limited this way).
+pub fn raise_open_files(need: u64) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit only writes into the struct it is given.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+            return None;
+        }
+        let need = need as libc::rlim_t;
+        if lim.rlim_cur < need {
+            let raised = libc::rlimit {
+                rlim_cur: need.min(lim.rlim_max),
+                rlim_max: lim.rlim_max,
+            };
+            // SAFETY: setrlimit only reads the struct it is given.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+                lim.rlim_cur = raised.rlim_cur;
+            }
+        }
+        #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 everywhere
+        Some(lim.rlim_cur as u64)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = need;
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,81 @@
+//! The portable implementations, std and tokio only: what every system
+//! other than Linux runs, and Linux too with the `portable` feature.
+
+use std::fs::{File, Metadata, OpenOptions};
+use std::path::Path;
+
+use socket2::Socket;
+use tokio::net::TcpStream;
+
+use super::LinkFlags;
+
+/// Bytes read from the file per write to the socket.
+const PIECE: usize = 64 * 1024;
+
+/// Sends `len` bytes of `file` from `offset` to `stream`: read a piece,
+/// then write it; `progress` is called at each step forward.
+pub async fn send_file_range(
+    stream: &TcpStream,
+    file: &File,
+    offset: u64,
+    len: usize,
+    progress: impl Fn(),
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; PIECE.min(len)];
+    let mut done = 0;
+    while done < len {
+        let piece = &mut buf[..PIECE.min(len - done)];
+        super::read_exact_at(file, piece, offset + done as u64).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                std::io::Error::new(e.kind(), "file ended before the chunk did")
+            } else {
+                e
+            }
+        })?;
+        let mut sent = 0;
+        while sent < piece.len() {
+            stream.writable().await?;
+            match stream.try_write(&piece[sent..]) {
+                Ok(n) => {
+                    sent += n;
+                    progress();
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        done += piece.len();
+    }
+    Ok(())
+}
+
+/// Skipped: SO_REUSEADDR, which the caller sets, is what lets several
+/// sockets share a UDP port elsewhere.
+pub fn reuse_port(_s: &Socket) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// Skipped: other systems deliver only the groups a socket joined.
+pub fn only_joined_groups(_s: &Socket, _v6: bool) {}
+
+/// Not known: the caller trusts the operational state.
+pub fn link_flags(_name: &str) -> Option<LinkFlags> {
+    None
+}
+
+/// Refuses a symlink at `path`, then opens it (a symlink planted between
+/// the two steps is not caught; the Linux version has no such gap).
+pub fn open_nofollow(opts: &mut OpenOptions, path: &Path) -> std::io::Result<File> {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(std::io::Error::other(format!(
+            "{} is a symbolic link; not following it",
+            path.display()
+        )));
+    }
+    opts.open(path)
+}
+
+/// The file's length (sparse files count in full).
+pub fn allocated_bytes(meta: &Metadata) -> u64 {
+    meta.len()
+}
