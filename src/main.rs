@@ -1,6 +1,8 @@
 //! The `lanshare` binary: parse arguments, set up logging, run the command,
 //! turn errors into messages and exit codes. No logic of its own.
 
+#![warn(clippy::too_many_lines)]
+
 use std::process::ExitCode;
 
 use clap::Parser;
