@@ -3,10 +3,8 @@
 //! allocated blocks. Compiled on Linux whatever the features, so the
 //! tests compare them with the portable ones.
 
-use std::fs::{File, Metadata, OpenOptions};
+use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::Path;
 
 use socket2::Socket;
 use tokio::net::TcpStream;
@@ -57,11 +55,6 @@ pub async fn send_file_range(
     Ok(())
 }
 
-/// Lets several sockets of this machine bind the discovery port.
-pub fn reuse_port(s: &Socket) -> std::io::Result<()> {
-    s.set_reuse_port(true)
-}
-
 /// Only datagrams for groups this socket joined (Linux otherwise delivers
 /// every group's traffic on the port).
 pub fn only_joined_groups(s: &Socket, v6: bool) {
@@ -93,13 +86,4 @@ pub fn link_flags(name: &str) -> Option<LinkFlags> {
         up: f & IFF_UP != 0,
         multicast: f & IFF_MULTICAST != 0,
     })
-}
-
-/// `open(2)` with O_NOFOLLOW: a symlink at `path` fails the open itself.
-pub fn open_nofollow(opts: &mut OpenOptions, path: &Path) -> std::io::Result<File> {
-    opts.custom_flags(libc::O_NOFOLLOW).open(path)
-}
-
-pub fn allocated_bytes(meta: &Metadata) -> u64 {
-    meta.blocks() * 512
 }

@@ -12,16 +12,16 @@
 //! Two tiers:
 //! - Linux specifics with a portable fallback ([`linux`] and
 //!   [`portable`]): `sendfile` (fallback: read, then write),
-//!   `SO_REUSEPORT` and `IP_MULTICAST_ALL` (fallback: skipped),
-//!   interface flags from sysfs (fallback: up as the system reports it,
-//!   multicast assumed), `O_NOFOLLOW` (fallback: refuse a symlink, then
-//!   open), allocated blocks (fallback: the file's length). The cargo
-//!   feature `portable` forces the fallbacks on Linux, so CI runs the
-//!   loopback tests through them; it also swaps the native file-system
-//!   watcher (inotify) for notify's polling one.
-//! - Unix facilities that no fallback could imitate on Unix (a signal's
-//!   default action, the open-file limit, `statvfs`): `cfg(unix)` code,
-//!   with what Windows needs instead noted beside each.
+//!   `IP_MULTICAST_ALL` (fallback: skipped), interface flags from sysfs
+//!   (fallback: up as the system reports it, multicast assumed). The
+//!   cargo feature `portable` forces the fallbacks on Linux, so CI runs
+//!   the loopback tests through them; it also swaps the native
+//!   file-system watcher (inotify) for notify's polling one.
+//! - Calls every Unix has, macOS and the BSDs included (`SO_REUSEPORT`,
+//!   `O_NOFOLLOW`, allocated blocks, a signal's default action, the
+//!   open-file limit, `statvfs`): `cfg(unix)` code, kept on every Unix so
+//!   no protection is lost there, with what Windows needs instead noted
+//!   beside each.
 
 use std::fs::{File, Metadata, OpenOptions};
 use std::path::Path;
@@ -37,7 +37,7 @@ use linux as chosen;
 #[cfg(not(all(target_os = "linux", not(feature = "portable"))))]
 use portable as chosen;
 
-pub use chosen::{only_joined_groups, reuse_port, send_file_range};
+pub use chosen::{only_joined_groups, send_file_range};
 
 /// An interface's administrative flags, where the system says them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,14 +54,58 @@ pub fn link_flags(name: &str) -> Option<LinkFlags> {
     chosen::link_flags(name)
 }
 
-/// Opens a lanshare-owned file without following a symlink at `path`.
-pub fn open_nofollow(opts: &mut OpenOptions, path: &Path) -> std::io::Result<File> {
-    chosen::open_nofollow(opts, path)
+/// Lets several sockets of this machine bind the discovery port: on the
+/// BSDs and macOS two sockets bound to one UDP port need `SO_REUSEPORT`,
+/// not only `SO_REUSEADDR`. (Windows: `SO_REUSEADDR`, which the caller
+/// sets, is enough.)
+pub fn reuse_port(s: &socket2::Socket) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        s.set_reuse_port(true)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = s;
+        Ok(())
+    }
 }
 
-/// Bytes a file occupies on disk (less than its length when sparse).
+/// Opens a lanshare-owned file without following a symlink at `path`:
+/// `O_NOFOLLOW`, so even a symlink swapped in a moment before is refused
+/// by the kernel. (Windows: refuses a symlink, then opens; a Windows build
+/// should open with `FILE_FLAG_OPEN_REPARSE_POINT` instead.)
+pub fn open_nofollow(opts: &mut OpenOptions, path: &Path) -> std::io::Result<File> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.custom_flags(libc::O_NOFOLLOW).open(path)
+    }
+    #[cfg(not(unix))]
+    {
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(std::io::Error::other(format!(
+                "{} is a symbolic link; not following it",
+                path.display()
+            )));
+        }
+        opts.open(path)
+    }
+}
+
+/// Bytes a file occupies on disk: its allocated blocks, so a sparse
+/// `.part` sized to the whole content but not written yet counts as
+/// empty. (Windows: the file's length, which makes the free-space check
+/// of a resumed download weaker there.)
 pub fn allocated_bytes(meta: &Metadata) -> u64 {
-    chosen::allocated_bytes(meta)
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        meta.blocks() * 512
+    }
+    #[cfg(not(unix))]
+    {
+        meta.len()
+    }
 }
 
 /// Reads exactly `buf.len()` bytes of `file` at `offset`, without moving

@@ -1,8 +1,8 @@
-//! The portable implementations, std and tokio only: what every system
-//! other than Linux runs, and Linux too with the `portable` feature.
+//! The portable implementations of the Linux-only calls, std and tokio
+//! only: what every system other than Linux runs, and Linux too with the
+//! `portable` feature.
 
-use std::fs::{File, Metadata, OpenOptions};
-use std::path::Path;
+use std::fs::File;
 
 use socket2::Socket;
 use tokio::net::TcpStream;
@@ -49,33 +49,10 @@ pub async fn send_file_range(
     Ok(())
 }
 
-/// Skipped: SO_REUSEADDR, which the caller sets, is what lets several
-/// sockets share a UDP port elsewhere.
-pub fn reuse_port(_s: &Socket) -> std::io::Result<()> {
-    Ok(())
-}
-
 /// Skipped: other systems deliver only the groups a socket joined.
 pub fn only_joined_groups(_s: &Socket, _v6: bool) {}
 
 /// Not known: the caller trusts the operational state.
 pub fn link_flags(_name: &str) -> Option<LinkFlags> {
     None
-}
-
-/// Refuses a symlink at `path`, then opens it (a symlink planted between
-/// the two steps is not caught; the Linux version has no such gap).
-pub fn open_nofollow(opts: &mut OpenOptions, path: &Path) -> std::io::Result<File> {
-    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
-        return Err(std::io::Error::other(format!(
-            "{} is a symbolic link; not following it",
-            path.display()
-        )));
-    }
-    opts.open(path)
-}
-
-/// The file's length (sparse files count in full).
-pub fn allocated_bytes(meta: &Metadata) -> u64 {
-    meta.len()
 }
