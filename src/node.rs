@@ -178,6 +178,18 @@ fn selected_links(selection: &crate::netif::Selection) -> anyhow::Result<Links> 
     Ok(selection.links(&ifaces))
 }
 
+/// What says goodbye over TCP at shutdown: the reach, in its task scope.
+struct Goodbye {
+    reach: Arc<crate::reach::Reach>,
+    scope: Tasks,
+}
+
+impl Goodbye {
+    async fn say(&self, within: Duration) {
+        self.reach.farewell(&self.scope, within).await
+    }
+}
+
 /// Binds the multicast sockets and joins the group on `links`.
 fn bind_discovery(
     cfg: &NodeConfig,
@@ -225,12 +237,12 @@ impl Bound {
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
         let tasks = Tasks::new("node");
         let socket = self.started.control.clone();
-        let reach = self.spawn_all(&tasks);
+        let goodbye = self.spawn_all(&tasks);
         shutdown.await;
         tracing::info!("shutting down");
         // Peers that multicast does not reach hear the goodbye over TCP,
         // while the announcer says it on every link.
-        let farewell = reach.farewell(Duration::from_millis(800));
+        let farewell = goodbye.say(Duration::from_millis(800));
         tasks.cancel();
         farewell.await;
         let _ = tasks.shutdown(STOP_GRACE).await;
@@ -239,7 +251,7 @@ impl Bound {
     }
 
     /// Spawns every task of the node; returns what says goodbye to peers.
-    fn spawn_all(self, tasks: &Tasks) -> Arc<crate::reach::Reach> {
+    fn spawn_all(self, tasks: &Tasks) -> Goodbye {
         let cfg = &self.cfg;
         let (id, listen) = (self.started.node, self.started.listen);
         let rescan = Arc::new(Notify::new());
@@ -264,7 +276,7 @@ impl Bound {
         let reach = self.spawn_peer_followers(tasks);
         self.spawn_trackers(tasks);
         self.spawn_discovery(tasks);
-        tasks.spawn("server", server.run(self.listener, tasks.token()));
+        tasks.spawn("server", server.run(self.listener, tasks.child("server")));
         tasks.spawn(
             "links",
             crate::netif::watch_links(self.selection, self.links_tx, LINK_CHECK, tasks.token()),
@@ -289,7 +301,7 @@ impl Bound {
 
     /// Peers given with `--peer`, and the pulls and probes that keep
     /// every peer's inventory and liveness current.
-    fn spawn_peer_followers(&self, tasks: &Tasks) -> Arc<crate::reach::Reach> {
+    fn spawn_peer_followers(&self, tasks: &Tasks) -> Goodbye {
         let (cfg, id) = (&self.cfg, self.started.node);
         for target in &cfg.peers {
             let follow = crate::manual::follow(
@@ -307,9 +319,10 @@ impl Bound {
             me: id,
             name: cfg.name.clone(),
         });
-        tasks.spawn("reach/puller", reach.clone().puller(tasks.token()));
-        tasks.spawn("reach/prober", reach.clone().prober(tasks.token()));
-        reach
+        let scope = tasks.child("reach");
+        scope.spawn("puller", reach.clone().puller(scope.clone()));
+        scope.spawn("prober", reach.clone().prober(scope.clone()));
+        Goodbye { reach, scope }
     }
 
     /// One client per tracker, fed this node's addresses on its links.
@@ -346,23 +359,19 @@ impl Bound {
     fn spawn_discovery(&self, tasks: &Tasks) {
         let links = &self.links_rx;
         if let Some(mdns) = &self.mdns {
-            tasks.spawn(
-                "mdns/links",
-                mdns.clone().links(links.clone(), tasks.token()),
-            );
-            tasks.spawn("mdns/browser", mdns.clone().browser(tasks.token()));
-            tasks.spawn("mdns/publisher", mdns.clone().publisher(tasks.token()));
+            let scope = tasks.child("mdns");
+            scope.spawn("links", mdns.clone().links(links.clone(), scope.token()));
+            scope.spawn("browser", mdns.clone().browser(scope.token()));
+            scope.spawn("publisher", mdns.clone().publisher(scope.token()));
         }
         if let Some(disc) = &self.disc {
-            let listen4 = disc.clone().listener(false, tasks.token());
-            tasks.spawn("discovery/listener v4", listen4);
-            let listen6 = disc.clone().listener(true, tasks.token());
-            tasks.spawn("discovery/listener v6", listen6);
-            tasks.spawn(
-                "discovery/links",
-                disc.clone().links(links.clone(), tasks.token()),
-            );
-            tasks.spawn("discovery/announcer", disc.clone().announcer(tasks.token()));
+            let scope = tasks.child("discovery");
+            let listen4 = disc.clone().listener(false, scope.clone());
+            scope.spawn("listener v4", listen4);
+            let listen6 = disc.clone().listener(true, scope.clone());
+            scope.spawn("listener v6", listen6);
+            scope.spawn("links", disc.clone().links(links.clone(), scope.token()));
+            scope.spawn("announcer", disc.clone().announcer(scope.token()));
         }
     }
 }
