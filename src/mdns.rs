@@ -122,13 +122,12 @@ impl Mdns {
             if let Err(e) = self.register(&digest) {
                 tracing::warn!(error = %e, "cannot register the mDNS service");
             }
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                r = inv.changed() => if r.is_err() { break },
-            }
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = tokio::time::sleep(MIN_UPDATE_GAP) => {}
+            let Some(Ok(())) = cancel.run_until_cancelled(inv.changed()).await else {
+                break;
+            };
+            let gap = tokio::time::sleep(MIN_UPDATE_GAP);
+            if cancel.run_until_cancelled(gap).await.is_none() {
+                break;
             }
         }
         match self.daemon.unregister(&self.fullname()) {
@@ -166,14 +165,7 @@ impl Mdns {
         };
         // Instance full name -> node id, to handle removals.
         let mut known: HashMap<String, NodeId> = HashMap::new();
-        loop {
-            let ev = tokio::select! {
-                _ = cancel.cancelled() => break,
-                ev = events.recv_async() => match ev {
-                    Ok(ev) => ev,
-                    Err(_) => break,
-                },
-            };
+        while let Some(Ok(ev)) = cancel.run_until_cancelled(events.recv_async()).await {
             match ev {
                 ServiceEvent::ServiceResolved(rs) => match parse(&rs) {
                     Some(found) if found.node != self.ctx.node => {

@@ -333,9 +333,9 @@ impl Bound {
         }
         let (addrs_tx, addrs_rx) =
             tokio::sync::watch::channel(crate::netif::addresses(&self.links_rx.borrow()));
-        tasks.spawn_until_cancelled(
+        tasks.spawn(
             "local addresses",
-            local_addresses(self.links_rx.clone(), addrs_tx),
+            local_addresses(self.links_rx.clone(), addrs_tx, tasks.token()),
         );
         for url in &cfg.trackers {
             let node = crate::tracker::client::NodeInfo {
@@ -418,19 +418,23 @@ fn dual_stack(port: u16) -> std::io::Result<TcpListener> {
     TcpListener::from_std(s.into())
 }
 
-/// Keeps `tx` holding this node's addresses on the current links.
+/// Keeps `tx` holding this node's addresses on the current links, until
+/// cancelled or the link watcher is gone.
 async fn local_addresses(
-    mut links: tokio::sync::watch::Receiver<Links>,
+    links: tokio::sync::watch::Receiver<Links>,
     tx: tokio::sync::watch::Sender<Vec<std::net::IpAddr>>,
+    cancel: tokio_util::sync::CancellationToken,
 ) {
-    while links.changed().await.is_ok() {
-        let addrs = crate::netif::addresses(&links.borrow_and_update());
+    discovery::follow_links(links, cancel, |links| {
+        let addrs = crate::netif::addresses(&links);
         tx.send_if_modified(|old| {
             let changed = *old != addrs;
             *old = addrs;
             changed
         });
-    }
+        std::future::ready(())
+    })
+    .await
 }
 
 /// Marks silent peers offline, whichever way they were found.

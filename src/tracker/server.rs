@@ -201,10 +201,7 @@ pub async fn serve(
     let sweep = tasks.spawn("sweeper", sweeper(db, period, stop_sweeper.clone()));
     let app = router(state).into_make_service_with_connect_info::<RemoteAddr>();
     let listener = LimitedListener::new(listener, cfg.max_connections, IDLE_TIMEOUT);
-    let signal = shutdown.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        signal.cancelled().await;
-    });
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let mut server = std::pin::pin!(server.into_future());
     let result = tokio::select! {
         r = &mut server => r,
