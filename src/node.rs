@@ -178,6 +178,30 @@ fn selected_links(selection: &crate::netif::Selection) -> anyhow::Result<Links> 
     Ok(selection.links(&ifaces))
 }
 
+/// A node whose tasks run, until [`Running::stop`].
+struct Running {
+    tasks: Tasks,
+    goodbye: Goodbye,
+    /// The control socket's path, removed at the end.
+    socket: std::path::PathBuf,
+}
+
+impl Running {
+    /// Stops the node: peers hear a goodbye, every task is cancelled, and
+    /// those still running after `grace` are named in a warning and
+    /// returned.
+    async fn stop(self, grace: Duration) -> Result<(), crate::task::Stragglers> {
+        // Peers that multicast does not reach hear the goodbye over TCP,
+        // while the announcer says it on every link.
+        let farewell = self.goodbye.say(Duration::from_millis(800));
+        self.tasks.cancel();
+        farewell.await;
+        let left = self.tasks.shutdown(grace).await;
+        let _ = std::fs::remove_file(&self.socket);
+        left
+    }
+}
+
 /// What says goodbye over TCP at shutdown: the reach, in its task scope.
 struct Goodbye {
     reach: Arc<crate::reach::Reach>,
@@ -235,19 +259,23 @@ impl Bound {
     /// them in order: peers hear a goodbye, every task is cancelled, and
     /// those that do not stop within [`STOP_GRACE`] are named in a warning.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+        let running = self.start();
+        shutdown.await;
+        tracing::info!("shutting down");
+        let _ = running.stop(STOP_GRACE).await;
+        Ok(())
+    }
+
+    /// Spawns every task of the node in the scope `node`.
+    fn start(self) -> Running {
         let tasks = Tasks::new("node");
         let socket = self.started.control.clone();
         let goodbye = self.spawn_all(&tasks);
-        shutdown.await;
-        tracing::info!("shutting down");
-        // Peers that multicast does not reach hear the goodbye over TCP,
-        // while the announcer says it on every link.
-        let farewell = goodbye.say(Duration::from_millis(800));
-        tasks.cancel();
-        farewell.await;
-        let _ = tasks.shutdown(STOP_GRACE).await;
-        let _ = std::fs::remove_file(socket);
-        Ok(())
+        Running {
+            tasks,
+            goodbye,
+            socket,
+        }
     }
 
     /// Spawns every task of the node; returns what says goodbye to peers.
@@ -583,5 +611,50 @@ mod tests {
         assert_eq!(events.next().await.unwrap(), None);
         stop.cancel();
         run.await.unwrap().unwrap();
+    }
+
+    /// Waits up to 5 s until `name` is on the node's running list.
+    async fn until_running(tasks: &Tasks, name: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !tasks.running().iter().any(|n| n == name) {
+            assert!(std::time::Instant::now() < deadline, "{name} never ran");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The running list names the node's real tasks, a peer connection
+    /// among them; a shutdown names the one task that outlives it: a
+    /// control connection (not stopped by cancellation, so a fetch can
+    /// still report how it ended) whose client never sends its request.
+    #[tokio::test]
+    async fn shutdown_names_the_real_task_that_did_not_stop() {
+        let home = tempfile::tempdir().unwrap();
+        let node = bind(quiet_config(home.path())).await.unwrap();
+        let started = node.started().clone();
+        let running = node.start();
+        let tasks = running.tasks.clone();
+        let _peer = tokio::net::TcpStream::connect(started.listen).await.unwrap();
+        let _silent = tokio::net::UnixStream::connect(&started.control)
+            .await
+            .unwrap();
+        until_running(&tasks, "node/server/conn").await;
+        until_running(&tasks, "node/control/connection").await;
+        let names = tasks.running();
+        for task in [
+            "node/control",
+            "node/expiry",
+            "node/links",
+            "node/reach/prober",
+            "node/reach/puller",
+            "node/scanner",
+            "node/server",
+        ] {
+            assert!(names.iter().any(|n| n == task), "{task} not in {names:?}");
+        }
+        let left = running.stop(Duration::from_millis(300)).await;
+        assert_eq!(
+            left,
+            Err(crate::task::Stragglers(vec!["node/control/connection".into()]))
+        );
     }
 }
