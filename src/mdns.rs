@@ -384,8 +384,7 @@ mod tests {
                 return;
             }
             assert_eq!(daemon_threads_here(), 0);
-            let (_tx, inventory) =
-                watch::channel(crate::inventory::Inventory::new(Vec::new()));
+            let (_tx, inventory) = watch::channel(crate::inventory::Inventory::new(Vec::new()));
             let ctx = Context {
                 node: NodeId::random(),
                 name: "drop-test".into(),

@@ -633,7 +633,9 @@ mod tests {
         let started = node.started().clone();
         let running = node.start();
         let tasks = running.tasks.clone();
-        let _peer = tokio::net::TcpStream::connect(started.listen).await.unwrap();
+        let _peer = tokio::net::TcpStream::connect(started.listen)
+            .await
+            .unwrap();
         let _silent = tokio::net::UnixStream::connect(&started.control)
             .await
             .unwrap();
@@ -654,7 +656,9 @@ mod tests {
         let left = running.stop(Duration::from_millis(300)).await;
         assert_eq!(
             left,
-            Err(crate::task::Stragglers(vec!["node/control/connection".into()]))
+            Err(crate::task::Stragglers(vec![
+                "node/control/connection".into()
+            ]))
         );
     }
 }

@@ -20,7 +20,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-
 use crate::dict::Dict;
 use crate::id::NodeId;
 use crate::peer::PeerError;

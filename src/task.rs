@@ -356,7 +356,10 @@ mod tests {
         set.spawn("bob", std::future::pending());
         tokio::task::yield_now().await;
         assert_eq!(set.len(), 2);
-        assert_eq!(tasks.running(), ["node/reach/pull/alice", "node/reach/pull/bob"]);
+        assert_eq!(
+            tasks.running(),
+            ["node/reach/pull/alice", "node/reach/pull/bob"]
+        );
         go.send(()).unwrap();
         assert_eq!(set.join_next().await.unwrap().unwrap(), 1);
         assert_eq!(tasks.running(), ["node/reach/pull/bob"]);

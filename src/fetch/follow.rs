@@ -31,7 +31,11 @@ pub(super) async fn follow(
         changes.mark_unchanged();
         if shared.map.lock().expect("map lock").state(index) != Some(ChunkState::Done) {
             // A closed channel (never: `shared` holds the sender) looks again.
-            if cancel.run_until_cancelled(changes.changed()).await.is_none() {
+            if cancel
+                .run_until_cancelled(changes.changed())
+                .await
+                .is_none()
+            {
                 return Err(FetchError::Cancelled);
             }
             continue;

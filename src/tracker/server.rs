@@ -32,8 +32,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::TrackerConfig;
-use crate::task::Tasks;
 use super::db::{Db, Swept, now_ms};
+use crate::task::Tasks;
 
 /// Body limit of every route but the inventory uploads.
 pub const SMALL_BODY: usize = 64 * 1024;
@@ -201,7 +201,8 @@ pub async fn serve(
     let sweep = tasks.spawn("sweeper", sweeper(db, period, stop_sweeper.clone()));
     let app = router(state).into_make_service_with_connect_info::<RemoteAddr>();
     let listener = LimitedListener::new(listener, cfg.max_connections, IDLE_TIMEOUT);
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server =
+        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let mut server = std::pin::pin!(server.into_future());
     let result = tokio::select! {
         r = &mut server => r,
