@@ -72,9 +72,12 @@ pub async fn follow(
                 retry.failed(Instant::now())
             }
         };
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
+        if cancel
+            .run_until_cancelled(tokio::time::sleep(delay))
+            .await
+            .is_none()
+        {
+            return;
         }
     }
 }

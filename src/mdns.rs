@@ -60,6 +60,16 @@ pub struct Mdns {
     links: Arc<RwLock<BTreeSet<Link>>>,
 }
 
+impl Drop for Mdns {
+    /// Stops the daemon thread: dropping a `ServiceDaemon` handle leaves it
+    /// running, so a node bound and dropped without running would leak it.
+    /// After the publisher's clean stop the daemon is gone already and this
+    /// does nothing.
+    fn drop(&mut self) {
+        let _ = self.daemon.shutdown();
+    }
+}
+
 impl Mdns {
     /// Starts the daemon, restricted to `links`.
     pub fn start(ctx: Context, links: BTreeSet<Link>) -> Result<Arc<Mdns>, MdnsError> {
@@ -122,13 +132,12 @@ impl Mdns {
             if let Err(e) = self.register(&digest) {
                 tracing::warn!(error = %e, "cannot register the mDNS service");
             }
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                r = inv.changed() => if r.is_err() { break },
-            }
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = tokio::time::sleep(MIN_UPDATE_GAP) => {}
+            let Some(Ok(())) = cancel.run_until_cancelled(inv.changed()).await else {
+                break;
+            };
+            let gap = tokio::time::sleep(MIN_UPDATE_GAP);
+            if cancel.run_until_cancelled(gap).await.is_none() {
+                break;
             }
         }
         match self.daemon.unregister(&self.fullname()) {
@@ -166,14 +175,7 @@ impl Mdns {
         };
         // Instance full name -> node id, to handle removals.
         let mut known: HashMap<String, NodeId> = HashMap::new();
-        loop {
-            let ev = tokio::select! {
-                _ = cancel.cancelled() => break,
-                ev = events.recv_async() => match ev {
-                    Ok(ev) => ev,
-                    Err(_) => break,
-                },
-            };
+        while let Some(Ok(ev)) = cancel.run_until_cancelled(events.recv_async()).await {
             match ev {
                 ServiceEvent::ServiceResolved(rs) => match parse(&rs) {
                     Some(found) if found.node != self.ctx.node => {
@@ -340,5 +342,64 @@ mod tests {
         assert_eq!(parse_digest(&"zz".repeat(16)), None);
         assert_eq!(parse_digest(&"é".repeat(16)), None);
         assert_eq!(escape("a.b"), "a\\.b");
+    }
+
+    /// The daemon threads (`mDNS_daemon`) in this thread's network namespace.
+    #[cfg(target_os = "linux")]
+    fn daemon_threads_here() -> usize {
+        let here = std::fs::read_link("/proc/thread-self/ns/net").unwrap();
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .flatten()
+            .filter(|t| {
+                let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+                comm.trim() == "mDNS_daemon"
+                    && std::fs::read_link(t.path().join("ns/net")).ok().as_ref() == Some(&here)
+            })
+            .count()
+    }
+
+    /// Waits up to 5 s for `n` daemon threads here; returns how many there are.
+    #[cfg(target_os = "linux")]
+    fn wait_for_daemons(n: usize) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while daemon_threads_here() != n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        daemon_threads_here()
+    }
+
+    /// A `Mdns` dropped without running (a `node::Bound` never run) stops
+    /// its daemon thread. The daemon joins the mDNS group on every
+    /// interface it sees as it starts, so the test runs it in a fresh
+    /// network namespace (only a loopback, down) on a thread of its own;
+    /// without the privilege to make one it is skipped.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn dropping_mdns_stops_its_daemon() {
+        let run = std::thread::spawn(|| {
+            // SAFETY: unshare only changes this thread's network namespace.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                eprintln!("skipped: cannot make a network namespace (needs root)");
+                return;
+            }
+            assert_eq!(daemon_threads_here(), 0);
+            let (_tx, inventory) = watch::channel(crate::inventory::Inventory::new(Vec::new()));
+            let ctx = Context {
+                node: NodeId::random(),
+                name: "drop-test".into(),
+                tcp_port: 1,
+                interval: Duration::from_secs(1),
+                inventory,
+                dict: Arc::new(crate::dict::Dict::new()),
+                stats: Default::default(),
+            };
+            let mdns = Mdns::start(ctx, BTreeSet::new()).unwrap();
+            // The thread names itself once it runs.
+            assert_eq!(wait_for_daemons(1), 1);
+            drop(mdns);
+            assert_eq!(wait_for_daemons(0), 0, "the mDNS daemon outlived its Mdns");
+        });
+        run.join().unwrap();
     }
 }

@@ -223,11 +223,11 @@ pub async fn watch_links(
     period: std::time::Duration,
     cancel: tokio_util::sync::CancellationToken,
 ) {
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(period) => {}
-        }
+    while cancel
+        .run_until_cancelled(tokio::time::sleep(period))
+        .await
+        .is_some()
+    {
         let links = selection.links(&list());
         tx.send_if_modified(|old| {
             if *old == links {

@@ -178,6 +178,42 @@ fn selected_links(selection: &crate::netif::Selection) -> anyhow::Result<Links> 
     Ok(selection.links(&ifaces))
 }
 
+/// A node whose tasks run, until [`Running::stop`].
+struct Running {
+    tasks: Tasks,
+    goodbye: Goodbye,
+    /// The control socket's path, removed at the end.
+    socket: std::path::PathBuf,
+}
+
+impl Running {
+    /// Stops the node: peers hear a goodbye, every task is cancelled, and
+    /// those still running after `grace` are named in a warning and
+    /// returned.
+    async fn stop(self, grace: Duration) -> Result<(), crate::task::Stragglers> {
+        // Peers that multicast does not reach hear the goodbye over TCP,
+        // while the announcer says it on every link.
+        let farewell = self.goodbye.say(Duration::from_millis(800));
+        self.tasks.cancel();
+        farewell.await;
+        let left = self.tasks.shutdown(grace).await;
+        let _ = std::fs::remove_file(&self.socket);
+        left
+    }
+}
+
+/// What says goodbye over TCP at shutdown: the reach, in its task scope.
+struct Goodbye {
+    reach: Arc<crate::reach::Reach>,
+    scope: Tasks,
+}
+
+impl Goodbye {
+    async fn say(&self, within: Duration) {
+        self.reach.farewell(&self.scope, within).await
+    }
+}
+
 /// Binds the multicast sockets and joins the group on `links`.
 fn bind_discovery(
     cfg: &NodeConfig,
@@ -223,23 +259,27 @@ impl Bound {
     /// them in order: peers hear a goodbye, every task is cancelled, and
     /// those that do not stop within [`STOP_GRACE`] are named in a warning.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
-        let tasks = Tasks::new("node");
-        let socket = self.started.control.clone();
-        let reach = self.spawn_all(&tasks);
+        let running = self.start();
         shutdown.await;
         tracing::info!("shutting down");
-        // Peers that multicast does not reach hear the goodbye over TCP,
-        // while the announcer says it on every link.
-        let farewell = reach.farewell(Duration::from_millis(800));
-        tasks.cancel();
-        farewell.await;
-        let _ = tasks.shutdown(STOP_GRACE).await;
-        let _ = std::fs::remove_file(socket);
+        let _ = running.stop(STOP_GRACE).await;
         Ok(())
     }
 
+    /// Spawns every task of the node in the scope `node`.
+    fn start(self) -> Running {
+        let tasks = Tasks::new("node");
+        let socket = self.started.control.clone();
+        let goodbye = self.spawn_all(&tasks);
+        Running {
+            tasks,
+            goodbye,
+            socket,
+        }
+    }
+
     /// Spawns every task of the node; returns what says goodbye to peers.
-    fn spawn_all(self, tasks: &Tasks) -> Arc<crate::reach::Reach> {
+    fn spawn_all(self, tasks: &Tasks) -> Goodbye {
         let cfg = &self.cfg;
         let (id, listen) = (self.started.node, self.started.listen);
         let rescan = Arc::new(Notify::new());
@@ -264,7 +304,7 @@ impl Bound {
         let reach = self.spawn_peer_followers(tasks);
         self.spawn_trackers(tasks);
         self.spawn_discovery(tasks);
-        tasks.spawn("server", server.run(self.listener, tasks.token()));
+        tasks.spawn("server", server.run(self.listener, tasks.child("server")));
         tasks.spawn(
             "links",
             crate::netif::watch_links(self.selection, self.links_tx, LINK_CHECK, tasks.token()),
@@ -289,7 +329,7 @@ impl Bound {
 
     /// Peers given with `--peer`, and the pulls and probes that keep
     /// every peer's inventory and liveness current.
-    fn spawn_peer_followers(&self, tasks: &Tasks) -> Arc<crate::reach::Reach> {
+    fn spawn_peer_followers(&self, tasks: &Tasks) -> Goodbye {
         let (cfg, id) = (&self.cfg, self.started.node);
         for target in &cfg.peers {
             let follow = crate::manual::follow(
@@ -307,9 +347,10 @@ impl Bound {
             me: id,
             name: cfg.name.clone(),
         });
-        tasks.spawn("reach/puller", reach.clone().puller(tasks.token()));
-        tasks.spawn("reach/prober", reach.clone().prober(tasks.token()));
-        reach
+        let scope = tasks.child("reach");
+        scope.spawn("puller", reach.clone().puller(scope.clone()));
+        scope.spawn("prober", reach.clone().prober(scope.clone()));
+        Goodbye { reach, scope }
     }
 
     /// One client per tracker, fed this node's addresses on its links.
@@ -320,9 +361,9 @@ impl Bound {
         }
         let (addrs_tx, addrs_rx) =
             tokio::sync::watch::channel(crate::netif::addresses(&self.links_rx.borrow()));
-        tasks.spawn_until_cancelled(
+        tasks.spawn(
             "local addresses",
-            local_addresses(self.links_rx.clone(), addrs_tx),
+            local_addresses(self.links_rx.clone(), addrs_tx, tasks.token()),
         );
         for url in &cfg.trackers {
             let node = crate::tracker::client::NodeInfo {
@@ -346,23 +387,19 @@ impl Bound {
     fn spawn_discovery(&self, tasks: &Tasks) {
         let links = &self.links_rx;
         if let Some(mdns) = &self.mdns {
-            tasks.spawn(
-                "mdns/links",
-                mdns.clone().links(links.clone(), tasks.token()),
-            );
-            tasks.spawn("mdns/browser", mdns.clone().browser(tasks.token()));
-            tasks.spawn("mdns/publisher", mdns.clone().publisher(tasks.token()));
+            let scope = tasks.child("mdns");
+            scope.spawn("links", mdns.clone().links(links.clone(), scope.token()));
+            scope.spawn("browser", mdns.clone().browser(scope.token()));
+            scope.spawn("publisher", mdns.clone().publisher(scope.token()));
         }
         if let Some(disc) = &self.disc {
-            let listen4 = disc.clone().listener(false, tasks.token());
-            tasks.spawn("discovery/listener v4", listen4);
-            let listen6 = disc.clone().listener(true, tasks.token());
-            tasks.spawn("discovery/listener v6", listen6);
-            tasks.spawn(
-                "discovery/links",
-                disc.clone().links(links.clone(), tasks.token()),
-            );
-            tasks.spawn("discovery/announcer", disc.clone().announcer(tasks.token()));
+            let scope = tasks.child("discovery");
+            let listen4 = disc.clone().listener(false, scope.clone());
+            scope.spawn("listener v4", listen4);
+            let listen6 = disc.clone().listener(true, scope.clone());
+            scope.spawn("listener v6", listen6);
+            scope.spawn("links", disc.clone().links(links.clone(), scope.token()));
+            scope.spawn("announcer", disc.clone().announcer(scope.token()));
         }
     }
 }
@@ -409,19 +446,23 @@ fn dual_stack(port: u16) -> std::io::Result<TcpListener> {
     TcpListener::from_std(s.into())
 }
 
-/// Keeps `tx` holding this node's addresses on the current links.
+/// Keeps `tx` holding this node's addresses on the current links, until
+/// cancelled or the link watcher is gone.
 async fn local_addresses(
-    mut links: tokio::sync::watch::Receiver<Links>,
+    links: tokio::sync::watch::Receiver<Links>,
     tx: tokio::sync::watch::Sender<Vec<std::net::IpAddr>>,
+    cancel: tokio_util::sync::CancellationToken,
 ) {
-    while links.changed().await.is_ok() {
-        let addrs = crate::netif::addresses(&links.borrow_and_update());
+    discovery::follow_links(links, cancel, |links| {
+        let addrs = crate::netif::addresses(&links);
         tx.send_if_modified(|old| {
             let changed = *old != addrs;
             *old = addrs;
             changed
         });
-    }
+        std::future::ready(())
+    })
+    .await
 }
 
 /// Marks silent peers offline, whichever way they were found.
@@ -570,5 +611,54 @@ mod tests {
         assert_eq!(events.next().await.unwrap(), None);
         stop.cancel();
         run.await.unwrap().unwrap();
+    }
+
+    /// Waits up to 5 s until `name` is on the node's running list.
+    async fn until_running(tasks: &Tasks, name: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !tasks.running().iter().any(|n| n == name) {
+            assert!(std::time::Instant::now() < deadline, "{name} never ran");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The running list names the node's real tasks, a peer connection
+    /// among them; a shutdown names the one task that outlives it: a
+    /// control connection (not stopped by cancellation, so a fetch can
+    /// still report how it ended) whose client never sends its request.
+    #[tokio::test]
+    async fn shutdown_names_the_real_task_that_did_not_stop() {
+        let home = tempfile::tempdir().unwrap();
+        let node = bind(quiet_config(home.path())).await.unwrap();
+        let started = node.started().clone();
+        let running = node.start();
+        let tasks = running.tasks.clone();
+        let _peer = tokio::net::TcpStream::connect(started.listen)
+            .await
+            .unwrap();
+        let _silent = tokio::net::UnixStream::connect(&started.control)
+            .await
+            .unwrap();
+        until_running(&tasks, "node/server/conn").await;
+        until_running(&tasks, "node/control/connection").await;
+        let names = tasks.running();
+        for task in [
+            "node/control",
+            "node/expiry",
+            "node/links",
+            "node/reach/prober",
+            "node/reach/puller",
+            "node/scanner",
+            "node/server",
+        ] {
+            assert!(names.iter().any(|n| n == task), "{task} not in {names:?}");
+        }
+        let left = running.stop(Duration::from_millis(300)).await;
+        assert_eq!(
+            left,
+            Err(crate::task::Stragglers(vec![
+                "node/control/connection".into()
+            ]))
+        );
     }
 }

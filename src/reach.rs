@@ -20,15 +20,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
-
 use crate::dict::Dict;
 use crate::id::NodeId;
 use crate::peer::PeerError;
 use crate::peer::client::PeerConn;
 use crate::peer::dial::{DialError, Dialer};
 use crate::retry::{RetryBook, RetryPolicy};
+use crate::task::Tasks;
 
 /// Inventory pulls running at once.
 const MAX_PULLS: usize = 4;
@@ -49,9 +47,11 @@ pub struct Reach {
 }
 
 impl Reach {
-    /// Pulls inventories of peers whose digest changed until cancelled.
-    pub async fn puller(self: Arc<Self>, cancel: CancellationToken) {
-        let mut tasks: JoinSet<(NodeId, bool)> = JoinSet::new();
+    /// Pulls inventories of peers whose digest changed until `tasks` is
+    /// cancelled; each pull is the task `pull/<peer id>` of `tasks`.
+    pub async fn puller(self: Arc<Self>, scope: Tasks) {
+        let cancel = scope.token();
+        let mut tasks = scope.set::<(NodeId, bool)>("pull");
         // Running pulls, each with whether its peer was unproven.
         let mut running: HashMap<NodeId, bool> = HashMap::new();
         // Per peer: when to try again after a failure.
@@ -90,7 +90,7 @@ impl Reach {
                 }
                 running.insert(peer.id, !peer.proven);
                 let this = self.clone();
-                tasks.spawn(async move {
+                tasks.spawn(&peer.id.short(), async move {
                     let r = this.pull(peer.id).await;
                     if let Err(e) = &r {
                         tracing::debug!(peer = %peer.name, error = %e, "inventory pull failed; will retry");
@@ -147,9 +147,11 @@ impl Reach {
         self.dialer().dial(peer.id, &peer.addrs(), limit).await
     }
 
-    /// Says hello to online peers not heard directly for an interval.
-    pub async fn prober(self: Arc<Self>, cancel: CancellationToken) {
-        let mut tasks: JoinSet<NodeId> = JoinSet::new();
+    /// Says hello to online peers not heard directly for an interval, until
+    /// `scope` is cancelled; each probe is the task `probe/<peer id>`.
+    pub async fn prober(self: Arc<Self>, scope: Tasks) {
+        let cancel = scope.token();
+        let mut tasks = scope.set::<NodeId>("probe");
         let mut running: HashMap<NodeId, ()> = HashMap::new();
         // Each peer is probed at most once per its interval: only `tried`
         // and `since` are used, so the policy plays no part.
@@ -185,7 +187,7 @@ impl Reach {
                 running.insert(peer.id, ());
                 attempted.tried(peer.id, now);
                 let this = self.clone();
-                tasks.spawn(async move {
+                tasks.spawn(&peer.id.short(), async move {
                     if let Err(e) = this.connect_peer(&peer).await {
                         tracing::debug!(peer = %peer.name, error = %e, "peer did not answer a probe");
                         this.dict.probe_failed(peer.id);
@@ -200,8 +202,9 @@ impl Reach {
     /// Says goodbye over TCP to online peers that no multicast reaches
     /// (found by mDNS, a tracker or `--peer` only), so they drop this node
     /// at once instead of after missed probes or an mDNS cache timeout.
-    /// Bounded by `within`.
-    pub async fn farewell(&self, within: Duration) {
+    /// Bounded by `within`; each goodbye is the task `farewell/<peer id>`
+    /// of `scope`.
+    pub async fn farewell(&self, scope: &Tasks, within: Duration) {
         let peers: Vec<_> = self
             .dict
             .peers
@@ -213,10 +216,10 @@ impl Reach {
         if peers.is_empty() {
             return;
         }
-        let mut tasks = JoinSet::new();
+        let mut tasks = scope.set::<()>("farewell");
         for p in peers {
             let dialer = self.dialer();
-            tasks.spawn(async move {
+            tasks.spawn(&p.id.short(), async move {
                 if let Ok(conn) = dialer.dial(p.id, &p.addrs(), within).await {
                     let _ = conn.goodbye().await;
                 }

@@ -82,6 +82,7 @@ impl Service {
             download_log: TransferLog::new(&Home::new(&cfg.home).download_log()),
             limits: cfg.fetch.clone(),
             memory: Default::default(),
+            tasks: tasks.clone(),
         });
         Service {
             id: me.id,

@@ -6,6 +6,16 @@
 //! a sub-scope (a longer name, a child cancellation token) sharing the same
 //! tracker and list. This module owns spawning and stopping; it never knows
 //! what the tasks do.
+//!
+//! Where the spawner collects results as tasks finish (a JoinSet), it uses
+//! a [`TaskSet`] ([`Tasks::set`]): its tasks are named, spanned, listed and
+//! waited for by the scope's shutdown the same way, and aborted when the
+//! set is dropped; their results go to the caller, who reports them, and a
+//! panic is logged with the task's name.
+//!
+//! Short CPU or blocking jobs awaited by a task (hashing a chunk, SHA-256,
+//! a database call) run with `tokio::task::spawn_blocking` directly: they
+//! belong to the task that awaits them and are not named here.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -13,7 +23,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::task::JoinHandle;
+use std::collections::HashMap;
+
+use tokio::task::{AbortHandle, JoinError, JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -128,13 +140,9 @@ impl Tasks {
         self.cancel.is_cancelled()
     }
 
-    /// Spawns `fut` as the task `name`: in a span of that name, on the
-    /// list of running tasks until it ends, its error logged once.
-    pub fn spawn<F>(&self, name: &str, fut: F) -> JoinHandle<F::Output>
-    where
-        F: Future + Send + 'static,
-        F::Output: Outcome,
-    {
+    /// Puts `name` (in this scope) on the running list until the returned
+    /// guard is dropped.
+    fn register(&self, name: &str) -> (Arc<str>, Registered) {
         let name: Arc<str> = self.full_name(name).into();
         let key = self.running.next.fetch_add(1, Ordering::Relaxed);
         self.running
@@ -146,6 +154,17 @@ impl Tasks {
             running: self.running.clone(),
             key,
         };
+        (name, registered)
+    }
+
+    /// Spawns `fut` as the task `name`: in a span of that name, on the
+    /// list of running tasks until it ends, its error logged once.
+    pub fn spawn<F>(&self, name: &str, fut: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Outcome,
+    {
+        let (name, registered) = self.register(name);
         let span = tracing::info_span!("task", name = %name);
         self.tracker.spawn(
             async move {
@@ -173,6 +192,16 @@ impl Tasks {
     /// Runs `fut` until it ends (`Some`) or this scope is cancelled (`None`).
     pub async fn until_cancelled<F: Future>(&self, fut: F) -> Option<F::Output> {
         self.cancel.run_until_cancelled(fut).await
+    }
+
+    /// A set of tasks named `scope/name/...` whose results are collected
+    /// as they finish ([`TaskSet::join_next`]).
+    pub fn set<T: Send + 'static>(&self, name: &str) -> TaskSet<T> {
+        TaskSet {
+            scope: self.child(name),
+            set: JoinSet::new(),
+            names: HashMap::new(),
+        }
     }
 
     /// The names of the tasks still running, sorted.
@@ -206,6 +235,70 @@ impl Tasks {
             grace.as_secs_f64()
         );
         Err(left)
+    }
+}
+
+/// Named tasks whose results the spawner collects as they finish (a
+/// `JoinSet` of named tasks). Each task runs in a span of its name, is on
+/// its scope's running list until it ends and is waited for by the scope's
+/// shutdown. Dropping the set aborts its tasks. Results (errors included)
+/// go to the caller, who reports them; a panic is logged here, with the
+/// task's name.
+pub struct TaskSet<T> {
+    scope: Tasks,
+    set: JoinSet<T>,
+    names: HashMap<tokio::task::Id, Arc<str>>,
+}
+
+impl<T: Send + 'static> TaskSet<T> {
+    /// Spawns `fut` as the task `name` of this set.
+    pub fn spawn<F>(&mut self, name: &str, fut: F) -> AbortHandle
+    where
+        F: Future<Output = T> + Send + 'static,
+    {
+        let (name, registered) = self.scope.register(name);
+        let span = tracing::info_span!("task", name = %name);
+        let fut = async move {
+            let _registered = registered;
+            fut.await
+        };
+        let handle = self
+            .set
+            .spawn(self.scope.tracker.track_future(fut.instrument(span)));
+        self.names.insert(handle.id(), name);
+        handle
+    }
+
+    /// The next result of a task that ended, `None` when none is left.
+    pub async fn join_next(&mut self) -> Option<Result<T, JoinError>> {
+        match self.set.join_next_with_id().await? {
+            Ok((id, out)) => {
+                self.names.remove(&id);
+                Some(Ok(out))
+            }
+            Err(e) => {
+                let name = self.names.remove(&e.id());
+                if e.is_panic() {
+                    let name = name.as_deref().unwrap_or("?");
+                    tracing::warn!(task = %name, "task panicked");
+                }
+                Some(Err(e))
+            }
+        }
+    }
+
+    /// Tasks spawned and not yet joined.
+    pub fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+
+    /// Aborts every task of the set (their results are not collected).
+    pub fn abort_all(&mut self) {
+        self.set.abort_all();
     }
 }
 
@@ -249,5 +342,43 @@ mod tests {
         assert_eq!(h.await.unwrap(), None);
         assert!(!tasks.is_cancelled());
         assert_eq!(tasks.until_cancelled(async { 3 }).await, Some(3));
+    }
+
+    #[tokio::test]
+    async fn a_task_set_lists_its_tasks_and_returns_their_results() {
+        let tasks = Tasks::new("node");
+        let mut set = tasks.child("reach").set::<u32>("pull");
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        set.spawn("alice", async move {
+            let _ = wait.await;
+            1
+        });
+        set.spawn("bob", std::future::pending());
+        tokio::task::yield_now().await;
+        assert_eq!(set.len(), 2);
+        assert_eq!(
+            tasks.running(),
+            ["node/reach/pull/alice", "node/reach/pull/bob"]
+        );
+        go.send(()).unwrap();
+        assert_eq!(set.join_next().await.unwrap().unwrap(), 1);
+        assert_eq!(tasks.running(), ["node/reach/pull/bob"]);
+        // A stuck set member is named by the shutdown, like any task.
+        let left = tasks.shutdown(Duration::from_millis(50)).await;
+        assert_eq!(left, Err(Stragglers(vec!["node/reach/pull/bob".into()])));
+        set.abort_all();
+        assert!(set.join_next().await.unwrap().unwrap_err().is_cancelled());
+        assert!(set.join_next().await.is_none());
+        assert!(tasks.running().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_dropped_task_set_aborts_its_tasks() {
+        let tasks = Tasks::new("fetch");
+        let mut set = tasks.set::<()>("worker");
+        set.spawn("w", std::future::pending());
+        drop(set);
+        assert_eq!(tasks.shutdown(Duration::from_secs(1)).await, Ok(()));
+        assert!(tasks.running().is_empty());
     }
 }

@@ -22,11 +22,7 @@ pub async fn follow_links<F: Future<Output = ()>>(
     cancel: CancellationToken,
     mut apply: impl FnMut(BTreeSet<Link>) -> F,
 ) {
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = rx.changed() => if r.is_err() { return },
-        }
+    while let Some(Ok(())) = cancel.run_until_cancelled(rx.changed()).await {
         let links = rx.borrow_and_update().clone();
         apply(links).await;
     }

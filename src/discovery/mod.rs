@@ -27,6 +27,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::task::Tasks;
+
 pub use links::follow_links;
 pub use sockets::{DiscoveryError, recv_socket, send_socket};
 
@@ -150,11 +152,13 @@ impl Discovery {
         loop {
             // Triggered announces keep MIN_GAP between them.
             let wait = MIN_GAP.saturating_sub(last_sent.elapsed());
-            if !wait.is_zero() {
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    _ = tokio::time::sleep(wait) => {}
-                }
+            if !wait.is_zero()
+                && cancel
+                    .run_until_cancelled(tokio::time::sleep(wait))
+                    .await
+                    .is_none()
+            {
+                break;
             }
             let inv = inv_rx.borrow_and_update().clone();
             self.answer_pending.store(false, Ordering::Relaxed);
@@ -174,23 +178,21 @@ impl Discovery {
         .await;
     }
 
-    /// Receives datagrams on one family's socket until cancelled.
-    pub async fn listener(self: Arc<Self>, v6: bool, cancel: CancellationToken) {
+    /// Receives datagrams on one family's socket until `tasks` is
+    /// cancelled; a query's delayed answer is the task `answer` of `tasks`.
+    pub async fn listener(self: Arc<Self>, v6: bool, tasks: Tasks) {
         let Some(socket) = (if v6 { &self.recv6 } else { &self.recv4 }).clone() else {
             return;
         };
         let mut buf = vec![0u8; MAX_DATAGRAM + 1];
-        loop {
-            let (len, src) = tokio::select! {
-                _ = cancel.cancelled() => return,
-                r = socket.recv_from(&mut buf) => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "multicast receive failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+        while let Some(received) = tasks.until_cancelled(socket.recv_from(&mut buf)).await {
+            let (len, src) = match received {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::debug!(error = %e, "multicast receive failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
             };
             let d = match Datagram::decode(&buf[..len]) {
                 Ok(d) => d,
@@ -203,11 +205,11 @@ impl Discovery {
             if d.node() == self.ctx.node {
                 continue;
             }
-            self.handle(d, src);
+            self.handle(d, src, &tasks);
         }
     }
 
-    fn handle(self: &Arc<Self>, d: Datagram, src: SocketAddr) {
+    fn handle(self: &Arc<Self>, d: Datagram, src: SocketAddr, tasks: &Tasks) {
         match d {
             Datagram::Announce(a) => {
                 // The TCP server is at the datagram's source address (with
@@ -241,7 +243,7 @@ impl Discovery {
                 if !self.answer_pending.swap(true, Ordering::Relaxed) {
                     let this = self.clone();
                     let delay = ANSWER_SPREAD.mul_f64(rand::random_range(0.0..1.0));
-                    tokio::spawn(async move {
+                    tasks.spawn("answer", async move {
                         tokio::time::sleep(delay).await;
                         this.announce_now.notify_one();
                     });

@@ -25,6 +25,7 @@ use crate::manifest::Manifest;
 use crate::peer::dial::Dialer;
 use crate::resolve::{NameChoice, choose_name};
 use crate::store::{Partial, Store};
+use crate::task::Tasks;
 
 /// Everything a download needs from the node.
 pub struct FetchCtx {
@@ -35,6 +36,9 @@ pub struct FetchCtx {
     pub download_log: TransferLog,
     pub limits: FetchLimits,
     pub memory: HolderMemory,
+    /// Where a download's tasks are spawned: those of the download of `id`
+    /// are named `fetch <id>/...` in this scope.
+    pub tasks: Tasks,
 }
 
 impl FetchCtx {
@@ -99,7 +103,10 @@ impl FetchCtx {
             return Ok(done);
         }
         let holders = self.wait_for_holders(&id, cancel).await?;
-        let (manifest, sender) = self.get_manifest(want, &holders, events, cancel).await?;
+        let tasks = self.tasks.child(&format!("fetch {}", id.short()));
+        let (manifest, sender) = self
+            .get_manifest(want, &holders, events, cancel, &tasks)
+            .await?;
         let name = self.save_name(want, Some(&sender));
         *name_out = name.clone();
         self.check_space(&manifest)?;
@@ -117,7 +124,7 @@ impl FetchCtx {
             })
             .await;
         let result = self
-            .run_swarm(&shared, events, cancel, peers_used, already)
+            .run_swarm(&shared, events, cancel, &tasks, peers_used, already)
             .await;
         let sha = self.end_partial(&id, &partial, result)?;
         let path = self.store.finish_partial(&partial)?;

@@ -30,9 +30,13 @@ pub(super) async fn follow(
     while index < total {
         changes.mark_unchanged();
         if shared.map.lock().expect("map lock").state(index) != Some(ChunkState::Done) {
-            tokio::select! {
-                _ = cancel.cancelled() => return Err(FetchError::Cancelled),
-                _ = changes.changed() => {}
+            // A closed channel (never: `shared` holds the sender) looks again.
+            if cancel
+                .run_until_cancelled(changes.changed())
+                .await
+                .is_none()
+            {
+                return Err(FetchError::Cancelled);
             }
             continue;
         }

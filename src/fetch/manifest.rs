@@ -10,7 +10,6 @@ use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 use tokio::time::Instant as TokioInstant;
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +23,7 @@ use crate::logs::peer_name;
 use crate::manifest::Manifest;
 use crate::peer::dial::{DialError, Dialer};
 use crate::peer::{CONNECT_TIMEOUT, PeerError};
+use crate::task::{TaskSet, Tasks};
 use crate::wire::WireError;
 
 /// One manifest request in this round.
@@ -41,7 +41,7 @@ struct Round<'a> {
     known: HashSet<NodeId>,
     queue: VecDeque<Holder>,
     attempts: Vec<Attempt>,
-    running: JoinSet<(usize, Result<Manifest, PeerError>)>,
+    running: TaskSet<(usize, Result<Manifest, PeerError>)>,
     /// Attempts running and not (yet) slow.
     fast: usize,
     reasons: Vec<String>,
@@ -66,8 +66,9 @@ impl FetchCtx {
         holders: &[Holder],
         events: &mpsc::Sender<FetchEvent>,
         cancel: &CancellationToken,
+        tasks: &Tasks,
     ) -> Result<(Manifest, Holder), FetchError> {
-        let mut round = Round::new(self, want, holders);
+        let mut round = Round::new(self, want, holders, tasks);
         let deadline = TokioInstant::now() + self.limits.give_up_after;
         loop {
             round.add_new_holders();
@@ -97,7 +98,8 @@ impl FetchCtx {
 }
 
 impl<'a> Round<'a> {
-    fn new(ctx: &'a FetchCtx, want: &'a Want, holders: &[Holder]) -> Round<'a> {
+    /// A round whose requests are the tasks `manifest/<holder>` of `tasks`.
+    fn new(ctx: &'a FetchCtx, want: &'a Want, holders: &[Holder], tasks: &Tasks) -> Round<'a> {
         let seed = std::collections::hash_map::RandomState::new();
         let mut queue: Vec<Holder> = holders.to_vec();
         // Ties are broken at random, so node ids chosen to sort first buy
@@ -121,7 +123,7 @@ impl<'a> Round<'a> {
             known: queue.iter().map(|h| h.id).collect(),
             queue: queue.into(),
             attempts: Vec::new(),
-            running: JoinSet::new(),
+            running: tasks.set("manifest"),
             fast: 0,
             reasons: Vec::new(),
             told: Vec::new(),
@@ -167,7 +169,7 @@ impl<'a> Round<'a> {
                 });
             let (dialer, hh, id) = (self.ctx.dialer(), h.clone(), self.want.id);
             let (limit, body_limit) = (limits.manifest_patience * 3, limits.stall_timeout);
-            self.running.spawn(async move {
+            self.running.spawn(&label(&h), async move {
                 let r = ask_manifest(&dialer, &hh, id, limit, body_limit, max_frame).await;
                 (idx, r)
             });

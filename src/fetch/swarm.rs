@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::FetchError;
@@ -33,6 +32,7 @@ use crate::id::{ContentId, NodeId};
 use crate::logs::peer_name;
 use crate::manifest::Manifest;
 use crate::store::Partial;
+use crate::task::{TaskSet, Tasks};
 
 /// State shared by the workers, the follower and the scheduler of one download.
 pub(super) struct Shared {
@@ -93,7 +93,8 @@ struct Swarm<'a> {
     events: &'a mpsc::Sender<FetchEvent>,
     /// Stops every worker when the swarm ends.
     cancel: CancellationToken,
-    workers: JoinSet<(Slot, NodeId, WorkerEnd)>,
+    /// One task per worker, `worker/<peer>`.
+    workers: TaskSet<(Slot, NodeId, WorkerEnd)>,
     active: HashMap<NodeId, Slot>,
     book: PeerBook,
     progress: Progress,
@@ -106,19 +107,33 @@ struct Swarm<'a> {
 }
 
 impl FetchCtx {
-    /// Runs workers and the follower until the file is complete and checked.
+    /// Runs workers and the follower until the file is complete and
+    /// checked; they are the tasks `worker/<peer>` and `follower` of `tasks`.
     pub(super) async fn run_swarm(
         &self,
         shared: &Arc<Shared>,
         events: &mpsc::Sender<FetchEvent>,
         cancel: &CancellationToken,
+        tasks: &Tasks,
         peers_used: &mut BTreeSet<String>,
         already: u64,
     ) -> Result<[u8; 32], FetchError> {
         let swarm_cancel = cancel.child_token();
         let _stop_all = swarm_cancel.clone().drop_guard();
-        let mut follower = tokio::spawn(follow(shared.clone(), swarm_cancel.clone()));
-        let mut swarm = Swarm::new(self, shared, events, swarm_cancel, already, Instant::now());
+        // A set of one: its result (the file's SHA-256, or why it failed)
+        // is this function's.
+        let mut follower = tasks.set("follower");
+        follower.spawn("sha256", follow(shared.clone(), swarm_cancel.clone()));
+        let workers = tasks.set("worker");
+        let mut swarm = Swarm::new(
+            self,
+            shared,
+            events,
+            swarm_cancel,
+            workers,
+            already,
+            Instant::now(),
+        );
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
@@ -127,7 +142,7 @@ impl FetchCtx {
             let changed = self.dict.contents.changed.notified();
             tokio::select! {
                 _ = cancel.cancelled() => return Err(FetchError::Cancelled),
-                r = &mut follower => {
+                Some(r) = follower.join_next() => {
                     return r.unwrap_or_else(|e| Err(FetchError::NoManifest(format!("verifier crashed: {e}"))));
                 }
                 Some(joined) = swarm.workers.join_next() => {
@@ -147,6 +162,7 @@ impl<'a> Swarm<'a> {
         shared: &'a Arc<Shared>,
         events: &'a mpsc::Sender<FetchEvent>,
         cancel: CancellationToken,
+        workers: TaskSet<(Slot, NodeId, WorkerEnd)>,
         already: u64,
         now: Instant,
     ) -> Swarm<'a> {
@@ -158,7 +174,7 @@ impl<'a> Swarm<'a> {
             shared,
             events,
             cancel,
-            workers: JoinSet::new(),
+            workers,
             active: HashMap::new(),
             book: PeerBook::new(limits.wait_for_holders),
             progress: Progress::new(now, limits.give_up_after, limits.min_rate, to_fetch, done),
@@ -234,14 +250,14 @@ impl<'a> Swarm<'a> {
         self.shared.watch().set_trusted(slot, trusted);
         let label = format!("{}@{}", peer_name(&h.name), h.addr);
         self.labels.insert(slot, label.clone());
-        peers_used.insert(label);
+        peers_used.insert(label.clone());
         let (dialer, dict) = (self.ctx.dialer(), self.ctx.dict.clone());
         let (shared, cancel, limits) = (
             self.shared.clone(),
             self.cancel.clone(),
             self.ctx.limits.clone(),
         );
-        self.workers.spawn(async move {
+        self.workers.spawn(&label, async move {
             let nid = h.id;
             let end = worker(&shared, &dialer, &dict, h, slot, &limits, &cancel).await;
             shared.map.lock().expect("map lock").release_peer(slot);

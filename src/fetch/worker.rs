@@ -53,13 +53,14 @@ pub(super) async fn worker(
     cancel: &CancellationToken,
 ) -> WorkerEnd {
     let holder_id = holder.id;
-    let conn = tokio::select! {
-        _ = cancel.cancelled() => return WorkerEnd::Finished,
-        c = dialer.dial(holder.id, &holder.addrs, CONNECT_TIMEOUT) => match c {
-            Ok(c) => c,
-            Err(DialError::Peer(e)) => return dropped(e),
-            Err(DialError::WrongNode | DialError::Myself) => return dropped(DropReason::WrongNode),
-        },
+    let dial = dialer.dial(holder.id, &holder.addrs, CONNECT_TIMEOUT);
+    let conn = match cancel.run_until_cancelled(dial).await {
+        None => return WorkerEnd::Finished,
+        Some(Ok(c)) => c,
+        Some(Err(DialError::Peer(e))) => return dropped(e),
+        Some(Err(DialError::WrongNode | DialError::Myself)) => {
+            return dropped(DropReason::WrongNode);
+        }
     };
     let addr = conn.addr;
     tracing::debug!(peer = %addr, slot, "download worker connected");
@@ -241,9 +242,9 @@ impl<'a> Worker<'a> {
         }
         let asked_at = Instant::now();
         let stall = self.limits.stall_timeout;
-        let resp = tokio::select! {
-            _ = cancel.cancelled() => return Err(WorkerEnd::Finished),
-            r = tokio::time::timeout(stall, self.conn.read_response(&mut self.buf)) => r,
+        let read = tokio::time::timeout(stall, self.conn.read_response(&mut self.buf));
+        let Some(resp) = cancel.run_until_cancelled(read).await else {
+            return Err(WorkerEnd::Finished);
         };
         self.rate.waited(asked_at.elapsed());
         let resp = match resp {

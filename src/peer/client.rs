@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 use super::conn::{Buffers, FramedConn};
-use super::{CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, PeerError};
+use super::{HANDSHAKE_TIMEOUT, PeerError};
 
 /// Connecting to one of several addresses of a peer gives up sooner.
 pub const FALLBACK_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -31,42 +31,6 @@ pub struct PeerConn {
 }
 
 impl PeerConn {
-    /// Connects to the first of `addrs` that answers, in order.
-    pub async fn connect_any(
-        addrs: &[SocketAddr],
-        me: NodeId,
-        my_name: &str,
-    ) -> Result<PeerConn, PeerError> {
-        let mut last = PeerError::Connect(std::io::Error::new(
-            std::io::ErrorKind::AddrNotAvailable,
-            "no known address",
-        ));
-        for (i, addr) in addrs.iter().enumerate() {
-            // Don't wait long on one address when others remain.
-            let limit = if i + 1 < addrs.len() {
-                FALLBACK_CONNECT_TIMEOUT
-            } else {
-                CONNECT_TIMEOUT
-            };
-            match PeerConn::connect_within(*addr, me, my_name, limit).await {
-                Ok(c) => return Ok(c),
-                Err(e) => {
-                    tracing::debug!(%addr, error = %e, "cannot reach peer at this address; trying the next");
-                    last = e;
-                }
-            }
-        }
-        Err(last)
-    }
-
-    pub async fn connect(
-        addr: SocketAddr,
-        me: NodeId,
-        my_name: &str,
-    ) -> Result<PeerConn, PeerError> {
-        Self::connect_within(addr, me, my_name, CONNECT_TIMEOUT).await
-    }
-
     /// Connects to `addr`, giving up after `limit`.
     pub async fn connect_within(
         addr: SocketAddr,

@@ -27,6 +27,7 @@ use crate::dict::Dict;
 use crate::id::NodeId;
 use crate::logs::{Transfer, TransferLog};
 use crate::store::Store;
+use crate::task::Tasks;
 
 /// Limits of the uploader, from the node's configuration.
 #[derive(Clone, Debug)]
@@ -102,38 +103,30 @@ impl Server {
         }
     }
 
-    /// Accepts connections until `cancel` fires.
-    pub async fn run(self: Arc<Self>, listener: TcpListener, cancel: CancellationToken) {
-        let tracker = tokio_util::task::TaskTracker::new();
+    /// Accepts connections until `tasks` is cancelled; each connection is
+    /// the task `conn` of `tasks`, stopped when `tasks` is cancelled.
+    pub async fn run(self: Arc<Self>, listener: TcpListener, tasks: Tasks) {
+        let cancel = tasks.token();
         let slots = Slots::new(self.limits.clone());
-        loop {
-            let (stream, addr) = tokio::select! {
-                _ = cancel.cancelled() => break,
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed; backing off");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
+        while let Some(accepted) = cancel.run_until_cancelled(listener.accept()).await {
+            let (stream, addr) = match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed; backing off");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             };
             // A dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d.
             let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
             let slot = self.wait_for_slot(&slots, addr, &cancel).await;
             let Some(slot) = slot else { continue };
             let this = self.clone();
-            let cancel = cancel.clone();
-            tracker.spawn(async move {
-                tokio::select! {
-                    _ = cancel.cancelled() => {}
-                    _ = this.serve(stream, addr, &slot) => {}
-                }
+            tasks.spawn_until_cancelled("conn", async move {
+                this.serve(stream, addr, &slot).await;
                 drop(slot);
             });
         }
-        tracker.close();
-        tracker.wait().await;
     }
 
     /// A slot for a connection from `addr`. When every slot is busy, waits

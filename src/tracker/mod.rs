@@ -26,6 +26,8 @@ use clap::Args;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::task::Tasks;
+
 pub use client::{NodeInfo, follow};
 pub use db::{Db, Limits};
 
@@ -128,6 +130,8 @@ impl TrackerConfig {
 
 /// The longest span a tracker duration flag takes: a year.
 const MAX_SECS: f64 = 31_536_000.0;
+/// How long a stopping tracker waits for its tasks before naming the late ones.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Checks a `--tracker` URL: `http://HOST[:PORT][/PATH]`.
 pub fn parse_url(s: &str) -> Result<String, String> {
@@ -187,9 +191,10 @@ pub async fn run(args: TrackerArgs) -> anyhow::Result<()> {
         }
         let _ = out.flush();
     }
-    let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signal(shutdown.clone()));
-    let served = server::serve(listener, db.clone(), cfg, shutdown).await;
+    let tasks = Tasks::new("tracker");
+    tasks.spawn_until_cancelled("signal", stop_on_signal(tasks.token()));
+    let served = server::serve(listener, db.clone(), cfg, &tasks).await;
+    let _ = tasks.shutdown(STOP_GRACE).await;
     tokio::task::spawn_blocking(move || db.close(Duration::from_secs(5)))
         .await
         .ok();

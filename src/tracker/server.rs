@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::TrackerConfig;
 use super::db::{Db, Swept, now_ms};
+use crate::task::Tasks;
 
 /// Body limit of every route but the inventory uploads.
 pub const SMALL_BODY: usize = 64 * 1024;
@@ -160,11 +161,7 @@ async fn method_not_allowed(req: Request) -> ApiError {
 async fn sweeper(db: Db, period: Duration, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    while cancel.run_until_cancelled(tick.tick()).await.is_some() {
         let now = now_ms();
         match db.write(move |w| w.sweep(now)).await {
             Ok(Swept {
@@ -179,14 +176,16 @@ async fn sweeper(db: Db, period: Duration, cancel: CancellationToken) {
     }
 }
 
-/// Serves the API on `listener` until `shutdown` fires, then stops taking
-/// connections and lets requests in progress finish (at most 5 s).
+/// Serves the API on `listener` until `tasks` is cancelled, then stops
+/// taking connections and lets requests in progress finish (at most 5 s).
+/// The sweeper is the task `sweeper` of `tasks`.
 pub async fn serve(
     listener: TcpListener,
     db: Db,
     cfg: TrackerConfig,
-    shutdown: CancellationToken,
+    tasks: &Tasks,
 ) -> io::Result<()> {
+    let shutdown = tasks.token();
     let period =
         (db.limits().offline_after / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
     let cfg = Arc::new(cfg);
@@ -199,13 +198,11 @@ pub async fn serve(
         uploads: Arc::new(Semaphore::new(MAX_UPLOADS)),
     };
     let stop_sweeper = shutdown.child_token();
-    let sweep = tokio::spawn(sweeper(db, period, stop_sweeper.clone()));
+    let sweep = tasks.spawn("sweeper", sweeper(db, period, stop_sweeper.clone()));
     let app = router(state).into_make_service_with_connect_info::<RemoteAddr>();
     let listener = LimitedListener::new(listener, cfg.max_connections, IDLE_TIMEOUT);
-    let signal = shutdown.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        signal.cancelled().await;
-    });
+    let server =
+        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let mut server = std::pin::pin!(server.into_future());
     let result = tokio::select! {
         r = &mut server => r,
