@@ -177,9 +177,11 @@ impl FetchCtx {
         })
     }
 
-    /// Connects as this node.
+    /// Connects as this node. A holder's address that refuses a
+    /// download's connection keeps its standing (reach's prober judges
+    /// addresses); one that answers as another node is marked.
     pub(super) fn dialer(&self) -> Dialer {
-        Dialer::new(self.node, &self.name, self.dict.clone())
+        Dialer::new(self.node, &self.name, self.dict.clone()).keeping_failed()
     }
 
     /// The holders of `id`, waiting up to `wait_for_holders` for the network

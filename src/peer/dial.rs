@@ -1,8 +1,10 @@
 //! The one way to open a connection to a peer: try its addresses in
 //! order, best first, say hello, and check the node id it answers with.
-//! Every address that fails or answers as another node is marked
-//! unreachable in the dictionary, the one that answers as the peer is
-//! marked reached, so the next dial starts with it.
+//! An address that answers as another node is marked unreachable in the
+//! dictionary, and so is one that fails to connect unless the dialer was
+//! made with [`Dialer::keeping_failed`] (a download's: a refused connect
+//! there must not cost a holder its preferred address); the one that
+//! answers as the peer is marked reached, so the next dial starts with it.
 //!
 //! Owns the order and time limits of connection attempts and the id
 //! check; never reads or sends anything after the hello (that is
@@ -37,6 +39,8 @@ pub struct Dialer {
     me: NodeId,
     name: Arc<str>,
     dict: Arc<Dict>,
+    /// Whether an address that fails to connect is marked unreachable.
+    mark_failed: bool,
 }
 
 impl Dialer {
@@ -45,7 +49,15 @@ impl Dialer {
             me,
             name: name.into(),
             dict,
+            mark_failed: true,
         }
+    }
+
+    /// The same dialer, but an address that fails to connect stays as it
+    /// is in the dictionary (only a wrong node's answer is marked).
+    pub fn keeping_failed(mut self) -> Dialer {
+        self.mark_failed = false;
+        self
     }
 
     /// This node's id.
@@ -56,15 +68,16 @@ impl Dialer {
     /// Connects to `id` at the first of `addrs` that answers as `id`,
     /// waiting at most `last_limit` on the last address and
     /// [`FALLBACK_CONNECT_TIMEOUT`] (or `last_limit` if shorter) on the
-    /// others. Each address that fails or answers as another node is
-    /// marked unreachable; the one that answers is marked reached.
+    /// others. Each address that answers as another node (or fails, see
+    /// [`Dialer::keeping_failed`]) is marked unreachable; the one that
+    /// answers is marked reached.
     pub async fn dial(
         &self,
         id: NodeId,
         addrs: &[SocketAddr],
         last_limit: Duration,
     ) -> Result<PeerConn, DialError> {
-        let mut last = DialError::Peer(PeerError::Closed);
+        let mut last = no_address();
         for (i, addr) in addrs.iter().enumerate() {
             let limit = if i + 1 < addrs.len() {
                 FALLBACK_CONNECT_TIMEOUT.min(last_limit)
@@ -88,7 +101,9 @@ impl Dialer {
                 }
                 Err(e) => {
                     tracing::debug!(%addr, error = %e, "cannot reach peer at this address");
-                    self.dict.peers.unreachable(id, *addr);
+                    if self.mark_failed {
+                        self.dict.peers.unreachable(id, *addr);
+                    }
                     last = DialError::Peer(e);
                 }
             }
@@ -101,10 +116,7 @@ impl Dialer {
     /// [`Dialer::dial`] and [`super::CONNECT_TIMEOUT`] on the last one.
     /// Refuses this node itself; touches no dictionary entry.
     pub async fn dial_unknown(&self, addrs: &[SocketAddr]) -> Result<PeerConn, DialError> {
-        let mut last = DialError::Peer(PeerError::Connect(std::io::Error::new(
-            std::io::ErrorKind::AddrNotAvailable,
-            "no known address",
-        )));
+        let mut last = no_address();
         for (i, addr) in addrs.iter().enumerate() {
             let limit = if i + 1 < addrs.len() {
                 FALLBACK_CONNECT_TIMEOUT
@@ -121,5 +133,81 @@ impl Dialer {
             }
         }
         Err(last)
+    }
+}
+
+/// The error of a dial with no address to try.
+fn no_address() -> DialError {
+    DialError::Peer(PeerError::Connect(std::io::Error::new(
+        std::io::ErrorKind::AddrNotAvailable,
+        "no known address",
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::FoundVia;
+    use crate::dict::{DEFAULT_MAX_REMOTE_BYTES, DEFAULT_MAX_REMOTE_CONTENTS, Sighting};
+
+    /// A loopback address where nothing listens (connect is refused).
+    fn refused() -> SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    }
+
+    /// A dictionary where `id` is known, with `addr` its preferred address.
+    fn dict_with(id: NodeId, addr: SocketAddr) -> Arc<Dict> {
+        let dict = Arc::new(Dict::with_limits(
+            DEFAULT_MAX_REMOTE_CONTENTS,
+            DEFAULT_MAX_REMOTE_BYTES,
+        ));
+        let seen = Sighting {
+            id,
+            name: "holder",
+            addr,
+            via: FoundVia::Multicast,
+            interval: Duration::from_secs(1),
+            digest: [0; 16],
+            contents: 0,
+        };
+        let now = Instant::now();
+        dict.observe(seen, now);
+        dict.peers.reached(id, addr, [0; 16], 0, now);
+        dict
+    }
+
+    fn preferred(dict: &Dict, id: &NodeId) -> Option<SocketAddr> {
+        dict.peers.peer(id).and_then(|p| p.preferred)
+    }
+
+    #[tokio::test]
+    async fn a_refused_connect_costs_the_preferred_address_unless_kept() {
+        let (me, id, addr) = (NodeId::random(), NodeId::random(), refused());
+        let dict = dict_with(id, addr);
+        assert_eq!(preferred(&dict, &id), Some(addr));
+        let fetching = Dialer::new(me, "me", dict.clone()).keeping_failed();
+        let e = fetching.dial(id, &[addr], Duration::from_secs(2)).await;
+        assert!(matches!(e, Err(DialError::Peer(_))));
+        assert_eq!(
+            preferred(&dict, &id),
+            Some(addr),
+            "a download's dial kept it"
+        );
+        let probing = Dialer::new(me, "me", dict.clone());
+        let e = probing.dial(id, &[addr], Duration::from_secs(2)).await;
+        assert!(matches!(e, Err(DialError::Peer(_))));
+        assert_eq!(preferred(&dict, &id), None, "reach's dial marks it");
+    }
+
+    #[tokio::test]
+    async fn a_holder_without_an_address_says_so() {
+        let dict = dict_with(NodeId::random(), refused());
+        let dialer = Dialer::new(NodeId::random(), "me", dict);
+        let e = dialer
+            .dial(NodeId::random(), &[], Duration::from_secs(1))
+            .await;
+        let text = e.err().expect("no address, no connection").to_string();
+        assert!(text.contains("no known address"), "{text}");
     }
 }
