@@ -113,19 +113,7 @@ impl ChangeLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chunkset::ChunkSet;
-    use crate::manifest::Category;
-
-    fn entry(id: u8, name: &str) -> InventoryEntry {
-        InventoryEntry {
-            id: ContentId([id; 32]),
-            name: name.into(),
-            size: 1,
-            category: Category::Other,
-            comment: String::new(),
-            chunks: ChunkSet::Full,
-        }
-    }
+    use crate::inventory::tests::entry;
 
     #[test]
     fn a_delta_brings_an_old_version_up_to_date() {

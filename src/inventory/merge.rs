@@ -103,21 +103,9 @@ pub fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chunkset::ChunkSet;
     use crate::inventory::Inventory;
-    use crate::manifest::Category;
+    use crate::inventory::tests::entry;
     use proptest::prelude::*;
-
-    fn entry(id: u8, name: &str) -> InventoryEntry {
-        InventoryEntry {
-            id: ContentId([id; 32]),
-            name: name.into(),
-            size: 1,
-            category: Category::Other,
-            comment: String::new(),
-            chunks: ChunkSet::Full,
-        }
-    }
 
     proptest! {
         #[test]

@@ -107,7 +107,8 @@ mod tests {
     use crate::chunkset::ChunkSet;
     use crate::manifest::Category;
 
-    fn entry(id: u8, name: &str) -> InventoryEntry {
+    /// A one-byte-named entry of size 1, for the inventory tests.
+    pub(super) fn entry(id: u8, name: &str) -> InventoryEntry {
         InventoryEntry {
             id: ContentId([id; 32]),
             name: name.into(),
