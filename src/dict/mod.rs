@@ -698,21 +698,19 @@ mod tests {
         observe(&d, a, "alice", home, FoundVia::Multicast, iv, [1; 16], 0);
         reached(&d, a, home, [1; 16], 0);
         let seen = d.peers.peer(&a).unwrap().last_seen;
-        std::thread::sleep(Duration::from_millis(5));
         let long = Duration::from_secs(60);
-        assert_eq!(
-            observe(
-                &d,
-                a,
-                "mallory",
-                forger,
-                FoundVia::Multicast,
-                long,
-                [9; 16],
-                0
-            ),
-            Observed::Known
-        );
+        let claim = Sighting {
+            id: a,
+            name: "mallory",
+            addr: forger,
+            via: FoundVia::Multicast,
+            interval: long,
+            digest: [9; 16],
+            contents: 0,
+        };
+        // Later than the peer was last heard: a forger must not renew it.
+        let later = seen + Duration::from_millis(5);
+        assert_eq!(d.observe(claim, later), Observed::Known);
         let p = d.peers.peer(&a).unwrap();
         assert_eq!(p.name, "alice");
         assert_eq!(p.interval, iv);
