@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{self, NodeConfig};
 use crate::manifest::Category;
 use crate::netif::IfaceSpec;
+use crate::swarm::{Mode, SwarmKey};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -81,6 +82,9 @@ pub enum Command {
     },
     /// Run the optional central registry (HTTP JSON API) for networks multicast cannot cross.
     Tracker(crate::tracker::TrackerArgs),
+    /// Swarm keys for private swarms.
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Show the running node's identity, address and counters.
     Status {
         #[arg(long)]
@@ -88,6 +92,12 @@ pub enum Command {
         #[command(flatten)]
         home: HomeArg,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Print a new random swarm key, one line to give to every member (`up --swarm-key`).
+    New,
 }
 
 #[derive(Debug, Args)]
@@ -142,6 +152,18 @@ pub struct UpArgs {
     /// Also share files that symlinks in a shared folder point to outside that folder (by default only links staying inside it are followed).
     #[arg(long)]
     pub follow_symlinks: bool,
+    /// Join the private swarm of this key (from `lanshare key new`): only nodes with the same key can see or fetch anything. Prefer --swarm-key-file or LANSHARE_SWARM_KEY: a flag shows in `ps`.
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "LANSHARE_SWARM_KEY",
+        hide_env_values = true,
+        conflicts_with = "swarm_key_file"
+    )]
+    pub swarm_key: Option<SwarmKey>,
+    /// Read the swarm key from this file (its first line).
+    #[arg(long, value_name = "FILE")]
+    pub swarm_key_file: Option<PathBuf>,
 }
 
 fn parse_group(s: &str) -> Result<SocketAddrV4, String> {
@@ -202,6 +224,22 @@ fn parse_bytes(s: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
+/// Reads a swarm key from the first line of `file`.
+fn read_swarm_key(file: &std::path::Path) -> std::io::Result<SwarmKey> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot read the swarm key file {}: {e}", file.display()),
+        )
+    })?;
+    text.lines().next().unwrap_or("").parse().map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{}: {e}", file.display()),
+        )
+    })
+}
+
 /// Makes `home` absolute without requiring it to exist yet.
 pub fn absolute(home: &std::path::Path) -> std::io::Result<PathBuf> {
     if home.is_absolute() {
@@ -238,6 +276,11 @@ impl UpArgs {
         cfg.max_remote_contents = self.max_remote_contents;
         cfg.max_remote_bytes = self.max_remote_bytes;
         cfg.follow_symlinks = self.follow_symlinks;
+        cfg.swarm = match (self.swarm_key, self.swarm_key_file) {
+            (Some(key), _) => Mode::private(&key),
+            (None, Some(file)) => Mode::private(&read_swarm_key(&file)?),
+            (None, None) => Mode::Open,
+        };
         Ok(cfg)
     }
 }

@@ -55,6 +55,8 @@ pub struct NodeConfig {
     pub follow_symlinks: bool,
     pub server: ServerLimits,
     pub fetch: FetchLimits,
+    /// Open swarm, or the private swarm of a key.
+    pub swarm: crate::swarm::Mode,
 }
 
 impl NodeConfig {
@@ -80,6 +82,7 @@ impl NodeConfig {
             follow_symlinks: false,
             server: ServerLimits::default(),
             fetch: FetchLimits::default(),
+            swarm: crate::swarm::Mode::Open,
         }
     }
 }

@@ -385,8 +385,11 @@ mod tests {
             }
             assert_eq!(daemon_threads_here(), 0);
             let (_tx, inventory) = watch::channel(crate::inventory::Inventory::new(Vec::new()));
+            let identity = Arc::new(crate::identity::Identity::generate());
             let ctx = Context {
-                node: NodeId::random(),
+                node: identity.node_id(),
+                identity,
+                mode: crate::swarm::Mode::Open,
                 name: "drop-test".into(),
                 tcp_port: 1,
                 interval: Duration::from_secs(1),

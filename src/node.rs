@@ -32,6 +32,8 @@ use crate::task::Tasks;
 #[derive(Clone, Debug)]
 pub struct Started {
     pub node: NodeId,
+    /// The key pair `node` is derived from.
+    pub identity: Arc<crate::identity::Identity>,
     /// The TCP address of the peer server (port 0 resolved).
     pub listen: SocketAddr,
     /// Interfaces discovery started on.
@@ -48,18 +50,21 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 type Links = std::collections::BTreeSet<Link>;
 
 /// Loads the node id from `.lanshare/node_id`, creating it on first start.
-pub fn load_or_create_id(home: &Home) -> anyhow::Result<NodeId> {
-    let path = home.node_id_file();
-    if let Ok(s) = std::fs::read_to_string(&path) {
-        if let Ok(id) = s.trim().parse() {
-            return Ok(id);
-        }
-        tracing::warn!(path = %path.display(), "node id file is corrupt; creating a new identity");
+/// Loads the node's key pair (creating it at first start) and says once
+/// when an old random node id gives way to the key-derived one.
+pub fn load_identity(home: &Home) -> anyhow::Result<Arc<crate::identity::Identity>> {
+    use crate::identity::{Identity, Loaded};
+    let (identity, loaded) = Identity::load_or_create(&home.identity_file(), &home.node_id_file())?;
+    match loaded {
+        Loaded::Migrated { old } => tracing::warn!(
+            "node id changed from {old} to {}: now derived from {}",
+            identity.node_id(),
+            home.identity_file().display()
+        ),
+        Loaded::Created => tracing::info!(node = %identity.node_id(), "new node identity"),
+        Loaded::Existing => {}
     }
-    let id = NodeId::random();
-    std::fs::write(&path, format!("{id}\n"))
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(id)
+    Ok(Arc::new(identity))
 }
 
 /// A node with every socket bound, its identity loaded and its store
@@ -106,7 +111,8 @@ pub async fn bind(cfg: NodeConfig) -> anyhow::Result<Bound> {
                 home.control_socket().display()
             )
         })?;
-    let id = load_or_create_id(&home)?;
+    let identity = load_identity(&home)?;
+    let id = identity.node_id();
     let listener = bind_tcp(cfg.listen).await?;
     let listen = listener.local_addr()?;
     let store =
@@ -122,6 +128,8 @@ pub async fn bind(cfg: NodeConfig) -> anyhow::Result<Bound> {
     let stats = Arc::new(Stats::default());
     let ctx = discovery::Context {
         node: id,
+        identity: identity.clone(),
+        mode: cfg.swarm.clone(),
         name: cfg.name.clone(),
         tcp_port: listen.port(),
         interval: cfg.announce_interval,
@@ -141,6 +149,7 @@ pub async fn bind(cfg: NodeConfig) -> anyhow::Result<Bound> {
     };
     let started = Started {
         node: id,
+        identity,
         listen,
         links: links.iter().map(|l| l.to_string()).collect(),
         control: home.control_socket(),

@@ -57,6 +57,10 @@ pub const DEFAULT_GROUP6: std::net::Ipv6Addr =
 #[derive(Clone)]
 pub struct Context {
     pub node: NodeId,
+    /// This node's key: signs every datagram.
+    pub identity: Arc<crate::identity::Identity>,
+    /// Open, or the private swarm whose keys seal datagrams.
+    pub mode: crate::swarm::Mode,
     pub name: String,
     /// The port of this node's TCP server.
     pub tcp_port: u16,

@@ -35,6 +35,10 @@ impl Home {
     pub fn node_id_file(&self) -> PathBuf {
         self.state_dir().join("node_id")
     }
+    /// The node's Ed25519 key (see `identity`).
+    pub fn identity_file(&self) -> PathBuf {
+        self.state_dir().join("identity.key")
+    }
     pub fn index_cache(&self) -> PathBuf {
         self.state_dir().join("index.bin")
     }
