@@ -193,6 +193,17 @@ impl Dict {
         }
     }
 
+    /// `id` itself said goodbye, proven by its key (a signed datagram or
+    /// its own TCP session): offline at once, from whatever address. True
+    /// when it was online.
+    pub fn depart_verified(&self, id: NodeId) -> bool {
+        let online = self.peers.with(&id, |p| p.online) == Some(true);
+        if online {
+            self.set_offline(id);
+        }
+        online
+    }
+
     /// A probe found no address answering as `id`: if its departure was
     /// claimed, it is gone now, not after missed announcements.
     pub fn probe_failed(&self, id: NodeId) {
