@@ -53,4 +53,5 @@ pub mod store;
 pub mod swarm;
 pub mod task;
 pub mod tracker;
+pub mod warn_once;
 pub mod wire;
