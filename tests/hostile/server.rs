@@ -10,8 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use lanshare::id::{ContentId, NodeId};
-use lanshare::wire::frame::{self, HEADER_LEN, MAX_RESPONSE_FRAME, PREAMBLE, Request};
+use lanshare::id::ContentId;
+use lanshare::identity::Identity;
+use lanshare::peer::noise;
+use lanshare::swarm::Mode;
+use lanshare::wire::frame::{self, HEADER_LEN, MAX_RESPONSE_FRAME, Request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -34,27 +37,17 @@ async fn read_frame(s: &mut TcpStream) -> std::io::Result<u8> {
 }
 
 /// Connects from `src` to `victim` and completes the handshake exactly as
-/// a real peer would, under a fresh node id.
+/// a real peer would, under a fresh key (so a fresh node id).
 async fn handshake(src: IpAddr, victim: SocketAddr, n: u64) -> std::io::Result<TcpStream> {
     let sock = TcpSocket::new_v4()?;
     sock.bind(SocketAddr::new(src, 0))?;
     let mut s = sock.connect(victim).await?;
-    let mut id = [0x66u8; 16];
-    id[8..].copy_from_slice(&n.to_be_bytes());
-    let mut hello = PREAMBLE.to_vec();
-    hello.extend(
-        Request::Hello {
-            node: NodeId(id),
-            name: "rogue".into(),
-        }
-        .encode(),
-    );
-    s.write_all(&hello).await?;
-    let mut pre = [0u8; 5];
-    s.read_exact(&mut pre).await?;
-    frame::check_preamble(&pre)
+    let mut seed = [0x66u8; 32];
+    seed[24..].copy_from_slice(&n.to_be_bytes());
+    let me = Identity::from_seed(seed);
+    noise::initiate(&mut s, &me, &Mode::Open, "rogue")
+        .await
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-    read_frame(&mut s).await?;
     Ok(s)
 }
 
@@ -229,6 +222,43 @@ fn busy_connections_from_the_same_range_cannot_hold_the_upload_slots() {
     fetch_under_siege(
         &["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"],
         Some(Duration::from_millis(300)),
+    );
+}
+
+/// Issue 10: members of a private swarm fetch from each other (every
+/// connection under the swarm key, chunks sealed); a node without the key
+/// cannot fetch from them (its connections are closed unanswered), and a
+/// member says "another swarm" about it once, not per connection.
+#[test]
+fn a_private_swarm_serves_its_members_only() {
+    let net = Net::new();
+    let key = lanshare::swarm::SwarmKey::generate().to_text();
+    let content = data(9 << 20, 10);
+    let private = ["--swarm-key", key.as_str()];
+    let a = net.node_with("a", &[("secret.bin", &content)], &private);
+    let b = net.node_with("b", &[], &private);
+    let out = b.fetch_ok("secret.bin", Duration::from_secs(60));
+    let got = std::fs::read(b.downloads().join("secret.bin")).expect("fetched file");
+    assert_eq!(sha256_hex(&got), sha256_hex(&content), "{out}");
+
+    let a_addr = format!("127.0.0.1:{}", a.listen.port());
+    let outsider = net.node_with("outsider", &[], &["--peer", &a_addr]);
+    let r = outsider.cli(&["fetch", "secret.bin"]);
+    assert!(!r.status.success(), "a node without the key fetched");
+    let wrong = lanshare::swarm::SwarmKey::generate().to_text();
+    let other = net.node_with("other", &[], &["--swarm-key", &wrong, "--peer", &a_addr]);
+    let r = other.cli(&["fetch", "secret.bin"]);
+    assert!(!r.status.success(), "a node with another key fetched");
+    assert!(
+        !outsider.log_text().contains("secret.bin") && !other.log_text().contains("secret.bin"),
+        "an outsider learnt the file name"
+    );
+    let said = a.log_text().matches("in another swarm").count();
+    assert_eq!(
+        said,
+        1,
+        "a says 'another swarm' once per address:\n{}",
+        a.log_tail()
     );
 }
 
