@@ -83,7 +83,8 @@ impl Rogue {
         let listener = TcpListener::bind((ip, 0)).expect("bind a rogue listener");
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
-        let node = NodeId::random();
+        let identity = lanshare::identity::Identity::generate();
+        let node = identity.node_id();
         let inv = Inventory::new(entries);
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
@@ -96,8 +97,7 @@ impl Rogue {
             interval_ms: 1000,
             inventory_digest: inv.digest,
             contents: inv.entries.len() as u32,
-        })
-        .encode();
+        });
         let group: SocketAddrV4 = group.parse().expect("group IP:PORT");
         let udp = UdpSocket::bind((ip, 0)).expect("bind a rogue UDP socket");
         udp.set_multicast_loop_v4(true).unwrap();
@@ -105,7 +105,8 @@ impl Rogue {
         let st = stop.clone();
         threads.push(std::thread::spawn(move || {
             while !st.load(Ordering::Relaxed) {
-                let _ = udp.send_to(&announce, group);
+                let seq = lanshare::discovery::replay::next_seq(std::time::SystemTime::now());
+                let _ = udp.send_to(&announce.sign(&identity, seq), group);
                 std::thread::sleep(Duration::from_millis(300));
             }
         }));
