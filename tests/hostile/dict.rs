@@ -2,7 +2,10 @@
 //! memory held for peers' inventories; issue 8, items 2, 3 and 4).
 //!
 //! The rogue speaks from other loopback addresses (127.0.0.2 and up; the
-//! real nodes are on 127.0.0.1), on the test's own multicast group.
+//! real nodes are on 127.0.0.1), on the test's own multicast group. Where
+//! a test means a legitimate node (of the rogue's own making), its
+//! datagrams are signed by an identity of its own; a forger claiming a
+//! real node's id signs with another key, or not at all (issue 10).
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
@@ -66,10 +69,27 @@ fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS in /proc/PID/status")
 }
 
-fn fake_id(i: u32) -> NodeId {
-    let mut id = [0xf0u8; 16];
-    id[..4].copy_from_slice(&i.to_le_bytes());
-    NodeId(id)
+/// A rogue's own identity number `i`: its ids are made up, but each is
+/// properly signed for.
+fn fake_identity(i: u32) -> Identity {
+    let mut seed = [0xf0u8; 32];
+    seed[..4].copy_from_slice(&i.to_le_bytes());
+    Identity::from_seed(seed)
+}
+
+/// A sequence number for a datagram signed now (µs since the epoch, as
+/// nodes use).
+fn seq_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+fn counter(node: &Node, name: &str) -> u64 {
+    node.status()[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("status has no {name}"))
 }
 
 /// Bug 2: 1,100 announces of made-up ids, each claiming a 300 s interval,
@@ -84,8 +104,9 @@ fn a_flood_of_made_up_peers_does_not_hide_a_real_one() {
         .map(|i| rogue_udp(Ipv4Addr::new(127, 0, 0, i)))
         .collect();
     for i in 0..1100u32 {
+        let ghost = fake_identity(i);
         let d = Datagram::Announce(Announce {
-            node: fake_id(i),
+            node: ghost.node_id(),
             name: format!("ghost-{i}"),
             tcp_port: 9,
             interval_ms: 300_000,
@@ -93,7 +114,7 @@ fn a_flood_of_made_up_peers_does_not_hide_a_real_one() {
             contents: 1,
         });
         rogues[i as usize % rogues.len()]
-            .send_to(&d.encode(), to)
+            .send_to(&d.sign(&ghost, seq_now()), to)
             .unwrap();
         if i % 20 == 19 {
             // Paced so the victim's socket buffer takes them all.
@@ -144,29 +165,38 @@ fn a_forged_goodbye_does_not_drop_a_peer() {
     let to = group(&net);
     let forger = Ipv4Addr::new(127, 0, 0, 2);
 
-    // Announce alice's id from the forger's address first, so that
-    // address becomes one of hers, then say goodbye in her name.
-    let announce = Datagram::Announce(Announce {
+    // Announce alice's id from the forger's address (signed by the
+    // forger's key, and unsigned), then say goodbye in her name the same
+    // ways: none of it is signed by alice, so none of it counts.
+    let forger_key = Identity::from_seed([0x66; 32]);
+    let forged_announce = Datagram::Announce(Announce {
         node: alice_id,
-        name: "alice".into(),
+        name: "alice-forged".into(),
         tcp_port: 9,
         interval_ms: 5000,
         inventory_digest: [0; 16],
         contents: 1,
-    })
-    .encode();
-    let goodbye = Datagram::Goodbye { node: alice_id }.encode();
+    });
+    let forged_goodbye = Datagram::Goodbye { node: alice_id };
+    let bad_before = counter(&victim, "bad_signature_datagrams");
     let unicast = SocketAddr::from((Ipv4Addr::LOCALHOST, to.port()));
     for _ in 0..3 {
-        rogue_udp(forger).send_to(&announce, to).unwrap();
+        let s = rogue_udp(forger);
+        s.send_to(&forged_announce.sign(&forger_key, seq_now()), to)
+            .unwrap();
+        s.send_to(&forged_announce.encode(), to).unwrap();
     }
     std::thread::sleep(Duration::from_millis(300));
     // Several nodes share the group port (SO_REUSEPORT): unicast from
     // many source ports reaches each of them.
     for _ in 0..32 {
         let s = rogue_udp(forger);
-        s.send_to(&goodbye, unicast).unwrap();
-        s.send_to(&goodbye, to).unwrap();
+        let signed = forged_goodbye.sign(&forger_key, seq_now());
+        let unsigned = forged_goodbye.encode();
+        for d in [&signed, &unsigned] {
+            s.send_to(d, unicast).unwrap();
+            s.send_to(d, to).unwrap();
+        }
     }
     // The same over TCP: a handshake (which can only prove the forger's
     // own id, whatever name it gives), then goodbye.
@@ -191,6 +221,25 @@ fn a_forged_goodbye_does_not_drop_a_peer() {
         lists(&victim, "alice-file.txt"),
         "a forged goodbye made the victim drop alice's files"
     );
+    let entry = victim
+        .peers()
+        .into_iter()
+        .find(|p| p["id"] == alice_id.to_hex())
+        .expect("the victim lists alice's id");
+    assert_eq!(
+        entry["name"], "alice",
+        "a forged announce renamed alice: {entry}"
+    );
+    assert_eq!(entry["verified"], true, "{entry}");
+    assert!(
+        !entry.to_string().contains("127.0.0.2"),
+        "a forged announce gave alice the forger's address: {entry}"
+    );
+    let bad = counter(&victim, "bad_signature_datagrams") - bad_before;
+    assert!(
+        bad >= 3,
+        "the victim counted {bad} badly signed datagrams for the forger's signed ones"
+    );
 
     // Her own clean stop still counts, at once (well before the 15 s expiry).
     alice.stop();
@@ -200,6 +249,77 @@ fn a_forged_goodbye_does_not_drop_a_peer() {
                 && !lists(&victim, "alice-file.txt")
         }),
         "alice's own goodbye did not remove her"
+    );
+}
+
+/// Every datagram on the test's group from now on, as sent.
+fn capture(net: &Net) -> UdpSocket {
+    let group = group(net);
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+    s.set_reuse_address(true).unwrap();
+    s.set_reuse_port(true).unwrap();
+    s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, group.port())).into())
+        .expect("bind the group port");
+    s.join_multicast_v4(group.ip(), &Ipv4Addr::LOCALHOST)
+        .expect("join the group on loopback");
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    s.into()
+}
+
+/// Issue 10: a goodbye captured on the LAN and sent again later (from
+/// another address) is dropped and counted; the node it names, back by
+/// then, stays listed.
+#[test]
+fn a_replayed_goodbye_is_dropped_and_counted() {
+    let mut net = Net::new();
+    net.interval = "5".into();
+    let victim = net.node("victim", &[]);
+    let cap = capture(&net);
+    let mut alice = net.node("alice", &[("alice-file.txt", b"hello from alice")]);
+    assert!(
+        wait_until(Duration::from_secs(15), || lists(&victim, "alice-file.txt")),
+        "the victim did not list alice's file"
+    );
+    let (alice_id, _) = peer_of(&victim, "alice").unwrap();
+    alice.stop();
+    assert!(
+        wait_until(Duration::from_secs(4), || {
+            peer_of(&victim, "alice").is_some_and(|(_, online)| !online)
+        }),
+        "alice's own goodbye did not take her offline"
+    );
+    // Her goodbye, as captured: kind 3, her id right after the header.
+    let mut buf = [0u8; 2048];
+    let goodbye =
+        std::iter::from_fn(|| cap.recv_from(&mut buf).ok().map(|(n, _)| buf[..n].to_vec()))
+            .find(|d| d.len() > 22 && d[5] == 3 && d[6..22] == alice_id.0)
+            .expect("captured alice's goodbye");
+    drop(cap);
+
+    let _alice = net.restart(&alice, &[]);
+    assert!(
+        wait_until(Duration::from_secs(15), || lists(&victim, "alice-file.txt")),
+        "the victim did not list alice again after her restart"
+    );
+    let before = counter(&victim, "replayed_datagrams");
+    let to = group(&net);
+    for _ in 0..3 {
+        rogue_udp(Ipv4Addr::new(127, 0, 0, 3))
+            .send_to(&goodbye, to)
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        peer_of(&victim, "alice").map(|(_, online)| online),
+        Some(true),
+        "a replayed goodbye made the victim drop alice"
+    );
+    assert!(lists(&victim, "alice-file.txt"));
+    let replayed = counter(&victim, "replayed_datagrams") - before;
+    assert!(
+        replayed >= 3,
+        "the victim counted {replayed} replayed datagrams for 3 replays"
     );
 }
 
@@ -320,7 +440,7 @@ fn a_rogue_inventory_of_huge_bitmaps_does_not_bloat_a_node() {
         .collect();
     let inv = Inventory::new(entries);
     let rogue_ip = Ipv4Addr::new(127, 0, 0, 2);
-    let server = RogueServer::start(rogue_ip, rogue, inv.clone());
+    let server = RogueServer::start(rogue_ip, rogue.clone(), inv.clone());
     let announce = Datagram::Announce(Announce {
         node: rogue_id,
         name: "rogue".into(),
@@ -329,7 +449,7 @@ fn a_rogue_inventory_of_huge_bitmaps_does_not_bloat_a_node() {
         inventory_digest: inv.digest,
         contents: ENTRIES as u32,
     })
-    .encode();
+    .sign(&rogue, seq_now());
     rogue_udp(rogue_ip).send_to(&announce, group(&net)).unwrap();
 
     // Wait for the victims (the real node hears the rogue too) to be done

@@ -100,16 +100,17 @@ impl Rogue {
             interval_ms: 1000,
             inventory_digest: inv.digest,
             contents: inv.entries.len() as u32,
-        })
-        .encode();
+        });
         let group: SocketAddrV4 = group.parse().expect("group IP:PORT");
         let udp = UdpSocket::bind((ip, 0)).expect("bind a rogue UDP socket");
         udp.set_multicast_loop_v4(true).unwrap();
         set_multicast_if(&udp, Ipv4Addr::LOCALHOST);
         let st = stop.clone();
+        let signer = identity.clone();
         threads.push(std::thread::spawn(move || {
             while !st.load(Ordering::Relaxed) {
-                let _ = udp.send_to(&announce, group);
+                let seq = lanshare::discovery::replay::next_seq(std::time::SystemTime::now());
+                let _ = udp.send_to(&announce.sign(&signer, seq), group);
                 std::thread::sleep(Duration::from_millis(300));
             }
         }));

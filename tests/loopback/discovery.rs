@@ -158,3 +158,77 @@ fn idle_announcement_traffic_does_not_grow_with_the_inventory() {
         "big served its unchanged inventory again while idle"
     );
 }
+
+/// Names of the peers `node` lists online.
+fn online_peers(node: &Node) -> BTreeSet<String> {
+    node.peers()
+        .iter()
+        .filter(|p| p["online"] == true)
+        .filter_map(|p| p["name"].as_str().map(String::from))
+        .collect()
+}
+
+/// Issue 10: two members of a private swarm (one key) find each other and
+/// list each other's files; a node without a key and a node with another
+/// key see neither them nor each other. Each member says once, not per
+/// datagram, that datagrams from 127.0.0.1 are from another swarm.
+#[test]
+fn private_swarms_see_their_own_members_only() {
+    let net = Net::new(); // 0.5 s interval
+    let key = lanshare::swarm::SwarmKey::generate().to_text();
+    let other_key = lanshare::swarm::SwarmKey::generate().to_text();
+    let a = net.node_with("a", &[("a.txt", b"a's file")], &["--swarm-key", &key]);
+    let b = net.node_with("b", &[("b.txt", b"b's file")], &["--swarm-key", &key]);
+    let c = net.node("c", &[("c.txt", b"c's file")]);
+    let d = net.node_with("d", &[("d.txt", b"d's file")], &["--swarm-key", &other_key]);
+    assert!(
+        wait_until(Duration::from_secs(15), || remote_names(&a)
+            .contains("b.txt")
+            && remote_names(&b).contains("a.txt")),
+        "the members did not list each other's files: a {:?}, b {:?}\n{}",
+        remote_names(&a),
+        remote_names(&b),
+        a.log_text()
+    );
+    // Eight intervals: every node heard the others' datagrams many times.
+    std::thread::sleep(Duration::from_secs(4));
+    let names = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+    assert_eq!(online_peers(&a), names(&["b"]), "a's peers");
+    assert_eq!(online_peers(&b), names(&["a"]), "b's peers");
+    assert_eq!(remote_names(&a), names(&["b.txt"]), "a lists");
+    for stranger in [&c, &d] {
+        assert!(
+            stranger.peers().is_empty() && remote_names(stranger).is_empty(),
+            "{} (another swarm) sees peers {:?} and files {:?}",
+            stranger.name,
+            stranger.peers(),
+            remote_names(stranger)
+        );
+    }
+    let status = a.status();
+    assert_eq!(status["swarm"], "private", "{status}");
+    assert_eq!(c.status()["swarm"], "open");
+    let foreign = status["foreign_datagrams"].as_u64().unwrap();
+    assert!(
+        foreign >= 8,
+        "a counted {foreign} foreign datagrams: {status}"
+    );
+    assert!(c.status()["foreign_datagrams"].as_u64().unwrap() >= 4);
+    for member in [&a, &b] {
+        let said = member
+            .log_text()
+            .matches("datagrams from 127.0.0.1 are from another swarm")
+            .count();
+        assert_eq!(
+            said, 1,
+            "{} warned {said} times about another swarm for {foreign} foreign datagrams",
+            member.name
+        );
+    }
+    // The members' datagrams are signed, and verified.
+    assert!(
+        a.peers().iter().all(|p| p["verified"] == true),
+        "{:?}",
+        a.peers()
+    );
+}

@@ -233,7 +233,11 @@ fn mdns_service_visible_to_zeroconf_and_removed_on_stop() {
     assert_eq!(txt["id"].as_str(), Some(a.id().as_str()), "TXT id: {seen}");
     assert_eq!(
         txt["v"].as_str(),
-        Some(lanshare::wire::VERSION.to_string().as_str()),
+        Some(
+            lanshare::wire::datagram::DATAGRAM_VERSION
+                .to_string()
+                .as_str()
+        ),
         "TXT v (protocol version): {seen}"
     );
     assert_eq!(
@@ -1062,5 +1066,95 @@ fn fetch_falls_back_to_the_peers_other_address() {
         )),
         "the seed logged no upload to the fetcher's other link ({other_ips:?}): {:?}",
         seed.upload_log()
+    );
+}
+
+/// Issue 10, mDNS in a private swarm (the group dropped: mDNS is the only
+/// discovery path). Two members with one key find each other and list
+/// each other's files; a node without the key finds nobody. What any
+/// host sees of a member's record: an `ls-<16 hex>` instance and host,
+/// TXT `v=2`, `m=p`, `port` and `x` (the sealed blob), and nothing else:
+/// no node name, no id, no digest, no file name.
+#[test]
+fn mdns_in_a_private_swarm_reveals_only_that_a_node_is_there() {
+    let Some(mut t) = Topo::new(&["nft"]) else {
+        return;
+    };
+    let br = t.add_bridge();
+    let (ha, hb, hc) = (t.add_host(), t.add_host(), t.add_host());
+    for h in [ha, hb, hc] {
+        t.connect(h, br);
+        t.drop_group(h);
+    }
+    let Some(mut browser) = Browser::start(&t, hc) else {
+        return;
+    };
+    let key = lanshare::swarm::SwarmKey::generate().to_text();
+    let a = t.node(
+        ha,
+        "alpha",
+        &[("secret-plan.txt", b"the plan")],
+        &["--swarm-key", &key],
+    );
+    let b = t.node(hb, "beta", &[], &["--swarm-key", &key]);
+    let c = t.node(hc, "gamma", &[("c.txt", b"c")], &[]);
+    // Without multicast a member knows the other by its record only,
+    // which has no name: it is listed under its instance name.
+    let b_lists_a = || {
+        b.ls().iter().any(|v| v["name"] == "secret-plan.txt")
+            && b.peers().iter().any(|p| {
+                p["id"] == a.id().as_str()
+                    && p["verified"] == true
+                    && p["found_via"]
+                        .as_array()
+                        .is_some_and(|v| v.contains(&"mdns".into()))
+            })
+    };
+    assert!(
+        wait_until(FIND, b_lists_a),
+        "beta did not find alpha (same key) by mDNS: ls {:?}, peers {:?}\n{}",
+        b.ls(),
+        b.peers(),
+        b.log_tail()
+    );
+    let seen = browser
+        .wait_for(FIND, |e| {
+            e["resolved"] == true
+                && e["port"] == a.port()
+                && e["name"].as_str().is_some_and(|n| n.starts_with("ls-"))
+        })
+        .unwrap_or_else(|| panic!("zeroconf never resolved alpha's record: {:?}", browser.seen));
+    let txt = seen["txt"].as_object().expect("txt is an object");
+    let keys: BTreeSet<&str> = txt.keys().map(String::as_str).collect();
+    assert_eq!(keys, BTreeSet::from(["m", "port", "v", "x"]), "{seen}");
+    assert_eq!(txt["v"], "2", "{seen}");
+    assert_eq!(txt["m"], "p", "{seen}");
+    assert_eq!(txt["x"].as_str().map(str::len), Some(214), "{seen}");
+    let label = seen["name"].as_str().unwrap().split('.').next().unwrap();
+    assert!(
+        label.len() == 19 && label[3..].bytes().all(|c| c.is_ascii_hexdigit()),
+        "instance {label}: {seen}"
+    );
+    let text = seen.to_string();
+    for secret in ["alpha", "secret-plan", a.id().as_str(), &a.id()[..8]] {
+        assert!(!text.contains(secret), "the record shows {secret}: {seen}");
+    }
+    // The outsider: no peer, no file, and it counted the foreign records.
+    std::thread::sleep(interval(&t) * 3);
+    assert!(
+        c.peers().is_empty() && c.ls().iter().all(|v| v["name"] == "c.txt"),
+        "gamma (no key) sees peers {:?}, files {:?}",
+        c.peers(),
+        c.ls()
+    );
+    assert!(
+        c.status()["foreign_datagrams"].as_u64().unwrap() > 0,
+        "gamma counted no foreign record: {}",
+        c.status()
+    );
+    assert!(
+        a.peers().iter().all(|p| p["id"] == b.id().as_str()),
+        "alpha sees an outsider: {:?}",
+        a.peers()
     );
 }
