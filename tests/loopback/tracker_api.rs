@@ -15,13 +15,17 @@ use lanshare::api::FoundVia;
 use lanshare::chunkset::{Bitmap, ChunkSet};
 use lanshare::dict::Dict;
 use lanshare::id::{ContentId, NodeId};
+use lanshare::identity::Identity;
 use lanshare::inventory::Inventory;
 use lanshare::manifest::Category;
+use lanshare::peer::dial::Dialer;
+use lanshare::swarm::Mode;
 use lanshare::tracker::client::{Api, ClientError};
 use lanshare::tracker::proto::{
     Entry, FullAnnounce, HeartbeatRequest, PatchAnnounce, PeersQuery, RegisterRequest,
     RegisterResponse, SearchQuery,
 };
+use lanshare::tracker::sign;
 use lanshare::tracker::{NodeInfo, follow};
 use lanshare::wire::InventoryEntry;
 use serde_json::{Value, json};
@@ -147,8 +151,33 @@ fn temp() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
 }
 
+/// Node `n`'s key: every node of these tests signs with its own.
+fn key(n: u8) -> Identity {
+    Identity::from_seed([n; 32])
+}
+
 fn node_id(n: u8) -> NodeId {
-    NodeId([n; 16])
+    key(n).node_id()
+}
+
+/// The key of a node id made by [`node_id`].
+fn signer(id: NodeId) -> Identity {
+    static IDS: std::sync::OnceLock<std::collections::HashMap<NodeId, u8>> =
+        std::sync::OnceLock::new();
+    let ids = IDS.get_or_init(|| (0..=255u8).map(|n| (node_id(n), n)).collect());
+    key(*ids.get(&id).expect("an id made by node_id()"))
+}
+
+/// A registration of `id` (made by [`node_id`]), with its key.
+fn register_req(id: NodeId, name: &str, port: u16, addrs: Vec<IpAddr>) -> RegisterRequest {
+    RegisterRequest {
+        id,
+        name: name.into(),
+        port,
+        addrs,
+        key: signer(id).public_key(),
+        swarm: None,
+    }
 }
 
 fn cid(n: u8) -> ContentId {
@@ -168,19 +197,17 @@ fn entry(id: u8, name: &str, size: u64) -> Entry {
 }
 
 async fn register(api: &Api, id: NodeId, name: &str, port: u16) -> RegisterResponse {
-    api.register(&RegisterRequest {
-        id,
-        name: name.into(),
-        port,
-        addrs: vec!["10.9.0.1".parse().unwrap()],
-    })
+    api.register(
+        &signer(id),
+        &register_req(id, name, port, vec!["10.9.0.1".parse().unwrap()]),
+    )
     .await
     .expect("register")
 }
 
 async fn announce(api: &Api, id: NodeId, token: &str, digest: u8, entries: Vec<Entry>) {
     api.announce_full(
-        id,
+        &signer(id),
         token,
         &FullAnnounce {
             digest: Some([digest; 16]),
@@ -348,6 +375,7 @@ async fn register_announce_search_and_list_peers() {
         .peers(&PeersQuery {
             since: p.seq,
             epoch: Some(p.epoch.clone()),
+            swarm: None,
             limit: None,
         })
         .await
@@ -358,6 +386,7 @@ async fn register_announce_search_and_list_peers() {
         .peers(&PeersQuery {
             since: 0,
             epoch: None,
+            swarm: None,
             limit: Some(1),
         })
         .await
@@ -368,6 +397,7 @@ async fn register_announce_search_and_list_peers() {
         .peers(&PeersQuery {
             since: page.seq,
             epoch: Some(page.epoch.clone()),
+            swarm: None,
             limit: Some(1),
         })
         .await
@@ -379,6 +409,7 @@ async fn register_announce_search_and_list_peers() {
         .peers(&PeersQuery {
             since: p.seq,
             epoch: Some("0000".into()),
+            swarm: None,
             limit: None,
         })
         .await
@@ -406,7 +437,7 @@ async fn heartbeat_and_incremental_announce() {
     };
     // Nothing announced yet: the tracker asks for the inventory.
     assert!(
-        api.heartbeat(a, &r.token, &hb(1))
+        api.heartbeat(&signer(a), &r.token, &hb(1))
             .await
             .unwrap()
             .send_inventory
@@ -419,11 +450,11 @@ async fn heartbeat_and_incremental_announce() {
         vec![entry(1, "a.txt", 1), entry(2, "b.txt", 1)],
     )
     .await;
-    let resp = api.heartbeat(a, &r.token, &hb(1)).await.unwrap();
+    let resp = api.heartbeat(&signer(a), &r.token, &hb(1)).await.unwrap();
     assert!(!resp.send_inventory);
     assert_eq!(resp.observed_addr, "127.0.0.1".parse::<IpAddr>().unwrap());
     assert!(
-        api.heartbeat(a, &r.token, &hb(2))
+        api.heartbeat(&signer(a), &r.token, &hb(2))
             .await
             .unwrap()
             .send_inventory
@@ -433,7 +464,7 @@ async fn heartbeat_and_incremental_announce() {
     // A change against another base is refused with the stored digest.
     let err = api
         .announce_patch(
-            a,
+            &signer(a),
             &r.token,
             &PatchAnnounce {
                 base: Some([9; 16]),
@@ -461,7 +492,7 @@ async fn heartbeat_and_incremental_announce() {
     }
     let ok = api
         .announce_patch(
-            a,
+            &signer(a),
             &r.token,
             &PatchAnnounce {
                 base: Some([1; 16]),
@@ -478,7 +509,7 @@ async fn heartbeat_and_incremental_announce() {
     assert_eq!(search(&api, Some("renamed"), None).await, vec![(cid(2), 1)]);
     assert_eq!(search(&api, Some("c.txt"), None).await, vec![(cid(3), 1)]);
     assert!(
-        !api.heartbeat(a, &r.token, &hb(2))
+        !api.heartbeat(&signer(a), &r.token, &hb(2))
             .await
             .unwrap()
             .send_inventory
@@ -489,6 +520,7 @@ async fn heartbeat_and_incremental_announce() {
         .peers(&PeersQuery {
             since: before.seq,
             epoch: Some(before.epoch.clone()),
+            swarm: None,
             limit: None,
         })
         .await
@@ -502,7 +534,7 @@ async fn heartbeat_and_incremental_announce() {
 
     // An upload in parts: no digest is listed until the last part.
     api.announce_full(
-        a,
+        &signer(a),
         &r.token,
         &FullAnnounce {
             digest: None,
@@ -516,7 +548,7 @@ async fn heartbeat_and_incremental_announce() {
     assert_eq!(mid.peers[0].digest, None);
     let done = api
         .announce_patch(
-            a,
+            &signer(a),
             &r.token,
             &PatchAnnounce {
                 base: None,
@@ -534,7 +566,7 @@ async fn heartbeat_and_incremental_announce() {
 
     // Changed addresses are listed.
     api.heartbeat(
-        a,
+        &signer(a),
         &r.token,
         &HeartbeatRequest {
             digest: [5; 16],
@@ -574,6 +606,7 @@ async fn deregister_removes_the_node_and_its_content() {
         .peers(&PeersQuery {
             since: before.seq,
             epoch: Some(before.epoch.clone()),
+            swarm: None,
             limit: None,
         })
         .await
@@ -589,7 +622,7 @@ async fn deregister_removes_the_node_and_its_content() {
     // The token no longer works; registering again does.
     let err = api
         .heartbeat(
-            a,
+            &signer(a),
             &r.token,
             &HeartbeatRequest {
                 digest: [1; 16],
@@ -629,7 +662,7 @@ async fn a_silent_node_goes_offline_and_is_no_longer_offered() {
     let deadline = Instant::now() + Duration::from_millis(1800);
     while Instant::now() < deadline {
         api.heartbeat(
-            b,
+            &signer(b),
             &rb.token,
             &HeartbeatRequest {
                 digest: [2; 16],
@@ -647,6 +680,7 @@ async fn a_silent_node_goes_offline_and_is_no_longer_offered() {
         .peers(&PeersQuery {
             since: start.seq,
             epoch: Some(start.epoch.clone()),
+            swarm: None,
             limit: None,
         })
         .await
@@ -658,7 +692,7 @@ async fn a_silent_node_goes_offline_and_is_no_longer_offered() {
     // A heartbeat brings Alice back, with her inventory still stored.
     let hb = api
         .heartbeat(
-            a,
+            &signer(a),
             &ra.token,
             &HeartbeatRequest {
                 digest: [1; 16],
@@ -691,7 +725,7 @@ async fn a_restarted_tracker_keeps_its_registrations() {
     // The old token still works and the inventory is still there.
     let hb = api
         .heartbeat(
-            a,
+            &signer(a),
             &r.token,
             &HeartbeatRequest {
                 digest: [7; 16],
@@ -988,7 +1022,7 @@ async fn caps_bound_nodes_and_files() {
         // A heartbeat shows the node is real (a node that never sent one
         // nor announced would make room for a newcomer).
         api.heartbeat(
-            node_id(i),
+            &signer(node_id(i)),
             &token,
             &HeartbeatRequest {
                 digest: [0; 16],
@@ -1000,13 +1034,8 @@ async fn caps_bound_nodes_and_files() {
         tokens.push(token);
     }
     // Every node is online and active: a fourth is refused.
-    let req = RegisterRequest {
-        id: node_id(4),
-        name: "n4".into(),
-        port: 7000,
-        addrs: vec![],
-    };
-    let err = api.register(&req).await.unwrap_err();
+    let req = register_req(node_id(4), "n4", 7000, vec![]);
+    let err = api.register(&key(4), &req).await.unwrap_err();
     assert_eq!(err.status(), Some(503), "{err}");
     // Files: node 1 fills the table; node 2 cannot add more.
     announce(
@@ -1019,7 +1048,7 @@ async fn caps_bound_nodes_and_files() {
     .await;
     let err = api
         .announce_full(
-            node_id(2),
+            &signer(node_id(2)),
             &tokens[1],
             &FullAnnounce {
                 digest: Some([2; 16]),
@@ -1034,7 +1063,10 @@ async fn caps_bound_nodes_and_files() {
     // Once the nodes fall silent, a newcomer evicts the one offline the
     // longest, and its files make room.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let r4 = api.register(&req).await.expect("room after eviction");
+    let r4 = api
+        .register(&key(4), &req)
+        .await
+        .expect("room after eviction");
     announce(&api, node_id(4), &r4.token, 4, vec![entry(9, "g", 1)]).await;
     let stats = api.stats().await.unwrap();
     assert_eq!(stats.nodes_online + stats.nodes_offline, 3);
@@ -1069,11 +1101,13 @@ fn start_follow(url: String, id: NodeId, port: u16, inv: Inventory) -> Follower 
     let cancel = CancellationToken::new();
     let task = tokio::spawn(follow(
         url,
-        NodeInfo {
-            id,
-            name: "follower".into(),
-            tcp_port: port,
-        },
+        NodeInfo::new(
+            Arc::new(signer(id)),
+            "follower".into(),
+            port,
+            &Mode::Open,
+            Dialer::new(id, "follower", dict.clone()),
+        ),
         addr_rx,
         inv_rx,
         dict.clone(),
@@ -1370,16 +1404,28 @@ async fn registration_flood(
             tasks.spawn(async move {
                 let mut got = Vec::new();
                 for i in (lane..per_source).step_by(lanes as usize) {
-                    let mut id = [tag; 16];
-                    id[8..12].copy_from_slice(&(s as u32).to_be_bytes());
-                    id[12..].copy_from_slice(&i.to_be_bytes());
+                    let mut seed = [tag; 32];
+                    seed[8..12].copy_from_slice(&(s as u32).to_be_bytes());
+                    seed[12..16].copy_from_slice(&i.to_be_bytes());
+                    let me = Identity::from_seed(seed);
                     let req = RegisterRequest {
-                        id: NodeId(id),
+                        id: me.node_id(),
                         name: format!("fake-{s}-{i}"),
                         port: 7000,
                         addrs: vec![],
+                        key: me.public_key(),
+                        swarm: None,
                     };
-                    let status = match client.post(&url).json(&req).send().await {
+                    let body = serde_json::to_vec(&req).unwrap();
+                    let sig = sign::sign_now(&me, "POST", "/v1/nodes", &body).to_value();
+                    let sent = client
+                        .post(&url)
+                        .header(sign::SIG_HEADER, sig)
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .await;
+                    let status = match sent {
                         Ok(r) => r.status().as_u16(),
                         Err(_) => 0,
                     };
@@ -1401,15 +1447,10 @@ async fn registration_flood(
 /// A real node registers from 127.0.0.1 and heartbeats, as a follower does.
 async fn real_node(api: &Api, id: NodeId, name: &str) -> Result<String, ClientError> {
     let r = api
-        .register(&RegisterRequest {
-            id,
-            name: name.into(),
-            port: 7373,
-            addrs: vec![],
-        })
+        .register(&signer(id), &register_req(id, name, 7373, vec![]))
         .await?;
     api.heartbeat(
-        id,
+        &signer(id),
         &r.token,
         &HeartbeatRequest {
             digest: [7; 16],
@@ -1514,7 +1555,7 @@ async fn a_full_tracker_forgets_nodes_that_never_proved_themselves() {
     );
     // The node that was active before the flood kept its place and token.
     api.heartbeat(
-        early,
+        &signer(early),
         &early_token,
         &HeartbeatRequest {
             digest: [7; 16],
