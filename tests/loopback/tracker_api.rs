@@ -239,8 +239,23 @@ async fn raw(
     content_type: Option<&str>,
     body: Option<Vec<u8>>,
 ) -> (u16, Value) {
+    raw_with(method, url, token, content_type, body, None).await
+}
+
+/// [`raw`] with an `X-Lanshare-Sig` header value.
+async fn raw_with(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    content_type: Option<&str>,
+    body: Option<Vec<u8>>,
+    sig: Option<&str>,
+) -> (u16, Value) {
     let client = reqwest::Client::new();
     let mut rb = client.request(method.parse().unwrap(), url);
+    if let Some(sig) = sig {
+        rb = rb.header(sign::SIG_HEADER, sig);
+    }
     if let Some(t) = token {
         rb = rb.header("authorization", format!("Bearer {t}"));
     }
@@ -266,6 +281,33 @@ async fn json_req(method: &str, url: &str, token: Option<&str>, body: &Value) ->
         token,
         Some("application/json"),
         Some(serde_json::to_vec(body).unwrap()),
+    )
+    .await
+}
+
+/// A request signed by `who` as a node signs it; `seq` overrides the
+/// sequence number (None: the next of this process). The path signed is
+/// the URL's.
+async fn signed_req(
+    who: &Identity,
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+    seq: Option<u64>,
+) -> (u16, Value) {
+    let path = reqwest::Url::parse(url).unwrap().path().to_string();
+    let bytes = body.map(|b| serde_json::to_vec(b).unwrap());
+    let signed = bytes.as_deref().unwrap_or_default();
+    let seq = seq.unwrap_or_else(|| sign::next_seq(sign::now_us()));
+    let header = sign::sign(who, method, &path, seq, signed).to_value();
+    raw_with(
+        method,
+        url,
+        token,
+        bytes.as_ref().map(|_| "application/json"),
+        bytes.clone(),
+        Some(&header),
     )
     .await
 }
@@ -591,7 +633,8 @@ async fn deregister_removes_the_node_and_its_content() {
     let before = api.peers(&PeersQuery::default()).await.unwrap();
     assert_eq!(search(&api, Some("movie"), None).await.len(), 1);
 
-    let (status, _) = raw(
+    let (status, _) = signed_req(
+        &key(1),
         "DELETE",
         &format!("{}/v1/nodes/{a}", t.url()),
         Some(&r.token),
@@ -792,7 +835,7 @@ async fn malformed_requests_get_a_4xx_and_the_tracker_stays_up() {
         "POST",
         &nodes,
         None,
-        &json!({"id": "1".repeat(32), "name": "x", "port": "80"}),
+        &json!({"id": "1".repeat(32), "key": "1".repeat(64), "name": "x", "port": "80"}),
     )
     .await;
     assert_eq!(s, 422, "port as a string: {v}");
@@ -802,7 +845,7 @@ async fn malformed_requests_get_a_4xx_and_the_tracker_stays_up() {
         "POST",
         &nodes,
         None,
-        &json!({"id": "1".repeat(32), "name": "x", "port": 70000}),
+        &json!({"id": "1".repeat(32), "key": "1".repeat(64), "name": "x", "port": 70000}),
     )
     .await;
     assert_eq!(s, 422, "port out of range: {v}");
@@ -824,7 +867,7 @@ async fn malformed_requests_get_a_4xx_and_the_tracker_stays_up() {
         "POST",
         &nodes,
         None,
-        &json!({"id": "1".repeat(32), "name": "evil\u{1b}[2J", "port": 80}),
+        &json!({"id": "1".repeat(32), "key": "1".repeat(64), "name": "evil\u{1b}[2J", "port": 80}),
     )
     .await;
     assert_eq!(s, 422, "control characters: {v}");
@@ -834,7 +877,7 @@ async fn malformed_requests_get_a_4xx_and_the_tracker_stays_up() {
         "POST",
         &nodes,
         None,
-        &json!({"id": "1".repeat(32), "name": "x".repeat(65), "port": 80}),
+        &json!({"id": "1".repeat(32), "key": "1".repeat(64), "name": "x".repeat(65), "port": 80}),
     )
     .await;
     assert_eq!(s, 422, "name too long: {v}");
@@ -843,7 +886,7 @@ async fn malformed_requests_get_a_4xx_and_the_tracker_stays_up() {
         "POST",
         &nodes,
         None,
-        &json!({"id": "1".repeat(32), "name": "x", "port": 80, "addrs": ["224.0.0.1"]}),
+        &json!({"id": "1".repeat(32), "key": "1".repeat(64), "name": "x", "port": 80, "addrs": ["224.0.0.1"]}),
     )
     .await;
     assert_eq!(s, 422, "multicast address: {v}");
@@ -852,12 +895,12 @@ async fn malformed_requests_get_a_4xx_and_the_tracker_stays_up() {
         "POST",
         &nodes,
         None,
-        &json!({"id": "1".repeat(32), "name": "x", "port": 80, "addrs": ["not-an-ip"]}),
+        &json!({"id": "1".repeat(32), "key": "1".repeat(64), "name": "x", "port": 80, "addrs": ["not-an-ip"]}),
     )
     .await;
     assert_eq!(s, 422, "not an address: {v}");
     cases.push(("not an address", s, v));
-    let big = json!({"id": "1".repeat(32), "name": "x", "port": 80, "pad": "p".repeat(70 * 1024)});
+    let big = json!({"id": "1".repeat(32), "key": "1".repeat(64), "name": "x", "port": 80, "pad": "p".repeat(70 * 1024)});
     let (s, v) = json_req("POST", &nodes, None, &big).await;
     assert_eq!(s, 413, "register body over 64 KiB: {v}");
     cases.push(("oversized register body", s, v));
@@ -912,16 +955,18 @@ async fn malformed_requests_get_a_4xx_and_the_tracker_stays_up() {
     assert_eq!(s, 413, "too many entries: {v}");
     cases.push(("too many entries", s, v));
     let three = entries[..3].to_vec();
-    let (s, _) = json_req(
+    let (s, _) = signed_req(
+        &key(1),
         "PUT",
         &inv,
         Some(tok),
-        &json!({"digest": digest, "entries": three}),
+        Some(&json!({"digest": digest, "entries": three})),
+        None,
     )
     .await;
     assert_eq!(s, 200, "three entries fit");
     let patch = json!({"base": digest, "digest": "02".repeat(16), "upsert": [entries[3]]});
-    let (s, v) = json_req("PATCH", &inv, Some(tok), &patch).await;
+    let (s, v) = signed_req(&key(1), "PATCH", &inv, Some(tok), Some(&patch), None).await;
     assert_eq!(s, 413, "a change past the cap: {v}");
     cases.push(("too many entries after a change", s, v));
     let (s, v) = json_req(
@@ -1569,4 +1614,259 @@ async fn a_full_tracker_forgets_nodes_that_never_proved_themselves() {
     let stats = api.stats().await.unwrap();
     assert_eq!(stats.nodes_online + stats.nodes_offline, 50, "{stats:?}");
     assert!(!t.log().contains("panicked"), "log:\n{}", t.log());
+}
+
+/// What the tracker shows of node `id`: name, addresses, port, digest,
+/// file count (None when not listed), and the names of every file it offers.
+async fn shown(
+    api: &Api,
+    id: NodeId,
+) -> (
+    Option<(String, Vec<IpAddr>, u16, Option<[u8; 16]>, u32)>,
+    Vec<String>,
+) {
+    let peers = api.peers(&PeersQuery::default()).await.expect("peers");
+    let row = peers
+        .peers
+        .into_iter()
+        .find(|p| p.id == id)
+        .map(|p| (p.name, p.addrs, p.port, p.digest, p.files));
+    let hits = api
+        .search(&SearchQuery {
+            q: None,
+            category: None,
+            limit: Some(1000),
+        })
+        .await
+        .expect("search");
+    let mut names: Vec<String> = hits.contents.into_iter().map(|c| c.name).collect();
+    names.sort();
+    (row, names)
+}
+
+/// Issue 10: a node's registration changes only when signed by its key.
+/// Every change (register, heartbeat, full and incremental announce,
+/// deregister) sent unsigned, signed by another key, or replayed (the same
+/// sequence number again) gets 401 with an error saying so, and the node's
+/// row, inventory and token stay as they were. So does a register of a
+/// known id with another key.
+#[tokio::test]
+async fn unsigned_wrongly_signed_and_replayed_changes_get_401_and_change_nothing() {
+    let dir = temp();
+    let t = Tracker::start(&dir.path().join("t.db"), &[]);
+    let (api, base) = (t.api(), t.url());
+    let a = node_id(1);
+    let r = register(&api, a, "alice", 7001).await;
+    announce(&api, a, &r.token, 1, vec![entry(1, "movie.mkv", 10)]).await;
+    let before = shown(&api, a).await;
+    assert!(before.0.is_some(), "alice is listed");
+    let tok = r.token.as_str();
+    let node = format!("{base}/v1/nodes/{a}");
+    let hb = format!("{node}/heartbeat");
+    let inv = format!("{node}/inventory");
+    let nodes = format!("{base}/v1/nodes");
+    let evil_entry = json!({"id": "ee".repeat(32), "name": "evil.exe", "size": 1});
+    // (method, url, body) of one change of each kind, each visible if applied.
+    let changes: Vec<(&str, &str, Option<Value>)> = vec![
+        (
+            "POST",
+            &nodes,
+            Some(
+                json!({"id": a.to_hex(), "key": lanshare::id::to_hex(&key(1).public_key().0),
+                        "name": "mallory", "port": 6666, "addrs": ["10.66.0.1"]}),
+            ),
+        ),
+        (
+            "POST",
+            &hb,
+            Some(json!({"digest": "01".repeat(16), "addrs": ["10.66.0.1"]})),
+        ),
+        (
+            "PUT",
+            &inv,
+            Some(json!({"digest": "ee".repeat(16), "entries": [evil_entry]})),
+        ),
+        (
+            "PATCH",
+            &inv,
+            Some(
+                json!({"base": "01".repeat(16), "digest": "ee".repeat(16), "upsert": [evil_entry]}),
+            ),
+        ),
+        ("DELETE", &node, None),
+    ];
+    let mallory = key(2);
+    for (method, url, body) in &changes {
+        let what = format!("{method} {url}");
+        let token = (*url != nodes).then_some(tok);
+        // Unsigned.
+        let bytes = body.as_ref().map(|b| serde_json::to_vec(b).unwrap());
+        let ct = bytes.as_ref().map(|_| "application/json");
+        let (s, v) = raw(method, url, token, ct, bytes).await;
+        assert_eq!(s, 401, "unsigned {what}: {v}");
+        assert!(
+            v["error"].as_str().unwrap().contains("X-Lanshare-Sig"),
+            "{what}: {v}"
+        );
+        assert_eq!(
+            shown(&api, a).await,
+            before,
+            "unsigned {what} changed the node"
+        );
+        // Signed by another key.
+        let (s, v) = signed_req(&mallory, method, url, token, body.as_ref(), None).await;
+        assert_eq!(s, 401, "{what} signed by another key: {v}");
+        assert!(
+            v["error"].as_str().unwrap().contains("does not verify"),
+            "{what}: {v}"
+        );
+        assert_eq!(
+            shown(&api, a).await,
+            before,
+            "{what} signed by another key changed the node"
+        );
+    }
+    // A register of alice's id with another key (signed by that key).
+    let (s, v) = signed_req(
+        &mallory,
+        "POST",
+        &nodes,
+        None,
+        Some(
+            &json!({"id": a.to_hex(), "key": lanshare::id::to_hex(&mallory.public_key().0),
+                     "name": "mallory", "port": 6666}),
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(s, 401, "a known id with another key: {v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("not the id of the key"),
+        "{v}"
+    );
+    assert_eq!(
+        shown(&api, a).await,
+        before,
+        "the takeover changed the node"
+    );
+    // Alice's token still works: nobody replaced it.
+    let ok = json!({"digest": "01".repeat(16)});
+    let (s, v) = signed_req(&key(1), "POST", &hb, Some(tok), Some(&ok), None).await;
+    assert_eq!(s, 200, "alice's own heartbeat: {v}");
+
+    // Replays: a heartbeat accepted once is refused the second time, and
+    // so is any request with a sequence number not above the last one.
+    let seq = sign::next_seq(sign::now_us());
+    let moved = json!({"digest": "01".repeat(16), "addrs": ["10.77.0.1"]});
+    let (s, v) = signed_req(&key(1), "POST", &hb, Some(tok), Some(&moved), Some(seq)).await;
+    assert_eq!(s, 200, "{v}");
+    let after_hb = shown(&api, a).await;
+    let (s, v) = signed_req(&key(1), "POST", &hb, Some(tok), Some(&moved), Some(seq)).await;
+    assert_eq!(s, 401, "a replayed heartbeat: {v}");
+    assert!(v["error"].as_str().unwrap().contains("replayed"), "{v}");
+    for (method, url, body) in &changes {
+        let token = (*url != nodes).then_some(tok);
+        // Alice's own key, but an old sequence number (signed afresh, so
+        // only the sequence number is wrong).
+        let body = match *method {
+            "POST" if *url == nodes => Some(json!({"id": a.to_hex(),
+                "key": lanshare::id::to_hex(&key(1).public_key().0), "name": "alice2", "port": 7002})),
+            _ => body.clone(),
+        };
+        let (s, v) = signed_req(&key(1), method, url, token, body.as_ref(), Some(seq)).await;
+        assert_eq!(s, 401, "{method} {url} replayed: {v}");
+        assert!(v["error"].as_str().unwrap().contains("replayed"), "{v}");
+        assert_eq!(
+            shown(&api, a).await,
+            after_hb,
+            "a replayed {method} {url} changed the node"
+        );
+    }
+    // The deregistration, replayed after it was accepted, is refused too.
+    let seq = sign::next_seq(sign::now_us());
+    let (s, v) = signed_req(&key(1), "DELETE", &node, Some(tok), None, Some(seq)).await;
+    assert_eq!(s, 204, "{v}");
+    let (s, v) = signed_req(&key(1), "DELETE", &node, Some(tok), None, Some(seq)).await;
+    assert_eq!(s, 401, "a replayed deregistration: {v}");
+}
+
+/// Issue 10: a private swarm shows the tracker addresses and a tag only,
+/// and each swarm sees only its own nodes.
+#[tokio::test]
+async fn private_swarms_are_listed_by_tag_only_and_never_announce() {
+    let dir = temp();
+    let t = Tracker::start(&dir.path().join("t.db"), &[]);
+    let (api, base) = (t.api(), t.url());
+    let (t1, t2) = ([0x11u8; 16], [0x22u8; 16]);
+    let private = |n: u8, tag: [u8; 16]| {
+        let mut req = register_req(node_id(n), "", 7000 + n as u16, vec![]);
+        req.swarm = Some(tag);
+        req
+    };
+    let open = register(&api, node_id(1), "olive", 7001).await;
+    announce(
+        &api,
+        node_id(1),
+        &open.token,
+        1,
+        vec![entry(1, "open.txt", 1)],
+    )
+    .await;
+    let p2 = api.register(&key(2), &private(2, t1)).await.expect("p2");
+    api.register(&key(3), &private(3, t1)).await.expect("p3");
+    api.register(&key(4), &private(4, t2)).await.expect("p4");
+    let ids = |q: PeersQuery| {
+        let api = api.clone();
+        async move {
+            let p = api.peers(&q).await.expect("peers");
+            let mut ids: Vec<(NodeId, String)> =
+                p.peers.into_iter().map(|p| (p.id, p.name)).collect();
+            ids.sort();
+            ids
+        }
+    };
+    let tag = |t: [u8; 16]| PeersQuery {
+        swarm: Some(lanshare::id::to_hex(&t)),
+        ..PeersQuery::default()
+    };
+    assert_eq!(
+        ids(PeersQuery::default()).await,
+        vec![(node_id(1), "olive".into())]
+    );
+    let mut want = vec![(node_id(2), String::new()), (node_id(3), String::new())];
+    want.sort();
+    assert_eq!(ids(tag(t1)).await, want);
+    assert_eq!(ids(tag(t2)).await, vec![(node_id(4), String::new())]);
+    assert!(ids(tag([0x33; 16])).await.is_empty());
+    // A private node has no name and announces nothing.
+    let mut named = private(5, t1);
+    named.name = "bob".into();
+    let err = api.register(&key(5), &named).await.unwrap_err();
+    assert_eq!(err.status(), Some(422), "{err}");
+    let err = api
+        .announce_full(
+            &key(2),
+            &p2.token,
+            &FullAnnounce {
+                digest: Some([2; 16]),
+                entries: vec![entry(2, "secret.txt", 1)],
+                more: false,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(422), "{err}");
+    assert_eq!(search(&api, Some("secret"), None).await, vec![]);
+    let (s, v) = raw(
+        "GET",
+        &format!("{base}/v1/peers?swarm=xyz"),
+        None,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(s, 400, "a bad tag: {v}");
 }
