@@ -387,11 +387,13 @@ impl Bound {
             local_addresses(self.links_rx.clone(), addrs_tx, tasks.token()),
         );
         for url in &cfg.trackers {
-            let node = crate::tracker::client::NodeInfo {
-                id: self.started.node,
-                name: cfg.name.clone(),
-                tcp_port: self.started.listen.port(),
-            };
+            let node = crate::tracker::client::NodeInfo::new(
+                self.started.identity.clone(),
+                cfg.name.clone(),
+                self.started.listen.port(),
+                &cfg.swarm,
+                crate::peer::dial::Dialer::new(self.started.node, &cfg.name, self.dict.clone()),
+            );
             let follow = crate::tracker::client::follow(
                 url.clone(),
                 node,
