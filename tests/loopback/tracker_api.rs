@@ -1144,14 +1144,15 @@ fn start_follow(url: String, id: NodeId, port: u16, inv: Inventory) -> Follower 
     let (_addr_tx, addr_rx) = watch::channel(Vec::<IpAddr>::new());
     let dict = Arc::new(Dict::new());
     let cancel = CancellationToken::new();
+    let key = Arc::new(signer(id));
     let task = tokio::spawn(follow(
         url,
         NodeInfo::new(
-            Arc::new(signer(id)),
+            key.clone(),
             "follower".into(),
             port,
             &Mode::Open,
-            Dialer::new(id, "follower", dict.clone()),
+            Dialer::new(key, Mode::Open, "follower", dict.clone()),
         ),
         addr_rx,
         inv_rx,
