@@ -13,6 +13,8 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
@@ -231,6 +233,29 @@ impl Identity {
         h.update(&self.seed);
         h.update(extra);
         *h.finalize().as_bytes()
+    }
+}
+
+static LAST_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// The sequence number of a message signed at `now` (datagrams, mDNS
+/// blobs, tracker requests): microseconds since
+/// the Unix epoch, forced strictly increasing within the process (so a
+/// restart moves forward with the clock, and two datagrams signed in the
+/// same microsecond differ).
+pub fn next_seq(now: SystemTime) -> u64 {
+    let us = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros()
+        .min(u64::MAX as u128 - 1) as u64;
+    let mut prev = LAST_SEQ.load(Ordering::Relaxed);
+    loop {
+        let next = us.max(prev.saturating_add(1));
+        match LAST_SEQ.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(p) => prev = p,
+        }
     }
 }
 

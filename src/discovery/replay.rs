@@ -11,8 +11,7 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use crate::id::NodeId;
 
@@ -29,27 +28,7 @@ pub const VERIFY_PER_SEC: f64 = 200.0;
 /// Most source addresses whose budget is tracked.
 pub const MAX_SOURCES: usize = 1024;
 
-static LAST_SEQ: AtomicU64 = AtomicU64::new(0);
-
-/// The sequence number of a datagram signed at `now`: microseconds since
-/// the Unix epoch, forced strictly increasing within the process (so a
-/// restart moves forward with the clock, and two datagrams signed in the
-/// same microsecond differ).
-pub fn next_seq(now: SystemTime) -> u64 {
-    let us = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_micros()
-        .min(u64::MAX as u128 - 1) as u64;
-    let mut prev = LAST_SEQ.load(Ordering::Relaxed);
-    loop {
-        let next = us.max(prev.saturating_add(1));
-        match LAST_SEQ.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
-            Ok(_) => return next,
-            Err(p) => prev = p,
-        }
-    }
-}
+pub use crate::identity::next_seq;
 
 /// Whether a sequence number is new for its sender.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -241,7 +220,7 @@ mod tests {
 
     #[test]
     fn seqs_strictly_increase_even_when_the_clock_stands_still_or_goes_back() {
-        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+        let t = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000);
         let a = next_seq(t);
         let b = next_seq(t);
         let c = next_seq(t - Duration::from_secs(60));

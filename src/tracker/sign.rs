@@ -9,7 +9,6 @@
 //! Owns the header's text form, the signed bytes and the sequence clock.
 //! Never touches the network or the database.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::identity::{BadSignature, Identity, PublicKey, Signature};
@@ -95,20 +94,11 @@ pub fn sign_now(identity: &Identity, method: &str, path: &str, body: &[u8]) -> S
     sign(identity, method, path, next_seq(now_us()), body)
 }
 
-/// The last sequence number this process handed out.
-static LAST_SEQ: AtomicU64 = AtomicU64::new(0);
-
-/// The next sequence number: `now_us`, or one more than the last one
-/// handed out if the clock did not move forward.
+/// The next sequence number: `now_us`, or more if this process already
+/// signed something at or after it (one clock for every signed message,
+/// `identity::next_seq`).
 pub fn next_seq(now_us: u64) -> u64 {
-    let mut last = LAST_SEQ.load(Ordering::Relaxed);
-    loop {
-        let next = now_us.max(last + 1);
-        match LAST_SEQ.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
-            Ok(_) => return next,
-            Err(seen) => last = seen,
-        }
-    }
+    crate::identity::next_seq(UNIX_EPOCH + std::time::Duration::from_micros(now_us))
 }
 
 /// Microseconds since the Unix epoch.
