@@ -24,7 +24,7 @@ use crate::identity::{Identity, PublicKey, Signature};
 /// Largest datagram sent or accepted; fits every LAN MTU with room to spare.
 pub const MAX_DATAGRAM: usize = 1200;
 /// Version byte of every datagram (signed or sealed).
-pub const DATAGRAM_VERSION: u8 = 2;
+pub const DATAGRAM_VERSION: u8 = super::VERSION;
 /// Signing domain of a datagram's signature.
 pub const SIGN_DOMAIN: &str = "lanshare datagram v2";
 /// Magic, version, kind.
