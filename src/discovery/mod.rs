@@ -213,8 +213,15 @@ impl Discovery {
             let admitted = self
                 .gate
                 .admit(&self.ctx, &buf[..len], src.ip(), Instant::now());
-            if let Admitted::Verified(d) = admitted {
-                self.handle(d, src, &tasks);
+            match admitted {
+                Admitted::Verified(d) => self.handle(d, src, &tasks),
+                // A goodbye with no replay window may be an old one
+                // replayed: the prober checks with a handshake instead.
+                Admitted::FirstWord(Datagram::Goodbye { node }) => {
+                    self.ctx.dict.peers.claim_departure(node);
+                }
+                Admitted::FirstWord(d) => self.handle(d, src, &tasks),
+                Admitted::Own | Admitted::Dropped => {}
             }
         }
     }

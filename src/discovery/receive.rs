@@ -39,6 +39,11 @@ pub fn wrap(d: &Datagram, ctx: &Context, now: SystemTime) -> Vec<u8> {
 pub enum Admitted {
     /// Signed by the node it names, fresh: act on it.
     Verified(Datagram),
+    /// Signed by the node it names, and the first word heard from it (no
+    /// replay window: never heard, long silent, or pushed out of a full
+    /// table). An announce is acted on; a goodbye is only a claim, since it
+    /// may be an old one replayed.
+    FirstWord(Datagram),
     /// Our own datagram, looped back.
     Own,
     /// Dropped (and counted).
@@ -93,13 +98,16 @@ impl Gate {
             Ok(node) => node,
             Err(e) => return self.drop(ctx, src, now, e),
         };
-        if self.replay.check(node, signed.seq, now) == Freshness::Replayed {
-            // Also the same datagram heard on another link: quiet.
-            ctx.stats.count(Counter::ReplayedDatagrams);
-            tracing::trace!(peer = %node.short(), from = %src, seq = signed.seq, "dropped a replayed datagram");
-            return Admitted::Dropped;
+        match self.replay.check(node, signed.seq, now) {
+            Freshness::Fresh => Admitted::Verified(signed.datagram),
+            Freshness::First => Admitted::FirstWord(signed.datagram),
+            Freshness::Replayed => {
+                // Also the same datagram heard on another link: quiet.
+                ctx.stats.count(Counter::ReplayedDatagrams);
+                tracing::trace!(peer = %node.short(), from = %src, seq = signed.seq, "dropped a replayed datagram");
+                Admitted::Dropped
+            }
         }
-        Admitted::Verified(signed.datagram)
     }
 
     fn drop(&self, ctx: &Context, src: IpAddr, now: Instant, why: Refused) -> Admitted {
@@ -160,9 +168,11 @@ mod tests {
         let gate = Gate::default();
         let now = Instant::now();
         let bytes = wrap(&goodbye(&peer.identity), &peer, SystemTime::now());
+        // The first word from a sender: admitted, but a goodbye then is
+        // only a claim (an old one may be replayed after its window went).
         assert_eq!(
             gate.admit(&me, &bytes, SRC, now),
-            Admitted::Verified(goodbye(&peer.identity))
+            Admitted::FirstWord(goodbye(&peer.identity))
         );
         // The same bytes again (a replay, or another link): dropped, counted.
         assert_eq!(gate.admit(&me, &bytes, SRC, now), Admitted::Dropped);
@@ -209,7 +219,7 @@ mod tests {
             !sealed.windows(6).any(|w| w == b"member"),
             "the name is not in clear"
         );
-        assert_eq!(gate.admit(&me, &sealed, SRC, now), Admitted::Verified(a));
+        assert_eq!(gate.admit(&me, &sealed, SRC, now), Admitted::FirstWord(a));
         for stranger in [&other, &open] {
             let bytes = wrap(&goodbye(&stranger.identity), stranger, SystemTime::now());
             assert_eq!(gate.admit(&me, &bytes, SRC, now), Admitted::Dropped);
@@ -268,7 +278,7 @@ mod tests {
         for b in &all {
             assert!(matches!(
                 gate.admit(&me, b, SRC, Instant::now()),
-                Admitted::Verified(_)
+                Admitted::Verified(_) | Admitted::FirstWord(_)
             ));
         }
         let recv = t.elapsed() / n;

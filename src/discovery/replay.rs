@@ -34,6 +34,10 @@ pub use crate::identity::next_seq;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Freshness {
     Fresh,
+    /// The first number heard from a sender with no window (never heard,
+    /// silent for [`KEEP`], or pushed out of a full table): new to this
+    /// node, but a replay of something older cannot be ruled out.
+    First,
     /// Seen already, or older than the window: a replay (or the same
     /// datagram heard again on another link).
     Replayed,
@@ -113,7 +117,7 @@ impl ReplayTable {
         }
         make_room(&mut senders, self.max, now, |(_, heard)| *heard);
         senders.insert(node, (ReplayGuard::new(seq), now));
-        Freshness::Fresh
+        Freshness::First
     }
 
     pub fn len(&self) -> usize {
@@ -233,8 +237,9 @@ mod tests {
         let t = ReplayTable::with_limit(4);
         let t0 = Instant::now();
         let id = |i: u8| NodeId([i; 16]);
-        assert_eq!(t.check(id(1), 10, t0), Freshness::Fresh);
+        assert_eq!(t.check(id(1), 10, t0), Freshness::First);
         assert_eq!(t.check(id(1), 10, t0), Freshness::Replayed);
+        assert_eq!(t.check(id(1), 11, t0), Freshness::Fresh);
         for i in 2..10 {
             t.check(id(i), 10, t0 + Duration::from_secs(i as u64));
         }
@@ -242,7 +247,7 @@ mod tests {
         let later = t0 + KEEP + Duration::from_secs(60);
         assert_eq!(
             t.check(id(9), 10, later),
-            Freshness::Fresh,
+            Freshness::First,
             "forgotten after KEEP"
         );
     }
