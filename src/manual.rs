@@ -110,8 +110,7 @@ async fn refresh(
     };
     let now = std::time::Instant::now();
     dict.observe(seen, now);
-    dict.peers
-        .reached(id, addr, conn.remote_digest, conn.remote_contents, now);
+    dict.peers.reached(conn.hello(), addr, now);
     Ok(())
 }
 

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 pub use contents::{Content, Contents, Held, PullBudget, Refusal, entry_cost};
 pub use peer::{Peer, PeerAddr};
-pub use peers::Peers;
+pub use peers::{Hello, Peers};
 pub use views::Holder;
 
 use tokio_util::sync::CancellationToken;
@@ -317,7 +317,13 @@ mod tests {
     }
 
     fn reached(d: &Dict, id: NodeId, addr: SocketAddr, digest: Digest, contents: u32) -> Observed {
-        d.peers.reached(id, addr, digest, contents, Instant::now())
+        let hello = Hello {
+            id,
+            name: "",
+            digest,
+            contents,
+        };
+        d.peers.reached(hello, addr, Instant::now())
     }
 
     fn peer_views(d: &Dict) -> Vec<crate::api::PeerView> {
@@ -341,6 +347,37 @@ mod tests {
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// A private swarm's mDNS record carries a random label, not the
+    /// name: the name the verified handshake gave replaces it.
+    #[test]
+    fn a_verified_hello_names_the_peer() {
+        let d = Dict::new();
+        let id = NodeId([7; 16]);
+        let addr: SocketAddr = "10.0.0.7:7373".parse().unwrap();
+        let secs = Duration::from_secs(5);
+        observe(
+            &d,
+            id,
+            "ls-0123456789abcdef",
+            addr,
+            FoundVia::Mdns,
+            secs,
+            [1; 16],
+            0,
+        );
+        let hello = Hello {
+            id,
+            name: "alpha",
+            digest: [1; 16],
+            contents: 3,
+        };
+        d.peers.reached(hello, addr, Instant::now());
+        assert_eq!(d.peers.peer(&id).unwrap().name, "alpha");
+        // An empty name (unknown) keeps the one held.
+        reached(&d, id, addr, [1; 16], 3);
+        assert_eq!(d.peers.peer(&id).unwrap().name, "alpha");
     }
 
     #[test]

@@ -17,6 +17,17 @@ use dashmap::DashMap;
 use tokio::sync::Notify;
 
 use super::peer::Peer;
+
+/// What a verified handshake told about a peer (the server's hello):
+/// [`Peers::reached`] records it.
+#[derive(Clone, Copy, Debug)]
+pub struct Hello<'a> {
+    pub id: NodeId,
+    /// The name it gave; empty when unknown.
+    pub name: &'a str,
+    pub digest: Digest,
+    pub contents: u32,
+}
 use super::{
     Claim, MAX_INTERVAL, MAX_PEERS, MAX_PEERS_PER_IP, MAX_UNPROVEN, MIN_INTERVAL, Observed,
     Sighting,
@@ -113,15 +124,8 @@ impl Peers {
     /// Any code that dials a peer reports here (the puller and prober, the
     /// manual peers, the download workers): the only writes to the table
     /// besides discovery's.
-    pub fn reached(
-        &self,
-        id: NodeId,
-        addr: SocketAddr,
-        digest: Digest,
-        contents: u32,
-        now: Instant,
-    ) -> Observed {
-        self.write().reached(id, addr, digest, contents, now)
+    pub fn reached(&self, hello: Hello<'_>, addr: SocketAddr, now: Instant) -> Observed {
+        self.write().reached(hello, addr, now)
     }
 
     /// Contact report: a connection to `addr` failed (or another node
@@ -277,14 +281,13 @@ impl PeersWrite<'_> {
     }
 
     /// See [`Peers::reached`].
-    fn reached(
-        &mut self,
-        id: NodeId,
-        addr: SocketAddr,
-        digest: Digest,
-        contents: u32,
-        now: Instant,
-    ) -> Observed {
+    fn reached(&mut self, hello: Hello<'_>, addr: SocketAddr, now: Instant) -> Observed {
+        let Hello {
+            id,
+            name,
+            digest,
+            contents,
+        } = hello;
         let ip = addr.ip().to_canonical();
         // A peer proves itself here unless its address is full already
         // (counted before taking the entry: iterating while holding it
@@ -307,8 +310,12 @@ impl PeersWrite<'_> {
         peer.note_addr(addr, via, now);
         peer.departure_claimed = false;
         // Reached means a handshake proved the id (the answer is checked
-        // against the id dialed).
+        // against the id dialed), so the name in its hello is the peer's
+        // own word: it replaces a label such as a private mDNS record's.
         peer.verified = true;
+        if !name.is_empty() {
+            peer.name = name.to_string();
+        }
         if room {
             if !peer.proven {
                 peer.proven = true;

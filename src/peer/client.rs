@@ -62,6 +62,16 @@ impl PeerConn {
         })
     }
 
+    /// What the server's verified hello said, for [`crate::dict::Peers::reached`].
+    pub fn hello(&self) -> crate::dict::Hello<'_> {
+        crate::dict::Hello {
+            id: self.remote_node,
+            name: &self.remote_name,
+            digest: self.remote_digest,
+            contents: self.remote_contents,
+        }
+    }
+
     /// `name@addr id8 ✓`: the peer as logs name it once its id is proven.
     pub fn label(&self) -> String {
         crate::peer::verified_label(&self.remote_name, self.addr, &self.remote_node)

@@ -96,13 +96,7 @@ impl Dialer {
             };
             match self.connect(*addr, limit).await {
                 Ok(conn) if conn.remote_node == id => {
-                    self.dict.peers.reached(
-                        id,
-                        *addr,
-                        conn.remote_digest,
-                        conn.remote_contents,
-                        Instant::now(),
-                    );
+                    self.dict.peers.reached(conn.hello(), *addr, Instant::now());
                     return Ok(conn);
                 }
                 Ok(conn) => {
@@ -184,7 +178,13 @@ mod tests {
         };
         let now = Instant::now();
         dict.observe(seen, now);
-        dict.peers.reached(id, addr, [0; 16], 0, now);
+        let hello = crate::dict::Hello {
+            id,
+            name: "",
+            digest: [0; 16],
+            contents: 0,
+        };
+        dict.peers.reached(hello, addr, now);
         dict
     }
 

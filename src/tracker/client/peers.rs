@@ -150,8 +150,7 @@ async fn reach_hint(dialer: Dialer, dict: Arc<Dict>, addrs: Vec<SocketAddr>, int
     };
     let now = std::time::Instant::now();
     dict.observe(seen, now);
-    dict.peers
-        .reached(id, addr, conn.remote_digest, conn.remote_contents, now);
+    dict.peers.reached(conn.hello(), addr, now);
 }
 
 /// This node's addresses worth telling others: unicast, not loopback, not
