@@ -51,6 +51,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             home,
         } => share(&home, &path, comment, category).await,
         Command::Fetch { name, json, home } => fetch(&home, &name, json).await,
+        Command::Transfers { json, home } => {
+            let t = client(&home)?.transfers().await?;
+            print_as(json, &t, crate::transfers_cmd::print_transfers)
+        }
+        Command::Cancel { target, home } => crate::transfers_cmd::cancel(&home, &target).await,
     }
 }
 
@@ -124,8 +129,9 @@ async fn up(args: crate::cli::UpArgs) -> anyhow::Result<ExitCode> {
         } else {
             format!("multicast {group} / {group6} on {}", s.links.join(", "))
         };
+        let ui = s.ui.map(|a| format!(", dashboard http://{a}/")).unwrap_or_default();
         println!(
-            "lanshare node {name:?} ({}) up: home {}, listening on {}, {disc}. Ctrl-C stops it.",
+            "lanshare node {name:?} ({}) up: home {}, listening on {}, {disc}{ui}. Ctrl-C stops it.",
             s.node.short(),
             home.display(),
             s.listen
@@ -216,8 +222,13 @@ fn print_peers(peers: &[PeerView]) {
 async fn fetch(home: &HomeArg, name: &str, json: bool) -> anyhow::Result<ExitCode> {
     let mut events = client(home)?.fetch(name).await?;
     let mut view = FetchView::new(name, json);
+    let mut stop = std::pin::pin!(crate::platform::stop_requested());
     loop {
-        let Some(ev) = events.next().await? else {
+        let next = tokio::select! {
+            ev = events.next() => ev?,
+            () = &mut stop => return Ok(crate::transfers_cmd::interrupted(name, view.verified)),
+        };
+        let Some(ev) = next else {
             bail!(
                 "the node closed the connection before the download finished; is it still running?"
             );
@@ -276,6 +287,7 @@ impl<'a> FetchView<'a> {
                 id,
             } => self.started(&name, size, holders, already, &id),
             FetchEvent::Progress { done, size, peers } => self.progress(done, size, peers),
+            FetchEvent::PeerBytes { .. } => {}
             FetchEvent::PeerDropped { peer, reason } => {
                 self.note(format!("dropped peer {peer}: {reason}"))
             }
