@@ -321,6 +321,7 @@ impl<'a> FetchView<'a> {
             b.set_length(size);
             b.set_position(already);
             b.set_message(name.to_string());
+            b.println("(Ctrl-C stops the download; what is verified is kept and fetching again resumes it)");
         } else if !self.json {
             let resumed = if already > 0 {
                 format!(", resuming at {}", human_bytes(already as f64))

@@ -26,9 +26,10 @@ pub const UPLOAD_IDLE: Duration = Duration::from_secs(3);
 /// A finished download stays listed this long (so a page sees its end).
 pub const KEEP_FINISHED: Duration = Duration::from_secs(60);
 
-/// Where a download stands.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "state", content = "detail")]
+/// Where a download stands (why it failed is in `detail`). A plain
+/// enum: the control socket's postcard cannot carry tagged ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum DownloadState {
     /// Waiting for holders and the manifest.
     Starting,
@@ -36,7 +37,7 @@ pub enum DownloadState {
     Downloading,
     /// Every chunk verified and the whole file's SHA-256 computed.
     Done,
-    Failed(String),
+    Failed,
     Cancelled,
 }
 
@@ -59,8 +60,9 @@ pub struct DownloadView {
     /// Peers being pulled from now.
     pub active_peers: u32,
     pub peers: Vec<PeerBytes>,
-    #[serde(flatten)]
     pub state: DownloadState,
+    /// Why it failed.
+    pub detail: Option<String>,
     /// What is verified so far, in words.
     pub verification: String,
     pub secs: f64,
@@ -127,6 +129,7 @@ struct Download {
     active_peers: u32,
     peers: BTreeMap<String, u64>,
     state: DownloadState,
+    detail: Option<String>,
     sha256: Option<String>,
     meter: Meter,
     started: Instant,
@@ -217,6 +220,7 @@ impl Transfers {
                 active_peers: 0,
                 peers: BTreeMap::new(),
                 state: DownloadState::Starting,
+                detail: None,
                 sha256: None,
                 meter: Meter::default(),
                 started: now,
@@ -263,19 +267,21 @@ impl Transfers {
                 dl.ended = Some(now);
             }
             FetchEvent::Failed { reason } => {
-                dl.state = if dl.cancel.is_cancelled() {
-                    DownloadState::Cancelled
+                if dl.cancel.is_cancelled() {
+                    dl.state = DownloadState::Cancelled;
                 } else {
-                    DownloadState::Failed(reason.clone())
-                };
+                    (dl.state, dl.detail) = (DownloadState::Failed, Some(reason.clone()));
+                }
                 dl.ended = Some(now);
             }
             FetchEvent::NotFound { .. } => {
-                dl.state = DownloadState::Failed("nothing on the network has that name".into());
+                dl.state = DownloadState::Failed;
+                dl.detail = Some("nothing on the network has that name".into());
                 dl.ended = Some(now);
             }
             FetchEvent::Ambiguous { .. } => {
-                dl.state = DownloadState::Failed("several contents match that name".into());
+                dl.state = DownloadState::Failed;
+                dl.detail = Some("several contents match that name".into());
                 dl.ended = Some(now);
             }
             FetchEvent::PeerDropped { .. } | FetchEvent::Slow { .. } => {}
@@ -291,11 +297,12 @@ impl Transfers {
         if let Some(dl) = inner.downloads.get_mut(&d.0)
             && dl.ended.is_none()
         {
-            dl.state = if dl.cancel.is_cancelled() {
-                DownloadState::Cancelled
+            if dl.cancel.is_cancelled() {
+                dl.state = DownloadState::Cancelled;
             } else {
-                DownloadState::Failed("the download stopped".into())
-            };
+                dl.state = DownloadState::Failed;
+                dl.detail = Some("the download stopped".into());
+            }
             dl.ended = Some(now);
         }
         drop(inner);
@@ -448,7 +455,8 @@ fn download_view(n: u64, d: &Download, now: Instant) -> DownloadView {
                 bytes: *bytes,
             })
             .collect(),
-        state: d.state.clone(),
+        state: d.state,
+        detail: d.detail.clone(),
         verification,
         secs: end.duration_since(d.started).as_secs_f64(),
     }

@@ -43,11 +43,11 @@ pub fn print_transfers(t: &TransfersView) {
         );
     }
     for d in &t.downloads {
-        let state = match &d.state {
-            DownloadState::Failed(why) => format!("failed: {why}"),
-            other => serde_json::to_value(other)
+        let state = match (d.state, &d.detail) {
+            (DownloadState::Failed, Some(why)) => format!("failed: {why}"),
+            (other, _) => serde_json::to_value(other)
                 .ok()
-                .and_then(|v| v["state"].as_str().map(String::from))
+                .and_then(|v| v.as_str().map(String::from))
                 .unwrap_or_default(),
         };
         let peers: Vec<String> = d

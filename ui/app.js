@@ -68,6 +68,7 @@ const plural = (n, one, many) => fmt.format(n) + " " + (n === 1 ? one : many);
 function toast(msg, kind) {
   const t = h("div", { class: "toast " + (kind || "") }, msg);
   $("toasts").append(t);
+  while ($("toasts").children.length > 3) $("toasts").firstChild.remove();
   setTimeout(() => t.classList.add("gone"), 4500);
   setTimeout(() => t.remove(), 5000);
 }
@@ -185,7 +186,7 @@ function libraryRow(v) {
   else if (downloading(v.id)) action = h("span", { class: "pill busy" }, "fetching");
   else action = h("button", { class: "fetch small primary", type: "button", "data-id": v.id, onclick: (e) => startFetch(v, e.target) }, "Fetch");
   return h("tr", { "data-id": v.id, "data-name": v.name },
-    h("td", { class: "name" }, h("span", { class: "cat-dot " + v.category }), v.name,
+    h("td", { class: "name" }, h("span", { class: "cat-dot " + v.category, "aria-hidden": "true" }, "\u25a0\u00a0"), v.name,
       v.names.length > 1 ? h("span", { class: "muted" }, " (+" + (v.names.length - 1) + " names)") : null,
       v.comment ? h("div", { class: "sub show-s" }, v.comment) : null),
     h("td", { class: "num" }, bytes(v.size)),
@@ -390,16 +391,22 @@ $("share-form").addEventListener("submit", async (e) => {
 
 // ---- history ---------------------------------------------------------------
 
+function historyStatus(status) {
+  if (status === "ok") return h("span", { class: "pill ok" }, "ok");
+  const why = status.replace(/^failed: /, "");
+  if (/cancel/i.test(why)) return h("span", { class: "pill idle", title: why }, "cancelled");
+  return h("span", { class: "pill bad", title: why }, "failed");
+}
+
 function historyRow(r) {
-  const ok = r.status === "ok";
   return h("tr", { class: r.event },
     h("td", { title: r.time }, new Date(r.time).toLocaleString()),
-    h("td", {}, h("span", { class: "dir " + r.event, title: r.event }, r.event === "download" ? "↓" : "↑")),
+    h("td", { class: "dir-col" }, h("span", { class: "dir " + r.event, title: r.event }, r.event === "download" ? "↓" : "↑")),
     h("td", { class: "name" }, r.file),
     h("td", { class: "num" }, bytes(r.bytes)),
     h("td", { class: "hide-s muted" }, r.peers.split(",").map((p) => p.split("@")[0]).join(", ")),
     h("td", { class: "num hide-s" }, r.throughput),
-    h("td", {}, h("span", { class: "pill " + (ok ? "ok" : "bad"), title: r.status }, ok ? "ok" : "failed")));
+    h("td", {}, historyStatus(r.status)));
 }
 
 function historyMatches(r) {

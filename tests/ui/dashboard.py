@@ -24,7 +24,8 @@ import time
 
 try:
     from selenium import webdriver
-    from selenium.common.exceptions import WebDriverException
+    from selenium.common.exceptions import (NoSuchElementException, StaleElementReferenceException,
+                                            TimeoutException, WebDriverException)
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -60,10 +61,18 @@ def browser(width=1280, height=900):
 
 
 def wait(d, what, cond, timeout=30.0):
+    # The page redraws lists as events arrive: an element may go stale
+    # between finding it and reading it; look again.
+    ignored = (NoSuchElementException, StaleElementReferenceException)
     try:
-        return WebDriverWait(d, timeout, poll_frequency=0.05).until(lambda d: cond(d))
-    except Exception as e:
+        return WebDriverWait(d, timeout, poll_frequency=0.05, ignored_exceptions=ignored).until(cond)
+    except TimeoutException as e:
         raise Failed(f"timed out after {timeout}s waiting for {what}") from e
+
+
+def click(d, css, what):
+    """Clicks what `css` finds; again if the list was redrawn meanwhile."""
+    wait(d, what, lambda d: d.find_element(By.CSS_SELECTOR, css).click() or True, 10)
 
 
 def shot(d, shots, name):
@@ -112,7 +121,8 @@ def library_checks(d, shots, add_file):
     go(d, "library")
     want = {"concert.mkv", "live-set.ogg", "notes.txt"}
     wait(d, f"the library to list {want}", lambda d: want <= set(rows(d)))
-    comment = d.find_element(By.CSS_SELECTOR, '#library-rows tr[data-name="live-set.ogg"] td.comment').text
+    cell = '#library-rows tr[data-name="live-set.ogg"] td.comment'
+    comment = wait(d, "live-set.ogg's comment", lambda d: d.find_element(By.CSS_SELECTOR, cell).text, 5)
     if comment != "recorded live":
         raise Failed(f"live-set.ogg shows comment {comment!r}")
     shot(d, shots, "library")
@@ -123,10 +133,10 @@ def library_checks(d, shots, add_file):
     shot(d, shots, "library-search")
     type_search(d, "")
     wait(d, "the search to clear", lambda d: want <= set(rows(d)), 5)
-    d.find_element(By.CSS_SELECTOR, '#cats .chip[data-cat="audio"]').click()
+    click(d, '#cats .chip[data-cat="audio"]', "the audio filter")
     wait(d, "the audio filter", lambda d: rows(d) == ["live-set.ogg"], 5)
     shot(d, shots, "library-audio")
-    d.find_element(By.CSS_SELECTOR, '#cats .chip[data-cat="all"]').click()
+    click(d, '#cats .chip[data-cat="all"]', "the all filter")
     wait(d, "all categories", lambda d: want <= set(rows(d)), 5)
     # A file added on the other node appears without a reload.
     with open(add_file, "w") as f:
@@ -138,7 +148,7 @@ def library_checks(d, shots, add_file):
 
 
 def download_checks(d, shots, file, big):
-    d.find_element(By.CSS_SELECTOR, f'#library-rows tr[data-name="{file}"] button.fetch').click()
+    click(d, f'#library-rows tr[data-name="{file}"] button.fetch', f"fetch {file}")
     go(d, "transfers")
     card = f'#downloads .transfer[data-transfer]'
 
@@ -150,7 +160,7 @@ def download_checks(d, shots, file, big):
                     return pct
         return None
     RESULTS["download_progress_seen_pct"] = wait(d, f"{file} downloading with progress", midway, 60)
-    text = d.find_element(By.CSS_SELECTOR, card).text
+    text = wait(d, "the download's card", lambda d: d.find_element(By.CSS_SELECTOR, card).text, 5)
     if "/s" not in text or "ETA" not in text or "alpha" not in text:
         raise Failed(f"the download shows no rate, ETA or peer: {text!r}")
     shot(d, shots, "transfers-progress")
@@ -159,12 +169,10 @@ def download_checks(d, shots, file, big):
     # Cancel: fetch another file, cancel it from its card.
     go(d, "library")
     wait(d, f"{big} in the library", lambda d: big in rows(d))
-    d.find_element(By.CSS_SELECTOR, f'#library-rows tr[data-name="{big}"] button.fetch').click()
+    click(d, f'#library-rows tr[data-name="{big}"] button.fetch', f"fetch {big}")
     go(d, "transfers")
     wait(d, f"{big} downloading", lambda d: any(big in c.text and "downloading" in c.text for c in d.find_elements(By.CSS_SELECTOR, card)), 60)
-    for c in d.find_elements(By.CSS_SELECTOR, card):
-        if big in c.text:
-            c.find_element(By.CSS_SELECTOR, "button.cancel").click()
+    click(d, f'#downloads .transfer[data-transfer] button.cancel', f"cancel {big}")
     wait(d, f"{big} cancelled", lambda d: any(big in c.text and "cancelled" in c.text for c in d.find_elements(By.CSS_SELECTOR, card)), 20)
     shot(d, shots, "transfers-cancelled")
 
