@@ -78,7 +78,6 @@ enum Key {
 
 struct Row {
     key: Key,
-    name: String,
     id: ContentId,
 }
 
@@ -110,28 +109,36 @@ pub fn page(dict: &Dict, q: &LibraryQuery, local: &HashSet<ContentId>) -> Librar
         if q.category.is_some_and(|cat| c.category != cat) {
             return None;
         }
-        let name = c.names.iter().next().cloned().unwrap_or_default();
         let key = match q.sort {
-            SortKey::Name => Key::Text(name.to_lowercase()),
+            SortKey::Name => Key::Text(
+                c.names
+                    .iter()
+                    .next()
+                    .map(|n| n.to_lowercase())
+                    .unwrap_or_default(),
+            ),
             SortKey::Size => Key::Number(c.size),
             SortKey::Holders => Key::Number(online as u64),
             SortKey::Category => Key::Text(c.category.as_str().to_string()),
         };
-        Some(Row { key, name, id: *id })
+        Some(Row { key, id: *id })
     });
-    rows.sort_unstable_by(|a, b| {
-        let ord = a
-            .key
-            .cmp(&b.key)
-            .then_with(|| a.name.cmp(&b.name))
-            .then(a.id.cmp(&b.id));
+    let order = |a: &Row, b: &Row| {
+        let ord = a.key.cmp(&b.key).then(a.id.cmp(&b.id));
         match q.order {
             Order::Asc => ord,
             Order::Desc => ord.reverse(),
         }
-    });
+    };
     let total = rows.len();
     let limit = q.limit.min(MAX_LIMIT);
+    // Only the rows up to the page's end need sorting: select them first.
+    let end = q.offset.saturating_add(limit);
+    if end < rows.len() {
+        rows.select_nth_unstable_by(end, order);
+        rows.truncate(end);
+    }
+    rows.sort_unstable_by(order);
     let items = rows
         .iter()
         .skip(q.offset)
