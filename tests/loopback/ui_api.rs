@@ -516,13 +516,23 @@ fn ui_flags_and_the_password_rule() {
     assert_eq!(off.status()["ui"], serde_json::Value::Null);
 
     let home = net.home("open");
-    let out = std::process::Command::new(super::harness::BIN)
+    let mut up = std::process::Command::new(super::harness::BIN)
         .args(["up", "--home"])
         .arg(&home)
         .args(net.args(None, &["--ui", "0.0.0.0:0"]))
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    assert!(!out.status.success());
+    let ended = wait_until(Duration::from_secs(20), || up.try_wait().unwrap().is_some());
+    if !ended {
+        let _ = up.kill();
+    }
+    let out = up.wait_with_output().unwrap();
+    assert!(
+        ended && !out.status.success(),
+        "a dashboard on 0.0.0.0 without a password started"
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--ui-password"), "{err}");
 
