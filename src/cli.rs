@@ -39,7 +39,7 @@ pub struct HomeArg {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a node in the foreground until Ctrl-C: index, announce, discover, serve, download.
-    Up(UpArgs),
+    Up(Box<UpArgs>),
     /// List what the network offers: name, size, category, holders, comment.
     Ls {
         /// Show only contents whose name contains this (or whose id starts with it).

@@ -21,7 +21,7 @@ pub const EXIT_NO_MATCH: u8 = 3;
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Up(args) => up(args).await,
+        Command::Up(args) => up(*args).await,
         Command::Tracker(args) => crate::tracker::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Key(crate::cli::KeyCommand::New) => {
             println!("{}", crate::swarm::SwarmKey::generate().to_text());

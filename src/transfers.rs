@@ -488,7 +488,7 @@ mod tests {
         let v = t.view(t0 + Duration::from_secs(1));
         let dl = &v.downloads[0];
         assert_eq!(
-            (dl.done, dl.size, dl.state.clone()),
+            (dl.done, dl.size, dl.state),
             (500, 1000, DownloadState::Downloading)
         );
         assert!((dl.rate - 500.0).abs() < 1.0, "{}", dl.rate);

@@ -51,6 +51,8 @@ struct Last {
     transfers: String,
     shares: String,
     generation: u64,
+    /// A transfer was running at the last look.
+    running: bool,
     refreshed: Option<Instant>,
     contents_dirty: bool,
     /// Lengths of the download and upload logs already read.
@@ -100,14 +102,20 @@ impl Hub {
             last.refreshed = Some(now);
             last.contents_dirty = true;
         }
+        // The registry's counter tells a change; while a transfer runs its
+        // rate and ETA change on every look.
         let gen_now = service.transfers_generation();
         let transfers = service.transfers();
-        let t = frame("transfers", &transfers);
-        if (gen_now != last.generation || last.transfers != t) && t != last.transfers {
-            self.send(t.clone());
-            last.transfers = t;
+        let running = !transfers.downloads.is_empty() || !transfers.uploads.is_empty();
+        // (One more look after the last ends, to send the empty list.)
+        if gen_now != last.generation || running || last.running || refresh {
+            let t = frame("transfers", &transfers);
+            if t != last.transfers {
+                self.send(t.clone());
+                last.transfers = t;
+            }
         }
-        last.generation = gen_now;
+        (last.generation, last.running) = (gen_now, running);
         let rows = super::routes::peer_rows(service.peers(), &transfers);
         let p = frame("peers", &rows);
         if p != last.peers && (refresh || fingerprint(&p) != fingerprint(&last.peers)) {
