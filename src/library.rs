@@ -276,7 +276,7 @@ mod tests {
         let search_took = t.elapsed();
         eprintln!("100,000 contents: first page {first_took:?}, search {search_took:?}");
         assert_eq!((first.total, first.items.len()), (100_000, 100));
-        assert_eq!(found.items[0].name, "file 099999.bin");
+        assert_eq!(found.items[0].name, "file 099999.pdf");
         // Generous bounds for a debug build on a loaded machine.
         assert!(first_took < Duration::from_secs(5) && search_took < Duration::from_secs(5));
     }

@@ -322,7 +322,7 @@ mod tests {
         assert!(a.password_ok(&h));
         h.insert(
             header::AUTHORIZATION,
-            HeaderValue::from_static("Basic dXNlcjpzZXNhbWX="),
+            HeaderValue::from_static("Basic dXNlcjpvcGVuIHNlc2FtZQ=="),
         );
         assert!(!a.password_ok(&h));
         assert_eq!(decode_base64("YWJj").unwrap(), b"abc");
