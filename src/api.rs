@@ -101,6 +101,8 @@ pub struct NodeStatus {
     /// Datagrams dropped unchecked over a source's signature-check budget.
     #[serde(default)]
     pub throttled_datagrams: u64,
+    /// The web dashboard's URL, when it runs.
+    pub ui: Option<String>,
 }
 
 /// What a fetch reports while it runs.
@@ -118,6 +120,10 @@ pub enum FetchEvent {
         done: u64,
         size: u64,
         peers: u32,
+    },
+    /// Bytes each peer gave so far (every peer this download pulled from).
+    PeerBytes {
+        peers: Vec<PeerBytes>,
     },
     /// A peer was dropped from this download, and why.
     PeerDropped {
@@ -155,4 +161,12 @@ pub struct FetchDone {
     pub peers: Vec<String>,
     /// The node already held it complete; nothing was transferred.
     pub already_local: bool,
+}
+
+/// Bytes one peer gave to a download.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PeerBytes {
+    /// `name@address`.
+    pub peer: String,
+    pub bytes: u64,
 }

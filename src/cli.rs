@@ -39,7 +39,7 @@ pub struct HomeArg {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a node in the foreground until Ctrl-C: index, announce, discover, serve, download.
-    Up(UpArgs),
+    Up(Box<UpArgs>),
     /// List what the network offers: name, size, category, holders, comment.
     Ls {
         /// Show only contents whose name contains this (or whose id starts with it).
@@ -85,6 +85,19 @@ pub enum Command {
     /// Swarm keys for private swarms.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// List downloads and uploads in progress: progress, rate, ETA, peers.
+    Transfers {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        home: HomeArg,
+    },
+    /// Stop a download (by its number in `transfers`, its name or content id prefix); it resumes when fetched again.
+    Cancel {
+        target: String,
+        #[command(flatten)]
+        home: HomeArg,
+    },
     /// Show the running node's identity, address and counters.
     Status {
         #[arg(long)]
@@ -164,6 +177,20 @@ pub struct UpArgs {
     /// Read the swarm key from this file (its first line).
     #[arg(long, value_name = "FILE")]
     pub swarm_key_file: Option<PathBuf>,
+    /// Serve the web dashboard here; port 0 picks one [default: 127.0.0.1:7380, or a free port if taken]. A non-loopback address needs --ui-password.
+    #[arg(long, value_name = "ADDR:PORT", conflicts_with = "no_ui")]
+    pub ui: Option<SocketAddr>,
+    /// Do not serve the web dashboard.
+    #[arg(long)]
+    pub no_ui: bool,
+    /// Password the dashboard asks for (HTTP basic auth, any user name); required to serve it on a non-loopback address.
+    #[arg(
+        long,
+        value_name = "PASSWORD",
+        env = "LANSHARE_UI_PASSWORD",
+        hide_env_values = true
+    )]
+    pub ui_password: Option<String>,
 }
 
 fn parse_group(s: &str) -> Result<SocketAddrV4, String> {
@@ -276,6 +303,12 @@ impl UpArgs {
         cfg.max_remote_contents = self.max_remote_contents;
         cfg.max_remote_bytes = self.max_remote_bytes;
         cfg.follow_symlinks = self.follow_symlinks;
+        cfg.ui = match (self.no_ui, self.ui) {
+            (true, _) => config::UiListen::Off,
+            (false, Some(addr)) => config::UiListen::At(addr),
+            (false, None) => config::UiListen::Default,
+        };
+        cfg.ui_password = self.ui_password.filter(|p| !p.is_empty());
         cfg.swarm = match (self.swarm_key, self.swarm_key_file) {
             (Some(key), _) => Mode::private(&key),
             (None, Some(file)) => Mode::private(&read_swarm_key(&file)?),

@@ -21,7 +21,7 @@ pub const EXIT_NO_MATCH: u8 = 3;
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Up(args) => up(args).await,
+        Command::Up(args) => up(*args).await,
         Command::Tracker(args) => crate::tracker::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Key(crate::cli::KeyCommand::New) => {
             println!("{}", crate::swarm::SwarmKey::generate().to_text());
@@ -51,6 +51,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             home,
         } => share(&home, &path, comment, category).await,
         Command::Fetch { name, json, home } => fetch(&home, &name, json).await,
+        Command::Transfers { json, home } => {
+            let t = client(&home)?.transfers().await?;
+            print_as(json, &t, crate::transfers_cmd::print_transfers)
+        }
+        Command::Cancel { target, home } => crate::transfers_cmd::cancel(&home, &target).await,
     }
 }
 
@@ -132,8 +137,9 @@ async fn up(args: crate::cli::UpArgs) -> anyhow::Result<ExitCode> {
         } else {
             format!("multicast {group} / {group6} on {}", s.links.join(", "))
         };
+        let ui = s.ui.map(|a| format!(", dashboard http://{a}/")).unwrap_or_default();
         println!(
-            "lanshare node {name:?} ({}) up: home {}, listening on {}, {disc}. Ctrl-C stops it.",
+            "lanshare node {name:?} ({}) up: home {}, listening on {}, {disc}{ui}. Ctrl-C stops it.",
             s.node.short(),
             home.display(),
             s.listen
@@ -225,8 +231,13 @@ fn print_peers(peers: &[PeerView]) {
 async fn fetch(home: &HomeArg, name: &str, json: bool) -> anyhow::Result<ExitCode> {
     let mut events = client(home)?.fetch(name).await?;
     let mut view = FetchView::new(name, json);
+    let mut stop = std::pin::pin!(crate::platform::stop_requested());
     loop {
-        let Some(ev) = events.next().await? else {
+        let next = tokio::select! {
+            ev = events.next() => ev?,
+            () = &mut stop => return Ok(crate::transfers_cmd::interrupted(name, view.verified)),
+        };
+        let Some(ev) = next else {
             bail!(
                 "the node closed the connection before the download finished; is it still running?"
             );
@@ -285,6 +296,7 @@ impl<'a> FetchView<'a> {
                 id,
             } => self.started(&name, size, holders, already, &id),
             FetchEvent::Progress { done, size, peers } => self.progress(done, size, peers),
+            FetchEvent::PeerBytes { .. } => {}
             FetchEvent::PeerDropped { peer, reason } => {
                 self.note(format!("dropped peer {peer}: {reason}"))
             }
@@ -318,6 +330,7 @@ impl<'a> FetchView<'a> {
             b.set_length(size);
             b.set_position(already);
             b.set_message(name.to_string());
+            b.println("(Ctrl-C stops the download; what is verified is kept and fetching again resumes it)");
         } else if !self.json {
             let resumed = if already > 0 {
                 format!(", resuming at {}", human_bytes(already as f64))

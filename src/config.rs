@@ -15,6 +15,9 @@ pub const DEFAULT_GROUP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(239, 255
 /// Default TCP port; when it is taken and `--listen` was not given, the node
 /// falls back to a port the system picks.
 pub const DEFAULT_TCP_PORT: u16 = 7373;
+/// Default port of the web dashboard (on 127.0.0.1); when it is taken and
+/// `--ui` was not given, the node falls back to a port the system picks.
+pub const DEFAULT_UI_PORT: u16 = 7380;
 pub const DEFAULT_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_SCAN_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -57,6 +60,21 @@ pub struct NodeConfig {
     pub fetch: FetchLimits,
     /// Open swarm, or the private swarm of a key.
     pub swarm: crate::swarm::Mode,
+    /// Where the web dashboard listens.
+    pub ui: UiListen,
+    /// The password a non-loopback dashboard asks for (`--ui-password`).
+    pub ui_password: Option<String>,
+}
+
+/// Where the web dashboard listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UiListen {
+    /// 127.0.0.1:7380, or a free port when that is taken.
+    Default,
+    /// `--ui ADDR:PORT` (port 0 picks one).
+    At(SocketAddr),
+    /// `--no-ui`.
+    Off,
 }
 
 impl NodeConfig {
@@ -83,6 +101,8 @@ impl NodeConfig {
             server: ServerLimits::default(),
             fetch: FetchLimits::default(),
             swarm: crate::swarm::Mode::Open,
+            ui: UiListen::Default,
+            ui_password: None,
         }
     }
 }

@@ -22,6 +22,7 @@ use crate::api::{ContentView, FetchEvent, NodeStatus, PeerView};
 use crate::manifest::Category;
 use crate::service::Service;
 use crate::task::Tasks;
+use crate::transfers::TransfersView;
 
 /// Largest request the node reads.
 pub const MAX_REQUEST: u32 = 64 * 1024;
@@ -41,6 +42,11 @@ pub enum ControlRequest {
     },
     /// Rescan shared folders now (after `lanshare share`).
     Rescan,
+    Transfers,
+    /// Stop the downloads a number, name or id prefix names.
+    Cancel {
+        target: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -49,6 +55,9 @@ pub enum ControlResponse {
     Ls(Vec<ContentView>),
     Peers(Vec<PeerView>),
     Fetch(FetchEvent),
+    Transfers(TransfersView),
+    /// The numbers of the downloads cancelled.
+    Cancelled(Vec<u64>),
     Ok,
     Error(String),
 }
@@ -215,6 +224,22 @@ impl Client {
         }
     }
 
+    pub async fn transfers(&self) -> Result<TransfersView, ControlError> {
+        match self.call(&ControlRequest::Transfers).await? {
+            ControlResponse::Transfers(v) => Ok(v),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Cancels the downloads `target` names; the numbers cancelled.
+    pub async fn cancel(&self, target: &str) -> Result<Vec<u64>, ControlError> {
+        let target = target.to_string();
+        match self.call(&ControlRequest::Cancel { target }).await? {
+            ControlResponse::Cancelled(v) => Ok(v),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Starts a fetch; its events arrive through [`FetchStream::next`].
     pub async fn fetch(&self, query: &str) -> Result<FetchStream, ControlError> {
         let mut s = connect(&self.home, &self.socket).await?;
@@ -283,6 +308,8 @@ async fn handle(
             service.rescan();
             ControlResponse::Ok
         }
+        ControlRequest::Transfers => ControlResponse::Transfers(service.transfers()),
+        ControlRequest::Cancel { target } => ControlResponse::Cancelled(service.cancel(&target)),
         ControlRequest::Fetch { query } => {
             stream_fetch(service, s, &query, cancel.child_token()).await;
             return Ok(());

@@ -14,7 +14,9 @@
 //! - [`fetch`]: the download scheduler; [`retry`]: the one backoff rule;
 //! - [`service`]: answers every request (status, ls, peers, fetch, share);
 //! - [`control`], [`api`]: the local control endpoint (server loop and
-//!   typed client) and its data;
+//!   typed client) and its data; [`ui`]: the web dashboard and HTTP JSON
+//!   API; [`transfers`]: transfers in progress; [`library`], [`history`]:
+//!   the paged library and the transfer logs as the API shows them;
 //! - [`tracker`]: the optional central registry (server) and its client;
 //! - [`node`]: binds the sockets and wires the tasks together; [`task`]:
 //!   named tasks and their shutdown; [`cli`], [`config`]: the edges.
@@ -33,9 +35,11 @@ pub mod dict;
 pub mod discovery;
 pub mod fetch;
 pub mod fswatch;
+pub mod history;
 pub mod id;
 pub mod identity;
 pub mod inventory;
+pub mod library;
 pub mod logs;
 pub mod manifest;
 pub mod manual;
@@ -53,5 +57,8 @@ pub mod store;
 pub mod swarm;
 pub mod task;
 pub mod tracker;
+pub mod transfers;
+pub mod transfers_cmd;
+pub mod ui;
 pub mod warn_once;
 pub mod wire;

@@ -40,6 +40,8 @@ pub struct Started {
     pub links: Vec<String>,
     /// The control socket clients talk to.
     pub control: std::path::PathBuf,
+    /// Where the web dashboard listens (`None` with `--no-ui`).
+    pub ui: Option<SocketAddr>,
 }
 
 /// How often interfaces are listed again, to follow ones that come and go.
@@ -82,6 +84,7 @@ pub struct Bound {
     links_rx: tokio::sync::watch::Receiver<Links>,
     disc: Option<Arc<Discovery>>,
     mdns: Option<Arc<crate::mdns::Mdns>>,
+    ui: Option<crate::ui::BoundUi>,
 }
 
 /// Runs a node until `shutdown` completes. `on_start` is called once every
@@ -147,12 +150,14 @@ pub async fn bind(cfg: NodeConfig) -> anyhow::Result<Bound> {
     } else {
         None
     };
+    let ui = crate::ui::bind(&cfg).await?;
     let started = Started {
         node: id,
         identity,
         listen,
         links: links.iter().map(|l| l.to_string()).collect(),
         control: home.control_socket(),
+        ui: ui.as_ref().map(|u| u.addr),
     };
     Ok(Bound {
         cfg,
@@ -167,6 +172,7 @@ pub async fn bind(cfg: NodeConfig) -> anyhow::Result<Bound> {
         links_rx,
         disc,
         mdns,
+        ui,
     })
 }
 
@@ -322,12 +328,14 @@ impl Bound {
             "links",
             crate::netif::watch_links(self.selection, self.links_tx, LINK_CHECK, tasks.token()),
         );
+        let ui = self.started.ui;
         let me = Identity {
             id,
             listen,
             key: self.started.identity.clone(),
+            ui,
         };
-        let service = Service::new(
+        let mut service = Service::new(
             cfg,
             me,
             self.store,
@@ -336,10 +344,15 @@ impl Bound {
             rescan,
             tasks.child("service"),
         );
+        service.set_links(self.links_rx.clone());
+        let service = Arc::new(service);
+        if let Some(ui) = self.ui {
+            tasks.spawn_until_cancelled("ui", ui.serve(service.clone(), tasks.child("ui")));
+        }
         let control_tasks = tasks.child("control");
         tasks.spawn_until_cancelled(
             "control",
-            control::serve(self.control, Arc::new(service), control_tasks),
+            control::serve(self.control, service, control_tasks),
         );
         reach
     }

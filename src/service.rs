@@ -26,6 +26,10 @@ use crate::resolve::Resolution;
 use crate::stats::{Counter, Stats};
 use crate::store::{Home, ShareRoot, SharesFile, Store};
 use crate::task::Tasks;
+use crate::transfers::DownloadId;
+
+mod manage;
+pub use manage::{DiscoveryPath, FetchRefused, FetchStarted, Overview, ShareView, SharesView};
 
 /// What a query names, once the network has had a chance to answer.
 #[derive(Debug)]
@@ -58,6 +62,12 @@ pub struct Service {
     tasks: Tasks,
     /// `open` or `private` (`status`).
     swarm: &'static str,
+    /// Where the web UI listens, if it runs.
+    ui: Option<SocketAddr>,
+    /// What discovery was configured to use, and extra shared roots.
+    cfg: NodeConfig,
+    /// The links discovery runs on (the overview's addresses).
+    links: Option<tokio::sync::watch::Receiver<std::collections::BTreeSet<crate::netif::Link>>>,
 }
 
 /// Where a node listens, as the service reports it.
@@ -66,6 +76,8 @@ pub struct Identity {
     pub listen: SocketAddr,
     /// The key `id` derives from (downloads prove it to holders).
     pub key: Arc<crate::identity::Identity>,
+    /// The web UI's address, if it runs.
+    pub ui: Option<SocketAddr>,
 }
 
 impl Service {
@@ -107,7 +119,18 @@ impl Service {
             fetch_locks: Default::default(),
             tasks,
             swarm: cfg.swarm.label(),
+            ui: me.ui,
+            cfg: cfg.clone(),
+            links: None,
         }
+    }
+
+    /// Follows the links discovery runs on (the overview's addresses).
+    pub fn set_links(
+        &mut self,
+        links: tokio::sync::watch::Receiver<std::collections::BTreeSet<crate::netif::Link>>,
+    ) {
+        self.links = Some(links);
     }
 
     /// The node's identity, address and counters.
@@ -127,6 +150,7 @@ impl Service {
             foreign_datagrams: self.stats.get(Counter::ForeignDatagrams),
             bad_signature_datagrams: self.stats.get(Counter::BadSignatureDatagrams),
             throttled_datagrams: self.stats.get(Counter::ThrottledDatagrams),
+            ui: self.ui.map(|a| format!("http://{a}/")),
         }
     }
 
@@ -236,24 +260,59 @@ impl Service {
     /// Resolves `query` and downloads it, sending every event to `events`;
     /// the last one sent is final (`Done`, `Failed`, `NotFound` or
     /// `Ambiguous`). `cancel` stops the download (it resumes next time).
+    /// The download is listed in the transfers while it runs.
     pub async fn fetch(
         &self,
         query: &str,
         events: mpsc::Sender<FetchEvent>,
         cancel: CancellationToken,
     ) {
-        let want = match self.resolve(query, &cancel).await {
-            Resolved::One(want) => want,
-            Resolved::NotFound => {
-                let query = query.to_string();
-                let _ = events.send(FetchEvent::NotFound { query }).await;
-                return;
-            }
-            Resolved::Ambiguous(candidates) => {
-                let _ = events.send(FetchEvent::Ambiguous { candidates }).await;
-                return;
-            }
+        let reg = &self.stats.transfers;
+        let d = reg.start_download(query, cancel.clone(), std::time::Instant::now());
+        let (tx, rx) = mpsc::channel::<FetchEvent>(64);
+        let run = async {
+            let want = match self.resolve(query, &cancel).await {
+                Resolved::One(want) => want,
+                Resolved::NotFound => {
+                    let query = query.to_string();
+                    let _ = tx.send(FetchEvent::NotFound { query }).await;
+                    return;
+                }
+                Resolved::Ambiguous(candidates) => {
+                    let _ = tx.send(FetchEvent::Ambiguous { candidates }).await;
+                    return;
+                }
+            };
+            self.download(want, tx, cancel).await;
         };
+        tokio::join!(run, self.track(d, rx, events));
+    }
+
+    /// Feeds the transfers registry with the events of download `d`, and
+    /// passes them on to `events` (all but the per-peer byte counts).
+    async fn track(
+        &self,
+        d: DownloadId,
+        mut rx: mpsc::Receiver<FetchEvent>,
+        events: mpsc::Sender<FetchEvent>,
+    ) {
+        let reg = &self.stats.transfers;
+        while let Some(ev) = rx.recv().await {
+            reg.download_event(d, &ev, std::time::Instant::now());
+            if !matches!(ev, FetchEvent::PeerBytes { .. }) {
+                let _ = events.send(ev).await;
+            }
+        }
+        reg.end_download(d, std::time::Instant::now());
+    }
+
+    /// Downloads `want`, one download per content at a time.
+    async fn download(
+        &self,
+        want: Want,
+        events: mpsc::Sender<FetchEvent>,
+        cancel: CancellationToken,
+    ) {
         let lock = self.fetch_locks.entry(want.id).or_default().clone();
         let _guard = lock.lock().await;
         let fetch = self.fetch.clone();

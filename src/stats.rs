@@ -1,7 +1,8 @@
 //! The node's counters, shown by `lanshare status`: what was dropped as
 //! malformed, forged, replayed or foreign, and what discovery cost. Written by the tasks that see the
 //! events (listeners, mDNS browser, announcer, peer server), read by the
-//! status view. Only counters: never a decision depends on them.
+//! status view, and the registry of transfers in progress. Only
+//! bookkeeping: never a decision depends on them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -36,6 +37,8 @@ const COUNTERS: usize = 8;
 #[derive(Debug, Default)]
 pub struct Stats {
     counters: [AtomicU64; COUNTERS],
+    /// The transfers in progress (`lanshare transfers`, the web UI).
+    pub transfers: crate::transfers::Transfers,
 }
 
 impl Stats {

@@ -10,6 +10,8 @@ mod discovery;
 mod hostile;
 #[path = "loopback/tracker_api.rs"]
 mod tracker_api;
+#[path = "loopback/ui_api.rs"]
+mod ui_api;
 
 use std::time::{Duration, Instant};
 

@@ -11,6 +11,8 @@ mod harness;
 mod discovery;
 #[path = "netns/tracker.rs"]
 mod tracker;
+#[path = "netns/ui.rs"]
+mod ui;
 
 use std::fs::OpenOptions;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};

@@ -127,6 +127,15 @@ impl FetchCtx {
         let result = self
             .run_swarm(&shared, events, cancel, &tasks, peers_used, already)
             .await;
+        // The bytes each peer gave, to the end (ticks report them meanwhile).
+        let peers = shared
+            .given
+            .lock()
+            .expect("given lock")
+            .values()
+            .cloned()
+            .collect();
+        let _ = events.send(FetchEvent::PeerBytes { peers }).await;
         let sha = self.end_partial(&id, &partial, result)?;
         let path = self.store.finish_partial(&partial)?;
         Ok(FetchDone {

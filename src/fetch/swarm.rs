@@ -25,7 +25,7 @@ use super::judge::{NoProgress, Progress};
 use super::peers::{PeerBook, WorkerEnd};
 use super::state::{ChunkMap, ChunkState, Slot};
 use super::worker::worker;
-use crate::api::FetchEvent;
+use crate::api::{FetchEvent, PeerBytes};
 use crate::chunkset::{Bitmap, ChunkSet};
 use crate::dict::Holder;
 use crate::id::{ContentId, NodeId};
@@ -49,6 +49,8 @@ pub(super) struct Shared {
     pub received: Arc<AtomicU64>,
     /// Silent and trusted worker slots. Never nested with `map`.
     watch: Mutex<SlotWatch>,
+    /// Bytes kept from each worker, with its peer's label.
+    pub given: Mutex<HashMap<Slot, PeerBytes>>,
 }
 
 impl Shared {
@@ -65,6 +67,7 @@ impl Shared {
             changed: watch::channel(0).0,
             received,
             watch: Mutex::new(SlotWatch::default()),
+            given: Mutex::default(),
         }
     }
 
@@ -251,6 +254,15 @@ impl<'a> Swarm<'a> {
         let label = format!("{}@{}", peer_name(&h.name), h.addr);
         self.labels.insert(slot, label.clone());
         peers_used.insert(label.clone());
+        let given = PeerBytes {
+            peer: label.clone(),
+            bytes: 0,
+        };
+        self.shared
+            .given
+            .lock()
+            .expect("given lock")
+            .insert(slot, given);
         let (dialer, dict) = (self.ctx.dialer(), self.ctx.dict.clone());
         let (shared, cancel, limits) = (
             self.shared.clone(),
@@ -344,6 +356,15 @@ impl<'a> Swarm<'a> {
                 peers: self.told_slow.clone(),
             });
         }
+        let peers = self
+            .shared
+            .given
+            .lock()
+            .expect("given lock")
+            .values()
+            .cloned()
+            .collect();
+        let _ = self.events.try_send(FetchEvent::PeerBytes { peers });
         let size = self.shared.manifest.size;
         let _ = self.events.try_send(FetchEvent::Progress {
             done: (self.already + received).min(size),

@@ -314,6 +314,15 @@ impl<'a> Worker<'a> {
             self.shared
                 .received
                 .fetch_add(len as u64, Ordering::Relaxed);
+            if let Some(g) = self
+                .shared
+                .given
+                .lock()
+                .expect("given lock")
+                .get_mut(&self.slot)
+            {
+                g.bytes += len as u64;
+            }
             self.shared.bump();
         }
         Ok(())

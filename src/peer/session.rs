@@ -266,6 +266,8 @@ impl<'a> Session<'a> {
         });
         s.bytes += chunk.len as u64;
         s.last = now;
+        let transfers = &self.server.stats.transfers;
+        transfers.chunk_served(self.addr, &self.peer_label, &source, chunk.len as u64, now);
         Ok(())
     }
 

@@ -68,6 +68,22 @@ impl SharesFile {
         let mut file = SharesFile::load(path);
         file.entries.retain(|e| e.path != root.path);
         file.entries.push(root);
+        file.save(path)
+    }
+
+    /// Removes the entry for `root`; false when there was none.
+    pub fn remove(path: &Path, root: &Path) -> std::io::Result<bool> {
+        let mut file = SharesFile::load(path);
+        let before = file.entries.len();
+        file.entries.retain(|e| e.path != root);
+        if file.entries.len() == before {
+            return Ok(false);
+        }
+        file.save(path).map(|()| true)
+    }
+
+    fn save(&self, path: &Path) -> std::io::Result<()> {
+        let file = self;
         let tmp = path.with_extension("json.tmp");
         let json = serde_json::to_vec_pretty(&file).map_err(|e| {
             std::io::Error::new(

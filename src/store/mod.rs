@@ -116,6 +116,18 @@ pub struct Store {
     /// Follow symlinks in a shared folder that lead out of it (`up
     /// --follow-symlinks`); by default only those staying inside are.
     follow_symlinks: std::sync::atomic::AtomicBool,
+    /// The file being hashed now, for the web UI's "my shares".
+    hashing: Mutex<Option<Hashing>>,
+}
+
+/// A file being hashed (indexed) before it is shared.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Hashing {
+    pub path: String,
+    pub size: u64,
+    pub done: u64,
+    /// Files waiting to be hashed after this one.
+    pub queued: usize,
 }
 
 /// A large file must be unmodified this long before it is hashed.
@@ -139,6 +151,7 @@ impl Store {
             walk_nanos: Default::default(),
             unsettled: Default::default(),
             follow_symlinks: Default::default(),
+            hashing: Default::default(),
         });
         Ok(store)
     }
@@ -209,12 +222,24 @@ impl Store {
         let (to_hash, unsettled) = split_settled(to_hash, SystemTime::now());
         self.unsettled
             .store(!unsettled.is_empty(), std::sync::atomic::Ordering::Relaxed);
-        for file in to_hash {
+        let queued = to_hash.len();
+        for (n, file) in to_hash.into_iter().enumerate() {
             let started = std::time::Instant::now();
+            let (path, size) = (file.path.display().to_string(), file.size);
+            let hashing = |done| {
+                Some(Hashing {
+                    path: path.clone(),
+                    size,
+                    done,
+                    queued: queued - n - 1,
+                })
+            };
+            *self.hashing.lock().expect("hashing lock") = hashing(0);
             if file.size >= 256 << 20 {
                 tracing::info!(path = %file.path.display(), bytes = file.size, "indexing a large file");
             }
-            match crate::manifest::hash_file(&file.path, |_| {}) {
+            let progress = |done| *self.hashing.lock().expect("hashing lock") = hashing(done);
+            match crate::manifest::hash_file(&file.path, progress) {
                 Ok(manifest) => {
                     tracing::debug!(path = %file.path.display(), bytes = manifest.size, elapsed = ?started.elapsed(), "indexed");
                     // The file may have changed while we read it; then the
@@ -234,6 +259,7 @@ impl Store {
                 }
             }
         }
+        *self.hashing.lock().expect("hashing lock") = None;
         if changed {
             // Offer the result before writing the cache, which takes a
             // while for a huge share.
@@ -293,6 +319,11 @@ impl Store {
 
     /// Whether the last scan left files still being written for later
     /// (then the next scan should come soon).
+    /// The file being hashed now, if any.
+    pub fn hashing(&self) -> Option<Hashing> {
+        self.hashing.lock().expect("hashing lock").clone()
+    }
+
     pub fn has_unsettled(&self) -> bool {
         self.unsettled.load(std::sync::atomic::Ordering::Relaxed)
     }

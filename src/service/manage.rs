@@ -1,0 +1,342 @@
+//! The requests a dashboard makes besides those of the CLI: the overview,
+//! transfers and cancel, library pages, shares (list, edit, stop sharing),
+//! history, and a fetch started in the background. Same rules as the
+//! rest of [`Service`]: typed answers, no sockets, no text for people.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::{Resolved, Service};
+use crate::api::{ContentView, FetchEvent, NodeStatus};
+use crate::history::{HistoryQuery, HistoryRow};
+use crate::library::{LibraryPage, LibraryQuery};
+use crate::manifest::Category;
+use crate::store::{Hashing, Home, ShareRoot, SharesFile};
+use crate::transfers::TransfersView;
+
+/// The node at a glance.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Overview {
+    #[serde(flatten)]
+    pub status: NodeStatus,
+    /// This node's addresses on the links discovery runs on.
+    pub addresses: Vec<String>,
+    pub shared_bytes: u64,
+    /// Discovery paths and whether each is on.
+    pub discovery: Vec<DiscoveryPath>,
+    /// Peers online now.
+    pub peers_online: u32,
+    /// Problems a user can act on, each a sentence saying what to do.
+    pub warnings: Vec<String>,
+}
+
+/// One way this node finds peers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DiscoveryPath {
+    /// multicast, mdns, tracker or manual.
+    pub kind: String,
+    pub active: bool,
+    pub detail: String,
+}
+
+/// One shared root.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShareView {
+    pub path: String,
+    pub comment: String,
+    pub category: Option<Category>,
+    /// Added with `share` or the dashboard: can be edited and removed.
+    pub editable: bool,
+    /// Why it is shared, when it is not editable.
+    pub origin: String,
+}
+
+/// What this node shares, and what it is hashing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SharesView {
+    pub roots: Vec<ShareView>,
+    pub files: u32,
+    pub bytes: u64,
+    pub hashing: Option<Hashing>,
+}
+
+/// A download started in the background.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FetchStarted {
+    /// Its number in the transfers.
+    pub transfer: u64,
+    pub id: String,
+    pub name: String,
+}
+
+/// Why a background fetch did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchRefused {
+    #[error("nothing on the network is called {0:?}")]
+    NotFound(String),
+    #[error("{} contents match {query:?}; give one's id", candidates.len())]
+    Ambiguous {
+        query: String,
+        candidates: Vec<ContentView>,
+    },
+}
+
+impl Service {
+    /// The node at a glance.
+    pub fn overview(&self) -> Overview {
+        let status = self.status();
+        let inv = self.store.inventory();
+        let shared_bytes = inv.entries.iter().map(|e| e.size).sum();
+        let links = self
+            .links
+            .as_ref()
+            .map(|l| l.borrow().clone())
+            .unwrap_or_default();
+        let addresses = crate::netif::addresses(&links)
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        let peers = self.peers();
+        let peers_online = peers.iter().filter(|p| p.online).count() as u32;
+        let discovery = self.discovery_paths(&links);
+        let warnings = self.warnings(links.is_empty(), peers_online);
+        Overview {
+            status,
+            addresses,
+            shared_bytes,
+            discovery,
+            peers_online,
+            warnings,
+        }
+    }
+
+    fn discovery_paths(
+        &self,
+        links: &std::collections::BTreeSet<crate::netif::Link>,
+    ) -> Vec<DiscoveryPath> {
+        let cfg = &self.cfg;
+        let names: Vec<String> = links.iter().map(|l| l.to_string()).collect();
+        let path = |kind: &str, active: bool, detail: String| DiscoveryPath {
+            kind: kind.into(),
+            active,
+            detail,
+        };
+        vec![
+            path(
+                "multicast",
+                cfg.multicast,
+                if cfg.multicast {
+                    format!("{} on {}", cfg.group, names.join(", "))
+                } else {
+                    "off (--no-multicast)".into()
+                },
+            ),
+            path(
+                "mdns",
+                cfg.mdns,
+                if cfg.mdns {
+                    "_lanshare._tcp".into()
+                } else {
+                    "off (--no-mdns)".into()
+                },
+            ),
+            path("tracker", !cfg.trackers.is_empty(), cfg.trackers.join(", ")),
+            path("manual", !cfg.peers.is_empty(), cfg.peers.join(", ")),
+        ]
+    }
+
+    fn warnings(&self, no_links: bool, peers_online: u32) -> Vec<String> {
+        let cfg = &self.cfg;
+        let mut w = Vec::new();
+        if cfg.multicast && no_links {
+            w.push("No usable network interface for multicast discovery: connect to a network, or name one with --interface.".into());
+        }
+        if cfg.listen.is_none() && self.listen.port() != crate::config::DEFAULT_TCP_PORT {
+            w.push(format!("Port {} was taken (another program or lanshare node?), so peers connect on port {}: nodes that add this one with --peer must use that port.", crate::config::DEFAULT_TCP_PORT, self.listen.port()));
+        }
+        if let Some(ui) = self.ui
+            && cfg.ui == crate::config::UiListen::Default
+            && ui.port() != crate::config::DEFAULT_UI_PORT
+        {
+            w.push(format!(
+                "Port {} was taken, so this dashboard is at http://{ui}/ instead.",
+                crate::config::DEFAULT_UI_PORT
+            ));
+        }
+        if peers_online == 0 && (cfg.multicast || cfg.mdns) && !no_links {
+            w.push(format!("No other node seen yet. If there are some on this network, check that the firewall lets UDP port {} and TCP port {} through, or add a node with --peer HOST:PORT.", cfg.group.port(), self.listen.port()));
+        }
+        w
+    }
+
+    /// The transfers in progress.
+    pub fn transfers(&self) -> TransfersView {
+        self.stats.transfers.view(Instant::now())
+    }
+
+    /// Cancels the downloads `target` names (number, id prefix or name);
+    /// the numbers cancelled. A cancelled download resumes next time.
+    pub fn cancel(&self, target: &str) -> Vec<u64> {
+        self.stats.transfers.cancel(target)
+    }
+
+    /// One page of what the network offers.
+    pub fn contents(&self, q: &LibraryQuery) -> LibraryPage {
+        let local: HashSet<_> = self.local_ids().into_iter().collect();
+        crate::library::page(&self.dict, q, &local)
+    }
+
+    /// Resolves `query` and starts its download in the background (listed
+    /// in the transfers); fails when it names nothing or several contents.
+    pub async fn start_fetch(self: &Arc<Self>, query: &str) -> Result<FetchStarted, FetchRefused> {
+        let cancel = self.tasks.token().child_token();
+        let want = match self.resolve(query, &cancel).await {
+            Resolved::One(want) => want,
+            Resolved::NotFound => return Err(FetchRefused::NotFound(query.into())),
+            Resolved::Ambiguous(candidates) => {
+                let query = query.into();
+                return Err(FetchRefused::Ambiguous { query, candidates });
+            }
+        };
+        let id = want.id.to_hex();
+        let name = self
+            .dict
+            .view(&want.id, false)
+            .map(|v| v.name)
+            .unwrap_or_else(|| query.to_string());
+        let reg = &self.stats.transfers;
+        let d = reg.start_download(query, cancel.clone(), Instant::now());
+        let (tx, rx) = mpsc::channel::<FetchEvent>(64);
+        // Nobody listens to the events but the registry.
+        let (sink, _) = mpsc::channel::<FetchEvent>(1);
+        let this = self.clone();
+        self.tasks.spawn(
+            &format!("background fetch {}", want.id.short()),
+            async move {
+                tokio::join!(this.download(want, tx, cancel), this.track(d, rx, sink));
+            },
+        );
+        Ok(FetchStarted {
+            transfer: d.0,
+            id,
+            name,
+        })
+    }
+
+    /// What this node shares.
+    pub fn shares(&self) -> SharesView {
+        let home = Home::new(&self.home);
+        let fixed = |p: PathBuf, origin: &str| ShareView {
+            path: p.display().to_string(),
+            comment: String::new(),
+            category: None,
+            editable: false,
+            origin: origin.into(),
+        };
+        let mut roots = vec![
+            fixed(home.shared(), "the home's shared folder"),
+            fixed(home.downloads(), "downloads are shared"),
+        ];
+        roots.extend(
+            self.cfg
+                .shares
+                .iter()
+                .map(|p| fixed(p.clone(), "up --share")),
+        );
+        roots.extend(
+            SharesFile::load(&home.shares_file())
+                .entries
+                .into_iter()
+                .map(|r| ShareView {
+                    path: r.path.display().to_string(),
+                    comment: r.comment,
+                    category: r.category,
+                    editable: true,
+                    origin: "added".into(),
+                }),
+        );
+        let inv = self.store.inventory();
+        SharesView {
+            roots,
+            files: inv.entries.len() as u32,
+            bytes: inv.entries.iter().map(|e| e.size).sum(),
+            hashing: self.store.hashing(),
+        }
+    }
+
+    /// Changes the comment and category of a shared root added before.
+    pub fn edit_share(
+        &self,
+        path: &Path,
+        comment: String,
+        category: Option<Category>,
+    ) -> anyhow::Result<()> {
+        let home = Home::new(&self.home);
+        let file = SharesFile::load(&home.shares_file());
+        if !file.entries.iter().any(|e| e.path == path) {
+            bail!(
+                "{} is not a share added with `share`; add it first",
+                path.display()
+            );
+        }
+        if comment.len() > crate::wire::MAX_COMMENT {
+            bail!(
+                "the comment is {} bytes; the limit is {}",
+                comment.len(),
+                crate::wire::MAX_COMMENT
+            );
+        }
+        let root = ShareRoot {
+            path: path.to_path_buf(),
+            comment,
+            category,
+        };
+        SharesFile::add(&home.shares_file(), root)
+            .with_context(|| format!("cannot write {}", home.shares_file().display()))?;
+        self.rescan();
+        Ok(())
+    }
+
+    /// Stops sharing a root added before; false when it was not shared.
+    pub fn unshare(&self, path: &Path) -> anyhow::Result<bool> {
+        let home = Home::new(&self.home);
+        let removed = SharesFile::remove(&home.shares_file(), path)
+            .with_context(|| format!("cannot write {}", home.shares_file().display()))?;
+        self.rescan();
+        Ok(removed)
+    }
+
+    /// The download and upload logs, newest first.
+    pub fn history(&self, q: &HistoryQuery) -> Vec<HistoryRow> {
+        let home = Home::new(&self.home);
+        let (d, u) = (home.download_log(), home.upload_log());
+        crate::history::read(&[&d, &u], q)
+    }
+
+    /// The paths of the transfer logs (the event stream follows them).
+    pub fn log_paths(&self) -> [PathBuf; 2] {
+        let home = Home::new(&self.home);
+        [home.download_log(), home.upload_log()]
+    }
+
+    /// The dictionary's change notification (the event stream waits on it).
+    pub fn contents_changed(&self) -> &tokio::sync::Notify {
+        &self.dict.contents.changed
+    }
+
+    /// The store's inventory, to follow (the event stream waits on it).
+    pub fn inventory_changes(&self) -> tokio::sync::watch::Receiver<crate::inventory::Inventory> {
+        self.store.subscribe()
+    }
+
+    /// The transfers registry's change counter.
+    pub fn transfers_generation(&self) -> u64 {
+        self.stats.transfers.generation()
+    }
+}
