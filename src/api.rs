@@ -65,6 +65,10 @@ pub struct PeerView {
     pub last_seen_secs: f64,
     pub found_via: Vec<FoundVia>,
     pub contents: u32,
+    /// The id was proven by the peer's key (a TCP handshake or a signed
+    /// datagram), not only claimed.
+    #[serde(default)]
+    pub verified: bool,
 }
 
 /// Status of the node itself.
@@ -82,6 +86,21 @@ pub struct NodeStatus {
     pub discovery_bytes_sent: u64,
     /// Bytes of inventory pages served to peers since start.
     pub inventory_bytes_served: u64,
+    /// `open` or `private` (never the key).
+    #[serde(default)]
+    pub swarm: String,
+    /// Signed datagrams dropped as replays (or heard again on another link).
+    #[serde(default)]
+    pub replayed_datagrams: u64,
+    /// Datagrams and mDNS records from another swarm.
+    #[serde(default)]
+    pub foreign_datagrams: u64,
+    /// Datagrams unsigned, badly signed or naming another key's id.
+    #[serde(default)]
+    pub bad_signature_datagrams: u64,
+    /// Datagrams dropped unchecked over a source's signature-check budget.
+    #[serde(default)]
+    pub throttled_datagrams: u64,
 }
 
 /// What a fetch reports while it runs.

@@ -74,9 +74,17 @@ fn print_status(status: &NodeStatus) {
     println!("listening {}", status.listen);
     println!("home      {}", status.home);
     println!("sharing   {} contents", status.shared_contents);
+    println!("swarm     {}", status.swarm);
     println!(
         "dropped   {} malformed datagrams, {} malformed connections",
         status.malformed_datagrams, status.malformed_connections
+    );
+    println!(
+        "          {} replayed, {} from another swarm, {} badly signed, {} over the check budget",
+        status.replayed_datagrams,
+        status.foreign_datagrams,
+        status.bad_signature_datagrams,
+        status.throttled_datagrams
     );
     println!(
         "sent      {} of discovery datagrams, {} of inventory pages",
@@ -195,16 +203,17 @@ fn print_peers(peers: &[PeerView]) {
         .unwrap_or(0)
         .max(22);
     println!(
-        "{:<20} {:<width$} {:<8} {:<12} {:<16} {:>8}  ID",
-        "NAME", "ADDRESS", "STATUS", "LAST SEEN", "FOUND VIA", "CONTENTS"
+        "{:<20} {:<width$} {:<8} {:<8} {:<12} {:<16} {:>8}  ID",
+        "NAME", "ADDRESS", "STATUS", "VERIFIED", "LAST SEEN", "FOUND VIA", "CONTENTS"
     );
     for p in peers {
         let via: Vec<String> = p.found_via.iter().map(|v| v.to_string()).collect();
         println!(
-            "{:<20} {:<width$} {:<8} {:<12} {:<16} {:>8}  {}",
+            "{:<20} {:<width$} {:<8} {:<8} {:<12} {:<16} {:>8}  {}",
             p.name,
             addr(p),
             if p.online { "online" } else { "offline" },
+            if p.verified { "yes" } else { "no" },
             format!("{:.1}s ago", p.last_seen_secs),
             via.join(","),
             p.contents,

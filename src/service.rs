@@ -56,6 +56,8 @@ pub struct Service {
     fetch_locks: dashmap::DashMap<ContentId, Arc<Mutex<()>>>,
     /// Where downloads are spawned (one named task each).
     tasks: Tasks,
+    /// `open` or `private` (`status`).
+    swarm: &'static str,
 }
 
 /// Where a node listens, as the service reports it.
@@ -97,6 +99,7 @@ impl Service {
             wait_for_network: cfg.fetch.wait_for_holders,
             fetch_locks: Default::default(),
             tasks,
+            swarm: cfg.swarm.label(),
         }
     }
 
@@ -112,6 +115,11 @@ impl Service {
             malformed_connections: self.stats.get(Counter::MalformedConnections),
             discovery_bytes_sent: self.stats.get(Counter::DiscoveryBytesSent),
             inventory_bytes_served: self.stats.get(Counter::InventoryBytesServed),
+            swarm: self.swarm.to_string(),
+            replayed_datagrams: self.stats.get(Counter::ReplayedDatagrams),
+            foreign_datagrams: self.stats.get(Counter::ForeignDatagrams),
+            bad_signature_datagrams: self.stats.get(Counter::BadSignatureDatagrams),
+            throttled_datagrams: self.stats.get(Counter::ThrottledDatagrams),
         }
     }
 

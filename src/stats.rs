@@ -1,5 +1,5 @@
 //! The node's counters, shown by `lanshare status`: what was dropped as
-//! malformed and what discovery cost. Written by the tasks that see the
+//! malformed, forged, replayed or foreign, and what discovery cost. Written by the tasks that see the
 //! events (listeners, mDNS browser, announcer, peer server), read by the
 //! status view. Only counters: never a decision depends on them.
 
@@ -16,9 +16,21 @@ pub enum Counter {
     DiscoveryBytesSent,
     /// Bytes of inventory pages this node served to peers.
     InventoryBytesServed,
+    /// Signed datagrams (and mDNS blobs) seen before, or older than the
+    /// replay window: a replay, or one datagram heard on several links.
+    ReplayedDatagrams,
+    /// Datagrams and mDNS records from another swarm: sealed under another
+    /// key, sealed at an open node, or plain at a private one.
+    ForeignDatagrams,
+    /// Datagrams unsigned, badly signed, or naming an id that is not the
+    /// signing key's: never acted on.
+    BadSignatureDatagrams,
+    /// Datagrams dropped unchecked: their source spent its budget of
+    /// signature checks.
+    ThrottledDatagrams,
 }
 
-const COUNTERS: usize = 4;
+const COUNTERS: usize = 8;
 
 /// The node's counters; cheap to share behind an `Arc`.
 #[derive(Debug, Default)]

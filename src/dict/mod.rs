@@ -13,7 +13,8 @@
 //! table's write lock first, then the contents' lock.
 //!
 //! Who writes: discovery (multicast, mDNS, tracker client, `--peer`)
-//! through [`Dict::observe`], [`Dict::depart`] and
+//! through [`Dict::observe`] (a signed datagram: [`Dict::observe_signed`]),
+//! [`Dict::depart`], [`Dict::depart_verified`] and
 //! [`Peers::claim_departure`]; the puller ([`Dict::set_inventory`],
 //! [`Dict::refuse_inventory`]); the prober ([`Dict::probe_failed`]); the
 //! expiry task ([`Dict::expire`]); the peer server relays a `Goodbye`
@@ -91,6 +92,18 @@ pub struct Sighting<'a> {
     pub contents: u32,
 }
 
+/// Who vouches for a sighting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// Anyone could have said it (an open-mode mDNS record, a tracker's
+    /// list, a `--peer`): checked by a TCP handshake before it counts.
+    Unsigned,
+    /// Signed by the peer's own key (a verified datagram or a sealed mDNS
+    /// blob): its name and digest count, its address is still only
+    /// noted until a handshake there.
+    Signed,
+}
+
 /// What an announcement means for the caller.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Observed {
@@ -155,8 +168,18 @@ impl Dict {
     /// Records that a peer was heard of at `now`. A newcomer may make
     /// room by forgetting another peer, whose holdings go with it.
     pub fn observe(&self, s: Sighting<'_>, now: Instant) -> Observed {
+        self.observe_as(s, Claim::Unsigned, now)
+    }
+
+    /// [`Dict::observe`] of a sighting signed by the peer's key: the peer
+    /// is verified, and its name and digest count from any address.
+    pub fn observe_signed(&self, s: Sighting<'_>, now: Instant) -> Observed {
+        self.observe_as(s, Claim::Signed, now)
+    }
+
+    fn observe_as(&self, s: Sighting<'_>, claim: Claim, now: Instant) -> Observed {
         let mut peers = self.peers.write();
-        let seen = peers.observe(&s, now);
+        let seen = peers.observe(&s, claim, now);
         if let Some(gone) = seen.forgotten {
             self.contents.withdraw(gone);
         }

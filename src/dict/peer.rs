@@ -50,6 +50,9 @@ pub struct Peer {
     /// [`super::Peers::reached`]). Until then it is one of at most
     /// [`super::MAX_UNPROVEN`] and evicted first.
     pub proven: bool,
+    /// The peer's id was proven by its key: a TCP handshake (a hello it
+    /// answered) or a signed datagram. Until then the id is only claimed.
+    pub verified: bool,
     /// The address the entry counts against ([`super::MAX_PEERS_PER_IP`]):
     /// where it was first heard, then where it proved itself.
     pub ip: IpAddr,
@@ -74,6 +77,7 @@ impl Peer {
             contents: s.contents,
             departure_claimed: false,
             proven: false,
+            verified: false,
             ip,
         }
     }

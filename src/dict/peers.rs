@@ -18,7 +18,8 @@ use tokio::sync::Notify;
 
 use super::peer::Peer;
 use super::{
-    MAX_INTERVAL, MAX_PEERS, MAX_PEERS_PER_IP, MAX_UNPROVEN, MIN_INTERVAL, Observed, Sighting,
+    Claim, MAX_INTERVAL, MAX_PEERS, MAX_PEERS_PER_IP, MAX_UNPROVEN, MIN_INTERVAL, Observed,
+    Sighting,
 };
 use crate::api::FoundVia;
 use crate::id::NodeId;
@@ -227,7 +228,7 @@ impl Census {
 
 impl PeersWrite<'_> {
     /// Records that a peer was heard of at `now` (see [`Sighting`]).
-    pub(super) fn observe(&mut self, s: &Sighting, now: Instant) -> Seen {
+    pub(super) fn observe(&mut self, s: &Sighting, claim: Claim, now: Instant) -> Seen {
         let interval = s.interval.clamp(MIN_INTERVAL, MAX_INTERVAL);
         let ip = s.addr.ip().to_canonical();
         let mut forgotten = None;
@@ -248,7 +249,7 @@ impl PeersWrite<'_> {
             .table
             .entry(s.id)
             .or_insert_with(|| Peer::new(s, ip, interval, now));
-        let pull = update(&mut peer, s, interval, now);
+        let pull = update(&mut peer, s, claim, interval, now);
         drop(peer);
         Seen {
             observed: self.peers.pull_if(pull),
@@ -305,6 +306,9 @@ impl PeersWrite<'_> {
             .map_or(FoundVia::Manual, |a| a.via);
         peer.note_addr(addr, via, now);
         peer.departure_claimed = false;
+        // Reached means a handshake proved the id (the answer is checked
+        // against the id dialed).
+        peer.verified = true;
         if room {
             if !peer.proven {
                 peer.proven = true;
@@ -370,15 +374,30 @@ impl PeersWrite<'_> {
 
 /// Updates `peer` for a sighting at `now`; true when its inventory should
 /// be pulled.
-fn update(peer: &mut Peer, s: &Sighting, interval: std::time::Duration, now: Instant) -> bool {
+fn update(
+    peer: &mut Peer,
+    s: &Sighting,
+    claim: Claim,
+    interval: std::time::Duration,
+    now: Instant,
+) -> bool {
     let came_back = !peer.online;
+    if claim == Claim::Signed {
+        peer.verified = true;
+    }
     // An online peer that proved itself is spoken for only from where it
     // did: a claim from another address (someone announcing its id) is
     // remembered as an unproven address and changes neither its name,
     // nor its interval or digest, nor how long it stays online. If the
     // real peer moved, the prober's hello proves the new address (and
-    // brings its digest) within an interval and a half.
-    if peer.online && peer.addrs.iter().any(|a| a.proven) && !peer.is_at(s.addr.ip()) {
+    // brings its digest) within an interval and a half. A signed
+    // announcement speaks for the peer from anywhere (its address is
+    // still only noted, unproven).
+    if claim == Claim::Unsigned
+        && peer.online
+        && peer.addrs.iter().any(|a| a.proven)
+        && !peer.is_at(s.addr.ip())
+    {
         peer.note_addr(s.addr, s.via, now);
         return false;
     }

@@ -140,6 +140,7 @@ impl Dict {
                     last_seen_secs: ago.as_secs_f64(),
                     found_via: p.found_via.iter().copied().collect(),
                     contents: if p.online { p.contents } else { 0 },
+                    verified: p.verified,
                 }
             })
             .collect();

@@ -13,8 +13,14 @@
 //! announcements stay on the LAN). Links follow the interfaces: the
 //! [`crate::netif`] watcher publishes the set, and [`Discovery::links`]
 //! joins new ones (announcing on them at once) and leaves vanished ones.
+//!
+//! Every datagram is signed by this node's key, and sealed with the swarm
+//! key in a private swarm ([`receive::wrap`]); what arrives is acted on only
+//! when signed by the node it names and fresh ([`receive::Gate`]).
 
 mod links;
+pub mod receive;
+pub mod replay;
 mod sockets;
 
 use std::collections::BTreeMap;
@@ -39,6 +45,7 @@ use crate::inventory::Inventory;
 use crate::netif::Link;
 use crate::stats::{Counter, Stats};
 use crate::wire::datagram::{Announce, Datagram, MAX_DATAGRAM};
+use receive::{Admitted, Gate};
 
 /// Announcements triggered by a change are at least this far apart.
 const MIN_GAP: Duration = Duration::from_millis(250);
@@ -83,6 +90,8 @@ pub struct Discovery {
     /// Poked to announce now (a query was answered, a link appeared).
     announce_now: Notify,
     answer_pending: AtomicBool,
+    /// Receive checks: signatures, replay windows, foreign swarms.
+    gate: Gate,
 }
 
 impl Discovery {
@@ -106,6 +115,7 @@ impl Discovery {
             senders: Mutex::new(BTreeMap::new()),
             announce_now: Notify::new(),
             answer_pending: AtomicBool::new(false),
+            gate: Gate::default(),
         })
     }
 
@@ -122,7 +132,9 @@ impl Discovery {
     }
 
     async fn send_all(&self, d: &Datagram) {
-        let bytes = d.encode();
+        // One encoding for every link: a multi-homed peer hears the same
+        // bytes (the same sequence number) on each, and keeps the first.
+        let bytes = receive::wrap(d, &self.ctx, std::time::SystemTime::now());
         let senders: Vec<(Link, Arc<UdpSocket>)> = self
             .senders
             .lock()
@@ -198,21 +210,16 @@ impl Discovery {
                     continue;
                 }
             };
-            let d = match Datagram::decode(&buf[..len]) {
-                Ok(d) => d,
-                Err(e) => {
-                    self.ctx.stats.count(Counter::MalformedDatagrams);
-                    tracing::debug!(from = %src, error = %e, "dropped malformed datagram");
-                    continue;
-                }
-            };
-            if d.node() == self.ctx.node {
-                continue;
+            let admitted = self
+                .gate
+                .admit(&self.ctx, &buf[..len], src.ip(), Instant::now());
+            if let Admitted::Verified(d) = admitted {
+                self.handle(d, src, &tasks);
             }
-            self.handle(d, src, &tasks);
         }
     }
 
+    /// Acts on a verified datagram (see [`Gate::admit`]).
     fn handle(self: &Arc<Self>, d: Datagram, src: SocketAddr, tasks: &Tasks) {
         match d {
             Datagram::Announce(a) => {
@@ -230,7 +237,7 @@ impl Discovery {
                     .clamp(crate::dict::MIN_INTERVAL, crate::dict::MAX_INTERVAL);
                 let dict = &self.ctx.dict;
                 if !dict.peers.is_online(&a.node) {
-                    tracing::info!(peer = %a.name, %addr, "peer found by multicast");
+                    tracing::info!(peer = %format!("{}@{addr}", a.name), id = %a.node.short(), "peer found by multicast ✓");
                 }
                 let seen = Sighting {
                     id: a.node,
@@ -241,7 +248,7 @@ impl Discovery {
                     digest: a.inventory_digest,
                     contents: a.contents,
                 };
-                dict.observe(seen, Instant::now());
+                dict.observe_signed(seen, Instant::now());
             }
             Datagram::Query { .. } => {
                 if !self.answer_pending.swap(true, Ordering::Relaxed) {
@@ -254,10 +261,10 @@ impl Discovery {
                 }
             }
             Datagram::Goodbye { node } => {
-                // Only from where the peer is known to be: anyone can send
-                // a goodbye naming any id.
-                if self.ctx.dict.depart(node, src.ip()) {
-                    tracing::info!(peer = %node.short(), "peer said goodbye");
+                // Signed by the node itself (checked by the gate): from
+                // whatever address.
+                if self.ctx.dict.depart_verified(node) {
+                    tracing::info!(peer = %node.short(), from = %src, "peer said goodbye ✓");
                 }
             }
         }

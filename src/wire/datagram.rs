@@ -1,24 +1,49 @@
-//! UDP discovery datagrams: announce, query and goodbye.
+//! UDP discovery datagrams: announce, query and goodbye, signed by the
+//! sender's identity key in both modes, and sealed with the swarm's
+//! datagram key in a private swarm. Bytes only: whether a datagram is
+//! fresh (replay) and what it does are [`crate::discovery`]'s.
 //!
 //! ```text
-//! magic "LNSH" | version u8 | kind u8 | postcard body
+//! signed: "LNSH" | version 2 | kind | postcard {body, ed_pk [32], seq u64} | sig [64]
+//!         sig = Ed25519 over SIGN_DOMAIN || 0x00 || every byte before it
+//! sealed: "LNSH" | version 2 | 0x10 | nonce [24] | XChaCha20-Poly1305(
+//!             u16 BE length | signed datagram | zeros to a multiple of 256) | tag [16]
+//!         key = SwarmKeys.datagram, aad = the 6-byte header
 //! ```
 //! A datagram never exceeds [`MAX_DATAGRAM`] bytes. The inventory itself is
 //! never in a datagram: an announce carries its digest, and a peer whose copy
 //! is stale pulls the full inventory over TCP.
 
+use chacha20poly1305::{AeadInPlace, KeyInit, Tag, XChaCha20Poly1305, XNonce};
 use serde::{Deserialize, Serialize};
 
-use super::{MAGIC, MAX_NODE_NAME, VERSION, WireError, decode_exact};
+use super::{MAGIC, MAX_NODE_NAME, WireError, decode_exact};
 use crate::id::NodeId;
+use crate::identity::{Identity, PublicKey, Signature};
 
 /// Largest datagram sent or accepted; fits every LAN MTU with room to spare.
 pub const MAX_DATAGRAM: usize = 1200;
-const HEADER: usize = 6;
+/// Version byte of every datagram (signed or sealed).
+pub const DATAGRAM_VERSION: u8 = 2;
+/// Signing domain of a datagram's signature.
+pub const SIGN_DOMAIN: &str = "lanshare datagram v2";
+/// Magic, version, kind.
+pub const HEADER: usize = 6;
+/// Length of an Ed25519 signature.
+const SIG: usize = 64;
+/// XChaCha20-Poly1305 nonce and tag lengths.
+pub const NONCE: usize = 24;
+pub const TAG: usize = 16;
+/// A sealed datagram's plaintext is padded to a multiple of this.
+pub const PAD: usize = 256;
+/// Longest sealed plaintext that keeps the datagram within MAX_DATAGRAM.
+const MAX_SEALED_PLAIN: usize = (MAX_DATAGRAM - HEADER - NONCE - TAG) / PAD * PAD;
 
-const KIND_ANNOUNCE: u8 = 1;
-const KIND_QUERY: u8 = 2;
-const KIND_GOODBYE: u8 = 3;
+pub const KIND_ANNOUNCE: u8 = 1;
+pub const KIND_QUERY: u8 = 2;
+pub const KIND_GOODBYE: u8 = 3;
+/// A sealed datagram (private swarm).
+pub const KIND_SEALED: u8 = 0x10;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Datagram {
@@ -48,6 +73,41 @@ pub struct Announce {
     pub contents: u32,
 }
 
+/// What follows the body of a signed datagram, before its signature.
+#[derive(Serialize, Deserialize)]
+struct Envelope<T> {
+    body: T,
+    ed_pk: [u8; 32],
+    seq: u64,
+}
+
+/// Why a datagram is not acted on (besides being malformed).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Refused {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// Sealed under another swarm key, or plain where sealed is required
+    /// (or the reverse).
+    #[error("datagram from another swarm (another swarm key, or none)")]
+    Foreign,
+    #[error("the node id is not the signing key's")]
+    IdMismatch,
+    #[error("bad signature")]
+    BadSignature,
+}
+
+/// A signed datagram as decoded, not yet verified: see [`Signed::verify`].
+#[derive(Debug)]
+pub struct Signed<'a> {
+    pub datagram: Datagram,
+    pub key: PublicKey,
+    /// Microseconds since the Unix epoch at send, strictly increasing per
+    /// sender (replay protection).
+    pub seq: u64,
+    signed: &'a [u8],
+    sig: Signature,
+}
+
 impl Datagram {
     pub fn node(&self) -> NodeId {
         match self {
@@ -56,66 +116,218 @@ impl Datagram {
         }
     }
 
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(128);
-        out.extend_from_slice(&MAGIC);
-        out.push(VERSION);
-        let body = match self {
-            Datagram::Announce(a) => {
-                out.push(KIND_ANNOUNCE);
-                postcard::to_extend(a, out)
-            }
-            Datagram::Query { node } => {
-                out.push(KIND_QUERY);
-                postcard::to_extend(node, out)
-            }
-            Datagram::Goodbye { node } => {
-                out.push(KIND_GOODBYE);
-                postcard::to_extend(node, out)
-            }
-        };
-        let out = body.expect("encoding into a Vec cannot fail");
-        debug_assert!(out.len() <= MAX_DATAGRAM);
-        out
+    fn kind(&self) -> u8 {
+        match self {
+            Datagram::Announce(_) => KIND_ANNOUNCE,
+            Datagram::Query { .. } => KIND_QUERY,
+            Datagram::Goodbye { .. } => KIND_GOODBYE,
+        }
     }
 
+    /// The unsigned form: header and postcard body, the first bytes of
+    /// [`Datagram::sign`]'s. Never accepted on the network (tests and
+    /// benches use it).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(&MAGIC);
+        out.push(DATAGRAM_VERSION);
+        out.push(self.kind());
+        let out = match self {
+            Datagram::Announce(a) => postcard::to_extend(a, out),
+            Datagram::Query { node } | Datagram::Goodbye { node } => postcard::to_extend(node, out),
+        };
+        out.expect("encoding into a Vec cannot fail")
+    }
+
+    /// Decodes the unsigned form of [`Datagram::encode`].
     pub fn decode(bytes: &[u8]) -> Result<Datagram, WireError> {
-        if bytes.len() > MAX_DATAGRAM {
-            return Err(WireError::TooLarge {
-                len: bytes.len(),
-                max: MAX_DATAGRAM,
-            });
+        let kind = check_header(bytes, HEADER)?;
+        Ok(decode_kind(kind, &bytes[HEADER..], Form::Unsigned)?.0)
+    }
+
+    /// The signed datagram: `identity` signs it, with sequence number `seq`.
+    pub fn sign(&self, identity: &Identity, seq: u64) -> Vec<u8> {
+        let mut out = self.encode();
+        out.extend_from_slice(&identity.public_key().0);
+        let mut out = postcard::to_extend(&seq, out).expect("encoding into a Vec cannot fail");
+        let sig = identity.sign(SIGN_DOMAIN, &out);
+        out.extend_from_slice(&sig);
+        debug_assert!(out.len() + 2 <= MAX_SEALED_PLAIN);
+        out
+    }
+}
+
+impl<'a> Signed<'a> {
+    /// Decodes a signed datagram (total: any bytes give a datagram or an
+    /// error). Nothing in it is proven until [`Signed::verify`].
+    pub fn decode(bytes: &'a [u8]) -> Result<Signed<'a>, WireError> {
+        let kind = check_header(bytes, HEADER + SIG)?;
+        let (signed, sig) = bytes.split_at(bytes.len() - SIG);
+        let (datagram, envelope) = decode_kind(kind, &signed[HEADER..], Form::Signed)?;
+        let (ed_pk, seq) = envelope.ok_or(WireError::Truncated)?;
+        Ok(Signed {
+            datagram,
+            key: PublicKey(ed_pk),
+            seq,
+            signed,
+            sig: sig.try_into().expect("split at 64 bytes from the end"),
+        })
+    }
+
+    /// Checks that the claimed node id is the signing key's, and the
+    /// signature (an Ed25519 verification, about 0.1 ms: rate-limit first).
+    pub fn verify(&self) -> Result<NodeId, Refused> {
+        let id = self.key.node_id();
+        if id != self.datagram.node() {
+            return Err(Refused::IdMismatch);
         }
-        if bytes.len() < HEADER {
-            return Err(WireError::Truncated);
-        }
-        if bytes[..4] != MAGIC {
-            return Err(WireError::BadMagic);
-        }
-        if bytes[4] != VERSION {
-            return Err(WireError::Version(bytes[4]));
-        }
-        let body = &bytes[HEADER..];
-        match bytes[5] {
-            KIND_ANNOUNCE => {
-                let a: Announce = decode_exact(body)?;
-                super::check_text(&a.name, MAX_NODE_NAME, "name")?;
-                if a.tcp_port == 0 {
-                    return Err(WireError::OutOfBounds { field: "tcp_port" });
-                }
-                Ok(Datagram::Announce(a))
-            }
-            KIND_QUERY => Ok(Datagram::Query {
-                node: decode_exact(body)?,
-            }),
-            KIND_GOODBYE => Ok(Datagram::Goodbye {
-                node: decode_exact(body)?,
-            }),
-            k => Err(WireError::UnknownKind(k)),
+        self.key
+            .verify(SIGN_DOMAIN, self.signed, &self.sig)
+            .map_err(|_| Refused::BadSignature)?;
+        Ok(id)
+    }
+}
+
+/// Whether a datagram's body carries the envelope (key, seq).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Form {
+    Unsigned,
+    Signed,
+}
+
+/// The signing key and sequence number of a signed datagram.
+type EnvelopeFields = Option<([u8; 32], u64)>;
+
+fn take<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    form: Form,
+) -> Result<(T, EnvelopeFields), WireError> {
+    match form {
+        Form::Unsigned => Ok((decode_exact(bytes)?, None)),
+        Form::Signed => {
+            let e: Envelope<T> = decode_exact(bytes)?;
+            Ok((e.body, Some((e.ed_pk, e.seq))))
         }
     }
 }
 
+fn decode_kind(kind: u8, body: &[u8], form: Form) -> Result<(Datagram, EnvelopeFields), WireError> {
+    match kind {
+        KIND_ANNOUNCE => {
+            let (a, env) = take::<Announce>(body, form)?;
+            super::check_text(&a.name, MAX_NODE_NAME, "name")?;
+            if a.tcp_port == 0 {
+                return Err(WireError::OutOfBounds { field: "tcp_port" });
+            }
+            Ok((Datagram::Announce(a), env))
+        }
+        KIND_QUERY => {
+            let (node, env) = take(body, form)?;
+            Ok((Datagram::Query { node }, env))
+        }
+        KIND_GOODBYE => {
+            let (node, env) = take(body, form)?;
+            Ok((Datagram::Goodbye { node }, env))
+        }
+        k => Err(WireError::UnknownKind(k)),
+    }
+}
+
+/// Checks the size, magic and version of a datagram of at least `min`
+/// bytes; returns its kind.
+fn check_header(bytes: &[u8], min: usize) -> Result<u8, WireError> {
+    if bytes.len() > MAX_DATAGRAM {
+        return Err(WireError::TooLarge {
+            len: bytes.len(),
+            max: MAX_DATAGRAM,
+        });
+    }
+    if bytes.len() < min {
+        return Err(WireError::Truncated);
+    }
+    if bytes[..4] != MAGIC {
+        return Err(WireError::BadMagic);
+    }
+    if bytes[4] != DATAGRAM_VERSION {
+        return Err(WireError::Version(bytes[4]));
+    }
+    Ok(bytes[5])
+}
+
+/// True when `bytes` look like a sealed datagram (header only: nothing
+/// is opened).
+pub fn is_sealed(bytes: &[u8]) -> bool {
+    bytes.len() >= HEADER
+        && bytes[..4] == MAGIC
+        && bytes[4] == DATAGRAM_VERSION
+        && bytes[5] == KIND_SEALED
+}
+
+/// Seals a signed datagram under the swarm's datagram `key`, with a
+/// random `nonce` (passed in for golden tests).
+pub fn seal(signed: &[u8], key: &[u8; 32], nonce: &[u8; NONCE]) -> Vec<u8> {
+    let padded = (signed.len() + 2).div_ceil(PAD) * PAD;
+    assert!(padded <= MAX_SEALED_PLAIN, "a signed datagram is small");
+    let mut plain = Vec::with_capacity(padded);
+    plain.extend_from_slice(&(signed.len() as u16).to_be_bytes());
+    plain.extend_from_slice(signed);
+    plain.resize(padded, 0);
+    let mut out = Vec::with_capacity(HEADER + NONCE + padded + TAG);
+    out.extend_from_slice(&MAGIC);
+    out.push(DATAGRAM_VERSION);
+    out.push(KIND_SEALED);
+    out.extend_from_slice(nonce);
+    let header: [u8; HEADER] = out[..HEADER].try_into().expect("the header is written");
+    out.extend_from_slice(&aead_seal(key, nonce, &header, plain));
+    out
+}
+
+/// Opens a sealed datagram: the signed datagram inside. `Foreign` when it
+/// is not sealed, or not under `key` (another swarm); `Wire` when it is
+/// not a lanshare datagram at all.
+pub fn open(bytes: &[u8], key: &[u8; 32]) -> Result<Vec<u8>, Refused> {
+    let kind = check_header(bytes, HEADER)?;
+    if kind != KIND_SEALED {
+        return Err(Refused::Foreign);
+    }
+    let sealed = &bytes[HEADER..];
+    let body = sealed.len().checked_sub(NONCE + TAG).ok_or(Refused::Foreign)?;
+    if body == 0 || body % PAD != 0 {
+        return Err(Refused::Foreign);
+    }
+    let nonce: &[u8; NONCE] = sealed[..NONCE].try_into().expect("checked length");
+    let plain = aead_open(key, nonce, &bytes[..HEADER], &sealed[NONCE..])
+        .ok_or(Refused::Foreign)?;
+    // Authenticated from here: a bad length is a member's bug, not a
+    // stranger's, but still refused.
+    let len = u16::from_be_bytes([plain[0], plain[1]]) as usize;
+    if len + 2 > plain.len() || plain[len + 2..].iter().any(|b| *b != 0) {
+        return Err(WireError::OutOfBounds { field: "sealed length" }.into());
+    }
+    Ok(plain[2..len + 2].to_vec())
+}
+
+/// XChaCha20-Poly1305 of `plain` under `key`, `nonce` and `aad`:
+/// ciphertext then tag.
+pub fn aead_seal(key: &[u8; 32], nonce: &[u8; NONCE], aad: &[u8], mut plain: Vec<u8>) -> Vec<u8> {
+    let tag = XChaCha20Poly1305::new(key.into())
+        .encrypt_in_place_detached(XNonce::from_slice(nonce), aad, &mut plain)
+        .expect("a datagram is far below the AEAD's length limit");
+    plain.extend_from_slice(&tag);
+    plain
+}
+
+/// Opens `sealed` (ciphertext then tag) of [`aead_seal`]; `None` when it
+/// does not authenticate.
+pub fn aead_open(key: &[u8; 32], nonce: &[u8; NONCE], aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+    let n = sealed.len().checked_sub(TAG)?;
+    let mut plain = sealed[..n].to_vec();
+    let tag = Tag::from_slice(&sealed[n..]);
+    XChaCha20Poly1305::new(key.into())
+        .decrypt_in_place_detached(XNonce::from_slice(nonce), aad, &mut plain, tag)
+        .ok()?;
+    Some(plain)
+}
 #[cfg(test)]
 mod tests {
     use super::*;

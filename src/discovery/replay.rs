@@ -1,0 +1,308 @@
+//! Freshness and cost bounds of signed datagrams: the sequence numbers this
+//! node signs ([`next_seq`]), the per-sender replay window
+//! ([`ReplayGuard`], RFC 6479 style, as WireGuard does) in a bounded table
+//! ([`ReplayTable`]), and the per-source budget of signature checks
+//! ([`VerifyBudget`]).
+//!
+//! Owns: those decisions. Never touches the network, the dictionary or the
+//! clock: time is passed in.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::id::NodeId;
+
+/// Sequence numbers behind the highest one seen that are still accepted
+/// once (a datagram overtaken by a later one).
+pub const WINDOW: u64 = 64;
+/// A sender's window is kept this long after it was last heard.
+pub const KEEP: Duration = Duration::from_secs(3600);
+/// Most senders whose window is kept.
+pub const MAX_SENDERS: usize = crate::dict::MAX_PEERS;
+/// Signature checks allowed per source address and second (about 2% of a
+/// core each); a burst of as many is allowed.
+pub const VERIFY_PER_SEC: f64 = 200.0;
+/// Most source addresses whose budget is tracked.
+pub const MAX_SOURCES: usize = 1024;
+
+static LAST_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// The sequence number of a datagram signed at `now`: microseconds since
+/// the Unix epoch, forced strictly increasing within the process (so a
+/// restart moves forward with the clock, and two datagrams signed in the
+/// same microsecond differ).
+pub fn next_seq(now: SystemTime) -> u64 {
+    let us = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros()
+        .min(u64::MAX as u128 - 1) as u64;
+    let mut prev = LAST_SEQ.load(Ordering::Relaxed);
+    loop {
+        let next = us.max(prev.saturating_add(1));
+        match LAST_SEQ.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(p) => prev = p,
+        }
+    }
+}
+
+/// Whether a sequence number is new for its sender.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Freshness {
+    Fresh,
+    /// Seen already, or older than the window: a replay (or the same
+    /// datagram heard again on another link).
+    Replayed,
+}
+
+/// One sender's replay window: the highest sequence number seen, and which
+/// of the [`WINDOW`] numbers up to it were (bit `i`: `highest - i`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplayGuard {
+    highest: u64,
+    seen: u64,
+}
+
+impl ReplayGuard {
+    /// A window whose first number is `seq`.
+    pub fn new(seq: u64) -> Self {
+        ReplayGuard {
+            highest: seq,
+            seen: 1,
+        }
+    }
+
+    /// Checks `seq` and, when fresh, records it.
+    pub fn check(&mut self, seq: u64) -> Freshness {
+        if seq > self.highest {
+            let shift = seq - self.highest;
+            self.seen = if shift >= WINDOW {
+                0
+            } else {
+                self.seen << shift
+            };
+            self.seen |= 1;
+            self.highest = seq;
+            return Freshness::Fresh;
+        }
+        let back = self.highest - seq;
+        if back >= WINDOW || self.seen & (1 << back) != 0 {
+            return Freshness::Replayed;
+        }
+        self.seen |= 1 << back;
+        Freshness::Fresh
+    }
+}
+
+/// The replay windows of every sender heard within [`KEEP`], at most
+/// [`MAX_SENDERS`] of them (the least recently heard goes first).
+pub struct ReplayTable {
+    max: usize,
+    senders: Mutex<HashMap<NodeId, (ReplayGuard, Instant)>>,
+}
+
+impl Default for ReplayTable {
+    fn default() -> Self {
+        ReplayTable::with_limit(MAX_SENDERS)
+    }
+}
+
+impl ReplayTable {
+    pub fn with_limit(max: usize) -> Self {
+        ReplayTable {
+            max,
+            senders: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Checks `seq` from `node` (whose signature was verified) at `now`.
+    pub fn check(&self, node: NodeId, seq: u64, now: Instant) -> Freshness {
+        let mut senders = self.senders.lock().expect("replay table lock");
+        if let Some((guard, heard)) = senders.get_mut(&node)
+            && now.saturating_duration_since(*heard) < KEEP
+        {
+            let fresh = guard.check(seq);
+            if fresh == Freshness::Fresh {
+                *heard = now;
+            }
+            return fresh;
+        }
+        make_room(&mut senders, self.max, now, |(_, heard)| *heard);
+        senders.insert(node, (ReplayGuard::new(seq), now));
+        Freshness::Fresh
+    }
+
+    pub fn len(&self) -> usize {
+        self.senders.lock().expect("replay table lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Before inserting a new key in `map` (bounded to `max`): drops entries
+/// older than [`KEEP`] at `now`, then the oldest if still full.
+fn make_room<K: Eq + Hash + Copy, V>(
+    map: &mut HashMap<K, V>,
+    max: usize,
+    now: Instant,
+    when: impl Fn(&V) -> Instant,
+) {
+    if map.len() < max {
+        return;
+    }
+    map.retain(|_, v| now.saturating_duration_since(when(v)) < KEEP);
+    if map.len() >= max
+        && let Some(oldest) = map.iter().min_by_key(|(_, v)| when(v)).map(|(k, _)| *k)
+    {
+        map.remove(&oldest);
+    }
+}
+
+/// Whether a signature check may be spent on a datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Budget {
+    Allowed,
+    /// Over [`VERIFY_PER_SEC`] for its source: dropped unchecked.
+    Exhausted,
+}
+
+/// A token bucket of signature checks per source address.
+pub struct VerifyBudget {
+    per_sec: f64,
+    sources: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+}
+
+impl Default for VerifyBudget {
+    fn default() -> Self {
+        VerifyBudget::new(VERIFY_PER_SEC)
+    }
+}
+
+impl VerifyBudget {
+    pub fn new(per_sec: f64) -> Self {
+        VerifyBudget {
+            per_sec,
+            sources: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Spends one check for a datagram from `ip` at `now`, if any is left.
+    pub fn spend(&self, ip: IpAddr, now: Instant) -> Budget {
+        let mut sources = self.sources.lock().expect("verify budget lock");
+        if !sources.contains_key(&ip) {
+            make_room(&mut sources, MAX_SOURCES, now, |(_, t)| *t);
+        }
+        let (tokens, last) = sources.entry(ip).or_insert((self.per_sec, now));
+        let refill = now.saturating_duration_since(*last).as_secs_f64() * self.per_sec;
+        *tokens = (*tokens + refill).min(self.per_sec);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Budget::Allowed
+        } else {
+            Budget::Exhausted
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn in_order_reordered_old_and_duplicate() {
+        let mut g = ReplayGuard::new(1000);
+        assert_eq!(g.check(1000), Freshness::Replayed, "duplicate of the first");
+        assert_eq!(g.check(1010), Freshness::Fresh);
+        assert_eq!(g.check(1005), Freshness::Fresh, "reordered within the window");
+        assert_eq!(g.check(1005), Freshness::Replayed);
+        assert_eq!(g.check(1010 - WINDOW + 1), Freshness::Fresh);
+        assert_eq!(g.check(1010 - WINDOW), Freshness::Replayed, "older than the window");
+        assert_eq!(g.check(5000), Freshness::Fresh, "a jump clears the window");
+        assert_eq!(g.check(1010), Freshness::Replayed);
+        assert_eq!(g.check(4999), Freshness::Fresh);
+    }
+
+    #[test]
+    fn seqs_strictly_increase_even_when_the_clock_stands_still_or_goes_back() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+        let a = next_seq(t);
+        let b = next_seq(t);
+        let c = next_seq(t - Duration::from_secs(60));
+        assert!(a < b && b < c);
+        assert!(next_seq(t + Duration::from_secs(1)) >= a + 1_000_000);
+    }
+
+    #[test]
+    fn the_table_is_bounded_and_forgets_after_an_hour() {
+        let t = ReplayTable::with_limit(4);
+        let t0 = Instant::now();
+        let id = |i: u8| NodeId([i; 16]);
+        assert_eq!(t.check(id(1), 10, t0), Freshness::Fresh);
+        assert_eq!(t.check(id(1), 10, t0), Freshness::Replayed);
+        for i in 2..10 {
+            t.check(id(i), 10, t0 + Duration::from_secs(i as u64));
+        }
+        assert!(t.len() <= 4);
+        let later = t0 + KEEP + Duration::from_secs(60);
+        assert_eq!(t.check(id(9), 10, later), Freshness::Fresh, "forgotten after KEEP");
+    }
+
+    #[test]
+    fn the_budget_caps_checks_per_source() {
+        let b = VerifyBudget::new(10.0);
+        let t0 = Instant::now();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let other: IpAddr = "10.0.0.2".parse().unwrap();
+        let allowed = (0..50)
+            .filter(|_| b.spend(ip, t0) == Budget::Allowed)
+            .count();
+        assert_eq!(allowed, 10);
+        assert_eq!(b.spend(other, t0), Budget::Allowed, "per source");
+        assert_eq!(b.spend(ip, t0 + Duration::from_millis(150)), Budget::Allowed);
+        assert_eq!(b.spend(ip, t0 + Duration::from_millis(150)), Budget::Exhausted);
+    }
+
+    proptest! {
+        /// Against a model (the set of accepted numbers): a number is
+        /// accepted iff never accepted before and within WINDOW of the
+        /// highest accepted so far.
+        #[test]
+        fn matches_the_model(start in 0u64..1_000_000, steps in proptest::collection::vec(-80i64..200, 1..200)) {
+            let mut g = ReplayGuard::new(start);
+            let mut accepted = std::collections::BTreeSet::from([start]);
+            let mut cur = start as i64;
+            for s in steps {
+                cur = (cur + s).max(0);
+                let seq = cur as u64;
+                let highest = *accepted.iter().next_back().unwrap();
+                let expect = if accepted.contains(&seq) || seq + WINDOW <= highest {
+                    Freshness::Replayed
+                } else {
+                    Freshness::Fresh
+                };
+                prop_assert_eq!(g.check(seq), expect, "seq {}", seq);
+                if expect == Freshness::Fresh {
+                    accepted.insert(seq);
+                }
+            }
+        }
+
+        #[test]
+        fn a_replay_is_never_fresh(seqs in proptest::collection::vec(any::<u64>(), 1..100)) {
+            let mut g = ReplayGuard::new(seqs[0]);
+            for s in &seqs {
+                g.check(*s);
+                prop_assert_eq!(g.check(*s), Freshness::Replayed);
+            }
+        }
+    }
+}
