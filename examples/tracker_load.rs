@@ -9,6 +9,9 @@
 //! (a common word, and a rare string) and by category, and peer lists.
 //! Prints one line per phase: requests, seconds, requests per second and
 //! latency percentiles. Everything it prints was measured in this run.
+//! Every node has its own Ed25519 key and signs each change as a real node
+//! does (`X-Lanshare-Sig`), so the rates include the tracker's signature
+//! checks (and the generator's signing, on the same machine).
 //!
 //! ```text
 //! cargo run --release --example tracker_load -- --url http://127.0.0.1:PORT \
@@ -23,7 +26,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use lanshare::id::{ContentId, NodeId};
+use lanshare::id::ContentId;
+use lanshare::identity::Identity;
 use lanshare::tracker::client::Api;
 use lanshare::tracker::proto::{
     Entry, FullAnnounce, HeartbeatRequest, PatchAnnounce, PeersQuery, RegisterRequest, SearchQuery,
@@ -195,7 +199,8 @@ fn digest_of(entries: &[Entry]) -> [u8; 16] {
 }
 
 struct Node {
-    id: NodeId,
+    /// Every request of the node is signed by its key (`X-Lanshare-Sig`).
+    key: Arc<Identity>,
     token: String,
     entries: Vec<Entry>,
     digest: [u8; 16],
@@ -360,9 +365,9 @@ async fn main() {
     let mut nodes = Vec::with_capacity(args.nodes);
     for n in 0..args.nodes {
         let count = per + usize::from(n < extra);
-        let mut id = [0u8; 16];
-        id[..8].copy_from_slice(&rng.next().to_le_bytes());
-        id[8..].copy_from_slice(&(n as u64).to_le_bytes());
+        let mut seed = [0u8; 32];
+        seed[..8].copy_from_slice(&rng.next().to_le_bytes());
+        seed[8..16].copy_from_slice(&(n as u64).to_le_bytes());
         let mut entries: Vec<Entry> = (0..count as u64)
             .map(|k| make_entry(&mut rng, n, k))
             .collect();
@@ -370,7 +375,7 @@ async fn main() {
         entries.dedup_by_key(|e| e.id);
         let digest = digest_of(&entries);
         nodes.push(Node {
-            id: NodeId(id),
+            key: Arc::new(Identity::from_seed(seed)),
             token: String::new(),
             entries,
             digest,
@@ -388,7 +393,9 @@ async fn main() {
         async move {
             let mut node = ns[i].lock().await;
             let req = RegisterRequest {
-                id: node.id,
+                id: node.key.node_id(),
+                key: node.key.public_key(),
+                swarm: None,
                 name: format!("bench-{i}"),
                 port: 7373,
                 addrs: vec![std::net::IpAddr::from([
@@ -398,7 +405,7 @@ async fn main() {
                     i as u8,
                 ])],
             };
-            match a.register(&req).await {
+            match a.register(&node.key, &req).await {
                 Ok(r) => {
                     node.token = r.token;
                     true
@@ -429,7 +436,7 @@ async fn main() {
                     entries: node.entries.clone(),
                     more: false,
                 };
-                a.announce_full(node.id, &node.token, &req)
+                a.announce_full(&node.key, &node.token, &req)
                     .await
                     .map_err(|e| eprintln!("announce: {e}"))
                     .is_ok()
@@ -469,7 +476,7 @@ async fn main() {
                     entries: node.entries.clone(),
                     more: false,
                 };
-                a.announce_full(node.id, &node.token, &req)
+                a.announce_full(&node.key, &node.token, &req)
                     .await
                     .map_err(|e| eprintln!("re-announce: {e}"))
                     .is_ok()
@@ -515,7 +522,7 @@ async fn main() {
                     remove,
                     more: false,
                 };
-                a.announce_patch(node.id, &node.token, &req)
+                a.announce_patch(&node.key, &node.token, &req)
                     .await
                     .map_err(|e| eprintln!("patch: {e}"))
                     .is_ok()
@@ -542,13 +549,13 @@ async fn main() {
             async move {
                 let (id, token, digest) = {
                     let node = ns[i % n_nodes].lock().await;
-                    (node.id, node.token.clone(), node.digest)
+                    (node.key.clone(), node.token.clone(), node.digest)
                 };
                 let req = HeartbeatRequest {
                     digest,
                     addrs: None,
                 };
-                match a.heartbeat(id, &token, &req).await {
+                match a.heartbeat(&id, &token, &req).await {
                     Ok(r) if !r.send_inventory => true,
                     Ok(_) => {
                         eprintln!("heartbeat: the tracker asked for an inventory it should have");
@@ -654,6 +661,7 @@ async fn main() {
                     since: cur.seq,
                     epoch: Some(cur.epoch.clone()),
                     limit: None,
+                    swarm: None,
                 })
                 .await
             {
@@ -674,6 +682,7 @@ async fn main() {
                         since,
                         epoch: Some(epoch),
                         limit: None,
+                        swarm: None,
                     })
                     .await
                     .is_ok()

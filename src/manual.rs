@@ -12,7 +12,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::FoundVia;
 use crate::dict::Dict;
-use crate::id::NodeId;
 use crate::peer::dial::{DialError, Dialer};
 use crate::retry::{Retry, RetryPolicy};
 
@@ -43,13 +42,11 @@ pub fn parse_target(s: &str) -> Result<String, String> {
 /// Keeps one manual peer fresh until cancelled.
 pub async fn follow(
     dict: Arc<Dict>,
-    me: NodeId,
-    my_name: String,
+    dialer: Dialer,
     target: String,
     interval: Duration,
     cancel: CancellationToken,
 ) {
-    let dialer = Dialer::new(me, &my_name, dict.clone());
     let mut retry = Retry::new(retry_policy(interval));
     let mut warned = false;
     loop {

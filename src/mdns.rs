@@ -3,14 +3,20 @@
 //! but pass mDNS, and so that standard tools (`avahi-browse -rt
 //! _lanshare._tcp`, python zeroconf) see lanshare nodes.
 //!
-//! Each node registers `<node name>._lanshare._tcp.local.` with its TCP
-//! port and a TXT record holding `id` (node id, hex), `v` (protocol
-//! version), `port` and `digest` (inventory digest, hex), but never the
-//! inventory itself; the record is updated when the digest changes (at most
-//! once a second). It browses for the same service type: every resolved
-//! instance and each of its addresses goes into the dictionary as found by
-//! mDNS, and its inventory is pulled over TCP like any peer's. A clean stop
-//! unregisters the service, which peers see as a removal at once.
+//! Open mode: each node registers `<node name>._lanshare._tcp.local.` with
+//! its TCP port and a TXT record holding `id` (node id, hex), `v` (`2`),
+//! `port` and `digest` (inventory digest, hex), but never the inventory
+//! itself: a claim, confirmed by a TCP handshake. Private mode: the instance
+//! and host are `ls-<16 random hex>`, new at each start, and the TXT record
+//! holds only `v=2`, `m=p`, `port` and `x` (see [`blob`]: the signed
+//! `{pk, digest, seq}` sealed with the swarm's mDNS key); a member opens it
+//! and takes it as a signed announce, anyone else learns only that some
+//! lanshare node is there. The record is updated when the digest changes
+//! (at most once a second). It browses for the same service type: every
+//! resolved instance of its own swarm and each of its addresses goes into
+//! the dictionary as found by mDNS, and its inventory is pulled over TCP
+//! like any peer's. A clean stop unregisters the service, which peers see
+//! as a removal at once.
 //!
 //! The daemon is told to use exactly the interfaces discovery uses (the
 //! [`crate::netif`] links), through a predicate that reads the current link
@@ -32,13 +38,17 @@ use mdns_sd::{
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+pub mod blob;
+
 use crate::api::FoundVia;
 use crate::dict::Sighting;
 use crate::discovery::{Context, follow_links};
 use crate::id::NodeId;
 use crate::netif::Link;
 use crate::stats::Counter;
-use crate::wire::{MAX_NODE_NAME, VERSION};
+use crate::swarm::Mode;
+use crate::wire::MAX_NODE_NAME;
+use crate::wire::datagram::{DATAGRAM_VERSION, NONCE};
 
 pub const SERVICE_TYPE: &str = "_lanshare._tcp.local.";
 /// TXT updates are at least this far apart.
@@ -55,6 +65,9 @@ pub enum MdnsError {
 pub struct Mdns {
     daemon: ServiceDaemon,
     ctx: Context,
+    /// The instance label: the node name (open), or `ls-<16 random hex>`
+    /// (private).
+    instance: String,
     host: String,
     /// The links the daemon may use, read by its interface predicate.
     links: Arc<RwLock<BTreeSet<Link>>>,
@@ -86,34 +99,65 @@ impl Mdns {
             })
         })))?;
         daemon.set_ip_check_interval(IP_CHECK_SECS)?;
-        let host = format!(
-            "{}-{}.local.",
-            host_label(&ctx.name),
-            &ctx.node.to_hex()[..8]
-        );
+        let (instance, host) = if ctx.mode.is_private() {
+            let label = format!(
+                "ls-{}",
+                crate::id::to_hex(&crate::identity::random_bytes()[..8])
+            );
+            (label.clone(), format!("{label}.local."))
+        } else {
+            let host = format!(
+                "{}-{}.local.",
+                host_label(&ctx.name),
+                &ctx.node.to_hex()[..8]
+            );
+            (ctx.name.clone(), host)
+        };
         Ok(Arc::new(Mdns {
             daemon,
             ctx,
+            instance,
             host,
             links,
         }))
     }
 
     fn fullname(&self) -> String {
-        format!("{}.{SERVICE_TYPE}", escape(&self.ctx.name))
+        format!("{}.{SERVICE_TYPE}", escape(&self.instance))
+    }
+
+    /// The TXT record announcing `digest`.
+    fn properties(&self, digest: &[u8; 16]) -> Vec<(&'static str, String)> {
+        let me = &self.ctx;
+        match &me.mode {
+            Mode::Open => vec![
+                ("id", me.node.to_hex()),
+                ("v", DATAGRAM_VERSION.to_string()),
+                ("port", me.tcp_port.to_string()),
+                ("digest", crate::id::to_hex(digest)),
+            ],
+            Mode::Private(keys) => {
+                let seq = crate::discovery::replay::next_seq(std::time::SystemTime::now());
+                let nonce: [u8; NONCE] = crate::identity::random_bytes()[..NONCE]
+                    .try_into()
+                    .expect("24 of 32 bytes");
+                let x = blob::seal(&me.identity, digest, seq, &keys.mdns, &nonce);
+                vec![
+                    ("v", DATAGRAM_VERSION.to_string()),
+                    ("m", "p".to_string()),
+                    ("port", me.tcp_port.to_string()),
+                    ("x", x),
+                ]
+            }
+        }
     }
 
     fn register(&self, digest: &[u8; 16]) -> Result<(), MdnsError> {
         let me = &self.ctx;
-        let props = [
-            ("id", me.node.to_hex()),
-            ("v", VERSION.to_string()),
-            ("port", me.tcp_port.to_string()),
-            ("digest", crate::id::to_hex(digest)),
-        ];
+        let props = self.properties(digest);
         let info = ServiceInfo::new(
             SERVICE_TYPE,
-            &me.name,
+            &self.instance,
             &self.host,
             (),
             me.tcp_port,
@@ -177,16 +221,20 @@ impl Mdns {
         let mut known: HashMap<String, NodeId> = HashMap::new();
         while let Some(Ok(ev)) = cancel.run_until_cancelled(events.recv_async()).await {
             match ev {
-                ServiceEvent::ServiceResolved(rs) => match parse(&rs) {
-                    Some(found) if found.node != self.ctx.node => {
+                ServiceEvent::ServiceResolved(rs) => match parse(&rs, &self.ctx.mode) {
+                    Parsed::Found(found) if found.node != self.ctx.node => {
                         if known.len() < crate::dict::MAX_PEERS || known.contains_key(&rs.fullname)
                         {
                             known.insert(rs.fullname.clone(), found.node);
                         }
                         self.found(found);
                     }
-                    Some(_) => {}
-                    None => {
+                    Parsed::Found(_) => {}
+                    Parsed::Foreign => {
+                        self.ctx.stats.count(Counter::ForeignDatagrams);
+                        tracing::debug!(instance = %rs.fullname, "ignored an mDNS record of another swarm");
+                    }
+                    Parsed::Malformed => {
                         self.ctx.stats.count(Counter::MalformedDatagrams);
                         tracing::debug!(instance = %rs.fullname, "ignored a malformed lanshare mDNS record");
                     }
@@ -209,24 +257,55 @@ impl Mdns {
 
     fn found(&self, f: Found) {
         let dict = &self.ctx.dict;
-        // The record has no size: the one held stands until a pull.
-        let contents = dict.peers.with(&f.node, |p| p.contents).unwrap_or(0);
+        // The record has no size: the one held stands until a pull. A
+        // private record has no name either: the one known stands.
+        let (contents, known_name) = dict
+            .peers
+            .with(&f.node, |p| (p.contents, p.name.clone()))
+            .unzip();
+        let name = match (f.signed, known_name) {
+            (Signature::Signed, Some(known)) => known,
+            _ => f.name,
+        };
+        let contents = contents.unwrap_or(0);
         if !dict.peers.is_online(&f.node) {
-            tracing::info!(peer = %f.name, addrs = ?f.addrs, "peer found by mDNS");
+            tracing::info!(peer = %name, addrs = ?f.addrs, "peer found by mDNS");
         }
         for addr in f.addrs {
             let seen = Sighting {
                 id: f.node,
-                name: &f.name,
+                name: &name,
                 addr,
                 via: FoundVia::Mdns,
                 interval: self.ctx.interval,
                 digest: f.digest,
                 contents,
             };
-            dict.observe(seen, Instant::now());
+            match f.signed {
+                Signature::Signed => dict.observe_signed(seen, Instant::now()),
+                Signature::Unsigned => dict.observe(seen, Instant::now()),
+            };
         }
     }
+}
+
+/// Whether a record's claims are signed by the node's key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Signature {
+    /// An open record: a claim, confirmed by a TCP handshake.
+    Unsigned,
+    /// A private record's blob, opened and verified.
+    Signed,
+}
+
+/// What a resolved record is to this node.
+#[derive(Debug, PartialEq)]
+enum Parsed {
+    Found(Found),
+    /// Of another swarm (another key, or the other mode): ignored.
+    Foreign,
+    /// Not a valid lanshare record.
+    Malformed,
 }
 
 /// A lanshare node as its mDNS record describes it.
@@ -236,21 +315,68 @@ struct Found {
     name: String,
     digest: [u8; 16],
     addrs: Vec<SocketAddr>,
+    signed: Signature,
 }
 
-/// Reads a resolved record; `None` when it is not a valid lanshare record
-/// of our protocol version. Everything in it came from the network.
-fn parse(rs: &ResolvedService) -> Option<Found> {
+/// Reads a resolved record as a node in `mode` sees it. Everything in it
+/// came from the network.
+fn parse(rs: &ResolvedService, mode: &Mode) -> Parsed {
     let txt = |k: &str| rs.get_property_val_str(k);
-    if txt("v")? != VERSION.to_string() {
-        return None;
+    if txt("v") != Some(&DATAGRAM_VERSION.to_string()) {
+        return Parsed::Malformed;
     }
-    let node: NodeId = txt("id")?.parse().ok()?;
-    let digest = parse_digest(txt("digest")?)?;
-    let port = rs.port;
-    if port == 0 {
-        return None;
+    let private = txt("m") == Some("p");
+    let found = match (mode, private) {
+        (Mode::Open, false) => parse_open(rs),
+        (Mode::Private(keys), true) => parse_private(rs, &keys.mdns),
+        _ => return Parsed::Foreign,
+    };
+    match found {
+        Ok(f) => Parsed::Found(f),
+        Err(p) => p,
     }
+}
+
+/// An open record: `id`, `digest` and the instance name, all claims.
+fn parse_open(rs: &ResolvedService) -> Result<Found, Parsed> {
+    let txt = |k: &str| rs.get_property_val_str(k);
+    let node: NodeId = txt("id")
+        .and_then(|t| t.parse().ok())
+        .ok_or(Parsed::Malformed)?;
+    let digest = txt("digest")
+        .and_then(parse_digest)
+        .ok_or(Parsed::Malformed)?;
+    let name = instance_name(rs).ok_or(Parsed::Malformed)?;
+    let addrs = addresses(rs).ok_or(Parsed::Malformed)?;
+    Ok(Found {
+        node,
+        name,
+        digest,
+        addrs,
+        signed: Signature::Unsigned,
+    })
+}
+
+/// A private record: its `x` blob, opened with `key` and verified, gives
+/// the node (missing or failing: another swarm).
+fn parse_private(rs: &ResolvedService, key: &[u8; 32]) -> Result<Found, Parsed> {
+    let claim = rs
+        .get_property_val_str("x")
+        .and_then(|x| blob::open(x, key))
+        .ok_or(Parsed::Foreign)?;
+    let name = instance_name(rs).ok_or(Parsed::Malformed)?;
+    let addrs = addresses(rs).ok_or(Parsed::Malformed)?;
+    Ok(Found {
+        node: claim.node,
+        name,
+        digest: claim.digest,
+        addrs,
+        signed: Signature::Signed,
+    })
+}
+
+/// The instance label, unescaped and checked.
+fn instance_name(rs: &ResolvedService) -> Option<String> {
     let instance = rs
         .fullname
         .strip_suffix(SERVICE_TYPE)?
@@ -260,6 +386,16 @@ fn parse(rs: &ResolvedService) -> Option<Found> {
     if crate::wire::check_text(&instance, MAX_NODE_NAME, "name").is_err() || instance.is_empty() {
         return None;
     }
+    Some(instance)
+}
+
+/// The record's addresses with its port, at most MAX_ADDRS; `None` when
+/// there is none or the port is 0.
+fn addresses(rs: &ResolvedService) -> Option<Vec<SocketAddr>> {
+    let port = rs.port;
+    if port == 0 {
+        return None;
+    }
     let mut addrs: Vec<SocketAddr> = rs
         .addresses
         .iter()
@@ -267,15 +403,7 @@ fn parse(rs: &ResolvedService) -> Option<Found> {
         .collect();
     addrs.sort();
     addrs.truncate(crate::dict::MAX_ADDRS);
-    if addrs.is_empty() {
-        return None;
-    }
-    Some(Found {
-        node,
-        name: instance,
-        digest,
-        addrs,
-    })
+    (!addrs.is_empty()).then_some(addrs)
 }
 
 fn socket_addr(a: &ScopedIp, port: u16) -> Option<SocketAddr> {

@@ -300,12 +300,16 @@ impl Bound {
             rescan: rescan.clone(),
         };
         tasks.spawn_until_cancelled("scanner", scanner.run());
+        let local = crate::peer::server::Local {
+            identity: self.started.identity.clone(),
+            mode: cfg.swarm.clone(),
+            name: cfg.name.clone(),
+        };
         let server = Arc::new(Server::new(
             self.store.clone(),
             self.dict.clone(),
             self.stats.clone(),
-            id,
-            cfg.name.clone(),
+            local,
             cfg.server.clone(),
             rescan.clone(),
         ));
@@ -318,7 +322,11 @@ impl Bound {
             "links",
             crate::netif::watch_links(self.selection, self.links_tx, LINK_CHECK, tasks.token()),
         );
-        let me = Identity { id, listen };
+        let me = Identity {
+            id,
+            listen,
+            key: self.started.identity.clone(),
+        };
         let service = Service::new(
             cfg,
             me,
@@ -339,12 +347,17 @@ impl Bound {
     /// Peers given with `--peer`, and the pulls and probes that keep
     /// every peer's inventory and liveness current.
     fn spawn_peer_followers(&self, tasks: &Tasks) -> Goodbye {
-        let (cfg, id) = (&self.cfg, self.started.node);
+        let cfg = &self.cfg;
+        let dialer = crate::peer::dial::Dialer::new(
+            self.started.identity.clone(),
+            cfg.swarm.clone(),
+            &cfg.name,
+            self.dict.clone(),
+        );
         for target in &cfg.peers {
             let follow = crate::manual::follow(
                 self.dict.clone(),
-                id,
-                cfg.name.clone(),
+                dialer.clone(),
                 target.clone(),
                 cfg.announce_interval,
                 tasks.token(),
@@ -353,8 +366,7 @@ impl Bound {
         }
         let reach = Arc::new(crate::reach::Reach {
             dict: self.dict.clone(),
-            me: id,
-            name: cfg.name.clone(),
+            dialer,
         });
         let scope = tasks.child("reach");
         scope.spawn("puller", reach.clone().puller(scope.clone()));
@@ -375,11 +387,13 @@ impl Bound {
             local_addresses(self.links_rx.clone(), addrs_tx, tasks.token()),
         );
         for url in &cfg.trackers {
-            let node = crate::tracker::client::NodeInfo {
-                id: self.started.node,
-                name: cfg.name.clone(),
-                tcp_port: self.started.listen.port(),
-            };
+            let node = crate::tracker::client::NodeInfo::new(
+                self.started.identity.clone(),
+                cfg.name.clone(),
+                self.started.listen.port(),
+                &cfg.swarm,
+                crate::peer::dial::Dialer::new(self.started.node, &cfg.name, self.dict.clone()),
+            );
             let follow = crate::tracker::client::follow(
                 url.clone(),
                 node,

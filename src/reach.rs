@@ -42,8 +42,8 @@ const PULL_RETRY: RetryPolicy =
 
 pub struct Reach {
     pub dict: Arc<Dict>,
-    pub me: NodeId,
-    pub name: String,
+    /// Connects as this node (its key, swarm and name).
+    pub dialer: Dialer,
 }
 
 impl Reach {
@@ -133,7 +133,7 @@ impl Reach {
     }
 
     fn dialer(&self) -> Dialer {
-        Dialer::new(self.me, &self.name, self.dict.clone())
+        self.dialer.clone()
     }
 
     /// Connects to `peer`; one not proven yet gets the shorter timeout on

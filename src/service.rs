@@ -64,6 +64,8 @@ pub struct Service {
 pub struct Identity {
     pub id: NodeId,
     pub listen: SocketAddr,
+    /// The key `id` derives from (downloads prove it to holders).
+    pub key: Arc<crate::identity::Identity>,
 }
 
 impl Service {
@@ -79,8 +81,13 @@ impl Service {
         let fetch = Arc::new(FetchCtx {
             store: store.clone(),
             dict: dict.clone(),
-            node: me.id,
-            name: cfg.name.clone(),
+            dialer: crate::peer::dial::Dialer::new(
+                me.key.clone(),
+                cfg.swarm.clone(),
+                &cfg.name,
+                dict.clone(),
+            )
+            .keeping_failed(),
             download_log: TransferLog::new(&Home::new(&cfg.home).download_log()),
             limits: cfg.fetch.clone(),
             memory: Default::default(),

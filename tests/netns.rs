@@ -379,14 +379,13 @@ fn send_garbage(
                 conns += 1;
                 let _ = match kind {
                     0 => s.write_all(&bytes(&mut rnd, 64)),
-                    // A valid preamble, then a 4 GiB frame.
-                    1 => s.write_all(b"LNSH\x01\xff\xff\xff\xff\x01"),
-                    // A valid preamble, then a hello frame of junk.
+                    // A valid preamble, then a handshake message of 64 KiB.
+                    1 => s.write_all(b"LNSH\x02\x00\xff\xff"),
+                    // A valid preamble, then a first handshake message of junk.
                     2 => {
                         let body = bytes(&mut rnd, 40);
-                        let mut m = b"LNSH\x01".to_vec();
-                        m.extend_from_slice(&(body.len() as u32 + 1).to_le_bytes());
-                        m.push(0x01);
+                        let mut m = b"LNSH\x02\x00".to_vec();
+                        m.extend_from_slice(&(body.len() as u16).to_be_bytes());
                         m.extend_from_slice(&body);
                         s.write_all(&m)
                     }

@@ -119,3 +119,174 @@ impl Gate {
         Admitted::Dropped
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::identity::Identity;
+    use crate::swarm::SwarmKey;
+    use crate::wire::datagram::Announce;
+
+    fn ctx(mode: Mode) -> Context {
+        let identity = Arc::new(Identity::generate());
+        let (_tx, inventory) =
+            tokio::sync::watch::channel(crate::inventory::Inventory::new(Vec::new()));
+        Context {
+            node: identity.node_id(),
+            identity,
+            mode,
+            name: "me".into(),
+            tcp_port: 1,
+            interval: Duration::from_secs(1),
+            inventory,
+            dict: Default::default(),
+            stats: Default::default(),
+        }
+    }
+
+    fn goodbye(id: &Identity) -> Datagram {
+        Datagram::Goodbye { node: id.node_id() }
+    }
+
+    const SRC: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 7));
+
+    #[test]
+    fn signed_is_admitted_once_forged_never() {
+        let me = ctx(Mode::Open);
+        let peer = ctx(Mode::Open);
+        let gate = Gate::default();
+        let now = Instant::now();
+        let bytes = wrap(&goodbye(&peer.identity), &peer, SystemTime::now());
+        assert_eq!(
+            gate.admit(&me, &bytes, SRC, now),
+            Admitted::Verified(goodbye(&peer.identity))
+        );
+        // The same bytes again (a replay, or another link): dropped, counted.
+        assert_eq!(gate.admit(&me, &bytes, SRC, now), Admitted::Dropped);
+        assert_eq!(me.stats.get(Counter::ReplayedDatagrams), 1);
+        // A later one is fresh.
+        let later = wrap(&goodbye(&peer.identity), &peer, SystemTime::now());
+        assert!(matches!(
+            gate.admit(&me, &later, SRC, now),
+            Admitted::Verified(_)
+        ));
+        // The peer's id signed by another key, and the unsigned form.
+        let forger = Identity::generate();
+        let forged = goodbye(&peer.identity).sign(&forger, u64::MAX);
+        assert_eq!(gate.admit(&me, &forged, SRC, now), Admitted::Dropped);
+        let unsigned = goodbye(&peer.identity).encode();
+        assert_eq!(gate.admit(&me, &unsigned, SRC, now), Admitted::Dropped);
+        assert_eq!(me.stats.get(Counter::BadSignatureDatagrams), 1);
+        assert_eq!(me.stats.get(Counter::MalformedDatagrams), 1);
+        // Our own, looped back.
+        let own = wrap(&goodbye(&me.identity), &me, SystemTime::now());
+        assert_eq!(gate.admit(&me, &own, SRC, now), Admitted::Own);
+    }
+
+    #[test]
+    fn private_swarms_are_separate() {
+        let k = SwarmKey::generate();
+        let me = ctx(Mode::private(&k));
+        let member = ctx(Mode::private(&k));
+        let other = ctx(Mode::private(&SwarmKey::generate()));
+        let open = ctx(Mode::Open);
+        let gate = Gate::default();
+        let now = Instant::now();
+        let a = Datagram::Announce(Announce {
+            node: member.node,
+            name: "member".into(),
+            tcp_port: 9,
+            interval_ms: 1000,
+            inventory_digest: [1; 16],
+            contents: 1,
+        });
+        let sealed = wrap(&a, &member, SystemTime::now());
+        assert!(datagram::is_sealed(&sealed));
+        assert!(
+            !sealed.windows(6).any(|w| w == b"member"),
+            "the name is not in clear"
+        );
+        assert_eq!(gate.admit(&me, &sealed, SRC, now), Admitted::Verified(a));
+        for stranger in [&other, &open] {
+            let bytes = wrap(&goodbye(&stranger.identity), stranger, SystemTime::now());
+            assert_eq!(gate.admit(&me, &bytes, SRC, now), Admitted::Dropped);
+        }
+        assert_eq!(me.stats.get(Counter::ForeignDatagrams), 2);
+        // And an open node ignores the members' sealed datagrams.
+        let open_gate = Gate::default();
+        assert_eq!(open_gate.admit(&open, &sealed, SRC, now), Admitted::Dropped);
+        assert_eq!(open.stats.get(Counter::ForeignDatagrams), 1);
+    }
+
+    #[test]
+    fn signature_checks_are_budgeted_per_source() {
+        let me = ctx(Mode::Open);
+        let gate = Gate::default();
+        let now = Instant::now();
+        let forger = Identity::generate();
+        let victim = Identity::generate();
+        let forged = goodbye(&victim).sign(&forger, 1);
+        for _ in 0..1000 {
+            gate.admit(&me, &forged, SRC, now);
+        }
+        let checked = me.stats.get(Counter::BadSignatureDatagrams);
+        assert!(
+            checked <= 200,
+            "{checked} signatures checked in one instant"
+        );
+        assert_eq!(me.stats.get(Counter::ThrottledDatagrams), 1000 - checked);
+    }
+
+    /// Signing and verifying one datagram (figures for the closing note):
+    /// `cargo test --release --lib datagram_auth_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn datagram_auth_cost() {
+        let k = SwarmKey::generate();
+        let peer = ctx(Mode::private(&k));
+        let me = ctx(Mode::private(&k));
+        let d = Datagram::Announce(Announce {
+            node: peer.node,
+            name: "a-typical-node-name".into(),
+            tcp_port: 7373,
+            interval_ms: 5000,
+            inventory_digest: [1; 16],
+            contents: 100,
+        });
+        let n = 20_000u32;
+        let t = Instant::now();
+        let all: Vec<Vec<u8>> = (0..n).map(|_| wrap(&d, &peer, SystemTime::now())).collect();
+        let send = t.elapsed() / n;
+        let gate = Gate {
+            budget: VerifyBudget::new(f64::MAX),
+            ..Gate::default()
+        };
+        let t = Instant::now();
+        for b in &all {
+            assert!(matches!(
+                gate.admit(&me, b, SRC, Instant::now()),
+                Admitted::Verified(_)
+            ));
+        }
+        let recv = t.elapsed() / n;
+        let signed = d.sign(&peer.identity, 1);
+        let t = Instant::now();
+        for _ in 0..n {
+            Signed::decode(&signed).unwrap().verify().unwrap();
+        }
+        let verify = t.elapsed() / n;
+        let t = Instant::now();
+        for i in 0..n {
+            std::hint::black_box(d.sign(&peer.identity, i as u64));
+        }
+        let sign = t.elapsed() / n;
+        eprintln!(
+            "sign {sign:?}, verify {verify:?}; sealed: wrap (sign+seal) {send:?}, admit (open+verify+replay) {recv:?}; {} bytes sealed, {} signed",
+            all[0].len(),
+            signed.len()
+        );
+    }
+}

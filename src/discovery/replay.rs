@@ -222,10 +222,18 @@ mod tests {
         let mut g = ReplayGuard::new(1000);
         assert_eq!(g.check(1000), Freshness::Replayed, "duplicate of the first");
         assert_eq!(g.check(1010), Freshness::Fresh);
-        assert_eq!(g.check(1005), Freshness::Fresh, "reordered within the window");
+        assert_eq!(
+            g.check(1005),
+            Freshness::Fresh,
+            "reordered within the window"
+        );
         assert_eq!(g.check(1005), Freshness::Replayed);
         assert_eq!(g.check(1010 - WINDOW + 1), Freshness::Fresh);
-        assert_eq!(g.check(1010 - WINDOW), Freshness::Replayed, "older than the window");
+        assert_eq!(
+            g.check(1010 - WINDOW),
+            Freshness::Replayed,
+            "older than the window"
+        );
         assert_eq!(g.check(5000), Freshness::Fresh, "a jump clears the window");
         assert_eq!(g.check(1010), Freshness::Replayed);
         assert_eq!(g.check(4999), Freshness::Fresh);
@@ -253,7 +261,11 @@ mod tests {
         }
         assert!(t.len() <= 4);
         let later = t0 + KEEP + Duration::from_secs(60);
-        assert_eq!(t.check(id(9), 10, later), Freshness::Fresh, "forgotten after KEEP");
+        assert_eq!(
+            t.check(id(9), 10, later),
+            Freshness::Fresh,
+            "forgotten after KEEP"
+        );
     }
 
     #[test]
@@ -267,8 +279,14 @@ mod tests {
             .count();
         assert_eq!(allowed, 10);
         assert_eq!(b.spend(other, t0), Budget::Allowed, "per source");
-        assert_eq!(b.spend(ip, t0 + Duration::from_millis(150)), Budget::Allowed);
-        assert_eq!(b.spend(ip, t0 + Duration::from_millis(150)), Budget::Exhausted);
+        assert_eq!(
+            b.spend(ip, t0 + Duration::from_millis(150)),
+            Budget::Allowed
+        );
+        assert_eq!(
+            b.spend(ip, t0 + Duration::from_millis(150)),
+            Budget::Exhausted
+        );
     }
 
     proptest! {

@@ -31,8 +31,9 @@ use crate::task::Tasks;
 pub struct FetchCtx {
     pub store: Arc<Store>,
     pub dict: Arc<Dict>,
-    pub node: NodeId,
-    pub name: String,
+    /// Connects as this node; a holder's address that refuses keeps its
+    /// standing ([`Dialer::keeping_failed`]).
+    pub dialer: Dialer,
     pub download_log: TransferLog,
     pub limits: FetchLimits,
     pub memory: HolderMemory,
@@ -181,7 +182,7 @@ impl FetchCtx {
     /// download's connection keeps its standing (reach's prober judges
     /// addresses); one that answers as another node is marked.
     pub(super) fn dialer(&self) -> Dialer {
-        Dialer::new(self.node, &self.name, self.dict.clone()).keeping_failed()
+        self.dialer.clone()
     }
 
     /// The holders of `id`, waiting up to `wait_for_holders` for the network

@@ -1,5 +1,5 @@
-//! One connection to a peer's server: handshake, then requests and
-//! responses. Several requests may be in flight; responses are read one at
+//! One connection to a peer's server: the Noise handshake (which proves
+//! the server's node id), then requests and responses. Several requests may be in flight; responses are read one at
 //! a time, a chunk's bytes straight into the caller's buffer.
 
 use std::net::SocketAddr;
@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-use super::conn::{Buffers, FramedConn};
+use super::conn::FramedConn;
 use super::{HANDSHAKE_TIMEOUT, PeerError};
 
 /// Connecting to one of several addresses of a peer gives up sooner.
@@ -15,13 +15,16 @@ pub const FALLBACK_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The `OutOfBounds` field of a pull stopped by its memory budget.
 pub const OVER_BUDGET: &str = "inventory bytes";
 use crate::id::{ContentId, NodeId};
+use crate::identity::Identity;
 use crate::manifest::Manifest;
+use crate::swarm::Mode;
 use crate::wire::frame::{self, MAX_INVENTORY_ENTRIES, MAX_RESPONSE_FRAME, Request, Response};
 use crate::wire::{InventoryEntry, WireError};
 
 pub struct PeerConn {
     framed: FramedConn,
     next_req: u32,
+    /// Proven by the handshake: the server holds the key this id derives from.
     pub remote_node: NodeId,
     pub remote_name: String,
     /// The peer's inventory digest and size when it answered the hello.
@@ -31,10 +34,13 @@ pub struct PeerConn {
 }
 
 impl PeerConn {
-    /// Connects to `addr`, giving up after `limit`.
+    /// Connects to `addr` as `identity` (named `my_name`) in `mode`,
+    /// giving up after `limit`; the handshake then has
+    /// [`HANDSHAKE_TIMEOUT`].
     pub async fn connect_within(
         addr: SocketAddr,
-        me: NodeId,
+        identity: &Identity,
+        mode: &Mode,
         my_name: &str,
         limit: Duration,
     ) -> Result<PeerConn, PeerError> {
@@ -43,19 +49,22 @@ impl PeerConn {
             .map_err(|_| PeerError::Timeout("connecting"))?
             .map_err(PeerError::Connect)?;
         stream.set_nodelay(true)?;
-        let mut framed = FramedConn::new(stream, Buffers::CLIENT);
-        let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, framed.hello_as_client(me, my_name))
-            .await
-            .map_err(|_| PeerError::Timeout("handshaking"))??;
+        let (framed, server) =
+            FramedConn::connect(stream, identity, mode, my_name, HANDSHAKE_TIMEOUT).await?;
         Ok(PeerConn {
             framed,
             next_req: 1,
-            remote_node: hello.node,
-            remote_name: hello.name,
-            remote_digest: hello.digest,
-            remote_contents: hello.contents,
+            remote_node: server.node,
+            remote_name: server.hello.name,
+            remote_digest: server.hello.digest,
+            remote_contents: server.hello.contents,
             addr,
         })
+    }
+
+    /// `name@addr id8 ✓`: the peer as logs name it once its id is proven.
+    pub fn label(&self) -> String {
+        crate::peer::verified_label(&self.remote_name, self.addr, &self.remote_node)
     }
 
     fn next_id(&mut self) -> u32 {

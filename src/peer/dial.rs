@@ -1,5 +1,6 @@
 //! The one way to open a connection to a peer: try its addresses in
-//! order, best first, say hello, and check the node id it answers with.
+//! order, best first, run the handshake, and check the node id it proves
+//! (its key signed the handshake's static key: an id cannot be claimed).
 //! An address that answers as another node is marked unreachable in the
 //! dictionary, and so is one that fails to connect unless the dialer was
 //! made with [`Dialer::keeping_failed`] (a download's: a refused connect
@@ -7,7 +8,7 @@
 //! answers as the peer is marked reached, so the next dial starts with it.
 //!
 //! Owns the order and time limits of connection attempts and the id
-//! check; never reads or sends anything after the hello (that is
+//! check; never reads or sends anything after the handshake (that is
 //! [`super::client::PeerConn`]).
 
 use std::net::SocketAddr;
@@ -18,12 +19,14 @@ use super::PeerError;
 use super::client::{FALLBACK_CONNECT_TIMEOUT, PeerConn};
 use crate::dict::Dict;
 use crate::id::NodeId;
+use crate::identity::Identity;
+use crate::swarm::Mode;
 
 /// Why a dial found no connection.
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {
-    /// The last address tried answered the hello as another node (an
-    /// address reused, or a forged listing).
+    /// The last address tried proved another node's id (an address
+    /// reused, or a forged listing).
     #[error("answered as a different node")]
     WrongNode,
     /// The only node that answered is this one.
@@ -33,10 +36,12 @@ pub enum DialError {
     Peer(#[from] PeerError),
 }
 
-/// Connects to peers as this node (its id and name go in every hello).
+/// Connects to peers as this node: its key proves its id in every
+/// handshake, in its swarm's mode; its name goes in every hello.
 #[derive(Clone)]
 pub struct Dialer {
-    me: NodeId,
+    identity: Arc<Identity>,
+    mode: Mode,
     name: Arc<str>,
     dict: Arc<Dict>,
     /// Whether an address that fails to connect is marked unreachable.
@@ -44,9 +49,10 @@ pub struct Dialer {
 }
 
 impl Dialer {
-    pub fn new(me: NodeId, name: &str, dict: Arc<Dict>) -> Dialer {
+    pub fn new(identity: Arc<Identity>, mode: Mode, name: &str, dict: Arc<Dict>) -> Dialer {
         Dialer {
-            me,
+            identity,
+            mode,
             name: name.into(),
             dict,
             mark_failed: true,
@@ -62,7 +68,11 @@ impl Dialer {
 
     /// This node's id.
     pub fn me(&self) -> NodeId {
-        self.me
+        self.identity.node_id()
+    }
+
+    async fn connect(&self, addr: SocketAddr, limit: Duration) -> Result<PeerConn, PeerError> {
+        PeerConn::connect_within(addr, &self.identity, &self.mode, &self.name, limit).await
     }
 
     /// Connects to `id` at the first of `addrs` that answers as `id`,
@@ -84,7 +94,7 @@ impl Dialer {
             } else {
                 last_limit
             };
-            match PeerConn::connect_within(*addr, self.me, &self.name, limit).await {
+            match self.connect(*addr, limit).await {
                 Ok(conn) if conn.remote_node == id => {
                     self.dict.peers.reached(
                         id,
@@ -95,7 +105,8 @@ impl Dialer {
                     );
                     return Ok(conn);
                 }
-                Ok(_) => {
+                Ok(conn) => {
+                    tracing::debug!(peer = %conn.label(), expected = %id.short(), "address proved another node");
                     self.dict.peers.unreachable(id, *addr);
                     last = DialError::WrongNode;
                 }
@@ -123,8 +134,8 @@ impl Dialer {
             } else {
                 super::CONNECT_TIMEOUT
             };
-            match PeerConn::connect_within(*addr, self.me, &self.name, limit).await {
-                Ok(conn) if conn.remote_node == self.me => return Err(DialError::Myself),
+            match self.connect(*addr, limit).await {
+                Ok(conn) if conn.remote_node == self.me() => return Err(DialError::Myself),
                 Ok(conn) => return Ok(conn),
                 Err(e) => {
                     tracing::debug!(%addr, error = %e, "cannot reach peer at this address; trying the next");
@@ -177,16 +188,20 @@ mod tests {
         dict
     }
 
+    fn dialer(me: Arc<Identity>, dict: Arc<Dict>) -> Dialer {
+        Dialer::new(me, Mode::Open, "me", dict)
+    }
+
     fn preferred(dict: &Dict, id: &NodeId) -> Option<SocketAddr> {
         dict.peers.peer(id).and_then(|p| p.preferred)
     }
 
     #[tokio::test]
     async fn a_refused_connect_costs_the_preferred_address_unless_kept() {
-        let (me, id, addr) = (NodeId::random(), NodeId::random(), refused());
+        let (me, id, addr) = (Arc::new(Identity::generate()), NodeId::random(), refused());
         let dict = dict_with(id, addr);
         assert_eq!(preferred(&dict, &id), Some(addr));
-        let fetching = Dialer::new(me, "me", dict.clone()).keeping_failed();
+        let fetching = dialer(me.clone(), dict.clone()).keeping_failed();
         let e = fetching.dial(id, &[addr], Duration::from_secs(2)).await;
         assert!(matches!(e, Err(DialError::Peer(_))));
         assert_eq!(
@@ -194,7 +209,7 @@ mod tests {
             Some(addr),
             "a download's dial kept it"
         );
-        let probing = Dialer::new(me, "me", dict.clone());
+        let probing = dialer(me, dict.clone());
         let e = probing.dial(id, &[addr], Duration::from_secs(2)).await;
         assert!(matches!(e, Err(DialError::Peer(_))));
         assert_eq!(preferred(&dict, &id), None, "reach's dial marks it");
@@ -203,7 +218,7 @@ mod tests {
     #[tokio::test]
     async fn a_holder_without_an_address_says_so() {
         let dict = dict_with(NodeId::random(), refused());
-        let dialer = Dialer::new(NodeId::random(), "me", dict);
+        let dialer = dialer(Arc::new(Identity::generate()), dict);
         let e = dialer
             .dial(NodeId::random(), &[], Duration::from_secs(1))
             .await;

@@ -1,13 +1,16 @@
 //! The TCP peer protocol in action: [`server`] serves manifests, chunks and
 //! inventories of what this node holds; [`client`] is one connection to a
-//! peer's server; both speak through [`conn::FramedConn`] (frames and the
-//! hello exchange). [`dial`] opens one to a peer by id over its addresses.
+//! peer's server; both speak through [`conn::FramedConn`] (frames, in
+//! clear or inside [`record`]s) after the [`noise`] handshake that proves
+//! both ends' ids. [`dial`] opens one to a peer by id over its addresses.
 //! [`slots`] admits connections, [`session`] serves one, [`sendfile`]
 //! sends chunk bytes. Frame encoding is in `wire::frame`.
 
 pub mod client;
 pub mod conn;
 pub mod dial;
+pub mod noise;
+pub mod record;
 mod sendfile;
 pub mod server;
 mod session;
@@ -17,8 +20,17 @@ use std::time::Duration;
 
 /// Connecting to a peer gives up after this long.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// The preamble and hello must arrive within this long.
+/// The preamble and the handshake must be done within this long.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `name@addr id8 ✓`: a peer in the logs once a handshake proved its id.
+pub fn verified_label(name: &str, addr: std::net::SocketAddr, id: &crate::id::NodeId) -> String {
+    format!(
+        "{}@{addr} {} \u{2713}",
+        crate::logs::peer_name(name),
+        id.short()
+    )
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
@@ -41,4 +53,11 @@ pub enum PeerError {
     Unexpected(u32),
     #[error("peer closed the connection")]
     Closed,
+    /// The other side's preamble names another mode, or (private mode) its
+    /// first handshake message is not under this swarm's key.
+    #[error("peer is in another swarm (or has no key)")]
+    OtherSwarm,
+    /// A hello's key did not sign the static key the handshake proved.
+    #[error("peer did not prove its node id")]
+    Unproven,
 }

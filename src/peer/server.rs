@@ -24,10 +24,12 @@ use super::PeerError;
 use super::session::Session;
 use super::slots::{Admit, Slot, Slots};
 use crate::dict::Dict;
-use crate::id::NodeId;
+use crate::identity::Identity;
 use crate::logs::{Transfer, TransferLog};
 use crate::store::Store;
+use crate::swarm::Mode;
 use crate::task::Tasks;
+use crate::warn_once::WarnOnce;
 
 /// Limits of the uploader, from the node's configuration.
 #[derive(Clone, Debug)]
@@ -42,7 +44,7 @@ pub struct ServerLimits {
     /// Open connections from one address range (IPv4 /24, IPv6 /64) at
     /// most, so a host with many addresses cannot take every slot either.
     pub max_per_range: usize,
-    /// The preamble and hello must arrive within this long.
+    /// The preamble and the handshake must be done within this long.
     pub handshake_timeout: Duration,
     /// A connection that sends no request this long after its hello is closed.
     pub first_request_timeout: Duration,
@@ -67,17 +69,26 @@ impl Default for ServerLimits {
     }
 }
 
+/// Who a server is: the key its handshakes prove, its swarm, its name.
+#[derive(Clone)]
+pub struct Local {
+    pub identity: Arc<Identity>,
+    pub mode: Mode,
+    pub name: String,
+}
+
 pub struct Server {
     pub store: Arc<Store>,
     pub dict: Arc<Dict>,
     /// The node's counters: malformed connections, inventory bytes served.
     pub stats: Arc<crate::stats::Stats>,
-    pub node: NodeId,
-    pub name: String,
+    pub me: Local,
     pub upload_log: TransferLog,
     pub limits: ServerLimits,
     /// Poked when a served file turns out to have changed on disk.
     pub rescan: Arc<tokio::sync::Notify>,
+    /// "Another swarm" is said once per address per period.
+    other_swarm: WarnOnce<std::net::IpAddr>,
 }
 
 impl Server {
@@ -85,8 +96,7 @@ impl Server {
         store: Arc<Store>,
         dict: Arc<Dict>,
         stats: Arc<crate::stats::Stats>,
-        node: NodeId,
-        name: String,
+        me: Local,
         limits: ServerLimits,
         rescan: Arc<tokio::sync::Notify>,
     ) -> Self {
@@ -95,11 +105,11 @@ impl Server {
             store,
             dict,
             stats,
-            node,
-            name,
+            me,
             upload_log,
             limits,
             rescan,
+            other_swarm: WarnOnce::default(),
         }
     }
 
@@ -195,7 +205,12 @@ impl Server {
     fn note_end(&self, addr: SocketAddr, result: &Result<(), PeerError>) {
         match result {
             Ok(()) | Err(PeerError::Closed) => {}
-            Err(e @ (PeerError::Handshake(_) | PeerError::Protocol(_))) => {
+            Err(PeerError::OtherSwarm) => {
+                if self.other_swarm.should_warn(addr.ip(), Instant::now()) {
+                    tracing::warn!("peer {} is in another swarm (or has no key)", addr.ip());
+                }
+            }
+            Err(e @ (PeerError::Handshake(_) | PeerError::Protocol(_) | PeerError::Unproven)) => {
                 self.stats
                     .count(crate::stats::Counter::MalformedConnections);
                 tracing::debug!(peer = %addr, error = %e, "dropped malformed connection");

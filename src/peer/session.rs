@@ -1,4 +1,5 @@
-//! One served connection, after its slot is granted: the hello, then
+//! One served connection, after its slot is granted: the handshake (which
+//! proves the client's id), then
 //! each request answered in turn (inventory pages, manifests, chunks, a
 //! goodbye) under the first-request and idle deadlines. It reads the store
 //! and tells the dictionary only of a goodbye (and the node's stats of
@@ -12,7 +13,7 @@ use std::time::Instant;
 use tokio::net::TcpStream;
 
 use super::PeerError;
-use super::conn::{Buffers, FramedConn};
+use super::conn::FramedConn;
 use super::sendfile::send_range;
 use super::server::Server;
 use super::slots::Activity;
@@ -20,8 +21,13 @@ use crate::id::{ContentId, NodeId};
 use crate::inventory::Plan;
 use crate::store::{Source, StoreError};
 use crate::wire::InventoryEntry;
-use crate::wire::WireError;
 use crate::wire::frame::{self, ErrorCode, InventoryPage, MAX_PAGE_ENTRIES, Request, Response};
+
+/// A client as its handshake proved it.
+#[derive(Clone, Copy)]
+struct Remote {
+    node: NodeId,
+}
 
 /// Bytes served of one content on one connection, for the upload log.
 pub(super) struct Stat {
@@ -52,7 +58,7 @@ pub(super) struct Session<'a> {
     server: &'a Server,
     addr: SocketAddr,
     activity: &'a Activity,
-    /// `name@address` once the peer said hello, its address before.
+    /// `name@address` once the peer's handshake is done, its address before.
     pub peer_label: String,
     /// What was served, by content, for the upload log.
     pub stats: HashMap<ContentId, Stat>,
@@ -81,8 +87,7 @@ impl<'a> Session<'a> {
 
     /// Serves the connection until the peer leaves, errs or stays silent.
     pub(super) async fn run(&mut self, stream: TcpStream) -> Result<(), PeerError> {
-        let mut framed = FramedConn::new(stream, Buffers::SERVER);
-        let remote = self.handshake(&mut framed).await?;
+        let (mut framed, remote) = self.handshake(stream).await?;
         // A peer that says hello must then ask for something soon: a
         // connection that only holds a slot is closed early.
         let mut waiting = Waiting::FirstRequest;
@@ -95,21 +100,30 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Reads the peer's hello under the handshake deadline and answers
-    /// with this node's; returns the id the peer claims.
-    async fn handshake(&mut self, framed: &mut FramedConn) -> Result<NodeId, PeerError> {
-        let limits = &self.server.limits;
-        let hello = framed.hello_from_client(limits.handshake_timeout).await?;
-        self.peer_label = format!("{}@{}", crate::logs::peer_name(&hello.name), self.addr);
+    /// Runs the server's side of the handshake under its deadline; returns
+    /// the connection and the id the client proved.
+    async fn handshake(&mut self, stream: TcpStream) -> Result<(FramedConn, Remote), PeerError> {
+        let me = &self.server.me;
         let inv = self.server.store.inventory();
-        let answer = Response::Hello {
-            node: self.server.node,
-            name: self.server.name.clone(),
-            digest: inv.digest,
-            contents: inv.entries.len() as u32,
-        };
-        framed.hello_to_client(&answer).await?;
-        Ok(hello.node)
+        let hello = super::noise::server_hello(
+            &me.identity,
+            &me.name,
+            inv.digest,
+            inv.entries.len() as u32,
+        );
+        let limit = self.server.limits.handshake_timeout;
+        let (framed, client) =
+            FramedConn::accept(stream, &me.identity, &me.mode, &hello, limit).await?;
+        self.peer_label = format!(
+            "{}@{}",
+            crate::logs::peer_name(&client.hello.name),
+            self.addr
+        );
+        tracing::debug!(
+            peer = %super::verified_label(&client.hello.name, self.addr, &client.node),
+            "handshake done"
+        );
+        Ok((framed, Remote { node: client.node }))
     }
 
     /// Flushes what is queued unless more requests are already buffered
@@ -139,15 +153,10 @@ impl<'a> Session<'a> {
     async fn dispatch(
         &mut self,
         framed: &mut FramedConn,
-        remote: NodeId,
+        remote: Remote,
         req: Request,
     ) -> Result<Flow, PeerError> {
         match req {
-            Request::Hello { .. } => {
-                return Err(PeerError::Protocol(WireError::Malformed(
-                    "second hello".into(),
-                )));
-            }
             Request::Goodbye => {
                 self.goodbye(remote);
                 return Ok(Flow::Close);
@@ -163,11 +172,10 @@ impl<'a> Session<'a> {
         Ok(Flow::Continue)
     }
 
-    /// The hello's id is only a claim: the peer goes only if it is known
-    /// at this connection's address.
-    fn goodbye(&self, remote: NodeId) {
-        if self.server.dict.depart(remote, self.addr.ip()) {
-            tracing::info!(peer = %self.peer_label, "peer said goodbye");
+    /// The handshake proved the id: the peer goes, from any address.
+    fn goodbye(&self, remote: Remote) {
+        if self.server.dict.depart_verified(remote.node) {
+            tracing::info!(peer = %self.peer_label, id = %remote.node.short(), verified = true, "peer said goodbye");
         }
     }
 
@@ -240,8 +248,15 @@ impl<'a> Session<'a> {
             }
         };
         framed.send(&frame::chunk_header(req, chunk.len)).await?;
-        framed.flush().await?;
-        send_range(framed.socket(), &chunk, self.activity).await?;
+        if framed.is_secure() {
+            let activity = self.activity;
+            framed
+                .send_range_sealed(&chunk.file, chunk.offset, chunk.len, || activity.touch())
+                .await?;
+        } else {
+            framed.flush().await?;
+            send_range(framed.socket(), &chunk, self.activity).await?;
+        }
         let now = Instant::now();
         let s = self.stats.entry(id).or_insert_with(|| Stat {
             name: source.name().to_string(),

@@ -4,6 +4,12 @@
 //! their inventories over TCP, as for any other peer). [`Api`] is the plain
 //! HTTP client under it, also used by tests and the load generator.
 //!
+//! Every change is signed (`X-Lanshare-Sig`, see [`super::sign`]). In a
+//! private swarm the node registers under a pseudonymous key derived from
+//! its identity and the swarm's tracker tag, with no name and no
+//! inventory: the tracker's peers are address hints, dialed over TCP where
+//! the handshake proves who answers.
+//!
 //! This file runs the rounds (register, heartbeat, wait); [`announce`]
 //! sends the inventory, [`peers`] reads and merges the tracker's peers,
 //! [`health`] decides how to take a failure (backoff through
@@ -26,18 +32,101 @@ use tokio_util::sync::CancellationToken;
 use super::proto::{Entry, HeartbeatRequest, PeerInfo, RegisterRequest};
 use crate::dict::Dict;
 use crate::id::NodeId;
+use crate::identity::Identity;
 use crate::inventory::Inventory;
+use crate::peer::dial::Dialer;
+use crate::swarm::Mode;
 pub use api::{Api, ClientError};
 use health::{Health, Next, jittered};
 use peers::reportable;
 
 /// Who this node is, as the tracker lists it.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct NodeInfo {
-    pub id: NodeId,
+    /// The node's key: it signs every change (open swarm), or its
+    /// pseudonym at the tracker derives from it (private swarm).
+    pub identity: Arc<Identity>,
     pub name: String,
     /// TCP port of the node's peer server.
     pub tcp_port: u16,
+    pub mode: TrackerMode,
+}
+
+/// How a node uses a tracker.
+#[derive(Clone)]
+pub enum TrackerMode {
+    /// Registered by its node id and name, with its inventory; the
+    /// tracker's peers go into the dictionary as any sighting.
+    Open,
+    /// Registered under a pseudonym with the swarm's tag only; the
+    /// tracker's peers (same tag) are dialed with `dialer` to learn who
+    /// they are.
+    Private { tag: [u8; 16], dialer: Dialer },
+}
+
+impl NodeInfo {
+    /// `dialer` is kept only in a private swarm (it dials the tracker's
+    /// address hints).
+    pub fn new(
+        identity: Arc<Identity>,
+        name: String,
+        tcp_port: u16,
+        swarm: &Mode,
+        dialer: Dialer,
+    ) -> NodeInfo {
+        let mode = match swarm.keys() {
+            None => TrackerMode::Open,
+            Some(k) => TrackerMode::Private {
+                tag: k.tracker_tag,
+                dialer,
+            },
+        };
+        NodeInfo {
+            identity,
+            name,
+            tcp_port,
+            mode,
+        }
+    }
+}
+
+/// This node as one tracker knows it: its real identity and name in the
+/// open swarm, a pseudonym with no name in a private one.
+struct Persona {
+    identity: Arc<Identity>,
+    id: NodeId,
+    name: String,
+    tcp_port: u16,
+    /// The private swarm's tag and the dialer of its hints.
+    private: Option<([u8; 16], Dialer)>,
+}
+
+impl Persona {
+    fn of(me: NodeInfo) -> Persona {
+        match me.mode {
+            TrackerMode::Open => Persona {
+                id: me.identity.node_id(),
+                identity: me.identity,
+                name: me.name,
+                tcp_port: me.tcp_port,
+                private: None,
+            },
+            TrackerMode::Private { tag, dialer } => {
+                let pseudonym = Arc::new(super::sign::pseudonym(&me.identity, &tag));
+                Persona {
+                    id: pseudonym.node_id(),
+                    identity: pseudonym,
+                    name: String::new(),
+                    tcp_port: me.tcp_port,
+                    private: Some((tag, dialer)),
+                }
+            }
+        }
+    }
+
+    fn tag(&self) -> Option<String> {
+        self.private.as_ref().map(|(t, _)| crate::id::to_hex(t))
+    }
 }
 
 /// Time limit of one request to the tracker.
@@ -56,6 +145,8 @@ const MIN_BATCH: usize = 100;
 const MAX_PEERS: usize = 20_000;
 /// Most peer-list pages read per poll.
 const MAX_PAGES: usize = 50;
+/// Most address hints of a private swarm dialed at once.
+const MAX_HINT_DIALS: usize = 16;
 
 /// Registers with the tracker at `url`, announces the inventory at start, on
 /// every change and with each heartbeat (its digest; the whole inventory
@@ -74,8 +165,10 @@ pub async fn follow(
 ) {
     let mut f = Follower {
         api: Api::per_request(&url),
-        me,
+        me: Persona::of(me),
         dict,
+        hints: tokio::task::JoinSet::new(),
+        dialed: HashMap::new(),
         session: None,
         acked: None,
         sent_addrs: Vec::new(),
@@ -136,8 +229,12 @@ enum Woke {
 
 struct Follower {
     api: Api,
-    me: NodeInfo,
+    me: Persona,
     dict: Arc<Dict>,
+    /// Dials of a private swarm's hints in progress (aborted when dropped).
+    hints: tokio::task::JoinSet<()>,
+    /// When each hint (by its pseudonym) was last dialed.
+    dialed: HashMap<NodeId, Instant>,
     session: Option<Session>,
     acked: Option<Acked>,
     sent_addrs: Vec<IpAddr>,
@@ -263,8 +360,10 @@ impl Follower {
             *next_tick = Instant::now();
         }
         let inv = inventory.borrow().clone();
+        let private = self.me.private.is_some();
         let due = last_announce.is_none_or(|t| t.elapsed() >= MIN_ANNOUNCE_GAP);
-        if published(&inv) && self.acked.as_ref().is_none_or(|a| a.digest != inv.digest) && due {
+        let changed = self.acked.as_ref().is_none_or(|a| a.digest != inv.digest);
+        if !private && published(&inv) && changed && due {
             *last_announce = Some(Instant::now());
             self.announce(&inv).await?;
         }
@@ -272,10 +371,11 @@ impl Follower {
             let session = self.session.as_ref().expect("registered above");
             let (token, interval) = (session.token.clone(), session.heartbeat);
             let req = HeartbeatRequest {
-                digest: inv.digest,
+                // A private node tells the tracker nothing of its inventory.
+                digest: if private { [0; 16] } else { inv.digest },
                 addrs: (my_addrs != self.sent_addrs).then(|| my_addrs.clone()),
             };
-            let hb = self.api.heartbeat(self.me.id, &token, &req).await?;
+            let hb = self.api.heartbeat(&self.me.identity, &token, &req).await?;
             if req.addrs.is_some() {
                 self.sent_addrs = my_addrs.clone();
             }
@@ -285,13 +385,17 @@ impl Follower {
                     s.heartbeat = Duration::from_secs_f64(hb.heartbeat_secs.min(3600.0));
                 }
             }
-            if hb.send_inventory && published(&inv) {
+            if hb.send_inventory && published(&inv) && !private {
                 self.acked = None;
                 *last_announce = Some(Instant::now());
                 self.announce(&inv).await?;
             }
             self.poll_peers().await?;
-            self.merge(&my_addrs, interval);
+            if private {
+                self.dial_hints(&my_addrs, interval);
+            } else {
+                self.merge(&my_addrs, interval);
+            }
             *next_tick = Instant::now() + interval;
         }
         Ok(())
@@ -303,8 +407,14 @@ impl Follower {
             name: self.me.name.clone(),
             port: self.me.tcp_port,
             addrs: my_addrs.clone(),
+            key: self.me.identity.public_key(),
+            swarm: self.me.private.as_ref().map(|(t, _)| *t),
         };
-        let r = self.api.register(&req).await.map_err(Failure::Other)?;
+        let r = self
+            .api
+            .register(&self.me.identity, &req)
+            .await
+            .map_err(Failure::Other)?;
         tracing::info!(tracker = %self.api.base(), observed = %r.observed_addr, "registered with the tracker");
         let heartbeat = if r.heartbeat_secs.is_finite() && r.heartbeat_secs >= 0.05 {
             Duration::from_secs_f64(r.heartbeat_secs.min(3600.0))
@@ -339,7 +449,7 @@ impl Follower {
         };
         match tokio::time::timeout(
             DEREGISTER_TIMEOUT,
-            self.api.deregister(self.me.id, &s.token),
+            self.api.deregister(&self.me.identity, &s.token),
         )
         .await
         {

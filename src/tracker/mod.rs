@@ -6,6 +6,7 @@
 //! - [`db`]: the state in SQLite (one writer thread, a pool of readers);
 //! - [`read`]: the queries the readers run (peer lists, search, counts);
 //! - [`server`]: the axum routes, admission limits and the offline sweeper;
+//! - [`sign`]: the `X-Lanshare-Sig` header every change of a node carries;
 //! - [`client`]: what a node runs to register, announce and learn peers.
 //!
 //! `docs/tracker.md` is the user's and implementer's reference.
@@ -15,6 +16,7 @@ pub mod db;
 pub mod proto;
 pub mod read;
 pub mod server;
+pub mod sign;
 
 use std::io::Write;
 use std::net::SocketAddr;

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::chunkset::ChunkSet;
 use crate::id::{self, ContentId, NodeId};
+use crate::identity::PublicKey;
 use crate::manifest::{CHUNK_SIZE, Category, MAX_CHUNKS, Manifest};
 use crate::wire::{InventoryEntry, MAX_COMMENT, MAX_FILE_NAME, MAX_NODE_NAME, check_text};
 
@@ -41,6 +42,28 @@ pub struct RegisterRequest {
     /// the request came from).
     #[serde(default)]
     pub addrs: Vec<IpAddr>,
+    /// The node's Ed25519 public key (64 hex digits): `id` must be the id
+    /// it derives, and it checks every signed request of this node.
+    #[serde(with = "hex_key")]
+    pub key: PublicKey,
+    /// A private swarm's tracker tag (32 hex digits). A node with a tag
+    /// has an empty name, announces no inventory and is listed only to
+    /// peers asking with the same tag.
+    #[serde(default, with = "opt_hex16", skip_serializing_if = "Option::is_none")]
+    pub swarm: Option<[u8; 16]>,
+}
+
+impl RegisterRequest {
+    /// Checks the name against the mode: a private-swarm node has none.
+    pub fn check_name(&self) -> Result<(), String> {
+        match self.swarm {
+            Some(_) if !self.name.is_empty() => {
+                Err("a node with a swarm tag registers with an empty name".into())
+            }
+            Some(_) => Ok(()),
+            None => check_node_name(&self.name),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -221,6 +244,22 @@ pub struct PeersQuery {
     pub epoch: Option<String>,
     #[serde(default)]
     pub limit: Option<u32>,
+    /// A private swarm's tracker tag (32 hex digits): list only the nodes
+    /// registered with it. Without it, only open-swarm nodes are listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swarm: Option<String>,
+}
+
+impl PeersQuery {
+    /// The swarm tag asked for, checked.
+    pub fn swarm_tag(&self) -> Result<Option<[u8; 16]>, String> {
+        match self.swarm.as_deref() {
+            None | Some("") => Ok(None),
+            Some(s) => id::from_hex::<16>(s)
+                .map(Some)
+                .ok_or_else(|| "swarm is not a swarm tag (32 hex digits)".to_string()),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -451,6 +490,14 @@ hex_serde!(
     "a content id"
 );
 hex_serde!(hex16, [u8; 16], 16, |b| b, |v: &[u8; 16]| *v, "a digest");
+hex_serde!(
+    hex_key,
+    PublicKey,
+    32,
+    PublicKey,
+    |v: &PublicKey| v.0,
+    "a public key"
+);
 
 /// An optional 16-byte digest as 32 hex digits or null.
 pub mod opt_hex16 {

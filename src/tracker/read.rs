@@ -6,11 +6,12 @@
 use std::net::IpAddr;
 use std::time::{Duration, UNIX_EPOCH};
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::db::{DbError, category_index, category_of, now_ms};
 use super::proto::{ContentHit, Holder, MAX_HOLDERS_SHOWN, PeerInfo, PeersResponse};
 use crate::id::{ContentId, NodeId};
+use crate::identity::PublicKey;
 use crate::manifest::Category;
 
 fn parse_addrs(json: &str) -> Vec<IpAddr> {
@@ -34,13 +35,26 @@ fn rfc3339(ms: i64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-/// Online peers changed after `since`, and the ids of those that left.
+/// The key stored for node `id`: `None` if the tracker does not know it,
+/// `Some(None)` if its row predates signed requests.
+pub fn node_key(conn: &mut Connection, id: NodeId) -> Result<Option<Option<PublicKey>>, DbError> {
+    Ok(conn
+        .prepare_cached("SELECT key FROM nodes WHERE id = ?1")?
+        .query_row([&id.0[..]], |r| {
+            Ok(r.get::<_, Option<[u8; 32]>>(0)?.map(PublicKey))
+        })
+        .optional()?)
+}
+
+/// Online peers of swarm `swarm` (`None`: the open swarm) changed after
+/// `since`, and the ids of those that left.
 pub fn peers(
     conn: &mut Connection,
     epoch: &str,
     since: u64,
     their_epoch: Option<&str>,
     limit: u32,
+    swarm: Option<[u8; 16]>,
 ) -> Result<PeersResponse, DbError> {
     let tx = conn.transaction()?;
     let pruned: u64 = tx
@@ -62,9 +76,10 @@ pub fn peers(
     {
         let mut stmt = tx.prepare_cached(
             "SELECT id, name, port, addrs, source, digest, files, last_seen_ms, online, seq
-             FROM nodes WHERE seq > ?1 AND (online = 1 OR ?2) ORDER BY seq LIMIT ?3",
+             FROM nodes WHERE seq > ?1 AND (online = 1 OR ?2) AND swarm IS ?4 ORDER BY seq LIMIT ?3",
         )?;
-        let mut rows = stmt.query(params![from as i64, !full, limit as i64 + 1])?;
+        let swarm = swarm.as_ref().map(|t| &t[..]);
+        let mut rows = stmt.query(params![from as i64, !full, limit as i64 + 1, swarm])?;
         while let Some(r) = rows.next()? {
             if rows_seen == limit {
                 more = true;

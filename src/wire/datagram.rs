@@ -291,18 +291,24 @@ pub fn open(bytes: &[u8], key: &[u8; 32]) -> Result<Vec<u8>, Refused> {
         return Err(Refused::Foreign);
     }
     let sealed = &bytes[HEADER..];
-    let body = sealed.len().checked_sub(NONCE + TAG).ok_or(Refused::Foreign)?;
+    let body = sealed
+        .len()
+        .checked_sub(NONCE + TAG)
+        .ok_or(Refused::Foreign)?;
     if body == 0 || body % PAD != 0 {
         return Err(Refused::Foreign);
     }
     let nonce: &[u8; NONCE] = sealed[..NONCE].try_into().expect("checked length");
-    let plain = aead_open(key, nonce, &bytes[..HEADER], &sealed[NONCE..])
-        .ok_or(Refused::Foreign)?;
+    let plain =
+        aead_open(key, nonce, &bytes[..HEADER], &sealed[NONCE..]).ok_or(Refused::Foreign)?;
     // Authenticated from here: a bad length is a member's bug, not a
     // stranger's, but still refused.
     let len = u16::from_be_bytes([plain[0], plain[1]]) as usize;
     if len + 2 > plain.len() || plain[len + 2..].iter().any(|b| *b != 0) {
-        return Err(WireError::OutOfBounds { field: "sealed length" }.into());
+        return Err(WireError::OutOfBounds {
+            field: "sealed length",
+        }
+        .into());
     }
     Ok(plain[2..len + 2].to_vec())
 }
@@ -319,7 +325,12 @@ pub fn aead_seal(key: &[u8; 32], nonce: &[u8; NONCE], aad: &[u8], mut plain: Vec
 
 /// Opens `sealed` (ciphertext then tag) of [`aead_seal`]; `None` when it
 /// does not authenticate.
-pub fn aead_open(key: &[u8; 32], nonce: &[u8; NONCE], aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+pub fn aead_open(
+    key: &[u8; 32],
+    nonce: &[u8; NONCE],
+    aad: &[u8],
+    sealed: &[u8],
+) -> Option<Vec<u8>> {
     let n = sealed.len().checked_sub(TAG)?;
     let mut plain = sealed[..n].to_vec();
     let tag = Tag::from_slice(&sealed[n..]);
@@ -333,6 +344,25 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// The golden vectors' signer (docs/protocol.md).
+    fn signer() -> Identity {
+        Identity::from_seed([0x01; 32])
+    }
+    const SEQ: u64 = 1_767_225_600_000_000; // 2026-01-01T00:00:00Z in µs
+    const KEY: [u8; 32] = [0x42; 32];
+    const NONCE_BYTES: [u8; NONCE] = [0x24; NONCE];
+
+    fn announce_by(id: &Identity) -> Datagram {
+        Datagram::Announce(Announce {
+            node: id.node_id(),
+            name: "alpha".into(),
+            tcp_port: 7373,
+            interval_ms: 5000,
+            inventory_digest: [0xab; 16],
+            contents: 3,
+        })
+    }
+
     fn announce() -> Datagram {
         Datagram::Announce(Announce {
             node: NodeId([0x11; 16]),
@@ -344,7 +374,13 @@ mod tests {
         })
     }
 
-    /// Golden bytes: a change here is a wire format change (bump VERSION).
+    fn goodbye_signed() -> Vec<u8> {
+        let id = signer();
+        Datagram::Goodbye { node: id.node_id() }.sign(&id, SEQ)
+    }
+
+    /// Golden bytes of the unsigned part: a change here is a wire format
+    /// change (bump DATAGRAM_VERSION).
     #[test]
     fn announce_golden_bytes() {
         let hex = crate::id::to_hex(&announce().encode());
@@ -352,7 +388,7 @@ mod tests {
             hex,
             concat!(
                 "4c4e5348",
-                "01",
+                "02",
                 "01",                               // magic, version, kind=announce
                 "11111111111111111111111111111111", // node id (16 bytes)
                 "05",
@@ -365,16 +401,124 @@ mod tests {
         );
     }
 
+    /// A goodbye signed by the identity of seed 01*32 with seq SEQ.
     #[test]
-    fn goodbye_golden_bytes() {
-        let bytes = Datagram::Goodbye {
-            node: NodeId([0x22; 16]),
-        }
-        .encode();
+    fn signed_goodbye_golden_bytes() {
         assert_eq!(
-            crate::id::to_hex(&bytes),
-            "4c4e5348010322222222222222222222222222222222"
+            crate::id::to_hex(&goodbye_signed()),
+            concat!(
+                "4c4e5348",
+                "02",
+                "03",                               // magic, version, kind=goodbye
+                "07d89bbfc805a7a07cde2e70d4415b3e", // node id (16 bytes)
+                "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c", // ed_pk (32 bytes)
+                "808081b184e99103", // seq 1767225600000000 (varint)
+                "04e9c2867ffeaab574b545c09925e729e8601344586dde137dc4095a5d17726b30b5beec386110d46d60179d150bf722409c0e68c025c25ae47b7d31915b9703", // Ed25519 signature (64 bytes)
+            )
         );
+    }
+
+    /// That goodbye sealed with key 42*32 and nonce 24*24.
+    #[test]
+    fn sealed_goodbye_golden_bytes() {
+        let sealed = seal(&goodbye_signed(), &KEY, &NONCE_BYTES);
+        assert_eq!(sealed.len(), HEADER + NONCE + PAD + TAG);
+        assert_eq!(
+            crate::id::to_hex(&sealed),
+            concat!(
+                "4c4e5348",
+                "02",
+                "10", // magic, version, kind=sealed
+                "242424242424242424242424242424242424242424242424", // nonce (24 bytes)
+                // XChaCha20-Poly1305 of: u16 BE length 0x007e, the signed
+                // goodbye above, zeros to 256 bytes
+                "a5209b2b3d6c4ea5a5f7a485c68daa6a4e2fa0caa85e2fa3abe905901f192a58",
+                "e9c353f5082106eeb6d2b804e4493a97a439a7ff9347ee8092ba086215f625fb",
+                "ea7df0a279cf71b5b82328feac01bdd356fb6384fe55b0b77e7b3aaaca0f0b4f",
+                "e5de89905ab0b6d13ff407c7b9c59239f5f8acacefd28bcedca7e2da70aba65f",
+                "ba2a75624e6ea1be97dd042eb3ec28086dc7e95c41425e220ba1bf3c5abdcc8a",
+                "295dd67dcd55084001333b3e5ac085a5bfdb2bf2ad8cd2355749f0c217a62823",
+                "5ee4249c9b9135b7c79700af17bfb2bbc6dca65fb1df3c5a3ef2630602dfc5fc",
+                "e598147556e52b73bfdd79a54e8ebbdc7614d2612de10e3be021ad627e2920e8",
+                "5f8b8b6fd54aaf7155328b33b190c935", // tag (16 bytes)
+            )
+        );
+    }
+
+    #[test]
+    fn signed_round_trip_and_verify() {
+        let id = signer();
+        for d in [
+            announce_by(&id),
+            Datagram::Query { node: id.node_id() },
+            Datagram::Goodbye { node: id.node_id() },
+        ] {
+            let bytes = d.sign(&id, SEQ);
+            let s = Signed::decode(&bytes).unwrap();
+            assert_eq!((&s.datagram, s.seq, s.key), (&d, SEQ, id.public_key()));
+            assert_eq!(s.verify(), Ok(id.node_id()));
+            let sealed = seal(&bytes, &KEY, &NONCE_BYTES);
+            assert!(sealed.len() <= MAX_DATAGRAM);
+            assert_eq!(open(&sealed, &KEY).unwrap(), bytes);
+        }
+    }
+
+    #[test]
+    fn forged_datagrams_do_not_verify() {
+        let victim = signer();
+        let forger = Identity::from_seed([0x02; 32]);
+        // The victim's id, signed by another key.
+        let bytes = Datagram::Goodbye {
+            node: victim.node_id(),
+        }
+        .sign(&forger, SEQ);
+        assert_eq!(
+            Signed::decode(&bytes).unwrap().verify(),
+            Err(Refused::IdMismatch)
+        );
+        // The victim's id and key, signed by another key.
+        let mut bytes = goodbye_signed();
+        let n = bytes.len();
+        let sig = forger.sign(SIGN_DOMAIN, &bytes[..n - SIG]);
+        bytes[n - SIG..].copy_from_slice(&sig);
+        assert_eq!(
+            Signed::decode(&bytes).unwrap().verify(),
+            Err(Refused::BadSignature)
+        );
+        // Any byte changed.
+        let good = goodbye_signed();
+        for i in HEADER..good.len() {
+            let mut b = good.clone();
+            b[i] ^= 0x01;
+            if let Ok(s) = Signed::decode(&b) {
+                assert!(
+                    s.verify().is_err(),
+                    "byte {i} changed and it still verifies"
+                );
+            }
+        }
+        // Unsigned: the old layout has no room for a key and a signature.
+        assert!(Signed::decode(&announce().encode()).is_err());
+    }
+
+    #[test]
+    fn sealed_is_refused_under_another_key_and_when_tampered() {
+        let sealed = seal(&goodbye_signed(), &KEY, &NONCE_BYTES);
+        assert_eq!(open(&sealed, &[0x43; 32]), Err(Refused::Foreign));
+        for i in [0, 4, 5, 6, 40, sealed.len() - 1] {
+            let mut b = sealed.clone();
+            b[i] ^= 0x01;
+            assert!(
+                open(&b, &KEY).is_err(),
+                "byte {i} changed and it still opens"
+            );
+        }
+        assert_eq!(
+            open(&goodbye_signed(), &KEY),
+            Err(Refused::Foreign),
+            "plain"
+        );
+        assert!(is_sealed(&sealed) && !is_sealed(&goodbye_signed()));
     }
 
     #[test]
@@ -391,54 +535,69 @@ mod tests {
 
     #[test]
     fn rejects_bad_headers() {
-        let good = announce().encode();
-        assert_eq!(Datagram::decode(&good[..3]), Err(WireError::Truncated));
+        let good = goodbye_signed();
+        assert_eq!(Signed::decode(&good[..3]).err(), Some(WireError::Truncated));
         let mut b = good.clone();
         b[0] = b'X';
-        assert_eq!(Datagram::decode(&b), Err(WireError::BadMagic));
+        assert_eq!(Signed::decode(&b).err(), Some(WireError::BadMagic));
         let mut b = good.clone();
-        b[4] = 9;
-        assert_eq!(Datagram::decode(&b), Err(WireError::Version(9)));
+        b[4] = 1;
+        assert_eq!(Signed::decode(&b).err(), Some(WireError::Version(1)));
         let mut b = good.clone();
         b[5] = 77;
-        assert_eq!(Datagram::decode(&b), Err(WireError::UnknownKind(77)));
+        assert_eq!(Signed::decode(&b).err(), Some(WireError::UnknownKind(77)));
         let mut b = good.clone();
-        b.push(0);
-        assert!(matches!(Datagram::decode(&b), Err(WireError::Malformed(_))));
+        b.insert(good.len() - SIG, 0);
+        assert!(matches!(Signed::decode(&b), Err(WireError::Malformed(_))));
         assert!(matches!(
-            Datagram::decode(&vec![0; 5000]),
+            Signed::decode(&[0; 5000]),
             Err(WireError::TooLarge { .. })
         ));
     }
 
     proptest! {
         #[test]
-        fn round_trip(node in any::<[u8; 16]>(), name in "[a-zA-Z0-9 -]{0,64}", port in 1u16.., interval in any::<u32>(),
-                      digest in any::<[u8; 16]>(), contents in any::<u32>()) {
-            let d = Datagram::Announce(Announce { node: NodeId(node), name, tcp_port: port, interval_ms: interval, inventory_digest: digest, contents });
-            let bytes = d.encode();
-            prop_assert!(bytes.len() <= MAX_DATAGRAM);
-            prop_assert_eq!(Datagram::decode(&bytes).unwrap(), d);
+        fn round_trip(seed in any::<[u8; 32]>(), name in "[a-zA-Z0-9 -]{0,64}", port in 1u16.., interval in any::<u32>(),
+                      digest in any::<[u8; 16]>(), contents in any::<u32>(), seq in any::<u64>()) {
+            let id = Identity::from_seed(seed);
+            let d = Datagram::Announce(Announce { node: id.node_id(), name, tcp_port: port, interval_ms: interval, inventory_digest: digest, contents });
+            let bytes = d.sign(&id, seq);
+            prop_assert!(bytes.len() + 2 <= PAD, "one pad block");
+            let s = Signed::decode(&bytes).unwrap();
+            prop_assert_eq!(&s.datagram, &d);
+            prop_assert_eq!(s.verify(), Ok(id.node_id()));
+            prop_assert_eq!(open(&seal(&bytes, &KEY, &NONCE_BYTES), &KEY).unwrap(), bytes);
         }
 
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1500)) {
             let _ = Datagram::decode(&bytes);
+            if let Ok(s) = Signed::decode(&bytes) {
+                let _ = s.verify();
+            }
+            let _ = open(&bytes, &KEY);
         }
 
         #[test]
-        fn random_bodies_never_panic(kind in 0u8..5, body in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let mut bytes = b"LNSH\x01".to_vec();
+        fn random_bodies_never_panic(kind in prop_oneof![0u8..5, Just(KIND_SEALED)], body in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let mut bytes = b"LNSH\x02".to_vec();
             bytes.push(kind);
             bytes.extend(body);
             let _ = Datagram::decode(&bytes);
+            if let Ok(s) = Signed::decode(&bytes) {
+                let _ = s.verify();
+            }
+            let _ = open(&bytes, &KEY);
         }
 
         #[test]
-        fn truncations_never_panic(cut in 0usize..60) {
-            let bytes = announce().encode();
+        fn truncations_never_panic(cut in 0usize..400) {
+            let bytes = seal(&goodbye_signed(), &KEY, &NONCE_BYTES);
             let cut = cut.min(bytes.len());
-            prop_assert!(Datagram::decode(&bytes[..cut]).is_err() || cut == bytes.len());
+            prop_assert!(open(&bytes[..cut], &KEY).is_err() || cut == bytes.len());
+            let signed = goodbye_signed();
+            let cut = cut.min(signed.len());
+            prop_assert!(Signed::decode(&signed[..cut]).is_err() || cut == signed.len());
         }
     }
 }

@@ -1,7 +1,9 @@
 //! TCP peer protocol frames.
 //!
-//! A connection opens with a 5-byte preamble each way, `"LNSH" version`, then
-//! carries frames:
+//! A connection opens with the client's 6-byte preamble, `"LNSH" version
+//! mode`, and a Noise handshake (`crate::peer::noise`) whose messages 2 and 3
+//! carry the hellos defined here ([`ServerHello`], [`ClientHello`]). Then it
+//! carries frames (in private mode inside Noise records, a layer below):
 //!
 //! ```text
 //! length u32 LE (bytes after this field) | kind u8 | body
@@ -14,7 +16,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::{InventoryEntry, MAX_ERROR_MESSAGE, MAX_NODE_NAME, WireError, decode_exact};
-use crate::id::{ContentId, NodeId};
+use crate::id::ContentId;
+use crate::identity::{PublicKey, Signature};
 use crate::manifest::{MAX_CHUNK_SIZE, Manifest};
 
 /// Bytes of the length and kind fields.
@@ -35,28 +38,38 @@ pub const MAX_PAGE_ENTRIES: usize = 4096;
 /// Most removed ids in one inventory delta.
 pub const MAX_REMOVED: usize = 16_384;
 
-pub const PREAMBLE: [u8; 5] = [b'L', b'N', b'S', b'H', super::VERSION];
+/// Bytes of the preamble: magic, version, mode.
+pub const PREAMBLE_LEN: usize = 6;
+/// Largest Noise handshake message read (after its u16 length). The
+/// hellos are a few hundred bytes at most.
+pub const MAX_HANDSHAKE_MESSAGE: usize = 1024;
+/// The hello bytes before its postcard part: Ed25519 key and binding signature.
+const HELLO_KEYS_LEN: usize = 32 + 64;
 
-const K_HELLO: u8 = 0x01;
+/// The preamble a client sends in clear, also the Noise prologue: `"LNSH"`,
+/// the protocol version, the mode byte (0 open, 1 private).
+pub fn preamble(mode: u8) -> [u8; PREAMBLE_LEN] {
+    [b'L', b'N', b'S', b'H', super::VERSION, mode]
+}
+
 const K_GET_MANIFEST: u8 = 0x02;
 const K_GET_CHUNK: u8 = 0x03;
 const K_GET_INVENTORY: u8 = 0x04;
 const K_GOODBYE: u8 = 0x05;
-const K_R_HELLO: u8 = 0x81;
 const K_R_MANIFEST: u8 = 0x82;
 pub const K_R_CHUNK: u8 = 0x83;
 const K_R_INVENTORY: u8 = 0x84;
 const K_R_ERROR: u8 = 0x8f;
 
-/// Checks a peer's preamble.
-pub fn check_preamble(p: &[u8; 5]) -> Result<(), WireError> {
-    if p[..4] != PREAMBLE[..4] {
+/// Checks a peer's preamble; returns its mode byte (not checked here).
+pub fn check_preamble(p: &[u8; PREAMBLE_LEN]) -> Result<u8, WireError> {
+    if p[..4] != super::MAGIC {
         return Err(WireError::BadMagic);
     }
     if p[4] != super::VERSION {
         return Err(WireError::Version(p[4]));
     }
-    Ok(())
+    Ok(p[5])
 }
 
 /// Rejects a response body longer than its kind allows (checked before the
@@ -89,11 +102,6 @@ pub fn parse_header(h: &[u8; HEADER_LEN], max: u32) -> Result<(u8, usize), WireE
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
-    /// First frame from the client: who is asking (for the upload log).
-    Hello {
-        node: NodeId,
-        name: String,
-    },
     GetManifest {
         req: u32,
         id: ContentId,
@@ -132,14 +140,6 @@ pub enum ErrorCode {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Response {
-    Hello {
-        node: NodeId,
-        name: String,
-        /// Digest and size of the server's current inventory, so a hello
-        /// doubles as a liveness and change probe.
-        digest: [u8; 16],
-        contents: u32,
-    },
     Manifest {
         req: u32,
         manifest: Manifest,
@@ -174,21 +174,9 @@ pub struct InventoryPage {
 }
 
 #[derive(Serialize, Deserialize)]
-struct HelloBody {
-    node: NodeId,
-    name: String,
-}
-#[derive(Serialize, Deserialize)]
 struct ManifestBody {
     req: u32,
     manifest: Manifest,
-}
-#[derive(Serialize, Deserialize)]
-struct ServerHelloBody {
-    node: NodeId,
-    name: String,
-    digest: [u8; 16],
-    contents: u32,
 }
 #[derive(Serialize, Deserialize)]
 struct ErrorBody {
@@ -209,13 +197,6 @@ fn frame<T: Serialize>(kind: u8, body: &T) -> Vec<u8> {
 impl Request {
     pub fn encode(&self) -> Vec<u8> {
         match self {
-            Request::Hello { node, name } => frame(
-                K_HELLO,
-                &HelloBody {
-                    node: *node,
-                    name: name.clone(),
-                },
-            ),
             Request::GetManifest { req, id } => frame(K_GET_MANIFEST, &(req, id)),
             Request::GetChunk { req, id, index } => frame(K_GET_CHUNK, &(req, id, index)),
             Request::GetInventory { req, since, after } => {
@@ -227,14 +208,6 @@ impl Request {
 
     pub fn decode(kind: u8, body: &[u8]) -> Result<Request, WireError> {
         Ok(match kind {
-            K_HELLO => {
-                let h: HelloBody = decode_exact(body)?;
-                super::check_text(&h.name, MAX_NODE_NAME, "name")?;
-                Request::Hello {
-                    node: h.node,
-                    name: h.name,
-                }
-            }
             K_GET_MANIFEST => {
                 let (req, id) = decode_exact(body)?;
                 Request::GetManifest { req, id }
@@ -260,20 +233,6 @@ impl Response {
     /// Encodes any response but a chunk (see [`chunk_header`]).
     pub fn encode(&self) -> Vec<u8> {
         match self {
-            Response::Hello {
-                node,
-                name,
-                digest,
-                contents,
-            } => frame(
-                K_R_HELLO,
-                &ServerHelloBody {
-                    node: *node,
-                    name: name.clone(),
-                    digest: *digest,
-                    contents: *contents,
-                },
-            ),
             Response::Manifest { req, manifest } => frame(
                 K_R_MANIFEST,
                 &ManifestBody {
@@ -298,16 +257,6 @@ impl Response {
     /// request id and `body_len` is the whole body length as framed.
     pub fn decode(kind: u8, body: &[u8], body_len: usize) -> Result<Response, WireError> {
         Ok(match kind {
-            K_R_HELLO => {
-                let h: ServerHelloBody = decode_exact(body)?;
-                super::check_text(&h.name, MAX_NODE_NAME, "name")?;
-                Response::Hello {
-                    node: h.node,
-                    name: h.name,
-                    digest: h.digest,
-                    contents: h.contents,
-                }
-            }
             K_R_MANIFEST => {
                 let m: ManifestBody = decode_exact(body)?;
                 Response::Manifest {
@@ -360,6 +309,103 @@ impl Response {
                 }
             }
             k => return Err(WireError::UnknownKind(k)),
+        })
+    }
+}
+
+/// The client's hello, the payload of Noise message 3:
+/// `ed25519 key [32] | static_sig [64] | postcard { name }`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientHello {
+    /// The client's Ed25519 key: its node id is derived from it.
+    pub key: PublicKey,
+    /// The key's signature over the client's Noise static key.
+    pub static_sig: Signature,
+    pub name: String,
+}
+
+/// The server's hello, the payload of Noise message 2:
+/// `ed25519 key [32] | static_sig [64] | postcard { name, digest, contents }`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerHello {
+    pub key: PublicKey,
+    pub static_sig: Signature,
+    pub name: String,
+    /// Digest and size of the server's current inventory, so a hello
+    /// doubles as a liveness and change probe.
+    pub digest: [u8; 16],
+    pub contents: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ServerHelloBody {
+    name: String,
+    digest: [u8; 16],
+    contents: u32,
+}
+
+fn hello_bytes<T: Serialize>(key: &PublicKey, sig: &Signature, rest: &T) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HELLO_KEYS_LEN + 96);
+    out.extend_from_slice(&key.0);
+    out.extend_from_slice(sig);
+    postcard::to_extend(rest, out).expect("encoding into a Vec cannot fail")
+}
+
+/// Splits a hello into its key, its signature and the postcard rest.
+fn split_hello(bytes: &[u8]) -> Result<(PublicKey, Signature, &[u8]), WireError> {
+    if bytes.len() > MAX_HANDSHAKE_MESSAGE {
+        return Err(WireError::TooLarge {
+            len: bytes.len(),
+            max: MAX_HANDSHAKE_MESSAGE,
+        });
+    }
+    let (keys, rest) = bytes
+        .split_at_checked(HELLO_KEYS_LEN)
+        .ok_or(WireError::Truncated)?;
+    let key: [u8; 32] = keys[..32].try_into().expect("32 bytes");
+    let sig: Signature = keys[32..].try_into().expect("64 bytes");
+    Ok((PublicKey(key), sig, rest))
+}
+
+impl ClientHello {
+    pub fn encode(&self) -> Vec<u8> {
+        hello_bytes(&self.key, &self.static_sig, &self.name)
+    }
+
+    /// Decodes a client hello; the key is not checked here (the handshake
+    /// checks the signature).
+    pub fn decode(bytes: &[u8]) -> Result<ClientHello, WireError> {
+        let (key, static_sig, rest) = split_hello(bytes)?;
+        let name: String = decode_exact(rest)?;
+        super::check_text(&name, MAX_NODE_NAME, "name")?;
+        Ok(ClientHello {
+            key,
+            static_sig,
+            name,
+        })
+    }
+}
+
+impl ServerHello {
+    pub fn encode(&self) -> Vec<u8> {
+        let body = ServerHelloBody {
+            name: self.name.clone(),
+            digest: self.digest,
+            contents: self.contents,
+        };
+        hello_bytes(&self.key, &self.static_sig, &body)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<ServerHello, WireError> {
+        let (key, static_sig, rest) = split_hello(bytes)?;
+        let body: ServerHelloBody = decode_exact(rest)?;
+        super::check_text(&body.name, MAX_NODE_NAME, "name")?;
+        Ok(ServerHello {
+            key,
+            static_sig,
+            name: body.name,
+            digest: body.digest,
+            contents: body.contents,
         })
     }
 }
@@ -465,8 +511,9 @@ mod tests {
             to_hex(&delta.encode()),
             "4600000084012d3adedff11b61f14c886e35afa03673015a46d6a278e86818307a2ad8e350cf200001f265d24bc81638ad912442db4ae29b6187c843e43f9b482f73be426bb4edd91900"
         );
-        let hello = Response::Hello {
-            node: NodeId([0x22; 16]),
+        let hello = ServerHello {
+            key: PublicKey([0x11; 32]),
+            static_sig: [0x33; 64],
             name: "beta".into(),
             digest: full.digest,
             contents: 1,
@@ -474,13 +521,14 @@ mod tests {
         assert_eq!(
             to_hex(&hello.encode()),
             concat!(
-                "2700000081",
-                "22222222222222222222222222222222",
+                "1111111111111111111111111111111111111111111111111111111111111111",
+                "33333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333",
                 "0462657461",
                 "5a46d6a278e86818307a2ad8e350cf20",
                 "01"
             )
         );
+        assert_eq!(ServerHello::decode(&hello.encode()).unwrap(), hello);
     }
 
     #[test]
@@ -492,10 +540,6 @@ mod tests {
     fn requests_round_trip() {
         let id = ContentId([1; 32]);
         for r in [
-            Request::Hello {
-                node: NodeId([2; 16]),
-                name: "n".into(),
-            },
             Request::GetManifest { req: 1, id },
             Request::GetChunk {
                 req: u32::MAX,
@@ -531,12 +575,6 @@ mod tests {
             chunks: ChunkSet::Partial(Bitmap::new(3)),
         };
         for r in [
-            Response::Hello {
-                node: NodeId([2; 16]),
-                name: "n".into(),
-                digest: [9; 16],
-                contents: 12,
-            },
             Response::Manifest {
                 req: 4,
                 manifest: manifest_of(b"abcdefg", 3),
@@ -650,18 +688,20 @@ mod tests {
             parse_header(&[0, 0, 0, 0, 1], MAX_REQUEST_FRAME),
             Err(WireError::Truncated)
         );
-        let long = Request::Hello {
-            node: NodeId([0; 16]),
+        let long = ClientHello {
+            key: PublicKey([0; 32]),
+            static_sig: [0; 64],
             name: "x".repeat(65),
         }
         .encode();
-        let (kind, body) = split(&long);
         assert_eq!(
-            Request::decode(kind, body),
+            ClientHello::decode(&long),
             Err(WireError::OutOfBounds { field: "name" })
         );
-        assert_eq!(check_preamble(b"LNSH\x02"), Err(WireError::Version(2)));
-        assert_eq!(check_preamble(b"GET /"), Err(WireError::BadMagic));
+        assert_eq!(ClientHello::decode(&long[..95]), Err(WireError::Truncated));
+        assert_eq!(check_preamble(b"LNSH\x02\x01"), Ok(1));
+        assert_eq!(check_preamble(b"LNSH\x01\x00"), Err(WireError::Version(1)));
+        assert_eq!(check_preamble(b"GET / "), Err(WireError::BadMagic));
     }
 
     proptest! {
@@ -673,6 +713,12 @@ mod tests {
         #[test]
         fn random_responses_never_panic(kind in 0x80u8..0x90, body in proptest::collection::vec(any::<u8>(), 0..300), extra in 0usize..10_000_000) {
             let _ = Response::decode(kind, &body, body.len() + extra);
+        }
+
+        #[test]
+        fn random_hellos_never_panic(body in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = ClientHello::decode(&body);
+            let _ = ServerHello::decode(&body);
         }
 
         #[test]

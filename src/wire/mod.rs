@@ -14,7 +14,7 @@ use crate::id::ContentId;
 use crate::manifest::Category;
 
 /// Protocol version carried by every datagram and by the TCP hello.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// First bytes of every datagram and of every TCP connection's hello.
 pub const MAGIC: [u8; 4] = *b"LNSH";
 /// Longest node name accepted, in bytes.

@@ -12,11 +12,14 @@ use std::time::{Duration, Instant};
 
 use lanshare::chunkset::{Bitmap, ChunkSet};
 use lanshare::id::{ContentId, NodeId};
+use lanshare::identity::Identity;
 use lanshare::inventory::Inventory;
 use lanshare::manifest::Category;
+use lanshare::peer::noise;
+use lanshare::swarm::Mode;
 use lanshare::wire::InventoryEntry;
 use lanshare::wire::datagram::{Announce, Datagram};
-use lanshare::wire::frame::{self, InventoryPage, PREAMBLE, Request, Response};
+use lanshare::wire::frame::{self, InventoryPage, Request, Response};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::harness::{Net, Node, wait_until};
@@ -165,21 +168,14 @@ fn a_forged_goodbye_does_not_drop_a_peer() {
         s.send_to(&goodbye, unicast).unwrap();
         s.send_to(&goodbye, to).unwrap();
     }
-    // The same over TCP: hello as alice, then goodbye.
+    // The same over TCP: a handshake (which can only prove the forger's
+    // own id, whatever name it gives), then goodbye.
     let tcp = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
     tcp.bind(&SocketAddr::from((forger, 0)).into()).unwrap();
     tcp.connect_timeout(&victim.listen.into(), Duration::from_secs(5))
         .unwrap();
     let mut tcp: TcpStream = tcp.into();
-    tcp.write_all(&PREAMBLE).unwrap();
-    tcp.write_all(
-        &Request::Hello {
-            node: alice_id,
-            name: "alice".into(),
-        }
-        .encode(),
-    )
-    .unwrap();
+    noise::initiate_blocking(&mut tcp, &Identity::generate(), &Mode::Open, "alice").unwrap();
     tcp.write_all(&Request::Goodbye.encode()).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut sink = Vec::new();
@@ -216,7 +212,7 @@ struct RogueServer {
 }
 
 impl RogueServer {
-    fn start(ip: Ipv4Addr, id: NodeId, inv: Inventory) -> RogueServer {
+    fn start(ip: Ipv4Addr, id: Arc<Identity>, inv: Inventory) -> RogueServer {
         let listener = TcpListener::bind((ip, 0)).unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -227,9 +223,9 @@ impl RogueServer {
             while !s.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((conn, _)) => {
-                        let (inv, p) = (inv.clone(), p.clone());
+                        let (inv, p, id) = (inv.clone(), p.clone(), id.clone());
                         std::thread::spawn(move || {
-                            let _ = serve(conn, id, &inv, &p);
+                            let _ = serve(conn, &id, &inv, &p);
                         });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
@@ -258,24 +254,14 @@ fn read_frame(conn: &mut TcpStream) -> std::io::Result<Request> {
 
 fn serve(
     mut conn: TcpStream,
-    id: NodeId,
+    id: &Identity,
     inv: &Inventory,
     pages: &AtomicUsize,
 ) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(20)))?;
-    let mut pre = [0u8; 5];
-    conn.read_exact(&mut pre)?;
-    read_frame(&mut conn)?; // the hello
-    conn.write_all(&PREAMBLE)?;
-    conn.write_all(
-        &Response::Hello {
-            node: id,
-            name: "rogue".into(),
-            digest: inv.digest,
-            contents: inv.entries.len() as u32,
-        }
-        .encode(),
-    )?;
+    let hello = noise::server_hello(id, "rogue", inv.digest, inv.entries.len() as u32);
+    noise::respond_blocking(&mut conn, id, &Mode::Open, &hello)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
     loop {
         let Request::GetInventory { req, after, .. } = read_frame(&mut conn)? else {
             return Ok(());
@@ -302,7 +288,8 @@ fn serve(
 #[test]
 fn a_rogue_inventory_of_huge_bitmaps_does_not_bloat_a_node() {
     const ENTRIES: usize = 4000;
-    const ROGUE_ID: NodeId = NodeId([0xee; 16]);
+    let rogue = Arc::new(Identity::from_seed([0xee; 32]));
+    let rogue_id = rogue.node_id();
     // Growth of the victim's resident memory allowed, in KiB.
     const MAX_GROWTH_KIB: u64 = 200 * 1024;
 
@@ -333,9 +320,9 @@ fn a_rogue_inventory_of_huge_bitmaps_does_not_bloat_a_node() {
         .collect();
     let inv = Inventory::new(entries);
     let rogue_ip = Ipv4Addr::new(127, 0, 0, 2);
-    let server = RogueServer::start(rogue_ip, ROGUE_ID, inv.clone());
+    let server = RogueServer::start(rogue_ip, rogue, inv.clone());
     let announce = Datagram::Announce(Announce {
-        node: ROGUE_ID,
+        node: rogue_id,
         name: "rogue".into(),
         tcp_port: server.addr.port(),
         interval_ms: 60_000,

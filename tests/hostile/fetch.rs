@@ -15,13 +15,16 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use lanshare::chunkset::ChunkSet;
-use lanshare::id::{ChunkHash, ContentId, NodeId};
+use lanshare::id::{ChunkHash, ContentId};
+use lanshare::identity::Identity;
 use lanshare::inventory::Inventory;
 use lanshare::manifest::{CHUNK_SIZE, Category, Manifest, manifest_of};
+use lanshare::peer::noise;
+use lanshare::swarm::Mode;
 use lanshare::wire::InventoryEntry;
 use lanshare::wire::datagram::{Announce, Datagram};
 use lanshare::wire::frame::{
-    self, ErrorCode, HEADER_LEN, InventoryPage, MAX_REQUEST_FRAME, PREAMBLE, Request, Response,
+    self, ErrorCode, HEADER_LEN, InventoryPage, MAX_REQUEST_FRAME, Request, Response,
 };
 
 use crate::harness::{BIN, Net, Node, wait_until};
@@ -83,7 +86,8 @@ impl Rogue {
         let listener = TcpListener::bind((ip, 0)).expect("bind a rogue listener");
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
-        let node = NodeId::random();
+        let identity = Arc::new(Identity::generate());
+        let node = identity.node_id();
         let inv = Inventory::new(entries);
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
@@ -112,7 +116,7 @@ impl Rogue {
 
         // The TCP server: hello and inventory like a node, then the lies.
         let st = stop.clone();
-        let me = (node, name.to_string());
+        let me = (identity, name.to_string());
         threads.push(std::thread::spawn(move || {
             let conns: Mutex<Vec<JoinHandle<()>>> = Mutex::new(Vec::new());
             while !st.load(Ordering::Relaxed) {
@@ -195,17 +199,19 @@ fn stall(stop: &AtomicBool) {
 fn serve(
     mut s: TcpStream,
     stop: &AtomicBool,
-    me: &(NodeId, String),
+    me: &(Arc<Identity>, String),
     inv: &Inventory,
     b: &Behaviour,
 ) {
     s.set_nonblocking(false).unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let mut pre = [0u8; 5];
-    if !read_full(&mut s, &mut pre, stop) || frame::check_preamble(&pre).is_err() {
+    // The handshake, exactly as a node does it (the rogue's id is its own).
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let hello = noise::server_hello(&me.0, &me.1, inv.digest, inv.entries.len() as u32);
+    if noise::respond_blocking(&mut s, &me.0, &Mode::Open, &hello).is_err() {
         return;
     }
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     loop {
         let mut h = [0u8; HEADER_LEN];
         if !read_full(&mut s, &mut h, stop) {
@@ -222,19 +228,6 @@ fn serve(
             return;
         };
         let out = match req {
-            Request::Hello { .. } => {
-                let mut out = PREAMBLE.to_vec();
-                out.extend(
-                    Response::Hello {
-                        node: me.0,
-                        name: me.1.clone(),
-                        digest: inv.digest,
-                        contents: inv.entries.len() as u32,
-                    }
-                    .encode(),
-                );
-                out
-            }
             Request::GetInventory { req, .. } => Response::Inventory(InventoryPage {
                 req,
                 digest: inv.digest,

@@ -10,8 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use lanshare::id::{ContentId, NodeId};
-use lanshare::wire::frame::{self, HEADER_LEN, MAX_RESPONSE_FRAME, PREAMBLE, Request};
+use lanshare::id::ContentId;
+use lanshare::identity::Identity;
+use lanshare::peer::noise;
+use lanshare::swarm::Mode;
+use lanshare::wire::frame::{self, HEADER_LEN, MAX_RESPONSE_FRAME, Request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -34,27 +37,17 @@ async fn read_frame(s: &mut TcpStream) -> std::io::Result<u8> {
 }
 
 /// Connects from `src` to `victim` and completes the handshake exactly as
-/// a real peer would, under a fresh node id.
+/// a real peer would, under a fresh key (so a fresh node id).
 async fn handshake(src: IpAddr, victim: SocketAddr, n: u64) -> std::io::Result<TcpStream> {
     let sock = TcpSocket::new_v4()?;
     sock.bind(SocketAddr::new(src, 0))?;
     let mut s = sock.connect(victim).await?;
-    let mut id = [0x66u8; 16];
-    id[8..].copy_from_slice(&n.to_be_bytes());
-    let mut hello = PREAMBLE.to_vec();
-    hello.extend(
-        Request::Hello {
-            node: NodeId(id),
-            name: "rogue".into(),
-        }
-        .encode(),
-    );
-    s.write_all(&hello).await?;
-    let mut pre = [0u8; 5];
-    s.read_exact(&mut pre).await?;
-    frame::check_preamble(&pre)
+    let mut seed = [0x66u8; 32];
+    seed[24..].copy_from_slice(&n.to_be_bytes());
+    let me = Identity::from_seed(seed);
+    noise::initiate(&mut s, &me, &Mode::Open, "rogue")
+        .await
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-    read_frame(&mut s).await?;
     Ok(s)
 }
 

@@ -13,12 +13,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lanshare::chunkset::{Bitmap, ChunkSet};
-use lanshare::id::{ContentId, NodeId};
+use lanshare::id::ContentId;
+use lanshare::identity::Identity;
 use lanshare::manifest::{CHUNK_SIZE, Category, Manifest, manifest_of};
+use lanshare::peer::noise;
+use lanshare::swarm::Mode;
 use lanshare::wire::InventoryEntry;
 use lanshare::wire::frame::{
     self, ErrorCode, HEADER_LEN, InventoryPage, K_R_CHUNK, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME,
-    PREAMBLE, Request, Response,
+    Request, Response,
 };
 
 use crate::harness::{BIN, Net, Node, data, sha256_hex, wait_until};
@@ -196,20 +199,14 @@ impl RogueHolder {
                 let (shared, a, sv, digest) = (shared.clone(), a.clone(), sv.clone(), digest);
                 std::thread::spawn(move || {
                     let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-                    let mut pre = [0u8; 5];
-                    if s.read_exact(&mut pre).is_err() || s.write_all(&PREAMBLE).is_err() {
+                    let me = Identity::from_seed([0x52; 32]);
+                    let hello = noise::server_hello(&me, "rogue", digest, 1);
+                    if noise::respond_blocking(&mut s, &me, &Mode::Open, &hello).is_err() {
                         return;
                     }
                     let (content, manifest, entry) = &*shared;
                     while let Some(req) = read_request(&mut s) {
                         let out = match req {
-                            Request::Hello { .. } => Response::Hello {
-                                node: NodeId([0x52; 16]),
-                                name: "rogue".into(),
-                                digest,
-                                contents: 1,
-                            }
-                            .encode(),
                             Request::GetInventory { req, after, .. } => {
                                 Response::Inventory(InventoryPage {
                                     req,
@@ -282,21 +279,9 @@ impl Probe {
     fn connect(addr: SocketAddr) -> Probe {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut hello = PREAMBLE.to_vec();
-        hello.extend(
-            Request::Hello {
-                node: NodeId([0x99; 16]),
-                name: "probe".into(),
-            }
-            .encode(),
-        );
-        s.write_all(&hello).unwrap();
-        let mut pre = [0u8; 5];
-        s.read_exact(&mut pre).unwrap();
-        frame::check_preamble(&pre).unwrap();
-        let mut p = Probe { s, next: 1 };
-        assert!(matches!(p.read(), Answer::Other(Response::Hello { .. })));
-        p
+        let me = Identity::from_seed([0x99; 32]);
+        noise::initiate_blocking(&mut s, &me, &Mode::Open, "probe").unwrap();
+        Probe { s, next: 1 }
     }
 
     fn read(&mut self) -> Answer {

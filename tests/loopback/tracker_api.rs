@@ -15,13 +15,17 @@ use lanshare::api::FoundVia;
 use lanshare::chunkset::{Bitmap, ChunkSet};
 use lanshare::dict::Dict;
 use lanshare::id::{ContentId, NodeId};
+use lanshare::identity::Identity;
 use lanshare::inventory::Inventory;
 use lanshare::manifest::Category;
+use lanshare::peer::dial::Dialer;
+use lanshare::swarm::Mode;
 use lanshare::tracker::client::{Api, ClientError};
 use lanshare::tracker::proto::{
     Entry, FullAnnounce, HeartbeatRequest, PatchAnnounce, PeersQuery, RegisterRequest,
     RegisterResponse, SearchQuery,
 };
+use lanshare::tracker::sign;
 use lanshare::tracker::{NodeInfo, follow};
 use lanshare::wire::InventoryEntry;
 use serde_json::{Value, json};
@@ -147,8 +151,33 @@ fn temp() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
 }
 
+/// Node `n`'s key: every node of these tests signs with its own.
+fn key(n: u8) -> Identity {
+    Identity::from_seed([n; 32])
+}
+
 fn node_id(n: u8) -> NodeId {
-    NodeId([n; 16])
+    key(n).node_id()
+}
+
+/// The key of a node id made by [`node_id`].
+fn signer(id: NodeId) -> Identity {
+    static IDS: std::sync::OnceLock<std::collections::HashMap<NodeId, u8>> =
+        std::sync::OnceLock::new();
+    let ids = IDS.get_or_init(|| (0..=255u8).map(|n| (node_id(n), n)).collect());
+    key(*ids.get(&id).expect("an id made by node_id()"))
+}
+
+/// A registration of `id` (made by [`node_id`]), with its key.
+fn register_req(id: NodeId, name: &str, port: u16, addrs: Vec<IpAddr>) -> RegisterRequest {
+    RegisterRequest {
+        id,
+        name: name.into(),
+        port,
+        addrs,
+        key: signer(id).public_key(),
+        swarm: None,
+    }
 }
 
 fn cid(n: u8) -> ContentId {
@@ -168,19 +197,17 @@ fn entry(id: u8, name: &str, size: u64) -> Entry {
 }
 
 async fn register(api: &Api, id: NodeId, name: &str, port: u16) -> RegisterResponse {
-    api.register(&RegisterRequest {
-        id,
-        name: name.into(),
-        port,
-        addrs: vec!["10.9.0.1".parse().unwrap()],
-    })
+    api.register(
+        &signer(id),
+        &register_req(id, name, port, vec!["10.9.0.1".parse().unwrap()]),
+    )
     .await
     .expect("register")
 }
 
 async fn announce(api: &Api, id: NodeId, token: &str, digest: u8, entries: Vec<Entry>) {
     api.announce_full(
-        id,
+        &signer(id),
         token,
         &FullAnnounce {
             digest: Some([digest; 16]),
@@ -212,8 +239,23 @@ async fn raw(
     content_type: Option<&str>,
     body: Option<Vec<u8>>,
 ) -> (u16, Value) {
+    raw_with(method, url, token, content_type, body, None).await
+}
+
+/// [`raw`] with an `X-Lanshare-Sig` header value.
+async fn raw_with(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    content_type: Option<&str>,
+    body: Option<Vec<u8>>,
+    sig: Option<&str>,
+) -> (u16, Value) {
     let client = reqwest::Client::new();
     let mut rb = client.request(method.parse().unwrap(), url);
+    if let Some(sig) = sig {
+        rb = rb.header(sign::SIG_HEADER, sig);
+    }
     if let Some(t) = token {
         rb = rb.header("authorization", format!("Bearer {t}"));
     }
@@ -239,6 +281,33 @@ async fn json_req(method: &str, url: &str, token: Option<&str>, body: &Value) ->
         token,
         Some("application/json"),
         Some(serde_json::to_vec(body).unwrap()),
+    )
+    .await
+}
+
+/// A request signed by `who` as a node signs it; `seq` overrides the
+/// sequence number (None: the next of this process). The path signed is
+/// the URL's.
+async fn signed_req(
+    who: &Identity,
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+    seq: Option<u64>,
+) -> (u16, Value) {
+    let path = reqwest::Url::parse(url).unwrap().path().to_string();
+    let bytes = body.map(|b| serde_json::to_vec(b).unwrap());
+    let signed = bytes.as_deref().unwrap_or_default();
+    let seq = seq.unwrap_or_else(|| sign::next_seq(sign::now_us()));
+    let header = sign::sign(who, method, &path, seq, signed).to_value();
+    raw_with(
+        method,
+        url,
+        token,
+        bytes.as_ref().map(|_| "application/json"),
+        bytes.clone(),
+        Some(&header),
     )
     .await
 }
@@ -348,6 +417,7 @@ async fn register_announce_search_and_list_peers() {
         .peers(&PeersQuery {
             since: p.seq,
             epoch: Some(p.epoch.clone()),
+            swarm: None,
             limit: None,
         })
         .await
@@ -358,6 +428,7 @@ async fn register_announce_search_and_list_peers() {
         .peers(&PeersQuery {
             since: 0,
             epoch: None,
+            swarm: None,
             limit: Some(1),
         })
         .await
@@ -368,6 +439,7 @@ async fn register_announce_search_and_list_peers() {
         .peers(&PeersQuery {
             since: page.seq,
             epoch: Some(page.epoch.clone()),
+            swarm: None,
             limit: Some(1),
         })
         .await
@@ -379,6 +451,7 @@ async fn register_announce_search_and_list_peers() {
         .peers(&PeersQuery {
             since: p.seq,
             epoch: Some("0000".into()),
+            swarm: None,
             limit: None,
         })
         .await
@@ -406,7 +479,7 @@ async fn heartbeat_and_incremental_announce() {
     };
     // Nothing announced yet: the tracker asks for the inventory.
     assert!(
-        api.heartbeat(a, &r.token, &hb(1))
+        api.heartbeat(&signer(a), &r.token, &hb(1))
             .await
             .unwrap()
             .send_inventory
@@ -419,11 +492,11 @@ async fn heartbeat_and_incremental_announce() {
         vec![entry(1, "a.txt", 1), entry(2, "b.txt", 1)],
     )
     .await;
-    let resp = api.heartbeat(a, &r.token, &hb(1)).await.unwrap();
+    let resp = api.heartbeat(&signer(a), &r.token, &hb(1)).await.unwrap();
     assert!(!resp.send_inventory);
     assert_eq!(resp.observed_addr, "127.0.0.1".parse::<IpAddr>().unwrap());
     assert!(
-        api.heartbeat(a, &r.token, &hb(2))
+        api.heartbeat(&signer(a), &r.token, &hb(2))
             .await
             .unwrap()
             .send_inventory
@@ -433,7 +506,7 @@ async fn heartbeat_and_incremental_announce() {
     // A change against another base is refused with the stored digest.
     let err = api
         .announce_patch(
-            a,
+            &signer(a),
             &r.token,
             &PatchAnnounce {
                 base: Some([9; 16]),
@@ -461,7 +534,7 @@ async fn heartbeat_and_incremental_announce() {
     }
     let ok = api
         .announce_patch(
-            a,
+            &signer(a),
             &r.token,
             &PatchAnnounce {
                 base: Some([1; 16]),
@@ -478,7 +551,7 @@ async fn heartbeat_and_incremental_announce() {
     assert_eq!(search(&api, Some("renamed"), None).await, vec![(cid(2), 1)]);
     assert_eq!(search(&api, Some("c.txt"), None).await, vec![(cid(3), 1)]);
     assert!(
-        !api.heartbeat(a, &r.token, &hb(2))
+        !api.heartbeat(&signer(a), &r.token, &hb(2))
             .await
             .unwrap()
             .send_inventory
@@ -489,6 +562,7 @@ async fn heartbeat_and_incremental_announce() {
         .peers(&PeersQuery {
             since: before.seq,
             epoch: Some(before.epoch.clone()),
+            swarm: None,
             limit: None,
         })
         .await
@@ -502,7 +576,7 @@ async fn heartbeat_and_incremental_announce() {
 
     // An upload in parts: no digest is listed until the last part.
     api.announce_full(
-        a,
+        &signer(a),
         &r.token,
         &FullAnnounce {
             digest: None,
@@ -516,7 +590,7 @@ async fn heartbeat_and_incremental_announce() {
     assert_eq!(mid.peers[0].digest, None);
     let done = api
         .announce_patch(
-            a,
+            &signer(a),
             &r.token,
             &PatchAnnounce {
                 base: None,
@@ -534,7 +608,7 @@ async fn heartbeat_and_incremental_announce() {
 
     // Changed addresses are listed.
     api.heartbeat(
-        a,
+        &signer(a),
         &r.token,
         &HeartbeatRequest {
             digest: [5; 16],
@@ -559,7 +633,8 @@ async fn deregister_removes_the_node_and_its_content() {
     let before = api.peers(&PeersQuery::default()).await.unwrap();
     assert_eq!(search(&api, Some("movie"), None).await.len(), 1);
 
-    let (status, _) = raw(
+    let (status, _) = signed_req(
+        &key(1),
         "DELETE",
         &format!("{}/v1/nodes/{a}", t.url()),
         Some(&r.token),
@@ -574,6 +649,7 @@ async fn deregister_removes_the_node_and_its_content() {
         .peers(&PeersQuery {
             since: before.seq,
             epoch: Some(before.epoch.clone()),
+            swarm: None,
             limit: None,
         })
         .await
@@ -589,7 +665,7 @@ async fn deregister_removes_the_node_and_its_content() {
     // The token no longer works; registering again does.
     let err = api
         .heartbeat(
-            a,
+            &signer(a),
             &r.token,
             &HeartbeatRequest {
                 digest: [1; 16],
@@ -629,7 +705,7 @@ async fn a_silent_node_goes_offline_and_is_no_longer_offered() {
     let deadline = Instant::now() + Duration::from_millis(1800);
     while Instant::now() < deadline {
         api.heartbeat(
-            b,
+            &signer(b),
             &rb.token,
             &HeartbeatRequest {
                 digest: [2; 16],
@@ -647,6 +723,7 @@ async fn a_silent_node_goes_offline_and_is_no_longer_offered() {
         .peers(&PeersQuery {
             since: start.seq,
             epoch: Some(start.epoch.clone()),
+            swarm: None,
             limit: None,
         })
         .await
@@ -658,7 +735,7 @@ async fn a_silent_node_goes_offline_and_is_no_longer_offered() {
     // A heartbeat brings Alice back, with her inventory still stored.
     let hb = api
         .heartbeat(
-            a,
+            &signer(a),
             &ra.token,
             &HeartbeatRequest {
                 digest: [1; 16],
@@ -691,7 +768,7 @@ async fn a_restarted_tracker_keeps_its_registrations() {
     // The old token still works and the inventory is still there.
     let hb = api
         .heartbeat(
-            a,
+            &signer(a),
             &r.token,
             &HeartbeatRequest {
                 digest: [7; 16],
@@ -758,7 +835,7 @@ async fn malformed_requests_get_a_4xx_and_the_tracker_stays_up() {
         "POST",
         &nodes,
         None,
-        &json!({"id": "1".repeat(32), "name": "x", "port": "80"}),
+        &json!({"id": "1".repeat(32), "key": "1".repeat(64), "name": "x", "port": "80"}),
     )
     .await;
     assert_eq!(s, 422, "port as a string: {v}");
@@ -768,7 +845,7 @@ async fn malformed_requests_get_a_4xx_and_the_tracker_stays_up() {
         "POST",
         &nodes,
         None,
-        &json!({"id": "1".repeat(32), "name": "x", "port": 70000}),
+        &json!({"id": "1".repeat(32), "key": "1".repeat(64), "name": "x", "port": 70000}),
     )
     .await;
     assert_eq!(s, 422, "port out of range: {v}");
@@ -790,7 +867,7 @@ async fn malformed_requests_get_a_4xx_and_the_tracker_stays_up() {
         "POST",
         &nodes,
         None,
-        &json!({"id": "1".repeat(32), "name": "evil\u{1b}[2J", "port": 80}),
+        &json!({"id": "1".repeat(32), "key": "1".repeat(64), "name": "evil\u{1b}[2J", "port": 80}),
     )
     .await;
     assert_eq!(s, 422, "control characters: {v}");
@@ -800,7 +877,7 @@ async fn malformed_requests_get_a_4xx_and_the_tracker_stays_up() {
         "POST",
         &nodes,
         None,
-        &json!({"id": "1".repeat(32), "name": "x".repeat(65), "port": 80}),
+        &json!({"id": "1".repeat(32), "key": "1".repeat(64), "name": "x".repeat(65), "port": 80}),
     )
     .await;
     assert_eq!(s, 422, "name too long: {v}");
@@ -809,7 +886,7 @@ async fn malformed_requests_get_a_4xx_and_the_tracker_stays_up() {
         "POST",
         &nodes,
         None,
-        &json!({"id": "1".repeat(32), "name": "x", "port": 80, "addrs": ["224.0.0.1"]}),
+        &json!({"id": "1".repeat(32), "key": "1".repeat(64), "name": "x", "port": 80, "addrs": ["224.0.0.1"]}),
     )
     .await;
     assert_eq!(s, 422, "multicast address: {v}");
@@ -818,12 +895,12 @@ async fn malformed_requests_get_a_4xx_and_the_tracker_stays_up() {
         "POST",
         &nodes,
         None,
-        &json!({"id": "1".repeat(32), "name": "x", "port": 80, "addrs": ["not-an-ip"]}),
+        &json!({"id": "1".repeat(32), "key": "1".repeat(64), "name": "x", "port": 80, "addrs": ["not-an-ip"]}),
     )
     .await;
     assert_eq!(s, 422, "not an address: {v}");
     cases.push(("not an address", s, v));
-    let big = json!({"id": "1".repeat(32), "name": "x", "port": 80, "pad": "p".repeat(70 * 1024)});
+    let big = json!({"id": "1".repeat(32), "key": "1".repeat(64), "name": "x", "port": 80, "pad": "p".repeat(70 * 1024)});
     let (s, v) = json_req("POST", &nodes, None, &big).await;
     assert_eq!(s, 413, "register body over 64 KiB: {v}");
     cases.push(("oversized register body", s, v));
@@ -878,16 +955,18 @@ async fn malformed_requests_get_a_4xx_and_the_tracker_stays_up() {
     assert_eq!(s, 413, "too many entries: {v}");
     cases.push(("too many entries", s, v));
     let three = entries[..3].to_vec();
-    let (s, _) = json_req(
+    let (s, _) = signed_req(
+        &key(1),
         "PUT",
         &inv,
         Some(tok),
-        &json!({"digest": digest, "entries": three}),
+        Some(&json!({"digest": digest, "entries": three})),
+        None,
     )
     .await;
     assert_eq!(s, 200, "three entries fit");
     let patch = json!({"base": digest, "digest": "02".repeat(16), "upsert": [entries[3]]});
-    let (s, v) = json_req("PATCH", &inv, Some(tok), &patch).await;
+    let (s, v) = signed_req(&key(1), "PATCH", &inv, Some(tok), Some(&patch), None).await;
     assert_eq!(s, 413, "a change past the cap: {v}");
     cases.push(("too many entries after a change", s, v));
     let (s, v) = json_req(
@@ -988,7 +1067,7 @@ async fn caps_bound_nodes_and_files() {
         // A heartbeat shows the node is real (a node that never sent one
         // nor announced would make room for a newcomer).
         api.heartbeat(
-            node_id(i),
+            &signer(node_id(i)),
             &token,
             &HeartbeatRequest {
                 digest: [0; 16],
@@ -1000,13 +1079,8 @@ async fn caps_bound_nodes_and_files() {
         tokens.push(token);
     }
     // Every node is online and active: a fourth is refused.
-    let req = RegisterRequest {
-        id: node_id(4),
-        name: "n4".into(),
-        port: 7000,
-        addrs: vec![],
-    };
-    let err = api.register(&req).await.unwrap_err();
+    let req = register_req(node_id(4), "n4", 7000, vec![]);
+    let err = api.register(&key(4), &req).await.unwrap_err();
     assert_eq!(err.status(), Some(503), "{err}");
     // Files: node 1 fills the table; node 2 cannot add more.
     announce(
@@ -1019,7 +1093,7 @@ async fn caps_bound_nodes_and_files() {
     .await;
     let err = api
         .announce_full(
-            node_id(2),
+            &signer(node_id(2)),
             &tokens[1],
             &FullAnnounce {
                 digest: Some([2; 16]),
@@ -1034,7 +1108,10 @@ async fn caps_bound_nodes_and_files() {
     // Once the nodes fall silent, a newcomer evicts the one offline the
     // longest, and its files make room.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let r4 = api.register(&req).await.expect("room after eviction");
+    let r4 = api
+        .register(&key(4), &req)
+        .await
+        .expect("room after eviction");
     announce(&api, node_id(4), &r4.token, 4, vec![entry(9, "g", 1)]).await;
     let stats = api.stats().await.unwrap();
     assert_eq!(stats.nodes_online + stats.nodes_offline, 3);
@@ -1069,11 +1146,13 @@ fn start_follow(url: String, id: NodeId, port: u16, inv: Inventory) -> Follower 
     let cancel = CancellationToken::new();
     let task = tokio::spawn(follow(
         url,
-        NodeInfo {
-            id,
-            name: "follower".into(),
-            tcp_port: port,
-        },
+        NodeInfo::new(
+            Arc::new(signer(id)),
+            "follower".into(),
+            port,
+            &Mode::Open,
+            Dialer::new(id, "follower", dict.clone()),
+        ),
         addr_rx,
         inv_rx,
         dict.clone(),
@@ -1370,16 +1449,28 @@ async fn registration_flood(
             tasks.spawn(async move {
                 let mut got = Vec::new();
                 for i in (lane..per_source).step_by(lanes as usize) {
-                    let mut id = [tag; 16];
-                    id[8..12].copy_from_slice(&(s as u32).to_be_bytes());
-                    id[12..].copy_from_slice(&i.to_be_bytes());
+                    let mut seed = [tag; 32];
+                    seed[8..12].copy_from_slice(&(s as u32).to_be_bytes());
+                    seed[12..16].copy_from_slice(&i.to_be_bytes());
+                    let me = Identity::from_seed(seed);
                     let req = RegisterRequest {
-                        id: NodeId(id),
+                        id: me.node_id(),
                         name: format!("fake-{s}-{i}"),
                         port: 7000,
                         addrs: vec![],
+                        key: me.public_key(),
+                        swarm: None,
                     };
-                    let status = match client.post(&url).json(&req).send().await {
+                    let body = serde_json::to_vec(&req).unwrap();
+                    let sig = sign::sign_now(&me, "POST", "/v1/nodes", &body).to_value();
+                    let sent = client
+                        .post(&url)
+                        .header(sign::SIG_HEADER, sig)
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .await;
+                    let status = match sent {
                         Ok(r) => r.status().as_u16(),
                         Err(_) => 0,
                     };
@@ -1401,15 +1492,10 @@ async fn registration_flood(
 /// A real node registers from 127.0.0.1 and heartbeats, as a follower does.
 async fn real_node(api: &Api, id: NodeId, name: &str) -> Result<String, ClientError> {
     let r = api
-        .register(&RegisterRequest {
-            id,
-            name: name.into(),
-            port: 7373,
-            addrs: vec![],
-        })
+        .register(&signer(id), &register_req(id, name, 7373, vec![]))
         .await?;
     api.heartbeat(
-        id,
+        &signer(id),
         &r.token,
         &HeartbeatRequest {
             digest: [7; 16],
@@ -1514,7 +1600,7 @@ async fn a_full_tracker_forgets_nodes_that_never_proved_themselves() {
     );
     // The node that was active before the flood kept its place and token.
     api.heartbeat(
-        early,
+        &signer(early),
         &early_token,
         &HeartbeatRequest {
             digest: [7; 16],
@@ -1528,4 +1614,259 @@ async fn a_full_tracker_forgets_nodes_that_never_proved_themselves() {
     let stats = api.stats().await.unwrap();
     assert_eq!(stats.nodes_online + stats.nodes_offline, 50, "{stats:?}");
     assert!(!t.log().contains("panicked"), "log:\n{}", t.log());
+}
+
+/// What the tracker shows of node `id`: name, addresses, port, digest,
+/// file count (None when not listed), and the names of every file it offers.
+async fn shown(
+    api: &Api,
+    id: NodeId,
+) -> (
+    Option<(String, Vec<IpAddr>, u16, Option<[u8; 16]>, u32)>,
+    Vec<String>,
+) {
+    let peers = api.peers(&PeersQuery::default()).await.expect("peers");
+    let row = peers
+        .peers
+        .into_iter()
+        .find(|p| p.id == id)
+        .map(|p| (p.name, p.addrs, p.port, p.digest, p.files));
+    let hits = api
+        .search(&SearchQuery {
+            q: None,
+            category: None,
+            limit: Some(1000),
+        })
+        .await
+        .expect("search");
+    let mut names: Vec<String> = hits.contents.into_iter().map(|c| c.name).collect();
+    names.sort();
+    (row, names)
+}
+
+/// Issue 10: a node's registration changes only when signed by its key.
+/// Every change (register, heartbeat, full and incremental announce,
+/// deregister) sent unsigned, signed by another key, or replayed (the same
+/// sequence number again) gets 401 with an error saying so, and the node's
+/// row, inventory and token stay as they were. So does a register of a
+/// known id with another key.
+#[tokio::test]
+async fn unsigned_wrongly_signed_and_replayed_changes_get_401_and_change_nothing() {
+    let dir = temp();
+    let t = Tracker::start(&dir.path().join("t.db"), &[]);
+    let (api, base) = (t.api(), t.url());
+    let a = node_id(1);
+    let r = register(&api, a, "alice", 7001).await;
+    announce(&api, a, &r.token, 1, vec![entry(1, "movie.mkv", 10)]).await;
+    let before = shown(&api, a).await;
+    assert!(before.0.is_some(), "alice is listed");
+    let tok = r.token.as_str();
+    let node = format!("{base}/v1/nodes/{a}");
+    let hb = format!("{node}/heartbeat");
+    let inv = format!("{node}/inventory");
+    let nodes = format!("{base}/v1/nodes");
+    let evil_entry = json!({"id": "ee".repeat(32), "name": "evil.exe", "size": 1});
+    // (method, url, body) of one change of each kind, each visible if applied.
+    let changes: Vec<(&str, &str, Option<Value>)> = vec![
+        (
+            "POST",
+            &nodes,
+            Some(
+                json!({"id": a.to_hex(), "key": lanshare::id::to_hex(&key(1).public_key().0),
+                        "name": "mallory", "port": 6666, "addrs": ["10.66.0.1"]}),
+            ),
+        ),
+        (
+            "POST",
+            &hb,
+            Some(json!({"digest": "01".repeat(16), "addrs": ["10.66.0.1"]})),
+        ),
+        (
+            "PUT",
+            &inv,
+            Some(json!({"digest": "ee".repeat(16), "entries": [evil_entry]})),
+        ),
+        (
+            "PATCH",
+            &inv,
+            Some(
+                json!({"base": "01".repeat(16), "digest": "ee".repeat(16), "upsert": [evil_entry]}),
+            ),
+        ),
+        ("DELETE", &node, None),
+    ];
+    let mallory = key(2);
+    for (method, url, body) in &changes {
+        let what = format!("{method} {url}");
+        let token = (*url != nodes).then_some(tok);
+        // Unsigned.
+        let bytes = body.as_ref().map(|b| serde_json::to_vec(b).unwrap());
+        let ct = bytes.as_ref().map(|_| "application/json");
+        let (s, v) = raw(method, url, token, ct, bytes).await;
+        assert_eq!(s, 401, "unsigned {what}: {v}");
+        assert!(
+            v["error"].as_str().unwrap().contains("X-Lanshare-Sig"),
+            "{what}: {v}"
+        );
+        assert_eq!(
+            shown(&api, a).await,
+            before,
+            "unsigned {what} changed the node"
+        );
+        // Signed by another key.
+        let (s, v) = signed_req(&mallory, method, url, token, body.as_ref(), None).await;
+        assert_eq!(s, 401, "{what} signed by another key: {v}");
+        assert!(
+            v["error"].as_str().unwrap().contains("does not verify"),
+            "{what}: {v}"
+        );
+        assert_eq!(
+            shown(&api, a).await,
+            before,
+            "{what} signed by another key changed the node"
+        );
+    }
+    // A register of alice's id with another key (signed by that key).
+    let (s, v) = signed_req(
+        &mallory,
+        "POST",
+        &nodes,
+        None,
+        Some(
+            &json!({"id": a.to_hex(), "key": lanshare::id::to_hex(&mallory.public_key().0),
+                     "name": "mallory", "port": 6666}),
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(s, 401, "a known id with another key: {v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("not the id of the key"),
+        "{v}"
+    );
+    assert_eq!(
+        shown(&api, a).await,
+        before,
+        "the takeover changed the node"
+    );
+    // Alice's token still works: nobody replaced it.
+    let ok = json!({"digest": "01".repeat(16)});
+    let (s, v) = signed_req(&key(1), "POST", &hb, Some(tok), Some(&ok), None).await;
+    assert_eq!(s, 200, "alice's own heartbeat: {v}");
+
+    // Replays: a heartbeat accepted once is refused the second time, and
+    // so is any request with a sequence number not above the last one.
+    let seq = sign::next_seq(sign::now_us());
+    let moved = json!({"digest": "01".repeat(16), "addrs": ["10.77.0.1"]});
+    let (s, v) = signed_req(&key(1), "POST", &hb, Some(tok), Some(&moved), Some(seq)).await;
+    assert_eq!(s, 200, "{v}");
+    let after_hb = shown(&api, a).await;
+    let (s, v) = signed_req(&key(1), "POST", &hb, Some(tok), Some(&moved), Some(seq)).await;
+    assert_eq!(s, 401, "a replayed heartbeat: {v}");
+    assert!(v["error"].as_str().unwrap().contains("replayed"), "{v}");
+    for (method, url, body) in &changes {
+        let token = (*url != nodes).then_some(tok);
+        // Alice's own key, but an old sequence number (signed afresh, so
+        // only the sequence number is wrong).
+        let body = match *method {
+            "POST" if *url == nodes => Some(json!({"id": a.to_hex(),
+                "key": lanshare::id::to_hex(&key(1).public_key().0), "name": "alice2", "port": 7002})),
+            _ => body.clone(),
+        };
+        let (s, v) = signed_req(&key(1), method, url, token, body.as_ref(), Some(seq)).await;
+        assert_eq!(s, 401, "{method} {url} replayed: {v}");
+        assert!(v["error"].as_str().unwrap().contains("replayed"), "{v}");
+        assert_eq!(
+            shown(&api, a).await,
+            after_hb,
+            "a replayed {method} {url} changed the node"
+        );
+    }
+    // The deregistration, replayed after it was accepted, is refused too.
+    let seq = sign::next_seq(sign::now_us());
+    let (s, v) = signed_req(&key(1), "DELETE", &node, Some(tok), None, Some(seq)).await;
+    assert_eq!(s, 204, "{v}");
+    let (s, v) = signed_req(&key(1), "DELETE", &node, Some(tok), None, Some(seq)).await;
+    assert_eq!(s, 401, "a replayed deregistration: {v}");
+}
+
+/// Issue 10: a private swarm shows the tracker addresses and a tag only,
+/// and each swarm sees only its own nodes.
+#[tokio::test]
+async fn private_swarms_are_listed_by_tag_only_and_never_announce() {
+    let dir = temp();
+    let t = Tracker::start(&dir.path().join("t.db"), &[]);
+    let (api, base) = (t.api(), t.url());
+    let (t1, t2) = ([0x11u8; 16], [0x22u8; 16]);
+    let private = |n: u8, tag: [u8; 16]| {
+        let mut req = register_req(node_id(n), "", 7000 + n as u16, vec![]);
+        req.swarm = Some(tag);
+        req
+    };
+    let open = register(&api, node_id(1), "olive", 7001).await;
+    announce(
+        &api,
+        node_id(1),
+        &open.token,
+        1,
+        vec![entry(1, "open.txt", 1)],
+    )
+    .await;
+    let p2 = api.register(&key(2), &private(2, t1)).await.expect("p2");
+    api.register(&key(3), &private(3, t1)).await.expect("p3");
+    api.register(&key(4), &private(4, t2)).await.expect("p4");
+    let ids = |q: PeersQuery| {
+        let api = api.clone();
+        async move {
+            let p = api.peers(&q).await.expect("peers");
+            let mut ids: Vec<(NodeId, String)> =
+                p.peers.into_iter().map(|p| (p.id, p.name)).collect();
+            ids.sort();
+            ids
+        }
+    };
+    let tag = |t: [u8; 16]| PeersQuery {
+        swarm: Some(lanshare::id::to_hex(&t)),
+        ..PeersQuery::default()
+    };
+    assert_eq!(
+        ids(PeersQuery::default()).await,
+        vec![(node_id(1), "olive".into())]
+    );
+    let mut want = vec![(node_id(2), String::new()), (node_id(3), String::new())];
+    want.sort();
+    assert_eq!(ids(tag(t1)).await, want);
+    assert_eq!(ids(tag(t2)).await, vec![(node_id(4), String::new())]);
+    assert!(ids(tag([0x33; 16])).await.is_empty());
+    // A private node has no name and announces nothing.
+    let mut named = private(5, t1);
+    named.name = "bob".into();
+    let err = api.register(&key(5), &named).await.unwrap_err();
+    assert_eq!(err.status(), Some(422), "{err}");
+    let err = api
+        .announce_full(
+            &key(2),
+            &p2.token,
+            &FullAnnounce {
+                digest: Some([2; 16]),
+                entries: vec![entry(2, "secret.txt", 1)],
+                more: false,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(422), "{err}");
+    assert_eq!(search(&api, Some("secret"), None).await, vec![]);
+    let (s, v) = raw(
+        "GET",
+        &format!("{base}/v1/peers?swarm=xyz"),
+        None,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(s, 400, "a bad tag: {v}");
 }

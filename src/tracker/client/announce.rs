@@ -91,7 +91,7 @@ impl Follower {
         let more = entries.len() > batch;
         self.api
             .announce_full(
-                self.me.id,
+                &self.me.identity,
                 token,
                 &FullAnnounce {
                     digest: (!more).then_some(inv.digest),
@@ -105,7 +105,7 @@ impl Follower {
             let last = i + 1 == rest.len();
             self.api
                 .announce_patch(
-                    self.me.id,
+                    &self.me.identity,
                     token,
                     &PatchAnnounce {
                         base: None,
@@ -144,7 +144,9 @@ impl Follower {
                 remove: rems,
                 more: !last,
             };
-            self.api.announce_patch(self.me.id, token, &req).await?;
+            self.api
+                .announce_patch(&self.me.identity, token, &req)
+                .await?;
             if last {
                 return Ok(());
             }

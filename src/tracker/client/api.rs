@@ -6,13 +6,16 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
+use serde::Serialize;
+
 use super::REQUEST_TIMEOUT;
-use crate::id::NodeId;
+use crate::identity::Identity;
 use crate::tracker::proto::{
     AnnounceResponse, ErrorBody, FullAnnounce, HeartbeatRequest, HeartbeatResponse, PatchAnnounce,
     PeersQuery, PeersResponse, RegisterRequest, RegisterResponse, SearchQuery, SearchResponse,
     Stats,
 };
+use crate::tracker::sign::{SIG_HEADER, sign_now};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -120,48 +123,87 @@ impl Api {
         })
     }
 
-    pub async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse, ClientError> {
-        let url = self.url("/v1/nodes");
-        let rb = self.http.post(&url).json(req);
+    /// A request signed by `node` (`X-Lanshare-Sig` over the method, the
+    /// route's path and the body), with `body` as JSON when given.
+    fn signed<B: Serialize>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        node: &Identity,
+        token: Option<&str>,
+        body: Option<&B>,
+    ) -> Result<(String, reqwest::RequestBuilder), ClientError> {
+        let url = self.url(path);
+        let bytes = match body {
+            Some(b) => serde_json::to_vec(b).map_err(|e| ClientError::BadAnswer {
+                url: url.clone(),
+                message: format!("cannot encode the request: {e}"),
+            })?,
+            None => Vec::new(),
+        };
+        let sig = sign_now(node, method.as_str(), path, &bytes);
+        let mut rb = self
+            .http
+            .request(method, &url)
+            .header(SIG_HEADER, sig.to_value());
+        if let Some(t) = token {
+            rb = rb.bearer_auth(t);
+        }
+        if body.is_some() {
+            rb = rb
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(bytes);
+        }
+        Ok((url, rb))
+    }
+
+    /// Registers `node` (whose id and key `req` carries).
+    pub async fn register(
+        &self,
+        node: &Identity,
+        req: &RegisterRequest,
+    ) -> Result<RegisterResponse, ClientError> {
+        let (url, rb) = self.signed(reqwest::Method::POST, "/v1/nodes", node, None, Some(req))?;
         self.send(url, rb).await
     }
 
     pub async fn heartbeat(
         &self,
-        id: NodeId,
+        node: &Identity,
         token: &str,
         req: &HeartbeatRequest,
     ) -> Result<HeartbeatResponse, ClientError> {
-        let url = self.url(&format!("/v1/nodes/{id}/heartbeat"));
-        let rb = self.http.post(&url).bearer_auth(token).json(req);
+        let path = format!("/v1/nodes/{}/heartbeat", node.node_id());
+        let (url, rb) = self.signed(reqwest::Method::POST, &path, node, Some(token), Some(req))?;
         self.send(url, rb).await
     }
 
     pub async fn announce_full(
         &self,
-        id: NodeId,
+        node: &Identity,
         token: &str,
         req: &FullAnnounce,
     ) -> Result<AnnounceResponse, ClientError> {
-        let url = self.url(&format!("/v1/nodes/{id}/inventory"));
-        let rb = self.http.put(&url).bearer_auth(token).json(req);
+        let path = format!("/v1/nodes/{}/inventory", node.node_id());
+        let (url, rb) = self.signed(reqwest::Method::PUT, &path, node, Some(token), Some(req))?;
         self.send(url, rb).await
     }
 
     pub async fn announce_patch(
         &self,
-        id: NodeId,
+        node: &Identity,
         token: &str,
         req: &PatchAnnounce,
     ) -> Result<AnnounceResponse, ClientError> {
-        let url = self.url(&format!("/v1/nodes/{id}/inventory"));
-        let rb = self.http.patch(&url).bearer_auth(token).json(req);
+        let path = format!("/v1/nodes/{}/inventory", node.node_id());
+        let (url, rb) = self.signed(reqwest::Method::PATCH, &path, node, Some(token), Some(req))?;
         self.send(url, rb).await
     }
 
-    pub async fn deregister(&self, id: NodeId, token: &str) -> Result<(), ClientError> {
-        let url = self.url(&format!("/v1/nodes/{id}"));
-        let rb = self.http.delete(&url).bearer_auth(token);
+    pub async fn deregister(&self, node: &Identity, token: &str) -> Result<(), ClientError> {
+        let path = format!("/v1/nodes/{}", node.node_id());
+        let (url, rb) =
+            self.signed::<()>(reqwest::Method::DELETE, &path, node, Some(token), None)?;
         self.send::<serde_json::Value>(url, rb).await.map(|_| ())
     }
 
@@ -175,6 +217,9 @@ impl Api {
             }
             if let Some(l) = q.limit {
                 pairs.append_pair("limit", &l.to_string());
+            }
+            if let Some(tag) = &q.swarm {
+                pairs.append_pair("swarm", tag);
             }
         }
         let rb = self.http.get(url.clone());

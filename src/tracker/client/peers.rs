@@ -1,13 +1,20 @@
 //! The tracker's peers: reading what changed in its peer list, and
 //! telling the dictionary about each online one at the addresses this
-//! node may reach, best last. Also which of this node's own addresses are
-//! worth reporting. Never announces.
+//! node may reach, best last; in a private swarm, dialing each (a hint: an
+//! address, a pseudonym) to learn over TCP who answers. Also which of this
+//! node's own addresses are worth reporting. Never announces.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::{ClientError, Follower, MAX_PAGES, MAX_PEERS};
+use tokio::time::Instant;
+
+use super::{ClientError, Follower, MAX_HINT_DIALS, MAX_PAGES, MAX_PEERS};
 use crate::api::FoundVia;
+use crate::dict::Dict;
+use crate::id::NodeId;
+use crate::peer::dial::{DialError, Dialer};
 use crate::tracker::proto::{MAX_ADDRS, PeerInfo, PeersQuery, check_node_name};
 
 impl Follower {
@@ -20,6 +27,7 @@ impl Follower {
                     since: self.since,
                     epoch: self.epoch.clone(),
                     limit: None,
+                    swarm: self.me.tag(),
                 })
                 .await?;
             if resp.full {
@@ -37,8 +45,10 @@ impl Follower {
                     self.dict.peers.claim_departure(*g);
                 }
             }
+            let private = self.me.private.is_some();
             for p in resp.peers {
-                if p.id == self.me.id || check_node_name(&p.name).is_err() || p.port == 0 {
+                let named = private || check_node_name(&p.name).is_ok();
+                if p.id == self.me.id || !named || p.port == 0 {
                     continue;
                 }
                 if self.peers.len() < MAX_PEERS || self.peers.contains_key(&p.id) {
@@ -78,6 +88,70 @@ impl Follower {
             }
         }
     }
+}
+
+impl Follower {
+    /// A private swarm's peers are hints: dials the ones least recently
+    /// tried (at most [`MAX_HINT_DIALS`] at once); whoever answers is
+    /// observed as the handshake proves it.
+    pub(super) fn dial_hints(&mut self, my_addrs: &[IpAddr], interval: Duration) {
+        let (Some(session), Some((_, dialer))) = (&self.session, &self.me.private) else {
+            return;
+        };
+        while self.hints.try_join_next().is_some() {}
+        self.dialed.retain(|id, _| self.peers.contains_key(id));
+        let mut due: Vec<(Option<Instant>, NodeId)> = self
+            .peers
+            .keys()
+            .map(|id| (self.dialed.get(id).copied(), *id))
+            .collect();
+        due.sort();
+        let now = Instant::now();
+        for (last, id) in due {
+            if self.hints.len() >= MAX_HINT_DIALS || last.is_some_and(|t| now - t < interval) {
+                break;
+            }
+            let p = &self.peers[&id];
+            let mut addrs: Vec<SocketAddr> = candidates(p, session.observed, my_addrs)
+                .into_iter()
+                .map(|ip| SocketAddr::new(ip, p.port))
+                .collect();
+            addrs.reverse();
+            self.dialed.insert(id, now);
+            let hint = reach_hint(dialer.clone(), self.dict.clone(), addrs, interval);
+            self.hints.spawn(hint);
+        }
+    }
+}
+
+/// Dials one hint's addresses, best first, and tells the dictionary who
+/// answered (as `--peer` targets are followed).
+async fn reach_hint(dialer: Dialer, dict: Arc<Dict>, addrs: Vec<SocketAddr>, interval: Duration) {
+    let conn = match dialer.dial_unknown(&addrs).await {
+        Ok(conn) => conn,
+        Err(DialError::Myself) => return,
+        Err(e) => {
+            tracing::debug!(?addrs, error = %e, "cannot reach a peer the tracker listed for this swarm");
+            return;
+        }
+    };
+    let (id, addr) = (conn.remote_node, conn.addr);
+    if !dict.peers.is_online(&id) {
+        tracing::info!(peer = %conn.remote_name, %addr, "swarm peer reached through the tracker");
+    }
+    let seen = crate::dict::Sighting {
+        id,
+        name: &conn.remote_name,
+        addr,
+        via: FoundVia::Tracker,
+        interval,
+        digest: conn.remote_digest,
+        contents: conn.remote_contents,
+    };
+    let now = std::time::Instant::now();
+    dict.observe(seen, now);
+    dict.peers
+        .reached(id, addr, conn.remote_digest, conn.remote_contents, now);
 }
 
 /// This node's addresses worth telling others: unicast, not loopback, not
@@ -151,7 +225,6 @@ fn candidates(p: &PeerInfo, observed: IpAddr, mine: &[IpAddr]) -> Vec<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::id::NodeId;
 
     fn peer(source: &str, addrs: &[&str]) -> PeerInfo {
         PeerInfo {

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{DbError, NodeRow, Writer};
+use super::{Caller, DbError, NodeRow, Writer};
 use crate::id::NodeId;
 use crate::manifest::Category;
 use crate::tracker::proto::{Entry, FullAnnounce, PatchAnnounce, hex16_string};
@@ -47,17 +47,28 @@ pub(in crate::tracker) fn category_of(i: i64) -> Category {
         .unwrap_or(Category::Other)
 }
 
+/// A private-swarm node announces no inventory: the tracker must not learn it.
+fn refuse_private(row: &NodeRow, id: NodeId) -> Result<(), DbError> {
+    if row.private {
+        return Err(DbError::Invalid(format!(
+            "node {id} is registered with a swarm tag: a private swarm's inventory goes peer to peer, never to the tracker"
+        )));
+    }
+    Ok(())
+}
+
 impl Writer {
     /// Replaces the node's inventory. Unchanged entries are not rewritten.
     pub fn announce_full(
         &mut self,
-        id: NodeId,
-        token: &str,
+        caller: &Caller,
         req: &FullAnnounce,
         source: IpAddr,
         now: i64,
     ) -> Result<(Option<[u8; 16]>, u32), DbError> {
-        let mut row = self.auth(id, token)?;
+        let id = caller.id;
+        let mut row = self.auth(caller)?;
+        refuse_private(&row, id)?;
         self.touch(&mut row, source, now)?;
         let mut existing: HashMap<[u8; 32], (i64, Stored)> = HashMap::new();
         {
@@ -108,13 +119,14 @@ impl Writer {
     /// Applies an incremental announce against the stored digest.
     pub fn announce_patch(
         &mut self,
-        id: NodeId,
-        token: &str,
+        caller: &Caller,
         req: &PatchAnnounce,
         source: IpAddr,
         now: i64,
     ) -> Result<(Option<[u8; 16]>, u32), DbError> {
-        let mut row = self.auth(id, token)?;
+        let id = caller.id;
+        let mut row = self.auth(caller)?;
+        refuse_private(&row, id)?;
         self.touch(&mut row, source, now)?;
         if row.digest != req.base {
             return Err(DbError::Conflict {

@@ -26,6 +26,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 pub(super) use files::{category_index, category_of};
 pub use nodes::{Registered, Swept};
+
 pub use schema::OpenError;
 
 /// Jobs waiting for the writer; senders wait when it is full.
@@ -134,6 +135,26 @@ struct NodeRow {
     digest: Option<[u8; 16]>,
     files: u64,
     source: String,
+    /// Registered in a private swarm (no inventory).
+    private: bool,
+}
+
+/// What proves a signed request: the key its signature verified with and
+/// its sequence number. The handler verifies; the writer checks the key is
+/// the node's and the sequence number is new.
+#[derive(Clone, Copy, Debug)]
+pub struct Proof {
+    pub key: crate::identity::PublicKey,
+    pub seq: u64,
+}
+
+/// Who a node's write comes from: its id, its token and the proof of its
+/// signature.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub id: crate::id::NodeId,
+    pub token: String,
+    pub proof: Proof,
 }
 
 impl Db {

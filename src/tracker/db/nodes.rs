@@ -7,8 +7,9 @@ use std::net::IpAddr;
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{DbError, NodeRow, Writer};
+use super::{Caller, DbError, NodeRow, Writer};
 use crate::id::{self, NodeId};
+use crate::identity::PublicKey;
 use crate::tracker::proto::RegisterRequest;
 
 fn hash_token(token: &str) -> [u8; 32] {
@@ -41,6 +42,44 @@ pub struct Swept {
     pub pruned: usize,
 }
 
+/// A registered node as `register` finds it.
+struct Existing {
+    nid: i64,
+    digest: Option<[u8; 16]>,
+    key: Option<PublicKey>,
+    sig_seq: u64,
+    swarm: Option<[u8; 16]>,
+    seq: u64,
+    files: u64,
+}
+
+/// Checks that a request signed by `key` with `seq` may change the row of
+/// `id`, stored with `stored` and last signed sequence number `last`.
+pub(super) fn check_proof(
+    id: NodeId,
+    stored: Option<&PublicKey>,
+    last: u64,
+    key: &PublicKey,
+    seq: u64,
+) -> Result<(), DbError> {
+    let Some(stored) = stored else {
+        return Err(DbError::Unauthorized(format!(
+            "node {id} was registered before requests were signed; register again (POST /v1/nodes, signed)"
+        )));
+    };
+    if stored != key {
+        return Err(DbError::Unauthorized(format!(
+            "node {id} is registered with another key; only that key may change its registration"
+        )));
+    }
+    if seq <= last {
+        return Err(DbError::Unauthorized(format!(
+            "replayed request: X-Lanshare-Sig sequence number {seq} is not above {last}, the last one accepted for node {id}"
+        )));
+    }
+    Ok(())
+}
+
 /// What `register` hands back to the handler.
 pub struct Registered {
     pub token: String,
@@ -50,73 +89,108 @@ pub struct Registered {
 
 impl Writer {
     /// Registers (or re-registers) a node; a fresh token replaces any old one.
+    /// The caller checked the signature with `req.key` (and that `req.id`
+    /// derives from it); a known id must come with the key stored for it and
+    /// a sequence number above the last one accepted. A row stored without
+    /// a key (before requests were signed) or in another swarm is replaced.
     pub fn register(
         &mut self,
         req: &RegisterRequest,
+        seq_signed: u64,
         source: IpAddr,
         now: i64,
     ) -> Result<Registered, DbError> {
-        let existing: Option<(i64, Option<Vec<u8>>)> = self
-            .conn
-            .prepare_cached("SELECT nid, digest FROM nodes WHERE id = ?1")?
-            .query_row([&req.id.0[..]], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
+        let mut existing = self.registered(req.id)?;
+        if let Some(e) = &existing
+            && e.key.is_some()
+        {
+            check_proof(req.id, e.key.as_ref(), e.sig_seq, &req.key, seq_signed)?;
+        }
+        if let Some(e) = existing.take_if(|e| e.key.is_none() || e.swarm != req.swarm) {
+            self.delete_node(e.nid, e.seq, e.files)?;
+        }
         let token = id::to_hex(&rand::random::<[u8; 32]>());
         let hash = hash_token(&token);
         let addrs = serde_json::to_string(&req.addrs).expect("addresses serialize");
         let seq = self.next_seq();
-        match existing {
-            Some((nid, digest)) => {
-                self.conn
-                    .prepare_cached(
-                        "UPDATE nodes SET name = ?2, port = ?3, addrs = ?4, source = ?5, token_hash = ?6,
-                         last_seen_ms = ?7, online = 1, seq = ?8 WHERE nid = ?1",
-                    )?
-                    .execute(params![
-                        nid,
-                        req.name,
-                        req.port,
-                        addrs,
-                        source.to_string(),
-                        &hash[..],
-                        now,
-                        seq as i64
-                    ])?;
-                Ok(Registered {
-                    token,
-                    stored_digest: digest.and_then(|d| d.try_into().ok()),
-                    created: false,
-                })
+        let name = if req.swarm.is_some() { "" } else { &req.name };
+        let Some(e) = existing else {
+            self.check_quota(source)?;
+            if self.mem.nodes >= self.limits.max_nodes {
+                self.make_room()?;
             }
-            None => {
-                self.check_quota(source)?;
-                if self.mem.nodes >= self.limits.max_nodes {
-                    self.make_room()?;
-                }
-                self.conn
-                    .prepare_cached(
-                        "INSERT INTO nodes(id, name, port, addrs, source, token_hash, digest, files,
-                         registered_ms, last_seen_ms, online, seq)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, 0, ?7, ?7, 1, ?8)",
-                    )?
-                    .execute(params![
-                        &req.id.0[..],
-                        req.name,
-                        req.port,
-                        addrs,
-                        source.to_string(),
-                        &hash[..],
-                        now,
-                        seq as i64
-                    ])?;
-                self.mem.nodes += 1;
-                Ok(Registered {
-                    token,
-                    stored_digest: None,
-                    created: true,
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO nodes(id, name, port, addrs, source, token_hash, digest, files,
+                     registered_ms, last_seen_ms, online, seq, key, sig_seq, swarm)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, 0, ?7, ?7, 1, ?8, ?9, ?10, ?11)",
+                )?
+                .execute(params![
+                    &req.id.0[..],
+                    name,
+                    req.port,
+                    addrs,
+                    source.to_string(),
+                    &hash[..],
+                    now,
+                    seq as i64,
+                    &req.key.0[..],
+                    seq_signed as i64,
+                    req.swarm.as_ref().map(|t| &t[..]),
+                ])?;
+            self.mem.nodes += 1;
+            return Ok(Registered {
+                token,
+                stored_digest: None,
+                created: true,
+            });
+        };
+        self.conn
+            .prepare_cached(
+                "UPDATE nodes SET name = ?2, port = ?3, addrs = ?4, source = ?5, token_hash = ?6,
+                 last_seen_ms = ?7, online = 1, seq = ?8, sig_seq = ?9 WHERE nid = ?1",
+            )?
+            .execute(params![
+                e.nid,
+                name,
+                req.port,
+                addrs,
+                source.to_string(),
+                &hash[..],
+                now,
+                seq as i64,
+                seq_signed as i64
+            ])?;
+        Ok(Registered {
+            token,
+            stored_digest: e.digest,
+            created: false,
+        })
+    }
+
+    /// The stored row of `id`, as `register` needs it.
+    fn registered(&mut self, id: NodeId) -> Result<Option<Existing>, DbError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT nid, digest, key, sig_seq, swarm, seq, files FROM nodes WHERE id = ?1",
+            )?
+            .query_row([&id.0[..]], |r| {
+                Ok(Existing {
+                    nid: r.get(0)?,
+                    digest: r
+                        .get::<_, Option<Vec<u8>>>(1)?
+                        .and_then(|d| d.try_into().ok()),
+                    key: r.get::<_, Option<[u8; 32]>>(2)?.map(PublicKey),
+                    sig_seq: r.get::<_, i64>(3)? as u64,
+                    swarm: r
+                        .get::<_, Option<Vec<u8>>>(4)?
+                        .and_then(|d| d.try_into().ok()),
+                    seq: r.get::<_, i64>(5)? as u64,
+                    files: r.get::<_, i64>(6)? as u64,
                 })
-            }
-        }
+            })
+            .optional()?)
     }
 
     /// Lets `source` register one more node: at its quota, the node from
@@ -183,17 +257,24 @@ impl Writer {
         }
     }
 
-    /// Checks a node's token; every write of a node starts here.
-    pub(super) fn auth(&mut self, id: NodeId, token: &str) -> Result<NodeRow, DbError> {
-        /// A `nodes` row with its token hash.
+    /// Checks a node's token and the proof of its signed request (the key
+    /// that verified it, its sequence number), and records the sequence
+    /// number; every write of a node starts here.
+    pub(super) fn auth(&mut self, caller: &Caller) -> Result<NodeRow, DbError> {
+        let Caller { id, token, proof } = caller;
+        let id = *id;
+        /// A `nodes` row with its token hash and key.
         struct Found {
             row: NodeRow,
             hash: Option<Vec<u8>>,
+            key: Option<PublicKey>,
+            sig_seq: u64,
         }
         let found: Option<Found> = self
             .conn
             .prepare_cached(
-                "SELECT nid, token_hash, online, digest, files, source FROM nodes WHERE id = ?1",
+                "SELECT nid, token_hash, online, digest, files, source, key, sig_seq, swarm IS NOT NULL
+                 FROM nodes WHERE id = ?1",
             )?
             .query_row([&id.0[..]], |r| {
                 Ok(Found {
@@ -205,16 +286,26 @@ impl Writer {
                             .and_then(|d| d.try_into().ok()),
                         files: r.get::<_, i64>(4)? as u64,
                         source: r.get(5)?,
+                        private: r.get(8)?,
                     },
                     hash: r.get(1)?,
+                    key: r.get::<_, Option<[u8; 32]>>(6)?.map(PublicKey),
+                    sig_seq: r.get::<_, i64>(7)? as u64,
                 })
             })
             .optional()?;
-        let Some(Found { row, hash }) = found else {
+        let Some(Found {
+            row,
+            hash,
+            key,
+            sig_seq,
+        }) = found
+        else {
             return Err(DbError::UnknownNode(format!(
                 "node {id} is not registered with this tracker; register it again (POST /v1/nodes)"
             )));
         };
+        check_proof(id, key.as_ref(), sig_seq, &proof.key, proof.seq)?;
         let Some(hash) = hash else {
             return Err(DbError::UnknownNode(format!(
                 "node {id} has deregistered; register it again (POST /v1/nodes)"
@@ -225,6 +316,9 @@ impl Writer {
                 "the token does not match node {id}'s registration (a newer registration replaced it?); register again"
             )));
         }
+        self.conn
+            .prepare_cached("UPDATE nodes SET sig_seq = ?2 WHERE nid = ?1")?
+            .execute(params![row.nid, proof.seq as i64])?;
         Ok(row)
     }
 
@@ -259,14 +353,13 @@ impl Writer {
     /// A heartbeat: returns whether the node must send its inventory.
     pub fn heartbeat(
         &mut self,
-        id: NodeId,
-        token: &str,
+        caller: &Caller,
         digest: [u8; 16],
         addrs: Option<&[IpAddr]>,
         source: IpAddr,
         now: i64,
     ) -> Result<bool, DbError> {
-        let mut row = self.auth(id, token)?;
+        let mut row = self.auth(caller)?;
         self.touch(&mut row, source, now)?;
         if let Some(addrs) = addrs {
             let json = serde_json::to_string(addrs).expect("addresses serialize");
@@ -286,8 +379,8 @@ impl Writer {
 
     /// Deregisters: the node goes offline at once, its inventory is
     /// dropped and its token stops working.
-    pub fn deregister(&mut self, id: NodeId, token: &str) -> Result<(), DbError> {
-        let row = self.auth(id, token)?;
+    pub fn deregister(&mut self, caller: &Caller) -> Result<(), DbError> {
+        let row = self.auth(caller)?;
         self.conn
             .prepare_cached("DELETE FROM files WHERE nid = ?1")?
             .execute([row.nid])?;

@@ -11,8 +11,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use super::{Mem, READERS};
 use crate::id;
 
-/// Schema version stored in `meta`; a database from another version is refused.
-pub(super) const SCHEMA_VERSION: &str = "1";
+/// Schema version stored in `meta`; a database from another version is
+/// refused, except version 1, which [`migrate_v1`] brings up to date.
+pub(super) const SCHEMA_VERSION: &str = "2";
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (
@@ -33,7 +34,14 @@ CREATE TABLE IF NOT EXISTS nodes (
     registered_ms INTEGER NOT NULL,
     last_seen_ms  INTEGER NOT NULL,
     online        INTEGER NOT NULL,
-    seq           INTEGER NOT NULL
+    seq           INTEGER NOT NULL,
+    -- Ed25519 public key the node's id derives from (NULL: registered
+    -- before requests were signed; replaced by its first signed register).
+    key           BLOB,
+    -- Highest X-Lanshare-Sig sequence number accepted from this node.
+    sig_seq       INTEGER NOT NULL DEFAULT 0,
+    -- Tracker tag of a private swarm (NULL: the open swarm).
+    swarm         BLOB
 );
 CREATE INDEX IF NOT EXISTS nodes_seq ON nodes(seq);
 CREATE INDEX IF NOT EXISTS nodes_online_seen ON nodes(online, last_seen_ms);
@@ -153,6 +161,7 @@ fn check_version(conn: &Connection, path: &Path) -> Result<(), OpenError> {
         .optional()
         .map_err(setup_err)?;
     match version {
+        Some(v) if v == "1" => migrate_v1(conn).map_err(setup_err),
         Some(v) if v != SCHEMA_VERSION => Err(OpenError::Version {
             path: path.to_path_buf(),
             found: v,
@@ -168,6 +177,22 @@ fn check_version(conn: &Connection, path: &Path) -> Result<(), OpenError> {
             Ok(())
         }
     }
+}
+
+/// Version 1 had no keys: adds the key, the last signed sequence number
+/// and the swarm tag to every node. Old rows keep working for reads; their
+/// node's next (signed) register fills in its key.
+fn migrate_v1(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         ALTER TABLE nodes ADD COLUMN key BLOB;
+         ALTER TABLE nodes ADD COLUMN sig_seq INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE nodes ADD COLUMN swarm BLOB;
+         UPDATE meta SET value = '2' WHERE key = 'schema';
+         COMMIT;",
+    )?;
+    tracing::info!("tracker database upgraded to schema 2 (signed requests)");
+    Ok(())
 }
 
 /// The epoch and the in-memory counters, from `meta` and `nodes`.

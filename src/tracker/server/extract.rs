@@ -1,8 +1,14 @@
 //! Extractors and the error answer of the tracker's API: every bad
-//! request (body, query, path, token) becomes a 4xx with a JSON
+//! request (body, query, path, token, signature) becomes a 4xx with a JSON
 //! `{"error": ...}`, and each [`DbError`] its status. No handler logic.
+//!
+//! [`SignedJson`] and [`SigOnly`] keep what a signature covers (method,
+//! path, body) and the `X-Lanshare-Sig` header; the handler verifies it
+//! with the node's key after the cheap checks, so a malformed request gets
+//! its 4xx without costing a verification.
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
@@ -11,8 +17,10 @@ use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
 use crate::id::NodeId;
-use crate::tracker::db::DbError;
+use crate::identity::PublicKey;
+use crate::tracker::db::{DbError, Proof};
 use crate::tracker::proto::{ErrorBody, hex16_string};
+use crate::tracker::sign::{SIG_HEADER, SigHeader};
 
 /// An error answer: a status and `{"error": message}`.
 #[derive(Debug)]
@@ -35,6 +43,9 @@ impl ApiError {
     }
     pub(super) fn invalid(m: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, m)
+    }
+    pub(super) fn unauthorized(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, m)
     }
 }
 
@@ -160,5 +171,103 @@ impl<S: Send + Sync> FromRequestParts<S> for Bearer {
             .filter(|t| !t.is_empty() && t.len() <= 128)
             .ok_or_else(|| unauthorized("the Authorization header is not \"Bearer TOKEN\""))?;
         Ok(Bearer(token.to_string()))
+    }
+}
+
+/// What a request's signature covers, and its `X-Lanshare-Sig` header as
+/// sent (checked by [`Signature::verify`]).
+pub struct Signature {
+    method: String,
+    path: String,
+    body: Bytes,
+    header: Result<SigHeader, String>,
+}
+
+impl Signature {
+    fn of(parts: &Parts, body: Bytes) -> Signature {
+        let header = match parts.headers.get(SIG_HEADER) {
+            None => Err(format!(
+                "missing the header X-Lanshare-Sig: SEQ.SIG (every change of a node's registration is signed by the node's key; see docs/tracker.md)"
+            )),
+            Some(v) => v
+                .to_str()
+                .map_err(|_| "the X-Lanshare-Sig header is not text".to_string())
+                .and_then(|v| SigHeader::parse(v).map_err(|e| e.to_string())),
+        };
+        Signature {
+            method: parts.method.as_str().to_string(),
+            path: parts.uri.path().to_string(),
+            body,
+            header,
+        }
+    }
+
+    /// Checks the signature with `key`: 401 when missing or wrong.
+    pub fn verify(&self, key: &PublicKey) -> Result<Proof, ApiError> {
+        let header = self.header.as_ref().map_err(ApiError::unauthorized)?;
+        header
+            .verify(key, &self.method, &self.path, &self.body)
+            .map_err(|_| {
+                ApiError::unauthorized(format!(
+                    "the X-Lanshare-Sig signature does not verify with node {}'s key (signed by another key, or over another method, path or body)",
+                    key.node_id()
+                ))
+            })?;
+        Ok(Proof {
+            key: *key,
+            seq: header.seq,
+        })
+    }
+}
+
+/// A signed request with a JSON body: the body parsed (errors as
+/// [`ApiJson`]'s) and the [`Signature`] to check.
+pub struct SignedJson<T>(pub T, pub Signature);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for SignedJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let (parts, body) = req.into_parts();
+        let is_json = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|m| m.trim().to_ascii_lowercase())
+            .is_some_and(|m| m == "application/json" || m.ends_with("+json"));
+        if !is_json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "send the body as JSON with the header Content-Type: application/json",
+            ));
+        }
+        let bytes = Bytes::from_request(Request::from_parts(parts.clone(), body), state)
+            .await
+            .map_err(|rej| {
+                let status = rej.status();
+                let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    "the request body is larger than this route accepts (see docs/tracker.md: 64 KiB, or --max-body for inventories; send a big inventory in parts)".to_string()
+                } else {
+                    rej.body_text()
+                };
+                ApiError::new(status, message)
+            })?;
+        let value = match Json::<T>::from_bytes(&bytes) {
+            Ok(Json(v)) => v,
+            Err(rej) => return Err(ApiError::new(rej.status(), rej.body_text())),
+        };
+        Ok(SignedJson(value, Signature::of(&parts, bytes)))
+    }
+}
+
+/// A signed request without a body (the signature covers an empty one).
+pub struct SigOnly(pub Signature);
+
+impl<S: Send + Sync> FromRequestParts<S> for SigOnly {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        Ok(SigOnly(Signature::of(parts, Bytes::new())))
     }
 }

@@ -9,33 +9,44 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use super::{ApiError, ApiJson, ApiQuery, AppState, Bearer, NodePath, RemoteAddr};
+use super::extract::{SigOnly, Signature, SignedJson};
+use super::{ApiError, ApiQuery, AppState, Bearer, NodePath, RemoteAddr};
+use crate::id::NodeId;
 use crate::manifest::Category;
-use crate::tracker::db::now_ms;
+use crate::tracker::db::{Caller, now_ms};
 use crate::tracker::proto::{
     AnnounceResponse, DEFAULT_PEERS_LIMIT, DEFAULT_SEARCH_LIMIT, FullAnnounce, HeartbeatRequest,
     HeartbeatResponse, MAX_PEERS_LIMIT, MAX_QUERY, MAX_SEARCH_LIMIT, PatchAnnounce, PeersQuery,
     RegisterRequest, RegisterResponse, SearchQuery, SearchResponse, Stats, check_addrs,
-    check_node_name,
 };
 use crate::tracker::{proto, read};
 
 pub(super) async fn register(
     State(s): State<AppState>,
     ConnectInfo(remote): ConnectInfo<RemoteAddr>,
-    ApiJson(req): ApiJson<RegisterRequest>,
+    SignedJson(req, sig): SignedJson<RegisterRequest>,
 ) -> Result<Response, ApiError> {
-    check_node_name(&req.name).map_err(ApiError::invalid)?;
+    req.check_name().map_err(ApiError::invalid)?;
     check_addrs(&req.addrs).map_err(ApiError::invalid)?;
     if req.port == 0 {
         return Err(ApiError::invalid(
             "port 0 is not a port a peer can connect to",
         ));
     }
+    if req.key.node_id() != req.id {
+        return Err(ApiError::unauthorized(format!(
+            "id {} is not the id of the key sent (a node id derives from its public key: {})",
+            req.id,
+            req.key.node_id()
+        )));
+    }
+    let proof = sig.verify(&req.key)?;
     let source = remote.ip();
     let now = now_ms();
     let (id, name) = (req.id, req.name.clone());
-    let r = s.db.write(move |w| w.register(&req, source, now)).await?;
+    let r =
+        s.db.write(move |w| w.register(&req, proof.seq, source, now))
+            .await?;
     tracing::info!(node = %id.short(), %name, %source, new = r.created, "node registered");
     let body = RegisterResponse {
         token: r.token,
@@ -59,21 +70,52 @@ pub(super) async fn heartbeat(
     ConnectInfo(remote): ConnectInfo<RemoteAddr>,
     NodePath(id): NodePath,
     Bearer(token): Bearer,
-    ApiJson(req): ApiJson<HeartbeatRequest>,
+    SignedJson(req, sig): SignedJson<HeartbeatRequest>,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
     if let Some(addrs) = &req.addrs {
         check_addrs(addrs).map_err(ApiError::invalid)?;
     }
+    let caller = prove(&s, id, token, &sig).await?;
     let source = remote.ip();
     let now = now_ms();
     let send =
-        s.db.write(move |w| w.heartbeat(id, &token, req.digest, req.addrs.as_deref(), source, now))
+        s.db.write(move |w| w.heartbeat(&caller, req.digest, req.addrs.as_deref(), source, now))
             .await?;
     Ok(Json(HeartbeatResponse {
         send_inventory: send,
         heartbeat_secs: s.cfg.heartbeat.as_secs_f64(),
         observed_addr: source,
     }))
+}
+
+/// Verifies a node's signed request with the key stored for it: 404 when
+/// the tracker does not know the node, 401 when the signature is missing
+/// or wrong (the sequence number is checked by the writer, atomically).
+async fn prove(
+    s: &AppState,
+    id: NodeId,
+    token: String,
+    sig: &Signature,
+) -> Result<Caller, ApiError> {
+    let key = s.db.read(move |c| read::node_key(c, id)).await?;
+    let key = match key {
+        None => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "node {id} is not registered with this tracker; register it again (POST /v1/nodes)"
+                ),
+            ));
+        }
+        Some(None) => {
+            return Err(ApiError::unauthorized(format!(
+                "node {id} was registered before requests were signed; register again (POST /v1/nodes, signed)"
+            )));
+        }
+        Some(Some(k)) => k,
+    };
+    let proof = sig.verify(&key)?;
+    Ok(Caller { id, token, proof })
 }
 
 /// Checks entries and that no content id appears twice.
@@ -100,7 +142,7 @@ pub(super) async fn announce_full(
     ConnectInfo(remote): ConnectInfo<RemoteAddr>,
     NodePath(id): NodePath,
     Bearer(token): Bearer,
-    ApiJson(req): ApiJson<FullAnnounce>,
+    SignedJson(req, sig): SignedJson<FullAnnounce>,
 ) -> Result<Json<AnnounceResponse>, ApiError> {
     let cap = s.db.limits().max_files_per_node;
     if req.entries.len() as u64 > cap {
@@ -118,11 +160,12 @@ pub(super) async fn announce_full(
         ));
     }
     check_entries(&req.entries, "entries")?;
+    let caller = prove(&s, id, token, &sig).await?;
     let source = remote.ip();
     let now = now_ms();
     let n = req.entries.len();
     let (digest, files) =
-        s.db.write(move |w| w.announce_full(id, &token, &req, source, now))
+        s.db.write(move |w| w.announce_full(&caller, &req, source, now))
             .await?;
     tracing::debug!(node = %id.short(), entries = n, "full inventory announced");
     Ok(Json(AnnounceResponse { digest, files }))
@@ -133,7 +176,7 @@ pub(super) async fn announce_patch(
     ConnectInfo(remote): ConnectInfo<RemoteAddr>,
     NodePath(id): NodePath,
     Bearer(token): Bearer,
-    ApiJson(req): ApiJson<PatchAnnounce>,
+    SignedJson(req, sig): SignedJson<PatchAnnounce>,
 ) -> Result<Json<AnnounceResponse>, ApiError> {
     let cap = s.db.limits().max_files_per_node;
     if (req.upsert.len() + req.remove.len()) as u64 > cap * 2 {
@@ -159,10 +202,11 @@ pub(super) async fn announce_patch(
             req.upsert[i].id
         )));
     }
+    let caller = prove(&s, id, token, &sig).await?;
     let source = remote.ip();
     let now = now_ms();
     let (digest, files) =
-        s.db.write(move |w| w.announce_patch(id, &token, &req, source, now))
+        s.db.write(move |w| w.announce_patch(&caller, &req, source, now))
             .await?;
     Ok(Json(AnnounceResponse { digest, files }))
 }
@@ -171,8 +215,10 @@ pub(super) async fn deregister(
     State(s): State<AppState>,
     NodePath(id): NodePath,
     Bearer(token): Bearer,
+    SigOnly(sig): SigOnly,
 ) -> Result<StatusCode, ApiError> {
-    s.db.write(move |w| w.deregister(id, &token)).await?;
+    let caller = prove(&s, id, token, &sig).await?;
+    s.db.write(move |w| w.deregister(&caller)).await?;
     tracing::info!(node = %id.short(), "node deregistered");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -190,9 +236,10 @@ pub(super) async fn peers(
     if q.epoch.as_ref().is_some_and(|e| e.len() > 64) {
         return Err(ApiError::bad_request("epoch is too long"));
     }
+    let swarm = q.swarm_tag().map_err(ApiError::bad_request)?;
     let epoch = s.db.epoch().to_string();
     let resp =
-        s.db.read(move |c| read::peers(c, &epoch, q.since, q.epoch.as_deref(), limit))
+        s.db.read(move |c| read::peers(c, &epoch, q.since, q.epoch.as_deref(), limit, swarm))
             .await?;
     Ok(Json(resp))
 }
