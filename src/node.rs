@@ -392,7 +392,12 @@ impl Bound {
                 cfg.name.clone(),
                 self.started.listen.port(),
                 &cfg.swarm,
-                crate::peer::dial::Dialer::new(self.started.node, &cfg.name, self.dict.clone()),
+                crate::peer::dial::Dialer::new(
+                    self.started.identity.clone(),
+                    cfg.swarm.clone(),
+                    &cfg.name,
+                    self.dict.clone(),
+                ),
             );
             let follow = crate::tracker::client::follow(
                 url.clone(),
