@@ -69,7 +69,16 @@ impl Capture {
         // rights to write in the test's directory.
         cmd.args(["netns", "exec", &t.switch_ns, "tcpdump", "-i"])
             .arg(&t.bridges[0])
-            .args(["-n", "-U", "--immediate-mode", "-B", "131072", "-Z", "root", "-w"])
+            .args([
+                "-n",
+                "-U",
+                "--immediate-mode",
+                "-B",
+                "131072",
+                "-Z",
+                "root",
+                "-w",
+            ])
             .arg(&path)
             .args(filter)
             .stdin(Stdio::null())
@@ -113,7 +122,8 @@ impl Capture {
         // A capture with holes proves nothing about what it missed.
         let log = self.log();
         assert!(
-            log.lines().any(|l| l.trim() == "0 packets dropped by kernel"),
+            log.lines()
+                .any(|l| l.trim() == "0 packets dropped by kernel"),
             "tcpdump lost packets: {log}"
         );
     }
@@ -193,7 +203,10 @@ fn key_file(t: &Topo, file: &str) -> String {
         .expect("run lanshare key new");
     assert!(out.status.success(), "lanshare key new failed: {out:?}");
     let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    assert!(!key.is_empty() && !key.contains('\n'), "key new printed {key:?}");
+    assert!(
+        !key.is_empty() && !key.contains('\n'),
+        "key new printed {key:?}"
+    );
     let path = t.dir().join(file);
     std::fs::write(&path, format!("{key}\n")).unwrap();
     path.to_str().expect("a UTF-8 path").to_string()
@@ -284,11 +297,26 @@ fn private_swarm_keeps_outsiders_out_and_the_capture_clean() {
     let mut cap = Capture::start(&t, &[]);
     let (k, other_k) = (key_file(&t, "swarm.key"), key_file(&t, "other.key"));
     let secret = data(3 * MIB + 12_345, 0x5ec7e7);
-    let a = t.node(0, A_NAME, &[(SECRET_FILE, &secret)], &["--swarm-key-file", &k]);
-    let b = t.node(1, B_NAME, &[(B_FILE, b"beta's notes")], &["--swarm-key-file", &k]);
+    let a = t.node(
+        0,
+        A_NAME,
+        &[(SECRET_FILE, &secret)],
+        &["--swarm-key-file", &k],
+    );
+    let b = t.node(
+        1,
+        B_NAME,
+        &[(B_FILE, b"beta's notes")],
+        &["--swarm-key-file", &k],
+    );
     let a_addr = format!("{}:7373", Topo::addr(br, 0));
     let c = t.node(2, C_NAME, &[], &["--peer", &a_addr]);
-    let d = t.node(3, D_NAME, &[(D_FILE, b"not yours")], &["--swarm-key-file", &other_k]);
+    let d = t.node(
+        3,
+        D_NAME,
+        &[(D_FILE, b"not yours")],
+        &["--swarm-key-file", &other_k],
+    );
     let started = Instant::now();
 
     members_swarm_and_fetch(&a, &b, &secret);
@@ -334,7 +362,11 @@ fn outsiders_see_nothing(a: &Node, b: &Node, c: &Node, d: &Node, content_id: &st
             n.log_tail()
         );
         let foreign: Vec<Value> = n.ls().into_iter().filter(|v| v["local"] != true).collect();
-        assert!(foreign.is_empty(), "{} lists others' files: {foreign:?}", n.name);
+        assert!(
+            foreign.is_empty(),
+            "{} lists others' files: {foreign:?}",
+            n.name
+        );
         let mut run = FetchRun::start(&n.home, content_id);
         let status = run.wait(Duration::from_secs(60));
         assert!(
@@ -354,7 +386,11 @@ fn outsiders_see_nothing(a: &Node, b: &Node, c: &Node, d: &Node, content_id: &st
             .collect();
         let members = BTreeSet::from([A_NAME.to_string(), B_NAME.to_string()]);
         assert!(names.is_subset(&members), "{} lists {names:?}", n.name);
-        assert!(!n.ls().iter().any(|v| v["name"] == D_FILE), "{} lists D's file", n.name);
+        assert!(
+            !n.ls().iter().any(|v| v["name"] == D_FILE),
+            "{} lists D's file",
+            n.name
+        );
         assert!(
             counter(n, "foreign_datagrams") > 0,
             "{} counted no foreign datagram though C and D announce: {}",
@@ -376,14 +412,19 @@ fn warned_once_per_outsider(a: &Node, b: &Node) {
             n.log_tail()
         );
         // Per outsider: its IPv4 and IPv6 address, datagrams and TCP.
-        assert!(lines.len() <= 8, "{} warned {} times:\n{}", n.name, lines.len(), lines.join("\n"));
+        assert!(
+            lines.len() <= 8,
+            "{} warned {} times:\n{}",
+            n.name,
+            lines.len(),
+            lines.join("\n")
+        );
     }
     std::thread::sleep(INTERVAL * 5);
     for (n, lines) in [a, b].iter().zip(&first) {
         let now = another_swarm_warnings(n);
         assert_eq!(
-            &now,
-            lines,
+            &now, lines,
             "{} keeps warning about the other swarm (once per datagram?)",
             n.name
         );
@@ -392,7 +433,12 @@ fn warned_once_per_outsider(a: &Node, b: &Node) {
 
 /// What must not be in the capture (label -> bytes), and what must (C's
 /// name: it announces in clear, which proves the capture and the reader).
-fn needles(members: &[&Node; 2], d: &Node, secret: &[u8], content_id: &str) -> BTreeMap<String, Vec<u8>> {
+fn needles(
+    members: &[&Node; 2],
+    d: &Node,
+    secret: &[u8],
+    content_id: &str,
+) -> BTreeMap<String, Vec<u8>> {
     let mut n: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for (label, text) in [
         ("file name", SECRET_FILE),
@@ -408,20 +454,37 @@ fn needles(members: &[&Node; 2], d: &Node, secret: &[u8], content_id: &str) -> B
     n.insert("content id (raw)".into(), raw_id.to_vec());
     let sha = crate::harness::sha256_hex(secret);
     n.insert("file sha256 (hex)".into(), sha.as_bytes().to_vec());
-    n.insert("file sha256 (raw)".into(), lanshare::id::from_hex::<32>(&sha).unwrap().to_vec());
+    n.insert(
+        "file sha256 (raw)".into(),
+        lanshare::id::from_hex::<32>(&sha).unwrap().to_vec(),
+    );
     for m in members {
         let id = m.id();
         n.insert(format!("{}'s name", m.name), m.name.as_bytes().to_vec());
         n.insert(format!("{}'s id (hex)", m.name), id.as_bytes().to_vec());
-        n.insert(format!("{}'s id (HEX)", m.name), id.to_uppercase().into_bytes());
+        n.insert(
+            format!("{}'s id (HEX)", m.name),
+            id.to_uppercase().into_bytes(),
+        );
         n.insert(format!("{}'s id8", m.name), id.as_bytes()[..8].to_vec());
         let raw = lanshare::id::from_hex::<16>(&id).expect("a 32-hex node id");
         n.insert(format!("{}'s id (raw)", m.name), raw.to_vec());
     }
     // 64-byte samples of the file, chunk boundaries (1 MiB) included.
     let len = secret.len();
-    for off in [0, 4096, MIB - 32, MIB + MIB / 2, 2 * MIB - 1, 3 * MIB - 40, len - 64] {
-        n.insert(format!("file bytes at {off}"), secret[off..off + 64].to_vec());
+    for off in [
+        0,
+        4096,
+        MIB - 32,
+        MIB + MIB / 2,
+        2 * MIB - 1,
+        3 * MIB - 40,
+        len - 64,
+    ] {
+        n.insert(
+            format!("file bytes at {off}"),
+            secret[off..off + 64].to_vec(),
+        );
     }
     n
 }
@@ -493,7 +556,11 @@ fn captured_from(cap: &Capture, a: Ipv4Addr, group_port: u16, restarted: SystemT
         .iter()
         .filter(|d| d["src"] == a.to_string() && d["ts"].as_f64().unwrap() < cutoff)
         .collect();
-    assert!(mine.len() >= 3, "the capture holds {} datagrams of A's first run: {v}", mine.len());
+    assert!(
+        mine.len() >= 3,
+        "the capture holds {} datagrams of A's first run: {v}",
+        mine.len()
+    );
     let port = mine[0]["sport"].as_u64().unwrap() as u16;
     Captured {
         first_run: mine
@@ -532,7 +599,11 @@ fn forged_and_replayed(private: bool) {
     }
     let key = private.then(|| key_file(&t, "swarm.key"));
     let extra = |h: usize| -> Vec<String> {
-        let mut v = vec!["--interface".into(), Topo::addr(br, h).to_string(), "--no-mdns".into()];
+        let mut v = vec![
+            "--interface".into(),
+            Topo::addr(br, h).to_string(),
+            "--no-mdns".into(),
+        ];
         if let Some(k) = &key {
             v.extend(["--swarm-key-file".into(), k.clone()]);
         }
@@ -559,7 +630,10 @@ fn forged_and_replayed(private: bool) {
     let restarted = SystemTime::now();
     let a = t.start(ha, A_NAME, &ea);
     wait_lists_verified(&b, SECRET_FILE, A_NAME);
-    assert!(wait_until(FIND, || online(&b, A_NAME)), "A is not back at B");
+    assert!(
+        wait_until(FIND, || online(&b, A_NAME)),
+        "A is not back at B"
+    );
     cap.stop();
     let captured = captured_from(&cap, Topo::addr(br, ha), t.group_port, restarted);
     let group = SocketAddrV4::new(t.group_ip, t.group_port);
@@ -580,7 +654,10 @@ fn a_public_key(captured: &Captured) -> [u8; 32] {
 /// Goodbye datagrams B took, as its log says ("peer said goodbye ✓"): a second
 /// witness besides polling, which can miss A's short absence.
 fn goodbyes_taken(b: &Node) -> usize {
-    b.log_text().lines().filter(|l| l.contains("said goodbye ✓")).count()
+    b.log_text()
+        .lines()
+        .filter(|l| l.contains("said goodbye ✓"))
+        .count()
 }
 
 /// Watches B for `within`: A stays online under its name, with its file.
@@ -623,7 +700,11 @@ fn replay_is_dropped_and_counted(
     let peers_before = b.peers().len();
     let goodbyes = goodbyes_taken(b);
     send_udp(t, hr, r_addr, group, None, &captured.first_run);
-    a_stays_at_b(b, SLOW_INTERVAL * 2, "the replay of A's first run and goodbye");
+    a_stays_at_b(
+        b,
+        SLOW_INTERVAL * 2,
+        "the replay of A's first run and goodbye",
+    );
     assert_eq!(goodbyes_taken(b), goodbyes, "B took a replayed goodbye");
     let after = counters(b);
     assert!(
@@ -633,7 +714,10 @@ fn replay_is_dropped_and_counted(
         if private { "private" } else { "open" },
         b.log_tail()
     );
-    eprintln!("replayed {} datagrams: {idle:?} -> {after:?}", captured.first_run.len());
+    eprintln!(
+        "replayed {} datagrams: {idle:?} -> {after:?}",
+        captured.first_run.len()
+    );
     assert_eq!(
         Counters {
             replayed: idle.replayed,
@@ -645,10 +729,13 @@ fn replay_is_dropped_and_counted(
     assert_eq!(b.peers().len(), peers_before, "{:?}", b.peers());
 }
 
-/// Microseconds since the Unix epoch: a sequence number newer than any
-/// A has sent.
+/// Microseconds since the Unix epoch (the unit of datagram sequence
+/// numbers).
 fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
 }
 
 /// Datagrams claiming A's id that no one but A could have made: the
@@ -666,7 +753,10 @@ fn forgeries(a_id: NodeId, a_key: Option<[u8; 32]>) -> Vec<Vec<u8>> {
         inventory_digest: [0x66; 16],
         contents: 1,
     });
-    let seq = now_us();
+    // A minute ahead: newer than anything A sends before the forgeries
+    // arrive, so a broken signature check cannot hide behind the replay
+    // window.
+    let seq = now_us() + 60_000_000;
     let mut out = vec![
         announce.encode(),
         [b"LNSH\x01\x03".as_slice(), &a_id.0].concat(),
@@ -723,18 +813,29 @@ fn forgeries_change_nothing(
     let goodbyes = goodbyes_taken(b);
     send_udp(t, hr, r_addr, group, None, &forged);
     send_udp(t, hr, r_addr, group, Some(a_source), &forged);
-    a_stays_at_b(b, SLOW_INTERVAL * 2, "forged goodbyes and announces claiming A");
+    a_stays_at_b(
+        b,
+        SLOW_INTERVAL * 2,
+        "forged goodbyes and announces claiming A",
+    );
     assert_eq!(goodbyes_taken(b), goodbyes, "B took a forged goodbye");
     let after = counters(b);
-    eprintln!("sent 2 x {} forgeries: {before:?} -> {after:?}", forged.len());
-    assert_eq!(after.replayed, before.replayed, "a forgery counted as a replay");
+    eprintln!(
+        "sent 2 x {} forgeries: {before:?} -> {after:?}",
+        forged.len()
+    );
+    assert_eq!(
+        after.replayed, before.replayed,
+        "a forgery counted as a replay"
+    );
     if private {
         assert!(
             after.foreign >= before.foreign + 2 * forged.len() as u64,
             "B did not count every forgery as foreign: {before:?} -> {after:?}"
         );
     } else {
-        let refused = after.malformed + after.bad_signature - before.malformed - before.bad_signature;
+        let refused =
+            after.malformed + after.bad_signature - before.malformed - before.bad_signature;
         assert!(
             refused >= 2 * forged.len() as u64 && after.bad_signature > before.bad_signature,
             "B did not count every forgery as malformed or badly signed: {before:?} -> {after:?}"
