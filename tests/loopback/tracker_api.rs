@@ -1151,7 +1151,7 @@ fn start_follow(url: String, id: NodeId, port: u16, inv: Inventory) -> Follower 
             "follower".into(),
             port,
             &Mode::Open,
-            Dialer::new(id, "follower", dict.clone()),
+            Dialer::new(Arc::new(signer(id)), Mode::Open, "follower", dict.clone()),
         ),
         addr_rx,
         inv_rx,
