@@ -334,7 +334,9 @@ fn private_swarm_keeps_outsiders_out_and_the_capture_clean() {
 
     cap.stop();
     let members = [&a, &b];
-    capture_is_clean(&cap, &members, &c, &d, &secret, &content_id);
+    let report = capture_is_clean(&cap, &members, &c, &d, &secret, &content_id);
+    let [a4, c4] = [0, 2].map(|h| Topo::addr(br, h));
+    member_answers_no_outsider(&report, a4, c4);
 }
 
 /// A and B list each other's files, each verified by the other; B
@@ -498,7 +500,7 @@ fn capture_is_clean(
     d: &Node,
     secret: &[u8],
     content_id: &str,
-) {
+) -> Value {
     let needles = needles(members, d, secret, content_id);
     let json: BTreeMap<&String, String> = needles.iter().map(|(k, v)| (k, to_hex(v))).collect();
     let needles_path = cap.path.with_extension("needles.json");
@@ -534,6 +536,42 @@ fn capture_is_clean(
         tcp >= secret.len() as u64,
         "only {tcp} B of TCP payload captured for a {} B transfer",
         secret.len()
+    );
+    report
+}
+
+/// C dialed A (its `--peer`) and sent its handshake, and A sent not one
+/// byte back on any of those connections: not even a hello.
+fn member_answers_no_outsider(report: &Value, a: Ipv4Addr, c: Ipv4Addr) {
+    let flows = report["tcp_flows"].as_array().expect("tcp_flows");
+    let bytes =
+        |from: Ipv4Addr, sport: Option<u16>, to: Ipv4Addr, dport: Option<u16>| -> Vec<u64> {
+            let from = match sport {
+                Some(p) => format!("tcp {from}:{p} > "),
+                None => format!("tcp {from}:"),
+            };
+            let to = match dport {
+                Some(p) => format!(" > {to}:{p}"),
+                None => format!(" > {to}:"),
+            };
+            flows
+                .iter()
+                .filter(|f| {
+                    let name = f["flow"].as_str().unwrap();
+                    name.starts_with(&from) && name.contains(&to)
+                })
+                .map(|f| f["bytes"].as_u64().unwrap())
+                .collect()
+        };
+    let asked = bytes(c, None, a, Some(7373));
+    assert!(
+        asked.iter().any(|&n| n > 0),
+        "no connection from C to A carried C's handshake: {flows:?}"
+    );
+    let answered = bytes(a, Some(7373), c, None);
+    assert!(
+        answered.iter().all(|&n| n == 0),
+        "A answered C's connections with {answered:?} bytes"
     );
 }
 
