@@ -1,5 +1,6 @@
 //! Criterion benches of lanshare's hot paths: chunk hashing, file indexing,
-//! wire encoding and the download's chunk bookkeeping.
+//! wire encoding, the download's chunk bookkeeping, and the Noise handshake
+//! and records of peer connections.
 //!
 //! Run with `cargo bench --bench hot_paths` (about two minutes on two cores);
 //! `cargo bench --bench hot_paths -- chunkmap` runs one group. Sample counts
@@ -16,10 +17,14 @@ use sha2::Digest;
 use lanshare::chunkset::{Bitmap, ChunkSet};
 use lanshare::fetch::state::ChunkMap;
 use lanshare::id::{ContentId, NodeId};
+use lanshare::identity::Identity;
 use lanshare::manifest::{self, CHUNK_SIZE, Category, Manifest};
+use lanshare::peer::noise;
+use lanshare::peer::record::{self, Records};
+use lanshare::swarm::{Mode, SwarmKey};
 use lanshare::wire::InventoryEntry;
 use lanshare::wire::datagram::{Announce, Datagram};
-use lanshare::wire::frame::{HEADER_LEN, MAX_RESPONSE_FRAME, Response, parse_header};
+use lanshare::wire::frame::{self, HEADER_LEN, MAX_RESPONSE_FRAME, Response, parse_header};
 
 const MIB: usize = 1 << 20;
 
@@ -333,12 +338,95 @@ fn chunk_map(c: &mut Criterion) {
     g.finish();
 }
 
+/// Runs the three handshake messages in memory; the two transports
+/// (client's, server's).
+fn handshake_pair(
+    client: &Identity,
+    server: &Identity,
+    mode: &Mode,
+) -> (snow::TransportState, snow::TransportState) {
+    const PRE: usize = frame::PREAMBLE_LEN;
+    let mut c = noise::Initiator::new(client, mode).unwrap();
+    let mut s = noise::Responder::new(server, mode).unwrap();
+    let first = c.first(mode).unwrap();
+    s.check_preamble(first[..PRE].try_into().unwrap()).unwrap();
+    s.read_first(&first[PRE + 2..]).unwrap();
+    let second = s
+        .second(&noise::server_hello(server, "srv", [0; 16], 0))
+        .unwrap();
+    c.read_second(&second[2..]).unwrap();
+    let (third, ct) = c.third(&noise::client_hello(client, "cli")).unwrap();
+    let (_, st) = s.read_third(&third[2..]).unwrap();
+    (ct, st)
+}
+
+/// Whole handshakes (both sides, one core): connections per second.
+fn handshakes(c: &mut Criterion) {
+    let (client, server) = (Identity::from_seed([1; 32]), Identity::from_seed([2; 32]));
+    let private = Mode::private(&SwarmKey::from_bytes([3; 32]));
+    let mut g = c.benchmark_group("noise_handshake");
+    g.throughput(Throughput::Elements(1))
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+    g.bench_function("XX (open)", |b| {
+        b.iter(|| black_box(handshake_pair(&client, &server, &Mode::Open)))
+    });
+    g.bench_function("XXpsk0 (private)", |b| {
+        b.iter(|| black_box(handshake_pair(&client, &server, &private)))
+    });
+    g.finish();
+}
+
+/// Sealing and opening a 4 MiB chunk as records (AES-256-GCM via ring).
+fn records(c: &mut Criterion) {
+    let (client, server) = (Identity::from_seed([1; 32]), Identity::from_seed([2; 32]));
+    let private = Mode::private(&SwarmKey::from_bytes([3; 32]));
+    let (ct, st) = handshake_pair(&client, &server, &private);
+    let (mut sealer, mut opener) = (Records::new(st), Records::new(ct));
+    let chunk = pseudo_random(4 * MIB, b"records");
+    let mut sealed = Vec::with_capacity(chunk.len() + chunk.len() / 1000 + 4096);
+    let mut opened = vec![0u8; record::MAX_RECORD];
+    let mut g = c.benchmark_group("records_4MiB");
+    g.throughput(Throughput::Bytes(chunk.len() as u64))
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+    g.bench_function("seal", |b| {
+        b.iter(|| {
+            sealed.clear();
+            for piece in chunk.chunks(record::MAX_PLAINTEXT) {
+                sealer.seal(piece, &mut sealed).unwrap();
+            }
+            black_box(sealed.len())
+        })
+    });
+    g.bench_function("seal+open", |b| {
+        b.iter(|| {
+            sealed.clear();
+            for piece in chunk.chunks(record::MAX_PLAINTEXT) {
+                sealer.seal(piece, &mut sealed).unwrap();
+            }
+            let mut rest = sealed.as_slice();
+            while rest.len() > record::LEN_PREFIX {
+                let len = record::record_len([rest[0], rest[1]]).unwrap();
+                let body = &rest[record::LEN_PREFIX..record::LEN_PREFIX + len];
+                black_box(opener.open(body, &mut opened).unwrap());
+                rest = &rest[record::LEN_PREFIX + len..];
+            }
+        })
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
     chunk_hashing,
     file_hashing,
     datagrams,
     frames,
-    chunk_map
+    chunk_map,
+    handshakes,
+    records
 );
 criterion_main!(benches);

@@ -96,7 +96,7 @@ async fn refresh(
     };
     let (id, name, addr) = (conn.remote_node, conn.remote_name.clone(), conn.addr);
     if !dict.peers.is_online(&id) {
-        tracing::info!(peer = %name, %addr, "manual peer reached");
+        tracing::info!(peer = %conn.label(), "manual peer reached");
     }
     // The puller fetches its inventory when the digest is new.
     let seen = crate::dict::Sighting {

@@ -215,6 +215,43 @@ mod tests {
         assert_eq!(preferred(&dict, &id), None, "reach's dial marks it");
     }
 
+    /// A server at a loopback address whose handshakes prove `id`'s key,
+    /// in open mode; serves until dropped.
+    async fn server_as(id: Arc<Identity>) -> SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let hello = crate::peer::noise::server_hello(&id, "other", [0; 16], 0);
+                let _ = crate::peer::noise::respond(&mut s, &id, &Mode::Open, &hello).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn an_address_that_proves_another_id_is_the_wrong_node() {
+        let (expected, other) = (NodeId::random(), Arc::new(Identity::generate()));
+        let addr = server_as(other.clone()).await;
+        let dict = dict_with(expected, addr);
+        let d = dialer(Arc::new(Identity::generate()), dict.clone());
+        let e = d.dial(expected, &[addr], Duration::from_secs(2)).await;
+        assert!(matches!(e, Err(DialError::WrongNode)), "{:?}", e.err());
+        assert_eq!(preferred(&dict, &expected), None, "the address is marked");
+        // The id it proves is reached, and one cannot dial one's own key.
+        let conn = d
+            .dial(other.node_id(), &[addr], Duration::from_secs(2))
+            .await;
+        assert_eq!(conn.unwrap().remote_node, other.node_id());
+        let myself = dialer(other, dict).dial_unknown(&[addr]).await;
+        assert!(
+            matches!(myself, Err(DialError::Myself)),
+            "{:?}",
+            myself.err()
+        );
+    }
+
     #[tokio::test]
     async fn a_holder_without_an_address_says_so() {
         let dict = dict_with(NodeId::random(), refused());

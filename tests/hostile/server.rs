@@ -225,6 +225,43 @@ fn busy_connections_from_the_same_range_cannot_hold_the_upload_slots() {
     );
 }
 
+/// Issue 10: members of a private swarm fetch from each other (every
+/// connection under the swarm key, chunks sealed); a node without the key
+/// cannot fetch from them (its connections are closed unanswered), and a
+/// member says "another swarm" about it once, not per connection.
+#[test]
+fn a_private_swarm_serves_its_members_only() {
+    let net = Net::new();
+    let key = lanshare::swarm::SwarmKey::generate().to_text();
+    let content = data(9 << 20, 10);
+    let private = ["--swarm-key", key.as_str()];
+    let a = net.node_with("a", &[("secret.bin", &content)], &private);
+    let b = net.node_with("b", &[], &private);
+    let out = b.fetch_ok("secret.bin", Duration::from_secs(60));
+    let got = std::fs::read(b.downloads().join("secret.bin")).expect("fetched file");
+    assert_eq!(sha256_hex(&got), sha256_hex(&content), "{out}");
+
+    let a_addr = format!("127.0.0.1:{}", a.listen.port());
+    let outsider = net.node_with("outsider", &[], &["--peer", &a_addr]);
+    let r = outsider.cli(&["fetch", "secret.bin"]);
+    assert!(!r.status.success(), "a node without the key fetched");
+    let wrong = lanshare::swarm::SwarmKey::generate().to_text();
+    let other = net.node_with("other", &[], &["--swarm-key", &wrong, "--peer", &a_addr]);
+    let r = other.cli(&["fetch", "secret.bin"]);
+    assert!(!r.status.success(), "a node with another key fetched");
+    assert!(
+        !outsider.log_text().contains("secret.bin") && !other.log_text().contains("secret.bin"),
+        "an outsider learnt the file name"
+    );
+    let said = a.log_text().matches("in another swarm").count();
+    assert_eq!(
+        said,
+        1,
+        "a says 'another swarm' once per address:\n{}",
+        a.log_tail()
+    );
+}
+
 /// A connection that says hello and then asks for nothing is closed within
 /// seconds (it was held for the 60 s idle timeout).
 #[test]
