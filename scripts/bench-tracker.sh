@@ -6,6 +6,10 @@
 # heartbeats, searches (by name: common word and rare string; by category)
 # and peer lists per second with latency percentiles; the tracker's peak
 # RSS (VmHWM from /proc/PID/status) and the database size on disk.
+# Every node has its own Ed25519 key and signs each change (X-Lanshare-Sig,
+# docs/tracker.md), so register, announce and heartbeat rates include one
+# signature check on the tracker per request (and one signing in the load
+# generator, which shares the machine).
 #
 #   scripts/bench-tracker.sh                     # 3000 nodes, 1,000,000 files
 #   NODES=300 FILES=100000 scripts/bench-tracker.sh   # a quick run

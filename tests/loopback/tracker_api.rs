@@ -1870,3 +1870,57 @@ async fn private_swarms_are_listed_by_tag_only_and_never_announce() {
     .await;
     assert_eq!(s, 400, "a bad tag: {v}");
 }
+
+/// Issue 10: a database from before signed requests (schema 1) opens and
+/// is migrated; its rows stay listed, but a node's changes get 401 until it
+/// registers again, signed, which replaces the old row.
+#[tokio::test]
+async fn a_schema_1_database_is_migrated_and_old_rows_must_register_again() {
+    let dir = temp();
+    let db = dir.path().join("t.db");
+    let mut t = Tracker::start(&db, &[]);
+    let api = t.api();
+    let a = node_id(1);
+    let r = register(&api, a, "alice", 7001).await;
+    announce(&api, a, &r.token, 1, vec![entry(1, "old.txt", 1)]).await;
+    assert!(t.stop().success());
+    {
+        // Back to schema 1: no key, no sequence number, no swarm.
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "ALTER TABLE nodes DROP COLUMN key;
+             ALTER TABLE nodes DROP COLUMN sig_seq;
+             ALTER TABLE nodes DROP COLUMN swarm;
+             UPDATE meta SET value = '1' WHERE key = 'schema';",
+        )
+        .unwrap();
+    }
+    let t = t.restart();
+    let api = t.api();
+    assert!(t.log().contains("upgraded to schema 2"), "{}", t.log());
+    assert!(
+        shown(&api, a).await.0.is_some(),
+        "the old row is still listed"
+    );
+    let hb = HeartbeatRequest {
+        digest: [1; 16],
+        addrs: None,
+    };
+    let err = api.heartbeat(&key(1), &r.token, &hb).await.unwrap_err();
+    assert_eq!(err.status(), Some(401), "{err}");
+    assert!(
+        err.to_string().contains("before requests were signed"),
+        "{err}"
+    );
+    let again = api
+        .register(&key(1), &register_req(a, "alice", 7001, vec![]))
+        .await
+        .expect("a signed register replaces the old row");
+    assert_eq!(
+        again.stored_digest, None,
+        "the old row's inventory went with it"
+    );
+    api.heartbeat(&key(1), &again.token, &hb)
+        .await
+        .expect("signed heartbeat");
+}

@@ -361,3 +361,125 @@ fn malformed_requests_across_the_router() {
     let api0: SocketAddr = format!("10.200.0.254:{TRACKER_PORT}").parse().unwrap();
     assert_eq!(get(t.ns(a1), api0, "/v1/health").0, 200);
 }
+
+/// Issue 10: two members of a private swarm on two subnets, multicast and
+/// mDNS off, find each other only through the tracker and fetch from each
+/// other; the tracker's answers and its database hold no node name, no
+/// file name and no real node id (raw or hex): only addresses, pseudonyms
+/// and the swarm's tag. Open-swarm queries do not list them.
+#[test]
+fn a_private_swarm_meets_through_a_tracker_that_learns_only_addresses_and_a_tag() {
+    let Some((t, [a1, _a2, bh], router)) = routed() else {
+        return;
+    };
+    let db = t.dir().join("tracker.db");
+    let mut tracker = Tracker::start(&t, router, &db);
+    let url0 = format!("http://10.200.0.254:{TRACKER_PORT}");
+    let url1 = format!("http://10.200.1.254:{TRACKER_PORT}");
+    let api: SocketAddr = format!("10.200.0.254:{TRACKER_PORT}").parse().unwrap();
+    let key = lanshare::swarm::SwarmKey::generate();
+    let tag = lanshare::id::to_hex(&key.derive().tracker_tag);
+    let key = key.to_text();
+    let private = |url: &str| -> Vec<String> {
+        [
+            "--tracker",
+            url,
+            "--no-mdns",
+            "--no-multicast",
+            "--swarm-key",
+            &key,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let args0 = private(&url0);
+    let args1 = private(&url1);
+    let plans = data(3 * MIB + 7, 41);
+    let alpha = t.node(
+        a1,
+        "alphasecretname",
+        &[("privateplans.bin", &plans)],
+        &args0.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let beta = t.node(
+        bh,
+        "betasecretname",
+        &[("betanotes.txt", b"beta's notes")],
+        &args1.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || lists(
+            &alpha,
+            "betanotes.txt",
+            1
+        ) && lists(
+            &beta,
+            "privateplans.bin",
+            1
+        )),
+        "the members did not find each other through the tracker:\nalpha {:?}\n{}\nbeta {:?}\n{}",
+        alpha.peers(),
+        alpha.log_tail(),
+        beta.peers(),
+        beta.log_tail()
+    );
+    assert_eq!(found_via(&beta, "alphasecretname"), vec!["tracker"]);
+    let out = beta.fetch_ok("privateplans", Duration::from_secs(60));
+    assert!(out.contains("verified"), "{out}");
+    assert!(std::fs::read(beta.downloads().join("privateplans.bin")).unwrap() == plans);
+
+    // What the tracker shows: nothing to open-swarm queries, two nameless
+    // pseudonyms under the tag, no content.
+    let ns = t.ns(a1).to_string();
+    assert_eq!(tracker_peers(&ns, api), Vec::<String>::new());
+    let (code, tagged) = get(&ns, api, &format!("/v1/peers?swarm={tag}"));
+    assert_eq!(code, 200, "{tagged}");
+    let v: serde_json::Value = serde_json::from_str(&tagged).unwrap();
+    let listed = v["peers"].as_array().unwrap();
+    assert_eq!(listed.len(), 2, "{tagged}");
+    assert!(listed.iter().all(|p| p["name"] == ""), "{tagged}");
+    let (_, search) = get(&ns, api, "/v1/search?limit=1000");
+    let (_, open) = get(&ns, api, "/v1/peers");
+    let (_, stats) = get(&ns, api, "/v1/stats");
+    tracker.kill();
+    let mut stored = Vec::new();
+    for suffix in ["", "-wal"] {
+        let mut p = db.clone().into_os_string();
+        p.push(suffix);
+        stored.extend(std::fs::read(&p).unwrap_or_default());
+    }
+    let answers = format!("{tagged}\n{search}\n{open}\n{stats}");
+    let mut secrets: Vec<Vec<u8>> = [
+        "alphasecretname",
+        "betasecretname",
+        "privateplans",
+        "betanotes",
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect();
+    for node in [&alpha, &beta] {
+        let hex = std::fs::read_to_string(node.home.join(".lanshare/node_id")).unwrap();
+        let hex = hex.trim().to_string();
+        let raw = lanshare::id::from_hex::<16>(&hex).expect("a node id");
+        secrets.push(hex.into_bytes());
+        secrets.push(raw.to_vec());
+    }
+    let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    for s in &secrets {
+        let shown = String::from_utf8_lossy(s);
+        assert!(
+            !contains(answers.as_bytes(), s),
+            "the tracker's answers hold {shown:?}:\n{answers}"
+        );
+        assert!(
+            !contains(&stored, s),
+            "the tracker's database holds {shown:?}"
+        );
+    }
+    assert!(
+        contains(&stored, &lanshare::id::from_hex::<16>(&tag).unwrap()),
+        "the tag is stored"
+    );
+}

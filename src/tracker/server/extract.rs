@@ -186,9 +186,9 @@ pub struct Signature {
 impl Signature {
     fn of(parts: &Parts, body: Bytes) -> Signature {
         let header = match parts.headers.get(SIG_HEADER) {
-            None => Err(format!(
-                "missing the header X-Lanshare-Sig: SEQ.SIG (every change of a node's registration is signed by the node's key; see docs/tracker.md)"
-            )),
+            None => Err(
+                "missing the header X-Lanshare-Sig: SEQ.SIG (every change of a node's registration is signed by the node's key; see docs/tracker.md)".to_string(),
+            ),
             Some(v) => v
                 .to_str()
                 .map_err(|_| "the X-Lanshare-Sig header is not text".to_string())
