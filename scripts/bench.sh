@@ -16,12 +16,21 @@
 #      transfer, for SIZE_MB and, with BIG=1, BIG_MB (aim: <= 32 MiB, flat).
 #   d) in network namespaces (root, `ip` and `tc` only): 4 seeders each shaped
 #      to NETNS_RATE vs 1 seeder, NETNS_MB file. Ratio = speedup (aim 3.95x).
+#   e) encryption cost: SIZE_MB file over loopback from a seeder in a private
+#      swarm (a key from `lanshare key new`, --swarm-key-file: Noise-encrypted
+#      TCP) vs from an open seeder (plaintext fetch) vs `python3 -m
+#      http.server` + `curl -o`, interleaved in the same run (each rep runs
+#      the three, in an order that rotates), best of REPS each. Ratios =
+#      private / plaintext throughput (aim >= 0.8x) and private / curl
+#      (aim >= 0.75x). CPU seconds per GiB of the seeder and of the fetcher
+#      (utime+stime from /proc/PID/stat before and after the run; for curl:
+#      http.server, and curl itself from /usr/bin/time), least of the runs.
 #
 # Environment (all optional):
 #   SIZE_MB=1024     file size for a), b), c)
 #   REPS=3           runs of each side of a) (best is reported) and of b)
 #   BIG=0 BIG_MB=10240
-#   PARTS=abd        which of a) (with c) RSS), b), d) to run
+#   PARTS=abde       which of a) (with c) RSS), b), d), e) to run
 #   NETNS=auto       auto: run d) when possible; 0: skip it
 #   NETNS_MB=200 NETNS_RATE=200mbit NETNS_SEEDERS=4
 #   BENCH_DIR=DIR    where the work files go (default: a new dir under TMPDIR or /tmp)
@@ -49,7 +58,7 @@ NETNS=${NETNS:-auto}
 NETNS_MB=${NETNS_MB:-200}
 NETNS_RATE=${NETNS_RATE:-200mbit}
 NETNS_SEEDERS=${NETNS_SEEDERS:-4}
-PARTS=${PARTS:-abd}
+PARTS=${PARTS:-abde}
 KEEP=${KEEP:-0}
 BIN=$ROOT/target/release/lanshare
 # The python3 interpreter itself, not a pyenv-style shim script (~0.1 s a call).
@@ -146,12 +155,15 @@ vmhwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
 mib_of_kib() { fmt "$1 / 1024" .1f; }
 
 # start_node NS HOME NAME ADDR GROUP: starts `lanshare up`, sets NODE_PID.
-# NS is "-" for the root namespace (then ADDR must be 127.0.0.1).
+# NS is "-" for the root namespace (then ADDR must be 127.0.0.1). Flags in
+# the array NODE_EXTRA (such as --swarm-key-file F) are added.
+NODE_EXTRA=()
 start_node() {
     local ns=$1 home=$2 name=$3 addr=$4 group=$5
     mkdir -p "$home/shared"
     local cmd=("$BIN" up --home "$home" --name "$name" --listen "$addr:0"
-        --interface "$addr" --group "$group" --announce-interval 1 --no-mdns)
+        --interface "$addr" --group "$group" --announce-interval 1 --no-mdns
+        "${NODE_EXTRA[@]+"${NODE_EXTRA[@]}"}")
     if [[ "$ns" == "-" ]]; then
         "${cmd[@]}" >"$home.up.log" 2>&1 &
     else
@@ -277,7 +289,7 @@ log "work dir $WORK; group $GROUP_IP, ports from $PORT_BASE"
 FILE_NAME=bench-${SIZE_MB}m.bin
 SRC=$WORK/seed/shared/$FILE_NAME
 mkdir -p "$WORK/seed/shared"
-if [[ "$PARTS" == *[ab]* ]]; then
+if [[ "$PARTS" == *[abe]* ]]; then
     log "creating a ${SIZE_MB} MiB file"
     make_file "$SRC" "$SIZE_MB"
     SIZE_BYTES=$(stat -c %s "$SRC")
@@ -517,6 +529,138 @@ else
     log "d) skipped: $netns_reason"
     row "d) namespaces, $NETNS_SEEDERS seeders vs 1" "skipped" "$netns_reason"
 fi
+
+########################################################################
+# e) private swarm vs plaintext vs curl, interleaved, with CPU per GiB
+########################################################################
+if [[ "$PARTS" == *e* ]]; then
+
+GIB=$(calc "$SIZE_MB / 1024")
+# BIG=1 deleted the SIZE_MB file to make room.
+[[ -f "$SRC" ]] || make_file "$SRC" "$SIZE_MB"
+KEY_FILE=$WORK/swarm.key
+"$BIN" key new >"$KEY_FILE" || die "lanshare key new failed"
+E_OPEN_GROUP="$GROUP_IP:$((PORT_BASE + 3))"
+E_PRIV_GROUP="$GROUP_IP:$((PORT_BASE + 4))"
+# e_group MODE / e_extra MODE: the group and the extra flags of a node.
+e_group() { if [[ $1 == private ]]; then echo "$E_PRIV_GROUP"; else echo "$E_OPEN_GROUP"; fi; }
+e_extra() { NODE_EXTRA=(); [[ $1 != private ]] || NODE_EXTRA=(--swarm-key-file "$KEY_FILE"); }
+
+log "e) seeders on 127.0.0.1: open (group $E_OPEN_GROUP) and private (group $E_PRIV_GROUP)"
+cat "$SRC" >/dev/null
+declare -A E_SEED_PID
+for mode in open private; do
+    mkdir -p "$WORK/e-seed-$mode/shared"
+    ln -f "$SRC" "$WORK/e-seed-$mode/shared/$FILE_NAME"
+    e_extra "$mode"
+    start_node - "$WORK/e-seed-$mode" "e-seed-$mode" 127.0.0.1 "$(e_group "$mode")"
+    E_SEED_PID[$mode]=$NODE_PID
+done
+NODE_EXTRA=()
+for mode in open private; do
+    wait_for 600 "the $mode seeder to index $FILE_NAME" has_shared - "$WORK/e-seed-$mode" 1
+done
+swarm=$("$BIN" status --home "$WORK/e-seed-private" --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin).get("swarm", "?"))')
+[[ "$swarm" == private ]] || die "the private seeder says its swarm is '$swarm'"
+"$PY" -u -m http.server 0 --bind 127.0.0.1 --directory "$WORK/seed/shared" \
+    >"$WORK/e-http.log" 2>&1 &
+E_HTTP_PID=$!
+PIDS+=("$E_HTTP_PID")
+wait_for 20 "http.server to start" grep -q "Serving HTTP" "$WORK/e-http.log"
+E_HTTP_PORT=$(sed -n 's/.*port \([0-9]*\).*/\1/p' "$WORK/e-http.log" | head -1)
+[[ -n "$E_HTTP_PORT" ]] || die "cannot read http.server's port: $(cat "$WORK/e-http.log")"
+
+declare -A E_BEST E_ALL E_SEED_CPU E_FETCH_CPU
+# e_keep_min ARRAY MODE VALUE: ARRAY[MODE] = min(ARRAY[MODE], VALUE).
+e_keep_min() {
+    local -n arr=$1
+    if [[ -z "${arr[$2]:-}" ]] || "$PY" -c "import sys; sys.exit(0 if $3 < ${arr[$2]} else 1)"; then
+        arr[$2]=$3
+    fi
+}
+
+# e_lanshare MODE REP: one fetch from the MODE seeder by a new fetcher node.
+e_lanshare() {
+    local mode=$1 rep=$2 home=$WORK/e-fetch-$1-$2
+    local seed=${E_SEED_PID[$mode]}
+    e_extra "$mode"
+    start_node - "$home" "e-fetch-$mode-$rep" 127.0.0.1 "$(e_group "$mode")"
+    NODE_EXTRA=()
+    local fpid=$NODE_PID
+    wait_for 60 "the $mode fetcher $rep to see $FILE_NAME" has_holders - "$home" "$FILE_NAME" 1
+    cat "$SRC" >/dev/null
+    prime_memory "$SIZE_MB"
+    local s0 f0 s_cpu f_cpu
+    s0=$(cpu_ticks "$seed"); f0=$(cpu_ticks "$fpid")
+    timed_fetch - "$home" "$FILE_NAME" "$WORK/e-fetch-$mode-$rep.out"
+    s_cpu=$(calc "($(cpu_ticks "$seed") - $s0) / $CLK_TCK")
+    f_cpu=$(calc "($(cpu_ticks "$fpid") - $f0) / $CLK_TCK")
+    log "e) $mode fetch $rep: $(fmt "$FETCH_SECS" .3f) s ($(gibps "$SIZE_MB" "$FETCH_SECS") GiB/s); CPU seeder $(fmt "$s_cpu" .2f) s, fetcher $(fmt "$f_cpu" .2f) s"
+    sync "$home/downloads/$FILE_NAME"
+    cmp "$SRC" "$home/downloads/$FILE_NAME" || die "the $mode download differs from the original"
+    E_ALL[$mode]="${E_ALL[$mode]:-}$(fmt "$FETCH_SECS" .3f) "
+    e_keep_min E_BEST "$mode" "$FETCH_SECS"
+    e_keep_min E_SEED_CPU "$mode" "$s_cpu"
+    e_keep_min E_FETCH_CPU "$mode" "$f_cpu"
+    stop_pid "$fpid"
+    rm -rf "$home"
+}
+
+# e_curl REP: one `curl -o` from http.server.
+e_curl() {
+    local out=$WORK/e-curl$1.bin t0 t1 s0 secs s_cpu f_cpu
+    cat "$SRC" >/dev/null
+    prime_memory "$SIZE_MB"
+    s0=$(cpu_ticks "$E_HTTP_PID")
+    t0=$(now)
+    /usr/bin/time -f '%U %S' -o "$WORK/e-curl.cpu" \
+        curl -sS --fail -o "$out" "http://127.0.0.1:$E_HTTP_PORT/$FILE_NAME" || die "curl failed"
+    t1=$(now)
+    secs=$(calc "$t1 - $t0")
+    s_cpu=$(calc "($(cpu_ticks "$E_HTTP_PID") - $s0) / $CLK_TCK")
+    f_cpu=$(calc "$(tail -1 "$WORK/e-curl.cpu" | tr ' ' '+')")
+    log "e) curl $1: $(fmt "$secs" .3f) s ($(gibps "$SIZE_MB" "$secs") GiB/s); CPU http.server $(fmt "$s_cpu" .2f) s, curl $(fmt "$f_cpu" .2f) s"
+    sync "$out"
+    [[ "$(stat -c %s "$out")" == "$SIZE_BYTES" ]] || die "curl got a short file"
+    E_ALL[curl]="${E_ALL[curl]:-}$(fmt "$secs" .3f) "
+    e_keep_min E_BEST curl "$secs"
+    e_keep_min E_SEED_CPU curl "$s_cpu"
+    e_keep_min E_FETCH_CPU curl "$f_cpu"
+    rm -f "$out"
+}
+
+E_ORDER=(private open curl)
+for rep in $(seq "$REPS"); do
+    # Rotate the order, so no contender always runs first (or last).
+    for i in 0 1 2; do
+        what=${E_ORDER[$(( (i + rep - 1) % 3 ))]}
+        if [[ "$what" == curl ]]; then e_curl "$rep"; else e_lanshare "$what" "$rep"; fi
+    done
+done
+stop_pid "$E_HTTP_PID"
+for mode in open private; do stop_pid "${E_SEED_PID[$mode]}"; done
+rm -rf "$WORK/e-seed-open" "$WORK/e-seed-private"
+
+for what in private open curl; do
+    case $what in
+        private) label="lanshare fetch, private swarm (encrypted)"; note="verified";;
+        open) label="lanshare fetch, open (plaintext)"; note="verified";;
+        curl) label="http.server + curl"; note="unverified";;
+    esac
+    row "e) $label ${SIZE_MB} MiB" "$(gibps "$SIZE_MB" "${E_BEST[$what]}") GiB/s" "best of ${E_ALL[$what]}s; $note"
+done
+row "e) RATIO private / plaintext throughput" "$(fmt "${E_BEST[open]} / ${E_BEST[private]}" .2f)x" "aim >= 0.8x"
+row "e) RATIO private / curl throughput" "$(fmt "${E_BEST[curl]} / ${E_BEST[private]}" .2f)x" "aim >= 0.75x"
+for what in private open curl; do
+    case $what in
+        private) sides="seeder / fetcher";;
+        open) sides="seeder / fetcher";;
+        curl) sides="http.server / curl";;
+    esac
+    row "   CPU s per GiB, $what: $sides" "$(fmt "${E_SEED_CPU[$what]} / $GIB" .2f) / $(fmt "${E_FETCH_CPU[$what]} / $GIB" .2f)" "least of the runs (user+sys)"
+done
+
+fi  # PARTS e
 
 ########################################################################
 # Summary
