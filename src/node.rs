@@ -400,7 +400,7 @@ impl Bound {
             local_addresses(self.links_rx.clone(), addrs_tx, tasks.token()),
         );
         for url in &cfg.trackers {
-            let node = crate::tracker::client::NodeInfo::new(
+            let mut node = crate::tracker::client::NodeInfo::new(
                 self.started.identity.clone(),
                 cfg.name.clone(),
                 self.started.listen.port(),
@@ -412,6 +412,7 @@ impl Bound {
                     self.dict.clone(),
                 ),
             );
+            node.stats = self.stats.clone();
             let follow = crate::tracker::client::follow(
                 url.clone(),
                 node,

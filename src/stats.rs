@@ -39,6 +39,30 @@ pub struct Stats {
     counters: [AtomicU64; COUNTERS],
     /// The transfers in progress (`lanshare transfers`, the web UI).
     pub transfers: crate::transfers::Transfers,
+    /// Whether each tracker answered its last round (the overview's
+    /// warnings).
+    pub trackers: TrackerHealth,
+}
+
+/// The last round with each tracker: `None` when it went through, else
+/// what failed. Written by each tracker's client, read by the service.
+#[derive(Debug, Default)]
+pub struct TrackerHealth(std::sync::Mutex<std::collections::BTreeMap<String, Option<String>>>);
+
+impl TrackerHealth {
+    /// Records how the last round with `url` ended.
+    pub fn report(&self, url: &str, error: Option<String>) {
+        let mut map = self.0.lock().expect("tracker health lock");
+        map.insert(url.to_string(), error);
+    }
+
+    /// The trackers whose last round failed, with what failed.
+    pub fn unreachable(&self) -> Vec<(String, String)> {
+        let map = self.0.lock().expect("tracker health lock");
+        map.iter()
+            .filter_map(|(url, e)| e.clone().map(|e| (url.clone(), e)))
+            .collect()
+    }
 }
 
 impl Stats {

@@ -169,6 +169,9 @@ impl Service {
                 crate::config::DEFAULT_UI_PORT
             ));
         }
+        for (url, error) in self.stats.trackers.unreachable() {
+            w.push(format!("Tracker {url} is unreachable ({error}); retrying. Check the URL and that the tracker runs; the node keeps working on its LAN."));
+        }
         if peers_online == 0 && (cfg.multicast || cfg.mdns) && !no_links {
             w.push(format!("No other node seen yet. If there are some on this network, check that the firewall lets UDP port {} and TCP port {} through, or add a node with --peer HOST:PORT.", cfg.group.port(), self.listen.port()));
         }

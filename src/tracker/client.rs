@@ -50,6 +50,8 @@ pub struct NodeInfo {
     /// TCP port of the node's peer server.
     pub tcp_port: u16,
     pub mode: TrackerMode,
+    /// Where the outcome of each round is reported (`TrackerHealth`).
+    pub stats: Arc<crate::stats::Stats>,
 }
 
 /// How a node uses a tracker.
@@ -86,6 +88,7 @@ impl NodeInfo {
             name,
             tcp_port,
             mode,
+            stats: Arc::default(),
         }
     }
 }
@@ -163,7 +166,9 @@ pub async fn follow(
     dict: Arc<Dict>,
     cancel: CancellationToken,
 ) {
+    let stats = me.stats.clone();
     let mut f = Follower {
+        stats,
         api: Api::per_request(&url),
         me: Persona::of(me),
         dict,
@@ -228,6 +233,8 @@ enum Woke {
 }
 
 struct Follower {
+    /// Where each round's outcome is reported.
+    stats: Arc<crate::stats::Stats>,
     api: Api,
     me: Persona,
     dict: Arc<Dict>,
@@ -272,6 +279,12 @@ impl Follower {
                 .await;
             let heartbeat = self.session.as_ref().map(|s| s.heartbeat);
             let now = std::time::Instant::now();
+            // A tracker that forgot this node still answered.
+            let error = match &round {
+                Err(Failure::Other(e)) => Some(e.to_string()),
+                _ => None,
+            };
+            self.stats.trackers.report(self.api.base(), error);
             match health.after_round(round, heartbeat, self.api.base(), now) {
                 Next::Carry => {}
                 Next::Register => {

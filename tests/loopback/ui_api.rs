@@ -338,6 +338,34 @@ fn events_stream_the_state(ui: &Ui) {
 
 /// Without the token, from another Host or origin, without the CSRF
 /// header, or with bad input: refused with a status and a JSON message.
+/// The overview warns about a tracker the node cannot reach, and stops
+/// when it answers (nothing listens on the port given here).
+#[test]
+fn an_unreachable_tracker_is_a_warning() {
+    let net = Net::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let a = net.in_process_with("alpha", &[], &["--tracker", &url]);
+    let ui = Ui::of(&a);
+    let warned = |ui: &Ui| {
+        ui.get("status")["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|w| w.as_str())
+            .any(|w| w.contains(&url) && w.contains("is unreachable"))
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || warned(&ui)),
+        "{}",
+        ui.get("status")["warnings"]
+    );
+}
+
 #[test]
 fn what_is_refused_is_refused_with_a_json_error() {
     let net = Net::new();
