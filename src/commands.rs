@@ -129,6 +129,11 @@ async fn up(args: crate::cli::UpArgs) -> anyhow::Result<ExitCode> {
     let group = cfg.group;
     let group6 = cfg.group6;
     let multicast = cfg.multicast;
+    let swarm = if cfg.swarm.is_private() {
+        "private swarm (key given), "
+    } else {
+        ""
+    };
     crate::node::run(cfg, shutdown_signal(), |s| {
         let disc = if !multicast {
             "multicast off".to_string()
@@ -139,7 +144,7 @@ async fn up(args: crate::cli::UpArgs) -> anyhow::Result<ExitCode> {
         };
         let ui = s.ui.map(|a| format!(", dashboard http://{a}/")).unwrap_or_default();
         println!(
-            "lanshare node {name:?} ({}) up: home {}, listening on {}, {disc}{ui}. Ctrl-C stops it.",
+            "lanshare node {name:?} ({}) up: {swarm}home {}, listening on {}, {disc}{ui}. Ctrl-C stops it.",
             s.node.short(),
             home.display(),
             s.listen
