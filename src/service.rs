@@ -356,6 +356,18 @@ pub fn add_share(
     let h = Home::new(home);
     h.create_dirs()
         .with_context(|| format!("cannot create {}", home.display()))?;
+    save_share(&h, &abs, comment, category)?;
+    Ok(abs)
+}
+
+/// Records `path` (absolute) with its comment and category in the shares
+/// file of `home`, replacing what was there for it.
+pub fn save_share(
+    home: &Home,
+    path: &Path,
+    comment: String,
+    category: Option<Category>,
+) -> anyhow::Result<()> {
     if comment.len() > crate::wire::MAX_COMMENT {
         bail!(
             "the comment is {} bytes; the limit is {}",
@@ -364,13 +376,12 @@ pub fn add_share(
         );
     }
     let root = ShareRoot {
-        path: abs.clone(),
+        path: path.to_path_buf(),
         comment,
         category,
     };
-    SharesFile::add(&h.shares_file(), root)
-        .with_context(|| format!("cannot write {}", h.shares_file().display()))?;
-    Ok(abs)
+    SharesFile::add(&home.shares_file(), root)
+        .with_context(|| format!("cannot write {}", home.shares_file().display()))
 }
 
 #[cfg(test)]

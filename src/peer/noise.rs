@@ -256,19 +256,25 @@ pub fn server_hello(
     }
 }
 
-/// Reads one length-prefixed handshake message, refusing one over the limit
-/// before its body.
-async fn read_message(stream: &mut TcpStream) -> Result<Vec<u8>, PeerError> {
-    let mut len = [0u8; LEN_PREFIX];
-    stream.read_exact(&mut len).await?;
-    let len = u16::from_be_bytes(len) as usize;
+/// The length a handshake message's prefix announces, refused over
+/// [`MAX_HANDSHAKE_MESSAGE`] before its body is read.
+fn message_len(prefix: [u8; LEN_PREFIX]) -> Result<usize, PeerError> {
+    let len = u16::from_be_bytes(prefix) as usize;
     if len > MAX_HANDSHAKE_MESSAGE {
         return Err(PeerError::Handshake(WireError::TooLarge {
             len,
             max: MAX_HANDSHAKE_MESSAGE,
         }));
     }
-    let mut message = vec![0u8; len];
+    Ok(len)
+}
+
+/// Reads one length-prefixed handshake message, refusing one over the limit
+/// before its body.
+async fn read_message(stream: &mut TcpStream) -> Result<Vec<u8>, PeerError> {
+    let mut len = [0u8; LEN_PREFIX];
+    stream.read_exact(&mut len).await?;
+    let mut message = vec![0u8; message_len(len)?];
     stream.read_exact(&mut message).await?;
     Ok(message)
 }
@@ -320,14 +326,7 @@ pub async fn respond(
 fn read_message_blocking(stream: &mut impl std::io::Read) -> Result<Vec<u8>, PeerError> {
     let mut len = [0u8; LEN_PREFIX];
     stream.read_exact(&mut len)?;
-    let len = u16::from_be_bytes(len) as usize;
-    if len > MAX_HANDSHAKE_MESSAGE {
-        return Err(PeerError::Handshake(WireError::TooLarge {
-            len,
-            max: MAX_HANDSHAKE_MESSAGE,
-        }));
-    }
-    let mut message = vec![0u8; len];
+    let mut message = vec![0u8; message_len(len)?];
     stream.read_exact(&mut message)?;
     Ok(message)
 }

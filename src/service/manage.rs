@@ -17,7 +17,7 @@ use crate::api::{ContentView, FetchEvent, NodeStatus};
 use crate::history::{HistoryQuery, HistoryRow};
 use crate::library::{LibraryPage, LibraryQuery};
 use crate::manifest::Category;
-use crate::store::{Hashing, Home, ShareRoot, SharesFile};
+use crate::store::{Hashing, Home, SharesFile};
 use crate::transfers::TransfersView;
 
 /// The node at a glance.
@@ -288,20 +288,7 @@ impl Service {
                 path.display()
             );
         }
-        if comment.len() > crate::wire::MAX_COMMENT {
-            bail!(
-                "the comment is {} bytes; the limit is {}",
-                comment.len(),
-                crate::wire::MAX_COMMENT
-            );
-        }
-        let root = ShareRoot {
-            path: path.to_path_buf(),
-            comment,
-            category,
-        };
-        SharesFile::add(&home.shares_file(), root)
-            .with_context(|| format!("cannot write {}", home.shares_file().display()))?;
+        super::save_share(&home, path, comment, category)?;
         self.rescan();
         Ok(())
     }
