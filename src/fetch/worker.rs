@@ -28,6 +28,7 @@ use crate::peer::CONNECT_TIMEOUT;
 use crate::peer::client::PeerConn;
 use crate::peer::dial::{DialError, Dialer};
 use crate::retry::{Retry, RetryPolicy};
+use crate::store::StoreError;
 use crate::wire::frame::{ErrorCode, Response};
 
 /// Chunks a peer refused are asked again after 1 s, doubling up to 30 s
@@ -65,11 +66,17 @@ pub(super) async fn worker(
     let addr = conn.addr;
     tracing::debug!(peer = %addr, slot, "download worker connected");
     let mut w = Worker::new(conn, shared, dict, holder, slot, limits, Instant::now());
-    let end = loop {
+    let mut end = loop {
         if let Err(end) = w.step(cancel).await {
             break end;
         }
     };
+    // The last chunk received may still be checked and written: count it.
+    if let Err(late) = w.settle_pending().await
+        && matches!(end, WorkerEnd::Finished)
+    {
+        end = late;
+    }
     if matches!(&end, WorkerEnd::Dropped(r) if !r.bans() && !r.is_useless()) {
         // Next time, try the peer's other addresses first.
         dict.peers.unreachable(holder_id, addr);
@@ -92,7 +99,11 @@ struct Worker<'a> {
     refusal_retry: Retry,
     /// (request id, chunk index), oldest first.
     inflight: VecDeque<(u32, u32)>,
+    /// The buffer the next answer is read into.
     buf: Vec<u8>,
+    /// The chunk before it, checked and written on a blocking thread while
+    /// the next answer arrives (two buffers in turn).
+    pending: Option<Pending>,
     changes: watch::Receiver<u64>,
     rate: PeerRate,
     /// Whether it waits for an answer (its quiet time is counting).
@@ -123,6 +134,7 @@ impl<'a> Worker<'a> {
             refusal_retry,
             inflight: VecDeque::new(),
             buf: Vec::with_capacity(shared.manifest.chunk_size as usize),
+            pending: None,
             changes: shared.changed.subscribe(),
             rate: PeerRate::new(now, limits.stall_timeout, limits.min_rate),
             waiting: false,
@@ -134,6 +146,9 @@ impl<'a> Worker<'a> {
     async fn step(&mut self, cancel: &CancellationToken) -> Step {
         self.fill().await?;
         if self.inflight.is_empty() {
+            // Nothing more to read from this peer for now: the chunk being
+            // written must count before the worker helps or waits.
+            self.settle_pending().await?;
             self.help_endgame().await?;
         }
         if self.inflight.is_empty() {
@@ -275,26 +290,37 @@ impl<'a> Worker<'a> {
         }
     }
 
-    /// A chunk arrived in `buf`: verify it, write it, mark it done.
+    /// A chunk arrived in `buf`: it is verified and written on a blocking
+    /// thread while the next answer is read; the one before it is settled.
     async fn chunk(&mut self, req: u32, len: usize) -> Step {
         let Some(pos) = self.inflight.iter().position(|(r, _)| *r == req) else {
             return Err(dropped(DropReason::UnaskedChunk(req)));
         };
         let (_, index) = self.inflight.remove(pos).expect("position is valid");
         let (s, data) = (self.shared.clone(), std::mem::take(&mut self.buf));
-        let (verdict, data) = tokio::task::spawn_blocking(move || {
-            if !s.manifest.chunk_matches(index, &data) {
-                return (Ok(false), data);
-            }
-            if s.map.lock().expect("map lock").state(index) == Some(ChunkState::Done) {
-                return (Ok(true), data); // the other endgame copy won
-            }
-            let r = s.partial.write_chunk(index, &data).map(|()| true);
-            (r, data)
-        })
-        .await
-        .expect("chunk check does not panic");
-        self.buf = data;
+        let task = tokio::task::spawn_blocking(move || check_and_write(&s, index, data));
+        match self.pending.replace(Pending { index, len, task }) {
+            Some(previous) => self.settle(previous).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for the chunk being checked and written, if any, and counts it.
+    async fn settle_pending(&mut self) -> Step {
+        match self.pending.take() {
+            Some(p) => self.settle(p).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Takes a checked chunk's verdict: drops the peer for a bad one, else
+    /// marks it done.
+    async fn settle(&mut self, p: Pending) -> Step {
+        let Pending { index, len, task } = p;
+        let (verdict, data) = task.await.expect("chunk check does not panic");
+        if self.buf.capacity() == 0 {
+            self.buf = data;
+        }
         match verdict {
             Ok(true) => {}
             Ok(false) => return Err(dropped(DropReason::WrongHash(index))),
@@ -343,4 +369,26 @@ impl<'a> Worker<'a> {
             self.shared.bump();
         }
     }
+}
+
+/// A chunk being checked and written: its index, its length, and the
+/// blocking task that gives back the verdict and the buffer.
+struct Pending {
+    index: u32,
+    len: usize,
+    task: tokio::task::JoinHandle<(Result<bool, StoreError>, Vec<u8>)>,
+}
+
+/// Checks chunk `index` against the manifest and writes it (unless the
+/// other endgame copy won): `Ok(false)` for a bad chunk. Gives the buffer
+/// back.
+fn check_and_write(s: &Shared, index: u32, data: Vec<u8>) -> (Result<bool, StoreError>, Vec<u8>) {
+    if !s.manifest.chunk_matches(index, &data) {
+        return (Ok(false), data);
+    }
+    if s.map.lock().expect("map lock").state(index) == Some(ChunkState::Done) {
+        return (Ok(true), data); // the other endgame copy won
+    }
+    let r = s.partial.write_chunk(index, &data).map(|()| true);
+    (r, data)
 }
