@@ -8,7 +8,6 @@ use std::net::IpAddr;
 use rusqlite::{OptionalExtension, params};
 
 use super::{Caller, DbError, NodeRow, Writer};
-use crate::id::NodeId;
 use crate::manifest::Category;
 use crate::tracker::proto::{Entry, FullAnnounce, PatchAnnounce, hex16_string};
 
@@ -47,17 +46,22 @@ pub(in crate::tracker) fn category_of(i: i64) -> Category {
         .unwrap_or(Category::Other)
 }
 
-/// A private-swarm node announces no inventory: the tracker must not learn it.
-fn refuse_private(row: &NodeRow, id: NodeId) -> Result<(), DbError> {
-    if row.private {
-        return Err(DbError::Invalid(format!(
-            "node {id} is registered with a swarm tag: a private swarm's inventory goes peer to peer, never to the tracker"
-        )));
-    }
-    Ok(())
-}
-
 impl Writer {
+    /// The caller's row, authenticated and touched, for an announce: a
+    /// private-swarm node announces no inventory (the tracker must not
+    /// learn it).
+    fn announcer(&mut self, caller: &Caller, source: IpAddr, now: i64) -> Result<NodeRow, DbError> {
+        let mut row = self.auth(caller)?;
+        if row.private {
+            return Err(DbError::Invalid(format!(
+                "node {} is registered with a swarm tag: a private swarm's inventory goes peer to peer, never to the tracker",
+                caller.id
+            )));
+        }
+        self.touch(&mut row, source, now)?;
+        Ok(row)
+    }
+
     /// Replaces the node's inventory. Unchanged entries are not rewritten.
     pub fn announce_full(
         &mut self,
@@ -66,10 +70,7 @@ impl Writer {
         source: IpAddr,
         now: i64,
     ) -> Result<(Option<[u8; 16]>, u32), DbError> {
-        let id = caller.id;
-        let mut row = self.auth(caller)?;
-        refuse_private(&row, id)?;
-        self.touch(&mut row, source, now)?;
+        let row = self.announcer(caller, source, now)?;
         let mut existing: HashMap<[u8; 32], (i64, Stored)> = HashMap::new();
         {
             let mut stmt = self.conn.prepare_cached(
@@ -124,10 +125,7 @@ impl Writer {
         source: IpAddr,
         now: i64,
     ) -> Result<(Option<[u8; 16]>, u32), DbError> {
-        let id = caller.id;
-        let mut row = self.auth(caller)?;
-        refuse_private(&row, id)?;
-        self.touch(&mut row, source, now)?;
+        let row = self.announcer(caller, source, now)?;
         if row.digest != req.base {
             return Err(DbError::Conflict {
                 msg: format!(
