@@ -25,12 +25,16 @@
 #      (aim >= 0.75x). CPU seconds per GiB of the seeder and of the fetcher
 #      (utime+stime from /proc/PID/stat before and after the run; for curl:
 #      http.server, and curl itself from /usr/bin/time), least of the runs.
+#   f) FILES_N (100,000) files of 1-4 KiB: indexing vs `find | xargs
+#      sha256sum`, peak RSS of the sharing node and of a peer that pulled
+#      them, and that peer's rise during `ls --json` (scripts/bench/files.sh).
 #
 # Environment (all optional):
 #   SIZE_MB=1024     file size for a), b), c)
 #   REPS=3           runs of each side of a) (best is reported) and of b)
 #   BIG=0 BIG_MB=10240
-#   PARTS=abde       which of a) (with c) RSS), b), d), e) to run
+#   PARTS=abde       which of a) (with c) RSS), b), d), e), f) to run
+#   FILES_N=100000 FILES_DIRS=100   for f)
 #   NETNS=auto       auto: run d) when possible; 0: skip it
 #   NETNS_MB=200 NETNS_RATE=200mbit NETNS_SEEDERS=4
 #   BENCH_DIR=DIR    where the work files go (default: a new dir under TMPDIR or /tmp)
@@ -661,6 +665,14 @@ for what in private open curl; do
 done
 
 fi  # PARTS e
+
+########################################################################
+# f) 100,000 small files: indexing vs sha256sum, RSS, ls --json
+########################################################################
+if [[ "$PARTS" == *f* ]]; then
+    # shellcheck source=scripts/bench/files.sh
+    source "$ROOT/scripts/bench/files.sh"
+fi
 
 ########################################################################
 # Summary
