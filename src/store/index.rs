@@ -286,6 +286,44 @@ struct CacheFile {
 
 const CACHE_VERSION: u32 = 1;
 
+/// `CacheFile` as written: the same bytes, borrowed from the index.
+#[derive(Serialize)]
+struct CacheFileRef<'a> {
+    version: u32,
+    records: CacheRecords<'a>,
+}
+
+/// Every indexed file as a `CacheRecord`, encoded one at a time.
+struct CacheRecords<'a>(&'a HashMap<PathBuf, Record>);
+
+#[derive(Serialize)]
+struct CacheRecordRef<'a> {
+    #[serde(with = "serde_bytes_ref")]
+    path: &'a [u8],
+    size: u64,
+    mtime_ns: u64,
+    manifest: &'a Manifest,
+}
+
+impl Serialize for CacheRecords<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.values().map(|r| CacheRecordRef {
+            path: r.file.path.as_os_str().as_bytes(),
+            size: r.file.size,
+            mtime_ns: r.file.mtime_ns,
+            manifest: &r.content.manifest,
+        }))
+    }
+}
+
+/// A byte slice encoded like the `Vec<u8>` it is read back as (a sequence
+/// of bytes, as serde's default for `Vec<u8>`).
+mod serde_bytes_ref {
+    pub fn serialize<S: serde::Serializer>(bytes: &&[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(bytes.iter())
+    }
+}
+
 struct Record {
     file: FoundFile,
     content: Arc<LocalContent>,
@@ -345,24 +383,23 @@ impl IndexState {
         }
     }
 
+    /// Writes the cache: streamed record by record into a temporary file
+    /// then renamed over the old one, so a huge share never needs a second
+    /// copy of its manifests in memory, and a failed write (a full disk)
+    /// leaves the previous cache whole.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        let records: Vec<CacheRecord> = self
-            .files
-            .values()
-            .map(|r| CacheRecord {
-                path: r.file.path.as_os_str().as_bytes().to_vec(),
-                size: r.file.size,
-                mtime_ns: r.file.mtime_ns,
-                manifest: (*r.content.manifest).clone(),
-            })
-            .collect();
-        let bytes = postcard::to_allocvec(&CacheFile {
-            version: CACHE_VERSION,
-            records,
-        })
-        .expect("serializable");
+        let records = CacheRecords(&self.files);
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, bytes)?;
+        let file = std::fs::File::create(&tmp)?;
+        let out = postcard::to_io(
+            &CacheFileRef {
+                version: CACHE_VERSION,
+                records,
+            },
+            std::io::BufWriter::with_capacity(64 << 10, file),
+        )
+        .map_err(|e| std::io::Error::other(format!("cannot encode the index cache: {e}")))?;
+        out.into_inner().map_err(|e| e.into_error())?.sync_data()?;
         std::fs::rename(tmp, path)
     }
 
