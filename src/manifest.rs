@@ -323,7 +323,17 @@ mod tests {
     #[test]
     fn boundary_sizes_hash_like_in_memory() {
         let (cs, small) = (CHUNK_SIZE as usize, SMALL_FILE as usize);
-        for size in [0, 1, small - 1, small, small + 1, cs - 1, cs, cs + 1, 3 * cs + 7] {
+        for size in [
+            0,
+            1,
+            small - 1,
+            small,
+            small + 1,
+            cs - 1,
+            cs,
+            cs + 1,
+            3 * cs + 7,
+        ] {
             let data: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
             let mut f = tempfile::NamedTempFile::new().unwrap();
             f.write_all(&data).unwrap();
