@@ -92,9 +92,24 @@ fn print_status(status: &NodeStatus) {
         status.throttled_datagrams
     );
     println!(
-        "sent      {} of discovery datagrams, {} of inventory pages",
+        "sent      {} discovery datagrams ({}), {} of inventory pages",
+        status.datagrams_sent,
         human_bytes(status.discovery_bytes_sent as f64),
         human_bytes(status.inventory_bytes_served as f64)
+    );
+    let r = &status.datagrams_received;
+    println!(
+        "heard     {} by IPv4 multicast, {} by IPv6 multicast, {} by broadcast, {} unicast{}; {} copies by a second path",
+        r.multicast4,
+        r.multicast6,
+        r.broadcast,
+        r.unicast,
+        if r.ipv4_unclassified > 0 {
+            format!(", {} by IPv4 multicast or broadcast", r.ipv4_unclassified)
+        } else {
+            String::new()
+        },
+        status.path_duplicate_datagrams
     );
 }
 
