@@ -118,16 +118,15 @@ impl Gate {
             Ok(node) => node,
             Err(e) => return self.drop(ctx, src, now, e),
         };
-        match self.replay.check(node, signed.seq, now) {
-            Freshness::Fresh => {
-                self.copies.taken(digest, route, now);
-                Admitted::Verified(signed.datagram)
+        let replay = || self.replay.check(node, signed.seq, now);
+        match self.copies.settle(digest, route, now, replay) {
+            Some(Freshness::Fresh) => Admitted::Verified(signed.datagram),
+            Some(Freshness::First) => Admitted::FirstWord(signed.datagram),
+            None => {
+                ctx.stats.count(Counter::PathDuplicates);
+                Admitted::PathCopy
             }
-            Freshness::First => {
-                self.copies.taken(digest, route, now);
-                Admitted::FirstWord(signed.datagram)
-            }
-            Freshness::Replayed => {
+            Some(Freshness::Replayed) => {
                 ctx.stats.count(Counter::ReplayedDatagrams);
                 tracing::trace!(peer = %node.short(), from = %src, seq = signed.seq, "dropped a replayed datagram");
                 Admitted::Dropped

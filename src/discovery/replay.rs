@@ -169,34 +169,67 @@ impl<R> Default for PathCopies<R> {
 }
 
 impl<R: PartialEq + std::marker::Copy> PathCopies<R> {
-    /// Remembers a datagram taken at `now` by `route` (None: unknown).
-    pub fn taken(&self, digest: [u8; 32], route: Option<R>, now: Instant) {
+    /// Runs the replay `check` of a verified datagram heard by `route`
+    /// (None: unknown) at `now`, and remembers it when fresh, atomically
+    /// with [`PathCopies::check`]: of two copies verified at once by two
+    /// listeners (IPv4 and IPv6), one is taken and the other is a copy,
+    /// never a replay. None: a copy by another route.
+    pub fn settle(
+        &self,
+        digest: [u8; 32],
+        route: Option<R>,
+        now: Instant,
+        check: impl FnOnce() -> Freshness,
+    ) -> Option<Freshness> {
         let mut taken = self.taken.lock().expect("path copies lock");
-        if !taken.contains_key(&digest) {
-            make_room(&mut taken, MAX_COPIES, now, COPY_WINDOW, |(t, _)| *t);
+        match check() {
+            Freshness::Replayed => match copy_of(&mut taken, digest, route, now) {
+                Copy::ByAnotherRoute => None,
+                Copy::No => Some(Freshness::Replayed),
+            },
+            fresh => {
+                if !taken.contains_key(&digest) {
+                    make_room(&mut taken, MAX_COPIES, now, COPY_WINDOW, |(t, _)| *t);
+                }
+                taken.insert(digest, (now, route.into_iter().collect()));
+                Some(fresh)
+            }
         }
-        taken.insert(digest, (now, route.into_iter().collect()));
     }
 
     /// Whether `digest` heard by `route` at `now` is a copy by another
     /// route of a datagram taken lately; if so, that route is remembered.
     /// A copy by a route it was heard by already is no path duplicate.
     pub fn check(&self, digest: [u8; 32], route: Option<R>, now: Instant) -> Copy {
-        let mut taken = self.taken.lock().expect("path copies lock");
-        let Some((when, routes)) = taken.get_mut(&digest) else {
-            return Copy::No;
-        };
-        if now.saturating_duration_since(*when) >= COPY_WINDOW {
-            return Copy::No;
-        }
-        match route {
-            None => Copy::ByAnotherRoute,
-            Some(r) if routes.contains(&r) => Copy::No,
-            Some(_) if routes.len() >= MAX_ROUTES => Copy::No,
-            Some(r) => {
-                routes.push(r);
-                Copy::ByAnotherRoute
-            }
+        copy_of(
+            &mut self.taken.lock().expect("path copies lock"),
+            digest,
+            route,
+            now,
+        )
+    }
+}
+
+/// [`PathCopies::check`] on the locked map.
+fn copy_of<R: PartialEq + std::marker::Copy>(
+    taken: &mut HashMap<[u8; 32], Taken<R>>,
+    digest: [u8; 32],
+    route: Option<R>,
+    now: Instant,
+) -> Copy {
+    let Some((when, routes)) = taken.get_mut(&digest) else {
+        return Copy::No;
+    };
+    if now.saturating_duration_since(*when) >= COPY_WINDOW {
+        return Copy::No;
+    }
+    match route {
+        None => Copy::ByAnotherRoute,
+        Some(r) if routes.contains(&r) => Copy::No,
+        Some(_) if routes.len() >= MAX_ROUTES => Copy::No,
+        Some(r) => {
+            routes.push(r);
+            Copy::ByAnotherRoute
         }
     }
 }
@@ -330,7 +363,8 @@ mod tests {
         let c: PathCopies<u8> = PathCopies::default();
         let t0 = Instant::now();
         let (d, other) = ([1; 32], [2; 32]);
-        c.taken(d, Some(1), t0);
+        let fresh = || Freshness::Fresh;
+        assert_eq!(c.settle(d, Some(1), t0, fresh), Some(Freshness::Fresh));
         assert_eq!(c.check(other, Some(2), t0), Copy::No, "never taken");
         assert_eq!(c.check(d, Some(1), t0), Copy::No, "the same route again");
         let soon = t0 + Duration::from_millis(5);
@@ -338,11 +372,16 @@ mod tests {
         assert_eq!(c.check(d, Some(2), soon), Copy::No, "that route again");
         assert_eq!(c.check(d, None, soon), Copy::ByAnotherRoute, "unknown");
         assert_eq!(c.check(d, Some(3), t0 + COPY_WINDOW), Copy::No, "too late");
+        // A replay window that says "seen" (the other listener took it
+        // first): a copy by another route, a replay by a known one.
+        let seen = || Freshness::Replayed;
+        assert_eq!(c.settle(d, Some(4), soon, seen), None);
+        assert_eq!(c.settle(d, Some(4), soon, seen), Some(Freshness::Replayed));
         // Bounded: the oldest make room.
         for i in 0..(MAX_COPIES as u32 + 10) {
             let mut k = [0u8; 32];
             k[..4].copy_from_slice(&i.to_le_bytes());
-            c.taken(k, Some(1), t0 + Duration::from_micros(i as u64));
+            c.settle(k, Some(1), t0 + Duration::from_micros(i as u64), fresh);
         }
         assert!(c.taken.lock().unwrap().len() <= MAX_COPIES);
     }
