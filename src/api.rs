@@ -10,20 +10,20 @@ use crate::manifest::Category;
 #[serde(rename_all = "lowercase")]
 pub enum FoundVia {
     Multicast,
-    Broadcast,
     Mdns,
     Tracker,
     Manual,
+    Broadcast,
 }
 
 impl std::fmt::Display for FoundVia {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             FoundVia::Multicast => "multicast",
-            FoundVia::Broadcast => "broadcast",
             FoundVia::Mdns => "mdns",
             FoundVia::Tracker => "tracker",
             FoundVia::Manual => "manual",
+            FoundVia::Broadcast => "broadcast",
         })
     }
 }

@@ -461,3 +461,27 @@ fn no_broadcast_sends_none_and_no_multicast_keeps_it() {
     assert!(!broadcasts.is_empty(), "no broadcast captured");
     assert!(to_group.is_empty(), "--no-multicast sent {to_group:#?}");
 }
+
+/// Figures for the closing note, not a check: the idle UDP datagrams per
+/// second per node with every path on (multicast, broadcast, mDNS), with
+/// LANSHARE_NODES nodes on one bridge (default 10; bounded to 2..=40).
+/// `sudo cargo test --release --test netns -- broadcast::idle_rate_figures --ignored --nocapture`
+#[test]
+#[ignore]
+fn idle_rate_figures() {
+    let n: usize = std::env::var("LANSHARE_NODES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10)
+        .clamp(2, 40);
+    let Some(on) = quiet_lan(n, &[], Duration::from_secs(10)) else {
+        return;
+    };
+    let mean = on.rate.iter().sum::<f64>() / n as f64;
+    let max = on.rate.iter().cloned().fold(0.0, f64::max);
+    eprintln!(
+        "{n} nodes, 1 s interval, all paths on: {mean:.2} UDP datagrams/s per node idle (max {max:.2}); replayed {}, path duplicates {}",
+        on.replayed, on.path_duplicates
+    );
+    assert_eq!(on.replayed, 0);
+}
