@@ -144,6 +144,7 @@ async fn up(args: crate::cli::UpArgs) -> anyhow::Result<ExitCode> {
     let group = cfg.group;
     let group6 = cfg.group6;
     let multicast = cfg.multicast;
+    let broadcast = if cfg.broadcast { "on" } else { "off" };
     let swarm = if cfg.swarm.is_private() {
         "private swarm (key given), "
     } else {
@@ -157,6 +158,7 @@ async fn up(args: crate::cli::UpArgs) -> anyhow::Result<ExitCode> {
         } else {
             format!("multicast {group} / {group6} on {}", s.links.join(", "))
         };
+        let disc = format!("{disc}, broadcast {broadcast}");
         let ui = s.ui.map(|a| format!(", dashboard http://{a}/")).unwrap_or_default();
         println!(
             "lanshare node {name:?} ({}) up: {swarm}home {}, listening on {}, {disc}{ui}. Ctrl-C stops it.",
