@@ -13,6 +13,7 @@ pub enum FoundVia {
     Mdns,
     Tracker,
     Manual,
+    Broadcast,
 }
 
 impl std::fmt::Display for FoundVia {
@@ -22,6 +23,7 @@ impl std::fmt::Display for FoundVia {
             FoundVia::Mdns => "mdns",
             FoundVia::Tracker => "tracker",
             FoundVia::Manual => "manual",
+            FoundVia::Broadcast => "broadcast",
         })
     }
 }
@@ -101,8 +103,31 @@ pub struct NodeStatus {
     /// Datagrams dropped unchecked over a source's signature-check budget.
     #[serde(default)]
     pub throttled_datagrams: u64,
+    /// Discovery datagrams sent since start (one per path and link).
+    #[serde(default)]
+    pub datagrams_sent: u64,
+    /// Signed datagrams from peers received since start, by path.
+    #[serde(default)]
+    pub datagrams_received: DatagramsByPath,
+    /// Copies of a datagram heard again by another path or link (multicast
+    /// and broadcast, two interfaces), dropped as expected.
+    #[serde(default)]
+    pub path_duplicate_datagrams: u64,
     /// The web dashboard's URL, when it runs.
     pub ui: Option<String>,
+}
+
+/// Signed datagrams from peers, by the path they came by.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DatagramsByPath {
+    pub multicast4: u64,
+    pub multicast6: u64,
+    pub broadcast: u64,
+    /// Sent to this node's own address.
+    pub unicast: u64,
+    /// IPv4 where the system does not say the destination (builds without
+    /// packet info): multicast or broadcast.
+    pub ipv4_unclassified: u64,
 }
 
 /// What a fetch reports while it runs.

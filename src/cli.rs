@@ -156,9 +156,12 @@ pub struct UpArgs {
     /// Most memory spent on contents remembered from all peers together, in bytes (suffixes K, M, G: KiB, MiB, GiB); a peer whose inventory would pass it is listed without its contents.
     #[arg(long, value_name = "BYTES", default_value = "128M", value_parser = parse_bytes)]
     pub max_remote_bytes: usize,
-    /// Do not announce or listen on UDP multicast.
+    /// Do not announce or listen on UDP multicast (IPv4 and IPv6); broadcast stays on unless --no-broadcast.
     #[arg(long)]
     pub no_multicast: bool,
+    /// Do not announce or listen on IPv4 broadcast (the same announcements, sent to each interface's broadcast address on the --group port, for networks that drop multicast); multicast stays on unless --no-multicast.
+    #[arg(long)]
+    pub no_broadcast: bool,
     /// Do not register or browse mDNS (DNS-SD) services.
     #[arg(long)]
     pub no_mdns: bool,
@@ -297,6 +300,7 @@ impl UpArgs {
         cfg.announce_interval = self.announce_interval;
         cfg.scan_interval = self.scan_interval;
         cfg.multicast = !self.no_multicast;
+        cfg.broadcast = !self.no_broadcast;
         cfg.mdns = !self.no_mdns;
         cfg.peers = self.peers;
         cfg.trackers = self.trackers;

@@ -92,9 +92,24 @@ fn print_status(status: &NodeStatus) {
         status.throttled_datagrams
     );
     println!(
-        "sent      {} of discovery datagrams, {} of inventory pages",
+        "sent      {} discovery datagrams ({}), {} of inventory pages",
+        status.datagrams_sent,
         human_bytes(status.discovery_bytes_sent as f64),
         human_bytes(status.inventory_bytes_served as f64)
+    );
+    let r = &status.datagrams_received;
+    println!(
+        "heard     {} by IPv4 multicast, {} by IPv6 multicast, {} by broadcast, {} unicast{}; {} copies by a second path",
+        r.multicast4,
+        r.multicast6,
+        r.broadcast,
+        r.unicast,
+        if r.ipv4_unclassified > 0 {
+            format!(", {} by IPv4 multicast or broadcast", r.ipv4_unclassified)
+        } else {
+            String::new()
+        },
+        status.path_duplicate_datagrams
     );
 }
 
@@ -129,6 +144,7 @@ async fn up(args: crate::cli::UpArgs) -> anyhow::Result<ExitCode> {
     let group = cfg.group;
     let group6 = cfg.group6;
     let multicast = cfg.multicast;
+    let broadcast = if cfg.broadcast { "on" } else { "off" };
     let swarm = if cfg.swarm.is_private() {
         "private swarm (key given), "
     } else {
@@ -142,6 +158,7 @@ async fn up(args: crate::cli::UpArgs) -> anyhow::Result<ExitCode> {
         } else {
             format!("multicast {group} / {group6} on {}", s.links.join(", "))
         };
+        let disc = format!("{disc}, broadcast {broadcast}");
         let ui = s.ui.map(|a| format!(", dashboard http://{a}/")).unwrap_or_default();
         println!(
             "lanshare node {name:?} ({}) up: {swarm}home {}, listening on {}, {disc}{ui}. Ctrl-C stops it.",

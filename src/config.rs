@@ -42,6 +42,9 @@ pub struct NodeConfig {
     pub group6: Ipv6Addr,
     pub announce_interval: Duration,
     pub multicast: bool,
+    /// IPv4 broadcast beside multicast (`--no-broadcast` turns it off;
+    /// independent of `--no-multicast`).
+    pub broadcast: bool,
     pub mdns: bool,
     /// `HOST:PORT` of peers no discovery reaches.
     pub peers: Vec<String>,
@@ -91,6 +94,7 @@ impl NodeConfig {
             group6: crate::discovery::DEFAULT_GROUP6,
             announce_interval: DEFAULT_ANNOUNCE_INTERVAL,
             multicast: true,
+            broadcast: true,
             mdns: true,
             peers: Vec::new(),
             trackers: Vec::new(),

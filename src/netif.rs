@@ -8,6 +8,11 @@
 //! [`DEFAULT_EXCLUDES`] or `--exclude-interface`; `--interface` (an address
 //! or an interface name, repeatable) restricts it. Interfaces are listed
 //! again every few seconds, so links follow interfaces that come and go.
+//!
+//! An IPv4 link also says where discovery broadcasts on it
+//! ([`Link::V4`]'s `broadcast`): the interface's broadcast address, or the
+//! limited broadcast 255.255.255.255 when a broadcast-capable interface has
+//! none; never anything on a loopback or point-to-point interface.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -23,19 +28,50 @@ pub const DEFAULT_EXCLUDES: &[&str] = &[
 pub struct Iface {
     pub name: String,
     pub index: u32,
-    pub v4: Vec<Ipv4Addr>,
+    pub v4: Vec<V4Addr>,
     /// IPv6 addresses, link-local ones included.
     pub v6: Vec<Ipv6Addr>,
     pub loopback: bool,
     pub up: bool,
     pub multicast: bool,
+    /// Broadcast-capable (IFF_BROADCAST): not loopback, not point-to-point.
+    pub broadcast: bool,
+}
+
+/// One IPv4 address of an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct V4Addr {
+    pub addr: Ipv4Addr,
+    /// The subnet's broadcast address, when the system has one for it.
+    pub broadcast: Option<Ipv4Addr>,
+}
+
+impl V4Addr {
+    pub fn new(addr: Ipv4Addr) -> Self {
+        V4Addr {
+            addr,
+            broadcast: None,
+        }
+    }
 }
 
 /// One interface in one family, as discovery uses it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Link {
-    V4 { name: String, addr: Ipv4Addr },
-    V6 { name: String, index: u32 },
+    V4 {
+        name: String,
+        addr: Ipv4Addr,
+        /// The interface index (what a received datagram's packet info
+        /// names).
+        index: u32,
+        /// Where discovery broadcasts on this link; None on a loopback or
+        /// point-to-point interface, where it never does.
+        broadcast: Option<Ipv4Addr>,
+    },
+    V6 {
+        name: String,
+        index: u32,
+    },
 }
 
 impl Link {
@@ -44,12 +80,33 @@ impl Link {
             Link::V4 { name, .. } | Link::V6 { name, .. } => name,
         }
     }
+
+    /// The interface index.
+    pub fn index(&self) -> u32 {
+        match self {
+            Link::V4 { index, .. } | Link::V6 { index, .. } => *index,
+        }
+    }
+}
+
+/// Where discovery broadcasts on interface `i` from its address `a`: the
+/// subnet's broadcast address, or 255.255.255.255 when the system gives
+/// none (a broadcast-capable interface whose address was set without
+/// one); never on loopback or a point-to-point interface.
+pub fn broadcast_of(i: &Iface, a: &V4Addr) -> Option<Ipv4Addr> {
+    if i.loopback || !i.broadcast || a.addr.is_loopback() {
+        return None;
+    }
+    let directed = a
+        .broadcast
+        .filter(|b| !b.is_unspecified() && *b != a.addr && !b.is_multicast());
+    Some(directed.unwrap_or(Ipv4Addr::BROADCAST))
 }
 
 impl std::fmt::Display for Link {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Link::V4 { name, addr } => write!(f, "{name} ({addr})"),
+            Link::V4 { name, addr, .. } => write!(f, "{name} ({addr})"),
             Link::V6 { name, .. } => write!(f, "{name} (IPv6)"),
         }
     }
@@ -106,9 +163,11 @@ impl Selection {
     pub fn links(&self, ifaces: &[Iface]) -> BTreeSet<Link> {
         let mut out = BTreeSet::new();
         for i in ifaces.iter().filter(|i| i.up) {
-            let v4 = |addr: Ipv4Addr| Link::V4 {
+            let v4 = |a: &V4Addr| Link::V4 {
                 name: i.name.clone(),
-                addr,
+                addr: a.addr,
+                index: i.index,
+                broadcast: broadcast_of(i, a),
             };
             let v6 = || Link::V6 {
                 name: i.name.clone(),
@@ -119,7 +178,7 @@ impl Selection {
                     continue;
                 }
                 if let Some(a) = i.v4.first() {
-                    out.insert(v4(*a));
+                    out.insert(v4(a));
                 }
                 if !i.v6.is_empty() {
                     out.insert(v6());
@@ -130,14 +189,16 @@ impl Selection {
                 match spec {
                     IfaceSpec::Name(n) if *n == i.name => {
                         if let Some(a) = i.v4.first() {
-                            out.insert(v4(*a));
+                            out.insert(v4(a));
                         }
                         if !i.v6.is_empty() && i.multicast {
                             out.insert(v6());
                         }
                     }
-                    IfaceSpec::Addr(IpAddr::V4(a)) if i.v4.contains(a) => {
-                        out.insert(v4(*a));
+                    IfaceSpec::Addr(IpAddr::V4(a)) => {
+                        if let Some(a) = i.v4.iter().find(|v| v.addr == *a) {
+                            out.insert(v4(a));
+                        }
                     }
                     IfaceSpec::Addr(IpAddr::V6(a)) if i.v6.contains(a) => {
                         out.insert(v6());
@@ -164,7 +225,7 @@ impl Selection {
             .filter(|spec| {
                 !ifaces.iter().any(|i| match spec {
                     IfaceSpec::Name(n) => *n == i.name,
-                    IfaceSpec::Addr(IpAddr::V4(a)) => i.v4.contains(a),
+                    IfaceSpec::Addr(IpAddr::V4(a)) => i.v4.iter().any(|v| v.addr == *a),
                     IfaceSpec::Addr(IpAddr::V6(a)) => i.v6.contains(a),
                 })
             })
@@ -194,22 +255,26 @@ pub fn list() -> Vec<Iface> {
         let idx = match out.iter().position(|i| i.name == a.name) {
             Some(i) => i,
             None => {
-                let (up, multicast) = flags(&a.name, a.is_oper_up());
+                let f = flags(&a, a.is_oper_up());
                 out.push(Iface {
                     index: a.index.unwrap_or(0),
                     name: a.name.clone(),
                     v4: Vec::new(),
                     v6: Vec::new(),
                     loopback: a.is_loopback(),
-                    up,
-                    multicast,
+                    up: f.up,
+                    multicast: f.multicast,
+                    broadcast: f.broadcast,
                 });
                 out.len() - 1
             }
         };
-        match a.ip() {
-            IpAddr::V4(v4) => out[idx].v4.push(v4),
-            IpAddr::V6(v6) => out[idx].v6.push(v6),
+        match &a.addr {
+            if_addrs::IfAddr::V4(v4) => out[idx].v4.push(V4Addr {
+                addr: v4.ip,
+                broadcast: v4.broadcast,
+            }),
+            if_addrs::IfAddr::V6(v6) => out[idx].v6.push(v6.ip),
         }
     }
     out
@@ -259,13 +324,20 @@ pub fn addresses(links: &BTreeSet<Link>) -> Vec<IpAddr> {
     out
 }
 
-/// (up, multicast-capable): the system's flags where it says them
-/// ([`crate::platform::link_flags`]), else the operational state and
-/// multicast assumed.
-fn flags(name: &str, oper_up: bool) -> (bool, bool) {
-    match crate::platform::link_flags(name) {
-        Some(f) => (f.up && oper_up, f.multicast),
-        None => (oper_up, true),
+/// The system's flags where it says them ([`crate::platform::link_flags`]),
+/// else the operational state, multicast assumed, and broadcast unless the
+/// interface is loopback or point-to-point.
+fn flags(a: &if_addrs::Interface, oper_up: bool) -> crate::platform::LinkFlags {
+    match crate::platform::link_flags(&a.name) {
+        Some(f) => crate::platform::LinkFlags {
+            up: f.up && oper_up,
+            ..f
+        },
+        None => crate::platform::LinkFlags {
+            up: oper_up,
+            multicast: true,
+            broadcast: !a.is_loopback() && !a.is_p2p,
+        },
     }
 }
 
@@ -277,7 +349,16 @@ mod tests {
         Iface {
             name: name.into(),
             index,
-            v4: v4.iter().map(|a| a.parse().unwrap()).collect(),
+            v4: v4
+                .iter()
+                .map(|a| {
+                    let addr: Ipv4Addr = a.parse().unwrap();
+                    let [x, y, z, _] = addr.octets();
+                    // eth0's address has a broadcast address; the others none.
+                    let broadcast = (name == "eth0").then(|| Ipv4Addr::new(x, y, z, 255));
+                    V4Addr { addr, broadcast }
+                })
+                .collect(),
             v6: if v6 {
                 vec![format!("fe80::{index}").parse().unwrap()]
             } else {
@@ -286,6 +367,7 @@ mod tests {
             loopback: name == "lo",
             up: true,
             multicast: name != "lo",
+            broadcast: name != "lo" && name != "tun0",
         }
     }
 
@@ -334,11 +416,15 @@ mod tests {
             vec![
                 Link::V4 {
                     name: "docker0".into(),
-                    addr: "172.17.0.1".parse().unwrap()
+                    addr: "172.17.0.1".parse().unwrap(),
+                    index: 4,
+                    broadcast: Some(Ipv4Addr::BROADCAST),
                 },
                 Link::V4 {
                     name: "lo".into(),
-                    addr: Ipv4Addr::LOCALHOST
+                    addr: Ipv4Addr::LOCALHOST,
+                    index: 1,
+                    broadcast: None,
                 },
                 Link::V6 {
                     name: "docker0".into(),
@@ -357,6 +443,47 @@ mod tests {
         };
         assert!(sel.links(&machine()).is_empty());
         assert_eq!(sel.unmatched(&machine()).len(), 1);
+    }
+
+    /// The subnet's broadcast address where the system gives one, the
+    /// limited one where it does not, and nothing on loopback (even when
+    /// named with --interface) or a point-to-point link.
+    #[test]
+    fn where_each_link_broadcasts() {
+        let sel = Selection {
+            only: vec![
+                "lo".parse().unwrap(),
+                "eth0".parse().unwrap(),
+                "docker0".parse().unwrap(),
+                "tun0".parse().unwrap(),
+            ],
+            exclude: vec![],
+        };
+        let by_name: Vec<(String, Option<Ipv4Addr>)> = sel
+            .links(&machine())
+            .into_iter()
+            .filter_map(|l| match l {
+                Link::V4 {
+                    name, broadcast, ..
+                } => Some((name, broadcast)),
+                Link::V6 { .. } => None,
+            })
+            .collect();
+        assert_eq!(
+            by_name,
+            [
+                ("docker0".to_string(), Some(Ipv4Addr::BROADCAST)),
+                ("eth0".to_string(), Some(Ipv4Addr::new(10, 0, 0, 255))),
+                ("lo".to_string(), None),
+                ("tun0".to_string(), None),
+            ]
+        );
+        // A loopback address on a broadcast-capable interface: still none.
+        let odd = Iface {
+            v4: vec![V4Addr::new(Ipv4Addr::LOCALHOST)],
+            ..iface("eth1", 9, &[], false)
+        };
+        assert_eq!(broadcast_of(&odd, &odd.v4[0]), None);
     }
 
     #[test]

@@ -140,7 +140,7 @@ pub async fn bind(cfg: NodeConfig) -> anyhow::Result<Bound> {
         dict: dict.clone(),
         stats: stats.clone(),
     };
-    let disc = if cfg.multicast {
+    let disc = if cfg.multicast || cfg.broadcast {
         Some(bind_discovery(&cfg, ctx.clone(), &links)?)
     } else {
         None
@@ -236,15 +236,25 @@ fn bind_discovery(
     links: &Links,
 ) -> anyhow::Result<Arc<Discovery>> {
     let recv4 = discovery::recv_socket(false, cfg.group.port())?;
-    let recv6 = match discovery::recv_socket(true, cfg.group.port()) {
-        Ok(s) => Some(s),
-        Err(e) => {
+    // Broadcast is IPv4 only: no IPv6 socket without multicast.
+    let recv6 = match cfg
+        .multicast
+        .then(|| discovery::recv_socket(true, cfg.group.port()))
+    {
+        None => None,
+        Some(Ok(s)) => Some(s),
+        Some(Err(e)) => {
             tracing::warn!(error = %e, "no IPv6 multicast discovery");
             None
         }
     };
+    let paths = discovery::Paths {
+        multicast: cfg.multicast,
+        broadcast: cfg.broadcast,
+    };
     let d = Discovery::new(
         ctx,
+        paths,
         cfg.group,
         std::net::SocketAddrV6::new(cfg.group6, cfg.group.port(), 0, 0),
         Some(recv4),
@@ -594,6 +604,7 @@ mod tests {
         let mut cfg = NodeConfig::new(home.to_path_buf());
         cfg.listen = Some("127.0.0.1:0".parse().unwrap());
         cfg.multicast = false;
+        cfg.broadcast = false;
         cfg.mdns = false;
         cfg.interfaces = vec![crate::netif::IfaceSpec::Addr(Ipv4Addr::LOCALHOST.into())];
         cfg

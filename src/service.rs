@@ -150,6 +150,9 @@ impl Service {
             foreign_datagrams: self.stats.get(Counter::ForeignDatagrams),
             bad_signature_datagrams: self.stats.get(Counter::BadSignatureDatagrams),
             throttled_datagrams: self.stats.get(Counter::ThrottledDatagrams),
+            datagrams_sent: self.stats.get(Counter::DatagramsSent),
+            datagrams_received: self.stats.by_path(),
+            path_duplicate_datagrams: self.stats.get(Counter::PathDuplicates),
             ui: self.ui.map(|a| format!("http://{a}/")),
         }
     }

@@ -1,5 +1,6 @@
 //! The node's counters, shown by `lanshare status`: what was dropped as
-//! malformed, forged, replayed or foreign, and what discovery cost. Written by the tasks that see the
+//! malformed, forged, replayed or foreign, what discovery cost, and the
+//! datagrams heard from peers by each path (multicast, broadcast). Written by the tasks that see the
 //! events (listeners, mDNS browser, announcer, peer server), read by the
 //! status view, and the registry of transfers in progress. Only
 //! bookkeeping: never a decision depends on them.
@@ -18,7 +19,8 @@ pub enum Counter {
     /// Bytes of inventory pages this node served to peers.
     InventoryBytesServed,
     /// Signed datagrams (and mDNS blobs) seen before, or older than the
-    /// replay window: a replay, or one datagram heard on several links.
+    /// replay window: a replay (a copy heard again by another path or
+    /// link soon after is a [`Counter::PathDuplicates`] instead).
     ReplayedDatagrams,
     /// Datagrams and mDNS records from another swarm: sealed under another
     /// key, sealed at an open node, or plain at a private one.
@@ -29,9 +31,27 @@ pub enum Counter {
     /// Datagrams dropped unchecked: their source spent its budget of
     /// signature checks.
     ThrottledDatagrams,
+    /// Discovery datagrams this node sent (one per path and link).
+    DatagramsSent,
+    /// Signed datagrams from peers received by IPv4 multicast (path
+    /// duplicates included, as below).
+    ReceivedMulticast4,
+    /// ... by IPv6 multicast.
+    ReceivedMulticast6,
+    /// ... by IPv4 broadcast.
+    ReceivedBroadcast,
+    /// ... sent to this node's own address.
+    ReceivedUnicast,
+    /// ... by IPv4 where the system does not say the destination (the
+    /// portable build): multicast or broadcast.
+    ReceivedIpv4Unclassified,
+    /// Copies of a datagram already taken, heard soon after by another
+    /// path or link (multicast and broadcast, two interfaces, IPv4 and
+    /// IPv6): expected, dropped without a signature check.
+    PathDuplicates,
 }
 
-const COUNTERS: usize = 8;
+const COUNTERS: usize = 15;
 
 /// The node's counters; cheap to share behind an `Arc`.
 #[derive(Debug, Default)]
@@ -78,6 +98,17 @@ impl Stats {
 
     pub fn get(&self, counter: Counter) -> u64 {
         self.counters[counter as usize].load(Ordering::Relaxed)
+    }
+
+    /// The datagrams received from peers, by path.
+    pub fn by_path(&self) -> crate::api::DatagramsByPath {
+        crate::api::DatagramsByPath {
+            multicast4: self.get(Counter::ReceivedMulticast4),
+            multicast6: self.get(Counter::ReceivedMulticast6),
+            broadcast: self.get(Counter::ReceivedBroadcast),
+            unicast: self.get(Counter::ReceivedUnicast),
+            ipv4_unclassified: self.get(Counter::ReceivedIpv4Unclassified),
+        }
     }
 }
 

@@ -7,6 +7,8 @@
 
 mod harness;
 
+#[path = "netns/broadcast.rs"]
+mod broadcast;
 #[path = "netns/discovery.rs"]
 mod discovery;
 #[path = "netns/private.rs"]

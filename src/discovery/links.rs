@@ -1,8 +1,9 @@
 //! Following the link set: the interface watcher ([`crate::netif`])
 //! publishes it in a `watch` channel, and every discovery path that binds
 //! to interfaces (multicast, mDNS) follows it through [`follow_links`].
-//! Also multicast's own part: joining the group on new links and leaving
-//! vanished ones ([`Discovery::set_links`]).
+//! Also datagram discovery's own part: joining the group and opening a
+//! sending socket on new links, leaving vanished ones
+//! ([`Discovery::set_links`]).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::sockets::{send_socket, sock_err};
+use super::sockets::{Broadcasts, send_socket, sock_err};
 use super::{Discovery, DiscoveryError};
 use crate::netif::Link;
 
@@ -29,8 +30,9 @@ pub async fn follow_links<F: Future<Output = ()>>(
 }
 
 impl Discovery {
-    /// Joins the group on `links` not yet joined and leaves the others.
-    /// Returns the links that failed, with why.
+    /// Joins the group (multicast) and opens a sending socket on `links`
+    /// not yet used, and leaves the others. Returns the links that failed,
+    /// with why.
     pub fn set_links(&self, links: &BTreeSet<Link>) -> Vec<(Link, DiscoveryError)> {
         let mut senders = self.senders.lock().expect("senders lock");
         let gone: Vec<Link> = senders
@@ -41,7 +43,7 @@ impl Discovery {
         for l in gone {
             senders.remove(&l);
             self.leave(&l);
-            tracing::info!(link = %l, "multicast discovery left an interface");
+            tracing::info!(link = %l, "discovery left an interface");
         }
         let mut failed = Vec::new();
         let mut added = false;
@@ -49,7 +51,8 @@ impl Discovery {
         for l in new {
             match self.join(l) {
                 Some(Ok(s)) => {
-                    tracing::info!(link = %l, "multicast discovery on an interface");
+                    let paths = self.link_paths(l);
+                    tracing::info!(link = %l, paths, "discovery on an interface");
                     senders.insert(l.clone(), Arc::new(s));
                     added = true;
                 }
@@ -64,10 +67,42 @@ impl Discovery {
         failed
     }
 
-    /// Joins the group on `l` and opens its sending socket; `None` when
-    /// there is no receiving socket of its family.
+    /// The paths discovery takes on `l`, for the log.
+    fn link_paths(&self, l: &Link) -> &'static str {
+        let broadcast = self.paths.broadcast
+            && matches!(
+                l,
+                Link::V4 {
+                    broadcast: Some(_),
+                    ..
+                }
+            );
+        match (self.paths.multicast, broadcast) {
+            (true, true) => "multicast, broadcast",
+            (true, false) => "multicast",
+            (false, true) => "broadcast",
+            (false, false) => "none",
+        }
+    }
+
+    /// Joins the group on `l` (multicast on) and opens its sending socket
+    /// (with SO_BROADCAST where it broadcasts); `None` when there is no
+    /// receiving socket of its family or no path to take on it.
     fn join(&self, l: &Link) -> Option<Result<tokio::net::UdpSocket, DiscoveryError>> {
+        let broadcasts = match l {
+            Link::V4 { broadcast, .. } if self.paths.broadcast && broadcast.is_some() => {
+                Broadcasts::Yes
+            }
+            _ => Broadcasts::No,
+        };
+        if !self.paths.multicast && broadcasts == Broadcasts::No {
+            return None;
+        }
         let joined = match l {
+            Link::V4 { .. } if !self.paths.multicast => {
+                self.recv4.as_ref()?;
+                Ok(())
+            }
             Link::V4 { addr, .. } => self
                 .recv4
                 .as_ref()?
@@ -79,11 +114,14 @@ impl Discovery {
                 .join_multicast_v6(self.group6.ip(), *index)
                 .map_err(sock_err(format!("group {} on {l}", self.group6.ip()))),
         };
-        Some(joined.and_then(|()| send_socket(l)))
+        Some(joined.and_then(|()| send_socket(l, broadcasts)))
     }
 
     /// Leaves the group on `l` (best effort: the link may be gone).
     fn leave(&self, l: &Link) {
+        if !self.paths.multicast {
+            return;
+        }
         let _ = match l {
             Link::V4 { addr, .. } => self
                 .recv4

@@ -1,4 +1,5 @@
-//! Multicast discovery over IPv4 and IPv6: announces this node's inventory
+//! Datagram discovery: IPv4 and IPv6 multicast, and IPv4 broadcast beside
+//! it for networks that drop multicast. Announces this node's inventory
 //! digest, answers newcomers' queries, says goodbye, and listens to
 //! everyone else. Reads the published inventory through a `watch`
 //! receiver (never the store); writes only to the dictionary and the
@@ -14,11 +15,21 @@
 //! [`crate::netif`] watcher publishes the set, and [`Discovery::links`]
 //! joins new ones (announcing on them at once) and leaves vanished ones.
 //!
+//! Broadcast ([`Paths`]): every datagram sent to the group on an IPv4 link
+//! is also sent, the same bytes in the same tick, to the link's broadcast
+//! address (its [`Link::V4`] `broadcast`; never on loopback) and the group
+//! port, from the link's sending socket (SO_BROADCAST). The IPv4 receiving
+//! socket hears broadcasts to the port; each datagram's path comes from
+//! its packet info ([`path::Route`]), and a broadcast is heard only on a
+//! link that broadcasts. The copy heard second is a path duplicate
+//! ([`receive::Gate`]), so a peer on both paths is one peer, pulled once.
+//!
 //! Every datagram is signed by this node's key, and sealed with the swarm
 //! key in a private swarm ([`receive::wrap`]); what arrives is acted on only
 //! when signed by the node it names and fresh ([`receive::Gate`]).
 
 mod links;
+pub mod path;
 pub mod receive;
 pub mod replay;
 mod sockets;
@@ -38,13 +49,13 @@ use crate::task::Tasks;
 pub use links::follow_links;
 pub use sockets::{DiscoveryError, recv_socket, send_socket};
 
-use crate::api::FoundVia;
 use crate::dict::{Dict, Sighting};
 use crate::id::NodeId;
 use crate::inventory::Inventory;
 use crate::netif::Link;
 use crate::stats::{Counter, Stats};
 use crate::wire::datagram::{Announce, Datagram, MAX_DATAGRAM};
+use path::{Path, Route};
 use receive::{Admitted, Gate};
 
 /// Announcements triggered by a change are at least this far apart.
@@ -79,13 +90,24 @@ pub struct Context {
     pub stats: Arc<Stats>,
 }
 
+/// Which datagram paths discovery takes (`--no-multicast`,
+/// `--no-broadcast`); each is on or off by itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Paths {
+    /// IPv4 and IPv6 multicast to the groups.
+    pub multicast: bool,
+    /// IPv4 broadcast to the group port.
+    pub broadcast: bool,
+}
+
 pub struct Discovery {
     ctx: Context,
+    paths: Paths,
     group4: SocketAddrV4,
     group6: SocketAddrV6,
     recv4: Option<Arc<UdpSocket>>,
     recv6: Option<Arc<UdpSocket>>,
-    /// One sending socket per link.
+    /// One sending socket per link discovery sends on.
     senders: Mutex<BTreeMap<Link, Arc<UdpSocket>>>,
     /// Poked to announce now (a query was answered, a link appeared).
     announce_now: Notify,
@@ -95,12 +117,13 @@ pub struct Discovery {
 }
 
 impl Discovery {
-    /// Multicast discovery on `group4` and `group6` (its scope id is set
-    /// per link), receiving on the sockets of [`recv_socket`] (without an
-    /// IPv6 one, over IPv4 only). It joins no link until
-    /// [`Discovery::set_links`].
+    /// Discovery by `paths` on `group4` and `group6` (its scope id is set
+    /// per link; broadcasts go to `group4`'s port), receiving on the
+    /// sockets of [`recv_socket`] (without an IPv6 one, over IPv4 only).
+    /// It joins no link until [`Discovery::set_links`].
     pub fn new(
         ctx: Context,
+        paths: Paths,
         group4: SocketAddrV4,
         group6: SocketAddrV6,
         recv4: Option<UdpSocket>,
@@ -108,6 +131,7 @@ impl Discovery {
     ) -> Arc<Self> {
         Arc::new(Discovery {
             ctx,
+            paths,
             group4,
             group6,
             recv4: recv4.map(Arc::new),
@@ -131,8 +155,32 @@ impl Discovery {
         })
     }
 
+    /// Where a datagram goes on `link`: the group, then the broadcast
+    /// address, as the paths are on.
+    fn targets(&self, link: &Link) -> Vec<SocketAddr> {
+        let mut to = Vec::with_capacity(2);
+        match link {
+            Link::V4 { broadcast, .. } => {
+                if self.paths.multicast {
+                    to.push(self.group4.into());
+                }
+                if self.paths.broadcast
+                    && let Some(b) = broadcast
+                {
+                    to.push(SocketAddrV4::new(*b, self.group4.port()).into());
+                }
+            }
+            Link::V6 { index, .. } if self.paths.multicast => {
+                let g = SocketAddrV6::new(*self.group6.ip(), self.group6.port(), 0, *index);
+                to.push(g.into());
+            }
+            Link::V6 { .. } => {}
+        }
+        to
+    }
+
     async fn send_all(&self, d: &Datagram) {
-        // One encoding for every link: a multi-homed peer hears the same
+        // One encoding for every link and path: a peer hears the same
         // bytes (the same sequence number) on each, and keeps the first.
         let bytes = receive::wrap(d, &self.ctx, std::time::SystemTime::now());
         let senders: Vec<(Link, Arc<UdpSocket>)> = self
@@ -143,17 +191,25 @@ impl Discovery {
             .map(|(l, s)| (l.clone(), s.clone()))
             .collect();
         for (link, s) in senders {
-            let to: SocketAddr = match link {
-                Link::V4 { .. } => self.group4.into(),
-                Link::V6 { index, .. } => {
-                    SocketAddrV6::new(*self.group6.ip(), self.group6.port(), 0, index).into()
+            for to in self.targets(&link) {
+                match s.send_to(&bytes, to).await {
+                    Ok(n) => {
+                        self.ctx.stats.add(Counter::DiscoveryBytesSent, n as u64);
+                        self.ctx.stats.count(Counter::DatagramsSent);
+                    }
+                    Err(e) => tracing::debug!(%link, %to, error = %e, "cannot send datagram"),
                 }
-            };
-            match s.send_to(&bytes, to).await {
-                Ok(n) => self.ctx.stats.add(Counter::DiscoveryBytesSent, n as u64),
-                Err(e) => tracing::debug!(%link, error = %e, "cannot send datagram"),
             }
         }
+    }
+
+    /// Whether broadcasts arriving on interface `ifindex` are heard: only
+    /// on a link this node broadcasts on.
+    fn hears_broadcast_on(&self, ifindex: u32) -> bool {
+        self.paths.broadcast
+            && self.senders.lock().expect("senders lock").keys().any(
+                |l| matches!(l, Link::V4 { index, broadcast: Some(_), .. } if *index == ifindex),
+            )
     }
 
     /// Announces at start (with a query), periodically with jitter, soon
@@ -201,33 +257,47 @@ impl Discovery {
             return;
         };
         let mut buf = vec![0u8; MAX_DATAGRAM + 1];
-        while let Some(received) = tasks.until_cancelled(socket.recv_from(&mut buf)).await {
-            let (len, src) = match received {
-                Ok(x) => x,
+        while let Some(received) = tasks
+            .until_cancelled(crate::platform::recv_datagram(&socket, &mut buf))
+            .await
+        {
+            let r = match received {
+                Ok(r) => r,
                 Err(e) => {
-                    tracing::debug!(error = %e, "multicast receive failed");
+                    tracing::debug!(error = %e, "discovery receive failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             };
+            let route = Route::of(v6, r.info);
+            if route.path == Path::Broadcast && !self.hears_broadcast_on(route.ifindex) {
+                continue;
+            }
+            let (bytes, src) = (&buf[..r.len], r.src);
             let admitted = self
                 .gate
-                .admit(&self.ctx, &buf[..len], src.ip(), Instant::now());
+                .admit(&self.ctx, bytes, src.ip(), route, Instant::now());
+            if matches!(
+                admitted,
+                Admitted::Verified(_) | Admitted::FirstWord(_) | Admitted::PathCopy
+            ) {
+                self.ctx.stats.count(route.path.counter());
+            }
             match admitted {
-                Admitted::Verified(d) => self.handle(d, src, &tasks),
+                Admitted::Verified(d) => self.handle(d, src, route.path, &tasks),
                 // A goodbye with no replay window may be an old one
                 // replayed: the prober checks with a handshake instead.
                 Admitted::FirstWord(Datagram::Goodbye { node }) => {
                     self.ctx.dict.peers.claim_departure(node);
                 }
-                Admitted::FirstWord(d) => self.handle(d, src, &tasks),
-                Admitted::Own | Admitted::Dropped => {}
+                Admitted::FirstWord(d) => self.handle(d, src, route.path, &tasks),
+                Admitted::Own | Admitted::PathCopy | Admitted::Dropped => {}
             }
         }
     }
 
     /// Acts on a verified datagram (see [`Gate::admit`]).
-    fn handle(self: &Arc<Self>, d: Datagram, src: SocketAddr, tasks: &Tasks) {
+    fn handle(self: &Arc<Self>, d: Datagram, src: SocketAddr, path: Path, tasks: &Tasks) {
         match d {
             Datagram::Announce(a) => {
                 // The TCP server is at the datagram's source address (with
@@ -243,14 +313,15 @@ impl Discovery {
                 let interval = Duration::from_millis(a.interval_ms as u64)
                     .clamp(crate::dict::MIN_INTERVAL, crate::dict::MAX_INTERVAL);
                 let dict = &self.ctx.dict;
+                let via = path.found_via();
                 if !dict.peers.is_online(&a.node) {
-                    tracing::info!(peer = %format!("{}@{addr}", a.name), id = %a.node.short(), "peer found by multicast ✓");
+                    tracing::info!(peer = %format!("{}@{addr}", a.name), id = %a.node.short(), "peer found by {via} ✓");
                 }
                 let seen = Sighting {
                     id: a.node,
                     name: &a.name,
                     addr,
-                    via: FoundVia::Multicast,
+                    via,
                     interval,
                     digest: a.inventory_digest,
                     contents: a.contents,

@@ -3,9 +3,11 @@
 //! datagram key in a private swarm.
 //!
 //! Receive path ([`Gate::admit`]): open (private) or refuse sealed (open),
-//! decode, skip our own, spend the source's signature-check budget, check
-//! that the claimed id is the signing key's and the signature, then the
-//! sender's replay window. Whatever fails is counted ([`crate::stats`])
+//! decode, skip our own, drop a copy of a datagram taken moments ago by
+//! another path or link (a path duplicate: the same bytes, so no check is
+//! spent on it), spend the source's signature-check budget, check that the
+//! claimed id is the signing key's and the signature, then the sender's
+//! replay window. Whatever fails is counted ([`crate::stats`])
 //! and never takes effect. Owns those decisions; never touches the
 //! dictionary (the caller acts on what is admitted).
 
@@ -13,7 +15,8 @@ use std::net::IpAddr;
 use std::time::{Instant, SystemTime};
 
 use super::Context;
-use super::replay::{Budget, Freshness, ReplayTable, VerifyBudget, next_seq};
+use super::path::Route;
+use super::replay::{Budget, Copy, Freshness, PathCopies, ReplayTable, VerifyBudget, next_seq};
 use crate::stats::Counter;
 use crate::swarm::Mode;
 use crate::warn_once::WarnOnce;
@@ -46,6 +49,9 @@ pub enum Admitted {
     FirstWord(Datagram),
     /// Our own datagram, looped back.
     Own,
+    /// A copy of a datagram admitted moments ago, heard by another path or
+    /// link (counted as such).
+    PathCopy,
     /// Dropped (and counted).
     Dropped,
 }
@@ -55,13 +61,21 @@ pub enum Admitted {
 #[derive(Default)]
 pub struct Gate {
     replay: ReplayTable,
+    copies: PathCopies<Route>,
     budget: VerifyBudget,
     foreign: WarnOnce<IpAddr>,
 }
 
 impl Gate {
-    /// Checks `bytes` received from `src` at `now`.
-    pub fn admit(&self, ctx: &Context, bytes: &[u8], src: IpAddr, now: Instant) -> Admitted {
+    /// Checks `bytes` received from `src` by `route` at `now`.
+    pub fn admit(
+        &self,
+        ctx: &Context,
+        bytes: &[u8],
+        src: IpAddr,
+        route: Route,
+        now: Instant,
+    ) -> Admitted {
         let opened;
         let plain = match &ctx.mode {
             Mode::Open if datagram::is_sealed(bytes) => {
@@ -90,6 +104,12 @@ impl Gate {
         if signed.datagram.node() == ctx.node {
             return Admitted::Own;
         }
+        let digest = *blake3::hash(plain).as_bytes();
+        let route = route.known().then_some(route);
+        if self.copies.check(digest, route, now) == Copy::ByAnotherRoute {
+            ctx.stats.count(Counter::PathDuplicates);
+            return Admitted::PathCopy;
+        }
         if self.budget.spend(src, now) == Budget::Exhausted {
             ctx.stats.count(Counter::ThrottledDatagrams);
             return Admitted::Dropped;
@@ -98,11 +118,15 @@ impl Gate {
             Ok(node) => node,
             Err(e) => return self.drop(ctx, src, now, e),
         };
-        match self.replay.check(node, signed.seq, now) {
-            Freshness::Fresh => Admitted::Verified(signed.datagram),
-            Freshness::First => Admitted::FirstWord(signed.datagram),
-            Freshness::Replayed => {
-                // Also the same datagram heard on another link: quiet.
+        let replay = || self.replay.check(node, signed.seq, now);
+        match self.copies.settle(digest, route, now, replay) {
+            Some(Freshness::Fresh) => Admitted::Verified(signed.datagram),
+            Some(Freshness::First) => Admitted::FirstWord(signed.datagram),
+            None => {
+                ctx.stats.count(Counter::PathDuplicates);
+                Admitted::PathCopy
+            }
+            Some(Freshness::Replayed) => {
                 ctx.stats.count(Counter::ReplayedDatagrams);
                 tracing::trace!(peer = %node.short(), from = %src, seq = signed.seq, "dropped a replayed datagram");
                 Admitted::Dropped
@@ -134,6 +158,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::discovery::path::Path;
     use crate::identity::Identity;
     use crate::swarm::SwarmKey;
     use crate::wire::datagram::Announce;
@@ -160,6 +185,64 @@ mod tests {
     }
 
     const SRC: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 7));
+    const MCAST: Route = Route {
+        path: Path::Multicast4,
+        ifindex: 2,
+    };
+    const BCAST: Route = Route {
+        path: Path::Broadcast,
+        ifindex: 2,
+    };
+
+    /// The same datagram by multicast then broadcast (and on another
+    /// link) is taken once, the copies counted as path duplicates and not
+    /// as replays; the same copy again, or any copy later, is a replay.
+    #[test]
+    fn a_copy_by_another_path_is_no_replay() {
+        let me = ctx(Mode::Open);
+        let peer = ctx(Mode::Open);
+        let gate = Gate::default();
+        let t0 = Instant::now();
+        let bytes = wrap(&goodbye(&peer.identity), &peer, SystemTime::now());
+        assert!(matches!(
+            gate.admit(&me, &bytes, SRC, MCAST, t0),
+            Admitted::FirstWord(_)
+        ));
+        let soon = t0 + Duration::from_millis(3);
+        assert_eq!(
+            gate.admit(&me, &bytes, SRC, BCAST, soon),
+            Admitted::PathCopy
+        );
+        let other_link = Route {
+            ifindex: 3,
+            ..MCAST
+        };
+        assert_eq!(
+            gate.admit(&me, &bytes, SRC, other_link, soon),
+            Admitted::PathCopy
+        );
+        assert_eq!(me.stats.get(Counter::PathDuplicates), 2);
+        assert_eq!(me.stats.get(Counter::ReplayedDatagrams), 0);
+        // By a route it came by already: a replay.
+        assert_eq!(gate.admit(&me, &bytes, SRC, BCAST, soon), Admitted::Dropped);
+        assert_eq!(me.stats.get(Counter::ReplayedDatagrams), 1);
+        // Any copy after the window: a replay.
+        let late = t0 + super::super::replay::COPY_WINDOW;
+        let third = Route {
+            ifindex: 4,
+            ..BCAST
+        };
+        assert_eq!(gate.admit(&me, &bytes, SRC, third, late), Admitted::Dropped);
+        assert_eq!(me.stats.get(Counter::ReplayedDatagrams), 2);
+        // Another datagram claiming the peer, not the same bytes: checked.
+        let forged = goodbye(&peer.identity).sign(&Identity::generate(), u64::MAX);
+        assert_eq!(
+            gate.admit(&me, &forged, SRC, BCAST, soon),
+            Admitted::Dropped
+        );
+        assert_eq!(me.stats.get(Counter::BadSignatureDatagrams), 1);
+        assert_eq!(me.stats.get(Counter::PathDuplicates), 2);
+    }
 
     #[test]
     fn signed_is_admitted_once_forged_never() {
@@ -171,29 +254,32 @@ mod tests {
         // The first word from a sender: admitted, but a goodbye then is
         // only a claim (an old one may be replayed after its window went).
         assert_eq!(
-            gate.admit(&me, &bytes, SRC, now),
+            gate.admit(&me, &bytes, SRC, MCAST, now),
             Admitted::FirstWord(goodbye(&peer.identity))
         );
         // The same bytes again (a replay, or another link): dropped, counted.
-        assert_eq!(gate.admit(&me, &bytes, SRC, now), Admitted::Dropped);
+        assert_eq!(gate.admit(&me, &bytes, SRC, MCAST, now), Admitted::Dropped);
         assert_eq!(me.stats.get(Counter::ReplayedDatagrams), 1);
         // A later one is fresh.
         let later = wrap(&goodbye(&peer.identity), &peer, SystemTime::now());
         assert!(matches!(
-            gate.admit(&me, &later, SRC, now),
+            gate.admit(&me, &later, SRC, MCAST, now),
             Admitted::Verified(_)
         ));
         // The peer's id signed by another key, and the unsigned form.
         let forger = Identity::generate();
         let forged = goodbye(&peer.identity).sign(&forger, u64::MAX);
-        assert_eq!(gate.admit(&me, &forged, SRC, now), Admitted::Dropped);
+        assert_eq!(gate.admit(&me, &forged, SRC, MCAST, now), Admitted::Dropped);
         let unsigned = goodbye(&peer.identity).encode();
-        assert_eq!(gate.admit(&me, &unsigned, SRC, now), Admitted::Dropped);
+        assert_eq!(
+            gate.admit(&me, &unsigned, SRC, MCAST, now),
+            Admitted::Dropped
+        );
         assert_eq!(me.stats.get(Counter::BadSignatureDatagrams), 1);
         assert_eq!(me.stats.get(Counter::MalformedDatagrams), 1);
         // Our own, looped back.
         let own = wrap(&goodbye(&me.identity), &me, SystemTime::now());
-        assert_eq!(gate.admit(&me, &own, SRC, now), Admitted::Own);
+        assert_eq!(gate.admit(&me, &own, SRC, MCAST, now), Admitted::Own);
     }
 
     #[test]
@@ -219,15 +305,21 @@ mod tests {
             !sealed.windows(6).any(|w| w == b"member"),
             "the name is not in clear"
         );
-        assert_eq!(gate.admit(&me, &sealed, SRC, now), Admitted::FirstWord(a));
+        assert_eq!(
+            gate.admit(&me, &sealed, SRC, MCAST, now),
+            Admitted::FirstWord(a)
+        );
         for stranger in [&other, &open] {
             let bytes = wrap(&goodbye(&stranger.identity), stranger, SystemTime::now());
-            assert_eq!(gate.admit(&me, &bytes, SRC, now), Admitted::Dropped);
+            assert_eq!(gate.admit(&me, &bytes, SRC, MCAST, now), Admitted::Dropped);
         }
         assert_eq!(me.stats.get(Counter::ForeignDatagrams), 2);
         // And an open node ignores the members' sealed datagrams.
         let open_gate = Gate::default();
-        assert_eq!(open_gate.admit(&open, &sealed, SRC, now), Admitted::Dropped);
+        assert_eq!(
+            open_gate.admit(&open, &sealed, SRC, MCAST, now),
+            Admitted::Dropped
+        );
         assert_eq!(open.stats.get(Counter::ForeignDatagrams), 1);
     }
 
@@ -240,7 +332,7 @@ mod tests {
         let victim = Identity::generate();
         let forged = goodbye(&victim).sign(&forger, 1);
         for _ in 0..1000 {
-            gate.admit(&me, &forged, SRC, now);
+            gate.admit(&me, &forged, SRC, MCAST, now);
         }
         let checked = me.stats.get(Counter::BadSignatureDatagrams);
         assert!(
@@ -277,7 +369,7 @@ mod tests {
         let t = Instant::now();
         for b in &all {
             assert!(matches!(
-                gate.admit(&me, b, SRC, Instant::now()),
+                gate.admit(&me, b, SRC, MCAST, Instant::now()),
                 Admitted::Verified(_) | Admitted::FirstWord(_)
             ));
         }

@@ -1,8 +1,9 @@
 //! Freshness and cost bounds of signed datagrams: the sequence numbers this
 //! node signs ([`next_seq`]), the per-sender replay window
 //! ([`ReplayGuard`], RFC 6479 style, as WireGuard does) in a bounded table
-//! ([`ReplayTable`]), and the per-source budget of signature checks
-//! ([`VerifyBudget`]).
+//! ([`ReplayTable`]), the datagrams taken lately whose copies by another
+//! path are expected ([`PathCopies`]), and the per-source budget of
+//! signature checks ([`VerifyBudget`]).
 //!
 //! Owns: those decisions. Never touches the network, the dictionary or the
 //! clock: time is passed in.
@@ -27,6 +28,15 @@ pub const MAX_SENDERS: usize = crate::dict::MAX_PEERS;
 pub const VERIFY_PER_SEC: f64 = 200.0;
 /// Most source addresses whose budget is tracked.
 pub const MAX_SOURCES: usize = 1024;
+
+/// A datagram taken is expected again by another route (multicast and
+/// broadcast, another link or family) within this long: such a copy is a
+/// path duplicate, not a replay. The copies are sent back to back.
+pub const COPY_WINDOW: Duration = Duration::from_secs(2);
+/// Most datagrams remembered for spotting their copies.
+pub const MAX_COPIES: usize = 1024;
+/// Most routes remembered per datagram (two paths on four links).
+pub const MAX_ROUTES: usize = 8;
 
 pub use crate::identity::next_seq;
 
@@ -115,7 +125,7 @@ impl ReplayTable {
             }
             return fresh;
         }
-        make_room(&mut senders, self.max, now, |(_, heard)| *heard);
+        make_room(&mut senders, self.max, now, KEEP, |(_, heard)| *heard);
         senders.insert(node, (ReplayGuard::new(seq), now));
         Freshness::First
     }
@@ -129,18 +139,114 @@ impl ReplayTable {
     }
 }
 
+/// Whether a datagram is a copy of one taken lately.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Copy {
+    /// The same bytes as a datagram taken within [`COPY_WINDOW`], by a
+    /// route not heard for it yet (or an unknown one): expected.
+    ByAnotherRoute,
+    /// Not such a copy: check it as any datagram.
+    No,
+}
+
+/// The datagrams taken within [`COPY_WINDOW`] (by a digest of their
+/// bytes) and the routes `R` each was heard by; at most [`MAX_COPIES`].
+/// Only datagrams that passed every check are remembered, so their copies
+/// are dropped without spending a signature check.
+pub struct PathCopies<R> {
+    taken: Mutex<HashMap<[u8; 32], Taken<R>>>,
+}
+
+/// When a datagram was taken, and the routes it was heard by.
+type Taken<R> = (Instant, Vec<R>);
+
+impl<R> Default for PathCopies<R> {
+    fn default() -> Self {
+        PathCopies {
+            taken: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<R: PartialEq + std::marker::Copy> PathCopies<R> {
+    /// Runs the replay `check` of a verified datagram heard by `route`
+    /// (None: unknown) at `now`, and remembers it when fresh, atomically
+    /// with [`PathCopies::check`]: of two copies verified at once by two
+    /// listeners (IPv4 and IPv6), one is taken and the other is a copy,
+    /// never a replay. None: a copy by another route.
+    pub fn settle(
+        &self,
+        digest: [u8; 32],
+        route: Option<R>,
+        now: Instant,
+        check: impl FnOnce() -> Freshness,
+    ) -> Option<Freshness> {
+        let mut taken = self.taken.lock().expect("path copies lock");
+        match check() {
+            Freshness::Replayed => match copy_of(&mut taken, digest, route, now) {
+                Copy::ByAnotherRoute => None,
+                Copy::No => Some(Freshness::Replayed),
+            },
+            fresh => {
+                if !taken.contains_key(&digest) {
+                    make_room(&mut taken, MAX_COPIES, now, COPY_WINDOW, |(t, _)| *t);
+                }
+                taken.insert(digest, (now, route.into_iter().collect()));
+                Some(fresh)
+            }
+        }
+    }
+
+    /// Whether `digest` heard by `route` at `now` is a copy by another
+    /// route of a datagram taken lately; if so, that route is remembered.
+    /// A copy by a route it was heard by already is no path duplicate.
+    pub fn check(&self, digest: [u8; 32], route: Option<R>, now: Instant) -> Copy {
+        copy_of(
+            &mut self.taken.lock().expect("path copies lock"),
+            digest,
+            route,
+            now,
+        )
+    }
+}
+
+/// [`PathCopies::check`] on the locked map.
+fn copy_of<R: PartialEq + std::marker::Copy>(
+    taken: &mut HashMap<[u8; 32], Taken<R>>,
+    digest: [u8; 32],
+    route: Option<R>,
+    now: Instant,
+) -> Copy {
+    let Some((when, routes)) = taken.get_mut(&digest) else {
+        return Copy::No;
+    };
+    if now.saturating_duration_since(*when) >= COPY_WINDOW {
+        return Copy::No;
+    }
+    match route {
+        None => Copy::ByAnotherRoute,
+        Some(r) if routes.contains(&r) => Copy::No,
+        Some(_) if routes.len() >= MAX_ROUTES => Copy::No,
+        Some(r) => {
+            routes.push(r);
+            Copy::ByAnotherRoute
+        }
+    }
+}
+
 /// Before inserting a new key in `map` (bounded to `max`): drops entries
-/// older than [`KEEP`] at `now`, then the oldest if still full.
-fn make_room<K: Eq + Hash + Copy, V>(
+/// older than `keep` at `now`, then the oldest if still full.
+fn make_room<K: Eq + Hash + std::marker::Copy, V>(
     map: &mut HashMap<K, V>,
     max: usize,
     now: Instant,
+    keep: Duration,
     when: impl Fn(&V) -> Instant,
 ) {
     if map.len() < max {
         return;
     }
-    map.retain(|_, v| now.saturating_duration_since(when(v)) < KEEP);
+    map.retain(|_, v| now.saturating_duration_since(when(v)) < keep);
     if map.len() >= max
         && let Some(oldest) = map.iter().min_by_key(|(_, v)| when(v)).map(|(k, _)| *k)
     {
@@ -180,7 +286,7 @@ impl VerifyBudget {
     pub fn spend(&self, ip: IpAddr, now: Instant) -> Budget {
         let mut sources = self.sources.lock().expect("verify budget lock");
         if !sources.contains_key(&ip) {
-            make_room(&mut sources, MAX_SOURCES, now, |(_, t)| *t);
+            make_room(&mut sources, MAX_SOURCES, now, KEEP, |(_, t)| *t);
         }
         let (tokens, last) = sources.entry(ip).or_insert((self.per_sec, now));
         let refill = now.saturating_duration_since(*last).as_secs_f64() * self.per_sec;
@@ -250,6 +356,34 @@ mod tests {
             Freshness::First,
             "forgotten after KEEP"
         );
+    }
+
+    #[test]
+    fn a_copy_by_another_route_soon_after_is_a_path_duplicate() {
+        let c: PathCopies<u8> = PathCopies::default();
+        let t0 = Instant::now();
+        let (d, other) = ([1; 32], [2; 32]);
+        let fresh = || Freshness::Fresh;
+        assert_eq!(c.settle(d, Some(1), t0, fresh), Some(Freshness::Fresh));
+        assert_eq!(c.check(other, Some(2), t0), Copy::No, "never taken");
+        assert_eq!(c.check(d, Some(1), t0), Copy::No, "the same route again");
+        let soon = t0 + Duration::from_millis(5);
+        assert_eq!(c.check(d, Some(2), soon), Copy::ByAnotherRoute);
+        assert_eq!(c.check(d, Some(2), soon), Copy::No, "that route again");
+        assert_eq!(c.check(d, None, soon), Copy::ByAnotherRoute, "unknown");
+        assert_eq!(c.check(d, Some(3), t0 + COPY_WINDOW), Copy::No, "too late");
+        // A replay window that says "seen" (the other listener took it
+        // first): a copy by another route, a replay by a known one.
+        let seen = || Freshness::Replayed;
+        assert_eq!(c.settle(d, Some(4), soon, seen), None);
+        assert_eq!(c.settle(d, Some(4), soon, seen), Some(Freshness::Replayed));
+        // Bounded: the oldest make room.
+        for i in 0..(MAX_COPIES as u32 + 10) {
+            let mut k = [0u8; 32];
+            k[..4].copy_from_slice(&i.to_le_bytes());
+            c.settle(k, Some(1), t0 + Duration::from_micros(i as u64), fresh);
+        }
+        assert!(c.taken.lock().unwrap().len() <= MAX_COPIES);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The multicast sockets of one family: the receiving socket bound to the
-//! group port, and a sending socket per link. Socket options only; what
+//! The discovery sockets of one family: the receiving socket bound to the
+//! group port (with packet info, so each datagram's path is known), and a
+//! sending socket per link (allowed to broadcast where it does). Socket options only; what
 //! goes through them is [`super::Discovery`]'s.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -12,7 +13,7 @@ use crate::netif::Link;
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
     #[error(
-        "cannot set up multicast discovery on {what}; check --interface (an address or name from `ip addr`), or pass --no-multicast"
+        "cannot set up multicast or broadcast discovery on {what}; check --interface (an address or name from `ip addr`), or pass --no-multicast --no-broadcast"
     )]
     Socket {
         what: String,
@@ -46,15 +47,28 @@ pub fn recv_socket(v6: bool, port: u16) -> Result<UdpSocket, DiscoveryError> {
     s.bind(&SocketAddr::new(any, port).into())
         .map_err(sock_err(format!("UDP port {port}")))?;
     crate::platform::only_joined_groups(&s, v6);
+    crate::platform::packet_info(&s, v6);
     UdpSocket::from_std(s.into()).map_err(sock_err("the runtime"))
 }
 
-/// A sending socket whose datagrams leave through `link` only.
-pub fn send_socket(link: &Link) -> Result<UdpSocket, DiscoveryError> {
+/// Whether a sending socket may broadcast (SO_BROADCAST).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Broadcasts {
+    Yes,
+    No,
+}
+
+/// A sending socket whose datagrams leave through `link` only: bound to
+/// the link's address, so even the limited broadcast 255.255.255.255
+/// leaves by that interface (the system routes it by the bound address).
+pub fn send_socket(link: &Link, broadcasts: Broadcasts) -> Result<UdpSocket, DiscoveryError> {
     let s = match link {
         Link::V4 { addr, .. } => {
             let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))
                 .map_err(sock_err("a new socket"))?;
+            if broadcasts == Broadcasts::Yes {
+                s.set_broadcast(true).map_err(sock_err("SO_BROADCAST"))?;
+            }
             s.set_multicast_if_v4(addr)
                 .map_err(sock_err(format!("IP_MULTICAST_IF {addr}")))?;
             s.set_multicast_loop_v4(true)

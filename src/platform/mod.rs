@@ -2,7 +2,7 @@
 //! API, so a Windows or macOS build is a packaging step, not a port.
 //!
 //! Owns: zero-copy file sending, the discovery socket options that only
-//! Linux has, interface flags beyond what `if-addrs` reports, the
+//! Linux has, a received datagram's destination, interface flags beyond what `if-addrs` reports, the
 //! file-system watcher, opening a file without following a symlink, the
 //! bytes a file occupies and the free space of a file system, and the
 //! process-level Unix facilities (SIGPIPE, SIGTERM, the open-file limit).
@@ -12,8 +12,12 @@
 //! Two tiers:
 //! - Linux specifics with a portable fallback ([`linux`] and
 //!   [`portable`]): `sendfile` (fallback: read, then write),
-//!   `IP_MULTICAST_ALL` (fallback: skipped), interface flags from sysfs
-//!   (fallback: up as the system reports it, multicast assumed). The
+//!   `IP_MULTICAST_ALL` (fallback: skipped), a datagram's destination
+//!   address and interface from `IP_PKTINFO` / `IPV6_PKTINFO` (fallback:
+//!   unknown, so discovery cannot tell a broadcast from a multicast
+//!   datagram), interface flags from sysfs (fallback: up as the system
+//!   reports it, multicast assumed, broadcast unless loopback or
+//!   point-to-point). The
 //!   cargo feature `portable` forces the fallbacks on Linux, so CI runs
 //!   the loopback tests through them; it also swaps the native
 //!   file-system watcher (inotify) for notify's polling one.
@@ -37,7 +41,29 @@ use linux as chosen;
 #[cfg(not(all(target_os = "linux", not(feature = "portable"))))]
 use portable as chosen;
 
-pub use chosen::{only_joined_groups, send_file_range};
+pub use chosen::{only_joined_groups, packet_info, recv_datagram, send_file_range};
+
+/// Where a received datagram was headed, as the system says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PacketInfo {
+    /// The destination address in the datagram's IP header.
+    pub dst: std::net::IpAddr,
+    /// IPv4: the local address the system answers from (`ipi_spec_dst`):
+    /// the header's destination for a unicast datagram, an address of the
+    /// interface for a broadcast or multicast one.
+    pub local: Option<std::net::Ipv4Addr>,
+    /// The index of the interface it arrived on.
+    pub ifindex: u32,
+}
+
+/// One datagram received by [`recv_datagram`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Received {
+    pub len: usize,
+    pub src: std::net::SocketAddr,
+    /// None where the system does not say (the portable fallback).
+    pub info: Option<PacketInfo>,
+}
 
 /// An interface's administrative flags, where the system says them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +72,8 @@ pub struct LinkFlags {
     pub up: bool,
     /// Multicast-capable (IFF_MULTICAST).
     pub multicast: bool,
+    /// Broadcast-capable (IFF_BROADCAST): not loopback, not point-to-point.
+    pub broadcast: bool,
 }
 
 /// The flags of interface `name`; None when this system does not say

@@ -5,9 +5,9 @@
 use std::fs::File;
 
 use socket2::Socket;
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UdpSocket};
 
-use super::LinkFlags;
+use super::{LinkFlags, Received};
 
 /// Bytes read from the file per write to the socket.
 const PIECE: usize = 64 * 1024;
@@ -51,6 +51,20 @@ pub async fn send_file_range(
 
 /// Skipped: other systems deliver only the groups a socket joined.
 pub fn only_joined_groups(_s: &Socket, _v6: bool) {}
+
+/// Skipped: a datagram's destination is not read here.
+pub fn packet_info(_s: &Socket, _v6: bool) {}
+
+/// Receives one datagram, without its packet info: where it was headed
+/// (multicast, broadcast, unicast) is not known.
+pub async fn recv_datagram(s: &UdpSocket, buf: &mut [u8]) -> std::io::Result<Received> {
+    let (len, src) = s.recv_from(buf).await?;
+    Ok(Received {
+        len,
+        src,
+        info: None,
+    })
+}
 
 /// Not known: the caller trusts the operational state.
 pub fn link_flags(_name: &str) -> Option<LinkFlags> {

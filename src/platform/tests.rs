@@ -156,3 +156,47 @@ fn an_unwritten_sparse_part_is_not_counted_as_on_disk() {
     let full = super::allocated_bytes(&written.metadata().unwrap());
     assert!(full >= 200_000, "a written file counts {full} bytes");
 }
+
+/// A datagram to 127.0.0.1 arrives with its packet info on Linux (its
+/// destination, the address answered from, loopback's index), and with
+/// none from the fallback; both give the same bytes and source.
+#[tokio::test]
+async fn a_datagram_arrives_with_where_it_was_headed() {
+    let s = {
+        let s = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )
+        .unwrap();
+        s.set_nonblocking(true).unwrap();
+        s.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        chosen::packet_info(&s, false);
+        tokio::net::UdpSocket::from_std(s.into()).unwrap()
+    };
+    let sender = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let to = s.local_addr().unwrap();
+    sender.send_to(b"hello", to).await.unwrap();
+    let mut buf = [0u8; 16];
+    let r = portable::recv_datagram(&s, &mut buf).await.unwrap();
+    assert_eq!(
+        (&buf[..r.len], r.src),
+        (&b"hello"[..], sender.local_addr().unwrap())
+    );
+    assert_eq!(r.info, None);
+    #[cfg(target_os = "linux")]
+    {
+        sender.send_to(b"again", to).await.unwrap();
+        let r = linux::recv_datagram(&s, &mut buf).await.unwrap();
+        assert_eq!(
+            (&buf[..r.len], r.src),
+            (&b"again"[..], sender.local_addr().unwrap())
+        );
+        let info = r.info.expect("packet info on Linux");
+        assert_eq!(info.dst, std::net::IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(info.local, Some([127, 0, 0, 1].into()));
+        let lo = std::fs::read_to_string("/sys/class/net/lo/ifindex").unwrap();
+        assert_eq!(info.ifindex, lo.trim().parse::<u32>().unwrap());
+    }
+}

@@ -39,7 +39,7 @@ pub struct Overview {
 /// One way this node finds peers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DiscoveryPath {
-    /// multicast, mdns, tracker or manual.
+    /// multicast, broadcast, mdns, tracker or manual.
     pub kind: String,
     pub active: bool,
     pub detail: String,
@@ -122,6 +122,17 @@ impl Service {
     ) -> Vec<DiscoveryPath> {
         let cfg = &self.cfg;
         let names: Vec<String> = links.iter().map(|l| l.to_string()).collect();
+        let broadcasts: Vec<String> = links
+            .iter()
+            .filter_map(|l| match l {
+                crate::netif::Link::V4 {
+                    name,
+                    broadcast: Some(b),
+                    ..
+                } => Some(format!("{b} on {name}")),
+                _ => None,
+            })
+            .collect();
         let path = |kind: &str, active: bool, detail: String| DiscoveryPath {
             kind: kind.into(),
             active,
@@ -135,6 +146,17 @@ impl Service {
                     format!("{} on {}", cfg.group, names.join(", "))
                 } else {
                     "off (--no-multicast)".into()
+                },
+            ),
+            path(
+                "broadcast",
+                cfg.broadcast && !broadcasts.is_empty(),
+                match (cfg.broadcast, broadcasts.is_empty()) {
+                    (false, _) => "off (--no-broadcast)".into(),
+                    (true, true) => "no broadcast-capable interface".into(),
+                    (true, false) => {
+                        format!("port {} to {}", cfg.group.port(), broadcasts.join(", "))
+                    }
                 },
             ),
             path(
@@ -172,7 +194,7 @@ impl Service {
         for (url, error) in self.stats.trackers.unreachable() {
             w.push(format!("Tracker {url} is unreachable ({error}); retrying. Check the URL and that the tracker runs; the node keeps working on its LAN."));
         }
-        if peers_online == 0 && (cfg.multicast || cfg.mdns) && !no_links {
+        if peers_online == 0 && (cfg.multicast || cfg.broadcast || cfg.mdns) && !no_links {
             w.push(format!("No other node seen yet. If there are some on this network, check that the firewall lets UDP port {} and TCP port {} through, or add a node with --peer HOST:PORT.", cfg.group.port(), self.listen.port()));
         }
         w

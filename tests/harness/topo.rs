@@ -324,9 +324,11 @@ impl Topo {
             .sum()
     }
 
-    /// A firewall in host `h` that drops the test's discovery group (the
-    /// IPv4 group and the IPv6 group ff02::6c61:6e73, UDP to the group
-    /// port), both ways. [`Topo::dropped_group_packets`] counts the drops.
+    /// A firewall in host `h` that drops the test's discovery datagrams
+    /// (UDP to the group port: to the IPv4 group, the IPv6 group
+    /// ff02::6c61:6e73, and the broadcasts beside them, to x.x.x.255 of the
+    /// /24 bridges or 255.255.255.255), both ways.
+    /// [`Topo::dropped_group_packets`] counts the drops.
     pub fn drop_group(&self, h: usize) {
         let (g4, port) = (self.group_ip, self.group_port);
         let g6 = "ff02::6c61:6e73";
@@ -335,6 +337,7 @@ impl Topo {
                 "chain {hook} {{ type filter hook {hook} priority 0; policy accept;
                     ip daddr {g4} udp dport {port} counter drop comment \"group\"
                     ip6 daddr {g6} udp dport {port} counter drop comment \"group\"
+                    ip daddr & 0.0.0.255 == 0.0.0.255 udp dport {port} counter drop comment \"group\"
                 }}"
             )
         };
