@@ -47,11 +47,17 @@ pub fn file_name(path: &str) -> &str {
 }
 
 /// The folders a name lies in, outermost first (`a/b/c.txt` -> `a`, `a/b`),
-/// and, for an empty-folder entry (`a/e/`), that folder too.
+/// and, for an empty-folder entry (`a/e/`), that folder too. None for a
+/// name that is no valid path ([`crate::wire::check_path`]).
 pub fn folders_of(name: &str) -> impl Iterator<Item = &str> {
     let (path, is_folder) = match name.strip_suffix('/') {
         Some(p) => (p, true),
         None => (name, false),
+    };
+    let path = if crate::wire::check_path(path).is_ok() {
+        path
+    } else {
+        ""
     };
     path.match_indices('/')
         .map(move |(i, _)| &path[..i])
@@ -321,6 +327,8 @@ mod tests {
         assert_eq!(f("a/b/c.txt"), ["a", "a/b"]);
         assert_eq!(f("c.txt"), Vec::<&str>::new());
         assert_eq!(f("a/e/"), ["a", "a/e"]);
+        assert_eq!(f("../a/b"), Vec::<&str>::new(), "no path, no folders");
+        assert_eq!(f("a//b"), Vec::<&str>::new());
     }
 
     #[test]

@@ -394,8 +394,9 @@ impl Service {
         events: mpsc::Sender<FetchEvent>,
         cancel: CancellationToken,
     ) {
-        let job = FolderJob::from_listing(&folder.path, &self.dict.folder_listing(&folder.path));
-        if job.entries.is_empty() && job.empty_dirs.is_empty() {
+        let listing = self.dict.folder_listing(&folder.path);
+        let job = FolderJob::from_listing(&folder.path, &listing);
+        if !listing.found {
             let reason = format!(
                 "no online peer lists anything in the folder {:?}; run `lanshare ls` to see what the network offers",
                 folder.path

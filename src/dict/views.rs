@@ -15,6 +15,7 @@ use crate::chunkset::ChunkSet;
 use crate::id::{ContentId, NodeId};
 use crate::manifest::{CHUNK_SIZE, Category, Manifest};
 use crate::resolve::{self, Resolution};
+use crate::wire::EntryPath;
 
 /// One file a holder lists under a folder.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,6 +33,9 @@ pub struct FolderListing {
     pub files: Vec<Listed>,
     /// Empty folders, by their path inside the folder.
     pub empty_dirs: BTreeSet<String>,
+    /// Whether any holder lists the folder (a file in it, or the folder
+    /// itself, empty).
+    pub found: bool,
 }
 
 /// A peer that holds (part of) a content, as the fetcher needs it.
@@ -243,19 +247,28 @@ impl Dict {
                 continue;
             };
             for e in inv.entries.iter() {
-                let Some(rel) = e.name.strip_prefix(&prefix) else {
-                    continue;
-                };
-                match rel.strip_suffix('/') {
-                    Some(dir) => {
-                        out.empty_dirs.insert(dir.to_string());
+                // Only names that pass as paths (wire::check_path), so
+                // every path here is relative and bounded.
+                match e.path() {
+                    Some(EntryPath::Folder(path)) => {
+                        if let Some(dir) = path.strip_prefix(&prefix) {
+                            out.empty_dirs.insert(dir.to_string());
+                            out.found = true;
+                        }
+                        // The folder itself, shared empty.
+                        out.found |= path == folder;
                     }
-                    None if !rel.is_empty() => out.files.push(Listed {
-                        path: rel.to_string(),
-                        id: e.id,
-                        size: e.size,
-                        holder: peer.id,
-                    }),
+                    Some(EntryPath::File(path)) => {
+                        if let Some(rel) = path.strip_prefix(&prefix) {
+                            out.found = true;
+                            out.files.push(Listed {
+                                path: rel.to_string(),
+                                id: e.id,
+                                size: e.size,
+                                holder: peer.id,
+                            });
+                        }
+                    }
                     None => {}
                 }
             }

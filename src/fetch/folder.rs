@@ -571,6 +571,7 @@ mod tests {
                 listed("only/c.bin", 5, 3),
             ],
             empty_dirs: ["empty".to_string()].into(),
+            found: true,
         };
         let job = FolderJob::from_listing("holiday", &listing);
         let got: Vec<(&str, ContentId)> = job

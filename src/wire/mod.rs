@@ -60,7 +60,8 @@ impl From<postcard::Error> for WireError {
 /// content's path relative to its share root, components separated by `/`
 /// (`holiday/day1/beach.jpg`; a file shared alone: its name). A name ending
 /// in `/` is an empty folder (`holiday/empty/`): size 0, chunks `Full`, and
-/// the id [`folder_entry_id`] of its path, so it names no content.
+/// the id [`folder_entry_id`] of its path, so it names no content. A
+/// received name is used as a path only through [`InventoryEntry::path`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InventoryEntry {
     pub id: ContentId,
@@ -147,28 +148,49 @@ pub fn folder_entry(path: &str) -> InventoryEntry {
     }
 }
 
+/// What an inventory entry names, once its name passes as a path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryPath<'a> {
+    /// A file at this path.
+    File(&'a str),
+    /// An empty folder at this path (the name without its final `/`).
+    Folder(&'a str),
+}
+
 impl InventoryEntry {
-    /// The folder's path when this entry is an empty folder (a name ending
-    /// in `/`), without the mark.
-    pub fn folder_path(&self) -> Option<&str> {
-        self.name.strip_suffix('/')
+    /// Whether the name marks an empty folder (it ends in `/`).
+    pub fn is_folder(&self) -> bool {
+        self.name.ends_with('/')
     }
 
-    /// Checks every bound of an entry received from the network.
-    pub fn check(&self) -> Result<(), WireError> {
-        match self.folder_path() {
+    /// The entry's name as a path, or `None` when it is no valid path
+    /// ([`check_path`]) or a folder entry that is not one ([`folder_entry`]:
+    /// size 0, chunks `Full`, its path's id). The only way a name from the
+    /// network becomes a path: a name that is not one is shown and matched,
+    /// never used to make a file or folder.
+    pub fn path(&self) -> Option<EntryPath<'_>> {
+        match self.name.strip_suffix('/') {
             Some(path) => {
-                check_path(path)?;
-                if self.name.len() > MAX_FILE_NAME
-                    || self.size != 0
-                    || self.chunks != ChunkSet::Full
-                    || self.id != folder_entry_id(path)
-                {
-                    return Err(WireError::OutOfBounds { field: "folder" });
-                }
+                let folder = check_path(path).is_ok()
+                    && self.size == 0
+                    && self.chunks == ChunkSet::Full
+                    && self.id == folder_entry_id(path);
+                folder.then_some(EntryPath::Folder(path))
             }
-            None => check_path(&self.name)?,
+            None => check_path(&self.name)
+                .ok()
+                .map(|()| EntryPath::File(&self.name)),
         }
+    }
+
+    /// Checks every bound of an entry received from the network. The name
+    /// is checked as text (as by every version-2 node); whether it is a
+    /// usable path is [`InventoryEntry::path`]'s question.
+    pub fn check(&self) -> Result<(), WireError> {
+        if self.name.is_empty() {
+            return Err(WireError::OutOfBounds { field: "name" });
+        }
+        check_text(&self.name, MAX_FILE_NAME, "name")?;
         // Comments may span lines; other control characters are refused.
         if self.comment.len() > MAX_COMMENT
             || self.comment.chars().any(|c| c.is_control() && c != '\n')
@@ -255,19 +277,23 @@ mod tests {
         let e = folder_entry("holiday/empty");
         assert_eq!(e.name, "holiday/empty/");
         e.check().unwrap();
-        assert_eq!(e.folder_path(), Some("holiday/empty"));
+        assert_eq!(e.path(), Some(EntryPath::Folder("holiday/empty")));
         // The id must be the folder's: an entry cannot pass as a folder
         // while naming a content (or another folder).
         let mut forged = e.clone();
         forged.id = ContentId([7; 32]);
-        assert!(forged.check().is_err());
+        assert_eq!(forged.path(), None);
         let mut sized = e.clone();
         sized.size = 1;
-        assert!(sized.check().is_err());
-        let mut escaping = folder_entry("../x");
-        escaping.id = folder_entry_id("../x");
-        assert!(escaping.check().is_err());
-        assert!(folder_entry("").check().is_err(), "a lone / is no folder");
+        assert_eq!(sized.path(), None);
+        assert_eq!(folder_entry("../x").path(), None);
+        assert_eq!(folder_entry("").path(), None, "a lone / is no folder");
+        // A name that is no path still decodes (every version-2 node sends
+        // and accepts it), but is never a path.
+        let mut odd = folder_entry("x");
+        odd.name = "..\\evil".into();
+        odd.check().unwrap();
+        assert_eq!(odd.path(), None);
     }
 
     /// Characters that matter to paths, often, and anything else, sometimes.
@@ -306,22 +332,22 @@ mod tests {
             }
         }
 
-        /// Every entry decoded from any name either fails its check or is a
-        /// relative path (or a folder of one).
+        /// Whatever name an entry carries, the path it yields (if any) is
+        /// relative: no component empty, `.` or `..`.
         #[test]
-        fn checked_entries_carry_relative_paths(name in tricky_path()) {
+        fn entries_yield_only_relative_paths(name in tricky_path()) {
             let e = InventoryEntry {
-                id: folder_entry_id(name.trim_end_matches('/')),
+                id: folder_entry_id(name.strip_suffix('/').unwrap_or(&name)),
                 name: name.clone(),
                 size: 0,
                 category: Category::Other,
                 comment: String::new(),
                 chunks: ChunkSet::Full,
             };
-            if e.check().is_ok() {
-                let path = e.folder_path().unwrap_or(&e.name);
+            if let Some(EntryPath::File(path) | EntryPath::Folder(path)) = e.path() {
                 proptest::prop_assert!(check_path(path).is_ok());
                 proptest::prop_assert!(path.split('/').all(|c| !c.is_empty() && c != "." && c != ".."));
+                proptest::prop_assert!(!path.contains('\\') && !path.chars().any(char::is_control));
             }
         }
     }
