@@ -138,17 +138,6 @@ pub enum FetchEvent {
         size: u64,
         peers: u32,
     },
-    /// A folder download's files: how many are in place, how many failed,
-    /// of how many (sent at its start and as each file ends).
-    Files {
-        done: u32,
-        failed: u32,
-        total: u32,
-        /// The file that just ended (empty at the start).
-        path: String,
-        /// Why it failed, when it did.
-        error: Option<String>,
-    },
     /// Bytes each peer gave so far (every peer this download pulled from).
     PeerBytes {
         peers: Vec<PeerBytes>,
@@ -174,6 +163,17 @@ pub enum FetchEvent {
     Slow {
         phase: String,
         peers: Vec<String>,
+    },
+    /// A folder download's files: how many are in place, how many failed,
+    /// of how many (sent at its start and as each file ends).
+    Files {
+        done: u32,
+        failed: u32,
+        total: u32,
+        /// The file that just ended (empty at the start).
+        path: String,
+        /// Why it failed, when it did.
+        error: Option<String>,
     },
 }
 
