@@ -531,7 +531,7 @@ impl<'a> FetchView<'a> {
 /// The contents a name matches, so the user can pick one by id.
 fn print_candidates(name: &str, candidates: &[ContentView]) {
     eprintln!(
-        "lanshare: {name:?} matches {} different contents; fetch one by id (or a prefix of 8+ digits):",
+        "lanshare: {name:?} matches {} different contents or folders; fetch a content by id (or a prefix of 8+ digits), a folder by its full path:",
         candidates.len()
     );
     for c in candidates {
