@@ -28,9 +28,23 @@ impl std::fmt::Display for FoundVia {
     }
 }
 
-/// One content as `ls` shows it.
+/// What a row of `ls` is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContentKind {
+    /// One content (a file); `name` is its path.
+    #[default]
+    File,
+    /// A shared folder: every content whose path starts with `name/`.
+    /// `id` is empty, `size` the total of its files.
+    Folder,
+}
+
+/// One content (or folder) as `ls` shows it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ContentView {
+    #[serde(default)]
+    pub kind: ContentKind,
     pub id: String,
     pub name: String,
     /// Every name peers use for this content.
@@ -43,6 +57,9 @@ pub struct ContentView {
     pub holders: Vec<HolderView>,
     /// This node holds a complete copy.
     pub local: bool,
+    /// A folder's number of files (0 for a file).
+    #[serde(default)]
+    pub files: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -171,6 +188,17 @@ pub enum FetchEvent {
     Slow {
         phase: String,
         peers: Vec<String>,
+    },
+    /// A folder download's files: how many are in place, how many failed,
+    /// of how many (sent at its start and as each file ends).
+    Files {
+        done: u32,
+        failed: u32,
+        total: u32,
+        /// The file that just ended (empty at the start).
+        path: String,
+        /// Why it failed, when it did.
+        error: Option<String>,
     },
 }
 

@@ -60,9 +60,10 @@ pub enum Command {
         #[command(flatten)]
         home: HomeArg,
     },
-    /// Download a file by name (with or without extension) or content id prefix.
+    /// Download files or folders by name: a path (holiday/day1/beach.jpg), a file name (with or without extension), a folder name (the whole tree), or a content id prefix. Several names are fetched one after the other.
     Fetch {
-        name: String,
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
         /// Print one JSON object per event instead of a progress bar.
         #[arg(long)]
         json: bool,
@@ -385,6 +386,16 @@ mod tests {
         assert!(parse(&["up", "--listen", "nope"]).is_err());
         assert!(parse(&["ls", "--category", "films"]).is_err());
         assert!(parse(&["fetch"]).is_err());
+    }
+
+    #[test]
+    fn fetch_takes_several_names() {
+        let Command::Fetch { names, .. } =
+            parse(&["fetch", "a", "holiday/day1", "c"]).unwrap().command
+        else {
+            panic!()
+        };
+        assert_eq!(names, ["a", "holiday/day1", "c"]);
     }
 
     #[test]

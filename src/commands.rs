@@ -50,7 +50,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             category,
             home,
         } => share(&home, &path, comment, category).await,
-        Command::Fetch { name, json, home } => fetch(&home, &name, json).await,
+        Command::Fetch { names, json, home } => fetch_all(&home, &names, json).await,
         Command::Transfers { json, home } => {
             let t = client(&home)?.transfers().await?;
             print_as(json, &t, crate::transfers_cmd::print_transfers)
@@ -195,6 +195,10 @@ fn print_ls(views: &[ContentView]) {
         "NAME", "SIZE", "CATEGORY", "HOLDERS", "ID", "HELD BY"
     );
     for v in views {
+        if v.kind == crate::api::ContentKind::Folder {
+            print_folder_row(v);
+            continue;
+        }
         let holders = if v.partial > 0 {
             format!("{}+{}part", v.complete, v.partial)
         } else {
@@ -212,6 +216,26 @@ fn print_ls(views: &[ContentView]) {
             v.comment
         );
     }
+}
+
+/// A folder's row in `ls`: `name/`, its total size, files and holders.
+fn print_folder_row(v: &ContentView) {
+    let holders = if v.partial > 0 {
+        format!("{}+{}part", v.complete, v.partial)
+    } else {
+        v.complete.to_string()
+    };
+    let held_by: Vec<&str> = v.holders.iter().map(|h| h.name.as_str()).collect();
+    println!(
+        "{:<32} {:>10}  {:<8}  {:<9}  {:<12}  {:<24}  {} file(s)",
+        format!("{}/", v.name),
+        human_bytes(v.size as f64),
+        "folder",
+        holders,
+        "-",
+        held_by.join(","),
+        v.files
+    );
 }
 
 fn print_peers(peers: &[PeerView]) {
@@ -250,14 +274,49 @@ fn print_peers(peers: &[PeerView]) {
     }
 }
 
-async fn fetch(home: &HomeArg, name: &str, json: bool) -> anyhow::Result<ExitCode> {
+/// How one name of `fetch` ended.
+enum Fetched {
+    Ok,
+    /// It failed (or matched nothing or several): the exit code it gives.
+    Failed(ExitCode),
+    /// The user stopped it: no other name is fetched.
+    Interrupted(ExitCode),
+}
+
+/// Fetches each name in turn; one that fails does not stop the others.
+/// Exits 0 only when every one is complete and verified, else with the
+/// first failure's code, after naming the names that failed.
+async fn fetch_all(home: &HomeArg, names: &[String], json: bool) -> anyhow::Result<ExitCode> {
+    let mut failed: Vec<(&str, ExitCode)> = Vec::new();
+    for name in names {
+        match fetch(home, name, json).await? {
+            Fetched::Ok => {}
+            Fetched::Failed(code) => failed.push((name, code)),
+            Fetched::Interrupted(code) => return Ok(code),
+        }
+    }
+    if names.len() > 1 && !failed.is_empty() && !json {
+        let which: Vec<String> = failed.iter().map(|(n, _)| format!("{n:?}")).collect();
+        eprintln!(
+            "lanshare: {} of {} names failed: {}",
+            failed.len(),
+            names.len(),
+            which.join(", ")
+        );
+    }
+    Ok(failed.first().map_or(ExitCode::SUCCESS, |(_, code)| *code))
+}
+
+async fn fetch(home: &HomeArg, name: &str, json: bool) -> anyhow::Result<Fetched> {
     let mut events = client(home)?.fetch(name).await?;
     let mut view = FetchView::new(name, json);
     let mut stop = std::pin::pin!(crate::platform::stop_requested());
     loop {
         let next = tokio::select! {
             ev = events.next() => ev?,
-            () = &mut stop => return Ok(crate::transfers_cmd::interrupted(name, view.verified)),
+            () = &mut stop => {
+                return Ok(Fetched::Interrupted(crate::transfers_cmd::interrupted(name, view.verified)));
+            }
         };
         let Some(ev) = next else {
             bail!(
@@ -267,8 +326,8 @@ async fn fetch(home: &HomeArg, name: &str, json: bool) -> anyhow::Result<ExitCod
         if json {
             println!("{}", serde_json::to_string(&ev)?);
         }
-        if let Some(code) = view.show(ev) {
-            return Ok(code);
+        if let Some(end) = view.show(ev) {
+            return Ok(end);
         }
     }
 }
@@ -282,6 +341,8 @@ struct FetchView<'a> {
     last_line: std::time::Instant,
     /// Bytes verified so far: a failure after some says how to resume.
     verified: u64,
+    /// A folder download: its files (done, failed, total) so far.
+    files: Option<(u32, u32, u32)>,
 }
 
 impl<'a> FetchView<'a> {
@@ -304,11 +365,12 @@ impl<'a> FetchView<'a> {
             bar,
             last_line: std::time::Instant::now(),
             verified: 0,
+            files: None,
         }
     }
 
-    /// Shows one event; the exit code once the fetch is over.
-    fn show(&mut self, ev: FetchEvent) -> Option<ExitCode> {
+    /// Shows one event; how the fetch ended once it is over.
+    fn show(&mut self, ev: FetchEvent) -> Option<Fetched> {
         match ev {
             FetchEvent::Started {
                 name,
@@ -326,28 +388,56 @@ impl<'a> FetchView<'a> {
                 "waiting for the {phase}: no answer yet from {} (slow or not responding); asking other holders",
                 peers.join(", ")
             )),
+            FetchEvent::Files {
+                done,
+                failed,
+                total,
+                path,
+                error,
+            } => self.files(done, failed, total, &path, error),
             FetchEvent::Done(d) => return Some(self.done(&d)),
-            FetchEvent::Failed { reason } => return Some(self.failed(&reason)),
+            FetchEvent::Failed { reason } => return Some(Fetched::Failed(self.failed(&reason))),
             FetchEvent::NotFound { query } => {
                 if !self.json {
                     eprintln!(
                         "lanshare: nothing on the network is called {query:?}; `lanshare ls` shows what is offered"
                     );
                 }
-                return Some(ExitCode::from(EXIT_NO_MATCH));
+                return Some(Fetched::Failed(ExitCode::from(EXIT_NO_MATCH)));
             }
             FetchEvent::Ambiguous { candidates } => {
                 if !self.json {
                     print_candidates(self.name, &candidates);
                 }
-                return Some(ExitCode::from(EXIT_NO_MATCH));
+                return Some(Fetched::Failed(ExitCode::from(EXIT_NO_MATCH)));
             }
         }
         None
     }
 
+    /// A folder download's files: the count beside the bar (or in the
+    /// progress lines), and each failure on its own line.
+    fn files(&mut self, done: u32, failed: u32, total: u32, path: &str, error: Option<String>) {
+        if self.files.is_none() && !self.json && self.bar.is_none() {
+            println!("{total} file(s) in the folder");
+        }
+        self.files = Some((done, failed, total));
+        if let Some(e) = error {
+            self.note(format!("failed: {path}: {e}"));
+        }
+        if let Some(b) = &self.bar {
+            b.set_message(format!("{} {done}/{total} files", self.name));
+        }
+    }
+
     fn started(&mut self, name: &str, size: u64, holders: u32, already: u64, id: &str) {
         self.verified = already;
+        // A folder has no content id.
+        let what = if id.is_empty() {
+            format!("folder {name}")
+        } else {
+            format!("{name}, id {}", &id[..12.min(id.len())])
+        };
         if let Some(b) = &self.bar {
             b.set_length(size);
             b.set_position(already);
@@ -360,9 +450,8 @@ impl<'a> FetchView<'a> {
                 String::new()
             };
             println!(
-                "fetching {name} ({}, id {}) from {holders} peer(s){resumed}",
+                "fetching {what} ({}) from {holders} peer(s){resumed}",
                 human_bytes(size as f64),
-                &id[..12]
             );
         }
     }
@@ -378,8 +467,12 @@ impl<'a> FetchView<'a> {
             } else {
                 100.0
             };
+            let files = self
+                .files
+                .map(|(d, _, t)| format!(", {d}/{t} files"))
+                .unwrap_or_default();
             println!(
-                "{pct:5.1}%  {} of {} from {peers} peer(s)",
+                "{pct:5.1}%  {} of {}{files} from {peers} peer(s)",
                 human_bytes(done as f64),
                 human_bytes(size as f64)
             );
@@ -395,12 +488,22 @@ impl<'a> FetchView<'a> {
         }
     }
 
-    fn done(&self, d: &FetchDone) -> ExitCode {
+    fn done(&self, d: &FetchDone) -> Fetched {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
         if self.json {
-            return ExitCode::SUCCESS;
+            return Fetched::Ok;
+        }
+        if let Some((done, _, _)) = self.files {
+            println!(
+                "saved {} ({done} files, {}; {} fetched in {:.1}s, every file verified)",
+                d.path,
+                human_bytes(d.size as f64),
+                human_bytes(d.transferred as f64),
+                d.secs,
+            );
+            return Fetched::Ok;
         }
         if d.already_local {
             println!("already here: {}", d.path);
@@ -424,7 +527,7 @@ impl<'a> FetchView<'a> {
             );
         }
         println!("sha256 {}", d.sha256);
-        ExitCode::SUCCESS
+        Fetched::Ok
     }
 
     fn failed(&self, reason: &str) -> ExitCode {
@@ -445,7 +548,7 @@ impl<'a> FetchView<'a> {
 /// The contents a name matches, so the user can pick one by id.
 fn print_candidates(name: &str, candidates: &[ContentView]) {
     eprintln!(
-        "lanshare: {name:?} matches {} different contents; fetch one by id (or a prefix of 8+ digits):",
+        "lanshare: {name:?} matches {} different contents or folders; fetch a content by id (or a prefix of 8+ digits), a folder by its full path:",
         candidates.len()
     );
     for c in candidates {
@@ -455,9 +558,14 @@ fn print_candidates(name: &str, candidates: &[ContentView]) {
         } else {
             who.join(",")
         };
+        let id = if c.kind == crate::api::ContentKind::Folder {
+            format!("{:<64}", format!("folder ({} files)", c.files))
+        } else {
+            c.id.clone()
+        };
         eprintln!(
             "  {}  {:<32} {:>10}  held by {}",
-            c.id,
+            id,
             c.name,
             human_bytes(c.size as f64),
             who

@@ -1,5 +1,7 @@
 //! The library as the web API pages it: what the network offers (contents
-//! with at least one online holder), filtered by a query and a category,
+//! with at least one online holder, each named by its path, e.g.
+//! `holiday/day1/beach.jpg`; empty-folder entries left out), filtered by a
+//! query (matching paths too) and a category,
 //! sorted, and cut to one page, so a page of 100 rows out of 100,000 costs
 //! one pass over the dictionary and 100 views. Reads the dictionary only;
 //! never writes it, never formats text for people.
@@ -94,7 +96,8 @@ pub fn page(dict: &Dict, q: &LibraryQuery, local: &HashSet<ContentId>) -> Librar
     let mut counts = [0usize; 7];
     let mut rows: Vec<Row> = dict.contents.map_all(|id, c| {
         let online = c.holders.keys().filter(|h| dict.peers.is_online(h)).count();
-        if online == 0 {
+        // An empty-folder entry (`holiday/empty/`) is no content to list.
+        if online == 0 || c.names.iter().all(|n| n.ends_with('/')) {
             return None;
         }
         if let Some(n) = needle.as_deref() {

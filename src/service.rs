@@ -12,17 +12,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tokio::sync::{Mutex, Notify, mpsc};
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{ContentView, FetchEvent, NodeStatus, PeerView};
 use crate::config::NodeConfig;
 use crate::dict::Dict;
-use crate::fetch::{FetchCtx, Want};
+use crate::fetch::{FetchCtx, FetchLocks, FolderJob, FolderWant, Want};
 use crate::id::{ContentId, NodeId};
 use crate::logs::TransferLog;
 use crate::manifest::Category;
-use crate::resolve::Resolution;
+use crate::resolve::{Match, Resolution};
 use crate::stats::{Counter, Stats};
 use crate::store::{Home, ShareRoot, SharesFile, Store};
 use crate::task::Tasks;
@@ -36,6 +36,8 @@ pub use manage::{DiscoveryPath, FetchRefused, FetchStarted, Overview, ShareView,
 pub enum Resolved {
     /// One content: what to download, with the size the user chose from.
     One(Want),
+    /// A folder: its whole tree.
+    Folder(FolderWant),
     /// Several contents match; each as `ls` would show it.
     Ambiguous(Vec<ContentView>),
     NotFound,
@@ -56,8 +58,9 @@ pub struct Service {
     rescan: Arc<Notify>,
     /// How long a query waits for the network to know a content.
     wait_for_network: Duration,
-    /// One fetch per content at a time; a second waits for the first.
-    fetch_locks: dashmap::DashMap<ContentId, Arc<Mutex<()>>>,
+    /// One fetch per content at a time; a second waits for the first
+    /// (folder downloads take the same locks for each of their files).
+    fetch_locks: Arc<FetchLocks>,
     /// Where downloads are spawned (one named task each).
     tasks: Tasks,
     /// `open` or `private` (`status`).
@@ -157,14 +160,28 @@ impl Service {
         }
     }
 
-    /// What the network offers, optionally narrowed by a query and a category.
+    /// What the network offers, optionally narrowed by a query and a
+    /// category: a row per content (named by its path), and, without a
+    /// category, a row per top-level folder, sorted by name (a folder just
+    /// before its files).
     pub fn ls(&self, query: Option<&str>, category: Option<Category>) -> Vec<ContentView> {
         let local = self.local_ids();
-        self.dict
+        let mut views: Vec<ContentView> = self
+            .dict
             .list(query, category)
             .into_iter()
             .filter_map(|id| self.dict.view(&id, local.contains(&id)))
-            .collect()
+            .collect();
+        if category.is_none() {
+            views.extend(self.dict.folder_views(query));
+            views.sort_by_cached_key(|v| {
+                (
+                    v.name.to_lowercase(),
+                    v.kind != crate::api::ContentKind::Folder,
+                )
+            });
+        }
+        views
     }
 
     /// Every peer seen.
@@ -217,20 +234,26 @@ impl Service {
         let resolution = found.unwrap_or_else(|| self.dict.resolve(query, &self.local_names()));
         match resolution {
             Resolution::None => Resolved::NotFound,
-            Resolution::Ambiguous(ids) => {
+            Resolution::Ambiguous(matches) => {
                 let local = self.local_ids();
                 Resolved::Ambiguous(
-                    ids.iter()
-                        .filter_map(|id| self.view_any(id, &local))
+                    matches
+                        .iter()
+                        .filter_map(|m| match m {
+                            Match::Content(id) => self.view_any(id, &local),
+                            Match::Folder(path) => Some(self.folder_candidate(path)),
+                        })
                         .collect(),
                 )
             }
+            Resolution::Folder(path) => Resolved::Folder(FolderWant { path }),
             // What the user chose from: the size `ls` shows for that content.
             // A manifest of another size is refused before any file is made.
             Resolution::One(id) => Resolved::One(Want {
                 id,
                 query: query.to_string(),
                 size: self.dict.contents.with(&id, |c| c.size),
+                place: None,
             }),
         }
     }
@@ -240,6 +263,40 @@ impl Service {
         inv.entries.iter().map(|e| (e.id, e.name.clone())).collect()
     }
 
+    /// A folder as a candidate of an ambiguous name: its files, size and
+    /// holders as the network lists them.
+    fn folder_candidate(&self, path: &str) -> ContentView {
+        let listing = self.dict.folder_listing(path);
+        let job = FolderJob::from_listing(path, &listing);
+        let holders: std::collections::BTreeSet<NodeId> =
+            listing.files.iter().map(|f| f.holder).collect();
+        let holders: Vec<crate::api::HolderView> = holders
+            .iter()
+            .filter_map(|id| {
+                self.dict.peers.with(id, |p| crate::api::HolderView {
+                    name: p.name.clone(),
+                    addr: p.addr().to_string(),
+                    chunks: 0,
+                    total: 0,
+                })
+            })
+            .collect();
+        ContentView {
+            kind: crate::api::ContentKind::Folder,
+            id: String::new(),
+            name: path.to_string(),
+            names: vec![path.to_string()],
+            size: job.total_bytes(),
+            category: Category::Other,
+            comment: String::new(),
+            complete: 0,
+            partial: 0,
+            holders,
+            local: false,
+            files: job.entries.len() as u32,
+        }
+    }
+
     /// A content as `ls` shows it, or from this node's own store.
     fn view_any(&self, id: &ContentId, local: &[ContentId]) -> Option<ContentView> {
         if let Some(v) = self.dict.view(id, local.contains(id)) {
@@ -247,6 +304,8 @@ impl Service {
         }
         let c = self.store.complete(id)?;
         Some(ContentView {
+            kind: crate::api::ContentKind::File,
+            files: 0,
             id: id.to_hex(),
             name: c.name.clone(),
             names: vec![c.name.clone()],
@@ -274,19 +333,17 @@ impl Service {
         let d = reg.start_download(query, cancel.clone(), std::time::Instant::now());
         let (tx, rx) = mpsc::channel::<FetchEvent>(64);
         let run = async {
-            let want = match self.resolve(query, &cancel).await {
-                Resolved::One(want) => want,
+            match self.resolve(query, &cancel).await {
+                Resolved::One(want) => self.download(want, tx, cancel).await,
+                Resolved::Folder(folder) => self.download_folder(folder, tx, cancel).await,
                 Resolved::NotFound => {
                     let query = query.to_string();
                     let _ = tx.send(FetchEvent::NotFound { query }).await;
-                    return;
                 }
                 Resolved::Ambiguous(candidates) => {
                     let _ = tx.send(FetchEvent::Ambiguous { candidates }).await;
-                    return;
                 }
-            };
-            self.download(want, tx, cancel).await;
+            }
         };
         tokio::join!(run, self.track(d, rx, events));
     }
@@ -316,8 +373,7 @@ impl Service {
         events: mpsc::Sender<FetchEvent>,
         cancel: CancellationToken,
     ) {
-        let lock = self.fetch_locks.entry(want.id).or_default().clone();
-        let _guard = lock.lock().await;
+        let _guard = self.fetch_locks.lock(want.id).await;
         let fetch = self.fetch.clone();
         let name = format!("fetch {}", want.id.short());
         let job = self.tasks.spawn(&name, async move {
@@ -330,6 +386,38 @@ impl Service {
             let _ = events.send(last).await;
         });
         // A download that panicked ends the stream without a final event.
+        let _ = job.await;
+    }
+
+    /// Downloads the whole tree of `folder` as the online holders list it
+    /// now ([`FolderJob::from_listing`]) into a new folder of downloads/.
+    async fn download_folder(
+        &self,
+        folder: FolderWant,
+        events: mpsc::Sender<FetchEvent>,
+        cancel: CancellationToken,
+    ) {
+        let listing = self.dict.folder_listing(&folder.path);
+        let job = FolderJob::from_listing(&folder.path, &listing);
+        if !listing.found {
+            let reason = format!(
+                "no online peer lists anything in the folder {:?}; run `lanshare ls` to see what the network offers",
+                folder.path
+            );
+            let _ = events.send(FetchEvent::Failed { reason }).await;
+            return;
+        }
+        let (fetch, locks) = (self.fetch.clone(), self.fetch_locks.clone());
+        let name = format!("fetch folder {}", job.name());
+        let job = self.tasks.spawn(&name, async move {
+            let last = match fetch.fetch_folder(job, locks, &events, cancel).await {
+                Ok(done) => FetchEvent::Done(done),
+                Err(e) => FetchEvent::Failed {
+                    reason: e.to_string(),
+                },
+            };
+            let _ = events.send(last).await;
+        });
         let _ = job.await;
     }
 }
@@ -382,6 +470,7 @@ pub fn save_share(
         path: path.to_path_buf(),
         comment,
         category,
+        naming: crate::store::RootNaming::WithRootName,
     };
     SharesFile::add(&home.shares_file(), root)
         .with_context(|| format!("cannot write {}", home.shares_file().display()))

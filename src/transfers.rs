@@ -284,7 +284,8 @@ impl Transfers {
                 dl.detail = Some("several contents match that name".into());
                 dl.ended = Some(now);
             }
-            FetchEvent::PeerDropped { .. } | FetchEvent::Slow { .. } => {}
+            FetchEvent::PeerDropped { .. } | FetchEvent::Slow { .. } | FetchEvent::Files { .. } => {
+            }
         }
         drop(inner);
         self.bump();

@@ -358,8 +358,11 @@ fn share_with_comment_and_category() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(wait_until(Duration::from_secs(5), || names(&b.ls()) == ["song.bin"]));
-    let v = &b.ls()[0];
+    // A shared folder's files are named by their path from its name, and
+    // the folder is listed too.
+    assert!(wait_until(Duration::from_secs(5), || names(&b.ls())
+        == ["music", "music/song.bin"]));
+    let v = &b.ls()[1];
     assert_eq!(v["comment"], "live set");
     assert_eq!(v["category"], "audio");
     let out = b.cli(&["ls", "--json", "--category", "video"]);

@@ -11,6 +11,8 @@ mod harness;
 mod broadcast;
 #[path = "netns/discovery.rs"]
 mod discovery;
+#[path = "netns/folders.rs"]
+mod folders;
 #[path = "netns/private.rs"]
 mod private;
 #[path = "netns/tracker.rs"]

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 pub use contents::{Content, Contents, Held, PullBudget, Refusal, entry_cost};
 pub use peer::{Peer, PeerAddr};
 pub use peers::{Hello, Peers};
-pub use views::Holder;
+pub use views::{FolderListing, Holder, Listed};
 
 use tokio_util::sync::CancellationToken;
 
@@ -347,6 +347,75 @@ mod tests {
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// Two holders of a folder, one complete and one missing a file:
+    /// `ls` lists the folder once with its files, size and holders;
+    /// resolution finds it and the files by path; the listing gives each
+    /// holder's files and the empty folders.
+    #[test]
+    fn folders_are_listed_resolved_and_listed_per_holder() {
+        let d = Dict::new();
+        let secs = Duration::from_secs(5);
+        let (a, b) = (NodeId([1; 16]), NodeId([2; 16]));
+        observe(
+            &d,
+            a,
+            "alpha",
+            addr(1),
+            FoundVia::Multicast,
+            secs,
+            [1; 16],
+            3,
+        );
+        observe(
+            &d,
+            b,
+            "beta",
+            addr(2),
+            FoundVia::Multicast,
+            secs,
+            [2; 16],
+            2,
+        );
+        let full = ChunkSet::Full;
+        let files = vec![
+            entry(1, "holiday/day1/beach.jpg", full.clone()),
+            entry(2, "holiday/notes.txt", full.clone()),
+            crate::wire::folder_entry("holiday/empty"),
+            entry(3, "work/notes.txt", full.clone()),
+        ];
+        d.set_inventory(a, inv(files.clone()));
+        d.set_inventory(b, inv(files[..3].to_vec()));
+        let folders = d.folder_views(None);
+        let names: Vec<(&str, u32, u32)> = folders
+            .iter()
+            .map(|v| (v.name.as_str(), v.files, v.complete))
+            .collect();
+        assert_eq!(names, [("holiday", 2, 2), ("work", 1, 1)]);
+        assert_eq!(folders[0].size, 6 << 20);
+        assert_eq!(folders[0].kind, crate::api::ContentKind::Folder);
+        assert_eq!(d.folder_views(Some("WOR")).len(), 1);
+        // The empty-folder entry is no content of its own.
+        let listed = d.list(None, None);
+        assert_eq!(listed.len(), 3, "{listed:?}");
+        use crate::resolve::Resolution;
+        assert_eq!(
+            d.resolve("holiday", &[]),
+            Resolution::Folder("holiday".into())
+        );
+        assert_eq!(
+            d.resolve("work/notes.txt", &[]),
+            Resolution::One(ContentId([3; 32]))
+        );
+        assert!(matches!(d.resolve("notes", &[]), Resolution::Ambiguous(m) if m.len() == 2));
+        let listing = d.folder_listing("holiday");
+        assert_eq!(listing.files.len(), 4, "two files at each of two holders");
+        assert_eq!(listing.empty_dirs.iter().collect::<Vec<_>>(), ["empty"]);
+        assert!(
+            d.folder_listing("holi").files.is_empty(),
+            "a folder is a whole component"
+        );
     }
 
     /// A private swarm's mDNS record carries a random label, not the

@@ -1,16 +1,42 @@
 //! What the dictionary answers, joining the peer table and the content
-//! index: the holders a download asks ([`Holder`]), name resolution, and
-//! the views `ls` and `peers` show. Read-only.
+//! index: the holders a download asks ([`Holder`]), name resolution (paths
+//! and folders included), what each holder lists under a folder
+//! ([`FolderListing`]), and the views `ls` and `peers` show (a row per
+//! content, and one per top-level folder). Read-only.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
 
 use super::Dict;
-use crate::api::{ContentView, HolderView, PeerView};
+use crate::api::{ContentKind, ContentView, HolderView, PeerView};
 use crate::chunkset::ChunkSet;
 use crate::id::{ContentId, NodeId};
 use crate::manifest::{CHUNK_SIZE, Category, Manifest};
 use crate::resolve::{self, Resolution};
+use crate::wire::EntryPath;
+
+/// One file a holder lists under a folder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    /// The path inside the folder.
+    pub path: String,
+    pub id: ContentId,
+    pub size: u64,
+    pub holder: NodeId,
+}
+
+/// What the online peers list under one folder ([`Dict::folder_listing`]).
+#[derive(Clone, Debug, Default)]
+pub struct FolderListing {
+    pub files: Vec<Listed>,
+    /// Empty folders, by their path inside the folder.
+    pub empty_dirs: BTreeSet<String>,
+    /// Whether any holder lists the folder (a file in it, or the folder
+    /// itself, empty).
+    pub found: bool,
+}
 
 /// A peer that holds (part of) a content, as the fetcher needs it.
 #[derive(Clone, Debug)]
@@ -89,6 +115,8 @@ impl Dict {
         holders.sort_by(|a, b| a.name.cmp(&b.name).then(a.addr.cmp(&b.addr)));
         let complete = holders.iter().filter(|h| h.chunks >= h.total).count() as u32;
         Some(ContentView {
+            kind: ContentKind::File,
+            files: 0,
             id: id.to_hex(),
             name: c.names.iter().next().cloned().unwrap_or_default(),
             names: c.names.iter().cloned().collect(),
@@ -106,6 +134,10 @@ impl Dict {
     /// name.
     pub fn list(&self, query: Option<&str>, category: Option<Category>) -> Vec<ContentId> {
         let mut ids: Vec<(String, ContentId)> = self.contents.map_all(|id, c| {
+            // Empty-folder entries show in their folder's row only.
+            if c.names.iter().all(|n| n.ends_with('/')) {
+                return None;
+            }
             let wanted = category.is_none_or(|cat| c.category == cat)
                 && query.is_none_or(|q| {
                     resolve::matches_filter(q, id, c.names.iter().map(String::as_str))
@@ -118,6 +150,130 @@ impl Dict {
             .map(|(_, id)| id)
             .filter(|id| !self.holders(id).is_empty())
             .collect()
+    }
+
+    /// One row per top-level folder (the first component of a path with
+    /// several) with at least one online holder: its file count, total
+    /// size, and each holder's share of it. `query` filters by folder name
+    /// (a case-insensitive substring).
+    pub fn folder_views(&self, query: Option<&str>) -> Vec<ContentView> {
+        // folder -> file path -> (content id, size)
+        let mut folders: BTreeMap<String, BTreeMap<String, (ContentId, u64)>> = BTreeMap::new();
+        let names = self
+            .contents
+            .map_all(|id, c| Some((*id, c.size, c.names.iter().cloned().collect::<Vec<_>>())));
+        for (id, size, names) in names {
+            for n in names {
+                let Some(top) = resolve::folders_of(&n).next() else {
+                    continue;
+                };
+                let files = folders.entry(top.to_string()).or_default();
+                if !n.ends_with('/') {
+                    files.entry(n.clone()).or_insert((id, size));
+                }
+            }
+        }
+        let q = query.map(str::to_lowercase);
+        folders
+            .into_iter()
+            .filter(|(f, _)| q.as_ref().is_none_or(|q| f.to_lowercase().contains(q)))
+            .filter_map(|(folder, files)| self.folder_view(folder, &files))
+            .collect()
+    }
+
+    /// The row of `folder`, whose files are `files` (path -> content).
+    fn folder_view(
+        &self,
+        folder: String,
+        files: &BTreeMap<String, (ContentId, u64)>,
+    ) -> Option<ContentView> {
+        let ids: BTreeMap<ContentId, u64> = files.values().copied().collect();
+        let total: u32 = ids
+            .values()
+            .map(|size| Manifest::chunk_count_for(*size, CHUNK_SIZE) as u32)
+            .sum();
+        // holder -> (view, contents held complete)
+        let mut by_holder: HashMap<NodeId, (HolderView, usize)> = HashMap::new();
+        for (id, size) in &ids {
+            let n = Manifest::chunk_count_for(*size, CHUNK_SIZE) as u32;
+            for h in self.holders(id) {
+                let held = h.chunks.count(n);
+                let (v, full) = by_holder.entry(h.id).or_insert_with(|| {
+                    let view = HolderView {
+                        name: h.name.clone(),
+                        addr: h.addr.to_string(),
+                        chunks: 0,
+                        total,
+                    };
+                    (view, 0)
+                });
+                v.chunks += held;
+                *full += usize::from(held >= n);
+            }
+        }
+        if by_holder.is_empty() {
+            return None;
+        }
+        let complete = by_holder
+            .values()
+            .filter(|(_, full)| *full == ids.len())
+            .count() as u32;
+        let mut holders: Vec<HolderView> = by_holder.into_values().map(|(v, _)| v).collect();
+        holders.sort_by(|a, b| a.name.cmp(&b.name).then(a.addr.cmp(&b.addr)));
+        Some(ContentView {
+            kind: ContentKind::Folder,
+            id: String::new(),
+            names: vec![folder.clone()],
+            name: folder,
+            size: files.values().map(|(_, size)| size).sum(),
+            category: Category::Other,
+            comment: String::new(),
+            complete,
+            partial: holders.len() as u32 - complete,
+            holders,
+            local: false,
+            files: files.len() as u32,
+        })
+    }
+
+    /// What every online peer lists under `folder` (a folder's path as the
+    /// network spells it): each file with its content and holder, and the
+    /// empty folders, all by their path inside `folder`.
+    pub fn folder_listing(&self, folder: &str) -> FolderListing {
+        let prefix = format!("{folder}/");
+        let mut out = FolderListing::default();
+        for peer in self.peers.online() {
+            let Some(inv) = self.contents.inventory(&peer.id) else {
+                continue;
+            };
+            for e in inv.entries.iter() {
+                // Only names that pass as paths (wire::check_path), so
+                // every path here is relative and bounded.
+                match e.path() {
+                    Some(EntryPath::Folder(path)) => {
+                        if let Some(dir) = path.strip_prefix(&prefix) {
+                            out.empty_dirs.insert(dir.to_string());
+                            out.found = true;
+                        }
+                        // The folder itself, shared empty.
+                        out.found |= path == folder;
+                    }
+                    Some(EntryPath::File(path)) => {
+                        if let Some(rel) = path.strip_prefix(&prefix) {
+                            out.found = true;
+                            out.files.push(Listed {
+                                path: rel.to_string(),
+                                id: e.id,
+                                size: e.size,
+                                holder: peer.id,
+                            });
+                        }
+                    }
+                    None => {}
+                }
+            }
+        }
+        out
     }
 
     /// The view `peers` shows, at `now` (`wall`: the same moment on the

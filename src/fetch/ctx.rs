@@ -137,7 +137,9 @@ impl FetchCtx {
             .collect();
         let _ = events.send(FetchEvent::PeerBytes { peers }).await;
         let sha = self.end_partial(&id, &partial, result)?;
-        let path = self.store.finish_partial(&partial)?;
+        let path = self
+            .store
+            .finish_partial_in(&partial, want.place.as_ref())?;
         Ok(FetchDone {
             id: id.to_hex(),
             path: path.display().to_string(),

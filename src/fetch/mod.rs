@@ -16,10 +16,14 @@
 //!   [`peers::DropReason`]), [`judge`] (a peer too slow, a download without
 //!   progress), [`endgame`] (silent and trusted workers).
 //!
+//! - [`folder`]: a folder download, its files fetched a few at a time
+//!   through [`FetchCtx`] into the folder's own tree.
+//!
 //! This module holds only the download's limits, request and errors.
 
 mod ctx;
 pub mod endgame;
+pub mod folder;
 mod follow;
 pub mod judge;
 mod manifest;
@@ -32,9 +36,10 @@ use std::time::Duration;
 
 use crate::id::ContentId;
 use crate::logs::human_bytes;
-use crate::store::StoreError;
+use crate::store::{Placement, StoreError};
 
 pub use ctx::FetchCtx;
+pub use folder::{FetchLocks, FolderEntry, FolderJob, FolderWant};
 pub use peers::{DropReason, HolderMemory, PeerBook, WorkerEnd};
 
 /// Tunables of a download.
@@ -63,6 +68,10 @@ pub struct FetchLimits {
     /// peer kept busy, and of the whole download; measured over
     /// `stall_timeout` for a peer and `give_up_after` for the download.
     pub min_rate: u64,
+    /// Files of a folder download fetched at once (each one download with
+    /// its own workers; together they keep the holders busy when the
+    /// files are small).
+    pub folder_files: usize,
 }
 
 impl Default for FetchLimits {
@@ -77,6 +86,7 @@ impl Default for FetchLimits {
             manifest_patience: Duration::from_secs(1),
             endgame_patience: Duration::from_secs(2),
             min_rate: 32 << 10,
+            folder_files: 8,
         }
     }
 }
@@ -91,6 +101,9 @@ pub struct Want {
     /// The size the user chose from (the dictionary entry the query
     /// resolved to). A manifest of another size is refused.
     pub size: Option<u64>,
+    /// Where the file lands when it is part of a folder download; `None`:
+    /// in downloads/ under its own name.
+    pub place: Option<Placement>,
 }
 
 impl Want {
@@ -100,11 +113,10 @@ impl Want {
             id,
             query: id.to_hex(),
             size: None,
+            place: None,
         }
     }
 }
-
-/// What this node learnt about holders across downloads: those that sent a
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -138,4 +150,13 @@ pub enum FetchError {
     Sha256Mismatch,
     #[error("cancelled")]
     Cancelled,
+    #[error(
+        "{failed} of the folder's {total} files could not be fetched (first: {first}); the others are in {dest}"
+    )]
+    FolderIncomplete {
+        failed: usize,
+        total: usize,
+        first: String,
+        dest: String,
+    },
 }

@@ -223,6 +223,7 @@ impl Service {
         let cancel = self.tasks.token().child_token();
         let want = match self.resolve(query, &cancel).await {
             Resolved::One(want) => want,
+            Resolved::Folder(folder) => return Ok(self.start_folder_fetch(query, folder, cancel)),
             Resolved::NotFound => return Err(FetchRefused::NotFound(query.into())),
             Resolved::Ambiguous(candidates) => {
                 let query = query.into();
@@ -252,6 +253,34 @@ impl Service {
             id,
             name,
         })
+    }
+
+    /// Starts the download of `folder` in the background (listed in the
+    /// transfers as one download).
+    fn start_folder_fetch(
+        self: &Arc<Self>,
+        query: &str,
+        folder: crate::fetch::FolderWant,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> FetchStarted {
+        let reg = &self.stats.transfers;
+        let d = reg.start_download(query, cancel.clone(), Instant::now());
+        let (tx, rx) = mpsc::channel::<FetchEvent>(64);
+        let (sink, _) = mpsc::channel::<FetchEvent>(1);
+        let name = folder.path.clone();
+        let this = self.clone();
+        self.tasks
+            .spawn(&format!("background fetch folder {name}"), async move {
+                tokio::join!(
+                    this.download_folder(folder, tx, cancel),
+                    this.track(d, rx, sink)
+                );
+            });
+        FetchStarted {
+            transfer: d.0,
+            id: String::new(),
+            name,
+        }
     }
 
     /// What this node shares.

@@ -1,8 +1,11 @@
 //! The index of shared files: walking the share roots, remembering each
 //! file's manifest keyed by (path, size, mtime) so unchanged files are never
 //! hashed twice, and the on-disk cache of that in `.lanshare/index.bin`.
+//! Also the name each file is offered under: its path relative to its
+//! share root ([`RootNaming`], [`inventory_name`]), and the empty folders
+//! a walk finds. Never takes a path from the network.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::Metadata;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::FileExt;
@@ -14,6 +17,19 @@ use serde::{Deserialize, Serialize};
 use super::{StoreError, io_err};
 use crate::id::ContentId;
 use crate::manifest::{Category, Manifest};
+use crate::wire::{InventoryEntry, check_path, folder_entry};
+
+/// Where the inventory names of the files under a root start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RootNaming {
+    /// With the root's own name: `share holiday` offers
+    /// `holiday/day1/beach.jpg` (a file shared alone: its name).
+    #[default]
+    WithRootName,
+    /// Inside the root: shared/ and downloads/ offer `holiday/day1/beach.jpg`
+    /// for `shared/holiday/day1/beach.jpg`.
+    InsideRoot,
+}
 
 /// A file or folder this node shares, with the metadata given to it.
 #[derive(Clone, Debug, Eq, Serialize, Deserialize)]
@@ -24,6 +40,10 @@ pub struct ShareRoot {
     /// Overrides the category guessed from each file's extension.
     #[serde(default)]
     pub category: Option<Category>,
+    /// How its files are named (not recorded: shares.json holds only
+    /// roots named with their own name).
+    #[serde(skip)]
+    pub naming: RootNaming,
 }
 
 impl PartialEq for ShareRoot {
@@ -33,6 +53,7 @@ impl PartialEq for ShareRoot {
         self.path.as_os_str() == other.path.as_os_str()
             && self.comment == other.comment
             && self.category == other.category
+            && self.naming == other.naming
     }
 }
 
@@ -42,8 +63,63 @@ impl ShareRoot {
             path,
             comment: String::new(),
             category: None,
+            naming: RootNaming::WithRootName,
         }
     }
+
+    /// A folder of the home (shared/, downloads/): its files are named
+    /// from inside it.
+    pub fn home_folder(path: PathBuf) -> Self {
+        ShareRoot {
+            naming: RootNaming::InsideRoot,
+            ..ShareRoot::plain(path)
+        }
+    }
+}
+
+/// One component of a local path made safe to send: lossy UTF-8, control
+/// characters and backslashes as `_`.
+fn clean_component(c: &std::ffi::OsStr) -> String {
+    c.to_string_lossy()
+        .chars()
+        .map(|ch| {
+            if ch.is_control() || ch == '\\' {
+                '_'
+            } else {
+                ch
+            }
+        })
+        .collect()
+}
+
+/// The name `path` (a file or folder under `root`) is offered under: its
+/// path relative to the root ([`RootNaming`]), components joined by `/`.
+/// `None` when that is no valid inventory name ([`check_path`]: too long or
+/// too deep) or names the root of a home folder itself.
+pub fn relative_name(path: &Path, root: &ShareRoot) -> Option<String> {
+    let base = match root.naming {
+        RootNaming::InsideRoot => root.path.as_path(),
+        RootNaming::WithRootName => root.path.parent()?,
+    };
+    let rel = path.strip_prefix(base).ok()?;
+    let parts: Vec<String> = rel
+        .components()
+        .map(|c| match c {
+            std::path::Component::Normal(n) => Some(clean_component(n)),
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    let name = parts.join("/");
+    check_path(&name).is_ok().then_some(name)
+}
+
+/// The name a file is offered under: [`relative_name`], or, for a path too
+/// long or too deep for the wire, its file name alone.
+pub fn inventory_name(path: &Path, root: &ShareRoot) -> String {
+    relative_name(path, root).unwrap_or_else(|| {
+        let name = path.file_name().map(clean_component).unwrap_or_default();
+        crate::wire::clean_text(&name, crate::wire::MAX_FILE_NAME)
+    })
 }
 
 /// `.lanshare/shares.json`: what `lanshare share` added.
@@ -115,13 +191,21 @@ fn is_internal(name: &std::ffi::OsStr) -> bool {
     n.starts_with(b".lanshare")
 }
 
+/// What a walk found: the files, and the inventory names of the empty
+/// folders (those holding no file and no folder).
+#[derive(Debug, Default)]
+pub struct Walk {
+    pub files: Vec<FoundFile>,
+    pub empty_dirs: BTreeSet<String>,
+}
+
 /// Walks every root. A file reached from several roots keeps the most
 /// specific root (the longest path), so `share shared/x --comment` wins over
 /// shared/ itself. Directory symlinks are not followed (no loops). A
 /// symlink to a file is followed when its target lies inside the same root
 /// (after resolving every link), or anywhere with `follow_symlinks`: an
 /// unpacked archive can hold links to `~/.ssh/id_ed25519` and the like.
-pub fn walk(roots: &[ShareRoot], follow_symlinks: bool) -> Vec<FoundFile> {
+pub fn walk(roots: &[ShareRoot], follow_symlinks: bool) -> Walk {
     let mut found = Found::default();
     for root in roots {
         // The root itself is followed even when it is a symlink.
@@ -146,19 +230,25 @@ pub fn walk(roots: &[ShareRoot], follow_symlinks: bool) -> Vec<FoundFile> {
         };
         walk_dir(root, real_root.as_deref(), &mut found);
     }
-    found.0.into_values().collect()
+    Walk {
+        files: found.files.into_values().collect(),
+        empty_dirs: found.empty_dirs,
+    }
 }
 
-/// The files a walk found so far, by path.
+/// The files a walk found so far, by path, and the empty folders' names.
 #[derive(Default)]
-struct Found(HashMap<PathBuf, FoundFile>);
+struct Found {
+    files: HashMap<PathBuf, FoundFile>,
+    empty_dirs: BTreeSet<String>,
+}
 
 impl Found {
     /// Keeps `path` under `root`, unless a more specific root (a longer
     /// path) already has it.
     fn consider(&mut self, path: PathBuf, meta: &std::fs::Metadata, root: &ShareRoot) {
         let keep_old = self
-            .0
+            .files
             .get(&path)
             .is_some_and(|old| old.root.path.as_os_str().len() >= root.path.as_os_str().len());
         if !keep_old {
@@ -168,7 +258,7 @@ impl Found {
                 mtime_ns: mtime_ns(meta),
                 root: root.clone(),
             };
-            self.0.insert(path, file);
+            self.files.insert(path, file);
         }
     }
 }
@@ -181,6 +271,7 @@ fn walk_dir(root: &ShareRoot, real_root: Option<&Path>, found: &mut Found) {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
         };
+        let mut empty = true;
         for entry in entries.flatten() {
             if is_internal(&entry.file_name()) {
                 continue;
@@ -189,14 +280,19 @@ fn walk_dir(root: &ShareRoot, real_root: Option<&Path>, found: &mut Found) {
                 continue;
             };
             if ft.is_dir() {
+                empty = false;
                 if depth < 64 {
                     stack.push((entry.path(), depth + 1));
                 }
                 continue;
             }
             if let Some(meta) = file_meta(&entry, ft, real_root) {
+                empty = false;
                 found.consider(entry.path(), &meta, root);
             }
+        }
+        if empty && let Some(name) = relative_name(&dir, root) {
+            found.empty_dirs.insert(name);
         }
     }
 }
@@ -336,20 +432,19 @@ pub struct IndexState {
     by_id: HashMap<ContentId, Arc<LocalContent>>,
     /// Manifests loaded from the cache, not yet matched to a walked file.
     cached: HashMap<PathBuf, CacheRecord>,
+    /// Names of the empty folders the last walk found.
+    empty_dirs: BTreeSet<String>,
 }
 
 fn content_for(file: &FoundFile, manifest: Arc<Manifest>) -> Arc<LocalContent> {
-    let name = file
-        .path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = inventory_name(&file.path, &file.root);
+    let file_name = name.rsplit('/').next().unwrap_or_default();
     Arc::new(LocalContent {
         id: manifest.content_id(),
         category: file
             .root
             .category
-            .unwrap_or_else(|| Category::from_name(&name)),
+            .unwrap_or_else(|| Category::from_name(file_name)),
         comment: file.root.comment.clone(),
         name,
         manifest,
@@ -406,8 +501,10 @@ impl IndexState {
     /// Applies a walk: drops files that vanished, refreshes metadata, takes
     /// manifests from the cache where size and mtime match. Returns whether
     /// anything changed and the files that must be hashed.
-    pub fn apply_walk(&mut self, found: &[FoundFile]) -> (bool, Vec<FoundFile>) {
-        let mut changed = false;
+    pub fn apply_walk(&mut self, walk: &Walk) -> (bool, Vec<FoundFile>) {
+        let found = &walk.files;
+        let mut changed = walk.empty_dirs != self.empty_dirs;
+        self.empty_dirs.clone_from(&walk.empty_dirs);
         let present: std::collections::HashSet<&PathBuf> = found.iter().map(|f| &f.path).collect();
         let before = self.files.len();
         self.files.retain(|p, _| present.contains(p));
@@ -507,5 +604,111 @@ impl IndexState {
 
     pub fn contents(&self) -> impl Iterator<Item = &Arc<LocalContent>> {
         self.by_id.values()
+    }
+
+    /// The inventory entries of the empty folders shared.
+    pub fn folder_entries(&self) -> impl Iterator<Item = InventoryEntry> + '_ {
+        self.empty_dirs.iter().map(|d| folder_entry(d))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(walk: &Walk) -> Vec<String> {
+        let mut n: Vec<String> = walk
+            .files
+            .iter()
+            .map(|f| inventory_name(&f.path, &f.root))
+            .collect();
+        n.sort();
+        n
+    }
+
+    /// Files are offered by their path from their share root: inside the
+    /// home's folders, with the folder's own name for `share FOLDER`, and
+    /// by name for a file shared alone; empty folders are found too.
+    #[test]
+    fn files_are_named_by_their_path_from_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        let day1 = shared.join("holiday/day1");
+        std::fs::create_dir_all(&day1).unwrap();
+        std::fs::create_dir_all(shared.join("holiday/empty")).unwrap();
+        std::fs::create_dir_all(shared.join("holiday/only-empty/inner")).unwrap();
+        std::fs::write(day1.join("beach.jpg"), b"b").unwrap();
+        std::fs::write(shared.join("top.txt"), b"t").unwrap();
+        std::fs::write(shared.join("holiday/back\\slash\u{7}.txt"), b"x").unwrap();
+        let other = dir.path().join("elsewhere/Photos");
+        std::fs::create_dir_all(other.join("2024")).unwrap();
+        std::fs::write(other.join("2024/x.png"), b"x").unwrap();
+        std::fs::write(dir.path().join("alone.pdf"), b"a").unwrap();
+        let roots = [
+            ShareRoot::home_folder(shared.clone()),
+            ShareRoot::plain(other.clone()),
+            ShareRoot::plain(dir.path().join("alone.pdf")),
+        ];
+        let walk = walk(&roots, false);
+        assert_eq!(
+            names(&walk),
+            [
+                "Photos/2024/x.png",
+                "alone.pdf",
+                "holiday/back_slash_.txt",
+                "holiday/day1/beach.jpg",
+                "top.txt"
+            ]
+        );
+        let empty: Vec<&str> = walk.empty_dirs.iter().map(String::as_str).collect();
+        assert_eq!(empty, ["holiday/empty", "holiday/only-empty/inner"]);
+        // A more specific root (share shared/holiday) names files the same.
+        let walk2 = super::walk(
+            &[
+                ShareRoot::home_folder(shared.clone()),
+                ShareRoot::plain(shared.join("holiday")),
+            ],
+            false,
+        );
+        assert_eq!(names(&walk2), names(&super::walk(&roots[..1], false)));
+        // An empty home folder is not offered itself; an empty shared
+        // folder is.
+        let empty_root = dir.path().join("nothing");
+        std::fs::create_dir(&empty_root).unwrap();
+        let w = super::walk(&[ShareRoot::home_folder(empty_root.clone())], false);
+        assert!(w.empty_dirs.is_empty());
+        let w = super::walk(&[ShareRoot::plain(empty_root)], false);
+        assert_eq!(w.empty_dirs.iter().collect::<Vec<_>>(), ["nothing"]);
+    }
+
+    #[test]
+    fn a_path_too_long_for_the_wire_is_offered_by_its_file_name() {
+        let root = ShareRoot::home_folder(PathBuf::from("/s"));
+        let deep: PathBuf = std::iter::once("/s".to_string())
+            .chain((0..40).map(|i| format!("d{i}")))
+            .chain(std::iter::once("f.txt".to_string()))
+            .collect();
+        assert_eq!(inventory_name(&deep, &root), "f.txt");
+        let long = PathBuf::from(format!("/s/{}/g.txt", "x".repeat(250)));
+        assert_eq!(inventory_name(&long, &root), "g.txt");
+        assert_eq!(inventory_name(Path::new("/s/a/b.txt"), &root), "a/b.txt");
+    }
+
+    proptest::proptest! {
+        /// Whatever the local file names, the name sent passes the checks
+        /// every receiver makes.
+        #[test]
+        fn every_local_name_passes_the_wire_check(parts in proptest::collection::vec("[^/\\x00]{1,40}", 1..40)) {
+            let root = ShareRoot::home_folder(PathBuf::from("/s"));
+            let mut path = PathBuf::from("/s");
+            for p in &parts {
+                if p == "." || p == ".." {
+                    return Ok(());
+                }
+                path.push(p);
+            }
+            let name = inventory_name(&path, &root);
+            proptest::prop_assert!(check_path(&name).is_ok(), "{:?} -> {:?}", path, name);
+        }
     }
 }

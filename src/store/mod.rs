@@ -3,6 +3,7 @@
 //! downloads and their final rename. Network input reaches the filesystem
 //! only through [`safe_file_name`] and content ids, never as a path.
 
+mod folder;
 mod home;
 mod index;
 mod partial;
@@ -14,8 +15,9 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
+pub use folder::{Placement, local_component};
 pub use home::{Home, safe_file_name};
-pub use index::{LocalContent, ShareRoot, SharesFile};
+pub use index::{LocalContent, RootNaming, ShareRoot, SharesFile};
 pub use partial::Partial;
 
 use crate::chunkset::ChunkSet;
@@ -186,8 +188,8 @@ impl Store {
     /// paths added with `lanshare share`.
     fn roots(&self) -> Vec<ShareRoot> {
         let mut roots = vec![
-            ShareRoot::plain(self.home.shared()),
-            ShareRoot::plain(self.home.downloads()),
+            ShareRoot::home_folder(self.home.shared()),
+            ShareRoot::home_folder(self.home.downloads()),
         ];
         roots.extend(self.cli_roots.iter().cloned().map(ShareRoot::plain));
         roots.extend(SharesFile::load(&self.home.shares_file()).entries);
@@ -284,6 +286,9 @@ impl Store {
                 comment: clean_comment(&c.comment),
                 chunks: ChunkSet::Full,
             });
+        }
+        for e in self.index.lock().expect("index lock").folder_entries() {
+            entries.entry(e.id).or_insert(e);
         }
         for p in self.partials.lock().expect("partials lock").values() {
             // Only chunks this process checked: never ones a resume state
@@ -396,7 +401,7 @@ impl Store {
             path: target.clone(),
             size: meta.len(),
             mtime_ns: index::mtime_ns(&meta),
-            root: ShareRoot::plain(self.home.downloads()),
+            root: ShareRoot::home_folder(self.home.downloads()),
         };
         {
             let mut idx = self.index.lock().expect("index lock");
@@ -494,7 +499,7 @@ mod tests {
         names.sort();
         assert_eq!(
             names,
-            ["a.txt", "c.bin"],
+            ["a.txt", "sub/c.bin"],
             "duplicates share one entry; partial files are never shared"
         );
         assert!(!store.rescan_blocking(), "nothing changed");
@@ -509,7 +514,7 @@ mod tests {
             .map(|e| e.name.clone())
             .collect();
         names.sort();
-        assert_eq!(names, ["b.txt", "c.bin"]);
+        assert_eq!(names, ["b.txt", "sub/c.bin"]);
         assert_ne!(store.inventory().digest, inv.digest);
 
         // A new store over the same home takes every manifest from the cache.
@@ -614,7 +619,7 @@ mod tests {
         // named by the smallest path).
         assert_eq!(names(&store), ["a-link.txt"]);
         let walked = index::walk(&[ShareRoot::plain(home.shared())], false);
-        assert_eq!(walked.len(), 2, "{walked:?}");
+        assert_eq!(walked.files.len(), 2, "{walked:?}");
 
         let store = Store::open(home.clone(), Vec::new()).unwrap();
         store.set_follow_symlinks(true);

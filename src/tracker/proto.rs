@@ -355,6 +355,8 @@ impl ContentHit {
             })
             .collect();
         crate::api::ContentView {
+            kind: crate::api::ContentKind::File,
+            files: 0,
             id: self.id.to_hex(),
             name: self.name.clone(),
             names: self.names.clone(),

@@ -19,8 +19,14 @@ pub const VERSION: u8 = 2;
 pub const MAGIC: [u8; 4] = *b"LNSH";
 /// Longest node name accepted, in bytes.
 pub const MAX_NODE_NAME: usize = 64;
-/// Longest file name accepted, in bytes.
+/// Longest file name accepted, in bytes: one path component, and also a
+/// whole inventory name (a path relative to its share root, see
+/// [`check_path`]), so every version-2 node accepts every name sent.
 pub const MAX_FILE_NAME: usize = 255;
+/// Most components of an inventory name (`a/b/c` has 3).
+pub const MAX_PATH_DEPTH: usize = 32;
+/// Domain of the id of an empty-folder entry ([`folder_entry_id`]).
+const FOLDER_ID_DOMAIN: &str = "lanshare 2026 empty folder entry v1";
 /// Longest comment accepted, in bytes.
 pub const MAX_COMMENT: usize = 1024;
 /// Longest error message accepted, in bytes.
@@ -50,7 +56,12 @@ impl From<postcard::Error> for WireError {
     }
 }
 
-/// One content in a node's inventory, as sent to peers.
+/// One content in a node's inventory, as sent to peers. `name` is the
+/// content's path relative to its share root, components separated by `/`
+/// (`holiday/day1/beach.jpg`; a file shared alone: its name). A name ending
+/// in `/` is an empty folder (`holiday/empty/`): size 0, chunks `Full`, and
+/// the id [`folder_entry_id`] of its path, so it names no content. A
+/// received name is used as a path only through [`InventoryEntry::path`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InventoryEntry {
     pub id: ContentId,
@@ -95,8 +106,86 @@ pub fn clean_text(s: &str, max: usize) -> String {
     out
 }
 
+/// Checks a path from the network (an inventory name without its folder
+/// mark): 1..=[`MAX_FILE_NAME`] bytes, 1..=[`MAX_PATH_DEPTH`] components
+/// separated by `/`, none empty, `.` or `..`, no backslash and no control
+/// character. So it is relative, and joined to a folder it stays inside it.
+pub fn check_path(path: &str) -> Result<(), WireError> {
+    let bad = WireError::OutOfBounds { field: "name" };
+    if path.is_empty() || path.len() > MAX_FILE_NAME {
+        return Err(bad);
+    }
+    let mut depth = 0;
+    for c in path.split('/') {
+        depth += 1;
+        if depth > MAX_PATH_DEPTH
+            || c.is_empty()
+            || c == "."
+            || c == ".."
+            || c.chars().any(|ch| ch == '\\' || ch.is_control())
+        {
+            return Err(bad);
+        }
+    }
+    Ok(())
+}
+
+/// The id an empty-folder entry for `path` (without its trailing `/`)
+/// carries: BLAKE3 in key-derivation mode, so it is never a content's id.
+pub fn folder_entry_id(path: &str) -> ContentId {
+    ContentId(blake3::derive_key(FOLDER_ID_DOMAIN, path.as_bytes()))
+}
+
+/// The entry this node sends for the empty folder `path` (a checked path).
+pub fn folder_entry(path: &str) -> InventoryEntry {
+    InventoryEntry {
+        id: folder_entry_id(path),
+        name: format!("{path}/"),
+        size: 0,
+        category: Category::Other,
+        comment: String::new(),
+        chunks: ChunkSet::Full,
+    }
+}
+
+/// What an inventory entry names, once its name passes as a path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryPath<'a> {
+    /// A file at this path.
+    File(&'a str),
+    /// An empty folder at this path (the name without its final `/`).
+    Folder(&'a str),
+}
+
 impl InventoryEntry {
-    /// Checks every bound of an entry received from the network.
+    /// Whether the name marks an empty folder (it ends in `/`).
+    pub fn is_folder(&self) -> bool {
+        self.name.ends_with('/')
+    }
+
+    /// The entry's name as a path, or `None` when it is no valid path
+    /// ([`check_path`]) or a folder entry that is not one ([`folder_entry`]:
+    /// size 0, chunks `Full`, its path's id). The only way a name from the
+    /// network becomes a path: a name that is not one is shown and matched,
+    /// never used to make a file or folder.
+    pub fn path(&self) -> Option<EntryPath<'_>> {
+        match self.name.strip_suffix('/') {
+            Some(path) => {
+                let folder = check_path(path).is_ok()
+                    && self.size == 0
+                    && self.chunks == ChunkSet::Full
+                    && self.id == folder_entry_id(path);
+                folder.then_some(EntryPath::Folder(path))
+            }
+            None => check_path(&self.name)
+                .ok()
+                .map(|()| EntryPath::File(&self.name)),
+        }
+    }
+
+    /// Checks every bound of an entry received from the network. The name
+    /// is checked as text (as by every version-2 node); whether it is a
+    /// usable path is [`InventoryEntry::path`]'s question.
     pub fn check(&self) -> Result<(), WireError> {
         if self.name.is_empty() {
             return Err(WireError::OutOfBounds { field: "name" });
@@ -146,6 +235,120 @@ mod tests {
         ] {
             let c = clean_text(s, MAX_NODE_NAME);
             check_text(&c, MAX_NODE_NAME, "name").unwrap();
+        }
+    }
+
+    #[test]
+    fn paths_are_relative_and_bounded() {
+        for ok in [
+            "a",
+            "holiday/day1/beach.jpg",
+            "with space/é ü.txt",
+            ".hidden/x",
+            "a..b",
+        ] {
+            check_path(ok).unwrap();
+        }
+        let deep = vec!["d"; MAX_PATH_DEPTH + 1].join("/");
+        let long = "x".repeat(MAX_FILE_NAME + 1);
+        for bad in [
+            "",
+            "/etc/passwd",
+            "a/../b",
+            "..",
+            ".",
+            "a/./b",
+            "a//b",
+            "a/",
+            "a\\b",
+            "..\\x",
+            "a\nb",
+            "a\u{1b}[31m",
+            &deep,
+            &long,
+        ] {
+            assert!(check_path(bad).is_err(), "{bad:?}");
+        }
+        check_path(&vec!["d"; MAX_PATH_DEPTH].join("/")).unwrap();
+    }
+
+    #[test]
+    fn folder_entries_are_checked() {
+        let e = folder_entry("holiday/empty");
+        assert_eq!(e.name, "holiday/empty/");
+        e.check().unwrap();
+        assert_eq!(e.path(), Some(EntryPath::Folder("holiday/empty")));
+        // The id must be the folder's: an entry cannot pass as a folder
+        // while naming a content (or another folder).
+        let mut forged = e.clone();
+        forged.id = ContentId([7; 32]);
+        assert_eq!(forged.path(), None);
+        let mut sized = e.clone();
+        sized.size = 1;
+        assert_eq!(sized.path(), None);
+        assert_eq!(folder_entry("../x").path(), None);
+        assert_eq!(folder_entry("").path(), None, "a lone / is no folder");
+        // A name that is no path still decodes (every version-2 node sends
+        // and accepts it), but is never a path.
+        let mut odd = folder_entry("x");
+        odd.name = "..\\evil".into();
+        odd.check().unwrap();
+        assert_eq!(odd.path(), None);
+    }
+
+    /// Characters that matter to paths, often, and anything else, sometimes.
+    fn tricky_path() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let piece = prop_oneof![
+            Just("/".to_string()),
+            Just("..".to_string()),
+            Just(".".to_string()),
+            Just("\\".to_string()),
+            Just("\0".to_string()),
+            Just("~".to_string()),
+            Just("a".to_string()),
+            Just("é".to_string()),
+            "\\PC{1,3}",
+            ".{1,2}",
+        ];
+        proptest::collection::vec(piece, 0..24).prop_map(|v| v.concat())
+    }
+
+    proptest::proptest! {
+        /// Whatever a peer sends, a name that passes the check, joined to
+        /// a folder, names something strictly inside that folder: every
+        /// component is a plain name (never `..`, a root or a prefix).
+        #[test]
+        fn no_checked_path_escapes_its_folder(path in tricky_path()) {
+            use std::path::{Component, Path};
+            if check_path(&path).is_ok() {
+                let base = Path::new("/home/n/downloads/holiday");
+                let joined = base.join(&path);
+                proptest::prop_assert!(joined.starts_with(base));
+                let rest = joined.strip_prefix(base).unwrap();
+                proptest::prop_assert!(rest.components().all(|c| matches!(c, Component::Normal(_))));
+                proptest::prop_assert_eq!(rest.components().count(), path.split('/').count());
+                proptest::prop_assert!(path.len() <= MAX_FILE_NAME);
+            }
+        }
+
+        /// Whatever name an entry carries, the path it yields (if any) is
+        /// relative: no component empty, `.` or `..`.
+        #[test]
+        fn entries_yield_only_relative_paths(name in tricky_path()) {
+            let e = InventoryEntry {
+                id: folder_entry_id(name.strip_suffix('/').unwrap_or(&name)),
+                name: name.clone(),
+                size: 0,
+                category: Category::Other,
+                comment: String::new(),
+                chunks: ChunkSet::Full,
+            };
+            if let Some(EntryPath::File(path) | EntryPath::Folder(path)) = e.path() {
+                proptest::prop_assert!(check_path(path).is_ok());
+                proptest::prop_assert!(path.split('/').all(|c| !c.is_empty() && c != "." && c != ".."));
+                proptest::prop_assert!(!path.contains('\\') && !path.chars().any(char::is_control));
+            }
         }
     }
 }

@@ -133,7 +133,7 @@ fn the_dashboard_in_a_real_browser() {
     lan.shape(0, "16mbit");
     let b = lan.node(1, "beta", &[]);
     wait_holders(&b, "concert.mkv", 1);
-    wait_holders(&b, "live-set.ogg", 1);
+    wait_holders(&b, "recordings/live-set.ogg", 1);
 
     let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/ui-shots");
     let common = |url: String| {

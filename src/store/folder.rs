@@ -1,0 +1,302 @@
+//! Where a folder download lands: its own new folder in downloads/ (under a
+//! free name: `holiday`, `holiday (1)`, ...), the folders inside it, and
+//! each verified file moved or copied into place, then shared.
+//!
+//! Never overwrites or deletes anything a user has in downloads/: folders
+//! are made with `mkdir` (which fails on anything already there), files are
+//! hard-linked under a free name. Takes only paths that pass
+//! [`check_path`], and never writes through a symlink: a folder on the way
+//! that turns out to be a link (or not a folder) is refused.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use super::index::{FoundFile, mtime_ns};
+use super::{Partial, ShareRoot, Store, StoreError, io_err, safe_file_name};
+use crate::id::ContentId;
+use crate::wire::{MAX_FILE_NAME, check_path};
+
+/// Most attempts at a free folder or file name.
+const MAX_ATTEMPTS: u32 = 10_000;
+
+/// Where a download of one file of a folder lands: a folder made by
+/// [`Store::create_folder_path`], and the file's own name there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    pub dir: PathBuf,
+    /// One checked path component (made local by [`local_component`]).
+    pub name: String,
+}
+
+/// A component of a checked path as it is written locally: as sent, except
+/// that a name lanshare keeps for itself (`.lanshare...`, never shared) gets
+/// a `_` in front.
+pub fn local_component(c: &str) -> String {
+    if c.starts_with(".lanshare") {
+        format!("_{c}")
+    } else {
+        c.to_string()
+    }
+}
+
+/// The longest prefix of `s` of at most `max` bytes, at a char boundary.
+fn prefix(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The names tried for a folder or file called `name`: `name`, then
+/// `name (1)`, `name (2)`, ... (a file keeps its extension last), each at
+/// most [`MAX_FILE_NAME`] bytes.
+fn free_names(name: &str, is_file: bool) -> impl Iterator<Item = String> + '_ {
+    let (stem, ext) = match name.rsplit_once('.') {
+        Some((s, _)) if is_file && !s.is_empty() && name.len() - s.len() < 32 => {
+            (s, &name[s.len()..])
+        }
+        _ => (name, ""),
+    };
+    (0..MAX_ATTEMPTS).map(move |n| {
+        if n == 0 {
+            return prefix(name, MAX_FILE_NAME).to_string();
+        }
+        let counter = format!(" ({n})");
+        let room = MAX_FILE_NAME - counter.len() - ext.len();
+        format!("{}{counter}{ext}", prefix(stem, room))
+    })
+}
+
+/// Makes the folder `path` unless a real folder is there already; anything
+/// else there (a file, a symlink) is refused.
+fn make_real_dir(path: &Path) -> Result<(), StoreError> {
+    match std::fs::create_dir(path) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io_err("cannot create folder", path)(e)),
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_dir() => Ok(()),
+        _ => Err(StoreError::Io {
+            what: "refusing to download into something that is not a plain folder:",
+            path: path.to_path_buf(),
+            source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+        }),
+    }
+}
+
+impl Store {
+    /// Creates the folder a folder download called `name` lands in: a new
+    /// folder in downloads/ named `name` made safe, or the first of
+    /// `name (1)`, `name (2)`, ... that does not exist.
+    pub fn create_download_folder(&self, name: &str) -> Result<PathBuf, StoreError> {
+        let downloads = self.home.downloads();
+        let name = safe_file_name(name);
+        for candidate in free_names(&name, false) {
+            let path = downloads.join(local_component(&candidate));
+            match std::fs::create_dir(&path) {
+                Ok(()) => return Ok(path),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(io_err("cannot create folder", &path)(e)),
+            }
+        }
+        Err(StoreError::Io {
+            what: "no free folder name in",
+            path: downloads,
+            source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+        })
+    }
+
+    /// Checks that `dir` can take a folder download that resumes: a plain
+    /// folder (not a symlink) directly inside downloads/.
+    pub fn check_download_folder(&self, dir: &Path) -> Result<(), StoreError> {
+        let refused = || StoreError::Io {
+            what: "a folder download must resume in its own folder inside downloads/, not",
+            path: dir.to_path_buf(),
+            source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        };
+        if dir.parent() != Some(self.home.downloads().as_path()) {
+            return Err(refused());
+        }
+        let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if check_path(name).is_err() || name.contains('/') {
+            return Err(refused());
+        }
+        make_real_dir(dir)
+    }
+
+    /// Creates the folder `rel` (a path that passes [`check_path`]) inside
+    /// `root` (a folder download's own folder), and every folder on the
+    /// way; each must end up a plain folder. Returns its path.
+    pub fn create_folder_path(&self, root: &Path, rel: &str) -> Result<PathBuf, StoreError> {
+        check_path(rel).map_err(|_| StoreError::Io {
+            what: "refusing a folder path from the network:",
+            path: PathBuf::from(rel),
+            source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        })?;
+        let mut dir = root.to_path_buf();
+        for c in rel.split('/') {
+            dir.push(local_component(c));
+            make_real_dir(&dir)?;
+        }
+        Ok(dir)
+    }
+
+    /// Like [`Store::finish_partial`], but into `place` when given: the
+    /// verified file is linked into its folder under its own name (or the
+    /// first free variant of it), and shared from there.
+    pub fn finish_partial_in(
+        &self,
+        p: &Partial,
+        place: Option<&Placement>,
+    ) -> Result<PathBuf, StoreError> {
+        let Some(place) = place else {
+            return self.finish_partial(p);
+        };
+        let landed = p.finish(&place.dir)?;
+        let target = if landed.file_name() == Some(std::ffi::OsStr::new(&place.name)) {
+            landed
+        } else {
+            let target = link_free(&landed, &place.dir, &place.name)?;
+            let _ = std::fs::remove_file(&landed);
+            target
+        };
+        self.index_download(&target, (*p.manifest).clone())?;
+        self.release_partial(&p.id);
+        self.publish();
+        Ok(target)
+    }
+
+    /// Copies this node's complete copy of `id` to `place` (a second path
+    /// of one content in a folder, or a content already here), checks the
+    /// copy against the manifest, and shares it. Blocking: reads and
+    /// hashes the whole file.
+    pub fn copy_into(&self, id: &ContentId, place: &Placement) -> Result<PathBuf, StoreError> {
+        let local = self.complete(id).ok_or(StoreError::NotFound(*id))?;
+        let mut src = local.open()?;
+        let tmp = place
+            .dir
+            .join(format!(".lanshare-copy-{}.tmp", &id.to_hex()[..24]));
+        let _ = std::fs::remove_file(&tmp);
+        let mut out = crate::platform::open_nofollow(
+            OpenOptions::new().write(true).create_new(true).mode(0o644),
+            &tmp,
+        )
+        .map_err(io_err("cannot create", &tmp))?;
+        let copied = std::io::copy(&mut src, &mut out)
+            .and_then(|_| out.flush())
+            .and_then(|()| out.sync_all());
+        drop(out);
+        let checked = copied
+            .map_err(io_err("cannot copy to", &tmp))
+            .and_then(|()| {
+                crate::manifest::hash_file(&tmp, |_| {}).map_err(io_err("cannot read", &tmp))
+            })
+            .and_then(|m| {
+                if m.content_id() == *id {
+                    Ok(m)
+                } else {
+                    Err(StoreError::Changed {
+                        path: local.path.clone(),
+                    })
+                }
+            });
+        let result = checked.and_then(|m| Ok((link_free(&tmp, &place.dir, &place.name)?, m)));
+        let _ = std::fs::remove_file(&tmp);
+        let (target, manifest) = result?;
+        self.index_download(&target, manifest)?;
+        self.publish();
+        Ok(target)
+    }
+
+    /// Adds a finished download at `path` (under downloads/) to the index.
+    fn index_download(
+        &self,
+        path: &Path,
+        manifest: crate::manifest::Manifest,
+    ) -> Result<(), StoreError> {
+        let meta = std::fs::metadata(path).map_err(io_err("cannot stat", path))?;
+        let file = FoundFile {
+            path: path.to_path_buf(),
+            size: meta.len(),
+            mtime_ns: mtime_ns(&meta),
+            root: ShareRoot::home_folder(self.home.downloads()),
+        };
+        let mut idx = self.index.lock().expect("index lock");
+        idx.insert(file, manifest);
+        if let Err(e) = idx.save(&self.home.index_cache()) {
+            tracing::warn!(error = %e, "cannot write the index cache");
+        }
+        Ok(())
+    }
+}
+
+/// Hard-links `from` into `dir` under `name` or the first free variant.
+fn link_free(from: &Path, dir: &Path, name: &str) -> Result<PathBuf, StoreError> {
+    for candidate in free_names(name, true) {
+        let target = dir.join(candidate);
+        match std::fs::hard_link(from, &target) {
+            Ok(()) => return Ok(target),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io_err("cannot move download into place at", &target)(e)),
+        }
+    }
+    Err(StoreError::Io {
+        what: "no free file name in",
+        path: dir.to_path_buf(),
+        source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Home;
+
+    #[test]
+    fn a_folder_download_never_lands_on_anything_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path());
+        let store = Store::open(home.clone(), Vec::new()).unwrap();
+        std::fs::create_dir(home.downloads().join("holiday")).unwrap();
+        std::fs::write(home.downloads().join("holiday (1)"), b"a file").unwrap();
+        let made = store.create_download_folder("holiday").unwrap();
+        assert_eq!(made, home.downloads().join("holiday (2)"));
+        assert_eq!(
+            std::fs::read(home.downloads().join("holiday (1)")).unwrap(),
+            b"a file"
+        );
+        let inner = store.create_folder_path(&made, "day1/empty").unwrap();
+        assert!(inner.is_dir());
+        // A symlink on the way is never followed.
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, made.join("link")).unwrap();
+        assert!(store.create_folder_path(&made, "link/x").is_err());
+        assert!(!outside.join("x").exists());
+        for bad in ["../x", "/etc", "a/../../b", ""] {
+            assert!(store.create_folder_path(&made, bad).is_err(), "{bad}");
+        }
+        assert!(store.check_download_folder(&made).is_ok());
+        assert!(store.check_download_folder(&outside).is_err());
+        assert!(store.check_download_folder(&made.join("day1")).is_err());
+    }
+
+    #[test]
+    fn free_names_keep_extensions_of_files_only() {
+        let f: Vec<String> = free_names("a.b.txt", true).take(2).collect();
+        assert_eq!(f, ["a.b.txt", "a.b (1).txt"]);
+        let d: Vec<String> = free_names("my.photos", false).take(2).collect();
+        assert_eq!(d, ["my.photos", "my.photos (1)"]);
+        let long = "é".repeat(200);
+        assert!(
+            free_names(&long, false)
+                .take(3)
+                .all(|n| n.len() <= MAX_FILE_NAME)
+        );
+        assert_eq!(local_component(".lanshare-x"), "_.lanshare-x");
+    }
+}

@@ -1,0 +1,202 @@
+//! Folders across hosts: two holders of one tree (nested folders, empty
+//! folders, files of 0 bytes, 1 byte, exactly one chunk and several chunks,
+//! names with spaces and non-ASCII), a third node that fetches it by the
+//! folder's name, then again (it lands beside the first, never on it), and
+//! `fetch a b` of two files of one name in different folders.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use super::harness::{Lan, Node, data, wait_until};
+
+const CHUNK: usize = lanshare::manifest::CHUNK_SIZE as usize;
+const DEADLINE: Duration = Duration::from_secs(120);
+
+/// The tree both holders share in `shared/holiday`, and an extra file.
+fn files() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("holiday/empty.bin", Vec::new()),
+        ("holiday/one byte.txt", b"x".to_vec()),
+        ("holiday/day1/beach photo.jpg", data(CHUNK, 1)),
+        ("holiday/day2/sunset é.jpg", data(6 * CHUNK + 17, 2)),
+        ("holiday/day2/nested/deep/café ☕.txt", b"deep".to_vec()),
+        ("holiday/notes.txt", b"holiday notes".to_vec()),
+        ("work/notes.txt", b"work notes".to_vec()),
+    ]
+}
+
+const EMPTY_DIRS: [&str; 2] = ["holiday/empty folder", "holiday/day3/nothing here"];
+
+fn write_tree(home: &Path) {
+    let shared = home.join("shared");
+    for (path, bytes) in files() {
+        let p = shared.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    }
+    for d in EMPTY_DIRS {
+        std::fs::create_dir_all(shared.join(d)).unwrap();
+    }
+}
+
+/// Every file (with its bytes) and folder (`None`) under `dir`, by path.
+fn tree(dir: &Path) -> BTreeMap<String, Option<Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let rel = e
+                .path()
+                .strip_prefix(dir)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            let meta = std::fs::symlink_metadata(e.path()).unwrap();
+            if meta.is_dir() {
+                out.insert(rel, None);
+                stack.push(e.path());
+            } else {
+                out.insert(rel, Some(std::fs::read(e.path()).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+fn assert_same_tree(got: &Path, want: &Path) {
+    let (g, w) = (tree(got), tree(want));
+    let names = |t: &BTreeMap<String, Option<Vec<u8>>>| t.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(
+        names(&g),
+        names(&w),
+        "{} differs from {}",
+        got.display(),
+        want.display()
+    );
+    assert!(
+        g == w,
+        "file contents differ between {} and {}",
+        got.display(),
+        want.display()
+    );
+}
+
+/// The `ls --json` row of the folder `name`, if listed.
+fn folder_row(node: &Node, name: &str) -> Option<serde_json::Value> {
+    node.ls()
+        .into_iter()
+        .find(|v| v["kind"] == "folder" && v["name"] == name)
+}
+
+fn run(node: &Node, args: &[&str]) -> (bool, String, String) {
+    let out = node.cli(args);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Two holders, a fetcher: the folder arrives whole and identical, from
+/// both holders; a second fetch lands in `holiday (1)`; files in downloads/
+/// are never touched; several names are fetched in one command.
+#[test]
+fn a_folder_is_fetched_whole_from_two_holders() {
+    let Some(lan) = Lan::new(3) else { return };
+    for i in 0..2 {
+        lan.shape(i, "40mbit");
+        write_tree(&lan.home(&format!("holder{i}")));
+    }
+    let holders: Vec<Node> = (0..2)
+        .map(|i| lan.start(i, &format!("holder{i}")))
+        .collect();
+    let fetcher = lan.node(2, "fetcher", &[]);
+    // A file of the user's already in downloads/, named like one of the
+    // folder's files.
+    let mine = fetcher.downloads().join("one byte.txt");
+    std::fs::write(&mine, b"precious, not from the network").unwrap();
+
+    assert!(
+        wait_until(DEADLINE, || folder_row(&fetcher, "holiday")
+            .is_some_and(|v| v["complete"] == 2 && v["files"] == 6)),
+        "the fetcher never listed the folder with 2 complete holders: {:?}\n{}",
+        fetcher.ls(),
+        fetcher.log_tail()
+    );
+    let ls = fetcher.ls();
+    let listed = |name: &str| ls.iter().any(|v| v["name"] == name && v["kind"] == "file");
+    assert!(
+        listed("holiday/day2/sunset é.jpg") && listed("work/notes.txt"),
+        "{ls:?}"
+    );
+    let (_, text, _) = run(&fetcher, &["ls", "holiday/day2"]);
+    assert!(
+        text.contains("holiday/day2/sunset é.jpg"),
+        "ls QUERY matches paths: {text}"
+    );
+
+    // One file by its path: lands beside the user's file of that name.
+    fetcher.fetch_ok("holiday/one byte.txt", DEADLINE);
+    assert_eq!(
+        std::fs::read(&mine).unwrap(),
+        b"precious, not from the network"
+    );
+    assert_eq!(
+        std::fs::read(fetcher.downloads().join("one byte (1).txt")).unwrap(),
+        b"x"
+    );
+
+    // Two notes.txt told apart by their paths, fetched in one command;
+    // a name that matches nothing fails alone and is named.
+    let (ok, _, err) = run(
+        &fetcher,
+        &[
+            "fetch",
+            "work/notes.txt",
+            "nosuch-name",
+            "holiday/notes.txt",
+        ],
+    );
+    assert!(!ok, "a failed name must fail the command");
+    assert!(err.contains("nosuch-name"), "{err}");
+    assert_eq!(
+        std::fs::read(fetcher.downloads().join("notes.txt")).unwrap(),
+        b"work notes"
+    );
+    assert_eq!(
+        std::fs::read(fetcher.downloads().join("notes (1).txt")).unwrap(),
+        b"holiday notes"
+    );
+
+    // The folder by its name (two of its files are here already: copied).
+    let out = fetcher.fetch_ok("holiday", DEADLINE);
+    assert!(out.contains("6 files"), "{out}");
+    let original = lan.home("holder0").join("shared/holiday");
+    assert_same_tree(&fetcher.downloads().join("holiday"), &original);
+    for h in &holders {
+        assert!(
+            wait_until(Duration::from_secs(30), || !h.upload_log().is_empty()),
+            "{} served nothing of the folder",
+            h.name
+        );
+    }
+    // The download is shared in turn, with its path.
+    assert!(
+        wait_until(DEADLINE, || holders[0].ls().iter().any(|v| v["name"]
+            == "holiday/day2/sunset é.jpg"
+            && v["complete"] == 2)),
+        "the fetched folder is not offered under its paths: {:?}",
+        holders[0].ls()
+    );
+
+    // Again: it lands beside the first copy, which stays as it was.
+    let out = fetcher.fetch_ok("holiday", DEADLINE);
+    assert!(out.contains("holiday (1)"), "{out}");
+    assert_same_tree(&fetcher.downloads().join("holiday (1)"), &original);
+    assert_same_tree(&fetcher.downloads().join("holiday"), &original);
+    assert_eq!(
+        std::fs::read(&mine).unwrap(),
+        b"precious, not from the network"
+    );
+}
