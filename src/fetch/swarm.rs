@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::FetchError;
 use super::ctx::FetchCtx;
 use super::endgame::SlotWatch;
-use super::follow::follow;
+use super::follow::{FEED_AHEAD_BYTES, Feed, follow};
 use super::judge::{NoProgress, Progress};
 use super::peers::{PeerBook, WorkerEnd};
 use super::state::{ChunkMap, ChunkState, Slot};
@@ -43,6 +43,8 @@ pub(super) struct Shared {
     pub map: Mutex<ChunkMap>,
     /// Chunks hashed in memory by this process before they were written.
     pub verified_here: Mutex<Bitmap>,
+    /// Verified chunk buffers on their way to the follower's SHA-256.
+    pub feed: Feed,
     /// Bumped on every chunk state change.
     pub changed: watch::Sender<u64>,
     /// Bytes of chunks this run fetched and kept (duplicates excluded).
@@ -62,6 +64,7 @@ impl Shared {
             id,
             map: Mutex::new(ChunkMap::new(total, &partial.have())),
             verified_here: Mutex::new(Bitmap::new(total)),
+            feed: Feed::new(FEED_AHEAD_BYTES),
             manifest,
             partial,
             changed: watch::channel(0).0,
