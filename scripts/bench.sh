@@ -283,9 +283,11 @@ gibps() { fmt "$1 / 1024 / $2" .3f; }   # MB SECS -> GiB/s
 command -v curl >/dev/null || die "curl is needed"
 command -v openssl >/dev/null || die "openssl is needed"
 
-log "building (cargo build --release; cargo bench --no-run --bench index_file)"
+log "building (cargo build --release; for b) cargo bench --no-run --bench index_file)"
 (cd "$ROOT" && cargo build --release --quiet) || die "cargo build --release failed"
-(cd "$ROOT" && cargo bench --no-run --quiet --bench index_file) || die "building benches/index_file.rs failed"
+if [[ "$PARTS" == *b* ]]; then
+    (cd "$ROOT" && cargo bench --no-run --quiet --bench index_file) || die "building benches/index_file.rs failed"
+fi
 [[ -x "$BIN" ]] || die "no $BIN after the build"
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -619,7 +621,7 @@ e_lanshare() {
     timed_fetch - "$home" "$FILE_NAME" "$WORK/e-fetch-$mode-$rep.out"
     s_cpu=$(calc "($(cpu_ticks "$seed") - $s0) / $CLK_TCK")
     f_cpu=$(calc "($(cpu_ticks "$fpid") - $f0) / $CLK_TCK")
-    log "e) $mode fetch $rep: $(fmt "$FETCH_SECS" .3f) s ($(gibps "$SIZE_MB" "$FETCH_SECS") GiB/s); CPU seeder $(fmt "$s_cpu" .2f) s, fetcher $(fmt "$f_cpu" .2f) s"
+    log "e) $mode fetch $rep: $(fmt "$FETCH_SECS" .3f) s ($(gibps "$SIZE_MB" "$FETCH_SECS") GiB/s; all received $(fmt "$RECV_SECS" .2f) s, tail $(fmt "$TAIL_SECS" .2f) s); CPU seeder $(fmt "$s_cpu" .2f) s, fetcher $(fmt "$f_cpu" .2f) s"
     sync "$home/downloads/$FILE_NAME"
     cmp "$SRC" "$home/downloads/$FILE_NAME" || die "the $mode download differs from the original"
     E_ALL[$mode]="${E_ALL[$mode]:-}$(fmt "$FETCH_SECS" .3f) "
