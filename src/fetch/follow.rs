@@ -334,7 +334,12 @@ mod tests {
         assert!(put(&feed, 1, chunk(1)).is_empty());
         // Full, and the follower is idle: refused at once, whatever the patience.
         let long = Duration::from_secs(30);
+        let t0 = Instant::now();
         assert_eq!(feed.offer(2, chunk(2), long), chunk(2));
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no wait for an idle follower"
+        );
         // The follower hashes chunk 0: chunk 2 waits until it advances.
         assert!(put(&feed, 0, chunk(0)).is_empty());
         let got = feed.take(0).unwrap();
