@@ -337,6 +337,63 @@ fn chunk_map(c: &mut Criterion) {
     });
     g.finish();
 }
+/// What a fetcher does with each 1 MiB chunk of a 64 MiB download, on one
+/// thread: the BLAKE3 check, the write into a file (the page cache), and the
+/// whole-file SHA-256, either from the buffer just written (how the follower
+/// hashes chunks handed over by the workers) or from a read of the file
+/// back (how it hashes a chunk that arrived too far out of order).
+fn chunk_landing(c: &mut Criterion) {
+    use std::os::unix::fs::FileExt;
+    let data = pseudo_random(64 * MIB, b"chunk landing");
+    let m = manifest::manifest_of(&data, CHUNK_SIZE);
+    let file = tempfile::tempfile().expect("temp file");
+    file.set_len(data.len() as u64).expect("size temp file");
+    let mut buf = vec![0u8; MIB];
+    let mut g = c.benchmark_group("chunk_landing_64MiB");
+    g.throughput(Throughput::Bytes(data.len() as u64))
+        .sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+    let land = |sha: &mut sha2::Sha256, re_read: Option<&mut Vec<u8>>| {
+        let mut re_read = re_read;
+        for (i, chunk) in data.chunks(MIB).enumerate() {
+            assert!(m.chunk_matches(i as u32, chunk));
+            let at = (i * MIB) as u64;
+            file.write_all_at(chunk, at).expect("write");
+            match re_read.as_deref_mut() {
+                Some(buf) => {
+                    file.read_exact_at(buf, at).expect("read back");
+                    sha.update(&buf[..]);
+                }
+                None => sha.update(chunk),
+            }
+        }
+    };
+    g.bench_function("verify+write", |b| {
+        b.iter(|| {
+            for (i, chunk) in data.chunks(MIB).enumerate() {
+                assert!(m.chunk_matches(i as u32, chunk));
+                file.write_all_at(chunk, (i * MIB) as u64).expect("write");
+            }
+        })
+    });
+    g.bench_function("verify+write+sha256 of the buffer", |b| {
+        b.iter(|| {
+            let mut sha = sha2::Sha256::new();
+            land(&mut sha, None);
+            black_box(sha.finalize())
+        })
+    });
+    g.bench_function("verify+write+read back+sha256", |b| {
+        b.iter(|| {
+            let mut sha = sha2::Sha256::new();
+            land(&mut sha, Some(&mut buf));
+            black_box(sha.finalize())
+        })
+    });
+    g.finish();
+}
 
 /// Runs the three handshake messages in memory; the two transports
 /// (client's, server's).
@@ -382,8 +439,9 @@ fn handshakes(c: &mut Criterion) {
 fn records(c: &mut Criterion) {
     let (client, server) = (Identity::from_seed([1; 32]), Identity::from_seed([2; 32]));
     let private = Mode::private(&SwarmKey::from_bytes([3; 32]));
-    let (ct, st) = handshake_pair(&client, &server, &private);
-    let (mut sealer, mut opener) = (Records::new(st), Records::new(ct));
+    // Sealing alone needs no opener.
+    let (_, st) = handshake_pair(&client, &server, &private);
+    let mut sealer = Records::new(st);
     let chunk = pseudo_random(4 * MIB, b"records");
     let mut sealed = Vec::with_capacity(chunk.len() + chunk.len() / 1000 + 4096);
     let mut opened = vec![0u8; record::MAX_RECORD];
@@ -400,6 +458,32 @@ fn records(c: &mut Criterion) {
             }
             black_box(sealed.len())
         })
+    });
+    // Opening alone (the fetcher's share): the records are sealed in the
+    // untimed setup of each batch, by a fresh pair of transports (the
+    // benches above moved the first pair's nonces apart).
+    let (ct, st) = handshake_pair(&client, &server, &private);
+    let (mut sealer, mut opener) = (Records::new(st), Records::new(ct));
+    g.bench_function("open", |b| {
+        b.iter_batched_ref(
+            || {
+                let mut sealed = Vec::with_capacity(chunk.len() + chunk.len() / 1000 + 4096);
+                for piece in chunk.chunks(record::MAX_PLAINTEXT) {
+                    sealer.seal(piece, &mut sealed).unwrap();
+                }
+                sealed
+            },
+            |sealed| {
+                let mut rest = sealed.as_slice();
+                while rest.len() > record::LEN_PREFIX {
+                    let len = record::record_len([rest[0], rest[1]]).unwrap();
+                    let body = &rest[record::LEN_PREFIX..record::LEN_PREFIX + len];
+                    black_box(opener.open(body, &mut opened).unwrap());
+                    rest = &rest[record::LEN_PREFIX + len..];
+                }
+            },
+            BatchSize::PerIteration,
+        )
     });
     g.bench_function("seal+open", |b| {
         b.iter(|| {
@@ -426,6 +510,7 @@ criterion_group!(
     datagrams,
     frames,
     chunk_map,
+    chunk_landing,
     handshakes,
     records
 );

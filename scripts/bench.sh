@@ -25,6 +25,10 @@
 #      (aim >= 0.75x). CPU seconds per GiB of the seeder and of the fetcher
 #      (utime+stime from /proc/PID/stat before and after the run; for curl:
 #      http.server, and curl itself from /usr/bin/time), least of the runs.
+#      With BASE_BIN=PATH (another build of lanshare, say of the commit
+#      before a change), its open and private seeders and fetchers run too,
+#      interleaved in the same rotation: ratios new / base show what a change
+#      did on the same machine in the same minutes.
 #   f) FILES_N (100,000) files of 1-4 KiB: indexing vs `find | xargs
 #      sha256sum`, peak RSS of the sharing node and of a peer that pulled
 #      them, and that peer's rise during `ls --json` (scripts/bench/files.sh).
@@ -37,6 +41,8 @@
 #   FILES_N=100000 FILES_DIRS=100   for f)
 #   NETNS=auto       auto: run d) when possible; 0: skip it
 #   NETNS_MB=200 NETNS_RATE=200mbit NETNS_SEEDERS=4
+#   BASE_BIN=PATH    e) also runs this lanshare binary (A/B against a build
+#                    of another commit; copy its target/release/lanshare)
 #   BENCH_DIR=DIR    where the work files go (default: a new dir under TMPDIR or /tmp)
 #   KEEP=1           keep the work dir (logs, homes) after the run
 #   RESULTS=FILE     where the summary is also written
@@ -65,6 +71,7 @@ NETNS_SEEDERS=${NETNS_SEEDERS:-4}
 PARTS=${PARTS:-abde}
 KEEP=${KEEP:-0}
 BIN=$ROOT/target/release/lanshare
+BASE_BIN=${BASE_BIN:-}
 # The python3 interpreter itself, not a pyenv-style shim script (~0.1 s a call).
 PY=$(python3 -c 'import sys; print(sys.executable)' 2>/dev/null) || {
     echo "bench.sh: "$PY" is needed" >&2; exit 1; }
@@ -160,12 +167,14 @@ mib_of_kib() { fmt "$1 / 1024" .1f; }
 
 # start_node NS HOME NAME ADDR GROUP: starts `lanshare up`, sets NODE_PID.
 # NS is "-" for the root namespace (then ADDR must be 127.0.0.1). Flags in
-# the array NODE_EXTRA (such as --swarm-key-file F) are added.
+# the array NODE_EXTRA (such as --swarm-key-file F) are added; NODE_BIN, when
+# set, is the binary started instead of $BIN.
 NODE_EXTRA=()
+NODE_BIN=""
 start_node() {
     local ns=$1 home=$2 name=$3 addr=$4 group=$5
     mkdir -p "$home/shared"
-    local cmd=("$BIN" up --home "$home" --name "$name" --listen "$addr:0"
+    local cmd=("${NODE_BIN:-$BIN}" up --home "$home" --name "$name" --listen "$addr:0"
         --interface "$addr" --group "$group" --announce-interval 1 --no-mdns
         "${NODE_EXTRA[@]+"${NODE_EXTRA[@]}"}")
     if [[ "$ns" == "-" ]]; then
@@ -278,9 +287,11 @@ gibps() { fmt "$1 / 1024 / $2" .3f; }   # MB SECS -> GiB/s
 command -v curl >/dev/null || die "curl is needed"
 command -v openssl >/dev/null || die "openssl is needed"
 
-log "building (cargo build --release; cargo bench --no-run --bench index_file)"
+log "building (cargo build --release; for b) cargo bench --no-run --bench index_file)"
 (cd "$ROOT" && cargo build --release --quiet) || die "cargo build --release failed"
-(cd "$ROOT" && cargo bench --no-run --quiet --bench index_file) || die "building benches/index_file.rs failed"
+if [[ "$PARTS" == *b* ]]; then
+    (cd "$ROOT" && cargo bench --no-run --quiet --bench index_file) || die "building benches/index_file.rs failed"
+fi
 [[ -x "$BIN" ]] || die "no $BIN after the build"
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -544,24 +555,39 @@ GIB=$(calc "$SIZE_MB / 1024")
 [[ -f "$SRC" ]] || make_file "$SRC" "$SIZE_MB"
 KEY_FILE=$WORK/swarm.key
 "$BIN" key new >"$KEY_FILE" || die "lanshare key new failed"
-E_OPEN_GROUP="$GROUP_IP:$((PORT_BASE + 3))"
-E_PRIV_GROUP="$GROUP_IP:$((PORT_BASE + 4))"
-# e_group MODE / e_extra MODE: the group and the extra flags of a node.
-e_group() { if [[ $1 == private ]]; then echo "$E_PRIV_GROUP"; else echo "$E_OPEN_GROUP"; fi; }
-e_extra() { NODE_EXTRA=(); [[ $1 != private ]] || NODE_EXTRA=(--swarm-key-file "$KEY_FILE"); }
+# The lanshare contenders: this build's, and with BASE_BIN the base build's.
+E_MODES=(private open)
+if [[ -n "$BASE_BIN" ]]; then
+    [[ -x "$BASE_BIN" ]] || die "BASE_BIN=$BASE_BIN is not an executable"
+    E_MODES+=(base-private base-open)
+fi
+# e_group MODE / e_extra MODE: the group of a contender's nodes, and the
+# extra flags and binary of its nodes (NODE_EXTRA, NODE_BIN).
+e_group() {
+    local i
+    for i in "${!E_MODES[@]}"; do
+        [[ "${E_MODES[$i]}" != "$1" ]] || { echo "$GROUP_IP:$((PORT_BASE + 3 + i))"; return; }
+    done
+    die "no contender $1"
+}
+e_extra() {
+    NODE_EXTRA=(); NODE_BIN=""
+    [[ $1 != *private ]] || NODE_EXTRA=(--swarm-key-file "$KEY_FILE")
+    [[ $1 != base-* ]] || NODE_BIN=$BASE_BIN
+}
 
-log "e) seeders on 127.0.0.1: open (group $E_OPEN_GROUP) and private (group $E_PRIV_GROUP)"
+log "e) seeders on 127.0.0.1: ${E_MODES[*]}"
 cat "$SRC" >/dev/null
 declare -A E_SEED_PID
-for mode in open private; do
+for mode in "${E_MODES[@]}"; do
     mkdir -p "$WORK/e-seed-$mode/shared"
     ln -f "$SRC" "$WORK/e-seed-$mode/shared/$FILE_NAME"
     e_extra "$mode"
     start_node - "$WORK/e-seed-$mode" "e-seed-$mode" 127.0.0.1 "$(e_group "$mode")"
     E_SEED_PID[$mode]=$NODE_PID
 done
-NODE_EXTRA=()
-for mode in open private; do
+NODE_EXTRA=(); NODE_BIN=""
+for mode in "${E_MODES[@]}"; do
     wait_for 600 "the $mode seeder to index $FILE_NAME" has_shared - "$WORK/e-seed-$mode" 1
 done
 swarm=$("$BIN" status --home "$WORK/e-seed-private" --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin).get("swarm", "?"))')
@@ -589,7 +615,7 @@ e_lanshare() {
     local seed=${E_SEED_PID[$mode]}
     e_extra "$mode"
     start_node - "$home" "e-fetch-$mode-$rep" 127.0.0.1 "$(e_group "$mode")"
-    NODE_EXTRA=()
+    NODE_EXTRA=(); NODE_BIN=""
     local fpid=$NODE_PID
     wait_for 60 "the $mode fetcher $rep to see $FILE_NAME" has_holders - "$home" "$FILE_NAME" 1
     cat "$SRC" >/dev/null
@@ -599,7 +625,7 @@ e_lanshare() {
     timed_fetch - "$home" "$FILE_NAME" "$WORK/e-fetch-$mode-$rep.out"
     s_cpu=$(calc "($(cpu_ticks "$seed") - $s0) / $CLK_TCK")
     f_cpu=$(calc "($(cpu_ticks "$fpid") - $f0) / $CLK_TCK")
-    log "e) $mode fetch $rep: $(fmt "$FETCH_SECS" .3f) s ($(gibps "$SIZE_MB" "$FETCH_SECS") GiB/s); CPU seeder $(fmt "$s_cpu" .2f) s, fetcher $(fmt "$f_cpu" .2f) s"
+    log "e) $mode fetch $rep: $(fmt "$FETCH_SECS" .3f) s ($(gibps "$SIZE_MB" "$FETCH_SECS") GiB/s; all received $(fmt "$RECV_SECS" .2f) s, tail $(fmt "$TAIL_SECS" .2f) s); CPU seeder $(fmt "$s_cpu" .2f) s, fetcher $(fmt "$f_cpu" .2f) s"
     sync "$home/downloads/$FILE_NAME"
     cmp "$SRC" "$home/downloads/$FILE_NAME" || die "the $mode download differs from the original"
     E_ALL[$mode]="${E_ALL[$mode]:-}$(fmt "$FETCH_SECS" .3f) "
@@ -633,33 +659,43 @@ e_curl() {
     rm -f "$out"
 }
 
-E_ORDER=(private open curl)
+E_ORDER=("${E_MODES[@]}" curl)
+E_N=${#E_ORDER[@]}
 for rep in $(seq "$REPS"); do
     # Rotate the order, so no contender always runs first (or last).
-    for i in 0 1 2; do
-        what=${E_ORDER[$(( (i + rep - 1) % 3 ))]}
+    for i in $(seq 0 $((E_N - 1))); do
+        what=${E_ORDER[$(( (i + rep - 1) % E_N ))]}
         if [[ "$what" == curl ]]; then e_curl "$rep"; else e_lanshare "$what" "$rep"; fi
     done
 done
 stop_pid "$E_HTTP_PID"
-for mode in open private; do stop_pid "${E_SEED_PID[$mode]}"; done
-rm -rf "$WORK/e-seed-open" "$WORK/e-seed-private"
+for mode in "${E_MODES[@]}"; do
+    stop_pid "${E_SEED_PID[$mode]}"
+    rm -rf "$WORK/e-seed-$mode"
+done
 
-for what in private open curl; do
+for what in "${E_ORDER[@]}"; do
     case $what in
         private) label="lanshare fetch, private swarm (encrypted)"; note="verified";;
         open) label="lanshare fetch, open (plaintext)"; note="verified";;
+        base-private) label="BASE_BIN fetch, private swarm"; note="verified";;
+        base-open) label="BASE_BIN fetch, open (plaintext)"; note="verified";;
         curl) label="http.server + curl"; note="unverified";;
     esac
     row "e) $label ${SIZE_MB} MiB" "$(gibps "$SIZE_MB" "${E_BEST[$what]}") GiB/s" "best of ${E_ALL[$what]}s; $note"
 done
 row "e) RATIO private / plaintext throughput" "$(fmt "${E_BEST[open]} / ${E_BEST[private]}" .2f)x" "aim >= 0.8x"
 row "e) RATIO private / curl throughput" "$(fmt "${E_BEST[curl]} / ${E_BEST[private]}" .2f)x" "aim >= 0.75x"
-for what in private open curl; do
+row "e) RATIO plaintext / curl throughput" "$(fmt "${E_BEST[curl]} / ${E_BEST[open]}" .2f)x" "aim >= 0.9x"
+row "e) RATIO CPU plaintext / curl (both sides)" "$(fmt "(${E_SEED_CPU[open]} + ${E_FETCH_CPU[open]}) / (${E_SEED_CPU[curl]} + ${E_FETCH_CPU[curl]})" .2f)x" "aim <= 1.3x"
+if [[ -n "$BASE_BIN" ]]; then
+    row "e) RATIO A/B plaintext: this / BASE_BIN throughput" "$(fmt "${E_BEST[base-open]} / ${E_BEST[open]}" .2f)x" "best against best"
+    row "e) RATIO A/B private: this / BASE_BIN throughput" "$(fmt "${E_BEST[base-private]} / ${E_BEST[private]}" .2f)x" "best against best"
+fi
+for what in "${E_ORDER[@]}"; do
     case $what in
-        private) sides="seeder / fetcher";;
-        open) sides="seeder / fetcher";;
         curl) sides="http.server / curl";;
+        *) sides="seeder / fetcher";;
     esac
     row "   CPU s per GiB, $what: $sides" "$(fmt "${E_SEED_CPU[$what]} / $GIB" .2f) / $(fmt "${E_FETCH_CPU[$what]} / $GIB" .2f)" "least of the runs (user+sys)"
 done

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::FetchError;
 use super::ctx::FetchCtx;
 use super::endgame::SlotWatch;
-use super::follow::follow;
+use super::follow::{FEED_AHEAD_BYTES, Feed, follow};
 use super::judge::{NoProgress, Progress};
 use super::peers::{PeerBook, WorkerEnd};
 use super::state::{ChunkMap, ChunkState, Slot};
@@ -43,6 +43,8 @@ pub(super) struct Shared {
     pub map: Mutex<ChunkMap>,
     /// Chunks hashed in memory by this process before they were written.
     pub verified_here: Mutex<Bitmap>,
+    /// Verified chunk buffers on their way to the follower's SHA-256.
+    pub feed: Feed,
     /// Bumped on every chunk state change.
     pub changed: watch::Sender<u64>,
     /// Bytes of chunks this run fetched and kept (duplicates excluded).
@@ -51,6 +53,9 @@ pub(super) struct Shared {
     watch: Mutex<SlotWatch>,
     /// Bytes kept from each worker, with its peer's label.
     pub given: Mutex<HashMap<Slot, PeerBytes>>,
+    /// The state save running on a blocking thread, if any: it flushes the
+    /// partial file, which must not hold up a worker's writes.
+    saver: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Shared {
@@ -62,12 +67,37 @@ impl Shared {
             id,
             map: Mutex::new(ChunkMap::new(total, &partial.have())),
             verified_here: Mutex::new(Bitmap::new(total)),
+            feed: Feed::new(FEED_AHEAD_BYTES),
             manifest,
             partial,
             changed: watch::channel(0).0,
             received,
             watch: Mutex::new(SlotWatch::default()),
             given: Mutex::default(),
+            saver: Mutex::default(),
+        }
+    }
+
+    /// Saves the partial's state on a blocking thread when a save is due
+    /// and none is running (one at a time: they share a temporary file).
+    pub fn save_in_background(&self) {
+        let mut saver = self.saver.lock().expect("saver lock");
+        if saver.as_ref().is_some_and(|h| !h.is_finished()) || !self.partial.save_due() {
+            return;
+        }
+        let partial = self.partial.clone();
+        *saver = Some(tokio::task::spawn_blocking(move || {
+            if let Err(e) = partial.save_state() {
+                tracing::warn!(error = %e, "cannot save the download's state");
+            }
+        }));
+    }
+
+    /// Waits for the state save running, if any.
+    async fn saved(&self) {
+        let running = self.saver.lock().expect("saver lock").take();
+        if let Some(h) = running {
+            let _ = h.await;
         }
     }
 
@@ -112,7 +142,24 @@ struct Swarm<'a> {
 impl FetchCtx {
     /// Runs workers and the follower until the file is complete and
     /// checked; they are the tasks `worker/<peer>` and `follower` of `tasks`.
+    /// Returns once no state save runs any more.
     pub(super) async fn run_swarm(
+        &self,
+        shared: &Arc<Shared>,
+        events: &mpsc::Sender<FetchEvent>,
+        cancel: &CancellationToken,
+        tasks: &Tasks,
+        peers_used: &mut BTreeSet<String>,
+        already: u64,
+    ) -> Result<[u8; 32], FetchError> {
+        let r = self
+            .swarm_loop(shared, events, cancel, tasks, peers_used, already)
+            .await;
+        shared.saved().await;
+        r
+    }
+
+    async fn swarm_loop(
         &self,
         shared: &Arc<Shared>,
         events: &mpsc::Sender<FetchEvent>,

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::FetchLimits;
+use super::follow::FEED_PATIENCE;
 use super::judge::PeerRate;
 use super::peers::{DropReason, WorkerEnd};
 use super::state::{ChunkState, Slot};
@@ -329,6 +330,7 @@ impl<'a> Worker<'a> {
         self.rate.useful(len as u64);
         self.refusal_retry.shorten();
         self.shared.verified_here.lock().expect("lock").set(index);
+        self.shared.save_in_background();
         self.shared.watch().set_trusted(self.slot, true);
         if self
             .shared
@@ -380,8 +382,9 @@ struct Pending {
 }
 
 /// Checks chunk `index` against the manifest and writes it (unless the
-/// other endgame copy won): `Ok(false)` for a bad chunk. Gives the buffer
-/// back.
+/// other endgame copy won), then hands the bytes to the follower's
+/// [`Feed`](super::follow::Feed) for the whole-file SHA-256: `Ok(false)`
+/// for a bad chunk. Gives back the buffer to read the next chunk into.
 fn check_and_write(s: &Shared, index: u32, data: Vec<u8>) -> (Result<bool, StoreError>, Vec<u8>) {
     if !s.manifest.chunk_matches(index, &data) {
         return (Ok(false), data);
@@ -389,6 +392,8 @@ fn check_and_write(s: &Shared, index: u32, data: Vec<u8>) -> (Result<bool, Store
     if s.map.lock().expect("map lock").state(index) == Some(ChunkState::Done) {
         return (Ok(true), data); // the other endgame copy won
     }
-    let r = s.partial.write_chunk(index, &data).map(|()| true);
-    (r, data)
+    if let Err(e) = s.partial.write_chunk(index, &data) {
+        return (Err(e), data);
+    }
+    (Ok(true), s.feed.offer(index, data, FEED_PATIENCE))
 }

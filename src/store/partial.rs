@@ -206,21 +206,24 @@ impl Partial {
     }
 
     /// Writes a chunk that has already been verified against the manifest.
+    /// The state is not saved here (its flush to disk would hold up the
+    /// writer): the caller saves it when [`Partial::save_due`] says so.
     pub fn write_chunk(&self, index: u32, data: &[u8]) -> Result<(), StoreError> {
         self.file
             .write_all_at(data, self.manifest.chunk_offset(index))
             .map_err(io_err("cannot write", &self.part_path))?;
-        let save = {
-            let mut s = self.state.lock().expect("partial lock");
-            s.have.set(index);
-            s.verified.set(index);
-            s.dirty = true;
-            s.last_save.elapsed() >= STATE_SAVE_INTERVAL
-        };
-        if save {
-            self.save_state()?;
-        }
+        let mut s = self.state.lock().expect("partial lock");
+        s.have.set(index);
+        s.verified.set(index);
+        s.dirty = true;
         Ok(())
+    }
+
+    /// Whether chunks were written since the state was last saved, over
+    /// `STATE_SAVE_INTERVAL` ago.
+    pub fn save_due(&self) -> bool {
+        let s = self.state.lock().expect("partial lock");
+        s.dirty && s.last_save.elapsed() >= STATE_SAVE_INTERVAL
     }
 
     /// Forgets a chunk (it failed the final check).
