@@ -28,6 +28,7 @@ use crate::store::{Home, ShareRoot, SharesFile, Store};
 use crate::task::Tasks;
 use crate::transfers::DownloadId;
 
+mod background;
 mod manage;
 pub use manage::{DiscoveryPath, FetchRefused, FetchStarted, Overview, ShareView, SharesView};
 

@@ -361,9 +361,7 @@ impl IndexState {
             records,
         })
         .expect("serializable");
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, bytes)?;
-        std::fs::rename(tmp, path)
+        super::durable::write_atomic(path, &bytes)
     }
 
     /// Applies a walk: drops files that vanished, refreshes metadata, takes
@@ -462,6 +460,16 @@ impl IndexState {
     #[cfg(test)]
     pub fn cached_len(&self) -> usize {
         self.cached.len()
+    }
+
+    /// Forgets the file at `path` (gone or changed on disk); whether it
+    /// was indexed.
+    pub fn forget(&mut self, path: &Path) -> bool {
+        let gone = self.files.remove(path).is_some();
+        if gone {
+            self.rebuild_by_id();
+        }
+        gone
     }
 
     pub fn get(&self, id: &ContentId) -> Option<Arc<LocalContent>> {

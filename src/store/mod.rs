@@ -3,8 +3,10 @@
 //! downloads and their final rename. Network input reaches the filesystem
 //! only through [`safe_file_name`] and content ids, never as a path.
 
+pub mod durable;
 mod home;
 mod index;
+pub mod jobs;
 mod partial;
 
 use std::collections::HashMap;
@@ -16,7 +18,8 @@ use tokio::sync::watch;
 
 pub use home::{Home, safe_file_name};
 pub use index::{LocalContent, ShareRoot, SharesFile};
-pub use partial::Partial;
+pub use jobs::{Job, Jobs};
+pub use partial::{DiskFull, Partial, STATE_SAVE_INTERVAL};
 
 use crate::chunkset::ChunkSet;
 use crate::id::ContentId;
@@ -118,6 +121,8 @@ pub struct Store {
     follow_symlinks: std::sync::atomic::AtomicBool,
     /// The file being hashed now, for the web UI's "my shares".
     hashing: Mutex<Option<Hashing>>,
+    /// Downloads to go on with after a restart (`.lanshare/downloads.json`).
+    jobs: Jobs,
 }
 
 /// A file being hashed (indexed) before it is shared.
@@ -142,6 +147,7 @@ impl Store {
         home.create_dirs()
             .map_err(io_err("cannot create", &home.root))?;
         let index = index::IndexState::load(&home.index_cache());
+        let jobs = Jobs::load(&home.state_dir().join("downloads.json"));
         let store = Arc::new(Store {
             home,
             cli_roots,
@@ -152,6 +158,7 @@ impl Store {
             unsettled: Default::default(),
             follow_symlinks: Default::default(),
             hashing: Default::default(),
+            jobs,
         });
         Ok(store)
     }
@@ -336,6 +343,47 @@ impl Store {
     /// The complete local copy of `id`, if this node has one.
     pub fn complete(&self, id: &ContentId) -> Option<Arc<LocalContent>> {
         self.index.lock().expect("index lock").get(id)
+    }
+
+    /// The complete local copy of `id`, checked to be still there and
+    /// unchanged (size and mtime as indexed). A copy deleted or changed
+    /// since the last scan is forgotten at once (the inventory is
+    /// published again; the next scan indexes whatever is there now), and
+    /// another file of the same content, if any, answers instead.
+    /// Blocking: a stat per file tried.
+    pub fn complete_checked(&self, id: &ContentId) -> Option<Arc<LocalContent>> {
+        let mut forgot = false;
+        let found = loop {
+            let Some(c) = self.complete(id) else { break None };
+            match c.open() {
+                Ok(_) => break Some(c),
+                Err(e) => {
+                    tracing::info!(path = %c.path.display(), error = %e, "a shared file is gone or changed; forgetting it");
+                    if !self.index.lock().expect("index lock").forget(&c.path) {
+                        break None;
+                    }
+                    forgot = true;
+                }
+            }
+        };
+        if forgot {
+            self.publish();
+        }
+        found
+    }
+
+    /// The downloads to go on with after a restart.
+    pub fn jobs(&self) -> &Jobs {
+        &self.jobs
+    }
+
+    /// Deletes the partial file and state of `id`, whose download is not
+    /// running (the user cancelled it while it was stopped).
+    pub fn discard_partial(&self, id: &ContentId) {
+        if self.partials.lock().expect("partials lock").contains_key(id) {
+            return; // running: it discards its own files when it ends
+        }
+        Partial::discard_files(&self.home, id);
     }
 
     /// Where chunks of `id` can be read from, complete copies first.
