@@ -9,6 +9,8 @@ mod harness;
 
 #[path = "netns/discovery.rs"]
 mod discovery;
+#[path = "netns/durable.rs"]
+mod durable;
 #[path = "netns/private.rs"]
 mod private;
 #[path = "netns/tracker.rs"]

@@ -566,6 +566,44 @@ mod tests {
         assert_eq!(idx.cached_len(), 2);
     }
 
+    /// Regression (issue 12's churn test): a file deleted a moment ago was
+    /// still "already here". The checked lookup forgets it at once, and
+    /// answers with another copy of the same content if there is one.
+    #[test]
+    fn a_file_deleted_since_the_scan_is_not_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path());
+        let store = Store::open(home.clone(), Vec::new()).unwrap();
+        std::fs::write(home.shared().join("a.txt"), b"same bytes").unwrap();
+        std::fs::write(home.downloads().join("b.txt"), b"same bytes").unwrap();
+        std::fs::write(home.shared().join("c.txt"), b"other bytes").unwrap();
+        store.rescan_blocking();
+        store.publish();
+        let id = |name: &str| {
+            store
+                .inventory()
+                .entries
+                .iter()
+                .find(|e| e.name == name)
+                .map(|e| e.id)
+        };
+        let (same, other) = (id("b.txt").or(id("a.txt")).unwrap(), id("c.txt").unwrap());
+        let first = store.complete_checked(&same).unwrap().path.clone();
+        std::fs::remove_file(&first).unwrap();
+        let second = store.complete_checked(&same).expect("the other copy");
+        assert_ne!(second.path, first);
+        std::fs::remove_file(&second.path).unwrap();
+        assert!(store.complete_checked(&same).is_none(), "no copy left");
+        assert!(store.complete(&same).is_none(), "forgotten, not only hidden");
+        assert!(
+            !store.inventory().entries.iter().any(|e| e.id == same),
+            "no longer offered"
+        );
+        // A file changed in place (another size) is not held either.
+        std::fs::write(home.shared().join("c.txt"), b"changed!").unwrap();
+        assert!(store.complete_checked(&other).is_none());
+    }
+
     #[test]
     fn a_large_file_still_being_written_waits_until_it_settles() {
         let dir = tempfile::tempdir().unwrap();
