@@ -293,13 +293,15 @@ fn a_small_disk_refuses_up_front_and_pauses_when_it_fills() {
     wait_holders(&fetcher, "big.iso", 1);
     wait_holders(&fetcher, "mid.bin", 1);
 
-    let out = fetcher.fetch("big.iso");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    // Bounded: a build without the check would pause on the full disk.
+    let mut refused = fetcher.spawn_fetch("big.iso");
+    let status = refused.wait(Duration::from_secs(60));
+    refused.kill();
+    let said = format!("{}{}", refused.stdout(), refused.stderr);
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "a 16 MiB file was not refused on a 12 MiB disk ({status:?}): {said}"
     );
-    assert!(!out.status.success(), "a 16 MiB file fit in 12 MiB: {said}");
     assert!(
         said.contains("not enough free space in")
             && said.contains("downloads")
