@@ -38,10 +38,7 @@ impl Service {
     pub fn resume_jobs(self: &Arc<Self>) {
         let jobs = self.store.jobs().list();
         if !jobs.is_empty() {
-            tracing::info!(
-                count = jobs.len(),
-                "resuming the downloads left unfinished"
-            );
+            tracing::info!(count = jobs.len(), "resuming the downloads left unfinished");
         }
         for job in jobs {
             let Some(id) = job.content_id() else { continue };
@@ -121,7 +118,12 @@ impl Service {
 
     /// Waits, listed as waiting, until some online peer holds `want`.
     /// False when cancelled first.
-    async fn wait_for_holder(&self, d: DownloadId, want: &Want, cancel: &CancellationToken) -> bool {
+    async fn wait_for_holder(
+        &self,
+        d: DownloadId,
+        want: &Want,
+        cancel: &CancellationToken,
+    ) -> bool {
         let online = |dict: &crate::dict::Dict| (!dict.holders(&want.id).is_empty()).then_some(());
         if online(&self.dict).is_some() {
             return true;
@@ -133,7 +135,12 @@ impl Service {
             if cancel.is_cancelled() {
                 return false;
             }
-            if self.dict.wait_for(HOLDER_WAIT, cancel, online).await.is_some() {
+            if self
+                .dict
+                .wait_for(HOLDER_WAIT, cancel, online)
+                .await
+                .is_some()
+            {
                 return true;
             }
         }

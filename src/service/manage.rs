@@ -218,7 +218,12 @@ impl Service {
                 .iter()
                 .any(|(rid, query)| *rid == id.to_hex() || query == job.query());
             if !listed {
-                numbers.push(reg.cancelled_job(job.query(), &id.to_hex(), job.name(), Instant::now()));
+                numbers.push(reg.cancelled_job(
+                    job.query(),
+                    &id.to_hex(),
+                    job.name(),
+                    Instant::now(),
+                ));
             }
         }
         numbers

@@ -102,8 +102,6 @@ mod tests {
         assert!(is_disk_full(&std::io::Error::from_raw_os_error(
             libc::EDQUOT
         )));
-        assert!(!is_disk_full(&std::io::Error::from_raw_os_error(
-            libc::EIO
-        )));
+        assert!(!is_disk_full(&std::io::Error::from_raw_os_error(libc::EIO)));
     }
 }

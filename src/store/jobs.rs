@@ -131,12 +131,16 @@ struct ListFile {
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobsError {
-    #[error("cannot record the download in {path}: {source}; it will not resume by itself after a restart")]
+    #[error(
+        "cannot record the download in {path}: {source}; it will not resume by itself after a restart"
+    )]
     Write {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{MAX_JOBS} downloads are recorded already; this one will not resume by itself after a restart")]
+    #[error(
+        "{MAX_JOBS} downloads are recorded already; this one will not resume by itself after a restart"
+    )]
     Full,
 }
 
@@ -254,7 +258,9 @@ impl Jobs {
         }
         self.write(&kept)?;
         inner.jobs = kept;
-        inner.cancelled.extend(gone.iter().filter_map(Job::content_id));
+        inner
+            .cancelled
+            .extend(gone.iter().filter_map(Job::content_id));
         Ok(gone)
     }
 

@@ -354,7 +354,9 @@ impl Store {
     pub fn complete_checked(&self, id: &ContentId) -> Option<Arc<LocalContent>> {
         let mut forgot = false;
         let found = loop {
-            let Some(c) = self.complete(id) else { break None };
+            let Some(c) = self.complete(id) else {
+                break None;
+            };
             match c.open() {
                 Ok(_) => break Some(c),
                 Err(e) => {
@@ -380,7 +382,12 @@ impl Store {
     /// Deletes the partial file and state of `id`, whose download is not
     /// running (the user cancelled it while it was stopped).
     pub fn discard_partial(&self, id: &ContentId) {
-        if self.partials.lock().expect("partials lock").contains_key(id) {
+        if self
+            .partials
+            .lock()
+            .expect("partials lock")
+            .contains_key(id)
+        {
             return; // running: it discards its own files when it ends
         }
         Partial::discard_files(&self.home, id);
@@ -594,7 +601,10 @@ mod tests {
         assert_ne!(second.path, first);
         std::fs::remove_file(&second.path).unwrap();
         assert!(store.complete_checked(&same).is_none(), "no copy left");
-        assert!(store.complete(&same).is_none(), "forgotten, not only hidden");
+        assert!(
+            store.complete(&same).is_none(),
+            "forgotten, not only hidden"
+        );
         assert!(
             !store.inventory().entries.iter().any(|e| e.id == same),
             "no longer offered"

@@ -487,7 +487,8 @@ impl Partial {
 fn paths(home: &Home, id: &ContentId) -> (PathBuf, PathBuf) {
     let hex = id.to_hex();
     (
-        home.downloads().join(format!(".lanshare-{}.part", &hex[..24])),
+        home.downloads()
+            .join(format!(".lanshare-{}.part", &hex[..24])),
         home.partial_dir().join(format!("{hex}.state")),
     )
 }

@@ -80,7 +80,11 @@ fn a_download_killed_midway_finishes_by_itself_after_a_restart() {
     wait_file(&target, &content, &fetcher, "the resumed download");
     let last = fetcher.download_log().pop().expect("a download log line");
     let f: Vec<&str> = last.split('\t').collect();
-    assert_eq!((f[1], f[2], f[8]), ("download", "movie.mkv", "ok"), "{last}");
+    assert_eq!(
+        (f[1], f[2], f[8]),
+        ("download", "movie.mkv", "ok"),
+        "{last}"
+    );
     let fetched: u64 = f[3].parse().unwrap();
     assert!(
         fetched < content.len() as u64,
@@ -125,8 +129,7 @@ fn a_cancelled_download_does_not_come_back_after_a_restart() {
     let resumed = |t: &serde_json::Value| {
         t["downloads"].as_array().is_some_and(|d| {
             d.iter().any(|d| {
-                d["name"] == "album.zip"
-                    && (d["state"] == "downloading" || d["state"] == "waiting")
+                d["name"] == "album.zip" && (d["state"] == "downloading" || d["state"] == "waiting")
             })
         })
     };
@@ -201,7 +204,11 @@ fn a_chunk_corrupted_while_the_node_was_down_is_fetched_again_and_never_served()
         &fetcher,
         "the restarted fetcher",
     );
-    let stdout = third.finish_ok(TRANSFER, "the third node's fetch failed", &[&other, &fetcher]);
+    let stdout = third.finish_ok(
+        TRANSFER,
+        "the third node's fetch failed",
+        &[&other, &fetcher],
+    );
     let log = fetcher.log_text();
     assert!(
         log.contains("resumed chunk fails its hash on disk") && log.contains("chunk=0"),
@@ -309,7 +316,10 @@ fn a_small_disk_refuses_up_front_and_pauses_when_it_fills() {
             && said.contains("is free"),
         "unclear refusal: {said}"
     );
-    assert!(part_files(&downloads).is_empty(), "a refused download left a file");
+    assert!(
+        part_files(&downloads).is_empty(),
+        "a refused download left a file"
+    );
 
     let mut run = fetcher.spawn_fetch("mid.bin");
     wait_midway(&mut run, &fetcher, 10.0, "the disk could be filled");
@@ -343,7 +353,10 @@ fn a_small_disk_refuses_up_front_and_pauses_when_it_fills() {
 
     std::fs::remove_file(downloads.join("filler.bin")).unwrap();
     let stdout = run.finish_ok(TRANSFER, "the paused fetch did not finish", &[&fetcher]);
-    assert!(stdout.contains(&format!("sha256 {}", sha256_hex(&mid))), "{stdout}");
+    assert!(
+        stdout.contains(&format!("sha256 {}", sha256_hex(&mid))),
+        "{stdout}"
+    );
     let got = std::fs::read(downloads.join("mid.bin")).unwrap();
     assert_eq!(sha256_hex(&got), sha256_hex(&mid));
     // Logs, index and state intact.
@@ -351,9 +364,15 @@ fn a_small_disk_refuses_up_front_and_pauses_when_it_fills() {
         assert!(line.split('\t').count() >= 9, "broken log line {line:?}");
     }
     let last = fetcher.download_log().pop().unwrap();
-    assert!(last.contains("\tmid.bin\t") && last.contains("\tok"), "{last}");
+    assert!(
+        last.contains("\tmid.bin\t") && last.contains("\tok"),
+        "{last}"
+    );
     assert!(part_files(&downloads).is_empty());
-    assert!(!jobs_file(&fetcher).exists(), "the finished job is still listed");
+    assert!(
+        !jobs_file(&fetcher).exists(),
+        "the finished job is still listed"
+    );
     let index = fetcher.home.join(".lanshare/index.bin");
     assert!(
         wait_until(Duration::from_secs(10), || index.exists()),
@@ -361,7 +380,8 @@ fn a_small_disk_refuses_up_front_and_pauses_when_it_fills() {
     );
     let ls = fetcher.ls();
     assert!(
-        ls.iter().any(|c| c["name"] == "mid.bin" && c["local"] == true),
+        ls.iter()
+            .any(|c| c["name"] == "mid.bin" && c["local"] == true),
         "the finished file is not held: {ls:?}"
     );
 }
