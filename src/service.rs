@@ -59,6 +59,8 @@ pub struct Service {
     wait_for_network: Duration,
     /// One fetch per content at a time; a second waits for the first.
     fetch_locks: dashmap::DashMap<ContentId, Arc<Mutex<()>>>,
+    /// Background downloads running, by content (`fetch` takes them over).
+    background: dashmap::DashMap<ContentId, (DownloadId, CancellationToken)>,
     /// Where downloads are spawned (one named task each).
     tasks: Tasks,
     /// `open` or `private` (`status`).
@@ -118,6 +120,7 @@ impl Service {
             rescan,
             wait_for_network: cfg.fetch.wait_for_holders,
             fetch_locks: Default::default(),
+            background: Default::default(),
             tasks,
             swarm: cfg.swarm.label(),
             ui: me.ui,
@@ -273,7 +276,10 @@ impl Service {
         let (tx, rx) = mpsc::channel::<FetchEvent>(64);
         let run = async {
             let want = match self.resolve(query, &cancel).await {
-                Resolved::One(want) => want,
+                Resolved::One(want) => {
+                    self.take_over(&want.id);
+                    want
+                }
                 Resolved::NotFound => {
                     let query = query.to_string();
                     let _ = tx.send(FetchEvent::NotFound { query }).await;

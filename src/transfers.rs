@@ -333,6 +333,13 @@ impl Transfers {
         self.bump();
     }
 
+    /// Forgets download `d` (another took it over); later events of it
+    /// are ignored.
+    pub fn forget(&self, d: DownloadId) {
+        self.lock().downloads.remove(&d.0);
+        self.bump();
+    }
+
     /// Download `d` waits (for a holder, or before trying again): `why`.
     pub fn waiting(&self, d: DownloadId, why: String) {
         let mut inner = self.lock();

@@ -61,12 +61,29 @@ impl Service {
         if let Some(job) = job {
             reg.identify(d, &want.id.to_hex(), job.name(), job.size());
         }
+        self.background.insert(want.id, (d, cancel.clone()));
         let this = self.clone();
         self.tasks.spawn(
             &format!("background fetch {}", want.id.short()),
-            async move { this.run_background(d, want, cancel).await },
+            async move {
+                let id = want.id;
+                this.run_background(d, want, cancel).await;
+                this.background.remove_if(&id, |_, (mine, _)| *mine == d);
+            },
         );
         d
+    }
+
+    /// A `fetch` of `id` takes over its background download, if one runs:
+    /// the background one stops (its job stays recorded) and leaves the
+    /// transfers, and the `fetch` goes on from the chunks it verified,
+    /// showing its progress.
+    pub(super) fn take_over(&self, id: &crate::id::ContentId) {
+        if let Some((_, (d, token))) = self.background.remove(id) {
+            tracing::info!(id = %id.short(), "fetch takes over the background download");
+            self.stats.transfers.forget(d);
+            token.cancel();
+        }
     }
 
     /// The life of one background download: wait for a holder, download,
