@@ -200,6 +200,12 @@ pub enum FetchEvent {
         /// Why it failed, when it did.
         error: Option<String>,
     },
+    /// The disk is full: the download waits for space (`reason` names the
+    /// file, the space needed and where) and goes on once it is freed; a
+    /// `Progress` follows when it does.
+    Paused {
+        reason: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

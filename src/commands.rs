@@ -384,6 +384,7 @@ impl<'a> FetchView<'a> {
             FetchEvent::PeerDropped { peer, reason } => {
                 self.note(format!("dropped peer {peer}: {reason}"))
             }
+            FetchEvent::Paused { reason } => self.note(format!("paused: {reason}")),
             FetchEvent::Slow { phase, peers } => self.note(format!(
                 "waiting for the {phase}: no answer yet from {} (slow or not responding); asking other holders",
                 peers.join(", ")

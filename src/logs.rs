@@ -7,6 +7,9 @@
 //! `bytes` is what this transfer moved (a resumed download counts only what
 //! it fetched); `peers` is a comma-separated list of `name@address`;
 //! `status` is `ok` or `failed: reason`.
+//!
+//! A line is written whole or not at all: a write that a full disk cuts
+//! short is cut off the file again, so the log never holds half a line.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -115,12 +118,26 @@ impl TransferLog {
             }
         }
         if let Some(f) = guard.as_mut()
-            && let Err(e) = f.write_all(line.as_bytes())
+            && let Err(e) = append_whole(f, line.as_bytes())
         {
-            tracing::warn!(path = %self.path.display(), error = %e, "cannot write transfer log");
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot write transfer log; this line is lost");
             *guard = None;
         }
     }
+}
+
+/// Appends `line` whole or not at all: a write cut short (a full disk)
+/// is cut off again, so the next line does not run into half of this one.
+fn append_whole(f: &mut File, line: &[u8]) -> std::io::Result<()> {
+    let before = f.metadata()?.len();
+    let written = f.write_all(line);
+    if written.is_err() {
+        // Shrinking needs no space. Only this node appends to its log.
+        if let Err(e) = f.set_len(before) {
+            tracing::warn!(error = %e, "cannot cut a half-written transfer log line");
+        }
+    }
+    written
 }
 
 /// A node name made safe for the `name@addr` peers field.

@@ -356,6 +356,8 @@ impl Bound {
         );
         service.set_links(self.links_rx.clone());
         let service = Arc::new(service);
+        // Downloads left unfinished by the last run go on in the background.
+        service.resume_jobs();
         if let Some(ui) = self.ui {
             tasks.spawn_until_cancelled("ui", ui.serve(service.clone(), tasks.child("ui")));
         }

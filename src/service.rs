@@ -28,6 +28,7 @@ use crate::store::{Home, ShareRoot, SharesFile, Store};
 use crate::task::Tasks;
 use crate::transfers::DownloadId;
 
+mod background;
 mod manage;
 pub use manage::{DiscoveryPath, FetchRefused, FetchStarted, Overview, ShareView, SharesView};
 
@@ -61,6 +62,8 @@ pub struct Service {
     /// One fetch per content at a time; a second waits for the first
     /// (folder downloads take the same locks for each of their files).
     fetch_locks: Arc<FetchLocks>,
+    /// Background downloads running, by content (`fetch` takes them over).
+    background: dashmap::DashMap<ContentId, (DownloadId, CancellationToken)>,
     /// Where downloads are spawned (one named task each).
     tasks: Tasks,
     /// `open` or `private` (`status`).
@@ -120,6 +123,7 @@ impl Service {
             rescan,
             wait_for_network: cfg.fetch.wait_for_holders,
             fetch_locks: Default::default(),
+            background: Default::default(),
             tasks,
             swarm: cfg.swarm.label(),
             ui: me.ui,
@@ -334,7 +338,10 @@ impl Service {
         let (tx, rx) = mpsc::channel::<FetchEvent>(64);
         let run = async {
             match self.resolve(query, &cancel).await {
-                Resolved::One(want) => self.download(want, tx, cancel).await,
+                Resolved::One(want) => {
+                    self.take_over(&want.id);
+                    self.download(want, tx, cancel).await
+                }
                 Resolved::Folder(folder) => self.download_folder(folder, tx, cancel).await,
                 Resolved::NotFound => {
                     let query = query.to_string();
@@ -398,7 +405,11 @@ impl Service {
         cancel: CancellationToken,
     ) {
         let listing = self.dict.folder_listing(&folder.path);
-        let job = FolderJob::from_listing(&folder.path, &listing);
+        let mut job = FolderJob::from_listing(&folder.path, &listing);
+        // A download of this folder left unfinished goes on where it was.
+        if let Some(left) = self.store.jobs().folder(&folder.path) {
+            job.dest = Some(left.dest);
+        }
         if !listing.found {
             let reason = format!(
                 "no online peer lists anything in the folder {:?}; run `lanshare ls` to see what the network offers",
@@ -409,8 +420,12 @@ impl Service {
         }
         let (fetch, locks) = (self.fetch.clone(), self.fetch_locks.clone());
         let name = format!("fetch folder {}", job.name());
+        let query = folder.path.clone();
         let job = self.tasks.spawn(&name, async move {
-            let last = match fetch.fetch_folder(job, locks, &events, cancel).await {
+            let last = match fetch
+                .fetch_folder(job, &query, locks, &events, cancel)
+                .await
+            {
                 Ok(done) => FetchEvent::Done(done),
                 Err(e) => FetchEvent::Failed {
                     reason: e.to_string(),

@@ -39,6 +39,12 @@ pub enum DownloadState {
     Done,
     Failed,
     Cancelled,
+    /// A download resumed after a restart (or started from the dashboard)
+    /// waits for a holder to come online; `detail` says why.
+    Waiting,
+    /// The disk filled up: the download waits for space (`detail` says
+    /// which file needs how much where) and goes on once it is freed.
+    Paused,
 }
 
 /// A download as `transfers` shows it.
@@ -254,6 +260,13 @@ impl Transfers {
             FetchEvent::Progress { done, size, peers } => {
                 (dl.done, dl.size, dl.active_peers) = (*done, *size, *peers);
                 dl.meter.sample(now, *done);
+                if matches!(dl.state, DownloadState::Paused | DownloadState::Waiting) {
+                    (dl.state, dl.detail) = (DownloadState::Downloading, None);
+                }
+            }
+            FetchEvent::Paused { reason } => {
+                (dl.state, dl.detail) = (DownloadState::Paused, Some(reason.clone()));
+                dl.active_peers = 0;
             }
             FetchEvent::PeerBytes { peers } => {
                 for p in peers {
@@ -310,23 +323,71 @@ impl Transfers {
         self.bump();
     }
 
+    /// Download `d` is for content `id` (hex), saved as `name`: known
+    /// before its first event when it resumes a recorded job.
+    pub fn identify(&self, d: DownloadId, id: &str, name: &str, size: u64) {
+        let mut inner = self.lock();
+        if let Some(dl) = inner.downloads.get_mut(&d.0) {
+            (dl.id, dl.name, dl.size) = (id.to_string(), name.to_string(), size);
+        }
+        drop(inner);
+        self.bump();
+    }
+
+    /// Forgets download `d` (another took it over); later events of it
+    /// are ignored.
+    pub fn forget(&self, d: DownloadId) {
+        self.lock().downloads.remove(&d.0);
+        self.bump();
+    }
+
+    /// Download `d` waits (for a holder, or before trying again): `why`.
+    pub fn waiting(&self, d: DownloadId, why: String) {
+        let mut inner = self.lock();
+        if let Some(dl) = inner.downloads.get_mut(&d.0)
+            && dl.ended.is_none()
+        {
+            (dl.state, dl.detail, dl.active_peers) = (DownloadState::Waiting, Some(why), 0);
+        }
+        drop(inner);
+        self.bump();
+    }
+
+    /// Lists a download that was not running when the user cancelled it
+    /// (a recorded job), as cancelled; its number.
+    pub fn cancelled_job(&self, query: &str, id: &str, name: &str, now: Instant) -> u64 {
+        let d = self.start_download(query, CancellationToken::new(), now);
+        self.identify(d, id, name, 0);
+        let mut inner = self.lock();
+        if let Some(dl) = inner.downloads.get_mut(&d.0) {
+            (dl.state, dl.ended) = (DownloadState::Cancelled, Some(now));
+        }
+        drop(inner);
+        self.bump();
+        d.0
+    }
+
+    /// The running downloads `target` names (see [`Transfers::cancel`]):
+    /// their content ids (hex, empty while unknown) and queries.
+    pub fn named(&self, target: &str) -> Vec<(String, String)> {
+        let inner = self.lock();
+        inner
+            .downloads
+            .iter()
+            .filter(|(n, d)| names(**n, d, target))
+            .map(|(_, d)| (d.id.clone(), d.query.clone()))
+            .collect()
+    }
+
     /// Cancels the running downloads `target` names: a registry number,
     /// a content id prefix (4 hex digits at least), or a name or query
     /// (case-insensitive). Returns the numbers cancelled.
     pub fn cancel(&self, target: &str) -> Vec<u64> {
-        let t = target.trim().to_lowercase();
         let inner = self.lock();
-        let hex = t.len() >= 4 && t.chars().all(|c| c.is_ascii_hexdigit());
         let hit: Vec<u64> = inner
             .downloads
             .iter()
-            .filter(|(n, d)| {
-                d.ended.is_none()
-                    && (n.to_string() == t
-                        || (hex && !d.id.is_empty() && d.id.starts_with(&t))
-                        || d.name.to_lowercase() == t
-                        || d.query.to_lowercase() == t)
-            })
+            .filter(|(n, d)| names(**n, d, target))
             .map(|(n, d)| {
                 d.cancel.cancel();
                 *n
@@ -427,6 +488,19 @@ impl Transfers {
     }
 }
 
+/// Whether `target` names running download `n`: its number, a content
+/// id prefix (4 hex digits at least), its name or its query
+/// (case-insensitive).
+fn names(n: u64, d: &Download, target: &str) -> bool {
+    let t = target.trim().to_lowercase();
+    let hex = t.len() >= 4 && t.chars().all(|c| c.is_ascii_hexdigit());
+    d.ended.is_none()
+        && (n.to_string() == t
+            || (hex && !d.id.is_empty() && d.id.starts_with(&t))
+            || d.name.to_lowercase() == t
+            || d.query.to_lowercase() == t)
+}
+
 fn download_view(n: u64, d: &Download, now: Instant) -> DownloadView {
     let running = d.ended.is_none();
     let rate = if running { d.meter.rate(now) } else { 0.0 };
@@ -435,6 +509,10 @@ fn download_view(n: u64, d: &Download, now: Instant) -> DownloadView {
     let verification = match (&d.state, &d.sha256) {
         (DownloadState::Done, Some(sha)) => format!("complete file verified, sha256 {sha}"),
         (DownloadState::Starting, _) => "waiting for the manifest".into(),
+        (DownloadState::Waiting | DownloadState::Paused, _) if d.done > 0 => {
+            "the chunks kept are re-checked against the manifest before use".into()
+        }
+        (DownloadState::Waiting | DownloadState::Paused, _) => "nothing fetched yet".into(),
         _ => "each chunk checked against the manifest before it is kept".into(),
     };
     let end = d.ended.unwrap_or(now);

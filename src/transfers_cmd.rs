@@ -45,6 +45,8 @@ pub fn print_transfers(t: &TransfersView) {
     for d in &t.downloads {
         let state = match (d.state, &d.detail) {
             (DownloadState::Failed, Some(why)) => format!("failed: {why}"),
+            (DownloadState::Waiting, Some(why)) => format!("waiting: {why}"),
+            (DownloadState::Paused, Some(why)) => format!("paused: {why}"),
             (other, _) => serde_json::to_value(other)
                 .ok()
                 .and_then(|v| v.as_str().map(String::from))
@@ -90,12 +92,12 @@ pub fn print_transfers(t: &TransfersView) {
 pub async fn cancel(home: &HomeArg, target: &str) -> anyhow::Result<ExitCode> {
     let hit = Client::new(&absolute(&home.home)?).cancel(target).await?;
     if hit.is_empty() {
-        eprintln!("lanshare: no running download is {target:?}; `lanshare transfers` lists them");
+        eprintln!("lanshare: no download is {target:?}; `lanshare transfers` lists them");
         return Ok(ExitCode::from(crate::commands::EXIT_NO_MATCH));
     }
     let n: Vec<String> = hit.iter().map(|n| format!("#{n}")).collect();
     println!(
-        "cancelled {}; what was verified is kept, and fetching it again resumes it",
+        "cancelled {} for good: its partial file is deleted and it does not come back after a restart",
         n.join(", ")
     );
     Ok(ExitCode::SUCCESS)
@@ -106,7 +108,7 @@ pub async fn cancel(home: &HomeArg, target: &str) -> anyhow::Result<ExitCode> {
 pub fn interrupted(name: &str, verified: u64) -> ExitCode {
     eprintln!();
     eprintln!(
-        "lanshare: interrupted: the node stops this download now; the {} verified so far are kept, and `lanshare fetch {name}` resumes it",
+        "lanshare: interrupted: the node stops this download now; the {} verified so far are kept, and `lanshare fetch {name}` (or the node's next start) resumes it; `lanshare cancel {name}` drops it for good",
         human_bytes(verified as f64)
     );
     ExitCode::from(EXIT_INTERRUPTED)

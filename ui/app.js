@@ -176,8 +176,13 @@ function holders(v) {
   return h("span", { title: v.holders.map((x) => x.name + " (" + x.chunks + "/" + x.total + ")").join("\n") }, parts.join(", ") || "–");
 }
 
+// A download not over yet: waiting for a holder and paused on a full disk included.
+function isRunning(d) {
+  return d.state === "downloading" || d.state === "starting" || d.state === "waiting" || d.state === "paused";
+}
+
 function downloading(id) {
-  return state.transfers.downloads.some((d) => d.id === id && (d.state === "downloading" || d.state === "starting"));
+  return state.transfers.downloads.some((d) => d.id === id && isRunning(d));
 }
 
 function libraryRow(v) {
@@ -261,12 +266,14 @@ function stateLabel(d) {
     case "downloading": return h("span", { class: "pill busy" }, "downloading");
     case "done": return h("span", { class: "pill ok" }, "done");
     case "cancelled": return h("span", { class: "pill idle" }, "cancelled");
+    case "waiting": return h("span", { class: "pill idle", title: d.detail || "" }, "waiting");
+    case "paused": return h("span", { class: "pill bad", title: d.detail || "" }, "paused");
     default: return h("span", { class: "pill bad", title: d.detail || "" }, "failed");
   }
 }
 
 function downloadCard(d) {
-  const running = d.state === "starting" || d.state === "downloading";
+  const running = isRunning(d);
   return h("div", { class: "card transfer download " + d.state, "data-id": d.id, "data-transfer": d.transfer },
     h("div", { class: "t-head" },
       h("strong", { class: "t-name" }, d.name), stateLabel(d),
@@ -279,7 +286,7 @@ function downloadCard(d) {
       running ? h("span", {}, "ETA " + duration(d.eta_secs)) : null,
       running ? h("span", {}, plural(d.active_peers, "peer", "peers") + " now") : null),
     d.peers.length ? h("div", { class: "t-peers" }, ...d.peers.map((p) => h("span", { class: "peer-bytes" }, p.peer.split("@")[0], " ", h("b", {}, bytes(p.bytes))))) : null,
-    h("div", { class: "sub" }, d.state === "failed" ? d.detail : d.verification));
+    h("div", { class: "sub" }, ["failed", "waiting", "paused"].includes(d.state) && d.detail ? d.detail : d.verification));
 }
 
 function uploadCard(u) {
@@ -296,12 +303,12 @@ function uploadCard(u) {
 async function cancel(d) {
   try {
     await api("DELETE", "transfers/" + d.transfer);
-    toast("Cancelled " + d.name + "; fetching it again resumes it", "ok");
+    toast("Cancelled " + d.name + " for good; its partial file is deleted", "ok");
   } catch (e) { toast(e.message, "bad"); }
 }
 
 function renderTransfers(t) {
-  const before = new Set(state.transfers.downloads.filter((d) => d.state === "downloading" || d.state === "starting").map((d) => d.id));
+  const before = new Set(state.transfers.downloads.filter((d) => isRunning(d)).map((d) => d.id));
   state.transfers = t;
   const dl = $("downloads"), ul = $("uploads");
   dl.replaceChildren(...t.downloads.map(downloadCard));
@@ -309,7 +316,7 @@ function renderTransfers(t) {
   sizeBars(dl); sizeBars(ul);
   $("downloads-empty").hidden = t.downloads.length > 0;
   $("uploads-empty").hidden = t.uploads.length > 0;
-  const running = t.downloads.filter((d) => d.state === "downloading" || d.state === "starting").length;
+  const running = t.downloads.filter((d) => isRunning(d)).length;
   const n = running + t.uploads.length;
   $("badge-transfers").textContent = n || "";
   $("ov-transfers").textContent = fmt.format(n);

@@ -15,7 +15,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::peers::HolderMemory;
-use super::swarm::Shared;
 use super::{FetchError, FetchLimits, Want};
 use crate::api::{FetchDone, FetchEvent};
 use crate::dict::{Dict, Holder};
@@ -24,8 +23,23 @@ use crate::logs::{Transfer, TransferLog};
 use crate::manifest::Manifest;
 use crate::peer::dial::Dialer;
 use crate::resolve::{NameChoice, choose_name};
-use crate::store::{Partial, Store};
+use crate::store::jobs::Recorded;
+use crate::store::{Job, Partial, Store};
 use crate::task::Tasks;
+
+/// Free space a download leaves on the downloads file system, so the
+/// node's own small files (state, logs) can still be written.
+pub const SPACE_RESERVE: u64 = 1 << 20;
+
+/// Bytes of the chunks `partial` holds (verified, or named by its resume
+/// state and re-checked before use).
+pub(super) fn bytes_held(partial: &Partial) -> u64 {
+    let have = partial.have();
+    (0..partial.manifest.chunk_count())
+        .filter(|&i| have.get(i))
+        .map(|i| u64::from(partial.manifest.chunk_len(i)))
+        .sum()
+}
 
 /// Everything a download needs from the node.
 pub struct FetchCtx {
@@ -53,7 +67,10 @@ impl FetchCtx {
         let started = Instant::now();
         let id = want.id;
         let mut peers_used = BTreeSet::new();
-        let mut name = self.save_name(&want, None);
+        let mut name = match self.store.jobs().get(&id) {
+            Some(job) => job.name().to_string(),
+            None => self.save_name(&want, None),
+        };
         let received = Arc::new(AtomicU64::new(0));
         let result = self
             .fetch_inner(
@@ -65,6 +82,7 @@ impl FetchCtx {
                 &received,
             )
             .await;
+        self.settle_job(&id, &result);
         if !matches!(
             result,
             Ok(FetchDone {
@@ -108,13 +126,20 @@ impl FetchCtx {
         let (manifest, sender) = self
             .get_manifest(want, &holders, events, cancel, &tasks)
             .await?;
-        let name = self.save_name(want, Some(&sender));
+        // A resumed download keeps the name it was started under.
+        let name = match self.store.jobs().get(&id) {
+            Some(job) => job.name().to_string(),
+            None => self.save_name(want, Some(&sender)),
+        };
         *name_out = name.clone();
         self.check_space(&manifest)?;
         let manifest = Arc::new(manifest);
         let partial = self.store.begin_partial(manifest.clone(), &name)?;
-        let shared = Arc::new(Shared::new(id, partial.clone(), received.clone()));
-        let already = shared.bytes_done();
+        if !self.record_job(want, &partial, cancel) {
+            self.store.release_partial(&id);
+            return Err(FetchError::Cancelled);
+        }
+        let already = bytes_held(&partial);
         let _ = events
             .send(FetchEvent::Started {
                 id: id.to_hex(),
@@ -124,8 +149,8 @@ impl FetchCtx {
                 already,
             })
             .await;
-        let result = self
-            .run_swarm(&shared, events, cancel, &tasks, peers_used, already)
+        let (result, shared) = self
+            .swarm_until_done(&partial, received, events, cancel, &tasks, peers_used)
             .await;
         // The bytes each peer gave, to the end (ticks report them meanwhile).
         let peers = shared
@@ -152,9 +177,11 @@ impl FetchCtx {
         })
     }
 
-    /// The answer when this node holds `id` complete already.
+    /// The answer when this node holds `id` complete already, checked to
+    /// be still there and unchanged on disk (a copy deleted a moment ago
+    /// is forgotten, and the download goes to the network).
     fn already_here(&self, id: &ContentId) -> Option<FetchDone> {
-        let local = self.store.complete(id)?;
+        let local = self.store.complete_checked(id)?;
         Some(FetchDone {
             id: id.to_hex(),
             path: local.path.display().to_string(),
@@ -165,6 +192,47 @@ impl FetchCtx {
             peers: Vec::new(),
             already_local: true,
         })
+    }
+
+    /// Records the download in the job list, so it goes on after a
+    /// restart. False when it was cancelled meanwhile (then it is not
+    /// recorded). A list that cannot be written only costs the resume.
+    fn record_job(&self, want: &Want, partial: &Partial, cancel: &CancellationToken) -> bool {
+        if want.place.is_some() {
+            // A file of a folder download: the folder's job covers it.
+            return !cancel.is_cancelled();
+        }
+        let job = Job::file(want.id, &want.query, &partial.name, partial.manifest.size);
+        match self.store.jobs().record(job, cancel) {
+            Ok(Recorded::Yes) => true,
+            Ok(Recorded::Cancelled) => false,
+            Err(e) => {
+                tracing::warn!(id = %want.id.short(), error = %e, "cannot record the download");
+                true
+            }
+        }
+    }
+
+    /// After a download of `id` ended with `result`: a finished download,
+    /// or one that can never finish, leaves the job list; one the user
+    /// cancelled loses its partial file too. Any other end (stopped with
+    /// the node, by its `fetch` client, stalled, disk trouble) keeps the
+    /// job, to go on later.
+    fn settle_job(&self, id: &ContentId, result: &Result<FetchDone, FetchError>) {
+        let jobs = self.store.jobs();
+        let cancelled = jobs.take_cancelled(id);
+        let over = match result {
+            Ok(_) => true,
+            Err(FetchError::Sha256Mismatch | FetchError::SizeMismatch { .. }) => true,
+            Err(_) if cancelled => {
+                self.store.discard_partial(id);
+                true
+            }
+            Err(_) => false,
+        };
+        if over && let Err(e) = jobs.remove(id) {
+            tracing::warn!(id = %id.short(), error = %e, "cannot update the download list");
+        }
     }
 
     /// Saves the partial's state whatever the swarm's `result`; on failure
@@ -255,6 +323,7 @@ impl FetchCtx {
     /// Refuses to start a download the file system cannot hold: the space
     /// still to be written (the manifest's size less what a `.part` from an
     /// earlier run already has on disk) must be free in downloads/.
+    /// [`SPACE_RESERVE`] is kept free besides, for the node's own files.
     fn check_space(&self, manifest: &Manifest) -> Result<(), FetchError> {
         let dir = self.store.home().downloads();
         // The partial file's name, as `store::Partial::open` makes it.
@@ -267,7 +336,7 @@ impl FetchCtx {
         let Some(free) = crate::platform::free_space(&dir) else {
             return Ok(()); // cannot tell: let the writes report it
         };
-        if needed > free {
+        if needed > 0 && needed.saturating_add(SPACE_RESERVE) > free {
             return Err(FetchError::NoSpace {
                 needed,
                 free,

@@ -28,7 +28,7 @@ use crate::api::{FetchDone, FetchEvent, PeerBytes};
 use crate::dict::FolderListing;
 use crate::id::{ContentId, NodeId};
 use crate::resolve::file_name;
-use crate::store::{Placement, Store, StoreError, local_component};
+use crate::store::{FolderJobRecord, Placement, Recorded, Store, StoreError, local_component};
 use crate::wire::check_path;
 
 /// What `fetch` resolved to when the name is a folder's.
@@ -105,6 +105,39 @@ impl FolderJob {
         }
     }
 
+    /// The job as the job list records it (once `dest` is chosen).
+    pub fn record(&self, query: &str, dest: &std::path::Path) -> FolderJobRecord {
+        FolderJobRecord {
+            query: query.to_string(),
+            folder: self.folder.clone(),
+            dest: dest.to_path_buf(),
+            files: (self.entries.iter())
+                .map(|e| (e.path.clone(), e.id.to_hex(), e.size))
+                .collect(),
+            empty_dirs: self.empty_dirs.clone(),
+            started: crate::store::jobs::now_secs(),
+        }
+    }
+
+    /// The job a recorded folder download describes (entries whose id does
+    /// not parse are left out: the list file was edited by hand).
+    pub fn from_record(r: &FolderJobRecord) -> FolderJob {
+        FolderJob {
+            folder: r.folder.clone(),
+            entries: (r.files.iter())
+                .filter_map(|(path, id, size)| {
+                    Some(FolderEntry {
+                        path: path.clone(),
+                        id: ContentId(crate::id::from_hex::<32>(id)?),
+                        size: *size,
+                    })
+                })
+                .collect(),
+            empty_dirs: r.empty_dirs.clone(),
+            dest: Some(r.dest.clone()),
+        }
+    }
+
     /// The name of the folder made in downloads/.
     pub fn name(&self) -> &str {
         file_name(&self.folder)
@@ -137,6 +170,11 @@ impl FolderJob {
 pub struct FetchLocks(dashmap::DashMap<ContentId, Arc<tokio::sync::Mutex<()>>>);
 
 impl FetchLocks {
+    /// Whether no download of `id` holds its lock now.
+    pub fn is_idle(&self, id: &ContentId) -> bool {
+        self.0.get(id).is_none_or(|m| m.try_lock().is_ok())
+    }
+
     pub async fn lock(&self, id: ContentId) -> tokio::sync::OwnedMutexGuard<()> {
         let m = self.0.entry(id).or_default().clone();
         m.lock_owned().await
@@ -255,12 +293,26 @@ impl FetchCtx {
     pub async fn fetch_folder(
         self: &Arc<Self>,
         mut job: FolderJob,
+        query: &str,
         locks: Arc<FetchLocks>,
         events: &mpsc::Sender<FetchEvent>,
         cancel: CancellationToken,
     ) -> Result<FetchDone, FetchError> {
         let started = Instant::now();
         let dest = job.prepare(&self.store)?;
+        // Recorded so it goes on after a restart (its files are not
+        // recorded one by one); a cancel that came first ends it here.
+        match self
+            .store
+            .jobs()
+            .record_folder(job.record(query, &dest), &cancel)
+        {
+            Ok(Recorded::Cancelled) => return Err(FetchError::Cancelled),
+            Ok(Recorded::Yes) => {}
+            Err(e) => {
+                tracing::warn!(folder = %job.folder, error = %e, "cannot record the folder download")
+            }
+        }
         let layout = lay_out(&self.store, &job, &dest);
         let total_files = job.entries.len() as u32;
         let total = job.total_bytes();
@@ -305,12 +357,17 @@ impl FetchCtx {
             return Err(FetchError::Cancelled);
         }
         if let Some((first, why)) = run.failed.first() {
+            // The job stays recorded: the next start (or `fetch` of the
+            // folder again) goes on with the files still missing.
             return Err(FetchError::FolderIncomplete {
                 failed: run.failed.len(),
                 total: total_files as usize,
                 first: format!("{first}: {why}"),
                 dest: dest.display().to_string(),
             });
+        }
+        if let Err(e) = self.store.jobs().remove_folder(&dest) {
+            tracing::warn!(folder = %job.folder, error = %e, "cannot update the download list");
         }
         Ok(FetchDone {
             id: String::new(),

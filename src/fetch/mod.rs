@@ -27,6 +27,7 @@ pub mod folder;
 mod follow;
 pub mod judge;
 mod manifest;
+mod pause;
 pub mod peers;
 pub mod state;
 mod swarm;
@@ -135,8 +136,9 @@ pub enum FetchError {
         manifest: u64,
     },
     #[error(
-        "not enough free space in {dir}: the download needs {} more, {} is free; free some space and fetch again",
+        "not enough free space in {dir}: the download needs {} more (and {} is kept free besides), {} is free; free some space and fetch again",
         human_bytes(*needed as f64),
+        human_bytes(ctx::SPACE_RESERVE as f64),
         human_bytes(*free as f64)
     )]
     NoSpace { needed: u64, free: u64, dir: String },

@@ -53,9 +53,6 @@ pub(super) struct Shared {
     watch: Mutex<SlotWatch>,
     /// Bytes kept from each worker, with its peer's label.
     pub given: Mutex<HashMap<Slot, PeerBytes>>,
-    /// The state save running on a blocking thread, if any: it flushes the
-    /// partial file, which must not hold up a worker's writes.
-    saver: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Shared {
@@ -74,30 +71,6 @@ impl Shared {
             received,
             watch: Mutex::new(SlotWatch::default()),
             given: Mutex::default(),
-            saver: Mutex::default(),
-        }
-    }
-
-    /// Saves the partial's state on a blocking thread when a save is due
-    /// and none is running (one at a time: they share a temporary file).
-    pub fn save_in_background(&self) {
-        let mut saver = self.saver.lock().expect("saver lock");
-        if saver.as_ref().is_some_and(|h| !h.is_finished()) || !self.partial.save_due() {
-            return;
-        }
-        let partial = self.partial.clone();
-        *saver = Some(tokio::task::spawn_blocking(move || {
-            if let Err(e) = partial.save_state() {
-                tracing::warn!(error = %e, "cannot save the download's state");
-            }
-        }));
-    }
-
-    /// Waits for the state save running, if any.
-    async fn saved(&self) {
-        let running = self.saver.lock().expect("saver lock").take();
-        if let Some(h) = running {
-            let _ = h.await;
         }
     }
 
@@ -142,7 +115,6 @@ struct Swarm<'a> {
 impl FetchCtx {
     /// Runs workers and the follower until the file is complete and
     /// checked; they are the tasks `worker/<peer>` and `follower` of `tasks`.
-    /// Returns once no state save runs any more.
     pub(super) async fn run_swarm(
         &self,
         shared: &Arc<Shared>,
@@ -152,11 +124,8 @@ impl FetchCtx {
         peers_used: &mut BTreeSet<String>,
         already: u64,
     ) -> Result<[u8; 32], FetchError> {
-        let r = self
-            .swarm_loop(shared, events, cancel, tasks, peers_used, already)
-            .await;
-        shared.saved().await;
-        r
+        self.swarm_loop(shared, events, cancel, tasks, peers_used, already)
+            .await
     }
 
     async fn swarm_loop(

@@ -330,7 +330,6 @@ impl<'a> Worker<'a> {
         self.rate.useful(len as u64);
         self.refusal_retry.shorten();
         self.shared.verified_here.lock().expect("lock").set(index);
-        self.shared.save_in_background();
         self.shared.watch().set_trusted(self.slot, true);
         if self
             .shared

@@ -10,7 +10,6 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 
 use super::{Resolved, Service};
 use crate::api::{ContentView, FetchEvent, NodeStatus};
@@ -19,6 +18,7 @@ use crate::library::{LibraryPage, LibraryQuery};
 use crate::manifest::Category;
 use crate::store::{Hashing, Home, SharesFile};
 use crate::transfers::TransfersView;
+use tokio::sync::mpsc;
 
 /// The node at a glance.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -205,10 +205,54 @@ impl Service {
         self.stats.transfers.view(Instant::now())
     }
 
-    /// Cancels the downloads `target` names (number, id prefix or name);
-    /// the numbers cancelled. A cancelled download resumes next time.
+    /// Cancels for good the downloads `target` names (number, id prefix,
+    /// name or query), running or recorded: their jobs leave the list
+    /// first (so none comes back after a restart), then the running ones
+    /// stop and discard their partial files as they end; a recorded one
+    /// that was not running has its partial file discarded now. The
+    /// numbers cancelled (a stopped job gets one, listed as cancelled).
     pub fn cancel(&self, target: &str) -> Vec<u64> {
-        self.stats.transfers.cancel(target)
+        let reg = &self.stats.transfers;
+        let running = reg.named(target);
+        let hit = |j: &crate::store::Job| {
+            j.matches(target)
+                || running.iter().any(|(id, query)| {
+                    j.content_id().is_some_and(|c| c.to_hex() == *id) || j.query() == query
+                })
+        };
+        let mut gone = self.cancel_jobs(&hit);
+        let mut numbers = reg.cancel(target);
+        // A download that recorded its job while the tokens fired: its
+        // record checked the token under the list's lock, so it is either
+        // not recorded or found here.
+        gone.extend(self.cancel_jobs(&hit));
+        for job in gone {
+            let Some(id) = job.content_id() else { continue };
+            let idle = self.fetch_locks.is_idle(&id);
+            // A download in progress discards its own files as it ends.
+            if idle && self.store.jobs().take_cancelled(&id) {
+                self.store.discard_partial(&id);
+            }
+            let listed = running
+                .iter()
+                .any(|(rid, query)| *rid == id.to_hex() || query == job.query());
+            if !listed {
+                numbers.push(reg.cancelled_job(
+                    job.query(),
+                    &id.to_hex(),
+                    job.name(),
+                    Instant::now(),
+                ));
+            }
+        }
+        numbers
+    }
+
+    fn cancel_jobs(&self, hit: &impl Fn(&crate::store::Job) -> bool) -> Vec<crate::store::Job> {
+        self.store.jobs().cancel_where(hit).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot update the download list");
+            Vec::new()
+        })
     }
 
     /// One page of what the network offers.
@@ -218,7 +262,9 @@ impl Service {
     }
 
     /// Resolves `query` and starts its download in the background (listed
-    /// in the transfers); fails when it names nothing or several contents.
+    /// in the transfers, and tried again while its job is recorded; see
+    /// `service::background`); fails when it names nothing or several
+    /// contents.
     pub async fn start_fetch(self: &Arc<Self>, query: &str) -> Result<FetchStarted, FetchRefused> {
         let cancel = self.tasks.token().child_token();
         let want = match self.resolve(query, &cancel).await {
@@ -236,18 +282,7 @@ impl Service {
             .view(&want.id, false)
             .map(|v| v.name)
             .unwrap_or_else(|| query.to_string());
-        let reg = &self.stats.transfers;
-        let d = reg.start_download(query, cancel.clone(), Instant::now());
-        let (tx, rx) = mpsc::channel::<FetchEvent>(64);
-        // Nobody listens to the events but the registry.
-        let (sink, _) = mpsc::channel::<FetchEvent>(1);
-        let this = self.clone();
-        self.tasks.spawn(
-            &format!("background fetch {}", want.id.short()),
-            async move {
-                tokio::join!(this.download(want, tx, cancel), this.track(d, rx, sink));
-            },
-        );
+        let d = self.background(want, None);
         Ok(FetchStarted {
             transfer: d.0,
             id,

@@ -478,24 +478,20 @@ impl IndexState {
         }
     }
 
-    /// Writes the cache: streamed record by record into a temporary file
-    /// then renamed over the old one, so a huge share never needs a second
-    /// copy of its manifests in memory, and a failed write (a full disk)
-    /// leaves the previous cache whole.
+    /// Writes the cache: streamed record by record (a huge share never
+    /// needs a second copy of its manifests in memory) through
+    /// `durable::write_atomic_with`, so a failed write (a full disk) leaves
+    /// the previous cache whole.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        let records = CacheRecords(&self.files);
-        let tmp = path.with_extension("tmp");
-        let file = std::fs::File::create(&tmp)?;
-        let out = postcard::to_io(
-            &CacheFileRef {
+        super::durable::write_atomic_with(path, |w| {
+            let file = CacheFileRef {
                 version: CACHE_VERSION,
-                records,
-            },
-            std::io::BufWriter::with_capacity(64 << 10, file),
-        )
-        .map_err(|e| std::io::Error::other(format!("cannot encode the index cache: {e}")))?;
-        out.into_inner().map_err(|e| e.into_error())?.sync_data()?;
-        std::fs::rename(tmp, path)
+                records: CacheRecords(&self.files),
+            };
+            postcard::to_io(&file, w)
+                .map(drop)
+                .map_err(|e| std::io::Error::other(format!("cannot encode the index cache: {e}")))
+        })
     }
 
     /// Applies a walk: drops files that vanished, refreshes metadata, takes
@@ -596,6 +592,16 @@ impl IndexState {
     #[cfg(test)]
     pub fn cached_len(&self) -> usize {
         self.cached.len()
+    }
+
+    /// Forgets the file at `path` (gone or changed on disk); whether it
+    /// was indexed.
+    pub fn forget(&mut self, path: &Path) -> bool {
+        let gone = self.files.remove(path).is_some();
+        if gone {
+            self.rebuild_by_id();
+        }
+        gone
     }
 
     pub fn get(&self, id: &ContentId) -> Option<Arc<LocalContent>> {

@@ -3,9 +3,11 @@
 //! downloads and their final rename. Network input reaches the filesystem
 //! only through [`safe_file_name`] and content ids, never as a path.
 
+pub mod durable;
 mod folder;
 mod home;
 mod index;
+pub mod jobs;
 mod partial;
 
 use std::collections::HashMap;
@@ -18,7 +20,8 @@ use tokio::sync::watch;
 pub use folder::{Placement, local_component};
 pub use home::{Home, safe_file_name};
 pub use index::{LocalContent, RootNaming, ShareRoot, SharesFile};
-pub use partial::Partial;
+pub use jobs::{FolderJobRecord, Job, Jobs, Recorded};
+pub use partial::{DiskFull, Partial, STATE_SAVE_INTERVAL};
 
 use crate::chunkset::ChunkSet;
 use crate::id::ContentId;
@@ -120,6 +123,8 @@ pub struct Store {
     follow_symlinks: std::sync::atomic::AtomicBool,
     /// The file being hashed now, for the web UI's "my shares".
     hashing: Mutex<Option<Hashing>>,
+    /// Downloads to go on with after a restart (`.lanshare/downloads.json`).
+    jobs: Jobs,
 }
 
 /// A file being hashed (indexed) before it is shared.
@@ -144,6 +149,7 @@ impl Store {
         home.create_dirs()
             .map_err(io_err("cannot create", &home.root))?;
         let index = index::IndexState::load(&home.index_cache());
+        let jobs = Jobs::load(&home.state_dir().join("downloads.json"));
         let store = Arc::new(Store {
             home,
             cli_roots,
@@ -154,6 +160,7 @@ impl Store {
             unsettled: Default::default(),
             follow_symlinks: Default::default(),
             hashing: Default::default(),
+            jobs,
         });
         Ok(store)
     }
@@ -343,6 +350,54 @@ impl Store {
         self.index.lock().expect("index lock").get(id)
     }
 
+    /// The complete local copy of `id`, checked to be still there and
+    /// unchanged (size and mtime as indexed). A copy deleted or changed
+    /// since the last scan is forgotten at once (the inventory is
+    /// published again; the next scan indexes whatever is there now), and
+    /// another file of the same content, if any, answers instead.
+    /// Blocking: a stat per file tried.
+    pub fn complete_checked(&self, id: &ContentId) -> Option<Arc<LocalContent>> {
+        let mut forgot = false;
+        let found = loop {
+            let Some(c) = self.complete(id) else {
+                break None;
+            };
+            match c.open() {
+                Ok(_) => break Some(c),
+                Err(e) => {
+                    tracing::info!(path = %c.path.display(), error = %e, "a shared file is gone or changed; forgetting it");
+                    if !self.index.lock().expect("index lock").forget(&c.path) {
+                        break None;
+                    }
+                    forgot = true;
+                }
+            }
+        };
+        if forgot {
+            self.publish();
+        }
+        found
+    }
+
+    /// The downloads to go on with after a restart.
+    pub fn jobs(&self) -> &Jobs {
+        &self.jobs
+    }
+
+    /// Deletes the partial file and state of `id`, whose download is not
+    /// running (the user cancelled it while it was stopped).
+    pub fn discard_partial(&self, id: &ContentId) {
+        if self
+            .partials
+            .lock()
+            .expect("partials lock")
+            .contains_key(id)
+        {
+            return; // running: it discards its own files when it ends
+        }
+        Partial::discard_files(&self.home, id);
+    }
+
     /// Where chunks of `id` can be read from, complete copies first.
     pub fn source(&self, id: &ContentId) -> Option<Source> {
         if let Some(c) = self.complete(id) {
@@ -521,6 +576,47 @@ mod tests {
         let again = Store::open(home, Vec::new()).unwrap();
         let idx = again.index.lock().unwrap();
         assert_eq!(idx.cached_len(), 2);
+    }
+
+    /// Regression (issue 12's churn test): a file deleted a moment ago was
+    /// still "already here". The checked lookup forgets it at once, and
+    /// answers with another copy of the same content if there is one.
+    #[test]
+    fn a_file_deleted_since_the_scan_is_not_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path());
+        let store = Store::open(home.clone(), Vec::new()).unwrap();
+        std::fs::write(home.shared().join("a.txt"), b"same bytes").unwrap();
+        std::fs::write(home.downloads().join("b.txt"), b"same bytes").unwrap();
+        std::fs::write(home.shared().join("c.txt"), b"other bytes").unwrap();
+        store.rescan_blocking();
+        store.publish();
+        let id = |name: &str| {
+            store
+                .inventory()
+                .entries
+                .iter()
+                .find(|e| e.name == name)
+                .map(|e| e.id)
+        };
+        let (same, other) = (id("b.txt").or(id("a.txt")).unwrap(), id("c.txt").unwrap());
+        let first = store.complete_checked(&same).unwrap().path.clone();
+        std::fs::remove_file(&first).unwrap();
+        let second = store.complete_checked(&same).expect("the other copy");
+        assert_ne!(second.path, first);
+        std::fs::remove_file(&second.path).unwrap();
+        assert!(store.complete_checked(&same).is_none(), "no copy left");
+        assert!(
+            store.complete(&same).is_none(),
+            "forgotten, not only hidden"
+        );
+        assert!(
+            !store.inventory().entries.iter().any(|e| e.id == same),
+            "no longer offered"
+        );
+        // A file changed in place (another size) is not held either.
+        std::fs::write(home.shared().join("c.txt"), b"changed!").unwrap();
+        assert!(store.complete_checked(&other).is_none());
     }
 
     #[test]

@@ -7,11 +7,19 @@
 //! before writing it ([`Partial::write_chunk`]) or by reading it back from
 //! disk after a restart ([`Partial::verify_resumed`]). The resume state is
 //! only a hint of what to re-check: it may be stale, edited, or name data
-//! that never reached the disk. Data is synced before any state naming it is
-//! written, so a crash alone never leaves such a state.
+//! that never reached the disk.
+//!
+//! Durability order ([`Partial::save_state`]): the `.part` data is synced
+//! first, then the state naming those chunks is written atomically (a
+//! synced temporary file renamed over the old state, the folder synced).
+//! A crash, a SIGKILL or a power cut alone never leaves a state naming
+//! data that is not on disk; a failed sync makes the chunks written since
+//! the last good save count as missing again. Writes are not synced one
+//! by one: the download saves the state about once a second, off the
+//! writers' threads. A chunk write that finds the disk full is remembered
+//! ([`Partial::disk_full`]) so the download can pause.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -25,8 +33,9 @@ use crate::chunkset::Bitmap;
 use crate::id::ContentId;
 use crate::manifest::Manifest;
 
-/// How often the verified-chunk bitmap is written while chunks arrive.
-const STATE_SAVE_INTERVAL: Duration = Duration::from_millis(500);
+/// How often a download saves its state while chunks arrive (the data
+/// is synced then, in one batch).
+pub const STATE_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Serialize, Deserialize)]
 struct StateFile {
@@ -42,8 +51,18 @@ struct HaveState {
     /// Chunks checked against the manifest by this process: the only ones
     /// served and announced. Always a subset of `have`.
     verified: Bitmap,
+    /// What the state file on disk names (synced data only).
+    saved: Bitmap,
     last_save: Instant,
     dirty: bool,
+}
+
+/// A chunk write found the file system full.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskFull {
+    /// The chunk that could not be written.
+    pub chunk: u32,
+    pub error: String,
 }
 
 /// Most attempts at a free name in downloads/ before giving up.
@@ -128,6 +147,12 @@ pub struct Partial {
     file: Arc<File>,
     /// Verified chunks. Std mutex: held only for bit operations.
     state: Mutex<HaveState>,
+    /// Set when a chunk write finds the disk full; the download pauses.
+    full: Mutex<Option<DiskFull>>,
+    /// Wakes the download when `full` is set.
+    full_notify: tokio::sync::Notify,
+    /// One save at a time (the periodic saver and the end of a download).
+    saving: Mutex<()>,
 }
 
 impl Partial {
@@ -138,10 +163,7 @@ impl Partial {
     ) -> Result<Partial, StoreError> {
         let id = manifest.content_id();
         let name = safe_file_name(name);
-        let part_path = home
-            .downloads()
-            .join(format!(".lanshare-{}.part", &id.to_hex()[..24]));
-        let state_path = home.partial_dir().join(format!("{}.state", id.to_hex()));
+        let (part_path, state_path) = paths(home, &id);
         let part_existed = clear_foreign(&part_path)?;
         let file = open_part(&part_path)?;
         file.set_len(manifest.size)
@@ -153,6 +175,7 @@ impl Partial {
         };
         let have = have.unwrap_or_else(|| Bitmap::new(manifest.chunk_count()));
         let verified = Bitmap::new(manifest.chunk_count());
+        let manifest_chunks = manifest.chunk_count();
         let p = Partial {
             id,
             manifest,
@@ -163,9 +186,13 @@ impl Partial {
             state: Mutex::new(HaveState {
                 have,
                 verified,
+                saved: Bitmap::new(manifest_chunks),
                 last_save: Instant::now(),
                 dirty: true,
             }),
+            full: Mutex::new(None),
+            full_notify: tokio::sync::Notify::new(),
+            saving: Mutex::new(()),
         };
         p.save_state()?;
         Ok(p)
@@ -206,12 +233,25 @@ impl Partial {
     }
 
     /// Writes a chunk that has already been verified against the manifest.
-    /// The state is not saved here (its flush to disk would hold up the
-    /// writer): the caller saves it when [`Partial::save_due`] says so.
+    /// The data is synced with the next [`Partial::save_state`]. A write
+    /// that finds the disk full is remembered ([`Partial::disk_full`]).
     pub fn write_chunk(&self, index: u32, data: &[u8]) -> Result<(), StoreError> {
-        self.file
+        if let Err(e) = self
+            .file
             .write_all_at(data, self.manifest.chunk_offset(index))
-            .map_err(io_err("cannot write", &self.part_path))?;
+        {
+            if super::durable::is_disk_full(&e) {
+                let mut full = self.full.lock().expect("full lock");
+                if full.is_none() {
+                    *full = Some(DiskFull {
+                        chunk: index,
+                        error: e.to_string(),
+                    });
+                    self.full_notify.notify_waiters();
+                }
+            }
+            return Err(io_err("cannot write", &self.part_path)(e));
+        }
         let mut s = self.state.lock().expect("partial lock");
         s.have.set(index);
         s.verified.set(index);
@@ -219,11 +259,43 @@ impl Partial {
         Ok(())
     }
 
-    /// Whether chunks were written since the state was last saved, over
-    /// `STATE_SAVE_INTERVAL` ago.
+    /// Whether the last save is older than [`STATE_SAVE_INTERVAL`] and
+    /// chunks arrived since.
     pub fn save_due(&self) -> bool {
         let s = self.state.lock().expect("partial lock");
         s.dirty && s.last_save.elapsed() >= STATE_SAVE_INTERVAL
+    }
+
+    /// The disk-full report of a chunk write, if one found the disk full
+    /// since [`Partial::clear_disk_full`].
+    pub fn disk_full(&self) -> Option<DiskFull> {
+        self.full.lock().expect("full lock").clone()
+    }
+
+    /// Forgets the disk-full report (the download resumes).
+    pub fn clear_disk_full(&self) {
+        *self.full.lock().expect("full lock") = None;
+    }
+
+    /// Waits until a chunk write finds the disk full.
+    pub async fn disk_filled(&self) {
+        loop {
+            let notified = self.full_notify.notified();
+            if self.disk_full().is_some() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Bytes the file still needs on disk: its size less what is
+    /// allocated to the `.part` file already.
+    pub fn bytes_to_allocate(&self) -> u64 {
+        let on_disk = self
+            .file
+            .metadata()
+            .map_or(0, |m| crate::platform::allocated_bytes(&m));
+        self.manifest.size.saturating_sub(on_disk)
     }
 
     /// Forgets a chunk (it failed the final check).
@@ -312,47 +384,67 @@ impl Partial {
 
     /// Writes the state file if anything changed since the last write.
     /// The chunks it names are synced to disk first, so a crash never
-    /// leaves a state naming data that was not written.
+    /// leaves a state naming data that was not written. When the sync
+    /// fails, the chunks written since the last good save count as
+    /// missing again (the kernel may have dropped them).
     pub fn save_state(&self) -> Result<(), StoreError> {
-        let bytes = {
+        let _one = self.saving.lock().expect("saving lock");
+        let (have, bytes) = {
             let mut s = self.state.lock().expect("partial lock");
             if !s.dirty {
                 return Ok(());
             }
             s.dirty = false;
             s.last_save = Instant::now();
-            postcard::to_allocvec(&StateFile {
+            let bytes = postcard::to_allocvec(&StateFile {
                 name: self.name.clone(),
                 manifest: (*self.manifest).clone(),
                 have: s.have.clone(),
             })
-            .expect("serializable")
+            .expect("serializable");
+            (s.have.clone(), bytes)
         };
         // Every chunk in `have` was written before its bit was set, so
         // this makes all of them durable before the state names them.
-        self.file
-            .sync_data()
-            .map_err(io_err("cannot flush", &self.part_path))?;
-        let tmp = self.state_path.with_extension("tmp");
-        // A fresh file, never through a link planted at the tmp path; the
-        // rename replaces whatever is at the state path (even a symlink)
-        // without following it.
-        match std::fs::remove_file(&tmp) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err("cannot replace", &tmp)(e)),
+        if let Err(e) = self.file.sync_data() {
+            self.forget_unsynced(&have);
+            return Err(io_err("cannot flush", &self.part_path)(e));
         }
-        let mut f = open_nofollow(
-            OpenOptions::new().write(true).create_new(true).mode(0o600),
-            &tmp,
-        )
-        .map_err(io_err("cannot write", &tmp))?;
-        f.write_all(&bytes).map_err(io_err("cannot write", &tmp))?;
-        drop(f);
-        std::fs::rename(&tmp, &self.state_path).map_err(io_err("cannot write", &self.state_path))
+        if let Err(e) = super::durable::write_atomic(&self.state_path, &bytes) {
+            // The old state stays; it names only synced chunks.
+            self.state.lock().expect("partial lock").dirty = true;
+            return Err(io_err("cannot write", &self.state_path)(e));
+        }
+        self.state.lock().expect("partial lock").saved = have;
+        Ok(())
     }
 
-    /// Deletes the partial file and its state (its content can never verify).
+    /// After a failed sync: the chunks in `attempted` that the last good
+    /// save did not name may be lost; fetch them again.
+    fn forget_unsynced(&self, attempted: &Bitmap) {
+        let mut s = self.state.lock().expect("partial lock");
+        let mut lost = 0u32;
+        for i in 0..self.manifest.chunk_count() {
+            if attempted.get(i) && !s.saved.get(i) {
+                s.have.clear(i);
+                s.verified.clear(i);
+                lost += 1;
+            }
+        }
+        s.dirty = true;
+        tracing::warn!(id = %self.id.short(), chunks = lost, "the partial file could not be synced; fetching its newest chunks again");
+    }
+
+    /// Deletes the partial file and state of `id` when no download has
+    /// them open (a download the user cancelled while it was stopped).
+    pub(super) fn discard_files(home: &Home, id: &ContentId) {
+        let (part, state) = paths(home, id);
+        let _ = std::fs::remove_file(part);
+        let _ = std::fs::remove_file(state);
+    }
+
+    /// Deletes the partial file and its state (its content can never
+    /// verify, or the user cancelled the download).
     pub fn discard(&self) {
         let _ = std::fs::remove_file(&self.part_path);
         let _ = std::fs::remove_file(&self.state_path);
@@ -389,6 +481,16 @@ impl Partial {
             source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
         })
     }
+}
+
+/// Where the partial file of `id` and its state file are.
+fn paths(home: &Home, id: &ContentId) -> (PathBuf, PathBuf) {
+    let hex = id.to_hex();
+    (
+        home.downloads()
+            .join(format!(".lanshare-{}.part", &hex[..24])),
+        home.partial_dir().join(format!("{hex}.state")),
+    )
 }
 
 fn read_nofollow(path: &Path) -> std::io::Result<Vec<u8>> {
@@ -616,7 +718,7 @@ mod tests {
             .downloads()
             .join(format!(".lanshare-{}.part", &hex[..24]));
         std::os::unix::fs::symlink(&outside, &part).unwrap();
-        let tmp = home.partial_dir().join(format!("{hex}.tmp"));
+        let tmp = home.partial_dir().join(format!("{hex}.state.tmp"));
         std::os::unix::fs::symlink(&outside, &tmp).unwrap();
         let state = home.partial_dir().join(format!("{hex}.state"));
         std::os::unix::fs::symlink(&outside, &state).unwrap();

@@ -152,6 +152,15 @@ impl Lan {
         ));
     }
 
+    /// Changes the rate of host `i`'s shaped uplink ([`Lan::shape`] first).
+    pub fn shape_change(&self, i: usize, rate: &str) {
+        let h = &self.hosts[i];
+        ip(&format!(
+            "netns exec {} tc qdisc change dev {} root tbf rate {rate} burst 32kb latency 400ms",
+            h.ns, h.veth
+        ));
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.as_ref().expect("temp dir").path()
     }
@@ -169,6 +178,38 @@ impl Lan {
     /// Starts (or restarts) node NAME on host `i` with home `self.home(name)`;
     /// returns once it answers `status`.
     pub fn start(&self, i: usize, name: &str) -> Node {
+        self.start_wrapped(i, name, &[])
+    }
+
+    /// Starts node NAME on host `i` with its downloads/ on a tmpfs of
+    /// `size` (`mount -o size=`, e.g. "12m") mounted in the node's own
+    /// mount namespace (`unshare -m`): no other process sees it, and it
+    /// goes when the node exits. The test reaches it through
+    /// `/proc/PID/root` ([`Node::pid`]). None when `unshare` is missing.
+    pub fn start_small_disk(&self, i: usize, name: &str, size: &str) -> Option<Node> {
+        if !have("unshare") {
+            super::skipping("needs unshare (util-linux) for a small file system");
+            return None;
+        }
+        let downloads = self.home(name).join("downloads");
+        std::fs::create_dir_all(&downloads).unwrap();
+        let wrapper: Vec<String> = [
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &format!("mount -t tmpfs -o size={size},mode=0755 lanshare-test \"$0\" && exec \"$@\""),
+            downloads.to_str().expect("UTF-8 temp path"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        Some(self.start_wrapped(i, name, &wrapper))
+    }
+
+    fn start_wrapped(&self, i: usize, name: &str, wrapper: &[String]) -> Node {
         let h = &self.hosts[i];
         let listen = SocketAddr::new(h.addr.into(), PORT);
         let args: Vec<String> = [
@@ -194,8 +235,9 @@ impl Lan {
             name,
             args,
             addr: Some(h.addr),
-        }
-        .start();
+        };
+        let mut node = node.spawn_wrapped(wrapper);
+        node.wait_started();
         assert_eq!(node.listen, listen, "listen address in status");
         node
     }

@@ -64,16 +64,28 @@ pub fn log_path(home: &Path, name: &str, ext: &str) -> PathBuf {
 impl Launch<'_> {
     /// Spawns the process; [`Node::wait_started`] waits until it answers.
     pub fn spawn(&self) -> Node {
+        self.spawn_wrapped(&[])
+    }
+
+    /// Spawns the process through `wrapper` (a command that ends by
+    /// exec'ing its arguments, so the PID stays lanshare's), inside the
+    /// namespace if there is one.
+    pub fn spawn_wrapped(&self, wrapper: &[String]) -> Node {
         std::fs::create_dir_all(self.home).unwrap();
         let stderr_path = log_path(self.home, self.name, "stderr");
         let stdout_path = stderr_path.with_extension("stdout");
         let mut cmd = match self.ns {
             Some(ns) => {
                 let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, BIN]);
+                c.args(["netns", "exec", ns]).args(wrapper).arg(BIN);
                 c
             }
-            None => Command::new(BIN),
+            None if wrapper.is_empty() => Command::new(BIN),
+            None => {
+                let mut c = Command::new(&wrapper[0]);
+                c.args(&wrapper[1..]).arg(BIN);
+                c
+            }
         };
         cmd.args(["up", "--home"])
             .arg(self.home)
