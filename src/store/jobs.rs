@@ -401,11 +401,16 @@ fn read_list(path: &Path) -> Result<Vec<Job>, String> {
     if list.version != VERSION {
         return Err(format!("unknown version {}", list.version));
     }
-    let mut seen = HashSet::new();
+    let (mut seen, mut dests) = (HashSet::new(), HashSet::new());
     let jobs: Vec<Job> = list
         .jobs
         .into_iter()
-        .filter(|j| j.content_id().is_some_and(|id| seen.insert(id)))
+        .filter(|j| match j {
+            Job::File(_) => j.content_id().is_some_and(|id| seen.insert(id)),
+            // Where it lands is checked again before anything is written
+            // (`FolderJob::prepare`: a folder of downloads/).
+            Job::Folder(f) => dests.insert(f.dest.clone()),
+        })
         .take(MAX_JOBS)
         .collect();
     Ok(jobs)
@@ -414,6 +419,30 @@ fn read_list(path: &Path) -> Result<Vec<Job>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_folder_job_is_kept_across_a_reload_and_removed_by_its_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("downloads.json");
+        let jobs = Jobs::load(&path);
+        let record = FolderJobRecord {
+            query: "holiday".into(),
+            folder: "holiday".into(),
+            dest: dir.path().join("downloads/holiday"),
+            files: vec![("b.bin".into(), ContentId([7; 32]).to_hex(), 12)],
+            empty_dirs: vec!["empty".into()],
+            started: 0,
+        };
+        let never = CancellationToken::new();
+        jobs.record_folder(record.clone(), &never).unwrap();
+        jobs.record(job(1, "a.txt"), &never).unwrap();
+        let again = Jobs::load(&path);
+        assert_eq!(again.list().len(), 2);
+        assert_eq!(again.folder("holiday"), Some(record.clone()));
+        assert!(again.list()[0].matches("HOLIDAY"));
+        assert!(again.remove_folder(&record.dest).unwrap());
+        assert_eq!(Jobs::load(&path).list(), vec![job(1, "a.txt")]);
+    }
 
     fn job(n: u8, name: &str) -> Job {
         Job::File(FileJob {

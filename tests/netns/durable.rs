@@ -385,3 +385,49 @@ fn a_small_disk_refuses_up_front_and_pauses_when_it_fills() {
         "the finished file is not held: {ls:?}"
     );
 }
+
+/// A folder download killed midway goes on by itself after a restart, into
+/// the folder it started in (never `holiday (1)`), and its job leaves the
+/// list once the whole tree is in place.
+#[test]
+fn a_folder_download_killed_midway_finishes_in_its_folder_after_a_restart() {
+    let Some(lan) = Lan::new(2) else { return };
+    let (a, b) = (data(12 * MIB, 43), data(12 * MIB, 44));
+    let shared = lan.home("seeder").join("shared");
+    std::fs::create_dir_all(shared.join("holiday/day1")).unwrap();
+    std::fs::create_dir_all(shared.join("holiday/empty")).unwrap();
+    std::fs::write(shared.join("holiday/day1/a.bin"), &a).unwrap();
+    std::fs::write(shared.join("holiday/b.bin"), &b).unwrap();
+    lan.shape(0, "32mbit");
+    let _seeder = lan.start(0, "seeder");
+    let mut fetcher = lan.node(1, "fetcher", &[]);
+    wait_holders(&fetcher, "holiday/b.bin", 1);
+    wait_holders(&fetcher, "holiday/day1/a.bin", 1);
+
+    let mut run = fetcher.spawn_fetch("holiday");
+    let at = wait_midway(&mut run, &fetcher, 30.0, "the fetcher could be killed");
+    std::thread::sleep(Duration::from_millis(1500));
+    fetcher.kill();
+    run.kill();
+    eprintln!("killed the fetcher at {at:?}% of the folder");
+    let jobs = std::fs::read_to_string(jobs_file(&fetcher)).expect("a job list");
+    assert!(
+        jobs.contains("\"folder\"") && !jobs.contains("\"kind\": \"file\""),
+        "the folder is recorded as one job, its files not one by one: {jobs}"
+    );
+
+    let fetcher = lan.start(1, "fetcher");
+    let root = fetcher.downloads().join("holiday");
+    wait_file(&root.join("day1/a.bin"), &a, &fetcher, "the resumed folder");
+    wait_file(&root.join("b.bin"), &b, &fetcher, "the resumed folder");
+    assert!(root.join("empty").is_dir(), "the empty folder is missing");
+    assert!(
+        !fetcher.downloads().join("holiday (1)").exists(),
+        "the resume started a second folder"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || !jobs_file(&fetcher).exists()),
+        "the finished folder job is still listed: {:?}",
+        std::fs::read_to_string(jobs_file(&fetcher))
+    );
+}
