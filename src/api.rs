@@ -13,6 +13,8 @@ pub enum FoundVia {
     Mdns,
     Tracker,
     Manual,
+    /// A peer named it (peer exchange), and a handshake proved it.
+    Exchange,
 }
 
 impl std::fmt::Display for FoundVia {
@@ -22,6 +24,7 @@ impl std::fmt::Display for FoundVia {
             FoundVia::Mdns => "mdns",
             FoundVia::Tracker => "tracker",
             FoundVia::Manual => "manual",
+            FoundVia::Exchange => "exchange",
         })
     }
 }
@@ -101,6 +104,16 @@ pub struct NodeStatus {
     /// Datagrams dropped unchecked over a source's signature-check budget.
     #[serde(default)]
     pub throttled_datagrams: u64,
+    /// Peer exchange: peers named to this node, hints dialed, proven
+    /// (listed), and dropped (wrong id, unusable, or no room).
+    #[serde(default)]
+    pub hints_received: u64,
+    #[serde(default)]
+    pub hints_dialed: u64,
+    #[serde(default)]
+    pub hints_verified: u64,
+    #[serde(default)]
+    pub hints_rejected: u64,
     /// The web dashboard's URL, when it runs.
     pub ui: Option<String>,
 }

@@ -150,6 +150,10 @@ impl Service {
             foreign_datagrams: self.stats.get(Counter::ForeignDatagrams),
             bad_signature_datagrams: self.stats.get(Counter::BadSignatureDatagrams),
             throttled_datagrams: self.stats.get(Counter::ThrottledDatagrams),
+            hints_received: self.stats.get(Counter::HintsReceived),
+            hints_dialed: self.stats.get(Counter::HintsDialed),
+            hints_verified: self.stats.get(Counter::HintsVerified),
+            hints_rejected: self.stats.get(Counter::HintsRejected),
             ui: self.ui.map(|a| format!("http://{a}/")),
         }
     }

@@ -29,9 +29,19 @@ pub enum Counter {
     /// Datagrams dropped unchecked: their source spent its budget of
     /// signature checks.
     ThrottledDatagrams,
+    /// Peers named by peer exchange (each entry of each answer, and each
+    /// asker offering itself).
+    HintsReceived,
+    /// Hints dialed to check them.
+    HintsDialed,
+    /// Hints a handshake proved: the peer is listed.
+    HintsVerified,
+    /// Hints dropped: answered by another id, unusable (no address worth
+    /// dialing, stale, this node itself) or refused by the full table.
+    HintsRejected,
 }
 
-const COUNTERS: usize = 8;
+const COUNTERS: usize = 12;
 
 /// The node's counters; cheap to share behind an `Arc`.
 #[derive(Debug, Default)]
