@@ -9,6 +9,8 @@ mod harness;
 
 #[path = "netns/discovery.rs"]
 mod discovery;
+#[path = "netns/exchange.rs"]
+mod exchange;
 #[path = "netns/private.rs"]
 mod private;
 #[path = "netns/tracker.rs"]

@@ -278,12 +278,14 @@ impl Exchange {
                     (key, this.try_hint(key, hint).await)
                 });
             }
-            if asks.is_empty() && last_ask.is_none_or(|t| now.duration_since(t) >= ASK_SPACING) {
-                if let Some(peer) = self.next_to_ask(now) {
-                    last_ask = Some(now);
-                    let this = self.clone();
-                    asks.spawn(&peer.id.short(), async move { this.ask_peer(peer).await });
-                }
+            let spaced = last_ask.is_none_or(|t| now.duration_since(t) >= ASK_SPACING);
+            if asks.is_empty()
+                && spaced
+                && let Some(peer) = self.next_to_ask(now)
+            {
+                last_ask = Some(now);
+                let this = self.clone();
+                asks.spawn(&peer.id.short(), async move { this.ask_peer(peer).await });
             }
         }
         dials.abort_all();
@@ -425,5 +427,143 @@ impl Exchange {
         if let Err(e) = r {
             tracing::debug!(peer = %peer.name, error = %e, "peer exchange failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dict::{Hello, Sighting};
+    use crate::identity::Identity;
+    use crate::swarm::Mode;
+
+    fn sighting(id: NodeId, addr: SocketAddr) -> Sighting<'static> {
+        Sighting {
+            id,
+            name: "p",
+            addr,
+            via: FoundVia::Manual,
+            interval: Duration::from_secs(1),
+            digest: [0; 16],
+            contents: 0,
+        }
+    }
+
+    /// `id` known at `addr`, proven there by a hello when `proven`.
+    fn know(dict: &Dict, id: NodeId, addr: &str, proven: bool) {
+        let addr: SocketAddr = addr.parse().unwrap();
+        let now = Instant::now();
+        dict.observe(sighting(id, addr), now);
+        if proven {
+            let hello = Hello {
+                id,
+                name: "p",
+                digest: [0; 16],
+                contents: 0,
+            };
+            dict.peers.reached(hello, addr, now);
+        }
+    }
+
+    #[test]
+    fn only_proven_online_peers_are_told_never_self_nor_the_asker() {
+        let dict = Dict::new();
+        let id = |n: u8| NodeId([n; 16]);
+        let (me, asker) = (id(1), id(2));
+        know(&dict, me, "10.0.0.1:7373", true);
+        know(&dict, asker, "10.0.0.2:7373", true);
+        know(&dict, id(3), "10.0.0.3:7373", true);
+        know(&dict, id(4), "10.0.0.4:7373", false);
+        know(&dict, id(5), "10.0.0.5:7373", true);
+        dict.set_offline(id(5));
+        know(&dict, id(6), "127.0.0.1:7000", true);
+        let lan: SocketAddr = "10.0.0.2:40000".parse().unwrap();
+        let told = answer(&dict, me, asker, lan, Instant::now());
+        let ids: Vec<NodeId> = told.iter().map(|e| e.id).collect();
+        assert_eq!(ids, vec![id(3)], "{told:?}");
+        assert_eq!(told[0].addrs, vec!["10.0.0.3:7373".parse().unwrap()]);
+        // A loopback asker hears of the loopback peer too.
+        let lo: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let told = answer(&dict, me, asker, lo, Instant::now());
+        assert!(told.iter().any(|e| e.id == id(6)), "{told:?}");
+    }
+
+    /// A loopback server whose handshakes prove `id`; serves until dropped.
+    async fn server_as(id: Arc<Identity>) -> SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let hello = crate::peer::noise::server_hello(&id, "real", [0; 16], 0);
+                let _ = crate::peer::noise::respond(&mut s, &id, &Mode::Open, &hello).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn only_a_hint_that_proves_its_id_is_listed() {
+        let real = Arc::new(Identity::generate());
+        let addr = server_as(real.clone()).await;
+        let nothing = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let dict = Arc::new(Dict::new());
+        let stats = Arc::new(Stats::default());
+        let me = Arc::new(Identity::generate());
+        let dialer = Dialer::new(me.clone(), Mode::Open, "me", dict.clone());
+        let x = Arc::new(Exchange::new(
+            dict.clone(),
+            dialer,
+            stats.clone(),
+            0,
+            Duration::from_secs(1),
+        ));
+        let (source, fake) = (NodeId([9; 16]), NodeId([8; 16]));
+        let entry = |id: NodeId, at: SocketAddr| PeerEntry {
+            id,
+            addrs: vec![at],
+            age_ms: 0,
+        };
+        let at: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let told = [
+            entry(real.node_id(), addr),
+            entry(fake, addr),
+            entry(NodeId([7; 16]), nothing),
+            entry(me.node_id(), addr),
+        ];
+        x.hear(source, at, &told, Instant::now());
+        assert_eq!(x.hints().len(), 3, "this node itself is no hint");
+        let tasks = Tasks::new("test");
+        tokio::spawn(x.clone().run(tasks.child("exchange")));
+        let settled =
+            || stats.get(Counter::HintsVerified) == 1 && stats.get(Counter::HintsRejected) >= 2;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !settled() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tasks.cancel();
+        assert!(
+            settled(),
+            "verified {} rejected {}",
+            stats.get(Counter::HintsVerified),
+            stats.get(Counter::HintsRejected)
+        );
+        let p = dict
+            .peers
+            .peer(&real.node_id())
+            .expect("the real peer is listed");
+        assert!(
+            p.proven && p.found_via.contains(&FoundVia::Exchange),
+            "{p:?}"
+        );
+        assert!(
+            dict.peers.peer(&fake).is_none(),
+            "the wrong id is never listed"
+        );
+        assert!(dict.peers.peer(&NodeId([7; 16])).is_none());
+        // The unreachable hint stays, backing off, until it expires.
+        assert_eq!(x.hints().len(), 1);
     }
 }
