@@ -826,7 +826,7 @@ mod tests {
         }
     }
 
-    /// The peer-exchange example of docs/protocol.md §6.6.
+    /// The peer-exchange example of docs/protocol.md §6.10.
     #[test]
     fn golden_peer_exchange() {
         use crate::id::to_hex;
