@@ -352,10 +352,13 @@ impl Exchange {
     }
 
     /// A hint proved itself on `conn`: the peer goes in the dictionary,
-    /// its address proven.
+    /// its address proven. A peer another path listed meanwhile is left
+    /// as it is (the dial's contact report proved the address already).
     fn admit(&self, conn: &PeerConn) {
+        if self.dict.peers.is_online(&conn.remote_node) {
+            return;
+        }
         let now = Instant::now();
-        let known = self.dict.peers.is_online(&conn.remote_node);
         let seen = crate::dict::Sighting {
             id: conn.remote_node,
             name: &conn.remote_name,
@@ -367,9 +370,7 @@ impl Exchange {
         };
         self.dict.observe(seen, now);
         self.dict.peers.reached(conn.hello(), conn.addr, now);
-        if !known {
-            tracing::info!(peer = %conn.label(), "peer found by peer exchange");
-        }
+        tracing::info!(peer = %conn.label(), "peer found by peer exchange");
     }
 
     /// Counts a dial's outcome and updates the table and backoffs.
