@@ -44,6 +44,7 @@ use crate::wire::frame::{MAX_PEER_ADDRS, MAX_PEER_ENTRIES, PeerEntry};
 mod hints;
 
 pub use hints::{HINT_TTL, Hint, HintKey, Hints, MAX_HINTS, SOURCE_QUOTA, Taken, usable};
+
 /// A hint about a peer its source last heard longer ago is not kept.
 pub const MAX_HINT_AGE: Duration = Duration::from_secs(600);
 /// A peer is asked for its peers at most once per this many of this
