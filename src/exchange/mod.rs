@@ -52,10 +52,6 @@ pub const MAX_HINT_AGE: Duration = Duration::from_secs(600);
 pub const ASK_EVERY: u32 = 12;
 /// Hints dialed at once.
 const MAX_DIALS: usize = 4;
-/// A hint is dialed once it is this old (since its source last said it),
-/// so a peer that multicast, broadcast or mDNS bring anyway is listed
-/// that way, and not dialed for nothing.
-const HINT_GRACE: Duration = Duration::from_secs(1);
 /// The loop starts at most one ask of its own per this long (the puller's
 /// asks come on top, one per inventory pull at most).
 const ASK_SPACING: Duration = Duration::from_secs(1);
@@ -312,8 +308,8 @@ impl Exchange {
         }
     }
 
-    /// Hints to dial now, newest first: at least [`HINT_GRACE`] old, not
-    /// backing off, and no other hint naming the same id being dialed.
+    /// Hints to dial now, newest first: not backing off, and no other hint
+    /// naming the same id being dialed.
     fn due(
         &self,
         dialing: &HashSet<NodeId>,
@@ -324,11 +320,7 @@ impl Exchange {
         self.hints()
             .newest_first()
             .into_iter()
-            .filter(|(k, h)| {
-                now.saturating_duration_since(h.heard) >= HINT_GRACE
-                    && retry.ready(k, now)
-                    && seen.insert(k.id)
-            })
+            .filter(|(k, _)| retry.ready(k, now) && seen.insert(k.id))
             .take(MAX_DIALS)
             .collect()
     }
