@@ -14,6 +14,8 @@ pub enum FoundVia {
     Tracker,
     Manual,
     Broadcast,
+    /// A peer named it (peer exchange), and a handshake proved it.
+    Exchange,
 }
 
 impl std::fmt::Display for FoundVia {
@@ -24,6 +26,7 @@ impl std::fmt::Display for FoundVia {
             FoundVia::Tracker => "tracker",
             FoundVia::Manual => "manual",
             FoundVia::Broadcast => "broadcast",
+            FoundVia::Exchange => "exchange",
         })
     }
 }
@@ -130,6 +133,16 @@ pub struct NodeStatus {
     /// and broadcast, two interfaces), dropped as expected.
     #[serde(default)]
     pub path_duplicate_datagrams: u64,
+    /// Peer exchange: peers named to this node, hints dialed, proven
+    /// (listed), and dropped (wrong id, unusable, or no room).
+    #[serde(default)]
+    pub hints_received: u64,
+    #[serde(default)]
+    pub hints_dialed: u64,
+    #[serde(default)]
+    pub hints_verified: u64,
+    #[serde(default)]
+    pub hints_rejected: u64,
     /// The web dashboard's URL, when it runs.
     pub ui: Option<String>,
 }

@@ -92,6 +92,10 @@ fn print_status(status: &NodeStatus) {
         status.throttled_datagrams
     );
     println!(
+        "exchange  {} peers heard of, {} dialed, {} verified, {} rejected",
+        status.hints_received, status.hints_dialed, status.hints_verified, status.hints_rejected
+    );
+    println!(
         "sent      {} discovery datagrams ({}), {} of inventory pages",
         status.datagrams_sent,
         human_bytes(status.discovery_bytes_sent as f64),

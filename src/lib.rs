@@ -9,7 +9,8 @@
 //! - [`dict`]: what the network offers (the only shared discovery state);
 //! - [`discovery`]: multicast announce/listen; [`mdns`]: DNS-SD;
 //!   [`netif`]: interfaces; [`reach`]: inventory pulls
-//!   and liveness probes over TCP;
+//!   and liveness probes over TCP; [`exchange`]: peer exchange (hints
+//!   heard from peers, dialed before anyone is listed);
 //! - [`peer`]: the TCP server (uploader) and client;
 //! - [`fetch`]: the download scheduler; [`retry`]: the one backoff rule;
 //! - [`service`]: answers every request (status, ls, peers, fetch, share);
@@ -33,6 +34,7 @@ pub mod config;
 pub mod control;
 pub mod dict;
 pub mod discovery;
+pub mod exchange;
 pub mod fetch;
 pub mod fswatch;
 pub mod history;

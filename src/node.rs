@@ -321,19 +321,21 @@ impl Bound {
             mode: cfg.swarm.clone(),
             name: cfg.name.clone(),
         };
-        let server = Arc::new(Server::new(
+        let mut server = Server::new(
             self.store.clone(),
             self.dict.clone(),
             self.stats.clone(),
             local,
             cfg.server.clone(),
             rescan.clone(),
-        ));
+        );
         tasks.spawn_until_cancelled("expiry", expiry(self.dict.clone()));
         let reach = self.spawn_peer_followers(tasks);
+        server.exchange = reach.reach.exchange.clone();
         self.spawn_trackers(tasks);
         self.spawn_discovery(tasks);
-        tasks.spawn("server", server.run(self.listener, tasks.child("server")));
+        let server = Arc::new(server).run(self.listener, tasks.child("server"));
+        tasks.spawn("server", server);
         tasks.spawn(
             "links",
             crate::netif::watch_links(self.selection, self.links_tx, LINK_CHECK, tasks.token()),
@@ -389,11 +391,20 @@ impl Bound {
             );
             tasks.spawn(&format!("manual peer {target}"), follow);
         }
+        let exchange = Arc::new(crate::exchange::Exchange::new(
+            self.dict.clone(),
+            dialer.clone(),
+            self.stats.clone(),
+            self.started.listen.port(),
+            cfg.announce_interval,
+        ));
         let reach = Arc::new(crate::reach::Reach {
             dict: self.dict.clone(),
             dialer,
+            exchange: Some(exchange.clone()),
         });
         let scope = tasks.child("reach");
+        scope.spawn("exchange", exchange.run(scope.child("exchange")));
         scope.spawn("puller", reach.clone().puller(scope.clone()));
         scope.spawn("prober", reach.clone().prober(scope.clone()));
         Goodbye { reach, scope }

@@ -6,7 +6,10 @@
 //! - the prober says hello to every online peer not heard directly (by a
 //!   multicast announcement or a hello) for an announce interval, so peers
 //!   found without multicast stay alive, and their changes are noticed,
-//!   only while they answer.
+//!   only while they answer;
+//! - after a pull, the puller asks the peer for the peers it knows (peer
+//!   exchange, [`crate::exchange`]), at most once per
+//!   [`crate::exchange::ASK_EVERY`] intervals per peer.
 //!
 //! Every connection tries the peer's addresses in order, best first, and
 //! remembers the one that answered.
@@ -44,6 +47,8 @@ pub struct Reach {
     pub dict: Arc<Dict>,
     /// Connects as this node (its key, swarm and name).
     pub dialer: Dialer,
+    /// Peer exchange, asked after each pull (`None`: off).
+    pub exchange: Option<Arc<crate::exchange::Exchange>>,
 }
 
 impl Reach {
@@ -129,6 +134,11 @@ impl Reach {
         tracing::debug!(peer = %peer.name, contents = inv.entries.len(), delta, "pulled inventory");
         self.dict.set_inventory(id, inv);
         drop(budget);
+        if let Some(exchange) = &self.exchange
+            && let Err(e) = exchange.ask_if_due(&mut conn).await
+        {
+            tracing::debug!(peer = %peer.name, error = %e, "peer exchange after a pull failed");
+        }
         Ok(())
     }
 
@@ -210,7 +220,13 @@ impl Reach {
             .peers
             .online()
             .into_iter()
-            .filter(|p| !p.found_via.contains(&crate::api::FoundVia::Multicast))
+            // Those a datagram reaches hear the goodbye datagram.
+            .filter(|p| {
+                use crate::api::FoundVia::{Broadcast, Multicast};
+                !p.found_via
+                    .iter()
+                    .any(|v| matches!(v, Multicast | Broadcast))
+            })
             .take(crate::dict::MAX_PEERS)
             .collect();
         if peers.is_empty() {

@@ -160,6 +160,10 @@ impl Service {
             datagrams_sent: self.stats.get(Counter::DatagramsSent),
             datagrams_received: self.stats.by_path(),
             path_duplicate_datagrams: self.stats.get(Counter::PathDuplicates),
+            hints_received: self.stats.get(Counter::HintsReceived),
+            hints_dialed: self.stats.get(Counter::HintsDialed),
+            hints_verified: self.stats.get(Counter::HintsVerified),
+            hints_rejected: self.stats.get(Counter::HintsRejected),
             ui: self.ui.map(|a| format!("http://{a}/")),
         }
     }

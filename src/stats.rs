@@ -49,9 +49,19 @@ pub enum Counter {
     /// path or link (multicast and broadcast, two interfaces, IPv4 and
     /// IPv6): expected, dropped without a signature check.
     PathDuplicates,
+    /// Peers named by peer exchange (each entry of each answer, and each
+    /// asker offering itself).
+    HintsReceived,
+    /// Hints dialed to check them.
+    HintsDialed,
+    /// Hints a handshake proved: the peer is listed.
+    HintsVerified,
+    /// Hints dropped: answered by another id, unusable (no address worth
+    /// dialing, stale, this node itself) or refused by the full table.
+    HintsRejected,
 }
 
-const COUNTERS: usize = 15;
+const COUNTERS: usize = 19;
 
 /// The node's counters; cheap to share behind an `Arc`.
 #[derive(Debug, Default)]

@@ -13,6 +13,8 @@ mod broadcast;
 mod discovery;
 #[path = "netns/durable.rs"]
 mod durable;
+#[path = "netns/exchange.rs"]
+mod exchange;
 #[path = "netns/folders.rs"]
 mod folders;
 #[path = "netns/private.rs"]

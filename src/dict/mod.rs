@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 pub use contents::{Content, Contents, Held, PullBudget, Refusal, entry_cost};
 pub use peer::{Peer, PeerAddr};
-pub use peers::{Hello, Peers};
+pub use peers::{Hello, Peers, ProvenPeer};
 pub use views::{FolderListing, Holder, Listed};
 
 use tokio_util::sync::CancellationToken;

@@ -36,6 +36,16 @@ use crate::api::FoundVia;
 use crate::id::NodeId;
 use crate::inventory::Digest;
 
+/// A peer as peer exchange tells it: its id, where it proved that id over
+/// TCP, and when it was last heard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProvenPeer {
+    pub id: NodeId,
+    /// Proven addresses, most recently heard first.
+    pub addrs: Vec<SocketAddr>,
+    pub last_seen: Instant,
+}
+
 #[derive(Default)]
 pub struct Peers {
     table: DashMap<NodeId, Peer>,
@@ -97,6 +107,42 @@ impl Peers {
     /// Every online peer.
     pub fn online(&self) -> Vec<Peer> {
         self.filtered(|p| p.online)
+    }
+
+    /// Online peers with an address where they proved their id over TCP,
+    /// but those in `except`, most recently heard first: at most `max` of them, each
+    /// with at most `max_addrs` proven addresses that `keep` accepts (peer
+    /// exchange tells only these).
+    pub fn proven_peers(
+        &self,
+        except: &[NodeId],
+        max: usize,
+        max_addrs: usize,
+        keep: impl Fn(&SocketAddr) -> bool,
+    ) -> Vec<ProvenPeer> {
+        let mut out: Vec<ProvenPeer> = self
+            .table
+            .iter()
+            .filter(|p| p.online && p.proven && !except.contains(&p.id))
+            .filter_map(|p| {
+                let mut proven: Vec<_> = p
+                    .addrs
+                    .iter()
+                    .filter(|a| a.proven && keep(&a.addr))
+                    .collect();
+                proven.sort_by_key(|a| std::cmp::Reverse(a.seen));
+                let addrs: Vec<SocketAddr> =
+                    proven.iter().take(max_addrs).map(|a| a.addr).collect();
+                (!addrs.is_empty()).then(|| ProvenPeer {
+                    id: p.id,
+                    addrs,
+                    last_seen: p.last_seen,
+                })
+            })
+            .collect();
+        out.sort_by_key(|p| std::cmp::Reverse(p.last_seen));
+        out.truncate(max);
+        out
     }
 
     /// Online peers whose inventory we should (re)pull.

@@ -139,6 +139,30 @@ impl PeerConn {
         }
     }
 
+    /// Asks the peer which peers it knows (peer exchange), telling it this
+    /// node's TCP server `port` (0: none). The answer must arrive within
+    /// `timeout`; it is bounded by the frame and entry limits of
+    /// [`frame::MAX_PEERS_FRAME`].
+    pub async fn get_peers(
+        &mut self,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<Vec<frame::PeerEntry>, PeerError> {
+        let req = self.next_id();
+        self.framed
+            .send(&Request::GetPeers { req, port }.encode())
+            .await?;
+        self.flush().await?;
+        let resp = tokio::time::timeout(timeout, self.read_response(&mut Vec::new()))
+            .await
+            .map_err(|_| PeerError::Timeout("waiting for a peer list"))??;
+        match resp {
+            Response::Peers { req: r, entries } if r == req => Ok(entries),
+            Response::Error { code, message, .. } => Err(PeerError::Remote { code, message }),
+            _ => Err(PeerError::Unexpected(req)),
+        }
+    }
+
     /// Tells the peer this node is stopping, and closes the connection.
     pub async fn goodbye(mut self) -> Result<(), PeerError> {
         self.framed.send(&Request::Goodbye.encode()).await?;

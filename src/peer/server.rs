@@ -89,6 +89,8 @@ pub struct Server {
     pub rescan: Arc<tokio::sync::Notify>,
     /// "Another swarm" is said once per address per period.
     other_swarm: WarnOnce<std::net::IpAddr>,
+    /// Where a client asking for peers, offering its own port, goes as a hint.
+    pub exchange: Option<Arc<crate::exchange::Exchange>>,
 }
 
 impl Server {
@@ -110,6 +112,7 @@ impl Server {
             limits,
             rescan,
             other_swarm: WarnOnce::default(),
+            exchange: None,
         }
     }
 

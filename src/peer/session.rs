@@ -1,8 +1,10 @@
 //! One served connection, after its slot is granted: the handshake (which
 //! proves the client's id), then
 //! each request answered in turn (inventory pages, manifests, chunks, a
-//! goodbye) under the first-request and idle deadlines. It reads the store
-//! and tells the dictionary only of a goodbye (and the node's stats of
+//! goodbye, a peer-exchange question) under the first-request and idle
+//! deadlines. It reads the store and the proven peers, hands an asker's
+//! offered port to peer exchange as a hint, and tells the dictionary only
+//! of a goodbye (and the node's stats of
 //! inventory bytes served); it never decides who is admitted (that is [`super::slots`]).
 
 use std::collections::HashMap;
@@ -168,6 +170,7 @@ impl<'a> Session<'a> {
             Request::GetChunk { req, id, index } => {
                 self.serve_chunk(framed, req, id, index).await?
             }
+            Request::GetPeers { req, port } => self.serve_peers(framed, remote, req, port).await?,
         }
         Ok(Flow::Continue)
     }
@@ -196,6 +199,26 @@ impl<'a> Session<'a> {
             bytes.len() as u64,
         );
         framed.send(&bytes).await
+    }
+
+    /// Peer exchange: the proven peers this node knows (never itself, never
+    /// the asker); the asker's own port, if given, becomes a hint.
+    async fn serve_peers(
+        &self,
+        framed: &mut FramedConn,
+        remote: Remote,
+        req: u32,
+        port: u16,
+    ) -> Result<(), PeerError> {
+        let now = Instant::now();
+        let me = self.server.me.identity.node_id();
+        let entries = crate::exchange::answer(&self.server.dict, me, remote.node, self.addr, now);
+        if let Some(exchange) = &self.server.exchange {
+            exchange.offered(remote.node, self.addr, port, now);
+        }
+        framed
+            .send(&Response::Peers { req, entries }.encode())
+            .await
     }
 
     async fn serve_manifest(

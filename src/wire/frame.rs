@@ -13,10 +13,12 @@
 //! client so several can be in flight on one connection; the server answers
 //! each with exactly one response frame carrying the same id.
 
+use std::net::SocketAddr;
+
 use serde::{Deserialize, Serialize};
 
 use super::{InventoryEntry, MAX_ERROR_MESSAGE, MAX_NODE_NAME, WireError, decode_exact};
-use crate::id::ContentId;
+use crate::id::{ContentId, NodeId};
 use crate::identity::{PublicKey, Signature};
 use crate::manifest::{MAX_CHUNK_SIZE, Manifest};
 
@@ -37,6 +39,13 @@ pub const MAX_INVENTORY_ENTRIES: usize = 200_000;
 pub const MAX_PAGE_ENTRIES: usize = 4096;
 /// Most removed ids in one inventory delta.
 pub const MAX_REMOVED: usize = 16_384;
+/// Most peers in one peer-exchange answer.
+pub const MAX_PEER_ENTRIES: usize = 64;
+/// Most addresses of one peer in a peer-exchange answer.
+pub const MAX_PEER_ADDRS: usize = 4;
+/// Largest peer-exchange answer frame a client reads: 64 entries of 4
+/// IPv6 addresses take about 6.5 KiB.
+pub const MAX_PEERS_FRAME: u32 = 8 * 1024;
 
 /// Bytes of the preamble: magic, version, mode.
 pub const PREAMBLE_LEN: usize = 6;
@@ -56,9 +65,11 @@ const K_GET_MANIFEST: u8 = 0x02;
 const K_GET_CHUNK: u8 = 0x03;
 const K_GET_INVENTORY: u8 = 0x04;
 const K_GOODBYE: u8 = 0x05;
+const K_GET_PEERS: u8 = 0x06;
 const K_R_MANIFEST: u8 = 0x82;
 pub const K_R_CHUNK: u8 = 0x83;
 const K_R_INVENTORY: u8 = 0x84;
+const K_R_PEERS: u8 = 0x85;
 const K_R_ERROR: u8 = 0x8f;
 
 /// Checks a peer's preamble; returns its mode byte (not checked here).
@@ -73,13 +84,18 @@ pub fn check_preamble(p: &[u8; PREAMBLE_LEN]) -> Result<u8, WireError> {
 }
 
 /// Rejects a response body longer than its kind allows (checked before the
-/// body is read): inventory pages are bounded tighter than chunks and
-/// manifests.
+/// body is read): inventory pages and peer-exchange answers are bounded
+/// tighter than chunks and manifests.
 pub fn check_response_len(kind: u8, body_len: usize) -> Result<(), WireError> {
-    if kind == K_R_INVENTORY && body_len + 1 > MAX_INVENTORY_FRAME as usize {
+    let max = match kind {
+        K_R_INVENTORY => MAX_INVENTORY_FRAME,
+        K_R_PEERS => MAX_PEERS_FRAME,
+        _ => return Ok(()),
+    };
+    if body_len + 1 > max as usize {
         return Err(WireError::TooLarge {
             len: body_len + 1,
-            max: MAX_INVENTORY_FRAME as usize,
+            max: max as usize,
         });
     }
     Ok(())
@@ -122,6 +138,13 @@ pub enum Request {
     /// The client is stopping: forget it now. No response; the server
     /// closes the connection. Sent to peers multicast does not reach.
     Goodbye,
+    /// Which peers does the server know (peer exchange)? `port` is the
+    /// client's own TCP server port (0: none), so the server may dial it
+    /// back at the connection's source address and learn the client too.
+    GetPeers {
+        req: u32,
+        port: u16,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,6 +173,12 @@ pub enum Response {
         len: usize,
     },
     Inventory(InventoryPage),
+    /// The answer to [`Request::GetPeers`]: peers the server reached over
+    /// TCP, as hints (the client checks each by a handshake).
+    Peers {
+        req: u32,
+        entries: Vec<PeerEntry>,
+    },
     Error {
         req: u32,
         code: ErrorCode,
@@ -171,6 +200,69 @@ pub struct InventoryPage {
     pub removed: Vec<ContentId>,
     /// More pages follow: ask again with `after` = the last entry's id.
     pub more: bool,
+}
+
+/// One peer in a peer-exchange answer: an id, where it proved that id
+/// over TCP, and how long ago it was last heard.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerEntry {
+    pub id: NodeId,
+    /// 1 to [`MAX_PEER_ADDRS`] TCP server addresses.
+    pub addrs: Vec<SocketAddr>,
+    /// Milliseconds since the server last heard from the peer.
+    pub age_ms: u32,
+}
+
+#[derive(Serialize)]
+struct PeersBody<'a> {
+    req: u32,
+    entries: &'a [PeerEntry],
+}
+
+/// Takes one postcard value off the front of `bytes`.
+fn take<'a, T: Deserialize<'a>>(bytes: &mut &'a [u8]) -> Result<T, WireError> {
+    let (v, rest) = postcard::take_from_bytes(bytes)?;
+    *bytes = rest;
+    Ok(v)
+}
+
+/// Takes a sequence length (a varint) and checks it is within `min..=max`
+/// before anything is allocated for it.
+fn take_len(
+    bytes: &mut &[u8],
+    min: usize,
+    max: usize,
+    field: &'static str,
+) -> Result<usize, WireError> {
+    let n: u32 = take(bytes)?;
+    let n = n as usize;
+    if n < min || n > max {
+        return Err(WireError::OutOfBounds { field });
+    }
+    Ok(n)
+}
+
+/// Decodes a peer-exchange answer, field by field: each count is checked
+/// against its limit before the vector it sizes is made.
+fn decode_peers(mut body: &[u8]) -> Result<Response, WireError> {
+    let b = &mut body;
+    let req: u32 = take(b)?;
+    let n = take_len(b, 0, MAX_PEER_ENTRIES, "entries")?;
+    let mut entries = Vec::with_capacity(n);
+    for _ in 0..n {
+        let id: NodeId = take(b)?;
+        let k = take_len(b, 1, MAX_PEER_ADDRS, "addrs")?;
+        let mut addrs = Vec::with_capacity(k);
+        for _ in 0..k {
+            addrs.push(take::<SocketAddr>(b)?);
+        }
+        let age_ms: u32 = take(b)?;
+        entries.push(PeerEntry { id, addrs, age_ms });
+    }
+    if !b.is_empty() {
+        return Err(WireError::Malformed(format!("{} trailing bytes", b.len())));
+    }
+    Ok(Response::Peers { req, entries })
 }
 
 #[derive(Serialize, Deserialize)]
@@ -203,6 +295,7 @@ impl Request {
                 frame(K_GET_INVENTORY, &(req, since, after))
             }
             Request::Goodbye => frame(K_GOODBYE, &()),
+            Request::GetPeers { req, port } => frame(K_GET_PEERS, &(req, port)),
         }
     }
 
@@ -224,6 +317,10 @@ impl Request {
                 decode_exact::<()>(body)?;
                 Request::Goodbye
             }
+            K_GET_PEERS => {
+                let (req, port) = decode_exact(body)?;
+                Request::GetPeers { req, port }
+            }
             k => return Err(WireError::UnknownKind(k)),
         })
     }
@@ -242,6 +339,7 @@ impl Response {
             ),
             Response::Chunk { req, len } => chunk_header(*req, *len).to_vec(),
             Response::Inventory(page) => frame(K_R_INVENTORY, page),
+            Response::Peers { req, entries } => frame(K_R_PEERS, &PeersBody { req: *req, entries }),
             Response::Error { req, code, message } => frame(
                 K_R_ERROR,
                 &ErrorBody {
@@ -299,6 +397,7 @@ impl Response {
                 }
                 Response::Inventory(page)
             }
+            K_R_PEERS => decode_peers(body)?,
             K_R_ERROR => {
                 let e: ErrorBody = decode_exact(body)?;
                 super::check_text(&e.message, MAX_ERROR_MESSAGE, "message")?;
@@ -557,6 +656,11 @@ mod tests {
                 after: Some(id),
             },
             Request::Goodbye,
+            Request::GetPeers { req: 9, port: 0 },
+            Request::GetPeers {
+                req: u32::MAX,
+                port: u16::MAX,
+            },
         ] {
             let f = r.encode();
             let (kind, body) = split(&f);
@@ -591,6 +695,14 @@ mod tests {
                 req: 6,
                 code: ErrorCode::NoChunk,
                 message: "later".into(),
+            },
+            Response::Peers {
+                req: 7,
+                entries: vec![peer_entry(1, 1), peer_entry(2, MAX_PEER_ADDRS)],
+            },
+            Response::Peers {
+                req: 8,
+                entries: Vec::new(),
             },
         ] {
             let f = r.encode();
@@ -704,6 +816,98 @@ mod tests {
         assert_eq!(check_preamble(b"GET / "), Err(WireError::BadMagic));
     }
 
+    fn peer_entry(i: u8, addrs: usize) -> PeerEntry {
+        PeerEntry {
+            id: NodeId([i; 16]),
+            addrs: (0..addrs)
+                .map(|k| SocketAddr::from(([0xfe80, 0, 0, 0, 0, 0, 0, k as u16], u16::MAX)))
+                .collect(),
+            age_ms: u32::MAX,
+        }
+    }
+
+    /// The peer-exchange example of docs/protocol.md §6.10.
+    #[test]
+    fn golden_peer_exchange() {
+        use crate::id::to_hex;
+        let ask = Request::GetPeers { req: 3, port: 7373 };
+        assert_eq!(to_hex(&ask.encode()), "040000000603cd39");
+        let answer = Response::Peers {
+            req: 3,
+            entries: vec![PeerEntry {
+                id: NodeId([0xab; 16]),
+                addrs: vec!["10.0.0.2:7373".parse().unwrap()],
+                age_ms: 1500,
+            }],
+        };
+        assert_eq!(
+            to_hex(&answer.encode()),
+            concat!(
+                "1d000000",
+                "85",                               // length 29, kind Peers
+                "03",                               // request id
+                "01",                               // one entry
+                "abababababababababababababababab", // node id
+                "01",                               // one address
+                "00",
+                "0a000002",
+                "cd39", // V4 10.0.0.2, port 7373 (varint)
+                "dc0b", // age 1500 ms (varint)
+            )
+        );
+    }
+
+    #[test]
+    fn peer_answers_are_bounded() {
+        // The largest answer a node sends fits the frame limit.
+        let full = Response::Peers {
+            req: u32::MAX,
+            entries: (0..MAX_PEER_ENTRIES as u8)
+                .map(|i| peer_entry(i, MAX_PEER_ADDRS))
+                .collect(),
+        }
+        .encode();
+        assert!(full.len() - 4 <= MAX_PEERS_FRAME as usize, "{}", full.len());
+        let (kind, body) = split(&full);
+        assert!(check_response_len(kind, body.len()).is_ok());
+        assert!(Response::decode(kind, body, body.len()).is_ok());
+        assert!(matches!(
+            check_response_len(K_R_PEERS, MAX_PEERS_FRAME as usize),
+            Err(WireError::TooLarge { .. })
+        ));
+        let refused = |entries: Vec<PeerEntry>| {
+            let f = Response::Peers { req: 1, entries }.encode();
+            Response::decode(f[4], &f[5..], f.len() - 5)
+        };
+        let too_many = (0..=MAX_PEER_ENTRIES as u8)
+            .map(|i| peer_entry(i, 1))
+            .collect();
+        assert_eq!(
+            refused(too_many),
+            Err(WireError::OutOfBounds { field: "entries" })
+        );
+        for n in [0, MAX_PEER_ADDRS + 1] {
+            assert_eq!(
+                refused(vec![peer_entry(1, n)]),
+                Err(WireError::OutOfBounds { field: "addrs" })
+            );
+        }
+        // A count is refused before anything is allocated for it.
+        let huge = [1u8, 0xff, 0xff, 0xff, 0xff, 0x0f];
+        assert_eq!(
+            Response::decode(K_R_PEERS, &huge, huge.len()),
+            Err(WireError::OutOfBounds { field: "entries" })
+        );
+        let mut trailing = Response::Peers {
+            req: 1,
+            entries: vec![],
+        }
+        .encode();
+        trailing.push(0);
+        trailing[0] += 1;
+        assert!(Response::decode(K_R_PEERS, &trailing[5..], trailing.len() - 5).is_err());
+    }
+
     proptest! {
         #[test]
         fn random_requests_never_panic(kind in any::<u8>(), body in proptest::collection::vec(any::<u8>(), 0..300)) {
@@ -713,6 +917,41 @@ mod tests {
         #[test]
         fn random_responses_never_panic(kind in 0x80u8..0x90, body in proptest::collection::vec(any::<u8>(), 0..300), extra in 0usize..10_000_000) {
             let _ = Response::decode(kind, &body, body.len() + extra);
+        }
+
+        /// Any body decodes to an answer within every bound, or to an error.
+        #[test]
+        fn random_peer_answers_are_total_and_bounded(body in proptest::collection::vec(any::<u8>(), 0..2000)) {
+            if let Ok(Response::Peers { entries, .. }) = Response::decode(K_R_PEERS, &body, body.len()) {
+                prop_assert!(entries.len() <= MAX_PEER_ENTRIES);
+                prop_assert!(entries.iter().all(|e| (1..=MAX_PEER_ADDRS).contains(&e.addrs.len())));
+            }
+        }
+
+        /// Every answer within the bounds survives encoding, and any cut of
+        /// it is refused.
+        #[test]
+        fn peer_answers_round_trip(
+            req in any::<u32>(),
+            raw in proptest::collection::vec((any::<[u8; 16]>(), proptest::collection::vec((any::<bool>(), any::<[u8; 16]>(), any::<u16>()), 1..=MAX_PEER_ADDRS), any::<u32>()), 0..=MAX_PEER_ENTRIES),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let entries: Vec<PeerEntry> = raw.into_iter().map(|(id, addrs, age_ms)| PeerEntry {
+                id: NodeId(id),
+                addrs: addrs.into_iter().map(|(v4, ip, port)| if v4 {
+                    SocketAddr::from(([ip[0], ip[1], ip[2], ip[3]], port))
+                } else {
+                    SocketAddr::from((ip, port))
+                }).collect(),
+                age_ms,
+            }).collect();
+            let r = Response::Peers { req, entries };
+            let f = r.encode();
+            prop_assert!(f.len() - 4 <= MAX_PEERS_FRAME as usize);
+            let (kind, body) = split(&f);
+            prop_assert_eq!(Response::decode(kind, body, body.len()), Ok(r));
+            let cut = cut.index(body.len());
+            prop_assert!(Response::decode(kind, &body[..cut], cut).is_err());
         }
 
         #[test]

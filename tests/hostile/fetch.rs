@@ -261,6 +261,11 @@ fn serve(
                 ChunkAnswer::Stall => return stall(stop),
             },
             Request::Goodbye => return,
+            Request::GetPeers { req, .. } => Response::Peers {
+                req,
+                entries: Vec::new(),
+            }
+            .encode(),
         };
         if s.write_all(&out).is_err() {
             return;

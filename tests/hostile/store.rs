@@ -247,6 +247,11 @@ impl RogueHolder {
                                 }
                             }
                             Request::Goodbye => return,
+                            Request::GetPeers { req, .. } => Response::Peers {
+                                req,
+                                entries: Vec::new(),
+                            }
+                            .encode(),
                         };
                         if s.write_all(&out).is_err() {
                             return;

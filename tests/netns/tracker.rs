@@ -210,11 +210,12 @@ fn fetch_across_a_router_swarms_and_nodes_survive_tracker_restarts() {
         fetcher.ls(),
         fetcher.log_tail()
     );
-    // The far holder came through the tracker only (multicast stops at
-    // the router); the near one at least by multicast.
-    assert_eq!(
-        found_via(&fetcher, "far"),
-        vec!["tracker"],
+    // The far holder came through the tracker (and maybe peer exchange
+    // through near), never multicast (it stops at the router); the near
+    // one at least by multicast.
+    let via = found_via(&fetcher, "far");
+    assert!(
+        via.contains(&"tracker".to_string()) && !via.contains(&"multicast".to_string()),
         "{:?}",
         fetcher.peers()
     );
