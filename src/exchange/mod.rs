@@ -55,6 +55,11 @@ const MAX_DIALS: usize = 4;
 /// The loop starts at most one ask of its own per this long (the puller's
 /// asks come on top, one per inventory pull at most).
 const ASK_SPACING: Duration = Duration::from_secs(1);
+/// How long a peer's offer of itself (an asker's own port) waits before it
+/// is dialed: on a LAN where datagrams pass, the peer is listed by them
+/// within this time (found by multicast or broadcast, as `peers` should
+/// say), and the offer then adds nothing.
+const OFFER_GRACE: Duration = Duration::from_secs(1);
 /// An answer must arrive within this long.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 /// A hint whose address did not answer is dialed again after 5 s,
@@ -308,8 +313,9 @@ impl Exchange {
         }
     }
 
-    /// Hints to dial now, newest first: not backing off, and no other hint
-    /// naming the same id being dialed.
+    /// Hints to dial now, newest first: not backing off, an offer only
+    /// once [`OFFER_GRACE`] has passed, and no other hint naming the same
+    /// id being dialed.
     fn due(
         &self,
         dialing: &HashSet<NodeId>,
@@ -320,6 +326,8 @@ impl Exchange {
         self.hints()
             .newest_first()
             .into_iter()
+            // An offer (a peer naming itself) waits out `OFFER_GRACE`.
+            .filter(|(k, h)| h.from != k.id || now.duration_since(h.heard) >= OFFER_GRACE)
             .filter(|(k, _)| retry.ready(k, now) && seen.insert(k.id))
             .take(MAX_DIALS)
             .collect()

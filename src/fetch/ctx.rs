@@ -325,14 +325,23 @@ impl FetchCtx {
     /// earlier run already has on disk) must be free in downloads/.
     /// [`SPACE_RESERVE`] is kept free besides, for the node's own files.
     fn check_space(&self, manifest: &Manifest) -> Result<(), FetchError> {
-        let dir = self.store.home().downloads();
+        self.check_free(self.space_needed(&manifest.content_id(), manifest.size))
+    }
+
+    /// Bytes a download of content `id` (`size` bytes) still needs on disk:
+    /// its size less what a `.part` from an earlier run already holds.
+    pub(super) fn space_needed(&self, id: &ContentId, size: u64) -> u64 {
         // The partial file's name, as `store::Partial::open` makes it.
-        let part = dir.join(format!(
-            ".lanshare-{}.part",
-            &manifest.content_id().to_hex()[..24]
-        ));
+        let part =
+            (self.store.home().downloads()).join(format!(".lanshare-{}.part", &id.to_hex()[..24]));
         let on_disk = std::fs::metadata(&part).map_or(0, |m| crate::platform::allocated_bytes(&m));
-        let needed = manifest.size.saturating_sub(on_disk);
+        size.saturating_sub(on_disk)
+    }
+
+    /// Refuses ([`FetchError::NoSpace`]) when `needed` bytes and
+    /// [`SPACE_RESERVE`] are not free in downloads/.
+    pub(super) fn check_free(&self, needed: u64) -> Result<(), FetchError> {
+        let dir = self.store.home().downloads();
         let Some(free) = crate::platform::free_space(&dir) else {
             return Ok(()); // cannot tell: let the writes report it
         };

@@ -299,21 +299,15 @@ impl FetchCtx {
         cancel: CancellationToken,
     ) -> Result<FetchDone, FetchError> {
         let started = Instant::now();
-        let dest = job.prepare(&self.store)?;
-        // Recorded so it goes on after a restart (its files are not
-        // recorded one by one); a cancel that came first ends it here.
-        match self
-            .store
-            .jobs()
-            .record_folder(job.record(query, &dest), &cancel)
-        {
-            Ok(Recorded::Cancelled) => return Err(FetchError::Cancelled),
-            Ok(Recorded::Yes) => {}
-            Err(e) => {
-                tracing::warn!(folder = %job.folder, error = %e, "cannot record the folder download")
-            }
+        if job.dest.is_none() {
+            // Refused before any folder is made or any job recorded.
+            let needed = (job.entries.iter()).map(|e| self.space_needed(&e.id, e.size));
+            self.check_free(needed.sum())?;
         }
+        let dest = job.prepare(&self.store)?;
+        self.record_folder(&job, query, &dest, &cancel)?;
         let layout = lay_out(&self.store, &job, &dest);
+        self.check_folder_fits(&layout.tasks)?;
         let total_files = job.entries.len() as u32;
         let total = job.total_bytes();
         let already: u64 = layout.in_place.iter().map(|e| e.size).sum();
@@ -379,6 +373,41 @@ impl FetchCtx {
             peers: peers.into_iter().map(|p| p.peer).collect(),
             already_local: false,
         })
+    }
+
+    /// Records the job so it goes on after a restart (its files are not
+    /// recorded one by one); a cancel that came first ends it here.
+    fn record_folder(
+        &self,
+        job: &FolderJob,
+        query: &str,
+        dest: &std::path::Path,
+        cancel: &CancellationToken,
+    ) -> Result<(), FetchError> {
+        match self
+            .store
+            .jobs()
+            .record_folder(job.record(query, dest), cancel)
+        {
+            Ok(Recorded::Cancelled) => return Err(FetchError::Cancelled),
+            Ok(Recorded::Yes) => {}
+            Err(e) => {
+                tracing::warn!(folder = %job.folder, error = %e, "cannot record the folder download")
+            }
+        }
+        Ok(())
+    }
+
+    /// The whole tree must fit before any of it is fetched (a content at
+    /// several paths lands once per path).
+    fn check_folder_fits(&self, tasks: &[FileTask]) -> Result<(), FetchError> {
+        let needed: u64 = (tasks.iter())
+            .map(|t| {
+                let copies = t.places.len().saturating_sub(1) as u64;
+                self.space_needed(&t.id, t.size) + t.size * copies
+            })
+            .sum();
+        self.check_free(needed)
     }
 
     /// Fetches `tasks`, at most `limits.folder_files` at once, reporting

@@ -285,6 +285,11 @@ fn a_small_disk_refuses_up_front_and_pauses_when_it_fills() {
     let big = data(16 * MIB, 45);
     let mid = data(6 * MIB, 46);
     lan.shape(0, "8mbit");
+    // A folder whose files each fit, but not all of them together.
+    let trip = lan.home("seeder").join("shared/trip");
+    std::fs::create_dir_all(&trip).unwrap();
+    std::fs::write(trip.join("one.bin"), data(7 * MIB, 47)).unwrap();
+    std::fs::write(trip.join("two.bin"), data(7 * MIB, 48)).unwrap();
     let _seeder = lan.node(0, "seeder", &[("big.iso", &big), ("mid.bin", &mid)]);
     let Some(fetcher) = lan.start_small_disk(1, "fetcher", "12m") else {
         return;
@@ -319,6 +324,22 @@ fn a_small_disk_refuses_up_front_and_pauses_when_it_fills() {
     assert!(
         part_files(&downloads).is_empty(),
         "a refused download left a file"
+    );
+
+    wait_holders(&fetcher, "trip/two.bin", 1);
+    let mut refused = fetcher.spawn_fetch("trip");
+    let status = refused.wait(Duration::from_secs(60));
+    refused.kill();
+    let said = format!("{}{}", refused.stdout(), refused.stderr);
+    assert!(
+        status.is_some_and(|s| !s.success())
+            && said.contains("not enough free space in")
+            && said.contains("14.0MiB more"),
+        "a 14 MiB folder was not refused on a 12 MiB disk ({status:?}): {said}"
+    );
+    assert!(
+        !downloads.join("trip").exists() && !jobs_file(&fetcher).exists(),
+        "a refused folder left a folder or a job"
     );
 
     let mut run = fetcher.spawn_fetch("mid.bin");
