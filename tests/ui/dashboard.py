@@ -119,9 +119,9 @@ def library_checks(d, shots, add_file):
     wait(d, "alpha online in peers", lambda d: "online" in d.find_element(By.CSS_SELECTOR, '#peers-rows tr[data-peer="alpha"]').text)
     shot(d, shots, "peers")
     go(d, "library")
-    want = {"concert.mkv", "live-set.ogg", "notes.txt"}
+    want = {"concert.mkv", "recordings/live-set.ogg", "notes.txt"}
     wait(d, f"the library to list {want}", lambda d: want <= set(rows(d)))
-    cell = '#library-rows tr[data-name="live-set.ogg"] td.comment'
+    cell = '#library-rows tr[data-name="recordings/live-set.ogg"] td.comment'
     comment = wait(d, "live-set.ogg's comment", lambda d: d.find_element(By.CSS_SELECTOR, cell).text, 5)
     if comment != "recorded live":
         raise Failed(f"live-set.ogg shows comment {comment!r}")
@@ -134,7 +134,7 @@ def library_checks(d, shots, add_file):
     type_search(d, "")
     wait(d, "the search to clear", lambda d: want <= set(rows(d)), 5)
     click(d, '#cats .chip[data-cat="audio"]', "the audio filter")
-    wait(d, "the audio filter", lambda d: rows(d) == ["live-set.ogg"], 5)
+    wait(d, "the audio filter", lambda d: rows(d) == ["recordings/live-set.ogg"], 5)
     shot(d, shots, "library-audio")
     click(d, '#cats .chip[data-cat="all"]', "the all filter")
     wait(d, "all categories", lambda d: want <= set(rows(d)), 5)
