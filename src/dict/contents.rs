@@ -5,7 +5,6 @@
 //! decides whether a peer is online: [`super::Dict`] withdraws a peer's
 //! holdings when the peer table says it left.
 
-use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use dashmap::DashMap;
@@ -57,16 +56,130 @@ impl std::fmt::Display for Refusal {
     }
 }
 
-/// One content as the network offers it.
+/// One content as the network offers it. Compact, as there is one per
+/// remote content: a holder or two and one name are the common case.
 #[derive(Clone, Debug)]
 pub struct Content {
-    pub names: BTreeSet<String>,
+    pub names: Names,
     pub size: u64,
     pub category: Category,
-    pub comment: String,
+    pub comment: Box<str>,
     /// Each holder's chunks; the bitmap bytes are shared with the holder's
     /// inventory entry, not copied.
-    pub holders: HashMap<NodeId, ChunkSet>,
+    pub holders: Holders,
+}
+
+/// The names peers list a content under, sorted, without repeats (at most
+/// [`MAX_NAMES`]): the first inline, the rare others in a list that takes
+/// no memory while empty.
+#[derive(Clone, Debug, Default)]
+pub struct Names {
+    first: Option<Box<str>>,
+    more: Vec<Box<str>>,
+}
+
+/// The names of a content, in order ([`Names::iter`]).
+pub type NamesIter<'a> = std::iter::Map<
+    std::iter::Chain<std::option::Iter<'a, Box<str>>, std::slice::Iter<'a, Box<str>>>,
+    fn(&Box<str>) -> &str,
+>;
+
+impl Names {
+    /// Adds `name` unless it is there already.
+    fn insert(&mut self, name: &str) {
+        let Some(first) = &mut self.first else {
+            self.first = Some(name.into());
+            return;
+        };
+        if **first == *name {
+            return;
+        }
+        if name < &**first {
+            let old = std::mem::replace(first, name.into());
+            self.more.insert(0, old);
+            return;
+        }
+        if let Err(at) = self.more.binary_search_by(|n| (**n).cmp(name)) {
+            self.more.insert(at, name.into());
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.more.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    /// The first name in sort order.
+    pub fn first(&self) -> Option<&str> {
+        self.first.as_deref()
+    }
+
+    /// Every name, in sort order.
+    pub fn iter(&self) -> NamesIter<'_> {
+        self.first.iter().chain(self.more.iter()).map(|n| &**n)
+    }
+}
+
+impl<'a> IntoIterator for &'a Names {
+    type Item = &'a str;
+    type IntoIter = NamesIter<'a>;
+    fn into_iter(self) -> NamesIter<'a> {
+        self.iter()
+    }
+}
+
+/// Each holder of a content with its chunks, sorted by holder: a short
+/// list, as most contents have one holder or a few.
+#[derive(Clone, Debug, Default)]
+pub struct Holders(Vec<(NodeId, ChunkSet)>);
+
+impl Holders {
+    /// Sets `peer`'s chunks.
+    fn insert(&mut self, peer: NodeId, chunks: ChunkSet) {
+        match self.0.binary_search_by(|(p, _)| p.cmp(&peer)) {
+            Ok(i) => self.0[i].1 = chunks,
+            Err(i) => self.0.insert(i, (peer, chunks)),
+        }
+    }
+
+    fn remove(&mut self, peer: &NodeId) {
+        if let Ok(i) = self.0.binary_search_by(|(p, _)| p.cmp(peer)) {
+            self.0.remove(i);
+        }
+    }
+
+    pub fn get(&self, peer: &NodeId) -> Option<&ChunkSet> {
+        let i = self.0.binary_search_by(|(p, _)| p.cmp(peer)).ok()?;
+        Some(&self.0[i].1)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The holders, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &NodeId> {
+        self.0.iter().map(|(p, _)| p)
+    }
+
+    /// Each holder with its chunks, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&NodeId, &ChunkSet)> {
+        self.0.iter().map(|(p, c)| (p, c))
+    }
+}
+
+impl std::ops::Index<&NodeId> for Holders {
+    type Output = ChunkSet;
+    fn index(&self, peer: &NodeId) -> &ChunkSet {
+        self.get(peer).expect("no such holder")
+    }
 }
 
 /// What is held for all peers together.
@@ -219,17 +332,17 @@ impl Contents {
     /// Records that `peer` holds `e`; caller holds the lock.
     fn hold(&self, peer: NodeId, e: &InventoryEntry) {
         let mut c = self.index.entry(e.id).or_insert_with(|| Content {
-            names: BTreeSet::new(),
+            names: Names::default(),
             size: e.size,
             category: e.category,
-            comment: String::new(),
-            holders: HashMap::new(),
+            comment: Box::default(),
+            holders: Holders::default(),
         });
         if c.names.len() < MAX_NAMES {
-            c.names.insert(e.name.clone());
+            c.names.insert(&e.name);
         }
-        if c.comment.is_empty() {
-            c.comment = e.comment.clone();
+        if c.comment.is_empty() && !e.comment.is_empty() {
+            c.comment = e.comment.as_str().into();
         }
         c.holders.insert(peer, e.chunks.clone());
     }

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 pub use contents::{Content, Contents, Held, PullBudget, Refusal, entry_cost};
 pub use peer::{Peer, PeerAddr};
 pub use peers::{Hello, Peers};
-pub use views::{FolderListing, Holder, Listed};
+pub use views::{FolderListing, Holder, Listed, LsRow};
 
 use tokio_util::sync::CancellationToken;
 
