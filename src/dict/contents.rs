@@ -95,11 +95,13 @@ impl Names {
             return;
         }
         if name < &**first {
+            self.more.reserve_exact(1);
             let old = std::mem::replace(first, name.into());
             self.more.insert(0, old);
             return;
         }
         if let Err(at) = self.more.binary_search_by(|n| (**n).cmp(name)) {
+            self.more.reserve_exact(1);
             self.more.insert(at, name.into());
         }
     }
@@ -141,7 +143,11 @@ impl Holders {
     fn insert(&mut self, peer: NodeId, chunks: ChunkSet) {
         match self.0.binary_search_by(|(p, _)| p.cmp(&peer)) {
             Ok(i) => self.0[i].1 = chunks,
-            Err(i) => self.0.insert(i, (peer, chunks)),
+            Err(i) => {
+                // Room for this one only: most contents have one holder.
+                self.0.reserve_exact(1);
+                self.0.insert(i, (peer, chunks));
+            }
         }
     }
 
@@ -410,5 +416,45 @@ impl Drop for PullBudget<'_> {
         if let Ok(mut held) = self.contents.held.lock() {
             held.reserved -= self.reserved;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The budget's fixed part covers what one entry really takes besides
+    /// its text: the held inventory entry, the content's record with its
+    /// id, and one holder's slot.
+    #[test]
+    fn entry_overhead_covers_the_records() {
+        let fixed = size_of::<InventoryEntry>()
+            + size_of::<ContentId>()
+            + size_of::<Content>()
+            + size_of::<(NodeId, ChunkSet)>();
+        println!("fixed cost per entry: {fixed} bytes");
+        assert!(ENTRY_OVERHEAD >= fixed, "{ENTRY_OVERHEAD} < {fixed}");
+    }
+
+    #[test]
+    fn names_stay_sorted_without_repeats() {
+        let mut n = Names::default();
+        for name in ["b", "a", "c", "a", "b"] {
+            n.insert(name);
+        }
+        assert_eq!(n.iter().collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!((n.first(), n.len()), (Some("a"), 3));
+    }
+
+    #[test]
+    fn holders_are_set_and_removed_by_peer() {
+        let mut h = Holders::default();
+        let (a, b) = (NodeId([1; 16]), NodeId([2; 16]));
+        h.insert(b, ChunkSet::Full);
+        h.insert(a, ChunkSet::Full);
+        h.insert(b, ChunkSet::Full);
+        assert_eq!(h.keys().copied().collect::<Vec<_>>(), [a, b]);
+        h.remove(&a);
+        assert_eq!((h.len(), h.get(&a).is_none()), (1, true));
     }
 }
