@@ -32,7 +32,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             category,
             json,
             home,
-        } => ls(&home, query, category, json).await,
+        } => crate::ls_cmd::ls(&home, query, category, json).await,
         Command::Peers { json, home } => {
             let peers = client(&home)?.peers().await?;
             print_as(json, &peers, |p| print_peers(p))
@@ -178,113 +178,6 @@ fn println_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     serde_json::to_writer_pretty(&mut out, v)?;
     writeln!(out)?;
     Ok(())
-}
-
-/// `ls`: prints the rows as their pages arrive, as a table or as one JSON
-/// array (the same bytes as the whole list printed with
-/// `serde_json::to_writer_pretty`).
-async fn ls(
-    home: &HomeArg,
-    query: Option<String>,
-    category: Option<Category>,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
-    let mut pages = client(home)?.ls_pages(query, category).await?;
-    let mut out = std::io::stdout().lock();
-    let mut rows = 0usize;
-    while let Some(page) = pages.next().await? {
-        for v in &page {
-            if json {
-                write_json_item(&mut out, v, rows == 0)?;
-            } else {
-                if rows == 0 {
-                    print_ls_header(&mut out)?;
-                }
-                print_ls_row(&mut out, v)?;
-            }
-            rows += 1;
-        }
-    }
-    match (json, rows) {
-        (true, 0) => writeln!(out, "[]")?,
-        (true, _) => writeln!(out, "\n]")?,
-        (false, 0) => writeln!(
-            out,
-            "Nothing found on the network yet. Peers appear within a second of starting; see `lanshare peers`."
-        )?,
-        (false, _) => {}
-    }
-    out.flush()?;
-    Ok(ExitCode::SUCCESS)
-}
-
-/// One element of a pretty-printed JSON array: `[` or `,`, a new line,
-/// then `v` pretty-printed one level in.
-fn write_json_item(
-    out: &mut impl Write,
-    v: &impl serde::Serialize,
-    first: bool,
-) -> anyhow::Result<()> {
-    // A pretty-printed value has no raw new line inside a string, so
-    // indenting each line is the same as printing it one level down.
-    let text = serde_json::to_string_pretty(v)?;
-    out.write_all(if first { b"[" } else { b"," })?;
-    for line in text.lines() {
-        write!(out, "\n  {line}")?;
-    }
-    Ok(())
-}
-
-fn print_ls_header(out: &mut impl Write) -> std::io::Result<()> {
-    writeln!(
-        out,
-        "{:<32} {:>10}  {:<8}  {:<9}  {:<12}  {:<24}  COMMENT",
-        "NAME", "SIZE", "CATEGORY", "HOLDERS", "ID", "HELD BY"
-    )
-}
-
-fn print_ls_row(out: &mut impl Write, v: &ContentView) -> std::io::Result<()> {
-    if v.kind == crate::api::ContentKind::Folder {
-        return print_folder_row(out, v);
-    }
-    let holders = if v.partial > 0 {
-        format!("{}+{}part", v.complete, v.partial)
-    } else {
-        v.complete.to_string()
-    };
-    let held_by: Vec<&str> = v.holders.iter().map(|h| h.name.as_str()).collect();
-    writeln!(
-        out,
-        "{:<32} {:>10}  {:<8}  {:<9}  {:<12}  {:<24}  {}",
-        v.name,
-        human_bytes(v.size as f64),
-        v.category,
-        holders,
-        &v.id[..12],
-        held_by.join(","),
-        v.comment
-    )
-}
-
-/// A folder's row in `ls`: `name/`, its total size, files and holders.
-fn print_folder_row(out: &mut impl Write, v: &ContentView) -> std::io::Result<()> {
-    let holders = if v.partial > 0 {
-        format!("{}+{}part", v.complete, v.partial)
-    } else {
-        v.complete.to_string()
-    };
-    let held_by: Vec<&str> = v.holders.iter().map(|h| h.name.as_str()).collect();
-    writeln!(
-        out,
-        "{:<32} {:>10}  {:<8}  {:<9}  {:<12}  {:<24}  {} file(s)",
-        format!("{}/", v.name),
-        human_bytes(v.size as f64),
-        "folder",
-        holders,
-        "-",
-        held_by.join(","),
-        v.files
-    )
 }
 
 fn print_peers(peers: &[PeerView]) {

@@ -7,6 +7,7 @@ mod folder;
 mod home;
 mod index;
 mod partial;
+mod walk;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
