@@ -40,8 +40,7 @@ pub async fn ls(
         }
     }
     match (json, rows) {
-        (true, 0) => writeln!(out, "[]")?,
-        (true, _) => writeln!(out, "\n]")?,
+        (true, _) => end_json_array(&mut out, rows)?,
         (false, 0) => writeln!(
             out,
             "Nothing found on the network yet. Peers appear within a second of starting; see `lanshare peers`."
@@ -67,6 +66,16 @@ fn write_json_item(
         write!(out, "\n  {line}")?;
     }
     Ok(())
+}
+
+/// Closes the array [`write_json_item`] wrote `rows` elements of (`[]`
+/// when empty), with the new line `println!` would add.
+fn end_json_array(out: &mut impl Write, rows: usize) -> std::io::Result<()> {
+    if rows == 0 {
+        writeln!(out, "[]")
+    } else {
+        writeln!(out, "\n]")
+    }
 }
 
 fn print_ls_header(out: &mut impl Write) -> std::io::Result<()> {
@@ -119,4 +128,53 @@ fn print_folder_row(out: &mut impl Write, v: &ContentView) -> std::io::Result<()
         held_by.join(","),
         v.files
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{ContentKind, HolderView};
+
+    fn view(name: &str) -> ContentView {
+        ContentView {
+            kind: ContentKind::File,
+            id: "ab".repeat(32),
+            name: name.to_string(),
+            names: vec![name.to_string(), format!("other/{name}")],
+            size: 1234,
+            category: Category::Other,
+            comment: "a \"quoted\"\nline".to_string(),
+            complete: 1,
+            partial: 0,
+            holders: vec![HolderView {
+                name: "peer".into(),
+                addr: "127.0.0.1:1".into(),
+                chunks: 1,
+                total: 1,
+            }],
+            local: false,
+            files: 0,
+        }
+    }
+
+    /// The array written a row at a time is byte for byte the whole list
+    /// pretty-printed (what `ls --json` printed before it was streamed).
+    #[test]
+    fn streamed_json_is_the_whole_list_pretty_printed() {
+        for n in [0, 1, 3] {
+            let views: Vec<ContentView> = (0..n).map(|i| view(&format!("f{i}.txt"))).collect();
+            let mut whole = serde_json::to_vec_pretty(&views).unwrap();
+            whole.push(b'\n');
+            let mut streamed = Vec::new();
+            for (i, v) in views.iter().enumerate() {
+                write_json_item(&mut streamed, v, i == 0).unwrap();
+            }
+            end_json_array(&mut streamed, views.len()).unwrap();
+            assert_eq!(
+                String::from_utf8(streamed).unwrap(),
+                String::from_utf8(whole).unwrap(),
+                "{n} rows"
+            );
+        }
+    }
 }
