@@ -32,10 +32,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             category,
             json,
             home,
-        } => {
-            let views = client(&home)?.ls(query, category).await?;
-            print_as(json, &views, |v| print_ls(v))
-        }
+        } => crate::ls_cmd::ls(&home, query, category, json).await,
         Command::Peers { json, home } => {
             let peers = client(&home)?.peers().await?;
             print_as(json, &peers, |p| print_peers(p))
@@ -185,61 +182,6 @@ fn println_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     serde_json::to_writer_pretty(&mut out, v)?;
     writeln!(out)?;
     Ok(())
-}
-
-fn print_ls(views: &[ContentView]) {
-    if views.is_empty() {
-        println!(
-            "Nothing found on the network yet. Peers appear within a second of starting; see `lanshare peers`."
-        );
-        return;
-    }
-    println!(
-        "{:<32} {:>10}  {:<8}  {:<9}  {:<12}  {:<24}  COMMENT",
-        "NAME", "SIZE", "CATEGORY", "HOLDERS", "ID", "HELD BY"
-    );
-    for v in views {
-        if v.kind == crate::api::ContentKind::Folder {
-            print_folder_row(v);
-            continue;
-        }
-        let holders = if v.partial > 0 {
-            format!("{}+{}part", v.complete, v.partial)
-        } else {
-            v.complete.to_string()
-        };
-        let held_by: Vec<&str> = v.holders.iter().map(|h| h.name.as_str()).collect();
-        println!(
-            "{:<32} {:>10}  {:<8}  {:<9}  {:<12}  {:<24}  {}",
-            v.name,
-            human_bytes(v.size as f64),
-            v.category,
-            holders,
-            &v.id[..12],
-            held_by.join(","),
-            v.comment
-        );
-    }
-}
-
-/// A folder's row in `ls`: `name/`, its total size, files and holders.
-fn print_folder_row(v: &ContentView) {
-    let holders = if v.partial > 0 {
-        format!("{}+{}part", v.complete, v.partial)
-    } else {
-        v.complete.to_string()
-    };
-    let held_by: Vec<&str> = v.holders.iter().map(|h| h.name.as_str()).collect();
-    println!(
-        "{:<32} {:>10}  {:<8}  {:<9}  {:<12}  {:<24}  {} file(s)",
-        format!("{}/", v.name),
-        human_bytes(v.size as f64),
-        "folder",
-        holders,
-        "-",
-        held_by.join(","),
-        v.files
-    );
 }
 
 fn print_peers(peers: &[PeerView]) {

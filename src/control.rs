@@ -2,7 +2,9 @@
 //! (mode 0600, so only the node's user can use it) through which `ls`,
 //! `peers`, `fetch`, `share` and `status` talk to the running node.
 //! Frames are `length u32 LE | postcard`; one request per connection, then
-//! one response, or a stream of fetch events ending with a final one.
+//! one response, a stream of fetch events ending with a final one, or the
+//! pages of `ls` ([`LS_PAGE_ROWS`] rows each) ending with their count, so
+//! neither side ever holds the whole listing.
 //!
 //! This module owns the framing, the server loop ([`serve`]: decode a
 //! request, call the [`Service`], encode its answer) and the typed
@@ -28,6 +30,8 @@ use crate::transfers::TransfersView;
 pub const MAX_REQUEST: u32 = 64 * 1024;
 /// Largest response the CLI reads (an `ls` of a very large network).
 pub const MAX_RESPONSE: u32 = 256 << 20;
+/// Rows of `ls` per page: the node builds and encodes one page at a time.
+pub const LS_PAGE_ROWS: usize = 256;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ControlRequest {
@@ -52,7 +56,8 @@ pub enum ControlRequest {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ControlResponse {
     Status(NodeStatus),
-    Ls(Vec<ContentView>),
+    /// A page of `ls` rows, in order; more follow until [`ControlResponse::LsEnd`].
+    LsPage(Vec<ContentView>),
     Peers(Vec<PeerView>),
     Fetch(FetchEvent),
     Transfers(TransfersView),
@@ -60,6 +65,10 @@ pub enum ControlResponse {
     Cancelled(Vec<u64>),
     Ok,
     Error(String),
+    /// The end of an `ls`: how many rows its pages held.
+    LsEnd {
+        rows: u64,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -198,15 +207,31 @@ impl Client {
         }
     }
 
+    /// Every row of `ls`, collected (see [`Client::ls_pages`] to take
+    /// them a page at a time).
     pub async fn ls(
         &self,
         query: Option<String>,
         category: Option<Category>,
     ) -> Result<Vec<ContentView>, ControlError> {
-        match self.call(&ControlRequest::Ls { query, category }).await? {
-            ControlResponse::Ls(v) => Ok(v),
-            other => Err(unexpected(other)),
+        let mut pages = self.ls_pages(query, category).await?;
+        let mut all = Vec::new();
+        while let Some(page) = pages.next().await? {
+            all.extend(page);
         }
+        Ok(all)
+    }
+
+    /// Starts an `ls`; its rows arrive a page at a time through
+    /// [`LsPages::next`].
+    pub async fn ls_pages(
+        &self,
+        query: Option<String>,
+        category: Option<Category>,
+    ) -> Result<LsPages, ControlError> {
+        let mut s = connect(&self.home, &self.socket).await?;
+        write_msg(&mut s, &ControlRequest::Ls { query, category }).await?;
+        Ok(LsPages { s, rows: 0 })
     }
 
     pub async fn peers(&self) -> Result<Vec<PeerView>, ControlError> {
@@ -246,6 +271,34 @@ impl Client {
         let query = query.to_string();
         write_msg(&mut s, &ControlRequest::Fetch { query }).await?;
         Ok(FetchStream { s })
+    }
+}
+
+/// The pages of one `ls`, as the node sends them.
+pub struct LsPages {
+    s: UnixStream,
+    /// Rows received so far.
+    rows: u64,
+}
+
+impl LsPages {
+    /// The next page; `None` after the last, once the node confirmed how
+    /// many rows there were (a listing cut short is an error).
+    pub async fn next(&mut self) -> Result<Option<Vec<ContentView>>, ControlError> {
+        match read_msg::<ControlResponse>(&mut self.s, MAX_RESPONSE).await? {
+            Some(ControlResponse::LsPage(page)) => {
+                self.rows += page.len() as u64;
+                Ok(Some(page))
+            }
+            Some(ControlResponse::LsEnd { rows }) if rows == self.rows => Ok(None),
+            Some(ControlResponse::LsEnd { rows }) => Err(ControlError::Malformed(format!(
+                "the listing ended with {rows} rows announced, {} received",
+                self.rows
+            ))),
+            Some(ControlResponse::Error(e)) => Err(ControlError::Unexpected(e)),
+            Some(other) => Err(unexpected(other)),
+            None => Err(ControlError::Malformed("the listing ended early".into())),
+        }
     }
 }
 
@@ -301,7 +354,7 @@ async fn handle(
     let resp = match req {
         ControlRequest::Status => ControlResponse::Status(service.status()),
         ControlRequest::Ls { query, category } => {
-            ControlResponse::Ls(service.ls(query.as_deref(), category))
+            return stream_ls(service, &mut s, query.as_deref(), category).await;
         }
         ControlRequest::Peers => ControlResponse::Peers(service.peers()),
         ControlRequest::Rescan => {
@@ -316,6 +369,27 @@ async fn handle(
         }
     };
     write_msg(&mut s, &resp).await
+}
+
+/// Sends the rows of `ls` a page at a time, each page's views built just
+/// before it is sent, then their count.
+async fn stream_ls(
+    service: &Service,
+    s: &mut UnixStream,
+    query: Option<&str>,
+    category: Option<Category>,
+) -> Result<(), ControlError> {
+    let mut rows = service.ls_rows(query, category).into_iter();
+    let mut sent = 0u64;
+    loop {
+        let page = service.ls_views(rows.by_ref().take(LS_PAGE_ROWS));
+        if page.is_empty() && rows.len() == 0 {
+            break;
+        }
+        sent += page.len() as u64;
+        write_msg(s, &ControlResponse::LsPage(page)).await?;
+    }
+    write_msg(s, &ControlResponse::LsEnd { rows: sent }).await
 }
 
 /// Runs one fetch, writing its events to the client as they come; the

@@ -43,6 +43,7 @@ pub mod identity;
 pub mod inventory;
 pub mod library;
 pub mod logs;
+pub mod ls_cmd;
 pub mod manifest;
 pub mod manual;
 pub mod mdns;

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{ContentView, FetchEvent, NodeStatus, PeerView};
 use crate::config::NodeConfig;
-use crate::dict::Dict;
+use crate::dict::{Dict, LsRow};
 use crate::fetch::{FetchCtx, FetchLocks, FolderJob, FolderWant, Want};
 use crate::id::{ContentId, NodeId};
 use crate::logs::TransferLog;
@@ -171,25 +171,18 @@ impl Service {
     /// What the network offers, optionally narrowed by a query and a
     /// category: a row per content (named by its path), and, without a
     /// category, a row per top-level folder, sorted by name (a folder just
-    /// before its files).
-    pub fn ls(&self, query: Option<&str>, category: Option<Category>) -> Vec<ContentView> {
-        let local = self.local_ids();
-        let mut views: Vec<ContentView> = self
-            .dict
-            .list(query, category)
-            .into_iter()
-            .filter_map(|id| self.dict.view(&id, local.contains(&id)))
-            .collect();
-        if category.is_none() {
-            views.extend(self.dict.folder_views(query));
-            views.sort_by_cached_key(|v| {
-                (
-                    v.name.to_lowercase(),
-                    v.kind != crate::api::ContentKind::Folder,
-                )
-            });
-        }
-        views
+    /// before its files). The views are built by [`Service::ls_views`], a
+    /// page at a time.
+    pub fn ls_rows(&self, query: Option<&str>, category: Option<Category>) -> Vec<LsRow> {
+        self.dict.ls_rows(query, category)
+    }
+
+    /// The views of a page of [`Service::ls_rows`].
+    pub fn ls_views(&self, rows: impl IntoIterator<Item = LsRow>) -> Vec<ContentView> {
+        let inv = self.store.inventory();
+        self.dict.ls_views(rows, |id| {
+            inv.entries.binary_search_by_key(id, |e| e.id).is_ok()
+        })
     }
 
     /// Every peer seen.

@@ -5,7 +5,6 @@
 //! decides whether a peer is online: [`super::Dict`] withdraws a peer's
 //! holdings when the peer table says it left.
 
-use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use dashmap::DashMap;
@@ -57,16 +56,136 @@ impl std::fmt::Display for Refusal {
     }
 }
 
-/// One content as the network offers it.
+/// One content as the network offers it. Compact, as there is one per
+/// remote content: a holder or two and one name are the common case.
 #[derive(Clone, Debug)]
 pub struct Content {
-    pub names: BTreeSet<String>,
+    pub names: Names,
     pub size: u64,
     pub category: Category,
-    pub comment: String,
+    pub comment: Box<str>,
     /// Each holder's chunks; the bitmap bytes are shared with the holder's
     /// inventory entry, not copied.
-    pub holders: HashMap<NodeId, ChunkSet>,
+    pub holders: Holders,
+}
+
+/// The names peers list a content under, sorted, without repeats (at most
+/// [`MAX_NAMES`]): the first inline, the rare others in a list that takes
+/// no memory while empty.
+#[derive(Clone, Debug, Default)]
+pub struct Names {
+    first: Option<Box<str>>,
+    more: Vec<Box<str>>,
+}
+
+/// The names of a content, in order ([`Names::iter`]).
+pub type NamesIter<'a> = std::iter::Map<
+    std::iter::Chain<std::option::Iter<'a, Box<str>>, std::slice::Iter<'a, Box<str>>>,
+    fn(&Box<str>) -> &str,
+>;
+
+impl Names {
+    /// Adds `name` unless it is there already.
+    fn insert(&mut self, name: &str) {
+        let Some(first) = &mut self.first else {
+            self.first = Some(name.into());
+            return;
+        };
+        if **first == *name {
+            return;
+        }
+        if name < &**first {
+            self.more.reserve_exact(1);
+            let old = std::mem::replace(first, name.into());
+            self.more.insert(0, old);
+            return;
+        }
+        if let Err(at) = self.more.binary_search_by(|n| (**n).cmp(name)) {
+            self.more.reserve_exact(1);
+            self.more.insert(at, name.into());
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.more.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    /// The first name in sort order.
+    pub fn first(&self) -> Option<&str> {
+        self.first.as_deref()
+    }
+
+    /// Every name, in sort order.
+    pub fn iter(&self) -> NamesIter<'_> {
+        self.first.iter().chain(self.more.iter()).map(|n| &**n)
+    }
+}
+
+impl<'a> IntoIterator for &'a Names {
+    type Item = &'a str;
+    type IntoIter = NamesIter<'a>;
+    fn into_iter(self) -> NamesIter<'a> {
+        self.iter()
+    }
+}
+
+/// Each holder of a content with its chunks, sorted by holder: a short
+/// list, as most contents have one holder or a few.
+#[derive(Clone, Debug, Default)]
+pub struct Holders(Vec<(NodeId, ChunkSet)>);
+
+impl Holders {
+    /// Sets `peer`'s chunks.
+    fn insert(&mut self, peer: NodeId, chunks: ChunkSet) {
+        match self.0.binary_search_by(|(p, _)| p.cmp(&peer)) {
+            Ok(i) => self.0[i].1 = chunks,
+            Err(i) => {
+                // Room for this one only: most contents have one holder.
+                self.0.reserve_exact(1);
+                self.0.insert(i, (peer, chunks));
+            }
+        }
+    }
+
+    fn remove(&mut self, peer: &NodeId) {
+        if let Ok(i) = self.0.binary_search_by(|(p, _)| p.cmp(peer)) {
+            self.0.remove(i);
+        }
+    }
+
+    pub fn get(&self, peer: &NodeId) -> Option<&ChunkSet> {
+        let i = self.0.binary_search_by(|(p, _)| p.cmp(peer)).ok()?;
+        Some(&self.0[i].1)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The holders, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &NodeId> {
+        self.0.iter().map(|(p, _)| p)
+    }
+
+    /// Each holder with its chunks, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&NodeId, &ChunkSet)> {
+        self.0.iter().map(|(p, c)| (p, c))
+    }
+}
+
+impl std::ops::Index<&NodeId> for Holders {
+    type Output = ChunkSet;
+    fn index(&self, peer: &NodeId) -> &ChunkSet {
+        self.get(peer).expect("no such holder")
+    }
 }
 
 /// What is held for all peers together.
@@ -219,17 +338,17 @@ impl Contents {
     /// Records that `peer` holds `e`; caller holds the lock.
     fn hold(&self, peer: NodeId, e: &InventoryEntry) {
         let mut c = self.index.entry(e.id).or_insert_with(|| Content {
-            names: BTreeSet::new(),
+            names: Names::default(),
             size: e.size,
             category: e.category,
-            comment: String::new(),
-            holders: HashMap::new(),
+            comment: Box::default(),
+            holders: Holders::default(),
         });
         if c.names.len() < MAX_NAMES {
-            c.names.insert(e.name.clone());
+            c.names.insert(&e.name);
         }
-        if c.comment.is_empty() {
-            c.comment = e.comment.clone();
+        if c.comment.is_empty() && !e.comment.is_empty() {
+            c.comment = e.comment.as_str().into();
         }
         c.holders.insert(peer, e.chunks.clone());
     }
@@ -297,5 +416,45 @@ impl Drop for PullBudget<'_> {
         if let Ok(mut held) = self.contents.held.lock() {
             held.reserved -= self.reserved;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The budget's fixed part covers what one entry really takes besides
+    /// its text: the held inventory entry, the content's record with its
+    /// id, and one holder's slot.
+    #[test]
+    fn entry_overhead_covers_the_records() {
+        let fixed = size_of::<InventoryEntry>()
+            + size_of::<ContentId>()
+            + size_of::<Content>()
+            + size_of::<(NodeId, ChunkSet)>();
+        println!("fixed cost per entry: {fixed} bytes");
+        assert!(ENTRY_OVERHEAD >= fixed, "{ENTRY_OVERHEAD} < {fixed}");
+    }
+
+    #[test]
+    fn names_stay_sorted_without_repeats() {
+        let mut n = Names::default();
+        for name in ["b", "a", "c", "a", "b"] {
+            n.insert(name);
+        }
+        assert_eq!(n.iter().collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!((n.first(), n.len()), (Some("a"), 3));
+    }
+
+    #[test]
+    fn holders_are_set_and_removed_by_peer() {
+        let mut h = Holders::default();
+        let (a, b) = (NodeId([1; 16]), NodeId([2; 16]));
+        h.insert(b, ChunkSet::Full);
+        h.insert(a, ChunkSet::Full);
+        h.insert(b, ChunkSet::Full);
+        assert_eq!(h.keys().copied().collect::<Vec<_>>(), [a, b]);
+        h.remove(&a);
+        assert_eq!((h.len(), h.get(&a).is_none()), (1, true));
     }
 }

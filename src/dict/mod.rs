@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 pub use contents::{Content, Contents, Held, PullBudget, Refusal, entry_cost};
 pub use peer::{Peer, PeerAddr};
 pub use peers::{Hello, Peers, ProvenPeer};
-pub use views::{FolderListing, Holder, Listed};
+pub use views::{FolderListing, Holder, Listed, LsRow};
 
 use tokio_util::sync::CancellationToken;
 
@@ -68,12 +68,14 @@ pub const MAX_ADDRS: usize = 8;
 /// (`up --max-remote-contents`).
 pub const DEFAULT_MAX_REMOTE_CONTENTS: usize = 1_000_000;
 /// Default bound on the memory held for all peers' inventories together
-/// (`up --max-remote-bytes`), as counted by [`entry_cost`]: about 200,000
+/// (`up --max-remote-bytes`), as counted by [`entry_cost`]: about 300,000
 /// contents with short names.
 pub const DEFAULT_MAX_REMOTE_BYTES: usize = 128 << 20;
 /// Memory one inventory entry costs besides its text and bitmap: the
-/// entry, its share of the content's record and of the holder map.
-pub const ENTRY_OVERHEAD: usize = 512;
+/// entry (256 bytes with the content's record and one holder's slot),
+/// plus the maps' spare room and the allocator's headers (measured:
+/// docs/performance.md, "Memory budget per file and per peer entry").
+pub const ENTRY_OVERHEAD: usize = 384;
 
 /// A peer heard of: an announcement, an mDNS record, a tracker's list, a
 /// `--peer` hello.

@@ -38,6 +38,14 @@ pub struct FolderListing {
     pub found: bool,
 }
 
+/// One row of `ls` ([`Dict::ls_rows`]): a content, whose view is built
+/// only when it is sent, or a top-level folder (a few per network), whole.
+#[derive(Debug)]
+pub enum LsRow {
+    Content(ContentId),
+    Folder(Box<ContentView>),
+}
+
 /// A peer that holds (part of) a content, as the fetcher needs it.
 #[derive(Clone, Debug)]
 pub struct Holder {
@@ -84,7 +92,7 @@ impl Dict {
     pub fn resolve(&self, query: &str, extra: &[(ContentId, String)]) -> Resolution {
         let mut all: Vec<(ContentId, Vec<String>)> = self
             .contents
-            .map_all(|id, c| Some((*id, c.names.iter().cloned().collect())));
+            .map_all(|id, c| Some((*id, c.names.iter().map(String::from).collect())));
         for (id, name) in extra {
             match all.iter_mut().find(|(i, _)| i == id) {
                 Some((_, names)) => names.push(name.clone()),
@@ -118,11 +126,11 @@ impl Dict {
             kind: ContentKind::File,
             files: 0,
             id: id.to_hex(),
-            name: c.names.iter().next().cloned().unwrap_or_default(),
-            names: c.names.iter().cloned().collect(),
+            name: c.names.first().unwrap_or_default().to_string(),
+            names: c.names.iter().map(String::from).collect(),
             size: c.size,
             category: c.category,
-            comment: c.comment,
+            comment: c.comment.into(),
             complete,
             partial: holders.len() as u32 - complete,
             holders,
@@ -133,22 +141,78 @@ impl Dict {
     /// Every content with at least one online holder, filtered, sorted by
     /// name.
     pub fn list(&self, query: Option<&str>, category: Option<Category>) -> Vec<ContentId> {
+        self.list_keyed(query, category)
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect()
+    }
+
+    /// [`Dict::list`] with each content's sort key (its first name, lower
+    /// case).
+    fn list_keyed(
+        &self,
+        query: Option<&str>,
+        category: Option<Category>,
+    ) -> Vec<(String, ContentId)> {
         let mut ids: Vec<(String, ContentId)> = self.contents.map_all(|id, c| {
             // Empty-folder entries show in their folder's row only.
             if c.names.iter().all(|n| n.ends_with('/')) {
                 return None;
             }
             let wanted = category.is_none_or(|cat| c.category == cat)
-                && query.is_none_or(|q| {
-                    resolve::matches_filter(q, id, c.names.iter().map(String::as_str))
-                });
-            let name = c.names.iter().next().cloned().unwrap_or_default();
+                && query.is_none_or(|q| resolve::matches_filter(q, id, c.names.iter()));
+            let name = c.names.first().unwrap_or_default();
             wanted.then(|| (name.to_lowercase(), *id))
         });
         ids.sort();
-        ids.into_iter()
-            .map(|(_, id)| id)
-            .filter(|id| !self.holders(id).is_empty())
+        ids.retain(|(_, id)| !self.holders(id).is_empty());
+        ids
+    }
+
+    /// The rows of `ls`, in order, without building the contents' views:
+    /// every content [`Dict::list`] gives and, without a category, one row
+    /// per top-level folder ([`Dict::folder_views`]), sorted by name (lower
+    /// case), a folder just before its files. [`Dict::ls_views`] builds
+    /// the views of a few rows at a time.
+    pub fn ls_rows(&self, query: Option<&str>, category: Option<Category>) -> Vec<LsRow> {
+        // The folders first: their transient map is gone before the
+        // contents' keys are made.
+        let mut folders: Vec<(String, ContentView)> = match category {
+            Some(_) => Vec::new(),
+            None => self
+                .folder_views(query)
+                .into_iter()
+                .map(|v| (v.name.to_lowercase(), v))
+                .collect(),
+        };
+        // Stable: folders of the same key keep their order.
+        folders.sort_by(|a, b| a.0.cmp(&b.0));
+        let contents = self.list_keyed(query, category);
+        let mut rows = Vec::with_capacity(contents.len() + folders.len());
+        let mut folders = folders.into_iter().peekable();
+        for (key, id) in contents {
+            while let Some((_, v)) = folders.next_if(|(fkey, _)| *fkey <= key) {
+                rows.push(LsRow::Folder(Box::new(v)));
+            }
+            rows.push(LsRow::Content(id));
+        }
+        rows.extend(folders.map(|(_, v)| LsRow::Folder(Box::new(v))));
+        rows
+    }
+
+    /// The views of `rows` (a page of [`Dict::ls_rows`]); `local` says
+    /// whether this node holds a content complete. A content gone since
+    /// is left out.
+    pub fn ls_views(
+        &self,
+        rows: impl IntoIterator<Item = LsRow>,
+        local: impl Fn(&ContentId) -> bool,
+    ) -> Vec<ContentView> {
+        rows.into_iter()
+            .filter_map(|row| match row {
+                LsRow::Content(id) => self.view(&id, local(&id)),
+                LsRow::Folder(v) => Some(*v),
+            })
             .collect()
     }
 
@@ -159,20 +223,22 @@ impl Dict {
     pub fn folder_views(&self, query: Option<&str>) -> Vec<ContentView> {
         // folder -> file path -> (content id, size)
         let mut folders: BTreeMap<String, BTreeMap<String, (ContentId, u64)>> = BTreeMap::new();
-        let names = self
-            .contents
-            .map_all(|id, c| Some((*id, c.size, c.names.iter().cloned().collect::<Vec<_>>())));
-        for (id, size, names) in names {
-            for n in names {
-                let Some(top) = resolve::folders_of(&n).next() else {
+        // One pass, copying only the paths inside folders.
+        self.contents.map_all(|id, c| {
+            for n in c.names.iter() {
+                let Some(top) = resolve::folders_of(n).next() else {
                     continue;
                 };
-                let files = folders.entry(top.to_string()).or_default();
-                if !n.ends_with('/') {
-                    files.entry(n.clone()).or_insert((id, size));
+                if !folders.contains_key(top) {
+                    folders.insert(top.to_string(), BTreeMap::new());
+                }
+                let files = folders.get_mut(top).expect("inserted above");
+                if !n.ends_with('/') && !files.contains_key(n) {
+                    files.insert(n.to_string(), (*id, c.size));
                 }
             }
-        }
+            None::<()>
+        });
         let q = query.map(str::to_lowercase);
         folders
             .into_iter()

@@ -306,7 +306,7 @@ impl FetchCtx {
             .flatten()
             .map(|n| NameChoice {
                 name: n,
-                proven: own.as_deref() == Some(n.as_str()),
+                proven: own.as_deref() == Some(n),
             })
             .collect();
         if let Some(n) = own.as_deref()

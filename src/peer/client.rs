@@ -228,6 +228,9 @@ impl PeerConn {
             }
             pulled.entries.extend(page.entries);
             if !page.more {
+                // Held for as long as the peer is: no spare room from the
+                // list's growth (a large list is remapped, not copied).
+                pulled.entries.shrink_to_fit();
                 return Ok(out.expect("set above"));
             }
             match pulled.entries.last() {

@@ -223,7 +223,7 @@ impl Store {
             path: path.to_path_buf(),
             size: meta.len(),
             mtime_ns: mtime_ns(&meta),
-            root: ShareRoot::home_folder(self.home.downloads()),
+            root: std::sync::Arc::new(ShareRoot::home_folder(self.home.downloads())),
         };
         let mut idx = self.index.lock().expect("index lock");
         idx.insert(file, manifest);

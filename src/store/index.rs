@@ -1,4 +1,4 @@
-//! The index of shared files: walking the share roots, remembering each
+//! The index of shared files (the walk itself is [`super::walk`]): each
 //! file's manifest keyed by (path, size, mtime) so unchanged files are never
 //! hashed twice, and the on-disk cache of that in `.lanshare/index.bin`.
 //! Also the name each file is offered under: its path relative to its
@@ -6,7 +6,6 @@
 //! a walk finds. Never takes a path from the network.
 
 use std::collections::{BTreeSet, HashMap};
-use std::fs::Metadata;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -18,6 +17,8 @@ use super::{StoreError, io_err};
 use crate::id::ContentId;
 use crate::manifest::{Category, Manifest};
 use crate::wire::{InventoryEntry, check_path, folder_entry};
+
+pub use super::walk::{FoundFile, Walk, mtime_ns, walk};
 
 /// Where the inventory names of the files under a root start.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -172,158 +173,6 @@ impl SharesFile {
     }
 }
 
-/// A file found by a walk.
-#[derive(Clone, Debug)]
-pub struct FoundFile {
-    pub path: PathBuf,
-    pub size: u64,
-    pub mtime_ns: u64,
-    pub root: ShareRoot,
-}
-
-pub fn mtime_ns(meta: &Metadata) -> u64 {
-    super::system_time_ns(meta.modified()) as u64
-}
-
-/// Files under lanshare's own control that are never shared.
-fn is_internal(name: &std::ffi::OsStr) -> bool {
-    let n = name.as_encoded_bytes();
-    n.starts_with(b".lanshare")
-}
-
-/// What a walk found: the files, and the inventory names of the empty
-/// folders (those holding no file and no folder).
-#[derive(Debug, Default)]
-pub struct Walk {
-    pub files: Vec<FoundFile>,
-    pub empty_dirs: BTreeSet<String>,
-}
-
-/// Walks every root. A file reached from several roots keeps the most
-/// specific root (the longest path), so `share shared/x --comment` wins over
-/// shared/ itself. Directory symlinks are not followed (no loops). A
-/// symlink to a file is followed when its target lies inside the same root
-/// (after resolving every link), or anywhere with `follow_symlinks`: an
-/// unpacked archive can hold links to `~/.ssh/id_ed25519` and the like.
-pub fn walk(roots: &[ShareRoot], follow_symlinks: bool) -> Walk {
-    let mut found = Found::default();
-    for root in roots {
-        // The root itself is followed even when it is a symlink.
-        let Ok(meta) = std::fs::metadata(&root.path) else {
-            continue;
-        };
-        if meta.is_file() {
-            found.consider(root.path.clone(), &meta, root);
-            continue;
-        }
-        if !meta.is_dir() {
-            continue;
-        }
-        // Where the root really is, to tell links that stay inside it.
-        let real_root = if follow_symlinks {
-            None
-        } else {
-            match std::fs::canonicalize(&root.path) {
-                Ok(p) => Some(p),
-                Err(_) => continue,
-            }
-        };
-        walk_dir(root, real_root.as_deref(), &mut found);
-    }
-    Walk {
-        files: found.files.into_values().collect(),
-        empty_dirs: found.empty_dirs,
-    }
-}
-
-/// The files a walk found so far, by path, and the empty folders' names.
-#[derive(Default)]
-struct Found {
-    files: HashMap<PathBuf, FoundFile>,
-    empty_dirs: BTreeSet<String>,
-}
-
-impl Found {
-    /// Keeps `path` under `root`, unless a more specific root (a longer
-    /// path) already has it.
-    fn consider(&mut self, path: PathBuf, meta: &std::fs::Metadata, root: &ShareRoot) {
-        let keep_old = self
-            .files
-            .get(&path)
-            .is_some_and(|old| old.root.path.as_os_str().len() >= root.path.as_os_str().len());
-        if !keep_old {
-            let file = FoundFile {
-                path: path.clone(),
-                size: meta.len(),
-                mtime_ns: mtime_ns(meta),
-                root: root.clone(),
-            };
-            self.files.insert(path, file);
-        }
-    }
-}
-
-/// Walks the folder `root` (at most 64 levels deep). With `real_root`,
-/// file symlinks are followed only when they lead inside it.
-fn walk_dir(root: &ShareRoot, real_root: Option<&Path>, found: &mut Found) {
-    let mut stack = vec![(root.path.clone(), 0usize)];
-    while let Some((dir, depth)) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        let mut empty = true;
-        for entry in entries.flatten() {
-            if is_internal(&entry.file_name()) {
-                continue;
-            }
-            let Ok(ft) = entry.file_type() else {
-                continue;
-            };
-            if ft.is_dir() {
-                empty = false;
-                if depth < 64 {
-                    stack.push((entry.path(), depth + 1));
-                }
-                continue;
-            }
-            if let Some(meta) = file_meta(&entry, ft, real_root) {
-                empty = false;
-                found.consider(entry.path(), &meta, root);
-            }
-        }
-        if empty && let Some(name) = relative_name(&dir, root) {
-            found.empty_dirs.insert(name);
-        }
-    }
-}
-
-/// The metadata of a file entry: a symlink is followed to a file, never
-/// to a folder (no loops), and with `real_root` only when it leads inside
-/// it; a regular file is stat'ed relative to its folder. `None` for
-/// anything else.
-fn file_meta(
-    entry: &std::fs::DirEntry,
-    ft: std::fs::FileType,
-    real_root: Option<&Path>,
-) -> Option<std::fs::Metadata> {
-    let meta = if ft.is_symlink() {
-        if let Some(real_root) = real_root {
-            let inside = std::fs::canonicalize(entry.path())
-                .is_ok_and(|target| target.starts_with(real_root));
-            if !inside {
-                tracing::debug!(path = %entry.path().display(), "not following a symlink out of the shared folder (see up --follow-symlinks)");
-                return None;
-            }
-        }
-        std::fs::metadata(entry.path())
-    } else if ft.is_file() {
-        entry.metadata()
-    } else {
-        return None;
-    };
-    meta.ok().filter(|m| m.is_file())
-}
-
 /// A complete file this node shares.
 #[derive(Debug)]
 pub struct LocalContent {
@@ -403,10 +252,10 @@ struct CacheRecordRef<'a> {
 
 impl Serialize for CacheRecords<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.values().map(|r| CacheRecordRef {
-            path: r.file.path.as_os_str().as_bytes(),
-            size: r.file.size,
-            mtime_ns: r.file.mtime_ns,
+        s.collect_seq(self.0.iter().map(|(path, r)| CacheRecordRef {
+            path: path.as_os_str().as_bytes(),
+            size: r.content.size,
+            mtime_ns: r.content.mtime_ns,
             manifest: &r.content.manifest,
         }))
     }
@@ -420,8 +269,10 @@ mod serde_bytes_ref {
     }
 }
 
+/// An indexed file (its path is the key it is filed under; its size and
+/// mtime are its content's).
 struct Record {
-    file: FoundFile,
+    root: Arc<ShareRoot>,
     content: Arc<LocalContent>,
 }
 
@@ -463,11 +314,9 @@ impl IndexState {
             .map(|c| {
                 c.records
                     .into_iter()
-                    .map(|r| {
-                        (
-                            PathBuf::from(std::ffi::OsString::from_vec(r.path.clone())),
-                            r,
-                        )
+                    .map(|mut r| {
+                        let path = std::mem::take(&mut r.path);
+                        (PathBuf::from(std::ffi::OsString::from_vec(path)), r)
                     })
                     .collect()
             })
@@ -497,27 +346,23 @@ impl IndexState {
     /// Applies a walk: drops files that vanished, refreshes metadata, takes
     /// manifests from the cache where size and mtime match. Returns whether
     /// anything changed and the files that must be hashed.
-    pub fn apply_walk(&mut self, walk: &Walk) -> (bool, Vec<FoundFile>) {
-        let found = &walk.files;
+    pub fn apply_walk(&mut self, walk: Walk) -> (bool, Vec<FoundFile>) {
         let mut changed = walk.empty_dirs != self.empty_dirs;
-        self.empty_dirs.clone_from(&walk.empty_dirs);
-        let present: std::collections::HashSet<&PathBuf> = found.iter().map(|f| &f.path).collect();
+        self.empty_dirs = walk.empty_dirs;
         let before = self.files.len();
-        self.files.retain(|p, _| present.contains(p));
+        {
+            let present: std::collections::HashSet<&Path> =
+                walk.files.iter().map(|f| f.path.as_path()).collect();
+            self.files.retain(|p, _| present.contains(p.as_path()));
+        }
         changed |= self.files.len() != before;
         let mut to_hash = Vec::new();
-        for f in found {
-            match self.files.get(&f.path) {
-                Some(r) if r.file.size == f.size && r.file.mtime_ns == f.mtime_ns => {
-                    if r.file.root != f.root {
-                        let content = content_for(f, r.content.manifest.clone());
-                        self.files.insert(
-                            f.path.clone(),
-                            Record {
-                                file: f.clone(),
-                                content,
-                            },
-                        );
+        for f in walk.files {
+            match self.files.get_mut(&f.path) {
+                Some(r) if r.content.size == f.size && r.content.mtime_ns == f.mtime_ns => {
+                    if r.root != f.root {
+                        r.content = content_for(&f, r.content.manifest.clone());
+                        r.root = f.root;
                         changed = true;
                     }
                 }
@@ -527,21 +372,14 @@ impl IndexState {
                         && c.mtime_ns == f.mtime_ns
                         && c.manifest.check_shape().is_ok()
                     {
-                        let content = content_for(f, Arc::new(c.manifest));
-                        self.files.insert(
-                            f.path.clone(),
-                            Record {
-                                file: f.clone(),
-                                content,
-                            },
-                        );
+                        self.file_away(f, Arc::new(c.manifest));
                         changed = true;
                         continue;
                     }
                     if self.files.remove(&f.path).is_some() {
                         changed = true;
                     }
-                    to_hash.push(f.clone());
+                    to_hash.push(f);
                 }
             }
         }
@@ -551,18 +389,23 @@ impl IndexState {
         (changed, to_hash)
     }
 
+    /// Files `file` with its manifest (the id map is left to the caller);
+    /// the content it replaces, if any.
+    fn file_away(&mut self, file: FoundFile, manifest: Arc<Manifest>) -> Option<Record> {
+        let content = content_for(&file, manifest);
+        let record = Record {
+            root: file.root,
+            content,
+        };
+        self.files.insert(file.path, record)
+    }
+
     /// Adds (or replaces) one file. Cheap: the id map is updated in place
     /// unless the path held other content before.
     pub fn insert(&mut self, file: FoundFile, manifest: Manifest) {
-        let content = content_for(&file, Arc::new(manifest));
         let path = file.path.clone();
-        let old = self.files.insert(
-            path.clone(),
-            Record {
-                file,
-                content: content.clone(),
-            },
-        );
+        let old = self.file_away(file, Arc::new(manifest));
+        let content = self.files[&path].content.clone();
         if old.is_some_and(|o| o.content.id != content.id) {
             self.rebuild_by_id();
             return;
@@ -578,10 +421,10 @@ impl IndexState {
 
     fn rebuild_by_id(&mut self) {
         self.by_id.clear();
-        let mut records: Vec<&Record> = self.files.values().collect();
+        let mut records: Vec<(&PathBuf, &Record)> = self.files.iter().collect();
         // Deterministic choice of name when several files hold one content.
-        records.sort_by(|a, b| a.file.path.cmp(&b.file.path));
-        for r in records {
+        records.sort_by(|a, b| a.0.cmp(b.0));
+        for (_, r) in records {
             self.by_id
                 .entry(r.content.id)
                 .or_insert_with(|| r.content.clone());
@@ -608,7 +451,7 @@ impl IndexState {
         self.by_id.get(id).cloned()
     }
 
-    pub fn contents(&self) -> impl Iterator<Item = &Arc<LocalContent>> {
+    pub fn contents(&self) -> impl ExactSizeIterator<Item = &Arc<LocalContent>> {
         self.by_id.values()
     }
 

@@ -9,6 +9,7 @@ mod home;
 mod index;
 pub mod jobs;
 mod partial;
+mod walk;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -214,7 +215,7 @@ impl Store {
             self.follow_symlinks
                 .load(std::sync::atomic::Ordering::Relaxed),
         );
-        let (mut changed, to_hash) = self.index.lock().expect("index lock").apply_walk(&found);
+        let (mut changed, to_hash) = self.index.lock().expect("index lock").apply_walk(found);
         self.walk_nanos.store(
             walk_started.elapsed().as_nanos().min(u64::MAX as u128) as u64,
             std::sync::atomic::Ordering::Relaxed,
@@ -282,21 +283,24 @@ impl Store {
     }
 
     /// Rebuilds the published inventory from the index and partial downloads.
+    /// One list of entries, sized once; where an id comes twice, the
+    /// first wins (a complete file, then an empty folder, then a partial
+    /// download).
     pub fn publish(&self) {
-        let mut entries: HashMap<ContentId, InventoryEntry> = HashMap::new();
-        for c in self.index.lock().expect("index lock").contents() {
-            entries.entry(c.id).or_insert_with(|| InventoryEntry {
+        let mut entries: Vec<InventoryEntry> = {
+            let index = self.index.lock().expect("index lock");
+            let mut entries = Vec::with_capacity(index.contents().len());
+            entries.extend(index.contents().map(|c| InventoryEntry {
                 id: c.id,
                 name: clean_text(&c.name, MAX_FILE_NAME),
                 size: c.manifest.size,
                 category: c.category,
                 comment: clean_comment(&c.comment),
                 chunks: ChunkSet::Full,
-            });
-        }
-        for e in self.index.lock().expect("index lock").folder_entries() {
-            entries.entry(e.id).or_insert(e);
-        }
+            }));
+            entries.extend(index.folder_entries());
+            entries
+        };
         for p in self.partials.lock().expect("partials lock").values() {
             // Only chunks this process checked: never ones a resume state
             // merely claims.
@@ -304,7 +308,7 @@ impl Store {
             if have.count_ones() == 0 {
                 continue;
             }
-            entries.entry(p.id).or_insert_with(|| InventoryEntry {
+            entries.push(InventoryEntry {
                 id: p.id,
                 name: p.name.clone(),
                 size: p.manifest.size,
@@ -313,8 +317,10 @@ impl Store {
                 chunks: ChunkSet::Partial(have),
             });
         }
-        self.published
-            .publish(Inventory::new(entries.into_values().collect()));
+        // Stable: the first of each id stays first.
+        entries.sort_by_key(|e| e.id);
+        entries.dedup_by_key(|e| e.id);
+        self.published.publish(Inventory::new(entries));
     }
 
     /// What to send a peer that holds our inventory of digest `since`
@@ -456,7 +462,7 @@ impl Store {
             path: target.clone(),
             size: meta.len(),
             mtime_ns: index::mtime_ns(&meta),
-            root: ShareRoot::home_folder(self.home.downloads()),
+            root: Arc::new(ShareRoot::home_folder(self.home.downloads())),
         };
         {
             let mut idx = self.index.lock().expect("index lock");
@@ -641,7 +647,7 @@ mod tests {
             path: PathBuf::from(format!("/f{size}-{mtime_ns}")),
             size,
             mtime_ns,
-            root: ShareRoot::plain(PathBuf::from("/")),
+            root: Arc::new(ShareRoot::plain(PathBuf::from("/"))),
         };
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
         let modified = Duration::from_secs(1000).as_nanos() as u64;
