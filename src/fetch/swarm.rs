@@ -124,19 +124,6 @@ impl FetchCtx {
         peers_used: &mut BTreeSet<String>,
         already: u64,
     ) -> Result<[u8; 32], FetchError> {
-        self.swarm_loop(shared, events, cancel, tasks, peers_used, already)
-            .await
-    }
-
-    async fn swarm_loop(
-        &self,
-        shared: &Arc<Shared>,
-        events: &mpsc::Sender<FetchEvent>,
-        cancel: &CancellationToken,
-        tasks: &Tasks,
-        peers_used: &mut BTreeSet<String>,
-        already: u64,
-    ) -> Result<[u8; 32], FetchError> {
         let swarm_cancel = cancel.child_token();
         let _stop_all = swarm_cancel.clone().drop_guard();
         // A set of one: its result (the file's SHA-256, or why it failed)

@@ -252,13 +252,24 @@ impl Jobs {
     /// `cancel` fired: checked under the list's lock, so a cancel that
     /// fires the token and then removes matching jobs never misses it.
     pub fn record(&self, job: Job, cancel: &CancellationToken) -> Result<Recorded, JobsError> {
+        let id = job.content_id();
+        self.put_where(job, |j| j.content_id() == id, cancel)
+    }
+
+    /// Records `job` in place of the one `same` names (else at the end,
+    /// room permitting), unless `cancel` fired.
+    fn put_where(
+        &self,
+        job: Job,
+        same: impl Fn(&Job) -> bool,
+        cancel: &CancellationToken,
+    ) -> Result<Recorded, JobsError> {
         let mut inner = self.lock();
         if cancel.is_cancelled() {
             return Ok(Recorded::Cancelled);
         }
         let mut jobs = inner.jobs.clone();
-        let id = job.content_id();
-        match jobs.iter().position(|j| j.content_id() == id) {
+        match jobs.iter().position(same) {
             Some(i) => jobs[i] = job,
             None if jobs.len() >= MAX_JOBS => return Err(JobsError::Full),
             None => jobs.push(job),
@@ -284,53 +295,27 @@ impl Jobs {
         job: FolderJobRecord,
         cancel: &CancellationToken,
     ) -> Result<Recorded, JobsError> {
-        let mut inner = self.lock();
-        if cancel.is_cancelled() {
-            return Ok(Recorded::Cancelled);
-        }
-        let mut jobs = inner.jobs.clone();
-        match jobs
-            .iter()
-            .position(|j| matches!(j, Job::Folder(f) if f.dest == job.dest))
-        {
-            Some(i) => jobs[i] = Job::Folder(job),
-            None if jobs.len() >= MAX_JOBS => return Err(JobsError::Full),
-            None => jobs.push(Job::Folder(job)),
-        }
-        self.write(&jobs)?;
-        inner.jobs = jobs;
-        Ok(Recorded::Yes)
+        let dest = job.dest.clone();
+        let same = |j: &Job| matches!(j, Job::Folder(f) if f.dest == dest);
+        self.put_where(Job::Folder(job), same, cancel)
     }
 
     /// Removes the folder job landing in `dest` (it finished).
     pub fn remove_folder(&self, dest: &Path) -> Result<bool, JobsError> {
-        let mut inner = self.lock();
-        let before = inner.jobs.len();
-        let jobs: Vec<Job> = inner
-            .jobs
-            .iter()
-            .filter(|j| !matches!(j, Job::Folder(f) if f.dest == dest))
-            .cloned()
-            .collect();
-        if jobs.len() == before {
-            return Ok(false);
-        }
-        self.write(&jobs)?;
-        inner.jobs = jobs;
-        Ok(true)
+        self.remove_where(|j| matches!(j, Job::Folder(f) if f.dest == dest))
     }
 
     /// Removes the job of `id` (its download ended for good). Returns
     /// whether there was one.
     pub fn remove(&self, id: &ContentId) -> Result<bool, JobsError> {
+        self.remove_where(|j| j.content_id().as_ref() == Some(id))
+    }
+
+    /// Removes the jobs `gone` names; whether there was one.
+    fn remove_where(&self, gone: impl Fn(&Job) -> bool) -> Result<bool, JobsError> {
         let mut inner = self.lock();
         let before = inner.jobs.len();
-        let jobs: Vec<Job> = inner
-            .jobs
-            .iter()
-            .filter(|j| j.content_id().as_ref() != Some(id))
-            .cloned()
-            .collect();
+        let jobs: Vec<Job> = inner.jobs.iter().filter(|j| !gone(j)).cloned().collect();
         if jobs.len() == before {
             return Ok(false);
         }

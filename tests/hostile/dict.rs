@@ -303,6 +303,9 @@ fn a_replayed_goodbye_is_dropped_and_counted() {
         "the victim did not list alice again after her restart"
     );
     let before = counter(&victim, "replayed_datagrams");
+    let copies_before = counter(&victim, "path_duplicate_datagrams");
+    // Past the 2 s in which a copy of her goodbye could be a second path's.
+    std::thread::sleep(Duration::from_millis(2100));
     let to = group(&net);
     for _ in 0..3 {
         rogue_udp(Ipv4Addr::new(127, 0, 0, 3))
@@ -317,9 +320,14 @@ fn a_replayed_goodbye_is_dropped_and_counted() {
     );
     assert!(lists(&victim, "alice-file.txt"));
     let replayed = counter(&victim, "replayed_datagrams") - before;
+    let copies = counter(&victim, "path_duplicate_datagrams") - copies_before;
+    // Where the system gives no packet info (the portable build), copies
+    // of one datagram within 2 s cannot be told from a second path's copy
+    // and are counted as path duplicates; each is dropped either way.
+    let expected = if cfg!(feature = "portable") { 1 } else { 3 };
     assert!(
-        replayed >= 3,
-        "the victim counted {replayed} replayed datagrams for 3 replays"
+        replayed >= expected && replayed + copies >= 3,
+        "the victim counted {replayed} replayed datagrams and {copies} path copies for 3 replays"
     );
 }
 
