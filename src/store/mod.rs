@@ -22,7 +22,7 @@ pub use folder::{Placement, local_component};
 pub use home::{Home, safe_file_name};
 pub use index::{LocalContent, RootNaming, ShareRoot, SharesFile};
 pub use jobs::{FolderJobRecord, Job, Jobs, Recorded};
-pub use partial::{DiskFull, Partial, STATE_SAVE_INTERVAL};
+pub use partial::{DiskFull, Partial, STATE_SAVE_INTERVAL, saved_chunks};
 
 use crate::chunkset::ChunkSet;
 use crate::id::ContentId;

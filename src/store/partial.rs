@@ -137,6 +137,16 @@ fn resume_state(state_path: &Path, manifest: &Manifest) -> Option<Bitmap> {
     Some(have)
 }
 
+/// The chunks a resume state file names (what a restart would re-check),
+/// or `None` when the file is missing or unreadable. For diagnostics and
+/// tests: nothing here is trusted for serving.
+pub fn saved_chunks(state_path: &Path) -> Option<Vec<u32>> {
+    let bytes = read_nofollow(state_path).ok()?;
+    let state = postcard::from_bytes::<StateFile>(&bytes).ok()?;
+    let n = state.manifest.chunk_count();
+    Some((0..n).filter(|&i| state.have.get(i)).collect())
+}
+
 pub struct Partial {
     pub id: ContentId,
     pub manifest: Arc<Manifest>,

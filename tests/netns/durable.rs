@@ -19,6 +19,19 @@ fn jobs_file(node: &Node) -> PathBuf {
     node.home.join(".lanshare/downloads.json")
 }
 
+/// The chunks named by `node`'s saved resume states (all downloads).
+fn saved_chunks(node: &Node) -> Vec<u32> {
+    std::fs::read_dir(node.home.join(".lanshare/partial"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "state"))
+                .filter_map(|e| lanshare::store::saved_chunks(&e.path()))
+                .flatten()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The partial files in `dir`.
 fn part_files(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
@@ -182,10 +195,18 @@ fn a_chunk_corrupted_while_the_node_was_down_is_fetched_again_and_never_served()
 
     let mut run = fetcher.spawn_fetch("disk");
     wait_midway(&mut run, &fetcher, 35.0, "the fetcher could be killed");
-    std::thread::sleep(Duration::from_millis(1500));
+    // Kill only once the resume state names chunk 0 (the state is saved
+    // about once a second, after a sync that a loaded disk can slow down).
+    assert!(
+        wait_until(Duration::from_secs(30), || saved_chunks(&fetcher)
+            .contains(&0)),
+        "the resume state never named chunk 0: {:?}\n{}",
+        saved_chunks(&fetcher),
+        fetcher.log_tail()
+    );
     fetcher.kill();
     run.kill();
-    // Chunk 0 was fetched first and saved: overwrite part of it.
+    // Chunk 0 is named by the saved state: overwrite part of it.
     let parts = part_files(&fetcher.downloads());
     assert_eq!(parts.len(), 1, "{parts:?}");
     let f = OpenOptions::new().write(true).open(&parts[0]).unwrap();
