@@ -32,6 +32,17 @@ fn saved_chunks(node: &Node) -> Vec<u32> {
         .unwrap_or_default()
 }
 
+/// Waits until `node`'s saved resume state names some chunk: the state is
+/// saved about once a second, after a sync that a loaded disk can slow
+/// down, and a kill before it leaves nothing to resume from.
+fn wait_saved(node: &Node) {
+    assert!(
+        wait_until(Duration::from_secs(30), || !saved_chunks(node).is_empty()),
+        "no resume state named a chunk\n{}",
+        node.log_tail()
+    );
+}
+
 /// The partial files in `dir`.
 fn part_files(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
@@ -78,8 +89,7 @@ fn a_download_killed_midway_finishes_by_itself_after_a_restart() {
 
     let mut run = fetcher.spawn_fetch("movie");
     let at = wait_midway(&mut run, &fetcher, 40.0, "the fetcher could be killed");
-    // A state save (once a second) has happened since.
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_saved(&fetcher);
     fetcher.kill();
     run.kill();
     eprintln!("killed the fetcher at {at:?}%");
@@ -448,7 +458,7 @@ fn a_folder_download_killed_midway_finishes_in_its_folder_after_a_restart() {
 
     let mut run = fetcher.spawn_fetch("holiday");
     let at = wait_midway(&mut run, &fetcher, 30.0, "the fetcher could be killed");
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_saved(&fetcher);
     fetcher.kill();
     run.kill();
     eprintln!("killed the fetcher at {at:?}% of the folder");
