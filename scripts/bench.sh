@@ -32,16 +32,22 @@
 #   f) FILES_N (100,000) files of 1-4 KiB: indexing vs `find | xargs
 #      sha256sum`, peak RSS of the sharing node and of a peer that pulled
 #      them, and that peer's rise during `ls --json` (scripts/bench/files.sh).
+#   g) in network namespaces (root, `ip`): two LANs joined by a router, a
+#      tracker on the router; a new holder on one LAN, then a new file on
+#      it: the time until a node across the router lists each (through the
+#      tracker) and until a node on its own LAN does (multicast), median
+#      and max of G_REPS (7); with BASE_BIN, the same with that binary
+#      (scripts/bench/tracker.sh).
 #
 # Environment (all optional):
 #   SIZE_MB=1024     file size for a), b), c)
 #   REPS=3           runs of each side of a) (best is reported) and of b)
 #   BIG=0 BIG_MB=10240
-#   PARTS=abde       which of a) (with c) RSS), b), d), e), f) to run
+#   PARTS=abde       which of a) (with c) RSS), b), d), e), f), g) to run
 #   FILES_N=100000 FILES_DIRS=100   for f)
 #   NETNS=auto       auto: run d) when possible; 0: skip it
 #   NETNS_MB=200 NETNS_RATE=200mbit NETNS_SEEDERS=4
-#   BASE_BIN=PATH    e) also runs this lanshare binary (A/B against a build
+#   BASE_BIN=PATH    e) and g) also run this lanshare binary (A/B against a build
 #                    of another commit; copy its target/release/lanshare)
 #   BENCH_DIR=DIR    where the work files go (default: a new dir under TMPDIR or /tmp)
 #   KEEP=1           keep the work dir (logs, homes) after the run
@@ -708,6 +714,14 @@ fi  # PARTS e
 if [[ "$PARTS" == *f* ]]; then
     # shellcheck source=scripts/bench/files.sh
     source "$ROOT/scripts/bench/files.sh"
+fi
+
+########################################################################
+# g) a new holder seen through a tracker across a router, vs multicast
+########################################################################
+if [[ "$PARTS" == *g* ]]; then
+    # shellcheck source=scripts/bench/tracker.sh
+    source "$ROOT/scripts/bench/tracker.sh"
 fi
 
 ########################################################################

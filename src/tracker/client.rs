@@ -12,12 +12,14 @@
 //!
 //! This file runs the rounds (register, heartbeat, wait); [`announce`]
 //! sends the inventory, [`peers`] reads and merges the tracker's peers,
+//! [`longpoll`] long-polls for a change of them between heartbeats,
 //! [`health`] decides how to take a failure (backoff through
 //! `crate::retry`), [`api`] is the HTTP client.
 
 mod announce;
 mod api;
 mod health;
+mod longpoll;
 mod peers;
 
 use std::collections::HashMap;
@@ -38,6 +40,7 @@ use crate::peer::dial::Dialer;
 use crate::swarm::Mode;
 pub use api::{Api, ClientError};
 use health::{Health, Next, jittered};
+use longpoll::{Watch, watch_wait};
 use peers::reportable;
 
 /// Who this node is, as the tracker lists it.
@@ -58,8 +61,10 @@ pub struct NodeInfo {
 #[derive(Clone)]
 pub enum TrackerMode {
     /// Registered by its node id and name, with its inventory; the
-    /// tracker's peers go into the dictionary as any sighting.
-    Open,
+    /// tracker's peers go into the dictionary as any sighting, and a known
+    /// peer the tracker says changed is asked with `dialer` (its hello
+    /// is what counts).
+    Open { dialer: Dialer },
     /// Registered under a pseudonym with the swarm's tag only; the
     /// tracker's peers (same tag) are dialed with `dialer` to learn who
     /// they are.
@@ -67,8 +72,8 @@ pub enum TrackerMode {
 }
 
 impl NodeInfo {
-    /// `dialer` is kept only in a private swarm (it dials the tracker's
-    /// address hints).
+    /// `dialer` dials the tracker's address hints (private swarm) or
+    /// checks a change the tracker reports (open swarm).
     pub fn new(
         identity: Arc<Identity>,
         name: String,
@@ -77,7 +82,7 @@ impl NodeInfo {
         dialer: Dialer,
     ) -> NodeInfo {
         let mode = match swarm.keys() {
-            None => TrackerMode::Open,
+            None => TrackerMode::Open { dialer },
             Some(k) => TrackerMode::Private {
                 tag: k.tracker_tag,
                 dialer,
@@ -102,17 +107,20 @@ struct Persona {
     tcp_port: u16,
     /// The private swarm's tag and the dialer of its hints.
     private: Option<([u8; 16], Dialer)>,
+    /// Open swarm: checks the changes the tracker reports, by a hello.
+    confirmer: Option<Dialer>,
 }
 
 impl Persona {
     fn of(me: NodeInfo) -> Persona {
         match me.mode {
-            TrackerMode::Open => Persona {
+            TrackerMode::Open { dialer } => Persona {
                 id: me.identity.node_id(),
                 identity: me.identity,
                 name: me.name,
                 tcp_port: me.tcp_port,
                 private: None,
+                confirmer: Some(dialer),
             },
             TrackerMode::Private { tag, dialer } => {
                 let pseudonym = Arc::new(super::sign::pseudonym(&me.identity, &tag));
@@ -122,6 +130,7 @@ impl Persona {
                     name: String::new(),
                     tcp_port: me.tcp_port,
                     private: Some((tag, dialer)),
+                    confirmer: None,
                 }
             }
         }
@@ -193,6 +202,8 @@ struct Session {
     token: String,
     heartbeat: Duration,
     observed: IpAddr,
+    /// How long a watch may wait; `None`: the tracker has no watches.
+    watch: Option<Duration>,
 }
 
 /// The inventory the tracker holds for this node.
@@ -232,15 +243,24 @@ enum Woke {
     Other,
 }
 
+/// What ended a wait between rounds.
+enum Event {
+    Woke(Woke),
+    /// The tracker answered a watch.
+    Watched(Result<super::proto::WatchResponse, ClientError>),
+}
+
 struct Follower {
     /// Where each round's outcome is reported.
     stats: Arc<crate::stats::Stats>,
     api: Api,
     me: Persona,
     dict: Arc<Dict>,
-    /// Dials of a private swarm's hints in progress (aborted when dropped).
+    /// Dials of a private swarm's hints, or of the open swarm's peers
+    /// whose change the tracker reported, in progress (aborted when dropped).
     hints: tokio::task::JoinSet<()>,
-    /// When each hint (by its pseudonym) was last dialed.
+    /// When each hint (by its pseudonym), or each changed peer, was last
+    /// dialed.
     dialed: HashMap<NodeId, Instant>,
     session: Option<Session>,
     acked: Option<Acked>,
@@ -270,6 +290,7 @@ impl Follower {
             addrs: true,
             inventory: true,
         };
+        let mut watch = Watch::default();
         loop {
             if cancel.is_cancelled() {
                 return;
@@ -304,8 +325,10 @@ impl Follower {
                 }
             }
             if self.session.is_none() {
+                watch.reset();
                 continue;
             }
+            let watching = self.arm_watch(&mut watch, Instant::now());
             let wait = self.wait_for_work(
                 &mut addrs,
                 &mut inventory,
@@ -313,9 +336,19 @@ impl Follower {
                 next_tick,
                 last_announce,
             );
-            tokio::select! {
+            let event = tokio::select! {
                 _ = cancel.cancelled() => return,
-                woke = wait => if woke == Woke::Addrs { next_tick = Instant::now() },
+                woke = wait => Event::Woke(woke),
+                answer = watch.answer(), if watching => Event::Watched(answer),
+            };
+            match event {
+                Event::Woke(Woke::Addrs) => next_tick = Instant::now(),
+                Event::Woke(Woke::Other) => {}
+                Event::Watched(answer) => {
+                    let my_addrs = reportable(&addrs.borrow());
+                    self.on_watch(answer, &mut watch, &my_addrs, next_tick)
+                        .await;
+                }
             }
         }
     }
@@ -407,7 +440,7 @@ impl Follower {
             if private {
                 self.dial_hints(&my_addrs, interval);
             } else {
-                self.merge(&my_addrs, interval);
+                self.merge(&my_addrs, interval, None);
             }
             *next_tick = Instant::now() + interval;
         }
@@ -438,6 +471,7 @@ impl Follower {
             token: r.token,
             heartbeat,
             observed: r.observed_addr,
+            watch: watch_wait(r.watch_secs),
         });
         self.sent_addrs = my_addrs;
         // The tracker may still hold what this node announced before.

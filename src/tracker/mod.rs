@@ -38,6 +38,11 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:7374";
 /// Default of `--max-nodes-per-address`: room for a NAT or a lab host
 /// running a few dozen nodes, far below `--max-nodes`.
 pub const DEFAULT_MAX_NODES_PER_ADDRESS: u64 = 64;
+/// Default of `--max-watchers`: waiting long polls in all.
+pub const DEFAULT_MAX_WATCHERS: usize = 512;
+/// Default of `--max-watchers-per-address`: one waiting long poll for each
+/// node an address may register.
+pub const DEFAULT_MAX_WATCHERS_PER_ADDRESS: usize = DEFAULT_MAX_NODES_PER_ADDRESS as usize;
 
 #[derive(Debug, Args)]
 pub struct TrackerArgs {
@@ -74,6 +79,12 @@ pub struct TrackerArgs {
     /// Most client connections open at once; more wait to be accepted.
     #[arg(long, value_name = "N", default_value_t = 1024)]
     pub max_connections: usize,
+    /// Most long polls (GET /v1/watch) waiting at once, at most half of --max-connections; more get 503 and poll per heartbeat.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_WATCHERS)]
+    pub max_watchers: usize,
+    /// Most long polls waiting at once from one source address; more get 429.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_WATCHERS_PER_ADDRESS)]
+    pub max_watchers_per_address: usize,
 }
 
 /// The tracker's settings, checked.
@@ -86,6 +97,9 @@ pub struct TrackerConfig {
     /// Largest inventory body, in bytes.
     pub max_body: usize,
     pub max_connections: usize,
+    /// Long polls waiting at once, in all and per source address.
+    pub max_watchers: usize,
+    pub max_watchers_per_address: usize,
 }
 
 impl TrackerConfig {
@@ -104,9 +118,11 @@ impl TrackerConfig {
             || a.max_nodes_per_address == 0
             || a.max_files == 0
             || a.max_connections == 0
+            || a.max_watchers == 0
+            || a.max_watchers_per_address == 0
         {
             anyhow::bail!(
-                "--max-nodes, --max-nodes-per-address, --max-files and --max-connections must be at least 1"
+                "--max-nodes, --max-nodes-per-address, --max-files, --max-connections, --max-watchers and --max-watchers-per-address must be at least 1"
             );
         }
         if !(1..=1024).contains(&a.max_body) {
@@ -126,6 +142,8 @@ impl TrackerConfig {
             },
             max_body: a.max_body << 20,
             max_connections: a.max_connections,
+            max_watchers: a.max_watchers,
+            max_watchers_per_address: a.max_watchers_per_address,
         })
     }
 }

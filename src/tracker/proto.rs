@@ -28,6 +28,8 @@ pub const MAX_HOLDERS_SHOWN: usize = 64;
 pub const MAX_PEERS_LIMIT: u32 = 5000;
 /// Peers per page when `limit` is not given.
 pub const DEFAULT_PEERS_LIMIT: u32 = 1000;
+/// Longest a `GET /v1/watch` waits for a change, in seconds.
+pub const MAX_WATCH_SECS: f64 = 30.0;
 
 /// `POST /v1/nodes`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -84,6 +86,10 @@ pub struct RegisterResponse {
     /// complete one (the node need not announce again when it matches).
     #[serde(with = "opt_hex16")]
     pub stored_digest: Option<[u8; 16]>,
+    /// Longest wait of `GET /v1/watch`, in seconds; absent from trackers
+    /// without that route (the node then learns of peers per heartbeat).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch_secs: Option<f64>,
 }
 
 /// One content in an announced inventory.
@@ -262,6 +268,42 @@ impl PeersQuery {
     }
 }
 
+/// Query of `GET /v1/watch`: `since`, `epoch` and `swarm` as for
+/// `/v1/peers`, and how long to wait for a change.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct WatchQuery {
+    #[serde(default)]
+    pub since: u64,
+    #[serde(default)]
+    pub epoch: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swarm: Option<String>,
+    /// Seconds to wait, above 0 and at most [`MAX_WATCH_SECS`] (default).
+    #[serde(default)]
+    pub wait: Option<f64>,
+}
+
+impl WatchQuery {
+    /// The swarm tag asked for, checked as for `/v1/peers`.
+    pub fn swarm_tag(&self) -> Result<Option<[u8; 16]>, String> {
+        PeersQuery {
+            swarm: self.swarm.clone(),
+            ..PeersQuery::default()
+        }
+        .swarm_tag()
+    }
+}
+
+/// `GET /v1/watch`: whether `/v1/peers?since=...` has something new.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchResponse {
+    /// True when the peer list changed (read it with `/v1/peers`); false
+    /// when the wait ended without a change.
+    pub changed: bool,
+    /// The tracker's current sequence number.
+    pub seq: u64,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PeersResponse {
     pub epoch: String,
@@ -404,6 +446,12 @@ pub struct Stats {
     pub max_files_per_node: u64,
     /// Requests refused because the tracker was busy or full (503).
     pub refused: u64,
+    /// `GET /v1/watch` requests waiting now, and the most that may wait.
+    /// Absent from trackers without watches.
+    #[serde(default)]
+    pub watchers: u64,
+    #[serde(default)]
+    pub max_watchers: u64,
 }
 
 /// Every error body: `{"error": "..."}` (409 adds `stored_digest`).

@@ -6,15 +6,18 @@
 //!
 //! This file holds the admission limits, the router, the sweeper and
 //! `serve`; [`extract`] the extractors and errors, [`listener`] the
-//! connection limits, [`routes`] the handlers.
+//! connection limits, [`routes`] the handlers, [`watch`] the long poll
+//! and its own bound on waiting requests.
 
 mod extract;
 mod listener;
 mod routes;
+mod watch;
 
 pub use extract::{ApiError, ApiJson, ApiQuery, Bearer, NodePath};
 pub use listener::{LimitedListener, LimitedStream, RemoteAddr};
 use routes::*;
+pub use watch::{Refused, WatchSlot, Watchers};
 
 use std::io;
 use std::sync::Arc;
@@ -59,6 +62,10 @@ struct AppState {
     refused: Arc<AtomicU64>,
     in_flight: Arc<Semaphore>,
     uploads: Arc<Semaphore>,
+    /// Long polls waiting (`GET /v1/watch`), bounded apart from `in_flight`.
+    watchers: Arc<Watchers>,
+    /// Fires when the tracker stops: waiting watches answer at once.
+    shutdown: CancellationToken,
 }
 
 impl AppState {
@@ -132,6 +139,9 @@ fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(SMALL_BODY))
         .layer(middleware::from_fn_with_state(state.clone(), admit))
+        // After the admission layer: a waiting watch holds no request
+        // slot; `Watchers` bounds them, and each wait is bounded in time.
+        .route("/v1/watch", get(watch::watch))
         .with_state(state)
 }
 
@@ -188,6 +198,9 @@ pub async fn serve(
     let shutdown = tasks.token();
     let period =
         (db.limits().offline_after / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    // Watches never take more than half of the connections.
+    let max_watchers = cfg.max_watchers.min(cfg.max_connections / 2).max(1);
+    let watchers = Watchers::new(max_watchers, cfg.max_watchers_per_address);
     let cfg = Arc::new(cfg);
     let state = AppState {
         db: db.clone(),
@@ -196,6 +209,8 @@ pub async fn serve(
         refused: Arc::new(AtomicU64::new(0)),
         in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         uploads: Arc::new(Semaphore::new(MAX_UPLOADS)),
+        watchers,
+        shutdown: shutdown.clone(),
     };
     let stop_sweeper = shutdown.child_token();
     let sweep = tasks.spawn("sweeper", sweeper(db, period, stop_sweeper.clone()));

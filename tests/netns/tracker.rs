@@ -20,24 +20,18 @@ struct Tracker {
 }
 
 impl Tracker {
+    /// A tracker with a 1 s heartbeat (nodes go offline after 4 s).
     fn start(t: &Topo, h: usize, db: &std::path::Path) -> Tracker {
+        Self::start_with(t, h, db, &["--heartbeat", "1", "--offline-after", "4"])
+    }
+
+    /// A tracker on host `h` with `flags` added (its heartbeat among them).
+    fn start_with(t: &Topo, h: usize, db: &std::path::Path, flags: &[&str]) -> Tracker {
         let listen = format!("0.0.0.0:{TRACKER_PORT}");
         let db = db.to_str().unwrap();
-        let mut cmd = t.spawn(
-            h,
-            BIN,
-            &[
-                "tracker",
-                "--listen",
-                &listen,
-                "--db",
-                db,
-                "--heartbeat",
-                "1",
-                "--offline-after",
-                "4",
-            ],
-        );
+        let mut args = vec!["tracker", "--listen", &listen, "--db", db];
+        args.extend_from_slice(flags);
+        let mut cmd = t.spawn(h, BIN, &args);
         cmd.stdout(Stdio::piped()).stderr(Stdio::null());
         let mut child = cmd.spawn().expect("start lanshare tracker");
         // Wait for the banner: the tracker listens once it is printed.
@@ -483,4 +477,201 @@ fn a_private_swarm_meets_through_a_tracker_that_learns_only_addresses_and_a_tag(
         contains(&stored, &lanshare::id::from_hex::<16>(&tag).unwrap()),
         "the tag is stored"
     );
+}
+
+/// Issue 14: with a 30 s heartbeat, a holder that starts on one side is
+/// listed on the other side through the tracker within 5 s: the other
+/// node's long poll (`GET /v1/watch`) answers when the holder announces,
+/// not at its next heartbeat. (Peer exchange may also bring the holder;
+/// the tracker must be among the ways it was found by then.) Then a file
+/// the holder starts sharing is listed within 5 s too: the tracker's word
+/// that the holder changed makes the node ask the holder at once.
+#[test]
+fn a_new_holder_across_the_router_is_listed_long_before_the_next_heartbeat() {
+    let Some((t, [a1, _a2, bh], router)) = routed() else {
+        return;
+    };
+    let db = t.dir().join("tracker.db");
+    let heartbeat = ["--heartbeat", "30", "--offline-after", "90"];
+    let _tracker = Tracker::start_with(&t, router, &db, &heartbeat);
+    let url0 = format!("http://10.200.0.254:{TRACKER_PORT}");
+    let url1 = format!("http://10.200.1.254:{TRACKER_PORT}");
+    let api: SocketAddr = format!("10.200.1.254:{TRACKER_PORT}").parse().unwrap();
+    let watcher = t.node(bh, "watcher", &[], &["--tracker", &url1, "--no-mdns"]);
+    assert!(
+        wait_until(Duration::from_secs(20), || tracker_peers(t.ns(bh), api)
+            == vec!["watcher"]),
+        "the watcher did not register: {:?}",
+        tracker_peers(t.ns(bh), api)
+    );
+    // Its first heartbeat and poll came with the registration: the next
+    // one is 30 s away.
+    let holder = t.node(
+        a1,
+        "holder",
+        &[("fresh.txt", b"new on the other side")],
+        &["--tracker", &url0, "--no-mdns"],
+    );
+    let started = std::time::Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(5), || lists(&watcher, "fresh.txt", 1)
+            && found_via(&watcher, "holder").contains(&"tracker".to_string())),
+        "not listed through the tracker within 5 s (heartbeat 30 s): ls {:?}\npeers {:?}\n{}",
+        watcher.ls(),
+        watcher.peers(),
+        watcher.log_tail()
+    );
+    eprintln!(
+        "listed across the router {:.2} s after the holder started",
+        started.elapsed().as_secs_f64()
+    );
+    std::fs::write(holder.shared().join("second.txt"), b"and one more").unwrap();
+    let started = std::time::Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(5), || lists(&watcher, "second.txt", 1)),
+        "a new file of a known holder not listed within 5 s (heartbeat 30 s): ls {:?}\n{}",
+        watcher.ls(),
+        watcher.log_tail()
+    );
+    eprintln!(
+        "its new file listed across the router {:.2} s after it was written",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// A watch sent from inside namespace `ns`, left waiting: the stream
+/// to read its answer from later (or to drop, which ends it).
+fn open_watch(ns: &str, addr: SocketAddr, query: &str) -> TcpStream {
+    let request =
+        format!("GET /v1/watch?{query} HTTP/1.1\r\nHost: tracker\r\nConnection: close\r\n\r\n");
+    in_netns(ns, move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+        s.write_all(request.as_bytes()).unwrap();
+        s
+    })
+    .join()
+    .expect("watch thread")
+}
+
+/// Status and body of a watch's answer, waiting at most `limit` for it
+/// (status 0 when none came).
+fn watch_answer(mut s: TcpStream, limit: Duration) -> (u16, String) {
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    let code = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+fn stats_watchers(ns: &str, api: SocketAddr) -> u64 {
+    let (_, body) = get(ns, api, "/v1/stats");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    v["watchers"].as_u64().unwrap_or(u64::MAX)
+}
+
+/// A flood of long polls from one address is held to its quota (429 at
+/// once beyond it), the tracker's total is held too (503), others are
+/// still served meanwhile, a client that goes away frees its place at
+/// once, and a change answers the watches still waiting.
+#[test]
+fn a_flood_of_watches_is_capped_and_others_are_still_served() {
+    let Some((t, [a1, a2, bh], router)) = routed() else {
+        return;
+    };
+    let db = t.dir().join("tracker.db");
+    let flags = [
+        "--heartbeat",
+        "1",
+        "--offline-after",
+        "4",
+        "--max-watchers",
+        "6",
+        "--max-watchers-per-address",
+        "4",
+    ];
+    let _tracker = Tracker::start_with(&t, router, &db, &flags);
+    let url0 = format!("http://10.200.0.254:{TRACKER_PORT}");
+    let api0: SocketAddr = format!("10.200.0.254:{TRACKER_PORT}").parse().unwrap();
+    let api1: SocketAddr = format!("10.200.1.254:{TRACKER_PORT}").parse().unwrap();
+    // One node comes and goes, so the list has a sequence number to
+    // watch from and no node of its own watching.
+    let mut passing = t.node(a2, "passing", &[], &["--tracker", &url0, "--no-mdns"]);
+    assert!(wait_until(Duration::from_secs(20), || tracker_peers(
+        t.ns(a1),
+        api0
+    ) == vec!["passing"]));
+    passing.stop();
+    assert!(wait_until(Duration::from_secs(10), || tracker_peers(
+        t.ns(a1),
+        api0
+    )
+    .is_empty()));
+    let (code, body) = get(t.ns(a1), api0, "/v1/peers");
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let query = format!(
+        "since={}&epoch={}&wait=20",
+        v["seq"].as_u64().unwrap(),
+        v["epoch"].as_str().unwrap()
+    );
+    assert_eq!(stats_watchers(t.ns(bh), api1), 0);
+
+    // The flood: four wait, the fifth from the same address gets 429 at once.
+    let flood: Vec<TcpStream> = (0..4).map(|_| open_watch(t.ns(a1), api0, &query)).collect();
+    assert!(
+        wait_until(Duration::from_secs(5), || stats_watchers(t.ns(bh), api1)
+            == 4),
+        "watchers: {}",
+        stats_watchers(t.ns(bh), api1)
+    );
+    let (code, body) = watch_answer(open_watch(t.ns(a1), api0, &query), Duration::from_secs(5));
+    assert_eq!(code, 429, "a fifth watch from one address: {body}");
+    // Another address is served meanwhile: a short watch ends unchanged,
+    // and the other routes answer.
+    let (code, body) = watch_answer(
+        open_watch(t.ns(bh), api1, &query.replace("wait=20", "wait=0.5")),
+        Duration::from_secs(5),
+    );
+    assert!(
+        code == 200 && body.contains("\"changed\":false"),
+        "{code} {body}"
+    );
+    assert_eq!(get(t.ns(bh), api1, "/v1/health").0, 200);
+    // The total: two more wait, the seventh gets 503.
+    let others = vec![
+        open_watch(t.ns(bh), api1, &query),
+        open_watch(t.ns(a2), api0, &query),
+    ];
+    assert!(wait_until(Duration::from_secs(5), || stats_watchers(
+        t.ns(bh),
+        api1
+    ) == 6));
+    let (code, body) = watch_answer(open_watch(t.ns(a2), api0, &query), Duration::from_secs(5));
+    assert_eq!(code, 503, "a watch past the total: {body}");
+
+    // The flooder goes away: its places are free at once, not after 20 s.
+    drop(flood);
+    assert!(
+        wait_until(Duration::from_secs(3), || stats_watchers(t.ns(bh), api1)
+            == 2),
+        "watchers after the flood closed: {}",
+        stats_watchers(t.ns(bh), api1)
+    );
+    // A change answers those still waiting.
+    let _late = t.node(a1, "late", &[], &["--tracker", &url0, "--no-mdns"]);
+    for s in others {
+        let (code, body) = watch_answer(s, Duration::from_secs(10));
+        assert!(
+            code == 200 && body.contains("\"changed\":true"),
+            "{code} {body}"
+        );
+    }
 }

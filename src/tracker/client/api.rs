@@ -10,12 +10,18 @@ use serde::Serialize;
 
 use super::REQUEST_TIMEOUT;
 use crate::identity::Identity;
+use crate::tracker::proto::MAX_WATCH_SECS;
 use crate::tracker::proto::{
     AnnounceResponse, ErrorBody, FullAnnounce, HeartbeatRequest, HeartbeatResponse, PatchAnnounce,
     PeersQuery, PeersResponse, RegisterRequest, RegisterResponse, SearchQuery, SearchResponse,
-    Stats,
+    Stats, WatchQuery, WatchResponse,
 };
 use crate::tracker::sign::{SIG_HEADER, sign_now};
+
+/// Largest answer to a watch that is read (the real ones are ~40 bytes).
+pub const MAX_WATCH_ANSWER: usize = 4096;
+/// Time a watch may take beyond the wait it asked for.
+const WATCH_SLACK: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -224,6 +230,58 @@ impl Api {
         }
         let rb = self.http.get(url.clone());
         self.send(url.to_string(), rb).await
+    }
+
+    /// Waits (at most `q.wait` seconds, and a few more for the network)
+    /// until the tracker says the peer list changed after `q.since`. The
+    /// answer is read up to [`MAX_WATCH_ANSWER`] bytes: a few dozen are due.
+    pub async fn watch(&self, q: &WatchQuery) -> Result<WatchResponse, ClientError> {
+        let mut url = self.parse_url("/v1/watch")?;
+        {
+            let mut pairs = url.query_pairs_mut();
+            pairs.append_pair("since", &q.since.to_string());
+            if let Some(e) = &q.epoch {
+                pairs.append_pair("epoch", e);
+            }
+            if let Some(tag) = &q.swarm {
+                pairs.append_pair("swarm", tag);
+            }
+            if let Some(w) = q.wait {
+                pairs.append_pair("wait", &format!("{w:.3}"));
+            }
+        }
+        let wait =
+            Duration::from_secs_f64(q.wait.unwrap_or(MAX_WATCH_SECS).clamp(0.0, MAX_WATCH_SECS));
+        let rb = self.http.get(url.clone()).timeout(wait + WATCH_SLACK);
+        let unreachable = |source| ClientError::Unreachable {
+            url: url.to_string(),
+            source,
+        };
+        let mut resp = rb.send().await.map_err(unreachable)?;
+        let status = resp.status();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(unreachable)? {
+            if bytes.len() + chunk.len() > MAX_WATCH_ANSWER {
+                return Err(ClientError::BadAnswer {
+                    url: url.to_string(),
+                    message: format!("a watch answer over {MAX_WATCH_ANSWER} bytes"),
+                });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        if !status.is_success() {
+            let body: Option<ErrorBody> = serde_json::from_slice(&bytes).ok();
+            return Err(ClientError::Status {
+                url: url.to_string(),
+                status: status.as_u16(),
+                message: body.map(|b| b.error).unwrap_or_default(),
+                stored_digest: None,
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::BadAnswer {
+            url: url.to_string(),
+            message: e.to_string(),
+        })
     }
 
     pub async fn search(&self, q: &SearchQuery) -> Result<SearchResponse, ClientError> {

@@ -18,8 +18,10 @@ use crate::peer::dial::{DialError, Dialer};
 use crate::tracker::proto::{MAX_ADDRS, PeerInfo, PeersQuery, check_node_name};
 
 impl Follower {
-    /// Reads what changed in the tracker's peer list since the last poll.
-    pub(super) async fn poll_peers(&mut self) -> Result<(), ClientError> {
+    /// Reads what changed in the tracker's peer list since the last poll;
+    /// returns the ids of the peers listed as new or changed.
+    pub(super) async fn poll_peers(&mut self) -> Result<Vec<NodeId>, ClientError> {
+        let mut fresh = Vec::new();
         for _ in 0..MAX_PAGES {
             let resp = self
                 .api
@@ -52,6 +54,9 @@ impl Follower {
                     continue;
                 }
                 if self.peers.len() < MAX_PEERS || self.peers.contains_key(&p.id) {
+                    if fresh.len() < MAX_PEERS {
+                        fresh.push(p.id);
+                    }
                     self.peers.insert(p.id, p);
                 }
             }
@@ -61,16 +66,21 @@ impl Follower {
                 break;
             }
         }
-        Ok(())
+        Ok(fresh)
     }
 
     /// Tells the dictionary about every online peer with a complete
-    /// inventory at the tracker, once per address, best address last.
-    pub(super) fn merge(&self, my_addrs: &[IpAddr], interval: Duration) {
+    /// inventory at the tracker (only those in `only`, when given), once
+    /// per address, best address last.
+    pub(super) fn merge(&self, my_addrs: &[IpAddr], interval: Duration, only: Option<&[NodeId]>) {
         let Some(session) = &self.session else {
             return;
         };
-        for p in self.peers.values() {
+        let listed: Box<dyn Iterator<Item = &PeerInfo>> = match only {
+            None => Box::new(self.peers.values()),
+            Some(ids) => Box::new(ids.iter().filter_map(|id| self.peers.get(id))),
+        };
+        for p in listed {
             let Some(digest) = p.digest else {
                 continue;
             };

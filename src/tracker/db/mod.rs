@@ -10,8 +10,11 @@
 //! works.
 //!
 //! This file owns the threads and the batching; [`schema`] opens the file,
-//! [`nodes`] and [`files`] are the writer's jobs. Queries are `super::read`'s.
+//! [`nodes`] and [`files`] are the writer's jobs, [`changes`] what the
+//! writer tells long-polling watchers after each commit. Queries are
+//! `super::read`'s.
 
+mod changes;
 mod files;
 mod nodes;
 mod schema;
@@ -24,6 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::Connection;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+pub use changes::{Changes, SwarmKey, Verdict};
 pub(super) use files::{category_index, category_of};
 pub use nodes::{Registered, Swept};
 
@@ -107,6 +111,8 @@ pub struct Writer {
     conn: Connection,
     limits: Limits,
     mem: Mem,
+    /// Told after each commit that changed a listing.
+    changes: Changes,
 }
 
 type Finish = Box<dyn FnOnce(Result<(), String>) + Send>;
@@ -125,6 +131,7 @@ struct Inner {
     path: PathBuf,
     epoch: String,
     limits: Limits,
+    changes: Changes,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -164,11 +171,17 @@ impl Db {
         let (conn, epoch, mem) = schema::open_writer(path)?;
         let readers = schema::open_readers(path)?;
         let (nodes, files) = (mem.nodes, mem.files);
+        let changes =
+            Changes::load(&conn, mem.seq, mem.pruned_seq).map_err(|source| OpenError::Setup {
+                path: path.to_path_buf(),
+                source,
+            })?;
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let writer = Writer {
             conn,
             limits: limits.clone(),
             mem,
+            changes: changes.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("tracker-db-writer".into())
@@ -183,6 +196,7 @@ impl Db {
                 path: path.to_path_buf(),
                 epoch,
                 limits,
+                changes,
                 writer: Mutex::new(Some(handle)),
             }),
         })
@@ -194,6 +208,11 @@ impl Db {
 
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
+    }
+
+    /// What changed in the listings, for watchers.
+    pub fn changes(&self) -> &Changes {
+        &self.inner.changes
     }
 
     /// Runs `f` on the writer thread in its own savepoint; its changes are
@@ -346,6 +365,17 @@ impl Writer {
             tracing::error!(error = %e, "database commit failed; the batch is rolled back");
             let _ = self.conn.execute_batch("ROLLBACK");
             self.mem = before_batch;
+        }
+        let moved =
+            self.mem.seq != before_batch.seq || self.mem.pruned_seq != before_batch.pruned_seq;
+        if commit.is_ok() && moved {
+            let (m, conn) = (self.mem, &self.conn);
+            if let Err(e) = self
+                .changes
+                .committed(conn, before_batch.seq, m.seq, m.pruned_seq)
+            {
+                tracing::warn!(error = %e, "cannot tell watchers what changed; they learn it at their next poll");
+            }
         }
         for f in finishes {
             f(commit.clone());

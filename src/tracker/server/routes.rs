@@ -16,8 +16,8 @@ use crate::manifest::Category;
 use crate::tracker::db::{Caller, now_ms};
 use crate::tracker::proto::{
     AnnounceResponse, DEFAULT_PEERS_LIMIT, DEFAULT_SEARCH_LIMIT, FullAnnounce, HeartbeatRequest,
-    HeartbeatResponse, MAX_PEERS_LIMIT, MAX_QUERY, MAX_SEARCH_LIMIT, PatchAnnounce, PeersQuery,
-    RegisterRequest, RegisterResponse, SearchQuery, SearchResponse, Stats, check_addrs,
+    HeartbeatResponse, MAX_PEERS_LIMIT, MAX_QUERY, MAX_SEARCH_LIMIT, MAX_WATCH_SECS, PatchAnnounce,
+    PeersQuery, RegisterRequest, RegisterResponse, SearchQuery, SearchResponse, Stats, check_addrs,
 };
 use crate::tracker::{proto, read};
 
@@ -56,6 +56,7 @@ pub(super) async fn register(
         epoch: s.db.epoch().to_string(),
         max_files: s.db.limits().max_files_per_node.min(u32::MAX as u64) as u32,
         stored_digest: r.stored_digest,
+        watch_secs: Some(MAX_WATCH_SECS),
     };
     let status = if r.created {
         StatusCode::CREATED
@@ -295,6 +296,8 @@ pub(super) async fn stats(State(s): State<AppState>) -> Result<Json<Stats>, ApiE
         max_files: l.max_files,
         max_files_per_node: l.max_files_per_node,
         refused: s.refused.load(Ordering::Relaxed),
+        watchers: s.watchers.waiting() as u64,
+        max_watchers: s.watchers.max_total() as u64,
     }))
 }
 
