@@ -61,6 +61,16 @@ struct FeedState {
     hashing: bool,
 }
 
+impl FeedState {
+    /// The follower will advance without waiting for a worker: it is
+    /// hashing, or the chunk it hashes next is here (taken as soon as its
+    /// task runs). Between two chunks it is not hashing for a moment; a
+    /// writer that gave up then would make it read that chunk back.
+    fn follower_busy(&self) -> bool {
+        self.hashing || self.held.contains_key(&self.next)
+    }
+}
+
 impl Feed {
     pub fn new(ahead_bytes: usize) -> Feed {
         Feed {
@@ -75,8 +85,8 @@ impl Feed {
     /// it on a blocking thread). Kept for the follower when it is the next
     /// chunk to hash, or when it fits in the budget ahead of it; while the
     /// budget is full and the follower is hashing, waits up to `patience`
-    /// for room (the follower is the slower side: the worker waits rather
-    /// than make it read the chunk back). Returns the buffer the worker
+    /// for room while the follower has work (the follower is the slower
+    /// side: the worker waits rather than make it read the chunk back). Returns the buffer the worker
     /// reads its next chunk into: a spare one (or a new one) when `data`
     /// was kept, else `data` itself.
     pub fn offer(&self, index: u32, data: Vec<u8>, patience: Duration) -> Vec<u8> {
@@ -91,7 +101,7 @@ impl Feed {
                 break ahead;
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            if !s.hashing || left.is_zero() {
+            if !s.follower_busy() || left.is_zero() {
                 return data;
             }
             s = self.room.wait_timeout(s, left).expect("feed lock").0;
@@ -326,6 +336,24 @@ mod tests {
         feed.advance(1, Some(got));
         assert_eq!(feed.held(), (0, 0), "the stale copy is dropped");
         assert_eq!(put(&feed, 0, chunk(9)), chunk(9), "already hashed");
+    }
+
+    #[test]
+    fn a_full_feed_waits_while_the_next_chunk_is_due() {
+        // Between two chunks the follower is not hashing, but the next one
+        // is here: it will advance, so a writer waits rather than make it
+        // read the chunk back from disk.
+        let feed = Arc::new(Feed::new(100));
+        assert!(put(&feed, 1, chunk(1)).is_empty());
+        assert!(put(&feed, 0, chunk(0)).is_empty());
+        let f = feed.clone();
+        let waiting = std::thread::spawn(move || f.offer(2, chunk(2), Duration::from_secs(30)));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!waiting.is_finished(), "it waits while chunk 0 is due");
+        let got = feed.take(0).unwrap();
+        feed.advance(1, Some(got));
+        assert_eq!(waiting.join().unwrap(), chunk(0), "kept; the spare back");
+        assert_eq!(feed.held(), (2, 100));
     }
 
     #[test]
