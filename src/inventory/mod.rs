@@ -37,7 +37,10 @@ pub struct Inventory {
 
 impl Inventory {
     pub fn new(mut entries: Vec<InventoryEntry>) -> Self {
-        entries.sort_by_key(|e| e.id);
+        // Most come sorted (a publish, a pull): then no sort's scratch.
+        if !entries.is_sorted_by_key(|e| e.id) {
+            entries.sort_by_key(|e| e.id);
+        }
         // Hashed as it is encoded, 64 KiB at a time: the encoding is
         // never held whole.
         let mut hasher = blake3::Hasher::new();
