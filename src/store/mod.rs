@@ -329,8 +329,15 @@ impl Store {
                 chunks: ChunkSet::Partial(have),
             });
         }
-        // Stable: the first of each id stays first.
-        entries.sort_by_key(|e| e.id);
+        // The first of each id stays first: a complete file, then an empty
+        // folder (its name ends in `/`), then a partial download. In place:
+        // a stable sort would take a scratch copy of half the list.
+        let rank = |e: &InventoryEntry| match (&e.chunks, e.name.ends_with('/')) {
+            (ChunkSet::Partial(_), _) => 2u8,
+            (ChunkSet::Full, true) => 1,
+            (ChunkSet::Full, false) => 0,
+        };
+        entries.sort_unstable_by(|a, b| a.id.cmp(&b.id).then(rank(a).cmp(&rank(b))));
         entries.dedup_by_key(|e| e.id);
         self.published.publish(Inventory::new(entries));
     }
