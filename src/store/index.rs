@@ -377,11 +377,12 @@ impl IndexState {
         let mut changed = walk.empty_dirs != self.empty_dirs;
         self.empty_dirs = walk.empty_dirs;
         let before = self.files.len();
-        {
-            let present: std::collections::HashSet<&Path> =
-                walk.files.iter().map(|f| f.path.as_path()).collect();
-            self.files.retain(|r| present.contains(r.path()));
-        }
+        // The walk's files are sorted by path: no set of them is built.
+        self.files.retain(|r| {
+            walk.files
+                .binary_search_by(|f| f.path.as_path().cmp(r.path()))
+                .is_ok()
+        });
         changed |= self.files.len() != before;
         let mut to_hash = Vec::new();
         for f in walk.files {
