@@ -379,7 +379,7 @@ async fn stream_ls(
     query: Option<&str>,
     category: Option<Category>,
 ) -> Result<(), ControlError> {
-    let mut rows = service.ls_rows(query, category).into_iter();
+    let mut rows = service.ls_rows(query, category);
     let mut sent = 0u64;
     loop {
         let page = service.ls_views(rows.by_ref().take(LS_PAGE_ROWS));

@@ -8,7 +8,28 @@ use std::process::ExitCode;
 use clap::Parser;
 use lanshare::cli::Cli;
 
+/// Requests from this size on get their own mapping from glibc's malloc.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MMAP_THRESHOLD: libc::c_int = 2 << 20;
+
+/// Fixes glibc's mmap threshold (see docs/architecture.md, "Memory"):
+/// by default it rises after each large block freed, up to 32 MiB, and
+/// large transient lists (the order of `ls` rows, an inventory being
+/// rebuilt) then come from the heap, where what they leave behind stays
+/// resident. Fixed, every list of 2 MiB and more is a mapping of its own,
+/// grown without a copy and returned to the system when freed; the 1 MiB
+/// chunk buffers of transfers stay below it.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a tunable of the allocator; it is called
+    // before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    }
+}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     if !matches!(cli.command, lanshare::cli::Command::Up(_)) {
         // A client whose output is cut (`lanshare ls | head`) ends quietly,

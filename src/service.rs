@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{ContentView, FetchEvent, NodeStatus, PeerView};
 use crate::config::NodeConfig;
-use crate::dict::{Dict, LsRow};
+use crate::dict::{Dict, LsRow, LsRows};
 use crate::fetch::{FetchCtx, FetchLocks, FolderJob, FolderWant, Want};
 use crate::id::{ContentId, NodeId};
 use crate::logs::TransferLog;
@@ -173,7 +173,7 @@ impl Service {
     /// category, a row per top-level folder, sorted by name (a folder just
     /// before its files). The views are built by [`Service::ls_views`], a
     /// page at a time.
-    pub fn ls_rows(&self, query: Option<&str>, category: Option<Category>) -> Vec<LsRow> {
+    pub fn ls_rows(&self, query: Option<&str>, category: Option<Category>) -> LsRows {
         self.dict.ls_rows(query, category)
     }
 

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 pub use contents::{Content, Contents, Held, PullBudget, Refusal, entry_cost};
 pub use peer::{Peer, PeerAddr};
 pub use peers::{Hello, Peers, ProvenPeer};
-pub use views::{FolderListing, Holder, Listed, LsRow};
+pub use views::{FolderListing, Holder, Listed, LsRow, LsRows};
 
 use tokio_util::sync::CancellationToken;
 
@@ -418,6 +418,50 @@ mod tests {
             d.folder_listing("holi").files.is_empty(),
             "a folder is a whole component"
         );
+    }
+
+    /// `ls` rows come sorted by lower-case name, then id, each folder row
+    /// just before the files that sort after it; an offline peer's
+    /// contents and empty-folder entries make no row; the count is known
+    /// before the rows are taken.
+    #[test]
+    fn ls_rows_are_in_name_order_with_folders_before_their_files() {
+        let d = Dict::new();
+        let secs = Duration::from_secs(5);
+        let (a, b) = (NodeId([1; 16]), NodeId([2; 16]));
+        observe(&d, a, "a", addr(1), FoundVia::Multicast, secs, [1; 16], 7);
+        observe(&d, b, "b", addr(2), FoundVia::Multicast, secs, [2; 16], 1);
+        let full = ChunkSet::Full;
+        d.set_inventory(
+            a,
+            inv(vec![
+                entry(1, "b.txt", full.clone()),
+                entry(2, "Music/song.ogg", full.clone()),
+                entry(7, "Music/song.ogg", full.clone()),
+                entry(3, "A.txt", full.clone()),
+                entry(4, "a.txt", full.clone()),
+                entry(5, "ÄLTER.txt", full.clone()),
+                crate::wire::folder_entry("music/empty"),
+            ]),
+        );
+        d.set_inventory(b, inv(vec![entry(6, "zzz.txt", full.clone())]));
+        d.set_offline(b);
+        let rows = d.ls_rows(None, None);
+        assert_eq!(rows.len(), 7);
+        let got: Vec<String> = rows
+            .map(|r| match r {
+                LsRow::Content(id) => format!("{}", id.0[0]),
+                LsRow::Folder(v) => format!("{}/ {} {}", v.name, v.files, v.size >> 20),
+            })
+            .collect();
+        // "a.txt" twice (ids 3 and 4, by id), then "b.txt", the folder
+        // "Music" before its files (one path, counted once), then
+        // "älter.txt" (after ASCII).
+        assert_eq!(got, ["3", "4", "1", "Music/ 1 3", "2", "7", "5"]);
+        let ids: Vec<u8> = d.list(None, None).iter().map(|id| id.0[0]).collect();
+        assert_eq!(ids, [3, 4, 1, 2, 7, 5]);
+        // With a category: no folder rows.
+        assert_eq!(d.ls_rows(None, Some(Category::Audio)).len(), 2);
     }
 
     /// A private swarm's mDNS record carries a random label, not the

@@ -4,7 +4,7 @@
 //! ([`FolderListing`]), and the views `ls` and `peers` show (a row per
 //! content, and one per top-level folder). Read-only.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
@@ -45,6 +45,69 @@ pub enum LsRow {
     Content(ContentId),
     Folder(Box<ContentView>),
 }
+
+/// A file inside a top-level folder ([`Dict::folder_views`]).
+struct FolderFile {
+    /// Its folder, an index into [`FolderFiles::tops`].
+    top: u32,
+    /// Its path, in [`FolderFiles::paths`].
+    path: std::ops::Range<usize>,
+    id: ContentId,
+    size: u64,
+}
+
+/// Every file inside a top-level folder, with the folders' names.
+struct FolderFiles {
+    tops: Vec<String>,
+    paths: String,
+    files: Vec<FolderFile>,
+}
+
+/// A content and where its sort key lies in [`SortedContents::keys`].
+#[derive(Debug)]
+struct Keyed {
+    key: std::ops::Range<usize>,
+    id: ContentId,
+}
+
+/// Contents in `ls` order, with their sort keys.
+struct SortedContents {
+    /// Every content's key (its first name, lower case), one after another.
+    keys: String,
+    order: Vec<Keyed>,
+}
+
+/// The rows of `ls`, in order ([`Dict::ls_rows`]): the contents' order,
+/// held compactly (an id and a key's place per content), merged with the
+/// folder rows as they are taken.
+pub struct LsRows {
+    keys: String,
+    contents: std::vec::IntoIter<Keyed>,
+    folders: std::iter::Peekable<std::vec::IntoIter<(String, ContentView)>>,
+}
+
+impl Iterator for LsRows {
+    type Item = LsRow;
+
+    fn next(&mut self) -> Option<LsRow> {
+        let Some(next) = self.contents.as_slice().first() else {
+            return self.folders.next().map(|(_, v)| LsRow::Folder(Box::new(v)));
+        };
+        // A folder just before the contents that sort after it.
+        let key = &self.keys[next.key.clone()];
+        if let Some((_, v)) = self.folders.next_if(|(fkey, _)| fkey.as_str() <= key) {
+            return Some(LsRow::Folder(Box::new(v)));
+        }
+        self.contents.next().map(|k| LsRow::Content(k.id))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.contents.len() + self.folders.len();
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for LsRows {}
 
 /// A peer that holds (part of) a content, as the fetcher needs it.
 #[derive(Clone, Debug)]
@@ -141,32 +204,45 @@ impl Dict {
     /// Every content with at least one online holder, filtered, sorted by
     /// name.
     pub fn list(&self, query: Option<&str>, category: Option<Category>) -> Vec<ContentId> {
-        self.list_keyed(query, category)
-            .into_iter()
-            .map(|(_, id)| id)
+        self.sorted_contents(query, category)
+            .order
+            .iter()
+            .map(|k| k.id)
             .collect()
     }
 
     /// [`Dict::list`] with each content's sort key (its first name, lower
-    /// case).
-    fn list_keyed(
-        &self,
-        query: Option<&str>,
-        category: Option<Category>,
-    ) -> Vec<(String, ContentId)> {
-        let mut ids: Vec<(String, ContentId)> = self.contents.map_all(|id, c| {
+    /// case), compactly: the keys one after another in one string, each
+    /// content with its key's place in it. Sorted in place: no copy of
+    /// the list is made while sorting.
+    fn sorted_contents(&self, query: Option<&str>, category: Option<Category>) -> SortedContents {
+        let mut keys = String::new();
+        let mut order: Vec<Keyed> = self.contents.map_all(|id, c| {
             // Empty-folder entries show in their folder's row only.
             if c.names.iter().all(|n| n.ends_with('/')) {
                 return None;
             }
             let wanted = category.is_none_or(|cat| c.category == cat)
                 && query.is_none_or(|q| resolve::matches_filter(q, id, c.names.iter()));
-            let name = c.names.first().unwrap_or_default();
-            wanted.then(|| (name.to_lowercase(), *id))
+            if !wanted {
+                return None;
+            }
+            let start = keys.len();
+            keys.push_str(&c.names.first().unwrap_or_default().to_lowercase());
+            Some(Keyed {
+                key: start..keys.len(),
+                id: *id,
+            })
         });
-        ids.sort();
-        ids.retain(|(_, id)| !self.holders(id).is_empty());
-        ids
+        keys.shrink_to_fit();
+        order.sort_unstable_by(|a, b| {
+            keys[a.key.clone()]
+                .cmp(&keys[b.key.clone()])
+                .then(a.id.cmp(&b.id))
+        });
+        order.retain(|k| !self.holders(&k.id).is_empty());
+        order.shrink_to_fit();
+        SortedContents { keys, order }
     }
 
     /// The rows of `ls`, in order, without building the contents' views:
@@ -174,7 +250,7 @@ impl Dict {
     /// per top-level folder ([`Dict::folder_views`]), sorted by name (lower
     /// case), a folder just before its files. [`Dict::ls_views`] builds
     /// the views of a few rows at a time.
-    pub fn ls_rows(&self, query: Option<&str>, category: Option<Category>) -> Vec<LsRow> {
+    pub fn ls_rows(&self, query: Option<&str>, category: Option<Category>) -> LsRows {
         // The folders first: their transient map is gone before the
         // contents' keys are made.
         let mut folders: Vec<(String, ContentView)> = match category {
@@ -187,17 +263,12 @@ impl Dict {
         };
         // Stable: folders of the same key keep their order.
         folders.sort_by(|a, b| a.0.cmp(&b.0));
-        let contents = self.list_keyed(query, category);
-        let mut rows = Vec::with_capacity(contents.len() + folders.len());
-        let mut folders = folders.into_iter().peekable();
-        for (key, id) in contents {
-            while let Some((_, v)) = folders.next_if(|(fkey, _)| *fkey <= key) {
-                rows.push(LsRow::Folder(Box::new(v)));
-            }
-            rows.push(LsRow::Content(id));
+        let SortedContents { keys, order } = self.sorted_contents(query, category);
+        LsRows {
+            keys,
+            contents: order.into_iter(),
+            folders: folders.into_iter().peekable(),
         }
-        rows.extend(folders.map(|(_, v)| LsRow::Folder(Box::new(v))));
-        rows
     }
 
     /// The views of `rows` (a page of [`Dict::ls_rows`]); `local` says
@@ -219,44 +290,77 @@ impl Dict {
     /// One row per top-level folder (the first component of a path with
     /// several) with at least one online holder: its file count, total
     /// size, and each holder's share of it. `query` filters by folder name
-    /// (a case-insensitive substring).
+    /// (a case-insensitive substring). A path listed for several contents
+    /// counts once, for the smallest content id.
     pub fn folder_views(&self, query: Option<&str>) -> Vec<ContentView> {
-        // folder -> file path -> (content id, size)
-        let mut folders: BTreeMap<String, BTreeMap<String, (ContentId, u64)>> = BTreeMap::new();
-        // One pass, copying only the paths inside folders.
-        self.contents.map_all(|id, c| {
-            for n in c.names.iter() {
-                let Some(top) = resolve::folders_of(n).next() else {
-                    continue;
-                };
-                if !folders.contains_key(top) {
-                    folders.insert(top.to_string(), BTreeMap::new());
-                }
-                let files = folders.get_mut(top).expect("inserted above");
-                if !n.ends_with('/') && !files.contains_key(n) {
-                    files.insert(n.to_string(), (*id, c.size));
-                }
-            }
-            None::<()>
+        let FolderFiles {
+            tops,
+            paths,
+            mut files,
+        } = self.folder_files(query);
+        // By folder name, then path, then id: each path's first is kept.
+        files.sort_unstable_by(|a, b| {
+            tops[a.top as usize]
+                .cmp(&tops[b.top as usize])
+                .then_with(|| paths[a.path.clone()].cmp(&paths[b.path.clone()]))
+                .then(a.id.cmp(&b.id))
         });
-        let q = query.map(str::to_lowercase);
-        folders
-            .into_iter()
-            .filter(|(f, _)| q.as_ref().is_none_or(|q| f.to_lowercase().contains(q)))
-            .filter_map(|(folder, files)| self.folder_view(folder, &files))
+        files.dedup_by(|b, a| a.top == b.top && paths[a.path.clone()] == paths[b.path.clone()]);
+        drop(paths);
+        files
+            .chunk_by(|a, b| a.top == b.top)
+            .filter_map(|run| self.folder_view(tops[run[0].top as usize].clone(), run))
             .collect()
     }
 
-    /// The row of `folder`, whose files are `files` (path -> content).
-    fn folder_view(
-        &self,
-        folder: String,
-        files: &BTreeMap<String, (ContentId, u64)>,
-    ) -> Option<ContentView> {
-        let ids: BTreeMap<ContentId, u64> = files.values().copied().collect();
+    /// Every file path inside a top-level folder (whose name matches
+    /// `query`), compactly: the paths one after another in one string.
+    fn folder_files(&self, query: Option<&str>) -> FolderFiles {
+        let q = query.map(str::to_lowercase);
+        let mut tops: Vec<String> = Vec::new();
+        let mut top_index: HashMap<String, u32> = HashMap::new();
+        let mut paths = String::new();
+        let mut files: Vec<FolderFile> = Vec::new();
+        // One pass, copying only the paths inside folders.
+        self.contents.map_all(|id, c| {
+            for n in c.names.iter().filter(|n| !n.ends_with('/')) {
+                let Some(top) = resolve::folders_of(n).next() else {
+                    continue;
+                };
+                let top = match top_index.get(top) {
+                    Some(i) => *i,
+                    None => {
+                        if q.as_ref().is_some_and(|q| !top.to_lowercase().contains(q)) {
+                            continue;
+                        }
+                        let i = tops.len() as u32;
+                        tops.push(top.to_string());
+                        top_index.insert(top.to_string(), i);
+                        i
+                    }
+                };
+                let start = paths.len();
+                paths.push_str(n);
+                files.push(FolderFile {
+                    top,
+                    path: start..paths.len(),
+                    id: *id,
+                    size: c.size,
+                });
+            }
+            None::<()>
+        });
+        FolderFiles { tops, paths, files }
+    }
+
+    /// The row of `folder`, whose files are `files` (a content per path).
+    fn folder_view(&self, folder: String, files: &[FolderFile]) -> Option<ContentView> {
+        let mut ids: Vec<(ContentId, u64)> = files.iter().map(|f| (f.id, f.size)).collect();
+        ids.sort_unstable();
+        ids.dedup_by_key(|(id, _)| *id);
         let total: u32 = ids
-            .values()
-            .map(|size| Manifest::chunk_count_for(*size, CHUNK_SIZE) as u32)
+            .iter()
+            .map(|(_, size)| Manifest::chunk_count_for(*size, CHUNK_SIZE) as u32)
             .sum();
         // holder -> (view, contents held complete)
         let mut by_holder: HashMap<NodeId, (HolderView, usize)> = HashMap::new();
@@ -291,7 +395,7 @@ impl Dict {
             id: String::new(),
             names: vec![folder.clone()],
             name: folder,
-            size: files.values().map(|(_, size)| size).sum(),
+            size: files.iter().map(|f| f.size).sum(),
             category: Category::Other,
             comment: String::new(),
             complete,

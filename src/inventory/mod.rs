@@ -37,10 +37,19 @@ pub struct Inventory {
 
 impl Inventory {
     pub fn new(mut entries: Vec<InventoryEntry>) -> Self {
-        entries.sort_by_key(|e| e.id);
-        let bytes = postcard::to_allocvec(&entries).expect("encoding into a Vec cannot fail");
+        // Most come sorted (a publish, a pull): then no sort's scratch.
+        if !entries.is_sorted_by_key(|e| e.id) {
+            entries.sort_by_key(|e| e.id);
+        }
+        // Hashed as it is encoded, 64 KiB at a time: the encoding is
+        // never held whole.
+        let mut hasher = blake3::Hasher::new();
+        let mut w = std::io::BufWriter::with_capacity(1 << 16, &mut hasher);
+        postcard::to_io(&entries, &mut w).expect("encoding into a hasher cannot fail");
+        std::io::Write::flush(&mut w).expect("a hasher takes every byte");
+        drop(w);
         let mut digest = [0u8; 16];
-        digest.copy_from_slice(&blake3::hash(&bytes).as_bytes()[..16]);
+        digest.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
         Inventory {
             entries: Arc::new(entries),
             digest,

@@ -57,10 +57,11 @@ impl Scanner {
     ) -> Option<crate::fswatch::FsWatch> {
         let store = self.store.clone();
         let scan = tokio::task::spawn_blocking(move || {
+            // A scan that changed anything has published its result.
             let changed = store.rescan_blocking();
             // Partial downloads change without a file changing: republish
             // their progress (a no-op when nothing changed).
-            if changed || store.has_partials() {
+            if !changed && store.has_partials() {
                 store.publish();
             }
             if let Some(w) = &mut watch {

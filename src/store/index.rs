@@ -5,7 +5,7 @@
 //! share root ([`RootNaming`], [`inventory_name`]), and the empty folders
 //! a walk finds. Never takes a path from the network.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -239,7 +239,7 @@ struct CacheFileRef<'a> {
 }
 
 /// Every indexed file as a `CacheRecord`, encoded one at a time.
-struct CacheRecords<'a>(&'a HashMap<PathBuf, Record>);
+struct CacheRecords<'a>(&'a HashSet<Record>);
 
 #[derive(Serialize)]
 struct CacheRecordRef<'a> {
@@ -252,8 +252,8 @@ struct CacheRecordRef<'a> {
 
 impl Serialize for CacheRecords<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(|(path, r)| CacheRecordRef {
-            path: path.as_os_str().as_bytes(),
+        s.collect_seq(self.0.iter().map(|r| CacheRecordRef {
+            path: r.content.path.as_os_str().as_bytes(),
             size: r.content.size,
             mtime_ns: r.content.mtime_ns,
             manifest: &r.content.manifest,
@@ -269,17 +269,43 @@ mod serde_bytes_ref {
     }
 }
 
-/// An indexed file (its path is the key it is filed under; its size and
-/// mtime are its content's).
+/// An indexed file, filed under its content's path (the path is kept
+/// once); its size and mtime are its content's.
 struct Record {
     root: Arc<ShareRoot>,
     content: Arc<LocalContent>,
 }
 
+impl Record {
+    fn path(&self) -> &Path {
+        &self.content.path
+    }
+}
+
+impl std::hash::Hash for Record {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.path().hash(state)
+    }
+}
+
+impl PartialEq for Record {
+    fn eq(&self, other: &Self) -> bool {
+        self.path() == other.path()
+    }
+}
+
+impl Eq for Record {}
+
+impl std::borrow::Borrow<Path> for Record {
+    fn borrow(&self) -> &Path {
+        self.path()
+    }
+}
+
 /// Index state: every indexed file by path, and contents by id.
 #[derive(Default)]
 pub struct IndexState {
-    files: HashMap<PathBuf, Record>,
+    files: HashSet<Record>,
     by_id: HashMap<ContentId, Arc<LocalContent>>,
     /// Manifests loaded from the cache, not yet matched to a walked file.
     cached: HashMap<PathBuf, CacheRecord>,
@@ -287,7 +313,8 @@ pub struct IndexState {
     empty_dirs: BTreeSet<String>,
 }
 
-fn content_for(file: &FoundFile, manifest: Arc<Manifest>) -> Arc<LocalContent> {
+/// The content of `file`, which gives it its path.
+fn content_for(file: FoundFile, manifest: Arc<Manifest>) -> Arc<LocalContent> {
     let name = inventory_name(&file.path, &file.root);
     let file_name = name.rsplit('/').next().unwrap_or_default();
     Arc::new(LocalContent {
@@ -299,7 +326,7 @@ fn content_for(file: &FoundFile, manifest: Arc<Manifest>) -> Arc<LocalContent> {
         comment: file.root.comment.clone(),
         name,
         manifest,
-        path: file.path.clone(),
+        path: file.path,
         size: file.size,
         mtime_ns: file.mtime_ns,
     })
@@ -350,19 +377,20 @@ impl IndexState {
         let mut changed = walk.empty_dirs != self.empty_dirs;
         self.empty_dirs = walk.empty_dirs;
         let before = self.files.len();
-        {
-            let present: std::collections::HashSet<&Path> =
-                walk.files.iter().map(|f| f.path.as_path()).collect();
-            self.files.retain(|p, _| present.contains(p.as_path()));
-        }
+        // The walk's files are sorted by path: no set of them is built.
+        self.files.retain(|r| {
+            walk.files
+                .binary_search_by(|f| f.path.as_path().cmp(r.path()))
+                .is_ok()
+        });
         changed |= self.files.len() != before;
         let mut to_hash = Vec::new();
         for f in walk.files {
-            match self.files.get_mut(&f.path) {
+            match self.files.get(f.path.as_path()) {
                 Some(r) if r.content.size == f.size && r.content.mtime_ns == f.mtime_ns => {
                     if r.root != f.root {
-                        r.content = content_for(&f, r.content.manifest.clone());
-                        r.root = f.root;
+                        let manifest = r.content.manifest.clone();
+                        self.file_away(f, manifest);
                         changed = true;
                     }
                 }
@@ -376,7 +404,7 @@ impl IndexState {
                         changed = true;
                         continue;
                     }
-                    if self.files.remove(&f.path).is_some() {
+                    if self.files.remove(f.path.as_path()) {
                         changed = true;
                     }
                     to_hash.push(f);
@@ -389,30 +417,33 @@ impl IndexState {
         (changed, to_hash)
     }
 
-    /// Files `file` with its manifest (the id map is left to the caller);
-    /// the content it replaces, if any.
-    fn file_away(&mut self, file: FoundFile, manifest: Arc<Manifest>) -> Option<Record> {
-        let content = content_for(&file, manifest);
+    /// Files `file` with its manifest (the id map is left to the caller):
+    /// its content, and the record it replaces, if any.
+    fn file_away(
+        &mut self,
+        file: FoundFile,
+        manifest: Arc<Manifest>,
+    ) -> (Arc<LocalContent>, Option<Record>) {
+        let root = file.root.clone();
+        let content = content_for(file, manifest);
         let record = Record {
-            root: file.root,
-            content,
+            root,
+            content: content.clone(),
         };
-        self.files.insert(file.path, record)
+        (content, self.files.replace(record))
     }
 
     /// Adds (or replaces) one file. Cheap: the id map is updated in place
     /// unless the path held other content before.
     pub fn insert(&mut self, file: FoundFile, manifest: Manifest) {
-        let path = file.path.clone();
-        let old = self.file_away(file, Arc::new(manifest));
-        let content = self.files[&path].content.clone();
+        let (content, old) = self.file_away(file, Arc::new(manifest));
         if old.is_some_and(|o| o.content.id != content.id) {
             self.rebuild_by_id();
             return;
         }
         // Several files with one content: the smallest path names it.
         match self.by_id.get(&content.id) {
-            Some(existing) if existing.path < path => {}
+            Some(existing) if existing.path < content.path => {}
             _ => {
                 self.by_id.insert(content.id, content);
             }
@@ -421,10 +452,10 @@ impl IndexState {
 
     fn rebuild_by_id(&mut self) {
         self.by_id.clear();
-        let mut records: Vec<(&PathBuf, &Record)> = self.files.iter().collect();
+        let mut records: Vec<&Record> = self.files.iter().collect();
         // Deterministic choice of name when several files hold one content.
-        records.sort_by(|a, b| a.0.cmp(b.0));
-        for (_, r) in records {
+        records.sort_by(|a, b| a.path().cmp(b.path()));
+        for r in records {
             self.by_id
                 .entry(r.content.id)
                 .or_insert_with(|| r.content.clone());
@@ -440,7 +471,7 @@ impl IndexState {
     /// Forgets the file at `path` (gone or changed on disk); whether it
     /// was indexed.
     pub fn forget(&mut self, path: &Path) -> bool {
-        let gone = self.files.remove(path).is_some();
+        let gone = self.files.remove(path);
         if gone {
             self.rebuild_by_id();
         }

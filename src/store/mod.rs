@@ -225,23 +225,44 @@ impl Store {
         if changed {
             self.publish();
         }
-        let mut last_publish = std::time::Instant::now();
         // A large file modified in the last moments is probably still
         // being written (a copy in progress): hash it once it has settled,
         // rather than again and again. Small ones cost nothing to redo.
         let (to_hash, unsettled) = split_settled(to_hash, SystemTime::now());
         self.unsettled
             .store(!unsettled.is_empty(), std::sync::atomic::Ordering::Relaxed);
-        let queued = to_hash.len();
-        for (n, file) in to_hash.into_iter().enumerate() {
+        changed |= self.hash_and_file(to_hash);
+        *self.hashing.lock().expect("hashing lock") = None;
+        if changed {
+            // Offer the result before writing the cache, which takes a
+            // while for a huge share.
+            self.publish();
+            let idx = self.index.lock().expect("index lock");
+            if let Err(e) = idx.save(&self.home.index_cache()) {
+                tracing::warn!(error = %e, "cannot write the index cache; files will be hashed again next start");
+            }
+        }
+        changed
+    }
+
+    /// Hashes `to_hash` in order and files each into the index,
+    /// publishing at most once a second; whether any was filed. The list
+    /// is taken from its end and shrunk before each publish, so the files
+    /// already filed are not held twice.
+    fn hash_and_file(&self, mut to_hash: Vec<index::FoundFile>) -> bool {
+        let mut changed = false;
+        let mut last_publish = std::time::Instant::now();
+        to_hash.reverse();
+        while let Some(file) = to_hash.pop() {
             let started = std::time::Instant::now();
             let (path, size) = (file.path.display().to_string(), file.size);
+            let left = to_hash.len();
             let hashing = |done| {
                 Some(Hashing {
                     path: path.clone(),
                     size,
                     done,
-                    queued: queued - n - 1,
+                    queued: left,
                 })
             };
             *self.hashing.lock().expect("hashing lock") = hashing(0);
@@ -260,6 +281,7 @@ impl Store {
                         .insert(file, manifest);
                     changed = true;
                     if last_publish.elapsed() >= Duration::from_secs(1) {
+                        to_hash.shrink_to_fit();
                         self.publish();
                         last_publish = std::time::Instant::now();
                     }
@@ -267,16 +289,6 @@ impl Store {
                 Err(e) => {
                     tracing::warn!(path = %file.path.display(), error = %e, "cannot index file; skipping it")
                 }
-            }
-        }
-        *self.hashing.lock().expect("hashing lock") = None;
-        if changed {
-            // Offer the result before writing the cache, which takes a
-            // while for a huge share.
-            self.publish();
-            let idx = self.index.lock().expect("index lock");
-            if let Err(e) = idx.save(&self.home.index_cache()) {
-                tracing::warn!(error = %e, "cannot write the index cache; files will be hashed again next start");
             }
         }
         changed
@@ -317,8 +329,15 @@ impl Store {
                 chunks: ChunkSet::Partial(have),
             });
         }
-        // Stable: the first of each id stays first.
-        entries.sort_by_key(|e| e.id);
+        // The first of each id stays first: a complete file, then an empty
+        // folder (its name ends in `/`), then a partial download. In place:
+        // a stable sort would take a scratch copy of half the list.
+        let rank = |e: &InventoryEntry| match (&e.chunks, e.name.ends_with('/')) {
+            (ChunkSet::Partial(_), _) => 2u8,
+            (ChunkSet::Full, true) => 1,
+            (ChunkSet::Full, false) => 0,
+        };
+        entries.sort_unstable_by(|a, b| a.id.cmp(&b.id).then(rank(a).cmp(&rank(b))));
         entries.dedup_by_key(|e| e.id);
         self.published.publish(Inventory::new(entries));
     }
@@ -525,9 +544,15 @@ fn split_settled(
     now: SystemTime,
 ) -> (Vec<index::FoundFile>, Vec<index::FoundFile>) {
     let now_ns = system_time_ns(Ok(now));
-    files.into_iter().partition(|f| {
-        f.size < SETTLE_MIN_SIZE || now_ns.saturating_sub(f.mtime_ns as u128) >= SETTLE.as_nanos()
-    })
+    let mut files = files;
+    // In place: the settled keep the walk's list, not a copy of it.
+    let unsettled = files
+        .extract_if(.., |f| {
+            f.size >= SETTLE_MIN_SIZE
+                && now_ns.saturating_sub(f.mtime_ns as u128) < SETTLE.as_nanos()
+        })
+        .collect();
+    (files, unsettled)
 }
 
 /// Modification time as nanoseconds since the epoch (0 when unknown).

@@ -3,7 +3,7 @@
 //! empty folders. Reads only metadata; never hashes, never touches the
 //! index.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::fs::Metadata;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,8 +29,9 @@ fn is_internal(name: &std::ffi::OsStr) -> bool {
     n.starts_with(b".lanshare")
 }
 
-/// What a walk found: the files, and the inventory names of the empty
-/// folders (those holding no file and no folder).
+/// What a walk found: the files, sorted by path (each once), and the
+/// inventory names of the empty folders (those holding no file and no
+/// folder).
 #[derive(Debug, Default)]
 pub struct Walk {
     pub files: Vec<FoundFile>,
@@ -69,41 +70,39 @@ pub fn walk(roots: &[ShareRoot], follow_symlinks: bool) -> Walk {
         };
         walk_dir(root, real_root.as_deref(), &mut found);
     }
+    let mut files = found.files;
+    // By path, the most specific root (the longest) first, then one of
+    // each path: sorted in place, no map of every path.
+    let root_len = |f: &FoundFile| f.root.path.as_os_str().len();
+    files.sort_unstable_by(|a, b| {
+        a.path
+            .cmp(&b.path)
+            .then_with(|| root_len(b).cmp(&root_len(a)))
+    });
+    files.dedup_by(|later, kept| later.path == kept.path);
+    files.shrink_to_fit();
     Walk {
-        files: found
-            .files
-            .into_iter()
-            .map(|(path, (size, mtime_ns, root))| FoundFile {
-                path,
-                size,
-                mtime_ns,
-                root,
-            })
-            .collect(),
+        files,
         empty_dirs: found.empty_dirs,
     }
 }
 
-/// The files a walk found so far, by path (size, mtime and root: the path
-/// is kept once), and the empty folders' names.
+/// The files a walk found so far (a path reached from several roots
+/// comes once per root), and the empty folders' names.
 #[derive(Default)]
 struct Found {
-    files: HashMap<PathBuf, (u64, u64, Arc<ShareRoot>)>,
+    files: Vec<FoundFile>,
     empty_dirs: BTreeSet<String>,
 }
 
 impl Found {
-    /// Keeps `path` under `root`, unless a more specific root (a longer
-    /// path) already has it.
     fn consider(&mut self, path: PathBuf, meta: &std::fs::Metadata, root: &Arc<ShareRoot>) {
-        let keep_old = self
-            .files
-            .get(&path)
-            .is_some_and(|(_, _, old)| old.path.as_os_str().len() >= root.path.as_os_str().len());
-        if !keep_old {
-            let file = (meta.len(), mtime_ns(meta), root.clone());
-            self.files.insert(path, file);
-        }
+        self.files.push(FoundFile {
+            path,
+            size: meta.len(),
+            mtime_ns: mtime_ns(meta),
+            root: root.clone(),
+        });
     }
 }
 
@@ -166,4 +165,50 @@ fn file_meta(
         return None;
     };
     meta.ok().filter(|m| m.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file under several roots comes once, with the most specific root
+    /// (`share shared/a --comment` wins over shared/), and the files come
+    /// sorted by path, as the index looks them up.
+    #[test]
+    fn a_file_under_several_roots_comes_once_with_the_most_specific_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        std::fs::create_dir_all(shared.join("a")).unwrap();
+        std::fs::write(shared.join("a/x.txt"), b"x").unwrap();
+        std::fs::write(shared.join("b.txt"), b"b").unwrap();
+        std::fs::write(shared.join("a/c.txt"), b"c").unwrap();
+        let inner = ShareRoot {
+            comment: "inner".into(),
+            ..ShareRoot::plain(shared.join("a"))
+        };
+        for roots in [
+            [ShareRoot::home_folder(shared.clone()), inner.clone()],
+            [inner.clone(), ShareRoot::home_folder(shared.clone())],
+        ] {
+            let w = walk(&roots, false);
+            let got: Vec<(&Path, &str)> = w
+                .files
+                .iter()
+                .map(|f| {
+                    (
+                        f.path.strip_prefix(&shared).unwrap(),
+                        f.root.comment.as_str(),
+                    )
+                })
+                .collect();
+            assert_eq!(
+                got,
+                [
+                    (Path::new("a/c.txt"), "inner"),
+                    (Path::new("a/x.txt"), "inner"),
+                    (Path::new("b.txt"), ""),
+                ]
+            );
+        }
+    }
 }
