@@ -336,6 +336,7 @@ mod tests {
         InventoryEntry {
             id: ContentId([id; 32]),
             name: name.into(),
+            more_paths: Default::default(),
             size: 3 << 20,
             category: Category::from_name(name),
             comment: String::new(),

@@ -42,9 +42,16 @@ pub struct FolderListing {
 /// only when it is sent, or a top-level folder (a few per network), whole.
 #[derive(Debug)]
 pub enum LsRow {
+    /// A content, shown by its first name.
     Content(ContentId),
+    /// A content at another of its paths (one row per path).
+    Path(ContentId, Box<str>),
     Folder(Box<ContentView>),
 }
+
+/// A content row of `ls` with its sort key (the name shown, lower case)
+/// and the name shown when it is not the content's first.
+type KeyedRow = (String, ContentId, Option<Box<str>>);
 
 /// A peer that holds (part of) a content, as the fetcher needs it.
 #[derive(Clone, Debug)]
@@ -141,32 +148,42 @@ impl Dict {
     /// Every content with at least one online holder, filtered, sorted by
     /// name.
     pub fn list(&self, query: Option<&str>, category: Option<Category>) -> Vec<ContentId> {
+        let mut seen = std::collections::HashSet::new();
         self.list_keyed(query, category)
             .into_iter()
-            .map(|(_, id)| id)
+            .filter_map(|(_, id, _)| seen.insert(id).then_some(id))
             .collect()
     }
 
-    /// [`Dict::list`] with each content's sort key (its first name, lower
-    /// case).
-    fn list_keyed(
-        &self,
-        query: Option<&str>,
-        category: Option<Category>,
-    ) -> Vec<(String, ContentId)> {
-        let mut ids: Vec<(String, ContentId)> = self.contents.map_all(|id, c| {
-            // Empty-folder entries show in their folder's row only.
-            if c.names.iter().all(|n| n.ends_with('/')) {
-                return None;
+    /// One row per path of every content with an online holder (a
+    /// content at several paths is listed at each), filtered (by the
+    /// row's path, or the content's id), with its sort key.
+    fn list_keyed(&self, query: Option<&str>, category: Option<Category>) -> Vec<KeyedRow> {
+        let mut rows: Vec<KeyedRow> = Vec::new();
+        self.contents.map_all(|id, c| {
+            if !category.is_none_or(|cat| c.category == cat) {
+                return None::<()>;
             }
-            let wanted = category.is_none_or(|cat| c.category == cat)
-                && query.is_none_or(|q| resolve::matches_filter(q, id, c.names.iter()));
-            let name = c.names.first().unwrap_or_default();
-            wanted.then(|| (name.to_lowercase(), *id))
+            let by_id = query.is_some_and(|q| resolve::matches_filter(q, id, std::iter::empty()));
+            let first = c.names.first();
+            // Empty-folder entries show in their folder's row only.
+            for n in c.names.iter().filter(|n| !n.ends_with('/')) {
+                if query.is_none_or(|q| by_id || resolve::matches_filter(q, id, std::iter::once(n)))
+                {
+                    let alt = (Some(n) != first).then(|| Box::from(n));
+                    rows.push((n.to_lowercase(), *id, alt));
+                }
+            }
+            None
         });
-        ids.sort();
-        ids.retain(|(_, id)| !self.holders(id).is_empty());
-        ids
+        rows.sort();
+        let mut held: HashMap<ContentId, bool> = HashMap::new();
+        rows.retain(|(_, id, _)| {
+            *held
+                .entry(*id)
+                .or_insert_with(|| !self.holders(id).is_empty())
+        });
+        rows
     }
 
     /// The rows of `ls`, in order, without building the contents' views:
@@ -190,11 +207,14 @@ impl Dict {
         let contents = self.list_keyed(query, category);
         let mut rows = Vec::with_capacity(contents.len() + folders.len());
         let mut folders = folders.into_iter().peekable();
-        for (key, id) in contents {
+        for (key, id, alt) in contents {
             while let Some((_, v)) = folders.next_if(|(fkey, _)| *fkey <= key) {
                 rows.push(LsRow::Folder(Box::new(v)));
             }
-            rows.push(LsRow::Content(id));
+            rows.push(match alt {
+                None => LsRow::Content(id),
+                Some(path) => LsRow::Path(id, path),
+            });
         }
         rows.extend(folders.map(|(_, v)| LsRow::Folder(Box::new(v))));
         rows
@@ -211,6 +231,10 @@ impl Dict {
         rows.into_iter()
             .filter_map(|row| match row {
                 LsRow::Content(id) => self.view(&id, local(&id)),
+                LsRow::Path(id, path) => self.view(&id, local(&id)).map(|mut v| {
+                    v.name = path.into();
+                    v
+                }),
                 LsRow::Folder(v) => Some(*v),
             })
             .collect()
@@ -312,11 +336,17 @@ impl Dict {
             let Some(inv) = self.contents.inventory(&peer.id) else {
                 continue;
             };
-            for e in inv.entries.iter() {
-                // Only names that pass as paths (wire::check_path), so
-                // every path here is relative and bounded.
-                match e.path() {
-                    Some(EntryPath::Folder(path)) => {
+            // Every path of every entry (a content at several paths is
+            // listed at each), but only those that pass as paths
+            // (wire::check_path), so every path here is relative and
+            // bounded.
+            for (e, path) in inv
+                .entries
+                .iter()
+                .flat_map(|e| e.paths().map(move |p| (e, p)))
+            {
+                match path {
+                    EntryPath::Folder(path) => {
                         if let Some(dir) = path.strip_prefix(&prefix) {
                             out.empty_dirs.insert(dir.to_string());
                             out.found = true;
@@ -324,7 +354,7 @@ impl Dict {
                         // The folder itself, shared empty.
                         out.found |= path == folder;
                     }
-                    Some(EntryPath::File(path)) => {
+                    EntryPath::File(path) => {
                         if let Some(rel) = path.strip_prefix(&prefix) {
                             out.found = true;
                             out.files.push(Listed {
@@ -335,7 +365,6 @@ impl Dict {
                             });
                         }
                     }
-                    None => {}
                 }
             }
         }

@@ -112,6 +112,7 @@ mod tests {
         InventoryEntry {
             id: ContentId([id; 32]),
             name: name.into(),
+            more_paths: Default::default(),
             size: 1,
             category: Category::Other,
             comment: String::new(),

@@ -290,13 +290,17 @@ impl Store {
         let mut entries: Vec<InventoryEntry> = {
             let index = self.index.lock().expect("index lock");
             let mut entries = Vec::with_capacity(index.contents().len());
-            entries.extend(index.contents().map(|c| InventoryEntry {
-                id: c.id,
-                name: clean_text(&c.name, MAX_FILE_NAME),
-                size: c.manifest.size,
-                category: c.category,
-                comment: clean_comment(&c.comment),
-                chunks: ChunkSet::Full,
+            entries.extend(index.contents().map(|c| {
+                let (name, more_paths) = index.names_of(c);
+                InventoryEntry {
+                    id: c.id,
+                    name: clean_text(&name, MAX_FILE_NAME),
+                    more_paths,
+                    size: c.manifest.size,
+                    category: c.category,
+                    comment: clean_comment(&c.comment),
+                    chunks: ChunkSet::Full,
+                }
             }));
             entries.extend(index.folder_entries());
             entries
@@ -311,6 +315,7 @@ impl Store {
             entries.push(InventoryEntry {
                 id: p.id,
                 name: p.name.clone(),
+                more_paths: Default::default(),
                 size: p.manifest.size,
                 category: Category::from_name(&p.name),
                 comment: String::new(),
