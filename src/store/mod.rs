@@ -312,12 +312,13 @@ impl Store {
             if have.count_ones() == 0 {
                 continue;
             }
+            let name = p.offered_name();
             entries.push(InventoryEntry {
                 id: p.id,
-                name: p.name.clone(),
+                category: Category::from_name(crate::resolve::file_name(&name)),
+                name,
                 more_paths: Default::default(),
                 size: p.manifest.size,
-                category: Category::from_name(&p.name),
                 comment: String::new(),
                 chunks: ChunkSet::Partial(have),
             });
