@@ -161,7 +161,7 @@ impl Dict {
     fn list_keyed(&self, query: Option<&str>, category: Option<Category>) -> Vec<KeyedRow> {
         let mut rows: Vec<KeyedRow> = Vec::new();
         self.contents.map_all(|id, c| {
-            if !category.is_none_or(|cat| c.category == cat) {
+            if category.is_some_and(|cat| c.category != cat) {
                 return None::<()>;
             }
             let by_id = query.is_some_and(|q| resolve::matches_filter(q, id, std::iter::empty()));

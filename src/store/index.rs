@@ -451,10 +451,13 @@ impl IndexState {
         records.sort_by(|a, b| a.0.cmp(b.0));
         for (_, r) in records {
             let id = r.content.id;
-            if self.by_id.contains_key(&id) {
-                self.more.entry(id).or_default().push(r.content.clone());
-            } else {
-                self.by_id.insert(id, r.content.clone());
+            match self.by_id.entry(id) {
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(r.content.clone());
+                }
+                std::collections::hash_map::Entry::Occupied(_) => {
+                    self.more.entry(id).or_default().push(r.content.clone());
+                }
             }
         }
     }
