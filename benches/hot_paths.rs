@@ -185,6 +185,7 @@ fn inventory(n: usize) -> Vec<InventoryEntry> {
         .map(|i| InventoryEntry {
             id: ContentId(ids[i * 32..i * 32 + 32].try_into().expect("32 bytes")),
             name: format!("holiday-photo-{i:05}.jpg"),
+            more_paths: Default::default(),
             size: 3_000_000 + i as u64 * 17,
             category: Category::Image,
             comment: if i % 10 == 0 {

@@ -196,6 +196,7 @@ mod tests {
                 InventoryEntry {
                     id: ContentId(id),
                     name: format!("file {i:06}.{ext}"),
+                    more_paths: Default::default(),
                     size: u64::from(i) * 1000,
                     category: Category::from_name(&format!("x.{ext}")),
                     comment: if i % 10 == 0 {

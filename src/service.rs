@@ -261,7 +261,9 @@ impl Service {
 
     fn local_names(&self) -> Vec<(ContentId, String)> {
         let inv = self.store.inventory();
-        inv.entries.iter().map(|e| (e.id, e.name.clone())).collect()
+        (inv.entries.iter())
+            .flat_map(|e| e.names().map(|n| (e.id, n.to_string())))
+            .collect()
     }
 
     /// A folder as a candidate of an ambiguous name: its files, size and

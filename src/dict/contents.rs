@@ -15,20 +15,27 @@ use crate::chunkset::ChunkSet;
 use crate::id::{ContentId, NodeId};
 use crate::inventory::Inventory;
 use crate::manifest::Category;
-use crate::wire::InventoryEntry;
+use crate::wire::{InventoryEntry, MAX_MORE_PATHS};
 
-/// Most names remembered per content.
-const MAX_NAMES: usize = 16;
+/// Most names remembered per content: every path of one holder's entry,
+/// and as many again from other holders.
+const MAX_NAMES: usize = 2 * (1 + MAX_MORE_PATHS);
+
+/// Memory each of an entry's other paths costs besides its text: its
+/// `String` in the inventory, its `Box<str>` in the content's names, and
+/// their allocations' headers.
+const PATH_OVERHEAD: usize = 64;
 
 /// About how much memory the dictionary spends on one peer's entry: the
-/// name and comment are kept twice (the inventory and the content's
+/// names and comment are kept twice (the inventory and the content's
 /// record), the bitmap once (shared).
 pub fn entry_cost(e: &InventoryEntry) -> usize {
     let bitmap = match &e.chunks {
         ChunkSet::Full => 0,
         ChunkSet::Partial(b) => b.as_bytes().len(),
     };
-    ENTRY_OVERHEAD + 2 * (e.name.len() + e.comment.len()) + bitmap
+    let more = 2 * e.more_paths.text_bytes() + PATH_OVERHEAD * e.more_paths.len();
+    ENTRY_OVERHEAD + 2 * (e.name.len() + e.comment.len()) + bitmap + more
 }
 
 /// Why a peer's inventory is not held: it is listed without contents.
@@ -85,6 +92,20 @@ pub type NamesIter<'a> = std::iter::Map<
 >;
 
 impl Names {
+    /// The names in `names` (any order, repeats allowed), at most
+    /// [`MAX_NAMES`] of them: the first ones in sort order.
+    fn collect<'a>(names: impl Iterator<Item = &'a str>) -> Names {
+        let mut all: Vec<&str> = names.collect();
+        all.sort_unstable();
+        all.dedup();
+        all.truncate(MAX_NAMES);
+        let mut it = all.into_iter();
+        Names {
+            first: it.next().map(Box::from),
+            more: it.map(Box::from).collect(),
+        }
+    }
+
     /// Adds `name` unless it is there already.
     fn insert(&mut self, name: &str) {
         let Some(first) = &mut self.first else {
@@ -335,7 +356,9 @@ impl Contents {
         }
     }
 
-    /// Records that `peer` holds `e`; caller holds the lock.
+    /// Records that `peer` holds `e`; caller holds the lock. The
+    /// content's names become those its holders list now (`e`'s and the
+    /// other holders'), so a path a holder stopped listing goes.
     fn hold(&self, peer: NodeId, e: &InventoryEntry) {
         let mut c = self.index.entry(e.id).or_insert_with(|| Content {
             names: Names::default(),
@@ -344,8 +367,12 @@ impl Contents {
             comment: Box::default(),
             holders: Holders::default(),
         });
-        if c.names.len() < MAX_NAMES {
+        if c.holders.is_empty() && !e.more_paths.is_empty() {
+            c.names = Names::collect(e.names());
+        } else if c.holders.is_empty() {
             c.names.insert(&e.name);
+        } else {
+            c.names = self.names_listed(&e.id, &c.holders, Some((peer, e)));
         }
         if c.comment.is_empty() && !e.comment.is_empty() {
             c.comment = e.comment.as_str().into();
@@ -353,11 +380,37 @@ impl Contents {
         c.holders.insert(peer, e.chunks.clone());
     }
 
+    /// Every name the holders of `id` list it under, `peer`'s from `own`
+    /// (its new entry) rather than from the inventory held for it. A
+    /// holder's inventory is never a `DashMap` held elsewhere here.
+    fn names_listed(
+        &self,
+        id: &ContentId,
+        holders: &Holders,
+        own: Option<(NodeId, &InventoryEntry)>,
+    ) -> Names {
+        let held: Vec<Inventory> = holders
+            .keys()
+            .filter(|h| own.is_none_or(|(p, _)| p != **h))
+            .filter_map(|h| self.inventories.get(h).map(|i| i.inv.clone()))
+            .collect();
+        let others = held.iter().filter_map(|inv| inv.get(id));
+        let entries = own.map(|(_, e)| e).into_iter().chain(others);
+        Names::collect(entries.flat_map(InventoryEntry::names))
+    }
+
     /// Records that `peer` no longer holds `id`; caller holds the lock.
+    /// The names only it listed go.
     fn release(&self, peer: NodeId, id: &ContentId) {
         let empty = match self.index.get_mut(id) {
             Some(mut c) => {
                 c.holders.remove(&peer);
+                if !c.holders.is_empty() {
+                    let names = self.names_listed(id, &c.holders, None);
+                    if !names.is_empty() {
+                        c.names = names;
+                    }
+                }
                 c.holders.is_empty()
             }
             None => false,
@@ -444,6 +497,42 @@ mod tests {
         }
         assert_eq!(n.iter().collect::<Vec<_>>(), ["a", "b", "c"]);
         assert_eq!((n.first(), n.len()), (Some("a"), 3));
+    }
+
+    /// A content's names are the paths its holders list now: every path
+    /// of each entry, and a path no holder lists any more goes.
+    #[test]
+    fn names_follow_what_the_holders_list() {
+        let entry = |name: &str, more: &[&str]| InventoryEntry {
+            id: ContentId([1; 32]),
+            name: name.into(),
+            more_paths: crate::wire::MorePaths::new(more.iter().map(|m| m.to_string()).collect()),
+            size: 1,
+            category: Category::Other,
+            comment: String::new(),
+            chunks: ChunkSet::Full,
+        };
+        let names = |c: &Contents| {
+            c.content(&ContentId([1; 32]))
+                .map(|x| x.names.iter().map(String::from).collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        let c = Contents::default();
+        let (a, b) = (NodeId([1; 16]), NodeId([2; 16]));
+        c.set(a, Inventory::new(vec![entry("a/x", &["b/x"])]))
+            .unwrap();
+        c.set(b, Inventory::new(vec![entry("c/x", &[])])).unwrap();
+        assert_eq!(names(&c), ["a/x", "b/x", "c/x"]);
+        c.set(a, Inventory::new(vec![entry("a/x", &[])])).unwrap();
+        assert_eq!(names(&c), ["a/x", "c/x"]);
+        c.withdraw(b);
+        assert_eq!(names(&c), ["a/x"]);
+        let cost = entry_cost(&entry("a/x", &["b/x"])) - entry_cost(&entry("a/x", &[]));
+        assert_eq!(
+            cost,
+            2 * 3 + PATH_OVERHEAD,
+            "each path costs its text twice"
+        );
     }
 
     #[test]

@@ -336,6 +336,7 @@ mod tests {
         InventoryEntry {
             id: ContentId([id; 32]),
             name: name.into(),
+            more_paths: Default::default(),
             size: 3 << 20,
             category: Category::from_name(name),
             comment: String::new(),
@@ -451,6 +452,7 @@ mod tests {
         let got: Vec<String> = rows
             .map(|r| match r {
                 LsRow::Content(id) => format!("{}", id.0[0]),
+                LsRow::Path(id, path) => format!("{} at {path}", id.0[0]),
                 LsRow::Folder(v) => format!("{}/ {} {}", v.name, v.files, v.size >> 20),
             })
             .collect();

@@ -42,7 +42,10 @@ pub struct FolderListing {
 /// only when it is sent, or a top-level folder (a few per network), whole.
 #[derive(Debug)]
 pub enum LsRow {
+    /// A content, shown by its first name.
     Content(ContentId),
+    /// A content at another of its paths (one row per path).
+    Path(ContentId, Box<str>),
     Folder(Box<ContentView>),
 }
 
@@ -68,11 +71,13 @@ struct FolderFiles {
 struct Keyed {
     key: std::ops::Range<usize>,
     id: ContentId,
+    /// The path shown when it is not the content's first name.
+    alt: Option<Box<str>>,
 }
 
 /// Contents in `ls` order, with their sort keys.
 struct SortedContents {
-    /// Every content's key (its first name, lower case), one after another.
+    /// Every row's key (its path, lower case), one after another.
     keys: String,
     order: Vec<Keyed>,
 }
@@ -98,7 +103,10 @@ impl Iterator for LsRows {
         if let Some((_, v)) = self.folders.next_if(|(fkey, _)| fkey.as_str() <= key) {
             return Some(LsRow::Folder(Box::new(v)));
         }
-        self.contents.next().map(|k| LsRow::Content(k.id))
+        self.contents.next().map(|k| match k.alt {
+            None => LsRow::Content(k.id),
+            Some(path) => LsRow::Path(k.id, path),
+        })
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -202,37 +210,45 @@ impl Dict {
     }
 
     /// Every content with at least one online holder, filtered, sorted by
-    /// name.
+    /// name (a content at several paths comes once, at its first row).
     pub fn list(&self, query: Option<&str>, category: Option<Category>) -> Vec<ContentId> {
+        let mut seen = std::collections::HashSet::new();
         self.sorted_contents(query, category)
             .order
             .iter()
-            .map(|k| k.id)
+            .filter_map(|k| seen.insert(k.id).then_some(k.id))
             .collect()
     }
 
-    /// [`Dict::list`] with each content's sort key (its first name, lower
-    /// case), compactly: the keys one after another in one string, each
-    /// content with its key's place in it. Sorted in place: no copy of
-    /// the list is made while sorting.
+    /// One row per path of every content with an online holder (a
+    /// content at several paths is listed at each), filtered by the row's
+    /// path or the content's id, with its sort key (the path, lower case),
+    /// compactly: the keys one after another in one string, each row with
+    /// its key's place in it. Sorted in place: no copy of the list is made
+    /// while sorting.
     fn sorted_contents(&self, query: Option<&str>, category: Option<Category>) -> SortedContents {
         let mut keys = String::new();
-        let mut order: Vec<Keyed> = self.contents.map_all(|id, c| {
+        let mut order: Vec<Keyed> = Vec::new();
+        self.contents.map_all(|id, c| {
+            if category.is_some_and(|cat| c.category != cat) {
+                return None::<()>;
+            }
+            let by_id = query.is_some_and(|q| resolve::matches_filter(q, id, std::iter::empty()));
+            let first = c.names.first();
             // Empty-folder entries show in their folder's row only.
-            if c.names.iter().all(|n| n.ends_with('/')) {
-                return None;
+            for n in c.names.iter().filter(|n| !n.ends_with('/')) {
+                if query.is_none_or(|q| by_id || resolve::matches_filter(q, id, std::iter::once(n)))
+                {
+                    let start = keys.len();
+                    keys.push_str(&n.to_lowercase());
+                    order.push(Keyed {
+                        key: start..keys.len(),
+                        id: *id,
+                        alt: (Some(n) != first).then(|| Box::from(n)),
+                    });
+                }
             }
-            let wanted = category.is_none_or(|cat| c.category == cat)
-                && query.is_none_or(|q| resolve::matches_filter(q, id, c.names.iter()));
-            if !wanted {
-                return None;
-            }
-            let start = keys.len();
-            keys.push_str(&c.names.first().unwrap_or_default().to_lowercase());
-            Some(Keyed {
-                key: start..keys.len(),
-                id: *id,
-            })
+            None
         });
         keys.shrink_to_fit();
         order.sort_unstable_by(|a, b| {
@@ -240,7 +256,12 @@ impl Dict {
                 .cmp(&keys[b.key.clone()])
                 .then(a.id.cmp(&b.id))
         });
-        order.retain(|k| !self.holders(&k.id).is_empty());
+        let mut held: HashMap<ContentId, bool> = HashMap::new();
+        order.retain(|k| {
+            *held
+                .entry(k.id)
+                .or_insert_with(|| !self.holders(&k.id).is_empty())
+        });
         order.shrink_to_fit();
         SortedContents { keys, order }
     }
@@ -282,6 +303,10 @@ impl Dict {
         rows.into_iter()
             .filter_map(|row| match row {
                 LsRow::Content(id) => self.view(&id, local(&id)),
+                LsRow::Path(id, path) => self.view(&id, local(&id)).map(|mut v| {
+                    v.name = path.into();
+                    v
+                }),
                 LsRow::Folder(v) => Some(*v),
             })
             .collect()
@@ -416,11 +441,17 @@ impl Dict {
             let Some(inv) = self.contents.inventory(&peer.id) else {
                 continue;
             };
-            for e in inv.entries.iter() {
-                // Only names that pass as paths (wire::check_path), so
-                // every path here is relative and bounded.
-                match e.path() {
-                    Some(EntryPath::Folder(path)) => {
+            // Every path of every entry (a content at several paths is
+            // listed at each), but only those that pass as paths
+            // (wire::check_path), so every path here is relative and
+            // bounded.
+            for (e, path) in inv
+                .entries
+                .iter()
+                .flat_map(|e| e.paths().map(move |p| (e, p)))
+            {
+                match path {
+                    EntryPath::Folder(path) => {
                         if let Some(dir) = path.strip_prefix(&prefix) {
                             out.empty_dirs.insert(dir.to_string());
                             out.found = true;
@@ -428,7 +459,7 @@ impl Dict {
                         // The folder itself, shared empty.
                         out.found |= path == folder;
                     }
-                    Some(EntryPath::File(path)) => {
+                    EntryPath::File(path) => {
                         if let Some(rel) = path.strip_prefix(&prefix) {
                             out.found = true;
                             out.files.push(Listed {
@@ -439,7 +470,6 @@ impl Dict {
                             });
                         }
                     }
-                    None => {}
                 }
             }
         }

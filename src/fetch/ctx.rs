@@ -134,7 +134,8 @@ impl FetchCtx {
         *name_out = name.clone();
         self.check_space(&manifest)?;
         let manifest = Arc::new(manifest);
-        let partial = self.store.begin_partial(manifest.clone(), &name)?;
+        let partial =
+            (self.store).begin_partial_in(manifest.clone(), &name, want.place.as_ref())?;
         if !self.record_job(want, &partial, cancel) {
             self.store.release_partial(&id);
             return Err(FetchError::Cancelled);

@@ -121,6 +121,7 @@ mod tests {
         InventoryEntry {
             id: ContentId([id; 32]),
             name: name.into(),
+            more_paths: Default::default(),
             size: 1,
             category: Category::Other,
             comment: String::new(),

@@ -368,6 +368,7 @@ mod tests {
                 InventoryEntry {
                     id: ContentId(id),
                     name: format!("file-{i}.txt"),
+                    more_paths: Default::default(),
                     size: 1,
                     category: crate::manifest::Category::Text,
                     comment: String::new(),

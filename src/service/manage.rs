@@ -227,12 +227,13 @@ impl Service {
         // not recorded or found here.
         gone.extend(self.cancel_jobs(&hit));
         for job in gone {
-            let Some(id) = job.content_id() else { continue };
-            let idle = self.fetch_locks.is_idle(&id);
             // A download in progress discards its own files as it ends.
-            if idle && self.store.jobs().take_cancelled(&id) {
-                self.store.discard_partial(&id);
+            for id in job.content_ids() {
+                if self.fetch_locks.is_idle(&id) && self.store.jobs().take_cancelled(&id) {
+                    self.store.discard_partial(&id);
+                }
             }
+            let Some(id) = job.content_id() else { continue };
             let listed = running
                 .iter()
                 .any(|(rid, query)| *rid == id.to_hex() || query == job.query());

@@ -145,6 +145,27 @@ impl Store {
         Ok(dir)
     }
 
+    /// Opens (or resumes) the partial download of `manifest`'s content
+    /// under `name` ([`Store::begin_partial`]); a file of a folder download
+    /// (`place`) is offered meanwhile at the path it will have once in
+    /// place (`holiday/day1/beach.jpg`), as holders of the folder list it.
+    pub fn begin_partial_in(
+        &self,
+        manifest: std::sync::Arc<crate::manifest::Manifest>,
+        name: &str,
+        place: Option<&Placement>,
+    ) -> Result<std::sync::Arc<Partial>, StoreError> {
+        let p = self.begin_partial(manifest, name)?;
+        if let Some(place) = place {
+            let root = ShareRoot::home_folder(self.home.downloads());
+            let path = place.dir.join(&place.name);
+            if let Some(offered) = super::index::relative_name(&path, &root) {
+                p.offer_at(offered);
+            }
+        }
+        Ok(p)
+    }
+
     /// Like [`Store::finish_partial`], but into `place` when given: the
     /// verified file is linked into its folder under its own name (or the
     /// first free variant of it), and shared from there.
@@ -283,6 +304,39 @@ mod tests {
         assert!(store.check_download_folder(&made).is_ok());
         assert!(store.check_download_folder(&outside).is_err());
         assert!(store.check_download_folder(&made.join("day1")).is_err());
+    }
+
+    /// Regression: a file of a folder download was offered under its bare
+    /// file name while it downloaded, a new name beside the holders' path.
+    #[test]
+    fn a_file_of_a_folder_download_is_offered_at_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path());
+        let store = Store::open(home.clone(), Vec::new()).unwrap();
+        let src = dir.path().join("src.jpg");
+        std::fs::write(&src, b"abc").unwrap();
+        let manifest = std::sync::Arc::new(crate::manifest::hash_file(&src, |_| {}).unwrap());
+        let dest = store.create_download_folder("holiday").unwrap();
+        let place = Placement {
+            dir: store.create_folder_path(&dest, "day1").unwrap(),
+            name: "beach.jpg".into(),
+        };
+        let p = (store.begin_partial_in(manifest, "beach.jpg", Some(&place))).unwrap();
+        p.write_chunk(0, b"abc").unwrap();
+        store.publish();
+        let inv = store.inventory();
+        assert_eq!(inv.entries.len(), 1);
+        assert_eq!(inv.entries[0].name, "holiday/day1/beach.jpg");
+        assert!(matches!(
+            inv.entries[0].chunks,
+            crate::chunkset::ChunkSet::Partial(_)
+        ));
+        assert_eq!(inv.entries[0].category, crate::manifest::Category::Image);
+        // Once in place, it is offered at the same path, complete.
+        store.finish_partial_in(&p, Some(&place)).unwrap();
+        let inv = store.inventory();
+        assert_eq!(inv.entries[0].name, "holiday/day1/beach.jpg");
+        assert_eq!(inv.entries[0].chunks, crate::chunkset::ChunkSet::Full);
     }
 
     #[test]

@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 use super::{StoreError, io_err};
 use crate::id::ContentId;
 use crate::manifest::{Category, Manifest};
-use crate::wire::{InventoryEntry, check_path, folder_entry};
+use crate::wire::{
+    InventoryEntry, MAX_MORE_PATHS, MAX_MORE_PATHS_BYTES, MorePaths, check_path, folder_entry,
+};
 
 pub use super::walk::{FoundFile, Walk, mtime_ns, walk};
 
@@ -306,7 +308,11 @@ impl std::borrow::Borrow<Path> for Record {
 #[derive(Default)]
 pub struct IndexState {
     files: HashSet<Record>,
+    /// Each content's file of the smallest path: the one served.
     by_id: HashMap<ContentId, Arc<LocalContent>>,
+    /// The other files of the contents found at several paths, ascending
+    /// by path (a content at one path, the common case, has no entry).
+    more: HashMap<ContentId, Vec<Arc<LocalContent>>>,
     /// Manifests loaded from the cache, not yet matched to a walked file.
     cached: HashMap<PathBuf, CacheRecord>,
     /// Names of the empty folders the last walk found.
@@ -441,25 +447,81 @@ impl IndexState {
             self.rebuild_by_id();
             return;
         }
-        // Several files with one content: the smallest path names it.
-        match self.by_id.get(&content.id) {
-            Some(existing) if existing.path < content.path => {}
-            _ => {
-                self.by_id.insert(content.id, content);
+        self.place(content);
+    }
+
+    /// Files `content` under its id: the file of the smallest path is
+    /// served, the others are kept in `more` (a file at a path already
+    /// filed replaces it).
+    fn place(&mut self, content: Arc<LocalContent>) {
+        let id = content.id;
+        let other = match self.by_id.get(&id) {
+            None => {
+                self.by_id.insert(id, content);
+                return;
             }
+            Some(first) if first.path == content.path => {
+                self.by_id.insert(id, content);
+                return;
+            }
+            Some(first) if first.path < content.path => content,
+            Some(_) => self.by_id.insert(id, content).expect("a file was filed"),
+        };
+        let more = self.more.entry(id).or_default();
+        match more.binary_search_by(|m| m.path.cmp(&other.path)) {
+            Ok(i) => more[i] = other,
+            Err(i) => more.insert(i, other),
         }
     }
 
     fn rebuild_by_id(&mut self) {
         self.by_id.clear();
+        self.more.clear();
         let mut records: Vec<&Record> = self.files.iter().collect();
-        // Deterministic choice of name when several files hold one content.
+        // Deterministic: the smallest path first, then the others in order.
         records.sort_by(|a, b| a.path().cmp(b.path()));
         for r in records {
-            self.by_id
-                .entry(r.content.id)
-                .or_insert_with(|| r.content.clone());
+            let id = r.content.id;
+            match self.by_id.entry(id) {
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(r.content.clone());
+                }
+                std::collections::hash_map::Entry::Occupied(_) => {
+                    self.more.entry(id).or_default().push(r.content.clone());
+                }
+            }
         }
+    }
+
+    /// The names the content of `c` (a content [`IndexState::contents`]
+    /// gives) is offered under: the smallest of its files' names, and the
+    /// others, ascending and without repeats, as many as the wire takes
+    /// ([`MAX_MORE_PATHS`], [`MAX_MORE_PATHS_BYTES`]; files beyond that
+    /// are not offered at their own paths).
+    pub fn names_of(&self, c: &LocalContent) -> (String, MorePaths) {
+        let Some(more) = self.more.get(&c.id) else {
+            return (c.name.clone(), MorePaths::default());
+        };
+        let mut names: Vec<&str> = std::iter::once(c.name.as_str())
+            .chain(more.iter().map(|m| m.name.as_str()))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let mut bytes = 0;
+        let rest: Vec<String> = names[1..]
+            .iter()
+            .filter(|n| check_path(n).is_ok())
+            .take_while(|n| {
+                bytes += n.len();
+                bytes <= MAX_MORE_PATHS_BYTES
+            })
+            .take(MAX_MORE_PATHS)
+            .map(|n| n.to_string())
+            .collect();
+        if rest.len() + 1 < names.len() {
+            tracing::debug!(id = %c.id.short(), paths = names.len(), offered = rest.len() + 1, "a content at more paths than an inventory entry carries");
+        }
+        (names[0].to_string(), MorePaths::new(rest))
     }
 
     /// Manifests loaded from the cache and not yet matched to a file.
@@ -559,6 +621,63 @@ mod tests {
         assert!(w.empty_dirs.is_empty());
         let w = super::walk(&[ShareRoot::plain(empty_root)], false);
         assert_eq!(w.empty_dirs.iter().collect::<Vec<_>>(), ["nothing"]);
+    }
+
+    /// One content at several paths is one entry offered at each path,
+    /// served from the file of the smallest path; a path gone goes.
+    #[test]
+    fn a_content_at_several_paths_is_offered_at_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        for (path, bytes) in [
+            ("holiday/day1/a.jpg", b"same".as_slice()),
+            ("backup/a.jpg", b"same"),
+            ("backup/copy/a.jpg", b"same"),
+            ("b.txt", b"other"),
+        ] {
+            let p = shared.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, bytes).unwrap();
+        }
+        let mut idx = IndexState::default();
+        for f in walk(&[ShareRoot::home_folder(shared.clone())], false).files {
+            let m = crate::manifest::hash_file(&f.path, |_| {}).unwrap();
+            idx.insert(f, m);
+        }
+        let offered = |idx: &IndexState| {
+            let mut v: Vec<(String, Vec<String>)> = idx
+                .contents()
+                .map(|c| {
+                    let (name, more) = idx.names_of(c);
+                    (name, more.as_slice().to_vec())
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let all = [
+            "backup/copy/a.jpg".to_string(),
+            "holiday/day1/a.jpg".to_string(),
+        ];
+        assert_eq!(
+            offered(&idx),
+            [
+                ("b.txt".to_string(), vec![]),
+                ("backup/a.jpg".to_string(), all.to_vec())
+            ]
+        );
+        let id = idx.contents().find(|c| c.name != "b.txt").unwrap().id;
+        assert_eq!(idx.get(&id).unwrap().path, shared.join("backup/a.jpg"));
+        // The same from a rebuild of the id map.
+        assert!(idx.forget(&shared.join("backup/a.jpg")));
+        assert_eq!(idx.get(&id).unwrap().path, shared.join("backup/copy/a.jpg"));
+        assert_eq!(
+            offered(&idx)[1],
+            ("backup/copy/a.jpg".to_string(), vec![all[1].clone()])
+        );
+        assert!(idx.forget(&shared.join("backup/copy/a.jpg")));
+        assert_eq!(offered(&idx)[1], (all[1].clone(), vec![]));
+        assert!(idx.more.is_empty(), "one path: nothing kept beside it");
     }
 
     #[test]

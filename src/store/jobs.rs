@@ -97,6 +97,20 @@ impl Job {
         }
     }
 
+    /// Every content this job downloads: a file's, or each of a folder's
+    /// files' (once each, ascending; ids that do not parse are left out).
+    pub fn content_ids(&self) -> Vec<ContentId> {
+        match self {
+            Job::File(_) => self.content_id().into_iter().collect(),
+            Job::Folder(f) => {
+                let ids: std::collections::BTreeSet<ContentId> = (f.files.iter())
+                    .filter_map(|(_, id, _)| crate::id::from_hex::<32>(id).map(ContentId))
+                    .collect();
+                ids.into_iter().collect()
+            }
+        }
+    }
+
     /// The name it is saved under (a folder: its path on the network).
     pub fn name(&self) -> &str {
         match self {
@@ -325,7 +339,8 @@ impl Jobs {
     }
 
     /// Removes every job `hit` names, for good, and marks their
-    /// contents cancelled. Returns the jobs removed.
+    /// contents cancelled (a folder's: each of its files'), but for those
+    /// a job still recorded downloads too. Returns the jobs removed.
     pub fn cancel_where(&self, hit: impl Fn(&Job) -> bool) -> Result<Vec<Job>, JobsError> {
         let mut inner = self.lock();
         let (gone, kept): (Vec<Job>, Vec<Job>) = inner.jobs.iter().cloned().partition(|j| hit(j));
@@ -333,10 +348,10 @@ impl Jobs {
             return Ok(gone);
         }
         self.write(&kept)?;
+        let needed: HashSet<ContentId> = kept.iter().flat_map(Job::content_ids).collect();
         inner.jobs = kept;
-        inner
-            .cancelled
-            .extend(gone.iter().filter_map(Job::content_id));
+        let cancelled = gone.iter().flat_map(Job::content_ids);
+        (inner.cancelled).extend(cancelled.filter(|id| !needed.contains(id)));
         Ok(gone)
     }
 
@@ -517,6 +532,39 @@ mod tests {
         let long = "é".repeat(MAX_TEXT);
         let j = Job::file(ContentId([9; 32]), &long, &long, 1);
         assert!(j.name().len() <= MAX_TEXT && j.query().len() <= MAX_TEXT);
+    }
+
+    /// Cancelling a folder marks each of its files' contents cancelled
+    /// (their partial files go), but not one another job still downloads.
+    #[test]
+    fn a_cancelled_folder_marks_each_of_its_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let jobs = Jobs::load(&dir.path().join("downloads.json"));
+        let token = CancellationToken::new();
+        let file = |p: &str, n: u8| (p.to_string(), ContentId([n; 32]).to_hex(), 1);
+        let record = FolderJobRecord {
+            query: "holiday".into(),
+            folder: "holiday".into(),
+            dest: dir.path().join("downloads/holiday"),
+            files: vec![file("a", 1), file("b/a", 1), file("c", 2), file("d", 3)],
+            empty_dirs: Vec::new(),
+            started: 0,
+        };
+        jobs.record_folder(record, &token).unwrap();
+        jobs.record(job(3, "d"), &token).unwrap();
+        assert_eq!(
+            jobs.list()[0].content_ids(),
+            [ContentId([1; 32]), ContentId([2; 32]), ContentId([3; 32])]
+        );
+        let gone = jobs.cancel_where(|j| j.matches("holiday")).unwrap();
+        assert_eq!(gone.len(), 1);
+        assert!(jobs.take_cancelled(&ContentId([1; 32])));
+        assert!(jobs.take_cancelled(&ContentId([2; 32])));
+        assert!(
+            !jobs.take_cancelled(&ContentId([3; 32])),
+            "still downloaded by another job"
+        );
+        assert_eq!(jobs.list(), [job(3, "d")]);
     }
 
     #[test]

@@ -302,13 +302,17 @@ impl Store {
         let mut entries: Vec<InventoryEntry> = {
             let index = self.index.lock().expect("index lock");
             let mut entries = Vec::with_capacity(index.contents().len());
-            entries.extend(index.contents().map(|c| InventoryEntry {
-                id: c.id,
-                name: clean_text(&c.name, MAX_FILE_NAME),
-                size: c.manifest.size,
-                category: c.category,
-                comment: clean_comment(&c.comment),
-                chunks: ChunkSet::Full,
+            entries.extend(index.contents().map(|c| {
+                let (name, more_paths) = index.names_of(c);
+                InventoryEntry {
+                    id: c.id,
+                    name: clean_text(&name, MAX_FILE_NAME),
+                    more_paths,
+                    size: c.manifest.size,
+                    category: c.category,
+                    comment: clean_comment(&c.comment),
+                    chunks: ChunkSet::Full,
+                }
             }));
             entries.extend(index.folder_entries());
             entries
@@ -320,11 +324,13 @@ impl Store {
             if have.count_ones() == 0 {
                 continue;
             }
+            let name = p.offered_name();
             entries.push(InventoryEntry {
                 id: p.id,
-                name: p.name.clone(),
+                category: Category::from_name(crate::resolve::file_name(&name)),
+                name,
+                more_paths: Default::default(),
                 size: p.manifest.size,
-                category: Category::from_name(&p.name),
                 comment: String::new(),
                 chunks: ChunkSet::Partial(have),
             });

@@ -152,6 +152,9 @@ pub struct Partial {
     pub manifest: Arc<Manifest>,
     /// Name the file gets in downloads/ (already made safe).
     pub name: String,
+    /// The path it is offered at while it downloads, when not `name`: a
+    /// file of a folder download, at its path in the folder.
+    offered: Mutex<Option<String>>,
     part_path: PathBuf,
     state_path: PathBuf,
     file: Arc<File>,
@@ -190,6 +193,7 @@ impl Partial {
             id,
             manifest,
             name,
+            offered: Mutex::new(None),
             part_path,
             state_path,
             file: Arc::new(file),
@@ -206,6 +210,18 @@ impl Partial {
         };
         p.save_state()?;
         Ok(p)
+    }
+
+    /// Offers the download at `path` (an inventory name) rather than its
+    /// file name.
+    pub fn offer_at(&self, path: String) {
+        *self.offered.lock().expect("offered lock") = Some(path);
+    }
+
+    /// The name the download is offered under in the inventory.
+    pub fn offered_name(&self) -> String {
+        let offered = self.offered.lock().expect("offered lock");
+        offered.clone().unwrap_or_else(|| self.name.clone())
     }
 
     /// Whether chunk `index` was checked against the manifest by this

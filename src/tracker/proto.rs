@@ -681,6 +681,7 @@ mod tests {
         let inv = InventoryEntry {
             id: ContentId([2; 32]),
             name: "a.bin".into(),
+            more_paths: Default::default(),
             size: (2 << 20) + 1,
             category: Category::Other,
             comment: String::new(),

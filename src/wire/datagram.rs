@@ -388,7 +388,7 @@ mod tests {
             hex,
             concat!(
                 "4c4e5348",
-                "02",
+                "03",
                 "01",                               // magic, version, kind=announce
                 "11111111111111111111111111111111", // node id (16 bytes)
                 "05",
@@ -408,12 +408,12 @@ mod tests {
             crate::id::to_hex(&goodbye_signed()),
             concat!(
                 "4c4e5348",
-                "02",
+                "03",
                 "03",                               // magic, version, kind=goodbye
                 "07d89bbfc805a7a07cde2e70d4415b3e", // node id (16 bytes)
                 "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c", // ed_pk (32 bytes)
                 "808081b184e99103", // seq 1767225600000000 (varint)
-                "04e9c2867ffeaab574b545c09925e729e8601344586dde137dc4095a5d17726b30b5beec386110d46d60179d150bf722409c0e68c025c25ae47b7d31915b9703", // Ed25519 signature (64 bytes)
+                "cca0b4e6893da96361052df4680b5506a45dcd4e8494b64262ab2025e0e4ce318aef54f68ba5a3a8ef887ce2eff202df7d9ef6073806c6b98318e9e847b34601", // Ed25519 signature (64 bytes)
             )
         );
     }
@@ -427,20 +427,20 @@ mod tests {
             crate::id::to_hex(&sealed),
             concat!(
                 "4c4e5348",
-                "02",
+                "03",
                 "10", // magic, version, kind=sealed
                 "242424242424242424242424242424242424242424242424", // nonce (24 bytes)
                 // XChaCha20-Poly1305 of: u16 BE length 0x007e, the signed
                 // goodbye above, zeros to 256 bytes
-                "a5209b2b3d6c4ea5a5f7a485c68daa6a4e2fa0caa85e2fa3abe905901f192a58",
+                "a5209b2b3d6c4fa5a5f7a485c68daa6a4e2fa0caa85e2fa3abe905901f192a58",
                 "e9c353f5082106eeb6d2b804e4493a97a439a7ff9347ee8092ba086215f625fb",
-                "ea7df0a279cf71b5b82328feac01bdd356fb6384fe55b0b77e7b3aaaca0f0b4f",
-                "e5de89905ab0b6d13ff407c7b9c59239f5f8acacefd28bcedca7e2da70aba65f",
+                "223486c28f0c7263ad9340ca5d2f0ffc1ac6bd8e22acd8e6611413d577fcb715",
+                "5f84638ae97405adbd1c6cb8433c67c4c8fa54c317f18f2dbbc47603a643775d",
                 "ba2a75624e6ea1be97dd042eb3ec28086dc7e95c41425e220ba1bf3c5abdcc8a",
                 "295dd67dcd55084001333b3e5ac085a5bfdb2bf2ad8cd2355749f0c217a62823",
                 "5ee4249c9b9135b7c79700af17bfb2bbc6dca65fb1df3c5a3ef2630602dfc5fc",
                 "e598147556e52b73bfdd79a54e8ebbdc7614d2612de10e3be021ad627e2920e8",
-                "5f8b8b6fd54aaf7155328b33b190c935", // tag (16 bytes)
+                "e4c9895c3bcaa278b5b67791ee0e2bbb", // tag (16 bytes)
             )
         );
     }
@@ -580,7 +580,8 @@ mod tests {
 
         #[test]
         fn random_bodies_never_panic(kind in prop_oneof![0u8..5, Just(KIND_SEALED)], body in proptest::collection::vec(any::<u8>(), 0..400)) {
-            let mut bytes = b"LNSH\x02".to_vec();
+            let mut bytes = b"LNSH".to_vec();
+            bytes.push(DATAGRAM_VERSION);
             bytes.push(kind);
             bytes.extend(body);
             let _ = Datagram::decode(&bytes);

@@ -561,6 +561,7 @@ mod tests {
                     .unwrap(),
             ),
             name: "abc.txt".into(),
+            more_paths: Default::default(),
             size: 3,
             category: Category::Text,
             comment: String::new(),
@@ -568,7 +569,7 @@ mod tests {
         };
         let full = crate::inventory::Inventory::new(vec![abc.clone()]);
         let empty = crate::inventory::Inventory::new(Vec::new());
-        assert_eq!(to_hex(&full.digest), "5a46d6a278e86818307a2ad8e350cf20");
+        assert_eq!(to_hex(&full.digest), "2da66368da6dc35b0e58867b4185d72e");
         assert_eq!(to_hex(&empty.digest), "2d3adedff11b61f14c886e35afa03673");
 
         let first = Request::GetInventory {
@@ -587,7 +588,7 @@ mod tests {
         });
         assert_eq!(
             to_hex(&page.encode()),
-            "4200000084015a46d6a278e86818307a2ad8e350cf200001f265d24bc81638ad912442db4ae29b6187c843e43f9b482f73be426bb4edd919076162632e747874030300000000"
+            "4300000084012da66368da6dc35b0e58867b4185d72e0001f265d24bc81638ad912442db4ae29b6187c843e43f9b482f73be426bb4edd919076162632e74787400030300000000"
         );
         let since = Request::GetInventory {
             req: 1,
@@ -596,7 +597,7 @@ mod tests {
         };
         assert_eq!(
             to_hex(&since.encode()),
-            "140000000401015a46d6a278e86818307a2ad8e350cf2000"
+            "140000000401012da66368da6dc35b0e58867b4185d72e00"
         );
         let delta = Response::Inventory(InventoryPage {
             req: 1,
@@ -608,7 +609,7 @@ mod tests {
         });
         assert_eq!(
             to_hex(&delta.encode()),
-            "4600000084012d3adedff11b61f14c886e35afa03673015a46d6a278e86818307a2ad8e350cf200001f265d24bc81638ad912442db4ae29b6187c843e43f9b482f73be426bb4edd91900"
+            "4600000084012d3adedff11b61f14c886e35afa03673012da66368da6dc35b0e58867b4185d72e0001f265d24bc81638ad912442db4ae29b6187c843e43f9b482f73be426bb4edd91900"
         );
         let hello = ServerHello {
             key: PublicKey([0x11; 32]),
@@ -623,7 +624,7 @@ mod tests {
                 "1111111111111111111111111111111111111111111111111111111111111111",
                 "33333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333",
                 "0462657461",
-                "5a46d6a278e86818307a2ad8e350cf20",
+                "2da66368da6dc35b0e58867b4185d72e",
                 "01"
             )
         );
@@ -673,6 +674,7 @@ mod tests {
         let entry = InventoryEntry {
             id: ContentId([3; 32]),
             name: "photo.png".into(),
+            more_paths: Default::default(),
             size: 10,
             category: Category::Image,
             comment: "hi".into(),
@@ -722,6 +724,7 @@ mod tests {
         let entry = InventoryEntry {
             id: ContentId([3; 32]),
             name: "photo\u{1b}]0;pwned\u{7}.png".into(),
+            more_paths: Default::default(),
             size: 1,
             category: Category::Image,
             comment: String::new(),
@@ -747,6 +750,7 @@ mod tests {
         let entry = |size: u64, bytes: usize| InventoryEntry {
             id: ContentId([3; 32]),
             name: "x.bin".into(),
+            more_paths: Default::default(),
             size,
             category: Category::Other,
             comment: String::new(),
@@ -811,7 +815,9 @@ mod tests {
             Err(WireError::OutOfBounds { field: "name" })
         );
         assert_eq!(ClientHello::decode(&long[..95]), Err(WireError::Truncated));
-        assert_eq!(check_preamble(b"LNSH\x02\x01"), Ok(1));
+        assert_eq!(check_preamble(b"LNSH\x03\x01"), Ok(1));
+        // A version-2 node (before entries carried their other paths).
+        assert_eq!(check_preamble(b"LNSH\x02\x00"), Err(WireError::Version(2)));
         assert_eq!(check_preamble(b"LNSH\x01\x00"), Err(WireError::Version(1)));
         assert_eq!(check_preamble(b"GET / "), Err(WireError::BadMagic));
     }

@@ -13,8 +13,9 @@ use crate::chunkset::ChunkSet;
 use crate::id::ContentId;
 use crate::manifest::Category;
 
-/// Protocol version carried by every datagram and by the TCP hello.
-pub const VERSION: u8 = 2;
+/// Protocol version carried by every datagram and by the TCP hello
+/// (3: inventory entries carry their content's other paths, [`MorePaths`]).
+pub const VERSION: u8 = 3;
 /// First bytes of every datagram and of every TCP connection's hello.
 pub const MAGIC: [u8; 4] = *b"LNSH";
 /// Longest node name accepted, in bytes.
@@ -25,6 +26,10 @@ pub const MAX_NODE_NAME: usize = 64;
 pub const MAX_FILE_NAME: usize = 255;
 /// Most components of an inventory name (`a/b/c` has 3).
 pub const MAX_PATH_DEPTH: usize = 32;
+/// Most other paths one inventory entry carries ([`MorePaths`]).
+pub const MAX_MORE_PATHS: usize = 1024;
+/// Most bytes of text the other paths of one entry hold together.
+pub const MAX_MORE_PATHS_BYTES: usize = 65_536;
 /// Domain of the id of an empty-folder entry ([`folder_entry_id`]).
 const FOLDER_ID_DOMAIN: &str = "lanshare 2026 empty folder entry v1";
 /// Longest comment accepted, in bytes.
@@ -62,10 +67,15 @@ impl From<postcard::Error> for WireError {
 /// in `/` is an empty folder (`holiday/empty/`): size 0, chunks `Full`, and
 /// the id [`folder_entry_id`] of its path, so it names no content. A
 /// received name is used as a path only through [`InventoryEntry::path`].
+///
+/// A content shared at several paths is one entry: `name` is the smallest
+/// path, `more_paths` the others ([`MorePaths`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InventoryEntry {
     pub id: ContentId,
     pub name: String,
+    /// The content's other paths, ascending, each greater than `name`.
+    pub more_paths: MorePaths,
     pub size: u64,
     pub category: Category,
     pub comment: String,
@@ -80,7 +90,88 @@ impl InventoryEntry {
             ChunkSet::Full => 0,
             ChunkSet::Partial(b) => b.as_bytes().len(),
         };
-        48 + self.name.len() + self.comment.len() + bitmap
+        48 + self.name.len() + self.comment.len() + bitmap + self.more_paths.wire_bytes()
+    }
+}
+
+/// The other paths an inventory entry's content is shared at (besides its
+/// `name`), ascending. Sent as a `Vec<String>`; takes one pointer and no
+/// allocation for the common case of none. The decoder refuses more than
+/// [`MAX_MORE_PATHS`] paths or [`MAX_MORE_PATHS_BYTES`] bytes of them as
+/// they arrive, before keeping more; [`InventoryEntry::check`] checks each.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+// One thin pointer per entry (a `Vec` would take three words in every
+// one of 100,000 entries); the rare list behind it is boxed on purpose.
+#[allow(clippy::box_collection)]
+pub struct MorePaths(Option<Box<Vec<String>>>);
+
+impl MorePaths {
+    /// The paths given (none: no allocation).
+    pub fn new(paths: Vec<String>) -> Self {
+        MorePaths((!paths.is_empty()).then(|| Box::new(paths)))
+    }
+
+    pub fn as_slice(&self) -> &[String] {
+        self.0.as_deref().map_or(&[], Vec::as_slice)
+    }
+
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// Bytes of text of every path together.
+    pub fn text_bytes(&self) -> usize {
+        self.as_slice().iter().map(String::len).sum()
+    }
+
+    /// About how many bytes they take on the wire (beyond the count).
+    pub fn wire_bytes(&self) -> usize {
+        self.text_bytes() + 2 * self.len()
+    }
+}
+
+impl Serialize for MorePaths {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.as_slice())
+    }
+}
+
+impl<'de> Deserialize<'de> for MorePaths {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Bounded;
+        impl<'de> serde::de::Visitor<'de> for Bounded {
+            type Value = MorePaths;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                write!(
+                    f,
+                    "at most {MAX_MORE_PATHS} paths of at most {MAX_MORE_PATHS_BYTES} bytes in all"
+                )
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<MorePaths, A::Error> {
+                use serde::de::Error;
+                if seq.size_hint().is_some_and(|n| n > MAX_MORE_PATHS) {
+                    return Err(A::Error::custom("too many paths in more_paths"));
+                }
+                let mut paths = Vec::new();
+                let mut bytes = 0usize;
+                while let Some(p) = seq.next_element::<String>()? {
+                    bytes += p.len();
+                    if paths.len() == MAX_MORE_PATHS || bytes > MAX_MORE_PATHS_BYTES {
+                        return Err(A::Error::custom("more_paths out of bounds"));
+                    }
+                    paths.push(p);
+                }
+                Ok(MorePaths::new(paths))
+            }
+        }
+        d.deserialize_seq(Bounded)
     }
 }
 
@@ -141,6 +232,7 @@ pub fn folder_entry(path: &str) -> InventoryEntry {
     InventoryEntry {
         id: folder_entry_id(path),
         name: format!("{path}/"),
+        more_paths: MorePaths::default(),
         size: 0,
         category: Category::Other,
         comment: String::new(),
@@ -183,14 +275,35 @@ impl InventoryEntry {
         }
     }
 
+    /// Every path the entry's content is offered at: its name (when it
+    /// passes as a path, [`InventoryEntry::path`]), then its other paths
+    /// (each a file's; checked again here, so an unchecked local entry
+    /// yields only paths too).
+    pub fn paths(&self) -> impl Iterator<Item = EntryPath<'_>> {
+        let more = self.more_paths.as_slice().iter();
+        self.path().into_iter().chain(
+            more.filter(|p| check_path(p).is_ok())
+                .map(|p| EntryPath::File(p.as_str())),
+        )
+    }
+
+    /// Every name of the entry, as sent: its name, then its other paths.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.name.as_str())
+            .chain(self.more_paths.as_slice().iter().map(String::as_str))
+    }
+
     /// Checks every bound of an entry received from the network. The name
     /// is checked as text (as by every version-2 node); whether it is a
-    /// usable path is [`InventoryEntry::path`]'s question.
+    /// usable path is [`InventoryEntry::path`]'s question. Each other path
+    /// must pass [`check_path`], and with the name they must be strictly
+    /// ascending (so none repeats); an empty folder has none.
     pub fn check(&self) -> Result<(), WireError> {
         if self.name.is_empty() {
             return Err(WireError::OutOfBounds { field: "name" });
         }
         check_text(&self.name, MAX_FILE_NAME, "name")?;
+        self.check_more_paths()?;
         // Comments may span lines; other control characters are refused.
         if self.comment.len() > MAX_COMMENT
             || self.comment.chars().any(|c| c.is_control() && c != '\n')
@@ -203,6 +316,32 @@ impl InventoryEntry {
             && b.as_bytes().len() > crate::chunkset::max_bitmap_bytes(self.size)
         {
             return Err(WireError::OutOfBounds { field: "chunks" });
+        }
+        Ok(())
+    }
+}
+
+impl InventoryEntry {
+    fn check_more_paths(&self) -> Result<(), WireError> {
+        let more = self.more_paths.as_slice();
+        let bad = WireError::OutOfBounds {
+            field: "more_paths",
+        };
+        if more.is_empty() {
+            return Ok(());
+        }
+        if self.is_folder()
+            || more.len() > MAX_MORE_PATHS
+            || self.more_paths.text_bytes() > MAX_MORE_PATHS_BYTES
+        {
+            return Err(bad);
+        }
+        let mut prev = self.name.as_str();
+        for p in more {
+            if check_path(p).is_err() || p.as_str() <= prev {
+                return Err(bad);
+            }
+            prev = p;
         }
         Ok(())
     }
@@ -296,6 +435,110 @@ mod tests {
         assert_eq!(odd.path(), None);
     }
 
+    fn entry_at(name: &str, more: &[&str]) -> InventoryEntry {
+        InventoryEntry {
+            id: ContentId([0xab; 32]),
+            name: name.into(),
+            more_paths: MorePaths::new(more.iter().map(|p| p.to_string()).collect()),
+            size: 1,
+            category: Category::Image,
+            comment: String::new(),
+            chunks: ChunkSet::Full,
+        }
+    }
+
+    /// The bytes of an entry at three paths (docs/protocol.md §2.5).
+    #[test]
+    fn golden_entry_with_more_paths() {
+        let e = entry_at("a/x.jpg", &["b/x.jpg", "x.jpg"]);
+        let bytes = postcard::to_allocvec(&e).unwrap();
+        assert_eq!(
+            crate::id::to_hex(&bytes),
+            concat!(
+                "abababababababababababababababababababababababababababababababab", // id
+                "07612f782e6a7067", // name "a/x.jpg"
+                "02",
+                "07622f782e6a7067",
+                "05782e6a7067", // 2 more paths
+                "01",
+                "02",
+                "00",
+                "00", // size 1, image, no comment, Full
+            )
+        );
+        let back: InventoryEntry = decode_exact(&bytes).unwrap();
+        assert_eq!(back, e);
+        back.check().unwrap();
+        let paths: Vec<EntryPath<'_>> = back.paths().collect();
+        assert_eq!(
+            paths,
+            [
+                EntryPath::File("a/x.jpg"),
+                EntryPath::File("b/x.jpg"),
+                EntryPath::File("x.jpg")
+            ]
+        );
+        // One path: a single 00 byte, and nothing allocated.
+        let one = entry_at("x.jpg", &[]);
+        assert!(one.more_paths.0.is_none());
+        assert_eq!(postcard::to_allocvec(&one).unwrap()[32 + 6], 0);
+        // The field costs one pointer per entry.
+        assert!(
+            size_of::<InventoryEntry>() <= 128,
+            "{}",
+            size_of::<InventoryEntry>()
+        );
+    }
+
+    #[test]
+    fn more_paths_are_bounded_and_checked() {
+        // Bounds at decode, before the paths are kept.
+        let with_count = |n: usize, each: &str| {
+            let mut b = vec![0xab; 32];
+            b.extend(postcard::to_allocvec(&"a").unwrap());
+            b.extend(postcard::to_allocvec(&vec![each; n]).unwrap());
+            b.extend([1, 2, 0, 0]);
+            b
+        };
+        assert!(decode_exact::<InventoryEntry>(&with_count(MAX_MORE_PATHS, "b")).is_ok());
+        assert!(decode_exact::<InventoryEntry>(&with_count(MAX_MORE_PATHS + 1, "b")).is_err());
+        let mut huge = vec![0xab; 32];
+        huge.extend([1, b'a', 0xff, 0xff, 0xff, 0xff, 0x0f]);
+        assert!(
+            decode_exact::<InventoryEntry>(&huge).is_err(),
+            "a count of 2^32-1"
+        );
+        let long = "p".repeat(MAX_FILE_NAME);
+        let fits = MAX_MORE_PATHS_BYTES / MAX_FILE_NAME;
+        assert!(decode_exact::<InventoryEntry>(&with_count(fits, &long)).is_ok());
+        assert!(decode_exact::<InventoryEntry>(&with_count(fits + 1, &long)).is_err());
+        // Each path: a checked path, strictly ascending after the name.
+        entry_at("a", &["b", "c/d"]).check().unwrap();
+        for bad in [
+            entry_at("a", &["a"]),
+            entry_at("b", &["a"]),
+            entry_at("a", &["c", "b"]),
+            entry_at("a", &["b", "b"]),
+            entry_at("a", &["../b"]),
+            entry_at("a", &["b/"]),
+            entry_at("a", &["b\\c"]),
+            entry_at("a", &["b\u{7}"]),
+            entry_at("a", &[""]),
+        ] {
+            assert_eq!(
+                bad.check(),
+                Err(WireError::OutOfBounds {
+                    field: "more_paths"
+                }),
+                "{:?}",
+                bad.more_paths
+            );
+        }
+        let mut folder = folder_entry("a/e");
+        folder.more_paths = MorePaths::new(vec!["b".into()]);
+        assert!(folder.check().is_err(), "an empty folder has one path");
+    }
+
     /// Characters that matter to paths, often, and anything else, sometimes.
     fn tricky_path() -> impl proptest::strategy::Strategy<Value = String> {
         use proptest::prelude::*;
@@ -332,6 +575,30 @@ mod tests {
             }
         }
 
+        /// Any bytes: an entry or an error, never a panic; an entry that
+        /// passes its check yields only checked paths, and never more
+        /// than the bounds allow.
+        #[test]
+        fn entry_decoding_is_total(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400), more in proptest::collection::vec(tricky_path(), 0..6)) {
+            if let Ok(e) = decode_exact::<InventoryEntry>(&bytes) {
+                proptest::prop_assert!(e.more_paths.len() <= MAX_MORE_PATHS);
+            }
+            let mut e = entry_at("a", &[]);
+            e.more_paths = MorePaths::new(more);
+            let bytes = postcard::to_allocvec(&e).unwrap();
+            let back: InventoryEntry = decode_exact(&bytes).unwrap();
+            for cut in 0..bytes.len() {
+                proptest::prop_assert!(decode_exact::<InventoryEntry>(&bytes[..cut]).is_err());
+            }
+            if back.check().is_ok() {
+                for p in back.paths() {
+                    let (EntryPath::File(p) | EntryPath::Folder(p)) = p;
+                    proptest::prop_assert!(check_path(p).is_ok());
+                }
+                proptest::prop_assert_eq!(back.paths().count(), 1 + back.more_paths.len());
+            }
+        }
+
         /// Whatever name an entry carries, the path it yields (if any) is
         /// relative: no component empty, `.` or `..`.
         #[test]
@@ -339,6 +606,7 @@ mod tests {
             let e = InventoryEntry {
                 id: folder_entry_id(name.strip_suffix('/').unwrap_or(&name)),
                 name: name.clone(),
+                more_paths: MorePaths::default(),
                 size: 0,
                 category: Category::Other,
                 comment: String::new(),

@@ -439,6 +439,7 @@ fn a_rogue_inventory_of_huge_bitmaps_does_not_bloat_a_node() {
             InventoryEntry {
                 id: ContentId(id),
                 name: format!("bloat-{i}.bin"),
+                more_paths: Default::default(),
                 size: 1 << 40,
                 category: Category::Other,
                 comment: String::new(),

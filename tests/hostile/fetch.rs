@@ -277,6 +277,7 @@ fn entry(id: ContentId, name: &str, size: u64) -> InventoryEntry {
     InventoryEntry {
         id,
         name: name.to_string(),
+        more_paths: Default::default(),
         size,
         category: Category::from_name(name),
         comment: String::new(),

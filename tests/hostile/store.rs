@@ -181,6 +181,7 @@ impl RogueHolder {
         let entry = InventoryEntry {
             id: manifest.content_id(),
             name: name.into(),
+            more_paths: Default::default(),
             size: manifest.size,
             category: Category::Other,
             comment: String::new(),

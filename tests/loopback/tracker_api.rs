@@ -1123,6 +1123,7 @@ fn inv_entry(id: u8, name: &str, chunks: ChunkSet) -> InventoryEntry {
     InventoryEntry {
         id: cid(id),
         name: name.into(),
+        more_paths: Default::default(),
         size: 3 << 20,
         category: Category::from_name(name),
         comment: "from a test".into(),
@@ -1402,6 +1403,7 @@ async fn follow_sends_a_big_inventory_in_parts_a_small_body_limit_accepts() {
             InventoryEntry {
                 id: ContentId(id),
                 name: format!("file-{i:05}.dat"),
+                more_paths: Default::default(),
                 size: 1 << 20,
                 category: Category::Other,
                 comment: "c".repeat(200),

@@ -2,13 +2,15 @@
 //! folders, files of 0 bytes, 1 byte, exactly one chunk and several chunks,
 //! names with spaces and non-ASCII), a third node that fetches it by the
 //! folder's name, then again (it lands beside the first, never on it), and
-//! `fetch a b` of two files of one name in different folders.
+//! `fetch a b` of two files of one name in different folders; one content
+//! at several paths, placed at each; a folder cancelled midway.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use super::harness::{Lan, Node, data, wait_until};
+use super::harness::{Lan, Node, data, uploaded_bytes, wait_until};
+use super::{MIB, TRANSFER, wait_holders, wait_midway};
 
 const CHUNK: usize = lanshare::manifest::CHUNK_SIZE as usize;
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -199,4 +201,174 @@ fn a_folder_is_fetched_whole_from_two_holders() {
         std::fs::read(&mine).unwrap(),
         b"precious, not from the network"
     );
+}
+
+/// The partial files (`.part`) in `dir` and resume states of `node`.
+fn partial_files(node: &Node) -> Vec<std::path::PathBuf> {
+    let list = |dir: &Path, ext: &str| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.to_string_lossy().ends_with(ext))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut v = list(&node.downloads(), ".part");
+    v.extend(list(&node.home.join(".lanshare/partial"), ".state"));
+    v
+}
+
+/// One content at several paths: listed at each path (`ls QUERY` finds
+/// each), a folder fetch places every copy with the bytes fetched once,
+/// a path fetches on its own, and the fetched copies are offered at
+/// their paths in turn.
+#[test]
+fn one_content_at_several_paths_is_offered_and_placed_at_each() {
+    let Some(lan) = Lan::new(2) else { return };
+    let photo = data(2 * CHUNK + 5, 7);
+    let shared = lan.home("holder").join("shared");
+    for (path, bytes) in [
+        ("holiday/day1/a.jpg", photo.as_slice()),
+        ("holiday/twin one.txt", b"same".as_slice()),
+        ("holiday/twin two.txt", b"same"),
+        ("backup/a.jpg", &photo),
+        ("backup/b.txt", b"b"),
+    ] {
+        let p = shared.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    }
+    let holder = lan.start(0, "holder");
+    let fetcher = lan.node(1, "fetcher", &[]);
+    let paths = [
+        "holiday/day1/a.jpg",
+        "backup/a.jpg",
+        "holiday/twin one.txt",
+        "holiday/twin two.txt",
+    ];
+    assert!(
+        wait_until(DEADLINE, || paths
+            .iter()
+            .all(|p| fetcher.complete_holders(p) == 1)),
+        "the fetcher does not list every path of the shared contents: {:?}\n{}",
+        fetcher.ls(),
+        fetcher.log_tail()
+    );
+    let (ok, text, _) = run(&fetcher, &["ls", "backup"]);
+    assert!(
+        ok && text.contains("backup/a.jpg") && text.contains("backup/b.txt"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("holiday/"),
+        "ls backup lists other paths: {text}"
+    );
+
+    fetcher.fetch_ok("backup", DEADLINE);
+    assert_same_tree(&fetcher.downloads().join("backup"), &shared.join("backup"));
+    let out = fetcher.fetch_ok("holiday", DEADLINE);
+    assert!(out.contains("3 files"), "{out}");
+    assert_same_tree(
+        &fetcher.downloads().join("holiday"),
+        &shared.join("holiday"),
+    );
+    // Each content crossed the network once: the photo for backup, the
+    // twins once for both paths; holiday's photo was copied.
+    let served = uploaded_bytes(&holder.upload_log());
+    assert!(
+        served < (photo.len() + photo.len() / 2) as u64,
+        "the holder served {served} bytes for a {}-byte photo",
+        photo.len()
+    );
+    fetcher.fetch_ok("holiday/day1/a.jpg", DEADLINE);
+    // The copies are offered at their paths in turn.
+    assert!(
+        wait_until(DEADLINE, || [
+            "backup/a.jpg",
+            "holiday/day1/a.jpg",
+            "holiday/twin two.txt"
+        ]
+        .iter()
+        .all(|p| holder.complete_holders(p) == 1)),
+        "the fetched copies are not offered at each path: {:?}",
+        holder.ls()
+    );
+}
+
+/// `cancel FOLDER` midway: the partial files and resume states of its
+/// files go, a file already in place stays, and it does not come back
+/// after a restart. Meanwhile a third node lists the file being
+/// downloaded at its path in the folder (one row), not a new name.
+#[test]
+fn a_cancelled_folder_leaves_no_partial_file_behind() {
+    let Some(lan) = Lan::new(3) else { return };
+    let shared = lan.home("seeder").join("shared");
+    std::fs::create_dir_all(shared.join("holiday/big")).unwrap();
+    std::fs::write(shared.join("holiday/small.txt"), b"small").unwrap();
+    std::fs::write(shared.join("holiday/big/a.bin"), data(24 * MIB, 51)).unwrap();
+    std::fs::write(shared.join("holiday/big/b.bin"), data(24 * MIB, 52)).unwrap();
+    lan.shape(0, "16mbit");
+    let _seeder = lan.start(0, "seeder");
+    let mut fetcher = lan.node(1, "fetcher", &[]);
+    let observer = lan.node(2, "observer", &[]);
+    wait_holders(&fetcher, "holiday/big/a.bin", 1);
+    wait_holders(&fetcher, "holiday/big/b.bin", 1);
+
+    let mut fetch = fetcher.spawn_fetch("holiday");
+    wait_midway(&mut fetch, &fetcher, 5.0, "the folder could be cancelled");
+    let small = fetcher.downloads().join("holiday/small.txt");
+    assert!(
+        wait_until(TRANSFER, || std::fs::read(&small)
+            .is_ok_and(|b| b == b"small")),
+        "small.txt never landed"
+    );
+    let partial_row = |v: &serde_json::Value| v["name"] == "holiday/big/a.bin" && v["partial"] == 1;
+    assert!(
+        wait_until(TRANSFER, || observer.ls().iter().any(partial_row)),
+        "the observer never listed the fetcher's partial file at its path: {:?}",
+        observer.ls()
+    );
+    assert!(
+        !observer
+            .ls()
+            .iter()
+            .any(|v| v["name"] == "a.bin" || v["name"] == "b.bin"),
+        "a partial file is offered under a new name: {:?}",
+        observer.ls()
+    );
+    assert!(
+        !partial_files(&fetcher).is_empty(),
+        "no partial file to cancel"
+    );
+
+    let out = fetcher.cli(&["cancel", "holiday"]);
+    assert!(out.status.success(), "cancel failed: {out:?}");
+    fetch.kill();
+    assert!(
+        wait_until(Duration::from_secs(10), || partial_files(&fetcher)
+            .is_empty()),
+        "the cancelled folder's partial files are still there: {:?}",
+        partial_files(&fetcher)
+    );
+    assert_eq!(
+        std::fs::read(&small).unwrap(),
+        b"small",
+        "a finished file was touched"
+    );
+
+    fetcher.stop();
+    let fetcher = lan.start(1, "fetcher");
+    wait_holders(&fetcher, "holiday/big/a.bin", 1);
+    // Time for a resumed job to show up and start.
+    std::thread::sleep(Duration::from_secs(4));
+    let out = fetcher.cli(&["transfers", "--json"]);
+    let t: serde_json::Value = serde_json::from_slice(&out.stdout).expect("transfers --json");
+    assert!(
+        t["downloads"].as_array().is_none_or(|d| d.is_empty()),
+        "a cancelled folder came back: {t}"
+    );
+    assert!(partial_files(&fetcher).is_empty());
+    assert_eq!(std::fs::read(&small).unwrap(), b"small");
 }
