@@ -1127,7 +1127,7 @@ fn mdns_in_a_private_swarm_reveals_only_that_a_node_is_there() {
     let txt = seen["txt"].as_object().expect("txt is an object");
     let keys: BTreeSet<&str> = txt.keys().map(String::as_str).collect();
     assert_eq!(keys, BTreeSet::from(["m", "port", "v", "x"]), "{seen}");
-    assert_eq!(txt["v"], "2", "{seen}");
+    assert_eq!(txt["v"], lanshare::wire::VERSION.to_string(), "{seen}");
     assert_eq!(txt["m"], "p", "{seen}");
     assert_eq!(txt["x"].as_str().map(str::len), Some(214), "{seen}");
     let label = seen["name"].as_str().unwrap().split('.').next().unwrap();
