@@ -22,9 +22,10 @@ use crate::wire::{InventoryEntry, MAX_MORE_PATHS};
 const MAX_NAMES: usize = 2 * (1 + MAX_MORE_PATHS);
 
 /// Memory each of an entry's other paths costs besides its text: its
-/// `String` in the inventory, its `Box<str>` in the content's names, and
-/// their allocations' headers.
-const PATH_OVERHEAD: usize = 64;
+/// `String` in the inventory (24 bytes), its `Box<str>` in the content's
+/// names (16), and their two allocations (at least 32 bytes each, however
+/// short the path).
+const PATH_OVERHEAD: usize = 104;
 
 /// About how much memory the dictionary spends on one peer's entry: the
 /// names and comment are kept twice (the inventory and the content's
@@ -396,7 +397,9 @@ impl Contents {
             .collect();
         let others = held.iter().filter_map(|inv| inv.get(id));
         let entries = own.map(|(_, e)| e).into_iter().chain(others);
-        Names::collect(entries.flat_map(InventoryEntry::names))
+        // Bounded work under the lock whatever the holders list: names are
+        // gathered (the new entry's first) only until there are enough.
+        Names::collect(entries.flat_map(InventoryEntry::names).take(MAX_NAMES))
     }
 
     /// Records that `peer` no longer holds `id`; caller holds the lock.

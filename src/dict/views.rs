@@ -66,6 +66,10 @@ struct FolderFiles {
     files: Vec<FolderFile>,
 }
 
+/// Most names one content's view lists (`ls --json` "names"): a content
+/// at many paths is listed in full by its rows, one per path.
+const VIEW_NAMES: usize = 16;
+
 /// A content and where its sort key lies in [`SortedContents::keys`].
 #[derive(Debug)]
 struct Keyed {
@@ -198,7 +202,8 @@ impl Dict {
             files: 0,
             id: id.to_hex(),
             name: c.names.first().unwrap_or_default().to_string(),
-            names: c.names.iter().map(String::from).collect(),
+            // Every path has a row of its own; a view lists a few names.
+            names: c.names.iter().take(VIEW_NAMES).map(String::from).collect(),
             size: c.size,
             category: c.category,
             comment: c.comment.into(),
@@ -303,7 +308,10 @@ impl Dict {
         rows.into_iter()
             .filter_map(|row| match row {
                 LsRow::Content(id) => self.view(&id, local(&id)),
+                // Its own path only: a content at many paths would
+                // otherwise repeat all of them in every one of its rows.
                 LsRow::Path(id, path) => self.view(&id, local(&id)).map(|mut v| {
+                    v.names = vec![path.to_string()];
                     v.name = path.into();
                     v
                 }),

@@ -22,8 +22,8 @@ use super::slots::Activity;
 use crate::id::{ContentId, NodeId};
 use crate::inventory::Plan;
 use crate::store::{Source, StoreError};
-use crate::wire::InventoryEntry;
 use crate::wire::frame::{self, ErrorCode, InventoryPage, MAX_PAGE_ENTRIES, Request, Response};
+use crate::wire::{InventoryEntry, MAX_PAGE_MORE_PATHS};
 
 /// A client as its handshake proved it.
 #[derive(Clone, Copy)]
@@ -334,12 +334,14 @@ fn inventory_page(req: u32, plan: &Plan, after: Option<ContentId>) -> InventoryP
     };
     let start = after.map_or(0, |a| entries.partition_point(|e| e.id <= a));
     let mut end = start;
-    let mut bytes = 0;
+    let (mut bytes, mut paths) = (0, 0);
     while end < entries.len()
         && end - start < MAX_PAGE_ENTRIES
-        && (bytes < PAGE_BYTES || end == start)
+        && ((bytes < PAGE_BYTES && paths + entries[end].more_paths.len() <= MAX_PAGE_MORE_PATHS)
+            || end == start)
     {
         bytes += entries[end].approx_size();
+        paths += entries[end].more_paths.len();
         end += 1;
     }
     InventoryPage {
@@ -376,6 +378,36 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    /// Entries at many paths: each page stays within what a receiver
+    /// decodes ([`MAX_PAGE_MORE_PATHS`]), and together they cover all.
+    #[test]
+    fn pages_bound_the_other_paths_they_carry() {
+        let mut many = entries(100);
+        for e in &mut many {
+            e.more_paths =
+                crate::wire::MorePaths::new((0..1000).map(|p| format!("q/{p:04}")).collect());
+        }
+        let inv = crate::inventory::Inventory::new(many);
+        let plan = Plan {
+            inventory: inv.clone(),
+            delta: None,
+        };
+        let (mut got, mut after) = (Vec::new(), None);
+        loop {
+            let p = inventory_page(1, &plan, after);
+            let paths: usize = p.entries.iter().map(|e| e.more_paths.len()).sum();
+            assert!(paths <= MAX_PAGE_MORE_PATHS, "{paths}");
+            let f = Response::Inventory(p.clone()).encode();
+            assert!(Response::decode(f[4], &f[5..], f.len() - 5).is_ok());
+            got.extend(p.entries.iter().cloned());
+            after = got.last().map(|e: &InventoryEntry| e.id);
+            if !p.more {
+                break;
+            }
+        }
+        assert_eq!(got, *inv.entries);
     }
 
     #[test]

@@ -380,7 +380,10 @@ impl Response {
                 }
             }
             K_R_INVENTORY => {
-                let page: InventoryPage = decode_exact(body)?;
+                let page: InventoryPage = {
+                    let _paths = super::PagePathBudget::new(super::MAX_PAGE_MORE_PATHS);
+                    decode_exact(body)?
+                };
                 if page.entries.len() > MAX_PAGE_ENTRIES {
                     return Err(WireError::OutOfBounds { field: "entries" });
                 }
@@ -780,6 +783,44 @@ mod tests {
         assert!(Response::decode(f[4], &f[5..], f.len() - 5).is_ok());
         let f = page(entry(17 << 20, 4));
         assert!(Response::decode(f[4], &f[5..], f.len() - 5).is_err());
+    }
+
+    /// A page of short paths decodes to a `String` per path whatever its
+    /// length on the wire: the other paths of all its entries together
+    /// are bounded while they are decoded.
+    #[test]
+    fn other_paths_are_bounded_per_page() {
+        let page = |entries: usize| {
+            let entries = (0..entries)
+                .map(|i| InventoryEntry {
+                    id: ContentId([i as u8; 32]),
+                    name: "a.txt".into(),
+                    more_paths: crate::wire::MorePaths::new(
+                        (0..1000).map(|p| format!("p{p:04}")).collect(),
+                    ),
+                    size: 1,
+                    category: Category::Text,
+                    comment: String::new(),
+                    chunks: ChunkSet::Full,
+                })
+                .collect();
+            Response::Inventory(InventoryPage {
+                req: 1,
+                digest: [0; 16],
+                base: None,
+                entries,
+                removed: Vec::new(),
+                more: false,
+            })
+            .encode()
+        };
+        let f = page(crate::wire::MAX_PAGE_MORE_PATHS / 1000);
+        assert!(Response::decode(f[4], &f[5..], f.len() - 5).is_ok());
+        let f = page(crate::wire::MAX_PAGE_MORE_PATHS / 1000 + 1);
+        assert!(Response::decode(f[4], &f[5..], f.len() - 5).is_err());
+        // The bound holds only while a page is decoded.
+        let f = page(crate::wire::MAX_PAGE_MORE_PATHS / 1000);
+        assert!(Response::decode(f[4], &f[5..], f.len() - 5).is_ok());
     }
 
     #[test]

@@ -30,6 +30,11 @@ pub const MAX_PATH_DEPTH: usize = 32;
 pub const MAX_MORE_PATHS: usize = 1024;
 /// Most bytes of text the other paths of one entry hold together.
 pub const MAX_MORE_PATHS_BYTES: usize = 65_536;
+/// Most other paths all the entries of one inventory page carry together.
+/// Each decoded path is a `String` (24 bytes and an allocation) however
+/// short it is on the wire (2 bytes), so this, not the frame's size,
+/// bounds what decoding a page of short paths allocates.
+pub const MAX_PAGE_MORE_PATHS: usize = 16_384;
 /// Domain of the id of an empty-folder entry ([`folder_entry_id`]).
 const FOLDER_ID_DOMAIN: &str = "lanshare 2026 empty folder entry v1";
 /// Longest comment accepted, in bytes.
@@ -134,6 +139,38 @@ impl MorePaths {
     }
 }
 
+thread_local! {
+    /// Other paths the inventory page being decoded on this thread may
+    /// still carry ([`PagePathBudget`]); unlimited outside one.
+    static PATHS_LEFT: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+
+/// While alive, bounds the other paths ([`MorePaths`]) decoded on this
+/// thread, all entries together: set around the decoding of one page.
+pub struct PagePathBudget(usize);
+
+impl PagePathBudget {
+    pub fn new(max: usize) -> Self {
+        PagePathBudget(PATHS_LEFT.replace(max))
+    }
+}
+
+impl Drop for PagePathBudget {
+    fn drop(&mut self) {
+        PATHS_LEFT.set(self.0);
+    }
+}
+
+/// Takes one path from the page's budget; false when none is left.
+fn take_page_path() -> bool {
+    let left = PATHS_LEFT.get();
+    if left == 0 {
+        return false;
+    }
+    PATHS_LEFT.set(left - 1);
+    true
+}
+
 impl Serialize for MorePaths {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(self.as_slice())
@@ -166,8 +203,14 @@ impl<'de> Deserialize<'de> for MorePaths {
                     if paths.len() == MAX_MORE_PATHS || bytes > MAX_MORE_PATHS_BYTES {
                         return Err(A::Error::custom("more_paths out of bounds"));
                     }
+                    if !take_page_path() {
+                        return Err(A::Error::custom(
+                            "more other paths in one page than allowed",
+                        ));
+                    }
                     paths.push(p);
                 }
+                paths.shrink_to_fit();
                 Ok(MorePaths::new(paths))
             }
         }
