@@ -70,16 +70,7 @@ fn http(ns: &str, addr: SocketAddr, request: String) -> (u16, String) {
         s.write_all(request.as_bytes()).unwrap();
         let mut resp = String::new();
         let _ = s.read_to_string(&mut resp);
-        let code = resp
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = resp
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        (code, body)
+        status_and_body(&resp)
     })
     .join()
     .expect("http thread")
@@ -559,6 +550,11 @@ fn watch_answer(mut s: TcpStream, limit: Duration) -> (u16, String) {
     s.set_read_timeout(Some(limit)).unwrap();
     let mut resp = String::new();
     let _ = s.read_to_string(&mut resp);
+    status_and_body(&resp)
+}
+
+/// The status code (0 when there is none) and the body of an HTTP answer.
+fn status_and_body(resp: &str) -> (u16, String) {
     let code = resp
         .split_whitespace()
         .nth(1)
