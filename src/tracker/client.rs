@@ -183,6 +183,7 @@ pub async fn follow(
         dict,
         hints: tokio::task::JoinSet::new(),
         dialed: HashMap::new(),
+        confirmed: longpoll::ClaimChecks::default(),
         session: None,
         acked: None,
         sent_addrs: Vec::new(),
@@ -262,6 +263,11 @@ struct Follower {
     /// When each hint (by its pseudonym), or each changed peer, was last
     /// dialed.
     dialed: HashMap<NodeId, Instant>,
+    /// The digest the tracker claimed for each peer a hello was last said
+    /// to, and when: the same claim is checked again only after
+    /// [`longpoll::RECONFIRM_AFTER`], so a tracker that keeps reporting a
+    /// digest the peer does not confirm costs one hello a minute per peer.
+    confirmed: longpoll::ClaimChecks,
     session: Option<Session>,
     acked: Option<Acked>,
     sent_addrs: Vec<IpAddr>,

@@ -16,6 +16,7 @@
 //! whose lists change all the time gets at most one poll a second from
 //! each node. Never registers, announces or heartbeats.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -29,6 +30,9 @@ use crate::tracker::proto::{MAX_WATCH_SECS, WatchQuery, WatchResponse};
 
 /// Watches start at most this often.
 pub(super) const MIN_WATCH_GAP: Duration = Duration::from_secs(1);
+/// A tracker's claim that a peer's digest changed, already checked by a
+/// hello the peer did not confirm, is checked again after this long.
+pub(super) const RECONFIRM_AFTER: Duration = Duration::from_secs(60);
 /// Connect limit of the hello that checks a change the tracker reported.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -167,8 +171,11 @@ impl Follower {
     /// Says hello to each peer in `fresh` whose digest at the tracker is
     /// not the one the dictionary holds (it kept the one the peer gave
     /// directly): at most [`super::MAX_HINT_DIALS`] at once, each peer at
-    /// most once per [`MIN_WATCH_GAP`]. The dialer reports the answer to
-    /// the dictionary, whose puller then pulls what changed.
+    /// most once per [`MIN_WATCH_GAP`], and a digest claim already checked
+    /// only again after [`RECONFIRM_AFTER`] (a tracker repeating a claim
+    /// the peer does not confirm cannot make the node dial it every
+    /// second). The dialer reports the answer to the dictionary, whose
+    /// puller then pulls what changed.
     pub(super) fn confirm_changes(&mut self, fresh: &[NodeId], now: Instant) {
         let Some(dialer) = &self.me.confirmer else {
             return;
@@ -176,6 +183,8 @@ impl Follower {
         while self.hints.try_join_next().is_some() {}
         self.dialed
             .retain(|_, t| now.saturating_duration_since(*t) < MIN_WATCH_GAP);
+        let peers = &self.peers;
+        self.confirmed.prune(now, |id| peers.contains_key(id));
         for id in fresh {
             if self.hints.len() >= super::MAX_HINT_DIALS {
                 break;
@@ -189,7 +198,7 @@ impl Follower {
             let Some(Some(addrs)) = addrs else {
                 continue;
             };
-            if self.dialed.contains_key(id) {
+            if self.dialed.contains_key(id) || !self.confirmed.claim(*id, digest, now) {
                 continue;
             }
             self.dialed.insert(*id, now);
@@ -203,6 +212,32 @@ impl Follower {
     }
 }
 
+/// The digest claims of the tracker a hello already checked: the digest
+/// it claimed for each peer, and when the hello was said.
+#[derive(Default)]
+pub(super) struct ClaimChecks(HashMap<NodeId, ([u8; 16], Instant)>);
+
+impl ClaimChecks {
+    /// Forgets checks older than [`RECONFIRM_AFTER`] and those of peers
+    /// `keep` no longer lists (the map never outgrows the tracker's list).
+    fn prune(&mut self, now: Instant, keep: impl Fn(&NodeId) -> bool) {
+        self.0
+            .retain(|id, (_, t)| keep(id) && now.saturating_duration_since(*t) < RECONFIRM_AFTER);
+    }
+
+    /// Whether the tracker's claim that `peer` has `digest` is worth a
+    /// hello now (a claim not checked recently); if so, records the check.
+    fn claim(&mut self, peer: NodeId, digest: [u8; 16], now: Instant) -> bool {
+        let checked = self.0.get(&peer).is_some_and(|(d, t)| {
+            *d == digest && now.saturating_duration_since(*t) < RECONFIRM_AFTER
+        });
+        if !checked {
+            self.0.insert(peer, (digest, now));
+        }
+        !checked
+    }
+}
+
 /// The wait a node asks for: the tracker's longest, within 1 s and
 /// [`MAX_WATCH_SECS`]; `None` when the tracker has no watches.
 pub(super) fn watch_wait(watch_secs: Option<f64>) -> Option<Duration> {
@@ -213,6 +248,40 @@ pub(super) fn watch_wait(watch_secs: Option<f64>) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_repeated_digest_claim_is_checked_once_a_minute() {
+        let mut checks = ClaimChecks::default();
+        let (a, b) = (NodeId([1; 16]), NodeId([2; 16]));
+        let t0 = Instant::now();
+        assert!(checks.claim(a, [7; 16], t0), "a new claim is checked");
+        for s in 1..60 {
+            let t = t0 + Duration::from_secs(s);
+            assert!(
+                !checks.claim(a, [7; 16], t),
+                "the same claim again at {s} s"
+            );
+        }
+        assert!(
+            checks.claim(b, [7; 16], t0),
+            "another peer's claim is its own"
+        );
+        let t = t0 + Duration::from_secs(5);
+        assert!(
+            checks.claim(a, [8; 16], t),
+            "a new digest is checked at once"
+        );
+        assert!(
+            checks.claim(a, [8; 16], t + RECONFIRM_AFTER),
+            "and again after a minute"
+        );
+        checks.prune(t + RECONFIRM_AFTER, |id| *id != b);
+        assert_eq!(
+            checks.0.len(),
+            1,
+            "peers the tracker no longer lists are forgotten"
+        );
+    }
 
     #[test]
     fn the_wait_follows_the_tracker_within_bounds() {
