@@ -27,8 +27,8 @@ use crate::tracker::proto::{MAX_WATCH_SECS, WatchQuery, WatchResponse};
 #[derive(Debug, Default)]
 struct Counts {
     total: usize,
-    /// Only addresses with a watcher waiting: never more entries than
-    /// `total`.
+    /// Only address keys ([`quota_key`]) with a watcher waiting: never
+    /// more entries than `total`.
     by_addr: HashMap<IpAddr, usize>,
 }
 
@@ -65,9 +65,10 @@ impl Watchers {
         })
     }
 
-    /// A place for a watcher from `addr`, if its address and the tracker
-    /// have room.
+    /// A place for a watcher from `addr`, if its address (an IPv6
+    /// address's /64) and the tracker have room.
     pub fn enter(self: &Arc<Self>, addr: IpAddr) -> Result<WatchSlot, Refused> {
+        let addr = quota_key(addr);
         // Never held across an await.
         let mut c = self.counts.lock().expect("watchers lock");
         if c.by_addr.get(&addr).copied().unwrap_or(0) >= self.max_per_address {
@@ -104,6 +105,16 @@ impl Drop for WatchSlot {
                 c.by_addr.remove(&self.addr);
             }
         }
+    }
+}
+
+/// What a source address counts against: an IPv4 address itself (nodes
+/// behind one NAT share it), the /64 of an IPv6 one (one host can hold a
+/// whole /64, so per exact address the cap would bind nothing).
+fn quota_key(addr: IpAddr) -> IpAddr {
+    match addr.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        v4 => v4,
     }
 }
 
@@ -182,5 +193,29 @@ mod tests {
         assert_eq!(w.waiting(), 2);
         let _c1 = w.enter(c).unwrap();
         assert_eq!(w.counts.lock().unwrap().by_addr.len(), 3);
+    }
+
+    #[test]
+    fn an_ipv6_host_cannot_widen_its_cap_by_changing_address() {
+        let w = Watchers::new(10, 2);
+        let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:2:ffff:ffff:ffff:fffe".parse().unwrap();
+        let next_net: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let _a = w.enter(one).unwrap();
+        let _b = w.enter(other).unwrap();
+        assert_eq!(
+            w.enter("2001:db8:1:2::99".parse().unwrap()).err(),
+            Some(Refused::Address)
+        );
+        assert!(w.enter(next_net).is_ok(), "another /64 has its own cap");
+        let v4: IpAddr = "10.0.0.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        let _c = w.enter(v4).unwrap();
+        let _d = w.enter(mapped).unwrap();
+        assert_eq!(
+            w.enter(v4).err(),
+            Some(Refused::Address),
+            "a mapped IPv4 is that IPv4"
+        );
     }
 }
