@@ -237,6 +237,45 @@ impl Node {
         self.cli(&all)
     }
 
+    /// The peer called `name` in this node's `peers --json`.
+    pub fn peer(&self, name: &str) -> Option<serde_json::Value> {
+        self.peers().into_iter().find(|p| p["name"] == name)
+    }
+
+    /// Whether this node lists the peer called `name` as online.
+    pub fn sees_online(&self, name: &str) -> bool {
+        self.peer(name).is_some_and(|p| p["online"] == true)
+    }
+
+    /// How this node found the peer called `name` (empty when unknown).
+    pub fn found_via(&self, name: &str) -> std::collections::BTreeSet<String> {
+        self.peer(name)
+            .and_then(|p| p["found_via"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect()
+    }
+
+    /// Whether this node's `ls` lists `file` with `holder` among its holders.
+    pub fn lists(&self, file: &str, holder: &str) -> bool {
+        self.ls().iter().any(|v| {
+            v["name"] == file
+                && v["holders"]
+                    .as_array()
+                    .is_some_and(|hs| hs.iter().any(|h| h["name"] == holder))
+        })
+    }
+
+    /// A counter of `status --json`, by a path like
+    /// `datagrams_received/broadcast`; panics when the status lacks it.
+    pub fn counter(&self, path: &str) -> u64 {
+        let st = self.status();
+        st.pointer(&format!("/{path}"))
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or_else(|| panic!("no {path} in {} status: {st}", self.name))
+    }
+
     /// How many peers hold `name` completely, as this node sees it.
     pub fn complete_holders(&self, name: &str) -> u64 {
         self.ls()

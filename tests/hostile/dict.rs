@@ -86,12 +86,6 @@ fn seq_now() -> u64 {
         .as_micros() as u64
 }
 
-fn counter(node: &Node, name: &str) -> u64 {
-    node.status()[name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("status has no {name}"))
-}
-
 /// Bug 2: 1,100 announces of made-up ids, each claiming a 300 s interval,
 /// from 22 addresses (50 each), fill the peer table before a real node
 /// starts. The real node must still be listed, with its files.
@@ -178,7 +172,7 @@ fn a_forged_goodbye_does_not_drop_a_peer() {
         contents: 1,
     });
     let forged_goodbye = Datagram::Goodbye { node: alice_id };
-    let bad_before = counter(&victim, "bad_signature_datagrams");
+    let bad_before = victim.counter("bad_signature_datagrams");
     let unicast = SocketAddr::from((Ipv4Addr::LOCALHOST, to.port()));
     for _ in 0..3 {
         let s = rogue_udp(forger);
@@ -235,7 +229,7 @@ fn a_forged_goodbye_does_not_drop_a_peer() {
         !entry.to_string().contains("127.0.0.2"),
         "a forged announce gave alice the forger's address: {entry}"
     );
-    let bad = counter(&victim, "bad_signature_datagrams") - bad_before;
+    let bad = victim.counter("bad_signature_datagrams") - bad_before;
     assert!(
         bad >= 3,
         "the victim counted {bad} badly signed datagrams for the forger's signed ones"
@@ -302,8 +296,8 @@ fn a_replayed_goodbye_is_dropped_and_counted() {
         wait_until(Duration::from_secs(15), || lists(&victim, "alice-file.txt")),
         "the victim did not list alice again after her restart"
     );
-    let before = counter(&victim, "replayed_datagrams");
-    let copies_before = counter(&victim, "path_duplicate_datagrams");
+    let before = victim.counter("replayed_datagrams");
+    let copies_before = victim.counter("path_duplicate_datagrams");
     // Past the 2 s in which a copy of her goodbye could be a second path's.
     std::thread::sleep(Duration::from_millis(2100));
     let to = group(&net);
@@ -319,8 +313,8 @@ fn a_replayed_goodbye_is_dropped_and_counted() {
         "a replayed goodbye made the victim drop alice"
     );
     assert!(lists(&victim, "alice-file.txt"));
-    let replayed = counter(&victim, "replayed_datagrams") - before;
-    let copies = counter(&victim, "path_duplicate_datagrams") - copies_before;
+    let replayed = victim.counter("replayed_datagrams") - before;
+    let copies = victim.counter("path_duplicate_datagrams") - copies_before;
     // Where the system gives no packet info (the portable build), copies
     // of one datagram within 2 s cannot be told from a second path's copy
     // and are counted as path duplicates; each is dropped either way.

@@ -16,45 +16,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::harness::{Node, Topo, die_with_parent, wait_until};
-use serde_json::Value;
 
 /// Generous deadline for a listing that takes well under a second.
 const FIND: Duration = Duration::from_secs(10);
 /// Deadline for the nodes of a quiet LAN to settle (everyone pulled).
 const SETTLE: Duration = Duration::from_secs(30);
-
-/// The peer called `name` in `node`'s `peers --json`.
-fn peer(node: &Node, name: &str) -> Option<Value> {
-    node.peers().into_iter().find(|p| p["name"] == name)
-}
-
-/// How `node` found the peer called `name`.
-fn found_via(node: &Node, name: &str) -> BTreeSet<String> {
-    peer(node, name)
-        .and_then(|p| p["found_via"].as_array().cloned())
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|v| v.as_str().map(String::from))
-        .collect()
-}
-
-/// True when `node` lists `file` held by `holder`.
-fn lists(node: &Node, file: &str, holder: &str) -> bool {
-    node.ls().iter().any(|v| {
-        v["name"] == file
-            && v["holders"]
-                .as_array()
-                .is_some_and(|hs| hs.iter().any(|h| h["name"] == holder))
-    })
-}
-
-/// A counter of `node`'s `status --json` (a path like "datagrams_received/broadcast").
-fn counter(node: &Node, path: &str) -> u64 {
-    let st = node.status();
-    st.pointer(&format!("/{path}"))
-        .and_then(Value::as_u64)
-        .unwrap_or_else(|| panic!("no {path} in {} status: {st}", node.name))
-}
 
 /// A firewall in host `h` dropping discovery multicast both ways: IPv4
 /// 224.0.0.0/4 (the group, mDNS), IPv6 mDNS and the test's IPv6 group;
@@ -124,7 +90,7 @@ fn broadcast_alone_where_multicast_is_dropped() {
         let started = Instant::now();
         let b = t.node(h, name, &[(&file, name.as_bytes())], &[]);
         assert!(
-            wait_until(FIND, || lists(&b, "atlas.pdf", "alpha")),
+            wait_until(FIND, || b.lists("atlas.pdf", "alpha")),
             "{name} does not list alpha's file with multicast dropped\nls: {:?}\npeers: {:?}\n{}\n{}",
             b.ls(),
             b.peers(),
@@ -133,7 +99,7 @@ fn broadcast_alone_where_multicast_is_dropped() {
         );
         let listed = started.elapsed();
         assert!(
-            wait_until(FIND, || lists(&a, &file, name)),
+            wait_until(FIND, || a.lists(&file, name)),
             "alpha does not list {name}'s file: {:?}\n{}",
             a.peers(),
             a.log_tail()
@@ -144,16 +110,16 @@ fn broadcast_alone_where_multicast_is_dropped() {
         );
         times.push(listed);
         assert_eq!(
-            found_via(&b, "alpha"),
+            b.found_via("alpha"),
             BTreeSet::from(["broadcast".to_string()]),
             "{:?}",
             b.peers()
         );
-        assert!(found_via(&a, name).contains("broadcast"), "{:?}", a.peers());
-        assert!(counter(&b, "datagrams_received/broadcast") > 0);
-        assert_eq!(counter(&b, "datagrams_received/multicast4"), 0);
-        assert_eq!(counter(&b, "datagrams_received/multicast6"), 0);
-        assert_eq!(counter(&b, "replayed_datagrams"), 0);
+        assert!(a.found_via(name).contains("broadcast"), "{:?}", a.peers());
+        assert!(b.counter("datagrams_received/broadcast") > 0);
+        assert_eq!(b.counter("datagrams_received/multicast4"), 0);
+        assert_eq!(b.counter("datagrams_received/multicast6"), 0);
+        assert_eq!(b.counter("replayed_datagrams"), 0);
     }
     // The firewalls did drop the nodes' multicast.
     assert!(t.nft_packets(0, "lanshare_nomcast", "multicast") > 0);
@@ -196,7 +162,7 @@ fn quiet_lan(n: usize, extra: &[&str], idle: Duration) -> Option<Quiet> {
     for node in &nodes {
         for other in names.iter().filter(|o| **o != node.name) {
             assert!(
-                wait_until(SETTLE, || lists(node, &format!("{other}.txt"), other)),
+                wait_until(SETTLE, || node.lists(&format!("{other}.txt"), other)),
                 "{} does not list {other}'s file: {:?}\n{}",
                 node.name,
                 node.peers(),
@@ -214,7 +180,7 @@ fn quiet_lan(n: usize, extra: &[&str], idle: Duration) -> Option<Quiet> {
         .map(|h| (udp_sent(&t, h) - before[h]) as f64 / secs)
         .collect();
     let (pulls_after_change, served_after_change) = change_node0(&nodes);
-    let sum = |path: &str| nodes.iter().map(|n| counter(n, path)).sum::<u64>();
+    let sum = |path: &str| nodes.iter().map(|n| n.counter(path)).sum::<u64>();
     Some(Quiet {
         peers: nodes
             .iter()
@@ -248,11 +214,11 @@ fn pulls_of_node0(node: &Node) -> usize {
 /// made meanwhile, and the inventory bytes node0 served.
 fn change_node0(nodes: &[Node]) -> (Vec<usize>, u64) {
     let before: Vec<usize> = nodes[1..].iter().map(pulls_of_node0).collect();
-    let served = counter(&nodes[0], "inventory_bytes_served");
+    let served = nodes[0].counter("inventory_bytes_served");
     std::fs::write(nodes[0].shared().join("later.txt"), b"shared later").unwrap();
     for node in &nodes[1..] {
         assert!(
-            wait_until(FIND, || lists(node, "later.txt", "node0")),
+            wait_until(FIND, || node.lists("later.txt", "node0")),
             "{} does not list node0's new file: {}",
             node.name,
             node.log_tail()
@@ -264,7 +230,7 @@ fn change_node0(nodes: &[Node]) -> (Vec<usize>, u64) {
         .zip(before)
         .map(|(n, b)| pulls_of_node0(n) - b)
         .collect();
-    (pulls, counter(&nodes[0], "inventory_bytes_served") - served)
+    (pulls, nodes[0].counter("inventory_bytes_served") - served)
 }
 
 /// Nothing blocked: with broadcast on (the default) each node lists each
@@ -418,13 +384,13 @@ fn no_broadcast_sends_none_and_no_multicast_keeps_it() {
         let a = t.node(0, "alpha", &[("a.txt", b"a")], &["--no-broadcast"]);
         let b = t.node(1, "beta", &[("b.txt", b"b")], &["--no-broadcast"]);
         assert!(
-            wait_until(FIND, || lists(&b, "a.txt", "alpha")
-                && lists(&a, "b.txt", "beta")),
+            wait_until(FIND, || b.lists("a.txt", "alpha")
+                && a.lists("b.txt", "beta")),
             "no listing with --no-broadcast: {:?}\n{}",
             b.peers(),
             b.log_tail()
         );
-        assert!(!found_via(&b, "alpha").contains("broadcast"));
+        assert!(!b.found_via("alpha").contains("broadcast"));
         std::thread::sleep(Duration::from_secs(3));
     }
     cap.stop();
@@ -446,14 +412,14 @@ fn no_broadcast_sends_none_and_no_multicast_keeps_it() {
     let c = t.node(2, "gamma", &[("c.txt", b"c")], &off);
     let d = t.node(3, "delta", &[("d.txt", b"d")], &off);
     assert!(
-        wait_until(FIND, || lists(&d, "c.txt", "gamma")
-            && lists(&c, "d.txt", "delta")),
+        wait_until(FIND, || d.lists("c.txt", "gamma")
+            && c.lists("d.txt", "delta")),
         "no listing by broadcast with --no-multicast: {:?}\n{}",
         d.peers(),
         d.log_tail()
     );
     assert_eq!(
-        found_via(&d, "gamma"),
+        d.found_via("gamma"),
         BTreeSet::from(["broadcast".to_string()])
     );
     cap.stop();

@@ -27,44 +27,11 @@ const FIND: Duration = Duration::from_secs(30);
 /// Deadline for a fetch.
 const TRANSFER: Duration = Duration::from_secs(120);
 
-/// The peer called `name` in `node`'s `peers --json`.
-fn peer(node: &Node, name: &str) -> Option<Value> {
-    node.peers().into_iter().find(|p| p["name"] == name)
-}
-
-/// How `node` found the peer called `name` (sorted).
-fn found_via(node: &Node, name: &str) -> BTreeSet<String> {
-    peer(node, name)
-        .map(|p| {
-            p["found_via"]
-                .as_array()
-                .expect("found_via is a list")
-                .iter()
-                .map(|v| v.as_str().expect("found_via entries").to_string())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn online(node: &Node, name: &str) -> bool {
-    peer(node, name).is_some_and(|p| p["online"] == true)
-}
-
-/// True when `node`'s `ls` lists `file` with `holder` among its holders.
-fn lists(node: &Node, file: &str, holder: &str) -> bool {
-    node.ls().iter().any(|v| {
-        v["name"] == file
-            && v["holders"]
-                .as_array()
-                .is_some_and(|hs| hs.iter().any(|h| h["name"] == holder))
-    })
-}
-
 /// Waits until `node` lists `file` held by `holder`.
 fn wait_lists(node: &Node, file: &str, holder: &Node, within: Duration) {
     let t = Instant::now();
     assert!(
-        wait_until(within, || lists(node, file, &holder.name)),
+        wait_until(within, || node.lists(file, &holder.name)),
         "{} did not list {file} from {} within {within:?}\nls: {:?}\npeers: {:?}\n{}\n{}",
         node.name,
         holder.name,
@@ -127,7 +94,7 @@ fn mdns_alone_when_the_multicast_group_is_dropped() {
     let b = t.node(h1, "beta", &[], &[]);
 
     wait_lists(&b, "report.pdf", &a, FIND);
-    let via = found_via(&b, "alpha");
+    let via = b.found_via("alpha");
     assert!(
         via.contains("mdns") && !via.contains("multicast"),
         "beta found alpha via {via:?}; expected mDNS and not the (dropped) group"
@@ -144,18 +111,18 @@ fn mdns_alone_when_the_multicast_group_is_dropped() {
     // Three intervals with no multicast at all: alpha stays online.
     std::thread::sleep(interval(&t) * 4);
     assert!(
-        online(&b, "alpha"),
+        b.sees_online("alpha"),
         "alpha went offline without multicast: {:?}\n{}",
         b.peers(),
         b.log_tail()
     );
-    assert!(!found_via(&b, "alpha").contains("multicast"));
+    assert!(!b.found_via("alpha").contains("multicast"));
     // A change on alpha reaches beta.
     std::fs::write(a.shared().join("later.txt"), b"added later").unwrap();
     wait_lists(&b, "later.txt", &a, Duration::from_secs(15));
     // And alpha found beta the same way.
     assert!(
-        wait_until(FIND, || found_via(&a, "beta").contains("mdns")),
+        wait_until(FIND, || a.found_via("beta").contains("mdns")),
         "alpha never found beta through mDNS: {:?}",
         a.peers()
     );
@@ -179,13 +146,13 @@ fn multicast_alone_with_no_mdns() {
     let b = t.node(h1, "beta", &[], &["--no-mdns"]);
     wait_lists(&b, "song.flac", &a, FIND);
     assert_eq!(
-        found_via(&b, "alpha"),
+        b.found_via("alpha"),
         BTreeSet::from(["multicast".to_string()]),
         "{:?}",
         b.peers()
     );
     fetch_and_check(&b, "song.flac", &content);
-    assert_eq!(found_via(&a, "beta"), BTreeSet::from(["multicast".into()]));
+    assert_eq!(a.found_via("beta"), BTreeSet::from(["multicast".into()]));
     for h in [h0, h1] {
         assert_eq!(
             t.mdns_packets(h),
@@ -349,7 +316,7 @@ fn two_bridges(mdns_only: bool) {
     wait_lists(&mh, "right.bin", &r, FIND);
     let want = if mdns_only { "mdns" } else { "multicast" };
     for p in ["left", "right"] {
-        let via = found_via(&mh, p);
+        let via = mh.found_via(p);
         assert!(via.contains(want), "multi found {p} via {via:?}");
     }
     // Both peers see the multi-homed host.
@@ -358,8 +325,8 @@ fn two_bridges(mdns_only: bool) {
     fetch_and_check(&mh, "left.bin", &left);
     fetch_and_check(&mh, "right.bin", &right);
     // The segments are apart: nothing of right's on left, and vice versa.
-    assert!(peer(&l, "right").is_none(), "{:?}", l.peers());
-    assert!(peer(&r, "left").is_none(), "{:?}", r.peers());
+    assert!(l.peer("right").is_none(), "{:?}", l.peers());
+    assert!(r.peer("left").is_none(), "{:?}", r.peers());
 }
 
 #[test]
@@ -398,7 +365,7 @@ fn ipv6_only(mdns_only: bool) {
     let a = t.node(h0, "alpha6", &[("v6.iso", &content)], extra);
     let b = t.node(h1, "beta6", &[], extra);
     wait_lists(&b, "v6.iso", &a, FIND);
-    let p = peer(&b, "alpha6").unwrap();
+    let p = b.peer("alpha6").unwrap();
     let ll = t.link_local(l0).to_string();
     let addrs: Vec<String> = p["addrs"]
         .as_array()
@@ -413,7 +380,7 @@ fn ipv6_only(mdns_only: bool) {
             .any(|x| x.starts_with(&format!("[{ll}%")) && x.ends_with(&port_suffix)),
         "beta6 does not know alpha6 at its link-local address {ll} with a scope id: {p}"
     );
-    let via = found_via(&b, "alpha6");
+    let via = b.found_via("alpha6");
     let want = if mdns_only { "mdns" } else { "multicast" };
     assert!(via.contains(want), "found via {via:?}");
     let stdout = fetch_and_check(&b, "v6.iso", &content);
@@ -593,7 +560,7 @@ fn forged_mdns_goodbye_does_not_drop_a_live_peer() {
     let mut a = t.node(ha, "alice", &[("alice.txt", b"alice's file")], &[]);
     let v = t.node(hv, "victim", &[], &[]);
     wait_lists(&v, "alice.txt", &a, FIND);
-    let via = found_via(&v, "alice");
+    let via = v.found_via("alice");
     assert!(
         via.contains("mdns") && !via.contains("multicast"),
         "victim found alice via {via:?}; expected mDNS alone (the group is dropped)"
@@ -601,7 +568,7 @@ fn forged_mdns_goodbye_does_not_drop_a_live_peer() {
 
     // What the forger learns from the LAN: alice's id (as the victim
     // lists it) and her record's TXT.
-    let id = peer(&v, "alice").expect("victim lists alice")["id"]
+    let id = v.peer("alice").expect("victim lists alice")["id"]
         .as_str()
         .expect("peers --json has an id")
         .to_string();
@@ -646,7 +613,7 @@ fn forged_mdns_goodbye_does_not_drop_a_live_peer() {
     // id the record claims.
     let forged_at = format!("{f_addr}:{port}");
     let has_forged_addr = || {
-        peer(&v, "alice").is_some_and(|p| {
+        v.peer("alice").is_some_and(|p| {
             p["addrs"]
                 .as_array()
                 .is_some_and(|xs| xs.iter().any(|x| *x == forged_at.as_str()))
@@ -660,7 +627,7 @@ fn forged_mdns_goodbye_does_not_drop_a_live_peer() {
         v.log_tail()
     );
     eprintln!("victim noted the forged address after {:?}", t0.elapsed());
-    assert!(online(&v, "alice") && lists(&v, "alice.txt", "alice"));
+    assert!(v.sees_online("alice") && v.lists("alice.txt", "alice"));
     // Let the victim settle on the record a little, then the forged goodbye.
     std::thread::sleep(Duration::from_secs(1));
     forger.unregister();
@@ -683,7 +650,7 @@ fn forged_mdns_goodbye_does_not_drop_a_live_peer() {
     // removal; a failed check would drop her within a hello's timeout.
     let watch = iv * 3 + Duration::from_secs(5);
     while goodbye.elapsed() < watch {
-        let (up, listed) = (online(&v, "alice"), lists(&v, "alice.txt", "alice"));
+        let (up, listed) = (v.sees_online("alice"), v.lists("alice.txt", "alice"));
         assert!(
             up && listed,
             "a forged mDNS goodbye (record {instance} claiming alice's id {id} from {f_addr}, \
@@ -715,7 +682,7 @@ fn forged_mdns_goodbye_does_not_drop_a_live_peer() {
     let t0 = Instant::now();
     a.terminate();
     let gone = poll_every(Duration::from_millis(20), Duration::from_secs(5), || {
-        !online(&v, "alice") && !lists(&v, "alice.txt", "alice")
+        !v.sees_online("alice") && !v.lists("alice.txt", "alice")
     });
     let took = t0.elapsed();
     a.stop();
@@ -754,12 +721,12 @@ fn manual_peer_across_a_router() {
     let near = t.node(near_h, "near", &[], &["--peer", &far_addr]);
     wait_lists(&near, "far.iso", &far, FIND);
     assert_eq!(
-        found_via(&near, "far"),
+        near.found_via("far"),
         BTreeSet::from(["manual".to_string()]),
         "{:?}",
         near.peers()
     );
-    let p = peer(&near, "far").unwrap();
+    let p = near.peer("far").unwrap();
     assert_eq!(p["addr"], far_addr.as_str(), "{p}");
     fetch_and_check(&near, "far.iso", &content);
     // Kept fresh: a file added on far reaches near.
@@ -767,7 +734,7 @@ fn manual_peer_across_a_router() {
     wait_lists(&near, "later.txt", &far, Duration::from_secs(15));
     // Nothing crossed the router by discovery: far never heard of near
     // through multicast or mDNS.
-    let via = found_via(&far, "near");
+    let via = far.found_via("near");
     assert!(
         !via.contains("multicast") && !via.contains("mdns"),
         "far found near via {via:?} across a router"
@@ -884,7 +851,7 @@ fn hot_plug(mdns_only: bool) {
     wait_lists(&mh, "first.txt", &first, FIND);
     // Not connected yet: second is out of reach.
     std::thread::sleep(interval(&t) * 2);
-    assert!(peer(&mh, "second").is_none(), "{:?}", mh.peers());
+    assert!(mh.peer("second").is_none(), "{:?}", mh.peers());
 
     let l = t.connect(m, b1);
     let plugged = Instant::now();
@@ -904,14 +871,14 @@ fn hot_plug(mdns_only: bool) {
         mh.log_tail()
     );
     assert!(
-        online(&mh, "first"),
+        mh.sees_online("first"),
         "first went offline after another interface vanished: {:?}\n{}",
         mh.peers(),
         mh.log_tail()
     );
-    assert!(lists(&mh, "first.txt", "first"));
+    assert!(mh.lists("first.txt", "first"));
     if mdns_only {
-        assert!(!found_via(&mh, "second").contains("multicast"));
+        assert!(!mh.found_via("second").contains("multicast"));
     }
 }
 
@@ -1007,7 +974,7 @@ fn fetch_falls_back_to_the_peers_other_address() {
     let a0 = format!("{}:{}", Topo::addr(b0, sh), seed.port());
     let a1 = format!("{}:{}", Topo::addr(b1, sh), seed.port());
     assert!(
-        wait_until(FIND, || peer(&fetcher, "seed").is_some_and(|p| {
+        wait_until(FIND, || fetcher.peer("seed").is_some_and(|p| {
             let addrs = p["addrs"].as_array().unwrap();
             addrs.iter().any(|a| *a == a0.as_str()) && addrs.iter().any(|a| *a == a1.as_str())
         })),

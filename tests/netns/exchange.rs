@@ -22,7 +22,7 @@ use lanshare::swarm::Mode;
 use lanshare::wire::frame::{self, InventoryPage, PeerEntry, Request, Response};
 use serde_json::Value;
 
-use crate::harness::{Node, Topo, in_netns, wait_until};
+use crate::harness::{Topo, in_netns, wait_until};
 
 /// Deadline for nodes to find each other's content.
 const FIND: Duration = Duration::from_secs(60);
@@ -73,33 +73,6 @@ fn blocked_lan(n: usize) -> Option<(Topo, Vec<usize>, usize)> {
     Some((t, hosts, br))
 }
 
-fn peer<'a>(peers: &'a [Value], name: &str) -> Option<&'a Value> {
-    peers.iter().find(|p| p["name"] == name)
-}
-
-fn found_via(node: &Node, name: &str) -> Vec<String> {
-    peer(&node.peers(), name)
-        .and_then(|p| p["found_via"].as_array().cloned())
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|v| v.as_str().map(str::to_string))
-        .collect()
-}
-
-/// True when `node`'s `ls` lists `file` held by `holder`.
-fn lists(node: &Node, file: &str, holder: &str) -> bool {
-    node.ls().iter().any(|v| {
-        v["name"] == file
-            && v["holders"]
-                .as_array()
-                .is_some_and(|hs| hs.iter().any(|h| h["name"] == holder))
-    })
-}
-
-fn counter(node: &Node, name: &str) -> u64 {
-    node.status()[name].as_u64().unwrap_or(0)
-}
-
 /// B and C each started with only `--peer A`, where no discovery
 /// datagram passes: they list each other's files through peer exchange,
 /// and `peers` says each was found by exchange.
@@ -115,7 +88,7 @@ fn two_nodes_given_only_a_third_find_each_other_by_exchange() {
     let started = Instant::now();
     let c = t.node(h[2], "gamma", &[("c.txt", b"gamma's file")], &only_a);
 
-    let both = || lists(&b, "c.txt", "gamma") && lists(&c, "b.txt", "beta");
+    let both = || b.lists("c.txt", "gamma") && c.lists("b.txt", "beta");
     assert!(
         wait_until(FIND, both),
         "beta and gamma did not list each other's files\nbeta ls {:?}\nbeta peers {:?}\ngamma ls {:?}\ngamma peers {:?}\n{}\n{}\n{}",
@@ -132,13 +105,13 @@ fn two_nodes_given_only_a_third_find_each_other_by_exchange() {
         started.elapsed()
     );
     for (node, other) in [(&b, "gamma"), (&c, "beta")] {
-        let via = found_via(node, other);
+        let via = node.found_via(other);
         assert!(
             via.contains(&"exchange".to_string()) && !via.contains(&"multicast".to_string()),
             "{} found {other} via {via:?}; expected exchange and no multicast",
             node.name
         );
-        assert!(counter(node, "hints_verified") >= 1, "{:?}", node.status());
+        assert!(node.counter("hints_verified") >= 1, "{:?}", node.status());
     }
     // `peers` in plain text says it too.
     let text = String::from_utf8_lossy(&b.cli(&["peers"]).stdout).to_string();
@@ -150,7 +123,7 @@ fn two_nodes_given_only_a_third_find_each_other_by_exchange() {
             "host {x}'s firewall dropped no discovery datagram: are the rules wrong?"
         );
     }
-    assert!(lists(&b, "a.txt", "alpha") && lists(&c, "a.txt", "alpha"));
+    assert!(b.lists("a.txt", "alpha") && c.lists("a.txt", "alpha"));
 }
 
 /// A rogue peer speaking the protocol, listening on `ip:PORT` inside host
@@ -300,8 +273,8 @@ fn fake_peers_from_a_rogue_are_never_listed() {
     // The victim asked the rogue, dialed its hints and caught the wrong id.
     let checked = || {
         rogue.answers.load(Ordering::Relaxed) >= 1
-            && counter(&victim, "hints_rejected") >= 1
-            && counter(&victim, "hints_dialed") >= 10
+            && victim.counter("hints_rejected") >= 1
+            && victim.counter("hints_dialed") >= 10
     };
     assert!(
         wait_until(FIND, checked),
@@ -311,7 +284,7 @@ fn fake_peers_from_a_rogue_are_never_listed() {
         victim.log_tail()
     );
     assert!(
-        wait_until(FIND, || lists(&victim, "real.txt", "real")),
+        wait_until(FIND, || victim.lists("real.txt", "real")),
         "the victim does not list the real node's file: {:?}\n{}\n{}",
         victim.ls(),
         victim.log_tail(),
@@ -350,5 +323,5 @@ fn fake_peers_from_a_rogue_are_never_listed() {
         status["hints_verified"],
         status["hints_rejected"]
     );
-    assert_eq!(counter(&victim, "hints_verified"), 0, "{status:?}");
+    assert_eq!(victim.counter("hints_verified"), 0, "{status:?}");
 }

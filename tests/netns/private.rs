@@ -212,44 +212,17 @@ fn key_file(t: &Topo, file: &str) -> String {
     path.to_str().expect("a UTF-8 path").to_string()
 }
 
-/// The peer called `name` in `node`'s `peers --json`.
-fn peer(node: &Node, name: &str) -> Option<Value> {
-    node.peers().into_iter().find(|p| p["name"] == name)
-}
-
-fn online(node: &Node, name: &str) -> bool {
-    peer(node, name).is_some_and(|p| p["online"] == true)
-}
-
-/// True when `node`'s `ls` lists `file` with `holder` among its holders.
-fn lists(node: &Node, file: &str, holder: &str) -> bool {
-    node.ls().iter().any(|v| {
-        v["name"] == file
-            && v["holders"]
-                .as_array()
-                .is_some_and(|hs| hs.iter().any(|h| h["name"] == holder))
-    })
-}
-
 /// Waits until `node` lists `file` from `holder`, which it has verified.
 fn wait_lists_verified(node: &Node, file: &str, holder: &str) {
     assert!(
-        wait_until(FIND, || lists(node, file, holder)
-            && peer(node, holder).is_some_and(|p| p["verified"] == true)),
+        wait_until(FIND, || node.lists(file, holder)
+            && node.peer(holder).is_some_and(|p| p["verified"] == true)),
         "{} does not list {file} from a verified {holder}\nls: {:?}\npeers: {:?}\n{}",
         node.name,
         node.ls(),
         node.peers(),
         node.log_tail()
     );
-}
-
-/// A counter of `node`'s `status --json`.
-fn counter(node: &Node, field: &str) -> u64 {
-    let st = node.status();
-    st[field]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no {field} in {} status: {st}", node.name))
 }
 
 /// The datagram counters that a replay or a forgery could move.
@@ -264,11 +237,11 @@ struct Counters {
 
 fn counters(node: &Node) -> Counters {
     Counters {
-        replayed: counter(node, "replayed_datagrams"),
-        foreign: counter(node, "foreign_datagrams"),
-        malformed: counter(node, "malformed_datagrams"),
-        bad_signature: counter(node, "bad_signature_datagrams"),
-        throttled: counter(node, "throttled_datagrams"),
+        replayed: node.counter("replayed_datagrams"),
+        foreign: node.counter("foreign_datagrams"),
+        malformed: node.counter("malformed_datagrams"),
+        bad_signature: node.counter("bad_signature_datagrams"),
+        throttled: node.counter("throttled_datagrams"),
     }
 }
 
@@ -394,7 +367,7 @@ fn outsiders_see_nothing(a: &Node, b: &Node, c: &Node, d: &Node, content_id: &st
             n.name
         );
         assert!(
-            counter(n, "foreign_datagrams") > 0,
+            n.counter("foreign_datagrams") > 0,
             "{} counted no foreign datagram though C and D announce: {}",
             n.name,
             n.status()
@@ -660,7 +633,7 @@ fn forged_and_replayed(private: bool) {
     // A's first run ends with a goodbye: B drops it.
     a.stop();
     assert!(
-        wait_until(FIND, || !online(&b, A_NAME)),
+        wait_until(FIND, || !b.sees_online(A_NAME)),
         "B did not take A's goodbye: {:?}\n{}",
         b.peers(),
         b.log_tail()
@@ -669,7 +642,7 @@ fn forged_and_replayed(private: bool) {
     let a = t.start(ha, A_NAME, &ea);
     wait_lists_verified(&b, SECRET_FILE, A_NAME);
     assert!(
-        wait_until(FIND, || online(&b, A_NAME)),
+        wait_until(FIND, || b.sees_online(A_NAME)),
         "A is not back at B"
     );
     cap.stop();
@@ -702,9 +675,9 @@ fn goodbyes_taken(b: &Node) -> usize {
 fn a_stays_at_b(b: &Node, within: Duration, after: &str) {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
-        let p = peer(b, A_NAME);
+        let p = b.peer(A_NAME);
         assert!(
-            p.as_ref().is_some_and(|p| p["online"] == true) && lists(b, SECRET_FILE, A_NAME),
+            p.as_ref().is_some_and(|p| p["online"] == true) && b.lists(SECRET_FILE, A_NAME),
             "after {after}, B no longer lists A online with its file: {p:?}\npeers: {:?}\n{}",
             b.peers(),
             b.log_tail()
