@@ -176,18 +176,19 @@ impl SharesFile {
 }
 
 /// A complete file this node shares. Compact, as there is one per shared
-/// file: the offered name is the path's tail where it is one (the common
-/// case: no second copy of it), and the comment is the share root's.
+/// file: one allocation with its manifest (a one-chunk manifest holds its
+/// hash inline), the offered name the path's tail where it is one (the
+/// common case: no second copy of it), the comment the share root's.
 #[derive(Debug)]
 pub struct LocalContent {
     pub id: ContentId,
-    pub manifest: Arc<Manifest>,
+    /// What was hashed; its size is the file's as indexed.
+    pub manifest: Manifest,
     pub path: Box<Path>,
     /// The offered name when it is not the tail of `path` (a name
     /// cleaned for the wire, or a path too long to be offered whole).
     own_name: Option<Box<str>>,
     root: Arc<ShareRoot>,
-    size: u64,
     mtime_ns: u64,
     /// Where the offered name starts in `path`'s bytes (without
     /// `own_name`).
@@ -221,7 +222,7 @@ impl LocalContent {
     /// changed on disk; the next scan re-indexes it).
     pub fn check(&self, file: &std::fs::File) -> Result<(), StoreError> {
         let meta = file.metadata().map_err(io_err("cannot stat", &self.path))?;
-        if meta.len() != self.size || mtime_ns(&meta) != self.mtime_ns {
+        if meta.len() != self.manifest.size || mtime_ns(&meta) != self.mtime_ns {
             return Err(StoreError::Changed {
                 path: self.path.to_path_buf(),
             });
@@ -277,7 +278,7 @@ impl Serialize for CacheRecords<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(self.0.iter().map(|ByPath(c)| CacheRecordRef {
             path: c.path.as_os_str().as_bytes(),
-            size: c.size,
+            size: c.manifest.size,
             mtime_ns: c.mtime_ns,
             manifest: &c.manifest,
         }))
@@ -357,7 +358,7 @@ pub struct IndexState {
 
 /// The content of `file`, which gives it its path (and its name, where
 /// the name is the path's tail).
-fn content_for(file: FoundFile, manifest: Arc<Manifest>) -> Arc<LocalContent> {
+fn content_for(file: FoundFile, manifest: Manifest) -> Arc<LocalContent> {
     let name = inventory_name(&file.path, &file.root);
     let file_name = name.rsplit('/').next().unwrap_or_default();
     let category = (file.root.category).unwrap_or_else(|| Category::from_name(file_name));
@@ -374,7 +375,6 @@ fn content_for(file: FoundFile, manifest: Arc<Manifest>) -> Arc<LocalContent> {
         path,
         own_name,
         root: file.root,
-        size: file.size,
         mtime_ns: file.mtime_ns,
         name_at,
         category,
@@ -436,7 +436,7 @@ impl IndexState {
         let mut to_hash = Vec::new();
         for f in walk.files {
             match self.files.get(f.path.as_path()) {
-                Some(ByPath(c)) if c.size == f.size && c.mtime_ns == f.mtime_ns => {
+                Some(ByPath(c)) if c.manifest.size == f.size && c.mtime_ns == f.mtime_ns => {
                     if c.root != f.root {
                         let manifest = c.manifest.clone();
                         self.file_away(f, manifest);
@@ -449,7 +449,7 @@ impl IndexState {
                         && c.mtime_ns == f.mtime_ns
                         && c.manifest.check_shape().is_ok()
                     {
-                        self.file_away(f, Arc::new(c.manifest));
+                        self.file_away(f, c.manifest);
                         changed = true;
                         continue;
                     }
@@ -471,7 +471,7 @@ impl IndexState {
     fn file_away(
         &mut self,
         file: FoundFile,
-        manifest: Arc<Manifest>,
+        manifest: Manifest,
     ) -> (Arc<LocalContent>, Option<Arc<LocalContent>>) {
         let content = content_for(file, manifest);
         let old = self.files.replace(ByPath(content.clone()));
@@ -481,7 +481,7 @@ impl IndexState {
     /// Adds (or replaces) one file. Cheap: the id map is updated in place
     /// unless the path held other content before.
     pub fn insert(&mut self, file: FoundFile, manifest: Manifest) {
-        let (content, old) = self.file_away(file, Arc::new(manifest));
+        let (content, old) = self.file_away(file, manifest);
         if old.is_some_and(|o| o.id != content.id) {
             self.rebuild_by_id();
             return;
@@ -725,10 +725,7 @@ mod tests {
     #[test]
     fn a_content_keeps_its_name_once() {
         let root = Arc::new(ShareRoot::home_folder(PathBuf::from("/s")));
-        let m = Arc::new(crate::manifest::manifest_of(
-            b"x",
-            crate::manifest::CHUNK_SIZE,
-        ));
+        let m = crate::manifest::manifest_of(b"x", crate::manifest::CHUNK_SIZE);
         let file = |p: &str| FoundFile {
             path: PathBuf::from(p),
             size: 1,
@@ -743,7 +740,7 @@ mod tests {
         let long = format!("/s/{}/g.txt", "x".repeat(250));
         assert_eq!(content_for(file(&long), m).name(), "g.txt");
         assert!(
-            size_of::<LocalContent>() <= 104,
+            size_of::<LocalContent>() <= 176,
             "{}",
             size_of::<LocalContent>()
         );

@@ -77,7 +77,7 @@ pub enum Source {
 }
 
 impl Source {
-    pub fn manifest(&self) -> &Arc<Manifest> {
+    pub fn manifest(&self) -> &Manifest {
         match self {
             Source::Complete(c) => &c.manifest,
             Source::Partial(p) => &p.manifest,
