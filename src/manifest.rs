@@ -43,7 +43,79 @@ pub struct Manifest {
     pub chunk_size: u32,
     /// SHA-256 of the whole file, shown to users to compare with published sums.
     pub sha256: [u8; 32],
-    pub chunks: Vec<ChunkHash>,
+    pub chunks: ChunkList,
+}
+
+/// The chunk hashes of a manifest, in order. Most shared files are one
+/// chunk: that hash is held inline, with no allocation of its own; more
+/// are one slice sized to them. Encoded as a sequence, the bytes of a
+/// `Vec<ChunkHash>`.
+#[derive(Clone)]
+pub enum ChunkList {
+    /// No chunk (an empty file) or one.
+    Inline(Option<ChunkHash>),
+    Many(Box<[ChunkHash]>),
+}
+
+impl From<Vec<ChunkHash>> for ChunkList {
+    fn from(v: Vec<ChunkHash>) -> Self {
+        match v.as_slice() {
+            [] => ChunkList::Inline(None),
+            [one] => ChunkList::Inline(Some(*one)),
+            _ => ChunkList::Many(v.into_boxed_slice()),
+        }
+    }
+}
+
+impl FromIterator<ChunkHash> for ChunkList {
+    fn from_iter<I: IntoIterator<Item = ChunkHash>>(iter: I) -> Self {
+        iter.into_iter().collect::<Vec<_>>().into()
+    }
+}
+
+impl std::ops::Deref for ChunkList {
+    type Target = [ChunkHash];
+    fn deref(&self) -> &[ChunkHash] {
+        match self {
+            ChunkList::Inline(one) => one.as_slice(),
+            ChunkList::Many(all) => all,
+        }
+    }
+}
+
+impl std::ops::DerefMut for ChunkList {
+    fn deref_mut(&mut self) -> &mut [ChunkHash] {
+        match self {
+            ChunkList::Inline(one) => one.as_mut_slice(),
+            ChunkList::Many(all) => all,
+        }
+    }
+}
+
+impl PartialEq for ChunkList {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for ChunkList {}
+
+impl std::fmt::Debug for ChunkList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl Serialize for ChunkList {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for ChunkList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Vec::<ChunkHash>::deserialize(d).map(ChunkList::from)
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -94,7 +166,7 @@ impl Manifest {
         h.update(&self.size.to_le_bytes());
         h.update(&self.chunk_size.to_le_bytes());
         h.update(&self.sha256);
-        for c in &self.chunks {
+        for c in self.chunks.iter() {
             h.update(&c.0);
         }
         ContentId(*h.finalize().as_bytes())
@@ -205,7 +277,7 @@ pub fn hash_file(path: &Path, mut progress: impl FnMut(u64)) -> io::Result<Manif
             size,
             chunk_size,
             sha256,
-            chunks,
+            chunks: chunks.into(),
         })
     })
 }
@@ -396,11 +468,29 @@ mod tests {
         assert_ne!(other.content_id(), id);
         assert_eq!(other.verify(&id), Err(ManifestError::WrongId(id)));
         let mut other = m.clone();
-        other.chunks.pop();
+        let n = other.chunks.len();
+        other.chunks = other.chunks[..n - 1].to_vec().into();
         assert!(matches!(
             other.verify(&id),
             Err(ManifestError::ChunkCount { .. })
         ));
+    }
+
+    /// The chunk list is encoded as the `Vec` it was (the wire and the
+    /// index cache do not change), and one chunk is held inline.
+    #[test]
+    fn a_chunk_list_encodes_as_a_vec() {
+        for n in [0usize, 1, 3] {
+            let data = vec![7u8; n * MIN_CHUNK_SIZE as usize];
+            let m = manifest_of(&data, MIN_CHUNK_SIZE);
+            assert_eq!(m.chunks.len(), n);
+            let as_vec = (m.size, m.chunk_size, m.sha256, m.chunks.to_vec());
+            let bytes = postcard::to_allocvec(&m).unwrap();
+            assert_eq!(bytes, postcard::to_allocvec(&as_vec).unwrap());
+            assert_eq!(postcard::from_bytes::<Manifest>(&bytes).unwrap(), m);
+            assert_eq!(matches!(m.chunks, ChunkList::Many(_)), n > 1);
+        }
+        assert!(size_of::<ChunkList>() <= 40);
     }
 
     #[test]

@@ -65,25 +65,60 @@ impl std::fmt::Display for Refusal {
 }
 
 /// One content as the network offers it. Compact, as there is one per
-/// remote content: a holder or two and one name are the common case.
+/// remote content (64 bytes beside its id in the map): a holder or two,
+/// one name and no comment are the common case.
 #[derive(Clone, Debug)]
 pub struct Content {
     pub names: Names,
     pub size: u64,
     pub category: Category,
-    pub comment: Box<str>,
+    pub comment: Comment,
     /// Each holder's chunks; the bitmap bytes are shared with the holder's
     /// inventory entry, not copied.
     pub holders: Holders,
 }
 
+/// A content's comment: one pointer, no allocation while empty (most
+/// contents have none).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+// One thin pointer per content; the rare comment behind it is boxed twice
+// on purpose.
+#[allow(clippy::redundant_allocation)]
+pub struct Comment(Option<Box<Box<str>>>);
+
+impl Comment {
+    pub fn new(text: &str) -> Self {
+        Comment((!text.is_empty()).then(|| Box::new(Box::from(text))))
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_deref().map_or("", |c| c)
+    }
+}
+
+impl std::ops::Deref for Comment {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl From<Comment> for String {
+    fn from(c: Comment) -> String {
+        c.as_str().to_string()
+    }
+}
+
 /// The names peers list a content under, sorted, without repeats (at most
-/// [`MAX_NAMES`]): the first inline, the rare others in a list that takes
-/// no memory while empty.
+/// [`MAX_NAMES`]): the first inline, the rare others behind one pointer
+/// that takes no memory while there are none.
 #[derive(Clone, Debug, Default)]
+// One thin pointer per content (a `Vec` would take three words in every
+// one of them); the rare list behind it is boxed on purpose.
+#[allow(clippy::box_collection)]
 pub struct Names {
     first: Option<Box<str>>,
-    more: Vec<Box<str>>,
+    more: Option<Box<Vec<Box<str>>>>,
 }
 
 /// The names of a content, in order ([`Names::iter`]).
@@ -101,10 +136,17 @@ impl Names {
         all.dedup();
         all.truncate(MAX_NAMES);
         let mut it = all.into_iter();
+        let first = it.next().map(Box::from);
+        let more: Vec<Box<str>> = it.map(Box::from).collect();
         Names {
-            first: it.next().map(Box::from),
-            more: it.map(Box::from).collect(),
+            first,
+            more: (!more.is_empty()).then(|| Box::new(more)),
         }
+    }
+
+    /// The names after the first, in order.
+    fn more(&self) -> &[Box<str>] {
+        self.more.as_deref().map_or(&[], Vec::as_slice)
     }
 
     /// Adds `name` unless it is there already.
@@ -116,20 +158,21 @@ impl Names {
         if **first == *name {
             return;
         }
-        if name < &**first {
-            self.more.reserve_exact(1);
-            let old = std::mem::replace(first, name.into());
-            self.more.insert(0, old);
-            return;
-        }
-        if let Err(at) = self.more.binary_search_by(|n| (**n).cmp(name)) {
-            self.more.reserve_exact(1);
-            self.more.insert(at, name.into());
-        }
+        let (at, name) = if name < &**first {
+            (0, std::mem::replace(first, name.into()))
+        } else {
+            match self.more().binary_search_by(|n| (**n).cmp(name)) {
+                Ok(_) => return,
+                Err(at) => (at, name.into()),
+            }
+        };
+        let more = self.more.get_or_insert_with(Box::default);
+        more.reserve_exact(1);
+        more.insert(at, name);
     }
 
     pub fn len(&self) -> usize {
-        usize::from(self.first.is_some()) + self.more.len()
+        usize::from(self.first.is_some()) + self.more().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -143,7 +186,7 @@ impl Names {
 
     /// Every name, in sort order.
     pub fn iter(&self) -> NamesIter<'_> {
-        self.first.iter().chain(self.more.iter()).map(|n| &**n)
+        self.first.iter().chain(self.more().iter()).map(|n| &**n)
     }
 }
 
@@ -156,9 +199,10 @@ impl<'a> IntoIterator for &'a Names {
 }
 
 /// Each holder of a content with its chunks, sorted by holder: a short
-/// list, as most contents have one holder or a few.
+/// list sized to its holders (two words, no spare room), as most contents
+/// have one holder or a few.
 #[derive(Clone, Debug, Default)]
-pub struct Holders(Vec<(NodeId, ChunkSet)>);
+pub struct Holders(Box<[(NodeId, ChunkSet)]>);
 
 impl Holders {
     /// Sets `peer`'s chunks.
@@ -167,15 +211,19 @@ impl Holders {
             Ok(i) => self.0[i].1 = chunks,
             Err(i) => {
                 // Room for this one only: most contents have one holder.
-                self.0.reserve_exact(1);
-                self.0.insert(i, (peer, chunks));
+                let mut v = std::mem::take(&mut self.0).into_vec();
+                v.reserve_exact(1);
+                v.insert(i, (peer, chunks));
+                self.0 = v.into_boxed_slice();
             }
         }
     }
 
     fn remove(&mut self, peer: &NodeId) {
         if let Ok(i) = self.0.binary_search_by(|(p, _)| p.cmp(peer)) {
-            self.0.remove(i);
+            let mut v = std::mem::take(&mut self.0).into_vec();
+            v.remove(i);
+            self.0 = v.into_boxed_slice();
         }
     }
 
@@ -365,7 +413,7 @@ impl Contents {
             names: Names::default(),
             size: e.size,
             category: e.category,
-            comment: Box::default(),
+            comment: Comment::default(),
             holders: Holders::default(),
         });
         if c.holders.is_empty() && !e.more_paths.is_empty() {
@@ -376,7 +424,7 @@ impl Contents {
             c.names = self.names_listed(&e.id, &c.holders, Some((peer, e)));
         }
         if c.comment.is_empty() && !e.comment.is_empty() {
-            c.comment = e.comment.as_str().into();
+            c.comment = Comment::new(&e.comment);
         }
         c.holders.insert(peer, e.chunks.clone());
     }
@@ -490,6 +538,13 @@ mod tests {
             + size_of::<(NodeId, ChunkSet)>();
         println!("fixed cost per entry: {fixed} bytes");
         assert!(ENTRY_OVERHEAD >= fixed, "{ENTRY_OVERHEAD} < {fixed}");
+    }
+
+    /// A content's record stays compact: one per remote content, beside
+    /// its id in the map's table (which grows by doubling).
+    #[test]
+    fn a_content_record_takes_64_bytes() {
+        assert!(size_of::<Content>() <= 64, "{}", size_of::<Content>());
     }
 
     #[test]

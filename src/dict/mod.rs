@@ -72,7 +72,7 @@ pub const DEFAULT_MAX_REMOTE_CONTENTS: usize = 1_000_000;
 /// contents with short names.
 pub const DEFAULT_MAX_REMOTE_BYTES: usize = 128 << 20;
 /// Memory one inventory entry costs besides its text and bitmap: the
-/// entry (256 bytes with the content's record and one holder's slot),
+/// entry (232 bytes with the content's record and one holder's slot),
 /// plus the maps' spare room and the allocator's headers (measured:
 /// docs/performance.md, "Memory budget per file and per peer entry").
 pub const ENTRY_OVERHEAD: usize = 384;

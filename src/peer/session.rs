@@ -229,7 +229,7 @@ impl<'a> Session<'a> {
     ) -> Result<(), PeerError> {
         match self.server.store.source(&id) {
             Some(src) => {
-                let manifest = (**src.manifest()).clone();
+                let manifest = src.manifest().clone();
                 framed
                     .send(&Response::Manifest { req, manifest }.encode())
                     .await

@@ -221,7 +221,7 @@ impl Store {
                     Ok(m)
                 } else {
                     Err(StoreError::Changed {
-                        path: local.path.clone(),
+                        path: local.path.to_path_buf(),
                     })
                 }
             });

@@ -175,20 +175,42 @@ impl SharesFile {
     }
 }
 
-/// A complete file this node shares.
+/// A complete file this node shares. Compact, as there is one per shared
+/// file: one allocation with its manifest (a one-chunk manifest holds its
+/// hash inline), the offered name the path's tail where it is one (the
+/// common case: no second copy of it), the comment the share root's.
 #[derive(Debug)]
 pub struct LocalContent {
     pub id: ContentId,
-    pub manifest: Arc<Manifest>,
-    pub path: PathBuf,
-    pub name: String,
-    pub category: Category,
-    pub comment: String,
-    size: u64,
+    /// What was hashed; its size is the file's as indexed.
+    pub manifest: Manifest,
+    pub path: Box<Path>,
+    /// The offered name when it is not the tail of `path` (a name
+    /// cleaned for the wire, or a path too long to be offered whole).
+    own_name: Option<Box<str>>,
+    root: Arc<ShareRoot>,
     mtime_ns: u64,
+    /// Where the offered name starts in `path`'s bytes (without
+    /// `own_name`).
+    name_at: u32,
+    pub category: Category,
 }
 
 impl LocalContent {
+    /// The name it is offered under ([`inventory_name`]).
+    pub fn name(&self) -> &str {
+        if let Some(own) = &self.own_name {
+            return own;
+        }
+        let tail = &self.path.as_os_str().as_bytes()[self.name_at as usize..];
+        std::str::from_utf8(tail).expect("a name kept in the path is its UTF-8 tail")
+    }
+
+    /// The comment of the share it is part of.
+    pub fn comment(&self) -> &str {
+        &self.root.comment
+    }
+
     /// Opens the file, refusing if it no longer matches what was hashed.
     pub fn open(&self) -> Result<std::fs::File, StoreError> {
         let file = std::fs::File::open(&self.path).map_err(io_err("cannot open", &self.path))?;
@@ -200,9 +222,9 @@ impl LocalContent {
     /// changed on disk; the next scan re-indexes it).
     pub fn check(&self, file: &std::fs::File) -> Result<(), StoreError> {
         let meta = file.metadata().map_err(io_err("cannot stat", &self.path))?;
-        if meta.len() != self.size || mtime_ns(&meta) != self.mtime_ns {
+        if meta.len() != self.manifest.size || mtime_ns(&meta) != self.mtime_ns {
             return Err(StoreError::Changed {
-                path: self.path.clone(),
+                path: self.path.to_path_buf(),
             });
         }
         Ok(())
@@ -241,7 +263,7 @@ struct CacheFileRef<'a> {
 }
 
 /// Every indexed file as a `CacheRecord`, encoded one at a time.
-struct CacheRecords<'a>(&'a HashSet<Record>);
+struct CacheRecords<'a>(&'a HashSet<ByPath>);
 
 #[derive(Serialize)]
 struct CacheRecordRef<'a> {
@@ -254,11 +276,11 @@ struct CacheRecordRef<'a> {
 
 impl Serialize for CacheRecords<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(|r| CacheRecordRef {
-            path: r.content.path.as_os_str().as_bytes(),
-            size: r.content.size,
-            mtime_ns: r.content.mtime_ns,
-            manifest: &r.content.manifest,
+        s.collect_seq(self.0.iter().map(|ByPath(c)| CacheRecordRef {
+            path: c.path.as_os_str().as_bytes(),
+            size: c.manifest.size,
+            mtime_ns: c.mtime_ns,
+            manifest: &c.manifest,
         }))
     }
 }
@@ -271,45 +293,60 @@ mod serde_bytes_ref {
     }
 }
 
-/// An indexed file, filed under its content's path (the path is kept
-/// once); its size and mtime are its content's.
-struct Record {
-    root: Arc<ShareRoot>,
-    content: Arc<LocalContent>,
-}
+/// An indexed file in the set of files, found by its path (kept once,
+/// in its content).
+struct ByPath(Arc<LocalContent>);
 
-impl Record {
-    fn path(&self) -> &Path {
-        &self.content.path
-    }
-}
-
-impl std::hash::Hash for Record {
+impl std::hash::Hash for ByPath {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.path().hash(state)
+        self.0.path.hash(state)
     }
 }
 
-impl PartialEq for Record {
+impl PartialEq for ByPath {
     fn eq(&self, other: &Self) -> bool {
-        self.path() == other.path()
+        self.0.path == other.0.path
     }
 }
 
-impl Eq for Record {}
+impl Eq for ByPath {}
 
-impl std::borrow::Borrow<Path> for Record {
+impl std::borrow::Borrow<Path> for ByPath {
     fn borrow(&self) -> &Path {
-        self.path()
+        &self.0.path
+    }
+}
+
+/// A content in the id map, found by its id (kept once, in the content:
+/// one pointer per slot rather than a key beside it).
+struct ById(Arc<LocalContent>);
+
+impl std::hash::Hash for ById {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.id.hash(state)
+    }
+}
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for ById {}
+
+impl std::borrow::Borrow<ContentId> for ById {
+    fn borrow(&self) -> &ContentId {
+        &self.0.id
     }
 }
 
 /// Index state: every indexed file by path, and contents by id.
 #[derive(Default)]
 pub struct IndexState {
-    files: HashSet<Record>,
+    files: HashSet<ByPath>,
     /// Each content's file of the smallest path: the one served.
-    by_id: HashMap<ContentId, Arc<LocalContent>>,
+    by_id: HashSet<ById>,
     /// The other files of the contents found at several paths, ascending
     /// by path (a content at one path, the common case, has no entry).
     more: HashMap<ContentId, Vec<Arc<LocalContent>>>,
@@ -319,22 +356,28 @@ pub struct IndexState {
     empty_dirs: BTreeSet<String>,
 }
 
-/// The content of `file`, which gives it its path.
-fn content_for(file: FoundFile, manifest: Arc<Manifest>) -> Arc<LocalContent> {
+/// The content of `file`, which gives it its path (and its name, where
+/// the name is the path's tail).
+fn content_for(file: FoundFile, manifest: Manifest) -> Arc<LocalContent> {
     let name = inventory_name(&file.path, &file.root);
     let file_name = name.rsplit('/').next().unwrap_or_default();
+    let category = (file.root.category).unwrap_or_else(|| Category::from_name(file_name));
+    let path = file.path.into_boxed_path();
+    let bytes = path.as_os_str().as_bytes();
+    let name_at = bytes.len() - name.len().min(bytes.len());
+    let (own_name, name_at) = match u32::try_from(name_at) {
+        Ok(at) if bytes.ends_with(name.as_bytes()) => (None, at),
+        _ => (Some(name.into_boxed_str()), 0),
+    };
     Arc::new(LocalContent {
         id: manifest.content_id(),
-        category: file
-            .root
-            .category
-            .unwrap_or_else(|| Category::from_name(file_name)),
-        comment: file.root.comment.clone(),
-        name,
         manifest,
-        path: file.path,
-        size: file.size,
+        path,
+        own_name,
+        root: file.root,
         mtime_ns: file.mtime_ns,
+        name_at,
+        category,
     })
 }
 
@@ -384,18 +427,18 @@ impl IndexState {
         self.empty_dirs = walk.empty_dirs;
         let before = self.files.len();
         // The walk's files are sorted by path: no set of them is built.
-        self.files.retain(|r| {
+        self.files.retain(|ByPath(c)| {
             walk.files
-                .binary_search_by(|f| f.path.as_path().cmp(r.path()))
+                .binary_search_by(|f| f.path.as_path().cmp(&c.path))
                 .is_ok()
         });
         changed |= self.files.len() != before;
         let mut to_hash = Vec::new();
         for f in walk.files {
             match self.files.get(f.path.as_path()) {
-                Some(r) if r.content.size == f.size && r.content.mtime_ns == f.mtime_ns => {
-                    if r.root != f.root {
-                        let manifest = r.content.manifest.clone();
+                Some(ByPath(c)) if c.manifest.size == f.size && c.mtime_ns == f.mtime_ns => {
+                    if c.root != f.root {
+                        let manifest = c.manifest.clone();
                         self.file_away(f, manifest);
                         changed = true;
                     }
@@ -406,7 +449,7 @@ impl IndexState {
                         && c.mtime_ns == f.mtime_ns
                         && c.manifest.check_shape().is_ok()
                     {
-                        self.file_away(f, Arc::new(c.manifest));
+                        self.file_away(f, c.manifest);
                         changed = true;
                         continue;
                     }
@@ -428,22 +471,18 @@ impl IndexState {
     fn file_away(
         &mut self,
         file: FoundFile,
-        manifest: Arc<Manifest>,
-    ) -> (Arc<LocalContent>, Option<Record>) {
-        let root = file.root.clone();
+        manifest: Manifest,
+    ) -> (Arc<LocalContent>, Option<Arc<LocalContent>>) {
         let content = content_for(file, manifest);
-        let record = Record {
-            root,
-            content: content.clone(),
-        };
-        (content, self.files.replace(record))
+        let old = self.files.replace(ByPath(content.clone()));
+        (content, old.map(|ByPath(c)| c))
     }
 
     /// Adds (or replaces) one file. Cheap: the id map is updated in place
     /// unless the path held other content before.
     pub fn insert(&mut self, file: FoundFile, manifest: Manifest) {
-        let (content, old) = self.file_away(file, Arc::new(manifest));
-        if old.is_some_and(|o| o.content.id != content.id) {
+        let (content, old) = self.file_away(file, manifest);
+        if old.is_some_and(|o| o.id != content.id) {
             self.rebuild_by_id();
             return;
         }
@@ -456,16 +495,16 @@ impl IndexState {
     fn place(&mut self, content: Arc<LocalContent>) {
         let id = content.id;
         let other = match self.by_id.get(&id) {
-            None => {
-                self.by_id.insert(id, content);
+            Some(ById(first)) if first.path < content.path => content,
+            Some(ById(first)) if first.path > content.path => {
+                let ById(first) = self.by_id.replace(ById(content)).expect("a file was filed");
+                first
+            }
+            // None, or the same path: (re)filed as the one served.
+            _ => {
+                self.by_id.replace(ById(content));
                 return;
             }
-            Some(first) if first.path == content.path => {
-                self.by_id.insert(id, content);
-                return;
-            }
-            Some(first) if first.path < content.path => content,
-            Some(_) => self.by_id.insert(id, content).expect("a file was filed"),
         };
         let more = self.more.entry(id).or_default();
         match more.binary_search_by(|m| m.path.cmp(&other.path)) {
@@ -477,18 +516,15 @@ impl IndexState {
     fn rebuild_by_id(&mut self) {
         self.by_id.clear();
         self.more.clear();
-        let mut records: Vec<&Record> = self.files.iter().collect();
+        let mut records: Vec<&Arc<LocalContent>> = self.files.iter().map(|r| &r.0).collect();
         // Deterministic: the smallest path first, then the others in order.
-        records.sort_by(|a, b| a.path().cmp(b.path()));
-        for r in records {
-            let id = r.content.id;
-            match self.by_id.entry(id) {
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(r.content.clone());
-                }
-                std::collections::hash_map::Entry::Occupied(_) => {
-                    self.more.entry(id).or_default().push(r.content.clone());
-                }
+        records.sort_by(|a, b| a.path.cmp(&b.path));
+        for c in records {
+            // The first filed stays: the smallest path.
+            if !self.by_id.contains(&c.id) {
+                self.by_id.insert(ById(c.clone()));
+            } else {
+                self.more.entry(c.id).or_default().push(c.clone());
             }
         }
     }
@@ -500,10 +536,10 @@ impl IndexState {
     /// are not offered at their own paths).
     pub fn names_of(&self, c: &LocalContent) -> (String, MorePaths) {
         let Some(more) = self.more.get(&c.id) else {
-            return (c.name.clone(), MorePaths::default());
+            return (c.name().to_string(), MorePaths::default());
         };
-        let mut names: Vec<&str> = std::iter::once(c.name.as_str())
-            .chain(more.iter().map(|m| m.name.as_str()))
+        let mut names: Vec<&str> = std::iter::once(c.name())
+            .chain(more.iter().map(|m| m.name()))
             .collect();
         names.sort_unstable();
         names.dedup();
@@ -541,11 +577,11 @@ impl IndexState {
     }
 
     pub fn get(&self, id: &ContentId) -> Option<Arc<LocalContent>> {
-        self.by_id.get(id).cloned()
+        self.by_id.get(id).map(|ById(c)| c.clone())
     }
 
     pub fn contents(&self) -> impl ExactSizeIterator<Item = &Arc<LocalContent>> {
-        self.by_id.values()
+        self.by_id.iter().map(|ById(c)| c)
     }
 
     /// The inventory entries of the empty folders shared.
@@ -666,11 +702,14 @@ mod tests {
                 ("backup/a.jpg".to_string(), all.to_vec())
             ]
         );
-        let id = idx.contents().find(|c| c.name != "b.txt").unwrap().id;
-        assert_eq!(idx.get(&id).unwrap().path, shared.join("backup/a.jpg"));
+        let id = idx.contents().find(|c| c.name() != "b.txt").unwrap().id;
+        assert_eq!(*idx.get(&id).unwrap().path, shared.join("backup/a.jpg"));
         // The same from a rebuild of the id map.
         assert!(idx.forget(&shared.join("backup/a.jpg")));
-        assert_eq!(idx.get(&id).unwrap().path, shared.join("backup/copy/a.jpg"));
+        assert_eq!(
+            *idx.get(&id).unwrap().path,
+            shared.join("backup/copy/a.jpg")
+        );
         assert_eq!(
             offered(&idx)[1],
             ("backup/copy/a.jpg".to_string(), vec![all[1].clone()])
@@ -678,6 +717,33 @@ mod tests {
         assert!(idx.forget(&shared.join("backup/copy/a.jpg")));
         assert_eq!(offered(&idx)[1], (all[1].clone(), vec![]));
         assert!(idx.more.is_empty(), "one path: nothing kept beside it");
+    }
+
+    /// A file's name is kept as its path's tail where it is one, and on
+    /// its own where cleaning for the wire changed it; the record stays
+    /// small (one per shared file).
+    #[test]
+    fn a_content_keeps_its_name_once() {
+        let root = Arc::new(ShareRoot::home_folder(PathBuf::from("/s")));
+        let m = crate::manifest::manifest_of(b"x", crate::manifest::CHUNK_SIZE);
+        let file = |p: &str| FoundFile {
+            path: PathBuf::from(p),
+            size: 1,
+            mtime_ns: 0,
+            root: root.clone(),
+        };
+        let plain = content_for(file("/s/a/b.txt"), m.clone());
+        assert_eq!((plain.name(), plain.own_name.is_none()), ("a/b.txt", true));
+        let cleaned = content_for(file("/s/a/c\\d\u{7}.txt"), m.clone());
+        assert_eq!(cleaned.name(), "a/c_d_.txt");
+        assert!(cleaned.own_name.is_some());
+        let long = format!("/s/{}/g.txt", "x".repeat(250));
+        assert_eq!(content_for(file(&long), m).name(), "g.txt");
+        assert!(
+            size_of::<LocalContent>() <= 176,
+            "{}",
+            size_of::<LocalContent>()
+        );
     }
 
     #[test]

@@ -77,7 +77,7 @@ pub enum Source {
 }
 
 impl Source {
-    pub fn manifest(&self) -> &Arc<Manifest> {
+    pub fn manifest(&self) -> &Manifest {
         match self {
             Source::Complete(c) => &c.manifest,
             Source::Partial(p) => &p.manifest,
@@ -91,7 +91,7 @@ impl Source {
     }
     pub fn name(&self) -> &str {
         match self {
-            Source::Complete(c) => &c.name,
+            Source::Complete(c) => c.name(),
             Source::Partial(p) => &p.name,
         }
     }
@@ -310,7 +310,7 @@ impl Store {
                     more_paths,
                     size: c.manifest.size,
                     category: c.category,
-                    comment: clean_comment(&c.comment),
+                    comment: clean_comment(c.comment()),
                     chunks: ChunkSet::Full,
                 }
             }));
