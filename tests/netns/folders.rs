@@ -443,3 +443,92 @@ fn many_small_files_travel_together_over_few_connections() {
         );
     }
 }
+
+/// Like [`tree`], while a node may still write there: its hidden files
+/// (`.lanshare...`) left out, an entry that vanished meanwhile skipped.
+fn visible_tree(dir: &Path) -> BTreeMap<String, Option<Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = e.path();
+            let rel = path
+                .strip_prefix(dir)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            if e.file_name().to_string_lossy().starts_with(".lanshare") {
+                continue;
+            }
+            match std::fs::symlink_metadata(&path) {
+                Ok(m) if m.is_dir() => {
+                    out.insert(rel, None);
+                    stack.push(path);
+                }
+                Ok(_) => {
+                    if let Ok(b) = std::fs::read(&path) {
+                        out.insert(rel, Some(b));
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    out
+}
+
+/// A folder of many small files killed (SIGKILL) midway: what is in place
+/// is whole, and after a restart, with no fetch command, the job goes on
+/// into the same folder until the tree is identical.
+#[test]
+fn many_small_files_killed_midway_finish_after_a_restart() {
+    let Some(lan) = Lan::new(2) else { return };
+    const FILES: usize = 400;
+    let original = lan.home("seeder").join("shared/many");
+    for f in 0..FILES {
+        let p = original.join(format!("d{}/f{f:03}.dat", f % 9));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data(f * 97 % (16 << 10) + 1024, 1000 + f as u64)).unwrap();
+    }
+    lan.shape(0, "4mbit");
+    let _seeder = lan.start(0, "seeder");
+    let mut fetcher = lan.node(1, "fetcher", &[]);
+    assert!(
+        wait_until(DEADLINE, || folder_row(&fetcher, "many")
+            .is_some_and(|v| v["files"] == FILES)),
+        "the fetcher never listed the folder: {:?}",
+        folder_row(&fetcher, "many")
+    );
+    let mut run = fetcher.spawn_fetch("many");
+    let at = wait_midway(&mut run, &fetcher, 20.0, "the fetcher could be killed");
+    fetcher.kill();
+    run.kill();
+    let root = fetcher.downloads().join("many");
+    let landed = visible_tree(&root);
+    let landed: Vec<(&String, &Vec<u8>)> = (landed.iter())
+        .filter_map(|(p, b)| Some((p, b.as_ref()?)))
+        .collect();
+    eprintln!("killed at {at:?}%, {} files in place", landed.len());
+    assert!(
+        landed.len() < FILES,
+        "the folder was complete before the kill"
+    );
+    for (path, bytes) in &landed {
+        assert_eq!(
+            std::fs::read(original.join(path)).ok().as_ref(),
+            Some(*bytes),
+            "{path} is in place but not whole"
+        );
+    }
+
+    let fetcher = lan.start(1, "fetcher");
+    let want = visible_tree(&original);
+    assert!(
+        wait_until(DEADLINE, || visible_tree(&root) == want),
+        "the resumed folder never completed: {} of {} entries\n{}",
+        visible_tree(&root).len(),
+        want.len(),
+        fetcher.log_tail()
+    );
+    assert!(!fetcher.downloads().join("many (1)").exists());
+}
