@@ -3,16 +3,18 @@
 //! downloads/ (`holiday`, or `holiday (1)`... when that exists).
 //!
 //! [`FolderJob`] is the plain, serializable description of one (what to
-//! fetch and where), made from what the holders list by the versions rule
-//! ([`FolderJob::from_listing`], docs/fetch-states.md). Running it
-//! ([`FetchCtx::fetch_folder`]) fetches its files a few at a time, each
-//! through the verified single-file download ([`FetchCtx::fetch`]) from
-//! every holder of that file, sharing the node's dialer, and reports files
-//! and bytes as one download. A content at several paths is fetched once
-//! and copied; a content already here is copied.
+//! fetch and where), made from what the holders list by the versions and
+//! copies rules ([`FolderJob::from_listing`], docs/fetch-states.md).
+//! Running it ([`FetchCtx::fetch_folder`]) fetches its small files
+//! together ([`batch`]: one pipelined connection per holder, landed in
+//! synced groups) and the others a few at a time, each through the
+//! verified single-file download ([`FetchCtx::fetch`]) from every holder
+//! of that file, sharing the node's dialer, and reports files and bytes as
+//! one download. A content at several paths is fetched once and placed at
+//! each; a content already here is copied.
 //!
-//! Never schedules chunks or talks to a peer itself (the swarm does); never
-//! touches a file except through the store.
+//! This module never schedules chunks or talks to a peer itself (the
+//! swarm and the batch do); never touches a file except through the store.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
