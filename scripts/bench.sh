@@ -38,12 +38,16 @@
 #      tracker) and until a node on its own LAN does (multicast), median
 #      and max of G_REPS (7); with BASE_BIN, the same with that binary
 #      (scripts/bench/tracker.sh).
+#   h) over loopback: a folder of FOLDER_N (2,000) files of 0-16 KiB plus a
+#      few of 4 MiB fetched by its name from one holder, then two, vs the
+#      same tree through `tar -c | TCP | tar -x`; files/s; with BASE_BIN,
+#      that binary's fetchers too (scripts/bench/folders.sh).
 #
 # Environment (all optional):
 #   SIZE_MB=1024     file size for a), b), c)
 #   REPS=3           runs of each side of a) (best is reported) and of b)
 #   BIG=0 BIG_MB=10240
-#   PARTS=abde       which of a) (with c) RSS), b), d), e), f), g) to run
+#   PARTS=abde       which of a) (with c) RSS), b), d), e), f), g), h) to run
 #   FILES_N=100000 FILES_DIRS=100   for f)
 #   NETNS=auto       auto: run d) when possible; 0: skip it
 #   NETNS_MB=200 NETNS_RATE=200mbit NETNS_SEEDERS=4
@@ -722,6 +726,14 @@ fi
 if [[ "$PARTS" == *g* ]]; then
     # shellcheck source=scripts/bench/tracker.sh
     source "$ROOT/scripts/bench/tracker.sh"
+fi
+
+########################################################################
+# h) a folder of many small files, one and two holders, vs tar over TCP
+########################################################################
+if [[ "$PARTS" == *h* ]]; then
+    # shellcheck source=scripts/bench/folders.sh
+    source "$ROOT/scripts/bench/folders.sh"
 fi
 
 ########################################################################

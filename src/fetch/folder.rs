@@ -3,16 +3,18 @@
 //! downloads/ (`holiday`, or `holiday (1)`... when that exists).
 //!
 //! [`FolderJob`] is the plain, serializable description of one (what to
-//! fetch and where), made from what the holders list by the versions rule
-//! ([`FolderJob::from_listing`], docs/fetch-states.md). Running it
-//! ([`FetchCtx::fetch_folder`]) fetches its files a few at a time, each
-//! through the verified single-file download ([`FetchCtx::fetch`]) from
-//! every holder of that file, sharing the node's dialer, and reports files
-//! and bytes as one download. A content at several paths is fetched once
-//! and copied; a content already here is copied.
+//! fetch and where), made from what the holders list by the versions and
+//! copies rules ([`FolderJob::from_listing`], docs/fetch-states.md).
+//! Running it ([`FetchCtx::fetch_folder`]) fetches its small files
+//! together ([`batch`]: one pipelined connection per holder, landed in
+//! synced groups) and the others a few at a time, each through the
+//! verified single-file download ([`FetchCtx::fetch`]) from every holder
+//! of that file, sharing the node's dialer, and reports files and bytes as
+//! one download. A content at several paths is fetched once and placed at
+//! each; a content already here is copied.
 //!
-//! Never schedules chunks or talks to a peer itself (the swarm does); never
-//! touches a file except through the store.
+//! This module never schedules chunks or talks to a peer itself (the
+//! swarm and the batch do); never touches a file except through the store.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -29,7 +31,10 @@ use crate::resolve::file_name;
 use crate::store::{Placement, Recorded, Store, StoreError, local_component};
 use crate::wire::check_path;
 
+mod batch;
 mod job;
+mod pool;
+use batch::{BatchJob, BatchNote};
 pub use job::{FolderEntry, FolderJob, FolderWant};
 
 /// One fetch per content at a time: a second waits for the first (shared
@@ -41,6 +46,12 @@ impl FetchLocks {
     /// Whether no download of `id` holds its lock now.
     pub fn is_idle(&self, id: &ContentId) -> bool {
         self.0.get(id).is_none_or(|m| m.try_lock().is_ok())
+    }
+
+    /// The lock of `id` if no download holds it now.
+    pub fn try_lock(&self, id: ContentId) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        let m = self.0.entry(id).or_default().clone();
+        m.try_lock_owned().ok()
     }
 
     pub async fn lock(&self, id: ContentId) -> tokio::sync::OwnedMutexGuard<()> {
@@ -278,8 +289,10 @@ impl FetchCtx {
         self.check_free(needed)
     }
 
-    /// Fetches `tasks`, at most `limits.folder_files` at once, reporting
-    /// each end and the bytes so far (every 250 ms).
+    /// Fetches `tasks`: the small ones together ([`batch`]), the others
+    /// (and those the batch hands back) through the single-file download,
+    /// at most `limits.folder_files` at once; reports each end and the
+    /// bytes so far (every 250 ms).
     async fn run_files(
         self: &Arc<Self>,
         folder: &str,
@@ -289,13 +302,28 @@ impl FetchCtx {
         events: &mpsc::Sender<FetchEvent>,
         cancel: &CancellationToken,
     ) {
-        let mut todo = tasks.into_iter();
+        let (small, large): (Vec<FileTask>, Vec<FileTask>) = tasks
+            .into_iter()
+            .partition(|t| t.size <= batch::SMALL_MAX && self.store.complete(&t.id).is_none());
+        let mut todo: std::collections::VecDeque<FileTask> = large.into();
+        let (notes_tx, mut notes) = mpsc::channel::<BatchNote>(256);
+        let job = BatchJob {
+            folder: folder.to_string(),
+            locks: locks.clone(),
+            tally: run.tally.clone(),
+            events: events.clone(),
+            notes: notes_tx,
+            cancel: cancel.clone(),
+        };
+        let batch = batch::run(self.clone(), job, small);
+        tokio::pin!(batch);
+        let (mut batching, mut noting) = (true, true);
         let mut set = self.tasks.set::<FileOutcome>(&format!("folder {folder}"));
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let width = self.limits.folder_files.max(1);
         loop {
             while set.len() < width && !cancel.is_cancelled() {
-                let Some(task) = todo.next() else { break };
+                let Some(task) = todo.pop_front() else { break };
                 let name = format!("file {}", task.id.short());
                 let job = self.clone().fetch_file(
                     folder.to_string(),
@@ -307,19 +335,20 @@ impl FetchCtx {
                 );
                 set.spawn(&name, job);
             }
-            if set.is_empty() {
+            if set.is_empty() && !batching && !noting {
                 break;
             }
             tokio::select! {
-                joined = set.join_next() => match joined {
-                    Some(Ok(outcome)) => {
-                        run.transferred += outcome.transferred;
-                        for path in outcome.paths {
-                            run.end(events, path, outcome.result.clone()).await;
-                        }
-                    }
+                () = &mut batch, if batching => batching = false,
+                note = notes.recv(), if noting => match note {
+                    Some(BatchNote::Done(outcome)) => run.ended(events, outcome).await,
+                    Some(BatchNote::Handback(task)) => todo.push_back(task),
+                    None => noting = false,
+                },
+                joined = set.join_next(), if !set.is_empty() => match joined {
+                    Some(Ok(outcome)) => run.ended(events, outcome).await,
                     Some(Err(e)) => tracing::warn!(error = %e, "a file of a folder download ended abnormally"),
-                    None => break,
+                    None => {}
                 },
                 _ = tick.tick() => run.progress(events, set.len() as u32).await,
             }
@@ -474,6 +503,14 @@ impl FolderRun {
             }
         };
         self.files(events, path, error).await;
+    }
+
+    /// Records how the content of `outcome` ended, at each of its paths.
+    async fn ended(&mut self, events: &mpsc::Sender<FetchEvent>, outcome: FileOutcome) {
+        self.transferred += outcome.transferred;
+        for path in outcome.paths {
+            self.end(events, path, outcome.result.clone()).await;
+        }
     }
 
     async fn progress(&mut self, events: &mpsc::Sender<FetchEvent>, active: u32) {

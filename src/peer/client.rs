@@ -92,6 +92,16 @@ impl PeerConn {
         Ok(req)
     }
 
+    /// Queues a manifest request (call [`flush`](Self::flush) to send);
+    /// returns its id. The answer comes through [`read_response`](Self::read_response).
+    pub async fn request_manifest(&mut self, id: ContentId) -> Result<u32, PeerError> {
+        let req = self.next_id();
+        self.framed
+            .send(&Request::GetManifest { req, id }.encode())
+            .await?;
+        Ok(req)
+    }
+
     pub async fn flush(&mut self) -> Result<(), PeerError> {
         self.framed.flush().await
     }

@@ -8,6 +8,7 @@
 //! [`check_path`], and never writes through a symlink: a folder on the way
 //! that turns out to be a link (or not a folder) is refused.
 
+use std::collections::BTreeSet;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -239,17 +240,184 @@ impl Store {
         path: &Path,
         manifest: crate::manifest::Manifest,
     ) -> Result<(), StoreError> {
-        let meta = std::fs::metadata(path).map_err(io_err("cannot stat", path))?;
-        let file = FoundFile {
-            path: path.to_path_buf(),
-            size: meta.len(),
-            mtime_ns: mtime_ns(&meta),
-            root: std::sync::Arc::new(ShareRoot::home_folder(self.home.downloads())),
-        };
+        self.index_downloads(vec![(path.to_path_buf(), manifest)])
+            .pop()
+            .unwrap_or(Ok(()))
+    }
+
+    /// Adds finished downloads (paths under downloads/) to the index under
+    /// one lock, with one save of the index cache. Returns each one's
+    /// outcome (a file that cannot be read is not indexed).
+    fn index_downloads(
+        &self,
+        files: Vec<(PathBuf, crate::manifest::Manifest)>,
+    ) -> Vec<Result<(), StoreError>> {
+        let root = std::sync::Arc::new(ShareRoot::home_folder(self.home.downloads()));
+        let mut out = Vec::with_capacity(files.len());
         let mut idx = self.index.lock().expect("index lock");
-        idx.insert(file, manifest);
+        for (path, manifest) in files {
+            match std::fs::metadata(&path) {
+                Ok(meta) => {
+                    let file = FoundFile {
+                        path,
+                        size: meta.len(),
+                        mtime_ns: mtime_ns(&meta),
+                        root: root.clone(),
+                    };
+                    idx.insert(file, manifest);
+                    out.push(Ok(()));
+                }
+                Err(e) => out.push(Err(io_err("cannot stat", &path)(e))),
+            }
+        }
         if let Err(e) = idx.save(&self.home.index_cache()) {
             tracing::warn!(error = %e, "cannot write the index cache");
+        }
+        out
+    }
+
+    /// Lands verified small files of a folder download together: each is
+    /// written under a temporary name beside each of its places, all are
+    /// synced at once ([`sync_together`]), then each is hard-linked into
+    /// place under its name or the first free variant (never over
+    /// anything), the links synced at once too, and all are indexed with
+    /// one save and shared. A file is in place only complete, verified
+    /// (by the caller) and durable. Returns, for each landing, where it
+    /// landed or why it did not; a landing that fails leaves nothing.
+    pub fn land_verified(&self, batch: &[Landing]) -> Vec<Result<Vec<PathBuf>, StoreError>> {
+        let mut written: Vec<Result<Vec<PathBuf>, StoreError>> = Vec::with_capacity(batch.len());
+        let mut files = Vec::new();
+        for l in batch {
+            written.push(write_temps(l, &mut files));
+        }
+        let dirs: BTreeSet<&Path> = (batch.iter())
+            .flat_map(|l| l.places.iter().map(|p| p.dir.as_path()))
+            .collect();
+        if let Err(e) = sync_together(&files, &dirs) {
+            let dir = dirs.first().map(|d| d.to_path_buf()).unwrap_or_default();
+            return (written.into_iter())
+                .map(|w| {
+                    w.and_then(|temps| {
+                        temps.iter().for_each(|t| drop(std::fs::remove_file(t)));
+                        Err(io_err("cannot sync", &dir)(clone_err(&e)))
+                    })
+                })
+                .collect();
+        }
+        drop(files);
+        let mut landed: Vec<Result<Vec<PathBuf>, StoreError>> = Vec::with_capacity(batch.len());
+        let mut to_index = Vec::new();
+        for (l, w) in batch.iter().zip(written) {
+            landed.push(w.and_then(|temps| link_all(l, &temps)));
+            if let Some(Ok(paths)) = landed.last() {
+                to_index.extend(paths.iter().map(|p| (p.clone(), l.manifest.clone())));
+            }
+        }
+        if let Err(e) = sync_together(&[], &dirs) {
+            tracing::warn!(error = %e, "cannot sync the folders of a folder download");
+        }
+        let indexed = self.index_downloads(to_index);
+        if let Some(Err(e)) = indexed.into_iter().find(Result::is_err) {
+            tracing::warn!(error = %e, "a landed file could not be indexed");
+        }
+        self.publish();
+        landed
+    }
+}
+
+/// A verified file of a folder download, ready to land
+/// ([`Store::land_verified`]): its manifest, its bytes, its places.
+pub struct Landing {
+    pub manifest: crate::manifest::Manifest,
+    pub data: Vec<u8>,
+    pub places: Vec<Placement>,
+}
+
+fn clone_err(e: &std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), e.to_string())
+}
+
+/// Writes `l`'s bytes under a temporary name beside each of its places
+/// (kept open in `files` until synced); on an error removes what it made.
+fn write_temps(l: &Landing, files: &mut Vec<std::fs::File>) -> Result<Vec<PathBuf>, StoreError> {
+    let id = &l.manifest.content_id().to_hex()[..24];
+    let mut temps = Vec::with_capacity(l.places.len());
+    for (i, place) in l.places.iter().enumerate() {
+        let tmp = place.dir.join(format!(".lanshare-land-{id}-{i}.tmp"));
+        let _ = std::fs::remove_file(&tmp);
+        let made = crate::platform::open_nofollow(
+            OpenOptions::new().write(true).create_new(true).mode(0o644),
+            &tmp,
+        )
+        .and_then(|mut f| f.write_all(&l.data).map(|()| f));
+        match made {
+            Ok(f) => {
+                files.push(f);
+                temps.push(tmp);
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                temps.iter().for_each(|t| drop(std::fs::remove_file(t)));
+                return Err(io_err("cannot write", &tmp)(e));
+            }
+        }
+    }
+    Ok(temps)
+}
+
+/// Links each of `temps` to its place of `l` (then removes it); on an
+/// error removes every temporary file and link it made.
+fn link_all(l: &Landing, temps: &[PathBuf]) -> Result<Vec<PathBuf>, StoreError> {
+    let mut targets = Vec::with_capacity(temps.len());
+    let mut failed = None;
+    for (tmp, place) in temps.iter().zip(&l.places) {
+        if failed.is_none() {
+            match link_free(tmp, &place.dir, &place.name) {
+                Ok(t) => targets.push(t),
+                Err(e) => failed = Some(e),
+            }
+        }
+        let _ = std::fs::remove_file(tmp);
+    }
+    match failed {
+        None => Ok(targets),
+        Some(e) => {
+            targets.iter().for_each(|t| drop(std::fs::remove_file(t)));
+            Err(e)
+        }
+    }
+}
+
+/// Makes `files` and the entries of `dirs` durable together: on Linux one
+/// `syncfs` of the file system they are on (every folder of a folder
+/// download is on the one of downloads/), elsewhere each synced in turn.
+fn sync_together(files: &[std::fs::File], dirs: &BTreeSet<&Path>) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        let _ = files;
+        use std::os::fd::AsRawFd;
+        let mut synced = BTreeSet::new();
+        for dir in dirs {
+            let d = std::fs::File::open(dir)?;
+            let dev = d
+                .metadata()
+                .map(|m| std::os::unix::fs::MetadataExt::dev(&m))?;
+            if synced.insert(dev) {
+                // SAFETY: `d` is an open file for the whole call.
+                if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+        }
+        Ok(())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        for f in files {
+            f.sync_all()?;
+        }
+        for dir in dirs {
+            super::durable::sync_dir(dir)?;
         }
         Ok(())
     }

@@ -372,3 +372,165 @@ fn a_cancelled_folder_leaves_no_partial_file_behind() {
     assert!(partial_files(&fetcher).is_empty());
     assert_eq!(std::fs::read(&small).unwrap(), b"small");
 }
+
+/// The connections a holder's upload log names (a line per content per
+/// connection, the fetcher's address with its port).
+fn connections(holder: &Node) -> std::collections::BTreeSet<String> {
+    (holder.upload_log().iter())
+        .filter_map(|l| l.split('\t').nth(5).map(str::to_string))
+        .collect()
+}
+
+/// A folder of a few hundred small files from two holders: identical, both
+/// holders served part of it, every file logged, and it costs a few
+/// connections per holder, not one (or two) per file.
+#[test]
+fn many_small_files_travel_together_over_few_connections() {
+    let Some(lan) = Lan::new(3) else { return };
+    const FILES: usize = 300;
+    for i in 0..2 {
+        let shared = lan.home(&format!("holder{i}")).join("shared");
+        for f in 0..FILES {
+            let p = shared.join(format!("many/d{}/e{}/f{f:03}.dat", f % 7, f % 3));
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, data(f * 37 % (16 << 10), f as u64)).unwrap();
+        }
+        std::fs::create_dir_all(shared.join("many/empty")).unwrap();
+        std::fs::write(shared.join("many/big.bin"), data(3 * CHUNK + 1, 99)).unwrap();
+    }
+    let holders: Vec<Node> = (0..2)
+        .map(|i| lan.start(i, &format!("holder{i}")))
+        .collect();
+    let fetcher = lan.node(2, "fetcher", &[]);
+    assert!(
+        wait_until(DEADLINE, || folder_row(&fetcher, "many")
+            .is_some_and(|v| v["complete"] == 2 && v["files"] == FILES + 1)),
+        "the fetcher never listed the folder with 2 complete holders: {:?}",
+        folder_row(&fetcher, "many")
+    );
+    let out = fetcher.fetch_ok("many", DEADLINE);
+    assert!(out.contains(&format!("{} files", FILES + 1)), "{out}");
+    assert_same_tree(
+        &fetcher.downloads().join("many"),
+        &lan.home("holder0").join("shared/many"),
+    );
+    // Each file logged once (the empty ones share one content id, placed
+    // at each path: logged at the first).
+    let logged = fetcher.download_log();
+    assert!(
+        logged.len() > FILES * 9 / 10 && logged.iter().all(|l| l.split('\t').nth(8) == Some("ok")),
+        "{} download lines: {:?}",
+        logged.len(),
+        logged.iter().take(5).collect::<Vec<_>>()
+    );
+    // Connections end (and are logged) once the job is done.
+    assert!(
+        wait_until(Duration::from_secs(30), || holders
+            .iter()
+            .map(|h| h.upload_log().len())
+            .sum::<usize>()
+            >= logged.len()),
+        "the holders' upload logs miss files"
+    );
+    let per_holder: Vec<usize> = holders.iter().map(|h| connections(h).len()).collect();
+    eprintln!("connections per holder: {per_holder:?}");
+    for (h, n) in holders.iter().zip(&per_holder) {
+        assert!(*n >= 1, "{} served nothing of the folder", h.name);
+        assert!(
+            *n <= 4,
+            "{} served the folder over {n} connections; the small files must share one",
+            h.name
+        );
+    }
+}
+
+/// Like [`tree`], while a node may still write there: its hidden files
+/// (`.lanshare...`) left out, an entry that vanished meanwhile skipped.
+fn visible_tree(dir: &Path) -> BTreeMap<String, Option<Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = e.path();
+            let rel = path
+                .strip_prefix(dir)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            if e.file_name().to_string_lossy().starts_with(".lanshare") {
+                continue;
+            }
+            match std::fs::symlink_metadata(&path) {
+                Ok(m) if m.is_dir() => {
+                    out.insert(rel, None);
+                    stack.push(path);
+                }
+                Ok(_) => {
+                    if let Ok(b) = std::fs::read(&path) {
+                        out.insert(rel, Some(b));
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    out
+}
+
+/// A folder of many small files killed (SIGKILL) midway: what is in place
+/// is whole, and after a restart, with no fetch command, the job goes on
+/// into the same folder until the tree is identical.
+#[test]
+fn many_small_files_killed_midway_finish_after_a_restart() {
+    let Some(lan) = Lan::new(2) else { return };
+    const FILES: usize = 400;
+    let original = lan.home("seeder").join("shared/many");
+    for f in 0..FILES {
+        let p = original.join(format!("d{}/f{f:03}.dat", f % 9));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data(f * 97 % (16 << 10) + 1024, 1000 + f as u64)).unwrap();
+    }
+    lan.shape(0, "4mbit");
+    let _seeder = lan.start(0, "seeder");
+    let mut fetcher = lan.node(1, "fetcher", &[]);
+    assert!(
+        wait_until(DEADLINE, || folder_row(&fetcher, "many")
+            .is_some_and(|v| v["files"] == FILES)),
+        "the fetcher never listed the folder: {:?}",
+        folder_row(&fetcher, "many")
+    );
+    let mut run = fetcher.spawn_fetch("many");
+    let at = wait_midway(&mut run, &fetcher, 20.0, "the fetcher could be killed");
+    fetcher.kill();
+    run.kill();
+    let root = fetcher.downloads().join("many");
+    let landed = visible_tree(&root);
+    let landed: Vec<(&String, &Vec<u8>)> = (landed.iter())
+        .filter_map(|(p, b)| Some((p, b.as_ref()?)))
+        .collect();
+    eprintln!("killed at {at:?}%, {} files in place", landed.len());
+    assert!(
+        landed.len() < FILES,
+        "the folder was complete before the kill"
+    );
+    for (path, bytes) in &landed {
+        let want = std::fs::read(original.join(path)).unwrap();
+        assert!(
+            want == **bytes,
+            "{path} is in place but not whole: {} bytes of {}",
+            bytes.len(),
+            want.len()
+        );
+    }
+
+    let fetcher = lan.start(1, "fetcher");
+    let want = visible_tree(&original);
+    assert!(
+        wait_until(DEADLINE, || visible_tree(&root) == want),
+        "the resumed folder never completed: {} of {} entries\n{}",
+        visible_tree(&root).len(),
+        want.len(),
+        fetcher.log_tail()
+    );
+    assert!(!fetcher.downloads().join("many (1)").exists());
+}

@@ -15,6 +15,53 @@ use crate::id::{ContentId, NodeId};
 use crate::resolve::file_name;
 use crate::store::{FolderJobRecord, Store};
 
+/// The copies of a folder (a content's second and later paths) may add
+/// this many bytes, or as many as its distinct contents hold if more.
+pub const COPY_ALLOWANCE: u64 = 64 << 20;
+
+/// The copies rule: each content keeps its first path (the one most
+/// holders list, then the first in order); its other paths are copies,
+/// admitted most-listed first, then in path order, while the bytes of
+/// the copies admitted stay within [`COPY_ALLOWANCE`] or the bytes of
+/// the distinct contents, whichever is more. So a holder that lists one
+/// real content at a thousand paths cannot make the folder a thousand
+/// times its size. Returns the entries kept, sorted by path.
+fn bound_copies(chosen: Vec<(FolderEntry, usize)>, folder: &str) -> Vec<FolderEntry> {
+    let mut by_id: BTreeMap<ContentId, Vec<(FolderEntry, usize)>> = BTreeMap::new();
+    for c in chosen {
+        by_id.entry(c.0.id).or_default().push(c);
+    }
+    let distinct: u64 = by_id.values().map(|v| v[0].0.size).sum();
+    let allowance = distinct.max(COPY_ALLOWANCE);
+    let mut kept = Vec::new();
+    let mut copies = Vec::new();
+    for mut paths in by_id.into_values() {
+        paths.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.path.cmp(&b.0.path)));
+        let mut paths = paths.into_iter();
+        kept.extend(paths.next().map(|(e, _)| e));
+        copies.extend(paths);
+    }
+    copies.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.path.cmp(&b.0.path)));
+    let (mut used, mut left_out) = (0u64, 0usize);
+    for (e, _) in copies {
+        if used.saturating_add(e.size) <= allowance {
+            used += e.size;
+            kept.push(e);
+        } else {
+            left_out += 1;
+        }
+    }
+    if left_out > 0 {
+        tracing::warn!(
+            folder,
+            left_out,
+            "leaving out copies of contents listed at many paths of the folder (more bytes of copies than the folder's own)"
+        );
+    }
+    kept.sort_by(|a, b| a.path.cmp(&b.path));
+    kept
+}
+
 /// What `fetch` resolved to when the name is a folder's.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FolderWant {
@@ -52,8 +99,9 @@ impl FolderJob {
     /// The job for `folder` from what the holders list. The versions rule:
     /// every path any holder lists is fetched; where holders list
     /// different contents for one path, the content listed by the most
-    /// holders wins, ties going to the lowest content id. Entries and
-    /// folders come sorted by path.
+    /// holders wins, ties going to the lowest content id; then the copies
+    /// rule ([`bound_copies`]) bounds the bytes of a content's other paths.
+    /// Entries and folders come sorted by path.
     pub fn from_listing(folder: &str, listing: &FolderListing) -> FolderJob {
         // path -> (content, size) -> holders
         let mut versions: BTreeMap<&str, BTreeMap<(ContentId, u64), BTreeSet<NodeId>>> =
@@ -66,21 +114,23 @@ impl FolderJob {
                 .or_default()
                 .insert(f.holder);
         }
-        let entries = versions
+        let chosen: Vec<(FolderEntry, usize)> = versions
             .into_iter()
             .filter_map(|(path, v)| {
                 // Most holders first, then the lowest id (BTreeMap order).
-                let ((id, size), _) = v
+                let ((id, size), holders) = v
                     .into_iter()
                     .rev()
                     .max_by_key(|(_, holders)| holders.len())?;
-                Some(FolderEntry {
+                let entry = FolderEntry {
                     path: path.to_string(),
                     id,
                     size,
-                })
+                };
+                Some((entry, holders.len()))
             })
             .collect();
+        let entries = bound_copies(chosen, folder);
         FolderJob {
             folder: folder.to_string(),
             entries,
@@ -145,5 +195,39 @@ impl FolderJob {
         };
         self.dest = Some(dest.clone());
         Ok(dest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copies_of_one_content_cannot_inflate_the_folder() {
+        let entry = |path: &str, b: u8, size: u64| FolderEntry {
+            path: path.to_string(),
+            id: ContentId([b; 32]),
+            size,
+        };
+        let big = 40 << 20;
+        let mut chosen = vec![(entry("own.txt", 2, 5), 2)];
+        // A real 40 MiB content listed at 10 paths by one holder, and at
+        // one more path by two.
+        for i in 0..10 {
+            chosen.push((entry(&format!("x/{i}.bin"), 1, big), 1));
+        }
+        chosen.push((entry("z/shared.bin", 1, big), 2));
+        // Many empty files (one content): copies of 0 bytes cost nothing.
+        for i in 0..100 {
+            chosen.push((entry(&format!("e/{i:03}"), 0, 0), 1));
+        }
+        let kept = bound_copies(chosen, "holiday");
+        let paths: Vec<&str> = kept.iter().map(|e| e.path.as_str()).collect();
+        // The path two holders list is the content's first; the 64 MiB
+        // allowance (more than the folder's own 40 MiB) admits one copy.
+        assert!(paths.contains(&"z/shared.bin") && paths.contains(&"x/0.bin"));
+        assert!(!paths.contains(&"x/1.bin"), "{paths:?}");
+        assert_eq!(kept.len(), 1 + 2 + 100);
+        assert!(paths.windows(2).all(|w| w[0] < w[1]), "sorted by path");
     }
 }
