@@ -37,6 +37,13 @@ use crate::wire::frame::{ErrorCode, Response};
 const REFUSAL_RETRY: RetryPolicy =
     RetryPolicy::new(Duration::from_secs(1), Duration::from_secs(30));
 
+/// Chunks of one worker checked and written on blocking threads at once,
+/// while the worker reads the next answer into one more buffer: receiving
+/// waits for a check only when this many are still running, and two checks
+/// can use both cores. A worker holds at most `CHECKS_IN_FLIGHT + 1` chunk
+/// buffers.
+pub(super) const CHECKS_IN_FLIGHT: usize = 3;
+
 /// A worker's step ends it with this.
 type Step = Result<(), WorkerEnd>;
 
@@ -102,9 +109,11 @@ struct Worker<'a> {
     inflight: VecDeque<(u32, u32)>,
     /// The buffer the next answer is read into.
     buf: Vec<u8>,
-    /// The chunk before it, checked and written on a blocking thread while
-    /// the next answer arrives (two buffers in turn).
-    pending: Option<Pending>,
+    /// The chunks before it, oldest first, checked and written on blocking
+    /// threads while the next answer arrives (at most [`CHECKS_IN_FLIGHT`]).
+    pending: VecDeque<Pending>,
+    /// Buffers given back by checks while `buf` was already there.
+    spare: Vec<Vec<u8>>,
     changes: watch::Receiver<u64>,
     rate: PeerRate,
     /// Whether it waits for an answer (its quiet time is counting).
@@ -135,7 +144,8 @@ impl<'a> Worker<'a> {
             refusal_retry,
             inflight: VecDeque::new(),
             buf: Vec::with_capacity(shared.manifest.chunk_size as usize),
-            pending: None,
+            pending: VecDeque::with_capacity(CHECKS_IN_FLIGHT),
+            spare: Vec::new(),
             changes: shared.changed.subscribe(),
             rate: PeerRate::new(now, limits.stall_timeout, limits.min_rate),
             waiting: false,
@@ -292,7 +302,10 @@ impl<'a> Worker<'a> {
     }
 
     /// A chunk arrived in `buf`: it is verified and written on a blocking
-    /// thread while the next answer is read; the one before it is settled.
+    /// thread while the next answers are read. The checks already done are
+    /// settled; the oldest one is waited for only when
+    /// [`CHECKS_IN_FLIGHT`] are running, else the next answer goes into a
+    /// spare (or new) buffer.
     async fn chunk(&mut self, req: u32, len: usize) -> Step {
         let Some(pos) = self.inflight.iter().position(|(r, _)| *r == req) else {
             return Err(dropped(DropReason::UnaskedChunk(req)));
@@ -300,27 +313,43 @@ impl<'a> Worker<'a> {
         let (_, index) = self.inflight.remove(pos).expect("position is valid");
         let (s, data) = (self.shared.clone(), std::mem::take(&mut self.buf));
         let task = tokio::task::spawn_blocking(move || check_and_write(&s, index, data));
-        match self.pending.replace(Pending { index, len, task }) {
-            Some(previous) => self.settle(previous).await,
-            None => Ok(()),
+        self.pending.push_back(Pending { index, len, task });
+        while self.pending.front().is_some_and(|p| p.task.is_finished()) {
+            self.settle_oldest().await?;
         }
+        if self.pending.len() > CHECKS_IN_FLIGHT {
+            self.settle_oldest().await?;
+        }
+        if self.buf.capacity() == 0 {
+            let capacity = self.shared.manifest.chunk_size as usize;
+            self.buf = self
+                .spare
+                .pop()
+                .unwrap_or_else(|| Vec::with_capacity(capacity));
+        }
+        Ok(())
     }
 
-    /// Waits for the chunk being checked and written, if any, and counts it.
+    /// Waits for the chunks being checked and written, if any, and counts
+    /// them.
     async fn settle_pending(&mut self) -> Step {
-        match self.pending.take() {
-            Some(p) => self.settle(p).await,
-            None => Ok(()),
+        while !self.pending.is_empty() {
+            self.settle_oldest().await?;
         }
+        Ok(())
     }
 
-    /// Takes a checked chunk's verdict: drops the peer for a bad one, else
-    /// marks it done.
-    async fn settle(&mut self, p: Pending) -> Step {
-        let Pending { index, len, task } = p;
+    /// Takes the oldest checked chunk's verdict: drops the peer for a bad
+    /// one, else marks it done.
+    async fn settle_oldest(&mut self) -> Step {
+        let Some(Pending { index, len, task }) = self.pending.pop_front() else {
+            return Ok(());
+        };
         let (verdict, data) = task.await.expect("chunk check does not panic");
         if self.buf.capacity() == 0 {
             self.buf = data;
+        } else if self.spare.len() < CHECKS_IN_FLIGHT {
+            self.spare.push(data);
         }
         match verdict {
             Ok(true) => {}
