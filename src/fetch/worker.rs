@@ -1,6 +1,7 @@
 //! One worker: downloads chunks from one peer over one connection, a few
 //! requests in flight, until nothing is left for it. It verifies each
-//! chunk before writing it, gives back chunks the peer refuses (asking
+//! chunk before writing it (both on a checking thread of its own, while it
+//! reads the next answers), gives back chunks the peer refuses (asking
 //! again later with backoff), helps with held-up chunks in the endgame,
 //! and ends with a typed [`DropReason`] when the peer errs, stalls, lies or
 //! is too slow.
@@ -39,14 +40,13 @@ const REFUSAL_RETRY: RetryPolicy =
 
 /// Bytes of chunk buffers one worker uses to overlap receiving with
 /// checking and writing: with 1 MiB chunks, the one being read into and
-/// three checked and written on blocking threads at once (receiving waits
-/// for a check only when three are still running, and two checks can use
-/// both cores). With chunks over 1 MiB the worker still keeps two buffers,
-/// one being read into and one checked: at most `max(4 MiB, 2 × chunk)`.
+/// three held by its [`Checker`] (receiving waits for the checker only when
+/// it holds three). With chunks over 1 MiB the worker still keeps two
+/// buffers, one being read into and one checked: at most
+/// `max(4 MiB, 2 × chunk)`.
 const WORKER_BUFFER_BYTES: usize = 4 << 20;
 
-/// Chunks of one worker checked and written at once (see
-/// [`WORKER_BUFFER_BYTES`]).
+/// Chunks one worker's checker may hold (see [`WORKER_BUFFER_BYTES`]).
 fn checks_in_flight(chunk_size: usize) -> usize {
     (WORKER_BUFFER_BYTES / chunk_size.max(1))
         .saturating_sub(1)
