@@ -393,7 +393,51 @@ fn chunk_landing(c: &mut Criterion) {
             black_box(sha.finalize())
         })
     });
+    g.bench_function(
+        "staged: verify+write on 2 threads, sha256 on a third",
+        |b| b.iter(|| black_box(land_staged(&data, &m, &file))),
+    );
     g.finish();
+}
+
+/// The fetcher's stages as threads (the shape of `fetch::worker` and
+/// `fetch::follow`): checks and writes of alternate chunks on two threads,
+/// each chunk's index then handed to a hashing thread that hashes the
+/// chunks in order as they arrive (from memory). Shows how much of the
+/// work overlaps on this machine.
+fn land_staged(data: &[u8], m: &Manifest, file: &std::fs::File) -> [u8; 32] {
+    use std::os::unix::fs::FileExt;
+    use std::sync::mpsc;
+    let (done_tx, done_rx) = mpsc::sync_channel::<usize>(8);
+    std::thread::scope(|s| {
+        for lane in 0..2 {
+            let done = done_tx.clone();
+            s.spawn(move || {
+                for (i, chunk) in data.chunks(MIB).enumerate().skip(lane).step_by(2) {
+                    assert!(m.chunk_matches(i as u32, chunk));
+                    for (k, piece) in chunk.chunks(64 << 10).enumerate() {
+                        file.write_all_at(piece, (i * MIB + k * (64 << 10)) as u64)
+                            .expect("write");
+                    }
+                    done.send(i).expect("hasher alive");
+                }
+            });
+        }
+        drop(done_tx);
+        let hasher = s.spawn(move || {
+            let mut sha = sha2::Sha256::new();
+            let (mut next, mut ready) = (0, std::collections::BTreeSet::new());
+            for i in done_rx {
+                ready.insert(i);
+                while ready.remove(&next) {
+                    sha.update(&data[next * MIB..(next + 1) * MIB]);
+                    next += 1;
+                }
+            }
+            <[u8; 32]>::from(sha.finalize())
+        });
+        hasher.join().expect("hasher")
+    })
 }
 
 /// Runs the three handshake messages in memory; the two transports

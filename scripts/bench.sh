@@ -53,6 +53,8 @@
 #   NETNS_MB=200 NETNS_RATE=200mbit NETNS_SEEDERS=4
 #   BASE_BIN=PATH    e) and g) also run this lanshare binary (A/B against a build
 #                    of another commit; copy its target/release/lanshare)
+#   E_THREADS=1      e) also prints the CPU seconds of each thread of the
+#                    seeder and the fetcher during each fetch
 #   BENCH_DIR=DIR    where the work files go (default: a new dir under TMPDIR or /tmp)
 #   KEEP=1           keep the work dir (logs, homes) after the run
 #   RESULTS=FILE     where the summary is also written
@@ -619,7 +621,35 @@ e_keep_min() {
     fi
 }
 
+# thread_ticks PID: "TID NAME TICKS" per thread (utime+stime; the name may
+# hold spaces, so the fields are counted after its closing parenthesis).
+thread_ticks() {
+    local t
+    for t in /proc/"$1"/task/*; do
+        printf '%s %s %s\n' "${t##*/}" "$(tr ' ' _ <"$t/comm")" \
+            "$(sed 's/.*) //' "$t/stat" | awk '{print $12 + $13}')"
+    done 2>/dev/null
+}
+# thread_report BEFORE AFTER LABEL: CPU seconds per thread between two
+# thread_ticks snapshots (threads that used at least 0.02 s).
+thread_report() {
+    "$PY" - "$1" "$2" "$3" "$CLK_TCK" <<'PYEOF'
+import sys
+before = {l.split()[0]: int(l.split()[2]) for l in sys.argv[1].splitlines() if l.strip()}
+rows = []
+for l in sys.argv[2].splitlines():
+    if not l.strip():
+        continue
+    tid, name, t = l.split()
+    d = (int(t) - before.get(tid, 0)) / int(sys.argv[4])
+    if d >= 0.02:
+        rows.append((d, tid, name))
+print(f"e) {sys.argv[3]} threads (CPU s):", ", ".join(f"{n}[{t}] {d:.2f}" for d, t, n in sorted(rows, reverse=True)))
+PYEOF
+}
+
 # e_lanshare MODE REP: one fetch from the MODE seeder by a new fetcher node.
+# With E_THREADS=1, also the CPU of each thread of seeder and fetcher.
 e_lanshare() {
     local mode=$1 rep=$2 home=$WORK/e-fetch-$1-$2
     local seed=${E_SEED_PID[$mode]}
@@ -632,7 +662,13 @@ e_lanshare() {
     prime_memory "$SIZE_MB"
     local s0 f0 s_cpu f_cpu
     s0=$(cpu_ticks "$seed"); f0=$(cpu_ticks "$fpid")
+    local st0 ft0
+    [[ "${E_THREADS:-0}" != 1 ]] || { st0=$(thread_ticks "$seed"); ft0=$(thread_ticks "$fpid"); }
     timed_fetch - "$home" "$FILE_NAME" "$WORK/e-fetch-$mode-$rep.out"
+    if [[ "${E_THREADS:-0}" == 1 ]]; then
+        thread_report "$st0" "$(thread_ticks "$seed")" "$mode seeder $rep" >&2
+        thread_report "$ft0" "$(thread_ticks "$fpid")" "$mode fetcher $rep" >&2
+    fi
     s_cpu=$(calc "($(cpu_ticks "$seed") - $s0) / $CLK_TCK")
     f_cpu=$(calc "($(cpu_ticks "$fpid") - $f0) / $CLK_TCK")
     log "e) $mode fetch $rep: $(fmt "$FETCH_SECS" .3f) s ($(gibps "$SIZE_MB" "$FETCH_SECS") GiB/s; all received $(fmt "$RECV_SECS" .2f) s, tail $(fmt "$TAIL_SECS" .2f) s); CPU seeder $(fmt "$s_cpu" .2f) s, fetcher $(fmt "$f_cpu" .2f) s"

@@ -155,8 +155,10 @@ impl Feed {
 
 /// How chunk `index` was hashed.
 enum Hashed {
-    /// From the buffer a worker handed over (given back for reuse).
-    Memory(Vec<u8>),
+    /// From the buffers workers handed over (given back for reuse), it and
+    /// every chunk after it that was already handed over too: the next
+    /// chunk to hash is this one, and the feed has advanced to it.
+    Memory { next: u32 },
     /// Read back from the partial file (and checked with BLAKE3 unless this
     /// process verified it in memory).
     Disk,
@@ -165,7 +167,9 @@ enum Hashed {
 }
 
 /// Hashes chunk `index` into `sha` on a blocking thread: from `held` if a
-/// worker handed it over, else from the partial file into `buf`.
+/// worker handed it over (and then, on the same thread, each next chunk
+/// already handed over, with no wake-up between them), else from the
+/// partial file into `buf`.
 async fn hash_chunk(
     shared: &Arc<Shared>,
     index: u32,
@@ -178,8 +182,8 @@ async fn hash_chunk(
     tokio::task::spawn_blocking(move || {
         let mut sha = sha;
         if let Some(data) = held {
-            sha.update(&data);
-            return (Hashed::Memory(data), sha, buf);
+            let next = hash_run(&s.feed, index, data, &mut sha);
+            return (Hashed::Memory { next }, sha, buf);
         }
         let m = &s.manifest;
         buf.resize(m.chunk_len(index) as usize, 0);
@@ -193,6 +197,20 @@ async fn hash_chunk(
     })
     .await
     .expect("verifier does not panic")
+}
+
+/// Hashes chunk `index` from `data`, then each next chunk the feed holds,
+/// advancing the feed past each one: returns the next chunk to hash.
+fn hash_run(feed: &Feed, mut index: u32, mut data: Vec<u8>, sha: &mut sha2::Sha256) -> u32 {
+    loop {
+        sha.update(&data);
+        index += 1;
+        feed.advance(index, Some(data));
+        match feed.take(index) {
+            Some(next) => data = next,
+            None => return index,
+        }
+    }
 }
 
 /// Hashes the file with SHA-256 in order as chunks land: from the
@@ -230,9 +248,12 @@ pub(super) async fn follow(
         }
         let (hashed, sha_back, buf_back) = hash_chunk(&shared, index, held, sha, buf).await;
         (sha, buf) = (sha_back, buf_back);
-        let used = match hashed {
-            Hashed::Memory(data) => Some(data),
-            Hashed::Disk => None,
+        match hashed {
+            Hashed::Memory { next } => index = next,
+            Hashed::Disk => {
+                index += 1;
+                shared.feed.advance(index, None);
+            }
             Hashed::Bad => {
                 tracing::warn!(
                     chunk = index,
@@ -241,11 +262,8 @@ pub(super) async fn follow(
                 shared.partial.mark_missing(index);
                 shared.map.lock().expect("map lock").mark_bad(index);
                 shared.bump();
-                continue;
             }
-        };
-        index += 1;
-        shared.feed.advance(index, used);
+        }
     }
     all_done(&shared, &mut changes, &cancel).await?;
     let digest: [u8; 32] = sha.finalize().into();

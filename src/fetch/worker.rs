@@ -1,6 +1,7 @@
 //! One worker: downloads chunks from one peer over one connection, a few
 //! requests in flight, until nothing is left for it. It verifies each
-//! chunk before writing it, gives back chunks the peer refuses (asking
+//! chunk before writing it (both on a checking thread of its own, while it
+//! reads the next answers), gives back chunks the peer refuses (asking
 //! again later with backoff), helps with held-up chunks in the endgame,
 //! and ends with a typed [`DropReason`] when the peer errs, stalls, lies or
 //! is too slow.
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::FetchLimits;
@@ -36,6 +37,21 @@ use crate::wire::frame::{ErrorCode, Response};
 /// while it sends nothing useful in between.
 const REFUSAL_RETRY: RetryPolicy =
     RetryPolicy::new(Duration::from_secs(1), Duration::from_secs(30));
+
+/// Bytes of chunk buffers one worker uses to overlap receiving with
+/// checking and writing: with 1 MiB chunks, the one being read into and
+/// three held by its [`Checker`] (receiving waits for the checker only when
+/// it holds three). With chunks over 1 MiB the worker still keeps two
+/// buffers, one being read into and one checked: at most
+/// `max(4 MiB, 2 × chunk)`.
+const WORKER_BUFFER_BYTES: usize = 4 << 20;
+
+/// Chunks one worker's checker may hold (see [`WORKER_BUFFER_BYTES`]).
+fn checks_in_flight(chunk_size: usize) -> usize {
+    (WORKER_BUFFER_BYTES / chunk_size.max(1))
+        .saturating_sub(1)
+        .max(1)
+}
 
 /// A worker's step ends it with this.
 type Step = Result<(), WorkerEnd>;
@@ -102,9 +118,13 @@ struct Worker<'a> {
     inflight: VecDeque<(u32, u32)>,
     /// The buffer the next answer is read into.
     buf: Vec<u8>,
-    /// The chunk before it, checked and written on a blocking thread while
-    /// the next answer arrives (two buffers in turn).
-    pending: Option<Pending>,
+    /// Checks and writes the chunks before it, in order, on a thread of its
+    /// own while the next answers arrive (started with the first chunk).
+    checker: Option<Checker>,
+    /// How many chunks the checker may hold ([`checks_in_flight`]).
+    checks: usize,
+    /// Buffers given back by checks while `buf` was already there.
+    spare: Vec<Vec<u8>>,
     changes: watch::Receiver<u64>,
     rate: PeerRate,
     /// Whether it waits for an answer (its quiet time is counting).
@@ -135,7 +155,9 @@ impl<'a> Worker<'a> {
             refusal_retry,
             inflight: VecDeque::new(),
             buf: Vec::with_capacity(shared.manifest.chunk_size as usize),
-            pending: None,
+            checker: None,
+            checks: checks_in_flight(shared.manifest.chunk_size as usize),
+            spare: Vec::new(),
             changes: shared.changed.subscribe(),
             rate: PeerRate::new(now, limits.stall_timeout, limits.min_rate),
             waiting: false,
@@ -291,36 +313,73 @@ impl<'a> Worker<'a> {
         }
     }
 
-    /// A chunk arrived in `buf`: it is verified and written on a blocking
-    /// thread while the next answer is read; the one before it is settled.
+    /// A chunk arrived in `buf`: it goes to the checker, which verifies
+    /// and writes it while the next answers are read. The chunks already
+    /// checked are settled; the oldest one is waited for only when the
+    /// checker holds more than `checks`, else the next answer goes into a
+    /// spare (or new) buffer.
     async fn chunk(&mut self, req: u32, len: usize) -> Step {
         let Some(pos) = self.inflight.iter().position(|(r, _)| *r == req) else {
             return Err(dropped(DropReason::UnaskedChunk(req)));
         };
         let (_, index) = self.inflight.remove(pos).expect("position is valid");
-        let (s, data) = (self.shared.clone(), std::mem::take(&mut self.buf));
-        let task = tokio::task::spawn_blocking(move || check_and_write(&s, index, data));
-        match self.pending.replace(Pending { index, len, task }) {
-            Some(previous) => self.settle(previous).await,
-            None => Ok(()),
+        let data = std::mem::take(&mut self.buf);
+        let shared = self.shared;
+        let checker = self
+            .checker
+            .get_or_insert_with(|| Checker::start(shared.clone()));
+        checker.hand(Landing { index, len, data });
+        while let Some(done) = self.checker.as_mut().and_then(Checker::try_landed) {
+            self.settle(done)?;
         }
+        if self
+            .checker
+            .as_ref()
+            .is_some_and(|c| c.running > self.checks)
+        {
+            self.settle_oldest().await?;
+        }
+        if self.buf.capacity() == 0 {
+            let capacity = self.shared.manifest.chunk_size as usize;
+            self.buf = self
+                .spare
+                .pop()
+                .unwrap_or_else(|| Vec::with_capacity(capacity));
+        }
+        Ok(())
     }
 
-    /// Waits for the chunk being checked and written, if any, and counts it.
+    /// Waits for the chunks being checked and written, if any, and counts
+    /// them.
     async fn settle_pending(&mut self) -> Step {
-        match self.pending.take() {
-            Some(p) => self.settle(p).await,
-            None => Ok(()),
+        while self.checker.as_ref().is_some_and(|c| c.running > 0) {
+            self.settle_oldest().await?;
         }
+        Ok(())
+    }
+
+    /// Waits for the oldest chunk the checker holds, and settles it.
+    async fn settle_oldest(&mut self) -> Step {
+        let Some(checker) = self.checker.as_mut() else {
+            return Ok(());
+        };
+        let done = checker.landed().await;
+        self.settle(done)
     }
 
     /// Takes a checked chunk's verdict: drops the peer for a bad one, else
     /// marks it done.
-    async fn settle(&mut self, p: Pending) -> Step {
-        let Pending { index, len, task } = p;
-        let (verdict, data) = task.await.expect("chunk check does not panic");
+    fn settle(&mut self, done: Landed) -> Step {
+        let Landed {
+            index,
+            len,
+            verdict,
+            data,
+        } = done;
         if self.buf.capacity() == 0 {
             self.buf = data;
+        } else if self.spare.len() < self.checks {
+            self.spare.push(data);
         }
         match verdict {
             Ok(true) => {}
@@ -372,12 +431,82 @@ impl<'a> Worker<'a> {
     }
 }
 
-/// A chunk being checked and written: its index, its length, and the
-/// blocking task that gives back the verdict and the buffer.
-struct Pending {
+/// A chunk handed to the checker: its index, its length, its bytes.
+struct Landing {
     index: u32,
     len: usize,
-    task: tokio::task::JoinHandle<(Result<bool, StoreError>, Vec<u8>)>,
+    data: Vec<u8>,
+}
+
+/// A chunk the checker is done with: its verdict, and the buffer to read
+/// another chunk into.
+struct Landed {
+    index: u32,
+    len: usize,
+    verdict: Result<bool, StoreError>,
+    data: Vec<u8>,
+}
+
+/// One worker's checking thread (a long-lived blocking task): checks and
+/// writes the chunks handed to it, in order, one at a time, and hands back
+/// verdicts and buffers. One thread per worker rather than a blocking task
+/// per chunk: no wake-up chain per chunk, and two writers to one file
+/// would only wait for each other on its lock. Its channels hold at most
+/// the worker's buffers; it ends when the worker drops it.
+struct Checker {
+    to: mpsc::UnboundedSender<Landing>,
+    from: mpsc::UnboundedReceiver<Landed>,
+    /// Chunks handed over and not taken back yet.
+    running: usize,
+}
+
+impl Checker {
+    fn start(shared: Arc<Shared>) -> Checker {
+        let (to, mut jobs) = mpsc::unbounded_channel::<Landing>();
+        let (done, from) = mpsc::unbounded_channel();
+        tokio::task::spawn_blocking(move || {
+            while let Some(Landing { index, len, data }) = jobs.blocking_recv() {
+                let (verdict, data) = check_and_write(&shared, index, data);
+                let landed = Landed {
+                    index,
+                    len,
+                    verdict,
+                    data,
+                };
+                if done.send(landed).is_err() {
+                    break;
+                }
+            }
+        });
+        Checker {
+            to,
+            from,
+            running: 0,
+        }
+    }
+
+    fn hand(&mut self, landing: Landing) {
+        self.to.send(landing).expect("chunk checker does not panic");
+        self.running += 1;
+    }
+
+    /// The oldest chunk handed over, if it is checked already.
+    fn try_landed(&mut self) -> Option<Landed> {
+        let done = self.from.try_recv().ok()?;
+        self.running -= 1;
+        Some(done)
+    }
+
+    /// The oldest chunk handed over, once it is checked (there must be one).
+    async fn landed(&mut self) -> Landed {
+        let done = self
+            .from
+            .recv()
+            .await
+            .expect("chunk checker does not panic");
+        self.running -= 1;
+        done
+    }
 }
 
 /// Checks chunk `index` against the manifest and writes it (unless the
@@ -395,4 +524,26 @@ fn check_and_write(s: &Shared, index: u32, data: Vec<u8>) -> (Result<bool, Store
         return (Err(e), data);
     }
     (Ok(true), s.feed.offer(index, data, FEED_PATIENCE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_buffers_of_a_worker_stay_within_four_mib_or_two_chunks() {
+        const MIB: usize = 1 << 20;
+        assert_eq!(checks_in_flight(MIB), 3, "1 MiB chunks: 3 checked + 1 read");
+        assert_eq!(checks_in_flight(256 << 10), 15);
+        assert_eq!(checks_in_flight(2 * MIB), 1);
+        assert_eq!(
+            checks_in_flight(4 * MIB),
+            1,
+            "at least one check beside the read"
+        );
+        for c in [64 << 10, MIB, 3 * MIB, 4 * MIB] {
+            let buffers = checks_in_flight(c) + 1;
+            assert!(buffers * c <= WORKER_BUFFER_BYTES.max(2 * c), "{c}");
+        }
+    }
 }

@@ -29,6 +29,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::{Home, StoreError, io_err, safe_file_name};
+
+mod quiet;
 use crate::chunkset::Bitmap;
 use crate::id::ContentId;
 use crate::manifest::Manifest;
@@ -179,6 +181,9 @@ impl Partial {
         let (part_path, state_path) = paths(home, &id);
         let part_existed = clear_foreign(&part_path)?;
         let file = open_part(&part_path)?;
+        // Its writes reported to the private folder, not to downloads/.
+        let stem = &id.to_hex()[..24];
+        let file = quiet::reopen(&file, &part_path, &home.partial_dir(), stem).unwrap_or(file);
         file.set_len(manifest.size)
             .map_err(io_err("cannot size partial file", &part_path))?;
         let have = if part_existed {
