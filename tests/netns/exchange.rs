@@ -107,7 +107,7 @@ fn two_nodes_given_only_a_third_find_each_other_by_exchange() {
     for (node, other) in [(&b, "gamma"), (&c, "beta")] {
         let via = node.found_via(other);
         assert!(
-            via.contains(&"exchange".to_string()) && !via.contains(&"multicast".to_string()),
+            via.contains("exchange") && !via.contains("multicast"),
             "{} found {other} via {via:?}; expected exchange and no multicast",
             node.name
         );
