@@ -293,53 +293,44 @@ mod serde_bytes_ref {
     }
 }
 
-/// An indexed file in the set of files, found by its path (kept once,
-/// in its content).
-struct ByPath(Arc<LocalContent>);
+/// A content wrapped to be a set's element keyed by one of its fields:
+/// the key is kept once, in the content (one pointer per slot rather
+/// than a key beside it), and the set is searched by that key.
+macro_rules! keyed_by {
+    ($(#[$doc:meta])* $name:ident, $field:ident: $key:ty) => {
+        $(#[$doc])*
+        struct $name(Arc<LocalContent>);
 
-impl std::hash::Hash for ByPath {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.0.path.hash(state)
-    }
+        impl std::hash::Hash for $name {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                self.0.$field.hash(state)
+            }
+        }
+
+        impl PartialEq for $name {
+            fn eq(&self, other: &Self) -> bool {
+                self.0.$field == other.0.$field
+            }
+        }
+
+        impl Eq for $name {}
+
+        impl std::borrow::Borrow<$key> for $name {
+            fn borrow(&self) -> &$key {
+                &self.0.$field
+            }
+        }
+    };
 }
 
-impl PartialEq for ByPath {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.path == other.0.path
-    }
-}
-
-impl Eq for ByPath {}
-
-impl std::borrow::Borrow<Path> for ByPath {
-    fn borrow(&self) -> &Path {
-        &self.0.path
-    }
-}
-
-/// A content in the id map, found by its id (kept once, in the content:
-/// one pointer per slot rather than a key beside it).
-struct ById(Arc<LocalContent>);
-
-impl std::hash::Hash for ById {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.0.id.hash(state)
-    }
-}
-
-impl PartialEq for ById {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.id == other.0.id
-    }
-}
-
-impl Eq for ById {}
-
-impl std::borrow::Borrow<ContentId> for ById {
-    fn borrow(&self) -> &ContentId {
-        &self.0.id
-    }
-}
+keyed_by!(
+    /// An indexed file in the set of files, found by its path.
+    ByPath, path: Path
+);
+keyed_by!(
+    /// A content in the id map, found by its id.
+    ById, id: ContentId
+);
 
 /// Index state: every indexed file by path, and contents by id.
 #[derive(Default)]
