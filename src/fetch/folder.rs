@@ -229,15 +229,10 @@ impl FetchCtx {
         if cancel.is_cancelled() {
             return Err(FetchError::Cancelled);
         }
-        if let Some((first, why)) = run.failed.first() {
+        if let Some(e) = run.incomplete(&dest) {
             // The job stays recorded: the next start (or `fetch` of the
             // folder again) goes on with the files still missing.
-            return Err(FetchError::FolderIncomplete {
-                failed: run.failed.len(),
-                total: total_files as usize,
-                first: format!("{first}: {why}"),
-                dest: dest.display().to_string(),
-            });
+            return Err(e);
         }
         if let Err(e) = self.store.jobs().remove_folder(&dest) {
             tracing::warn!(folder = %job.folder, error = %e, "cannot update the download list");
@@ -473,6 +468,28 @@ struct FolderRun {
 }
 
 impl FolderRun {
+    /// Why the folder is not complete: a file failed, or one did not
+    /// report how it ended (a lost task); `None` when every file is in
+    /// place.
+    fn incomplete(&self, dest: &std::path::Path) -> Option<FetchError> {
+        let total = self.total_files as usize;
+        let ended = self.done as usize + self.failed.len();
+        let (failed, first) = match self.failed.first() {
+            Some((first, why)) => (self.failed.len(), format!("{first}: {why}")),
+            None if ended < total => (
+                total - ended,
+                "a file of the folder ended without a result".to_string(),
+            ),
+            None => return None,
+        };
+        Some(FetchError::FolderIncomplete {
+            failed,
+            total,
+            first,
+            dest: dest.display().to_string(),
+        })
+    }
+
     async fn files(&self, events: &mpsc::Sender<FetchEvent>, path: String, error: Option<String>) {
         let _ = events
             .send(FetchEvent::Files {

@@ -111,6 +111,16 @@ impl PeerConn {
         self.framed.read_response(chunk_buf).await
     }
 
+    /// Reads the next response, refusing a frame longer than `max` bytes
+    /// before its body is read.
+    pub async fn read_response_within(
+        &mut self,
+        chunk_buf: &mut Vec<u8>,
+        max: u32,
+    ) -> Result<Response, PeerError> {
+        self.framed.read_response_within(chunk_buf, max).await
+    }
+
     /// Asks for a manifest and checks it against `id`. The answer must
     /// start within `patience` and be complete within `timeout`; a frame
     /// longer than `max_frame` is refused before anything is allocated

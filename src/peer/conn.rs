@@ -240,7 +240,19 @@ impl FramedConn {
     /// Reads the next response (a client's read). A chunk's bytes are read
     /// into `chunk_buf`.
     pub async fn read_response(&mut self, chunk_buf: &mut Vec<u8>) -> Result<Response, PeerError> {
-        let h = self.read_header(MAX_RESPONSE_FRAME).await?;
+        self.read_response_within(chunk_buf, MAX_RESPONSE_FRAME)
+            .await
+    }
+
+    /// [`read_response`](Self::read_response), refusing a frame longer
+    /// than `max` bytes before reading its body (the caller bounds it by
+    /// what it asked for).
+    pub async fn read_response_within(
+        &mut self,
+        chunk_buf: &mut Vec<u8>,
+        max: u32,
+    ) -> Result<Response, PeerError> {
+        let h = self.read_header(max.min(MAX_RESPONSE_FRAME)).await?;
         frame::check_response_len(h.kind, h.len)?;
         if h.kind == frame::K_R_CHUNK {
             let mut req = [0u8; 4];

@@ -286,14 +286,13 @@ impl Store {
     /// landed or why it did not; a landing that fails leaves nothing.
     pub fn land_verified(&self, batch: &[Landing]) -> Vec<Result<Vec<PathBuf>, StoreError>> {
         let mut written: Vec<Result<Vec<PathBuf>, StoreError>> = Vec::with_capacity(batch.len());
-        let mut files = Vec::new();
         for l in batch {
-            written.push(write_temps(l, &mut files));
+            written.push(write_temps(l));
         }
         let dirs: BTreeSet<&Path> = (batch.iter())
             .flat_map(|l| l.places.iter().map(|p| p.dir.as_path()))
             .collect();
-        if let Err(e) = sync_together(&files, &dirs) {
+        if let Err(e) = sync_together(&dirs) {
             let dir = dirs.first().map(|d| d.to_path_buf()).unwrap_or_default();
             return (written.into_iter())
                 .map(|w| {
@@ -304,7 +303,6 @@ impl Store {
                 })
                 .collect();
         }
-        drop(files);
         let mut landed: Vec<Result<Vec<PathBuf>, StoreError>> = Vec::with_capacity(batch.len());
         let mut to_index = Vec::new();
         for (l, w) in batch.iter().zip(written) {
@@ -313,7 +311,7 @@ impl Store {
                 to_index.extend(paths.iter().map(|p| (p.clone(), l.manifest.clone())));
             }
         }
-        if let Err(e) = sync_together(&[], &dirs) {
+        if let Err(e) = sync_together(&dirs) {
             tracing::warn!(error = %e, "cannot sync the folders of a folder download");
         }
         let indexed = self.index_downloads(to_index);
@@ -337,26 +335,47 @@ fn clone_err(e: &std::io::Error) -> std::io::Error {
     std::io::Error::new(e.kind(), e.to_string())
 }
 
-/// Writes `l`'s bytes under a temporary name beside each of its places
-/// (kept open in `files` until synced); on an error removes what it made.
-fn write_temps(l: &Landing, files: &mut Vec<std::fs::File>) -> Result<Vec<PathBuf>, StoreError> {
-    let id = &l.manifest.content_id().to_hex()[..24];
+/// A number no other temporary file of this process has taken.
+static TEMP_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Writes `l`'s bytes under a new temporary name beside each of its
+/// places (never over an existing file: a name taken is skipped) and
+/// closes it (elsewhere than Linux, synced first: [`sync_together`] syncs
+/// only folders there); on an error removes what it made. No file stays
+/// open, however many places a content has.
+fn write_temps(l: &Landing) -> Result<Vec<PathBuf>, StoreError> {
+    let id = l.manifest.content_id().to_hex();
     let mut temps = Vec::with_capacity(l.places.len());
-    for (i, place) in l.places.iter().enumerate() {
-        let tmp = place.dir.join(format!(".lanshare-land-{id}-{i}.tmp"));
-        let _ = std::fs::remove_file(&tmp);
-        let made = crate::platform::open_nofollow(
-            OpenOptions::new().write(true).create_new(true).mode(0o644),
-            &tmp,
-        )
-        .and_then(|mut f| f.write_all(&l.data).map(|()| f));
-        match made {
-            Ok(f) => {
-                files.push(f);
-                temps.push(tmp);
+    for place in &l.places {
+        let mut made = Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists));
+        let mut tmp = PathBuf::new();
+        for _ in 0..8 {
+            let seq = TEMP_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tmp = place.dir.join(format!(
+                ".lanshare-land-{id}-{}-{seq}.tmp",
+                std::process::id()
+            ));
+            made = crate::platform::open_nofollow(
+                OpenOptions::new().write(true).create_new(true).mode(0o644),
+                &tmp,
+            );
+            if !matches!(&made, Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists) {
+                break;
             }
-            Err(e) => {
+        }
+        let written = made.and_then(|mut f| {
+            let wrote = f.write_all(&l.data);
+            #[cfg(not(target_os = "linux"))]
+            let wrote = wrote.and_then(|()| f.sync_all());
+            if wrote.is_err() {
+                // Ours (made with create_new): nothing else is removed.
                 let _ = std::fs::remove_file(&tmp);
+            }
+            wrote
+        });
+        match written {
+            Ok(()) => temps.push(tmp),
+            Err(e) => {
                 temps.iter().for_each(|t| drop(std::fs::remove_file(t)));
                 return Err(io_err("cannot write", &tmp)(e));
             }
@@ -388,13 +407,13 @@ fn link_all(l: &Landing, temps: &[PathBuf]) -> Result<Vec<PathBuf>, StoreError> 
     }
 }
 
-/// Makes `files` and the entries of `dirs` durable together: on Linux one
-/// `syncfs` of the file system they are on (every folder of a folder
-/// download is on the one of downloads/), elsewhere each synced in turn.
-fn sync_together(files: &[std::fs::File], dirs: &BTreeSet<&Path>) -> std::io::Result<()> {
+/// Makes the files written in `dirs` and their entries durable together:
+/// on Linux one `syncfs` of the file system they are on (every folder of
+/// a folder download is on the one of downloads/), elsewhere each folder
+/// synced in turn (its files were synced as they were written).
+fn sync_together(dirs: &BTreeSet<&Path>) -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
     {
-        let _ = files;
         use std::os::fd::AsRawFd;
         let mut synced = BTreeSet::new();
         for dir in dirs {
@@ -413,9 +432,6 @@ fn sync_together(files: &[std::fs::File], dirs: &BTreeSet<&Path>) -> std::io::Re
     }
     #[cfg(not(target_os = "linux"))]
     {
-        for f in files {
-            f.sync_all()?;
-        }
         for dir in dirs {
             super::durable::sync_dir(dir)?;
         }

@@ -42,9 +42,12 @@ use crate::peer::PeerError;
 use crate::peer::client::PeerConn;
 use crate::peer::dial::DialError;
 use crate::store::Landing;
-use crate::wire::WireError;
 use crate::wire::frame::Response;
+use crate::wire::{MAX_ERROR_MESSAGE, WireError};
 
+/// Bytes of a response frame around its payload (kind, request id,
+/// lengths, an error's code), with room to spare.
+const FRAME_SLACK: u32 = 64;
 /// Files of at most this many bytes are fetched together.
 pub const SMALL_MAX: u64 = CHUNK_SIZE as u64;
 /// Files in flight on one lane at most.
@@ -245,13 +248,23 @@ struct Lane<'a> {
 impl Lane<'_> {
     async fn run(&mut self) -> Result<(), DropReason> {
         let mut buf = Vec::new();
+        let stall = self.shared.ctx.limits.stall_timeout;
         loop {
             if !self.fill().await? {
                 return Ok(());
             }
-            self.conn.flush().await?;
+            // A peer that stops reading fills the socket: sending waits
+            // for it no longer than for an answer, and a cancel ends it.
+            let shared = self.shared;
+            let flushed = shared
+                .cancel
+                .run_until_cancelled(tokio::time::timeout(stall, self.conn.flush()));
+            match flushed.await {
+                None => return Ok(()),
+                Some(Err(_)) => return Err(DropReason::Stalled(stall)),
+                Some(Ok(sent)) => sent?,
+            }
             let front = self.inflight.front().expect("a file in flight");
-            let stall = self.shared.ctx.limits.stall_timeout;
             let answer = self.shared.cancel.run_until_cancelled(async {
                 tokio::time::timeout(stall, answer(self.conn, front, &mut buf))
                     .await
@@ -288,10 +301,15 @@ impl Lane<'_> {
                 self.shared.hand_back([task]).await;
                 continue;
             };
-            let manifest_req = self.conn.request_manifest(id).await?;
-            let chunk_req = match size {
-                0 => None,
-                _ => Some(self.conn.request_chunk(id, 0).await?),
+            let (manifest_req, chunk_req) = match self.ask(id, size).await {
+                Ok(reqs) => reqs,
+                Err(end) => {
+                    // Not in flight yet: given back here (to its other
+                    // holders when this one failed).
+                    let back = self.shared.pool().give_back(idx, self.me, end.is_some());
+                    self.shared.hand_back(back).await;
+                    return end.map_or(Ok(false), Err);
+                }
             };
             self.inflight.push_back(InFlight {
                 idx,
@@ -304,6 +322,35 @@ impl Lane<'_> {
             });
         }
         Ok(!self.inflight.is_empty() && !self.shared.cancel.is_cancelled())
+    }
+
+    /// Queues the requests of one file (its manifest, and its chunk
+    /// unless it is empty): within the stall timeout, like an answer.
+    /// `Err(None)`: the job was cancelled meanwhile.
+    async fn ask(
+        &mut self,
+        id: ContentId,
+        size: u64,
+    ) -> Result<(u32, Option<u32>), Option<DropReason>> {
+        let stall = self.shared.ctx.limits.stall_timeout;
+        let conn = &mut *self.conn;
+        let send = async {
+            let manifest_req = conn.request_manifest(id).await?;
+            let chunk_req = match size {
+                0 => None,
+                _ => Some(conn.request_chunk(id, 0).await?),
+            };
+            Ok::<_, PeerError>((manifest_req, chunk_req))
+        };
+        match (self.shared.cancel)
+            .run_until_cancelled(tokio::time::timeout(stall, send))
+            .await
+        {
+            None => Err(None),
+            Some(Err(_)) => Err(Some(DropReason::Stalled(stall))),
+            Some(Ok(Err(e))) => Err(Some(DropReason::Peer(e))),
+            Some(Ok(Ok(reqs))) => Ok(reqs),
+        }
     }
 
     /// Passes a verified file on to land, or gives it back.
@@ -351,7 +398,13 @@ async fn answer(
     f: &InFlight,
     buf: &mut Vec<u8>,
 ) -> Result<Answer, DropReason> {
-    let manifest = match conn.read_response(buf).await? {
+    // No answer to a file of at most one chunk is longer than its
+    // manifest's frame, its chunk's or an error's: a longer frame is
+    // refused before its body is read.
+    let max = Manifest::max_frame_len(f.size)
+        .max(FRAME_SLACK + f.size as u32)
+        .max(FRAME_SLACK + MAX_ERROR_MESSAGE as u32);
+    let manifest = match conn.read_response_within(buf, max).await? {
         Response::Manifest { req, manifest } if req == f.manifest_req => Some(manifest),
         Response::Error { req, .. } if req == f.manifest_req => None,
         Response::Chunk { req, .. } => return Err(DropReason::UnaskedChunk(req)),
@@ -359,7 +412,7 @@ async fn answer(
     };
     let chunk = match f.chunk_req {
         None => true,
-        Some(want) => match conn.read_response(buf).await? {
+        Some(want) => match conn.read_response_within(buf, max).await? {
             Response::Chunk { req, .. } if req == want => true,
             Response::Error { req, .. } if req == want => false,
             Response::Chunk { req, .. } => return Err(DropReason::UnaskedChunk(req)),

@@ -93,7 +93,9 @@ impl Pool {
         let queue = self.queues.get_mut(&me).expect("a lane's queue");
         while let Some(&idx) = queue.front() {
             let f = &mut self.files[idx];
-            if f.state != FileState::Waiting {
+            // A stale entry: taken meanwhile, or given back by this very
+            // holder (which is never asked for it again).
+            if f.state != FileState::Waiting || f.excluded.contains(&me) {
                 queue.pop_front();
                 continue;
             }
@@ -214,6 +216,23 @@ mod tests {
         let back = pool.give_back(second, a, true).map(|t| t.id);
         assert_eq!(back, Some(ContentId([2; 32])));
         assert!(pool.drop_lane(a).is_empty());
+    }
+
+    #[test]
+    fn a_holder_that_refused_a_file_is_never_given_it_again() {
+        let (a, b, c) = (NodeId([1; 16]), NodeId([2; 16]), NodeId([3; 16]));
+        let (mut pool, _) = Pool::new(vec![(task(1, 10), vec![a, b, c])], [a, b, c].into());
+        // a takes it; its entries in b's and c's queues stay behind.
+        let f = taken(pool.next(a, 100, true));
+        assert!(pool.give_back(f, a, true).is_none());
+        // b takes it (its stale entry first) and refuses it too.
+        assert_eq!(taken(pool.next(b, 100, true)), f);
+        assert!(pool.give_back(f, b, true).is_none());
+        // Waiting again, with a stale entry still in b's queue: b must not
+        // take it, only c.
+        assert!(matches!(pool.next(b, 100, true), Next::Retired));
+        assert!(matches!(pool.next(a, 100, true), Next::Retired));
+        assert_eq!(taken(pool.next(c, 100, true)), f);
     }
 
     #[test]
