@@ -19,13 +19,20 @@ use crate::store::{FolderJobRecord, Store};
 /// this many bytes, or as many as its distinct contents hold if more.
 pub const COPY_ALLOWANCE: u64 = 64 << 20;
 
+/// What a copy costs against the allowance at least (an empty file
+/// still takes an inode and a block): at most 16,384 copies of empty or
+/// tiny files within [`COPY_ALLOWANCE`].
+const COPY_MIN_COST: u64 = 4 << 10;
+
 /// The copies rule: each content keeps its first path (the one most
 /// holders list, then the first in order); its other paths are copies,
 /// admitted most-listed first, then in path order, while the bytes of
 /// the copies admitted stay within [`COPY_ALLOWANCE`] or the bytes of
 /// the distinct contents, whichever is more. So a holder that lists one
 /// real content at a thousand paths cannot make the folder a thousand
-/// times its size. Returns the entries kept, sorted by path.
+/// times its size, nor make it a million empty files; a copy listed at a
+/// size other than its first path's is left out (one content has one
+/// size). Returns the entries kept, sorted by path.
 fn bound_copies(chosen: Vec<(FolderEntry, usize)>, folder: &str) -> Vec<FolderEntry> {
     let mut by_id: BTreeMap<ContentId, Vec<(FolderEntry, usize)>> = BTreeMap::new();
     for c in chosen {
@@ -35,17 +42,31 @@ fn bound_copies(chosen: Vec<(FolderEntry, usize)>, folder: &str) -> Vec<FolderEn
     let allowance = distinct.max(COPY_ALLOWANCE);
     let mut kept = Vec::new();
     let mut copies = Vec::new();
+    let mut left_out = 0usize;
     for mut paths in by_id.into_values() {
         paths.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.path.cmp(&b.0.path)));
         let mut paths = paths.into_iter();
-        kept.extend(paths.next().map(|(e, _)| e));
-        copies.extend(paths);
+        let Some((first, _)) = paths.next() else {
+            continue;
+        };
+        // One size per content, its first path's: a copy listed at another
+        // size is a claim that cannot be true of the same bytes.
+        for (e, n) in paths {
+            if e.size == first.size {
+                copies.push((e, n));
+            } else {
+                left_out += 1;
+            }
+        }
+        kept.push(first);
     }
     copies.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.path.cmp(&b.0.path)));
-    let (mut used, mut left_out) = (0u64, 0usize);
+    let mut used = 0u64;
     for (e, _) in copies {
-        if used.saturating_add(e.size) <= allowance {
-            used += e.size;
+        // A file costs at least a block of the disk, even an empty one.
+        let cost = e.size.max(COPY_MIN_COST);
+        if used.saturating_add(cost) <= allowance {
+            used += cost;
             kept.push(e);
         } else {
             left_out += 1;
@@ -229,5 +250,45 @@ mod tests {
         assert!(!paths.contains(&"x/1.bin"), "{paths:?}");
         assert_eq!(kept.len(), 1 + 2 + 100);
         assert!(paths.windows(2).all(|w| w[0] < w[1]), "sorted by path");
+    }
+
+    #[test]
+    fn copies_at_another_size_or_by_the_million_are_left_out() {
+        let entry = |path: String, size: u64| FolderEntry {
+            path,
+            id: ContentId([1; 32]),
+            size,
+        };
+        // The content's first path (two holders list it) says 1 MiB; a
+        // hostile holder lists it at 0 bytes under 100,000 more paths,
+        // and at 1 MiB under 100,000 others.
+        let mut chosen = vec![(entry("a".into(), 1 << 20), 2)];
+        for i in 0..100_000 {
+            chosen.push((entry(format!("b/{i:06}"), 0), 1));
+            chosen.push((entry(format!("c/{i:06}"), 1 << 20), 1));
+        }
+        let kept = bound_copies(chosen, "holiday");
+        assert!(
+            kept.iter().all(|e| e.size == 1 << 20),
+            "a copy at a lied size was kept"
+        );
+        // 64 MiB of copies at 1 MiB each.
+        assert_eq!(kept.len(), 1 + 64);
+        // Empty copies are charged a block each: at most 16,384 of them.
+        let empty = |path: String| {
+            (
+                FolderEntry {
+                    path,
+                    id: ContentId([2; 32]),
+                    size: 0,
+                },
+                1,
+            )
+        };
+        let kept = bound_copies(
+            (0..100_000).map(|i| empty(format!("e/{i:06}"))).collect(),
+            "x",
+        );
+        assert_eq!(kept.len(), 1 + 16_384);
     }
 }
