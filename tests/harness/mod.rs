@@ -84,12 +84,17 @@ pub fn sha256_hex(data: &[u8]) -> String {
     lanshare::id::to_hex(&sha2::Sha256::digest(data))
 }
 
-/// Writes `files` (name, bytes) into `home`/shared, creating it.
+/// Writes `files` (path, bytes) into `home`/shared, creating it and the
+/// folders of the paths.
 pub fn write_shared(home: &Path, files: &[(&str, &[u8])]) {
     let shared = home.join("shared");
     std::fs::create_dir_all(&shared).unwrap();
     for (file, data) in files {
-        std::fs::write(shared.join(file), data).unwrap();
+        let path = shared.join(file);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        std::fs::write(path, data).unwrap();
     }
 }
 

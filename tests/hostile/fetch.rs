@@ -43,11 +43,23 @@ pub struct Behaviour {
     pub manifest: Option<Manifest>,
     /// Answers a chunk request for `index`.
     pub chunk: Arc<dyn Fn(u32) -> ChunkAnswer + Send + Sync>,
+    /// Contents it really holds (small files): each manifest is sent
+    /// after a delay, each chunk at once; the contents above are for the
+    /// other ids.
+    pub files: Option<Arc<SlowFiles>>,
+}
+
+/// Real small files a rogue serves, slowly but validly.
+pub struct SlowFiles {
+    pub by_id: std::collections::HashMap<ContentId, (Manifest, Vec<u8>)>,
+    /// Before each manifest.
+    pub delay: Duration,
 }
 
 impl Behaviour {
     fn stall() -> Behaviour {
         Behaviour {
+            files: None,
             manifest: None,
             chunk: Arc::new(|_| ChunkAnswer::Stall),
         }
@@ -238,6 +250,21 @@ fn serve(
                 more: false,
             })
             .encode(),
+            Request::GetManifest { req, id } if held(b, &id).is_some() => {
+                std::thread::sleep(b.files.as_ref().map_or(Duration::ZERO, |f| f.delay));
+                let (manifest, _) = held(b, &id).expect("held");
+                Response::Manifest {
+                    req,
+                    manifest: manifest.clone(),
+                }
+                .encode()
+            }
+            Request::GetChunk { req, id, .. } if held(b, &id).is_some() => {
+                let (_, data) = held(b, &id).expect("held");
+                let mut out = frame::chunk_header(req, data.len()).to_vec();
+                out.extend_from_slice(data);
+                out
+            }
             Request::GetManifest { req, .. } => match &b.manifest {
                 Some(m) => Response::Manifest {
                     req,
@@ -271,6 +298,11 @@ fn serve(
             return;
         }
     }
+}
+
+/// The manifest and bytes of `id`, when the rogue really holds it.
+fn held<'a>(b: &'a Behaviour, id: &ContentId) -> Option<&'a (Manifest, Vec<u8>)> {
+    b.files.as_ref()?.by_id.get(id)
 }
 
 fn entry(id: ContentId, name: &str, size: u64) -> InventoryEntry {
@@ -506,6 +538,7 @@ fn stalling_peers_do_not_keep_the_endgame_slots() {
                 &net.group,
                 vec![entry(id, "pair.bin", data.len() as u64)],
                 Behaviour {
+                    files: None,
                     manifest: Some(manifest.clone()),
                     chunk: Arc::new(|_| ChunkAnswer::Stall),
                 },
@@ -552,6 +585,7 @@ fn a_manifest_larger_than_listed_is_refused() {
         &net.group,
         vec![entry(id, "small.txt", 10)],
         Behaviour {
+            files: None,
             manifest: Some(manifest),
             chunk: Arc::new(|_| ChunkAnswer::NoChunk),
         },
@@ -590,6 +624,7 @@ fn a_download_larger_than_the_free_space_is_refused() {
         &net.group,
         vec![entry(id, "huge.iso", size)],
         Behaviour {
+            files: None,
             manifest: Some(manifest),
             chunk: Arc::new(|_| ChunkAnswer::NoChunk),
         },
@@ -636,6 +671,7 @@ fn tiny_chunks_are_refused_without_burning_cpu() {
         &net.group,
         vec![entry(id, "crumbs.bin", data.len() as u64)],
         Behaviour {
+            files: None,
             manifest: Some(manifest),
             chunk: Arc::new(|_| ChunkAnswer::NoChunk),
         },
@@ -677,6 +713,7 @@ fn a_holder_that_refuses_and_trickles_is_given_up_on() {
         &net.group,
         vec![entry(id, "slow.bin", data.len() as u64)],
         Behaviour {
+            files: None,
             manifest: Some(manifest),
             chunk: Arc::new(move |i| {
                 // One valid chunk every 4 s; everything else refused.
@@ -728,6 +765,7 @@ fn fetch_saves_the_name_asked_for() {
         &net.group,
         vec![entry(id, "0-invoice.pdf.exe", data.len() as u64)],
         Behaviour {
+            files: None,
             manifest: Some(manifest),
             chunk: Arc::new(|_| ChunkAnswer::NoChunk),
         },
@@ -780,4 +818,88 @@ fn a_wrong_size_listed_first_does_not_block_the_honest_holders() {
         std::fs::read(victim.downloads().join("data.bin")).unwrap(),
         data
     );
+}
+
+/// A holder that answers a folder's small files validly but slowly (one
+/// every 2 s, under the 10 s stall timeout) must not keep them: the batch
+/// judges each holder's useful rate like the single-file worker, drops it
+/// after one window, and the files go to the real holder. Before, the
+/// slow holder kept every file it had taken until it sent it (80 s here).
+#[test]
+fn a_slow_but_valid_folder_holder_is_dropped() {
+    let net = Net::new();
+    let files: Vec<(String, Vec<u8>)> = (0..40)
+        .map(|i| {
+            (
+                format!("album/f{i:02}.txt"),
+                vec![b'a' + (i % 26) as u8; 2048 + i],
+            )
+        })
+        .collect();
+    let by_id = files
+        .iter()
+        .map(|(_, d)| {
+            let m = manifest_of(d, CHUNK_SIZE);
+            (m.content_id(), (m, d.clone()))
+        })
+        .collect();
+    let entries = files
+        .iter()
+        .map(|(name, d)| {
+            entry(
+                manifest_of(d, CHUNK_SIZE).content_id(),
+                name,
+                d.len() as u64,
+            )
+        })
+        .collect();
+    let slow = Arc::new(SlowFiles {
+        by_id,
+        delay: Duration::from_secs(2),
+    });
+    let _rogue = Rogue::start(
+        "slowpoke",
+        &net.group,
+        entries,
+        Behaviour {
+            files: Some(slow),
+            manifest: None,
+            chunk: Arc::new(|_| ChunkAnswer::Stall),
+        },
+    );
+    let victim = net.node("victim", &[]);
+    let last = manifest_of(&files[39].1, CHUNK_SIZE).content_id();
+    wait_listed(&victim, &last, 1, Duration::from_secs(20));
+
+    // The real holder appears once the folder's plan gave every file to
+    // the slow one.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        let fetch = s.spawn(|| {
+            tx.send(()).unwrap();
+            fetch_within(&victim, "album", Duration::from_secs(45))
+        });
+        rx.recv().unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        let shared: Vec<(&str, &[u8])> = files.iter().map(|(n, d)| (n.as_str(), &d[..])).collect();
+        let real = net.node("real", &shared);
+        let (out, took) = fetch.join().unwrap();
+        let out = out.unwrap_or_else(|| {
+            panic!(
+                "the folder fetch did not finish within 45 s: the slow holder kept its files\n{}",
+                victim.log_tail()
+            )
+        });
+        let t = text(&out);
+        eprintln!("figure: 40 small files, a slow holder first, took {took:?}");
+        assert!(out.status.success(), "fetch failed after {took:?}: {t}");
+        assert!(
+            t.contains("slowpoke") && t.contains("verified data"),
+            "the output does not say the slow holder was dropped: {t}"
+        );
+        for (name, data) in &files {
+            assert_eq!(&std::fs::read(victim.downloads().join(name)).unwrap(), data);
+        }
+        drop(real);
+    });
 }

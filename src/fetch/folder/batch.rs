@@ -9,8 +9,9 @@
 //! place and indexed with one save), each logged in download_log.txt.
 //!
 //! Each file goes to a holder that lists it; a holder that refuses a file
-//! loses that file to its other holders, one that errs, lies or stalls
-//! loses all of them (as the single-file swarm drops a worker). A file no
+//! loses that file to its other holders, one that errs, lies, stalls or
+//! sends below the minimum useful rate loses all of them (as the
+//! single-file swarm drops a worker). A file no
 //! usable holder is left for, one whose manifest says it is not one chunk
 //! of its listed size, and one whose landing fails are handed back to the
 //! folder job, which fetches it through the single-file download (that
@@ -33,6 +34,7 @@ use super::{FetchLocks, FileOutcome, FileTask, Tally};
 use crate::api::FetchEvent;
 use crate::dict::Holder;
 use crate::fetch::FetchCtx;
+use crate::fetch::judge::PeerRate;
 use crate::fetch::peers::DropReason;
 use crate::id::{ContentId, NodeId, to_hex};
 use crate::logs::{Transfer, peer_name};
@@ -48,6 +50,10 @@ use crate::wire::{MAX_ERROR_MESSAGE, WireError};
 /// Bytes of a response frame around its payload (kind, request id,
 /// lengths, an error's code), with room to spare.
 const FRAME_SLACK: u32 = 64;
+/// A verified file counts at least this many bytes toward a lane's
+/// throughput (`PeerRate`): a holder sending many empty files quickly is
+/// useful, one sending one every few seconds is not.
+const FILE_CREDIT: u64 = 4 << 10;
 /// Files of at most this many bytes are fetched together.
 pub const SMALL_MAX: u64 = CHUNK_SIZE as u64;
 /// Files in flight on one lane at most.
@@ -248,7 +254,9 @@ struct Lane<'a> {
 impl Lane<'_> {
     async fn run(&mut self) -> Result<(), DropReason> {
         let mut buf = Vec::new();
-        let stall = self.shared.ctx.limits.stall_timeout;
+        let limits = &self.shared.ctx.limits;
+        let stall = limits.stall_timeout;
+        let mut rate = PeerRate::new(Instant::now(), stall, limits.min_rate);
         loop {
             if !self.fill().await? {
                 return Ok(());
@@ -265,6 +273,7 @@ impl Lane<'_> {
                 Some(Ok(sent)) => sent?,
             }
             let front = self.inflight.front().expect("a file in flight");
+            let waiting = Instant::now();
             let answer = self.shared.cancel.run_until_cancelled(async {
                 tokio::time::timeout(stall, answer(self.conn, front, &mut buf))
                     .await
@@ -274,8 +283,19 @@ impl Lane<'_> {
                 return Ok(());
             };
             let answer = answer?;
+            rate.waited(waiting.elapsed());
+            match &answer {
+                Answer::Verified(_, data) => rate.useful((data.len() as u64).max(FILE_CREDIT)),
+                Answer::Refused => rate.refused(),
+                Answer::NotSmall => {}
+            }
             let f = self.inflight.pop_front().expect("a file in flight");
             self.settle(f, answer, &mut buf).await;
+            // Valid answers, but too slow to keep: its files go to the
+            // others (as the single-file worker drops a peer).
+            if let Some(slow) = rate.judge(Instant::now()) {
+                return Err(slow);
+            }
         }
     }
 
