@@ -130,8 +130,8 @@ impl Reach {
             r => r?,
         };
         let delta = pulled.base.is_some();
-        let inv = pulled.into_inventory(held.as_ref().map(|i| i.entries.as_slice()))?;
-        tracing::debug!(peer = %peer.name, contents = inv.entries.len(), delta, "pulled inventory");
+        let inv = pulled.into_inventory(held.as_ref())?;
+        tracing::debug!(peer = %peer.name, contents = inv.len(), delta, "pulled inventory");
         self.dict.set_inventory(id, inv);
         drop(budget);
         if let Some(exchange) = &self.exchange

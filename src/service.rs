@@ -147,7 +147,7 @@ impl Service {
             name: self.name.clone(),
             listen: self.listen.to_string(),
             home: self.home.display().to_string(),
-            shared_contents: self.store.inventory().entries.len() as u32,
+            shared_contents: self.store.inventory().count(),
             malformed_datagrams: self.stats.get(Counter::MalformedDatagrams),
             malformed_connections: self.stats.get(Counter::MalformedConnections),
             discovery_bytes_sent: self.stats.get(Counter::DiscoveryBytesSent),
@@ -180,9 +180,7 @@ impl Service {
     /// The views of a page of [`Service::ls_rows`].
     pub fn ls_views(&self, rows: impl IntoIterator<Item = LsRow>) -> Vec<ContentView> {
         let inv = self.store.inventory();
-        self.dict.ls_views(rows, |id| {
-            inv.entries.binary_search_by_key(id, |e| e.id).is_ok()
-        })
+        self.dict.ls_views(rows, |id| inv.contains(id))
     }
 
     /// Every peer seen.
@@ -209,12 +207,7 @@ impl Service {
     }
 
     fn local_ids(&self) -> Vec<ContentId> {
-        self.store
-            .inventory()
-            .entries
-            .iter()
-            .map(|e| e.id)
-            .collect()
+        self.store.inventory().ids().collect()
     }
 
     /// What `query` names. What the network offers comes first: a local
@@ -261,8 +254,8 @@ impl Service {
 
     fn local_names(&self) -> Vec<(ContentId, String)> {
         let inv = self.store.inventory();
-        (inv.entries.iter())
-            .flat_map(|e| e.names().map(|n| (e.id, n.to_string())))
+        (inv.iter())
+            .flat_map(|e| e.names().map(|n| (e.id, n.to_string())).collect::<Vec<_>>())
             .collect()
     }
 

@@ -357,11 +357,11 @@ impl Contents {
         let old = self
             .inventories
             .get(&peer)
-            .map(|i| (i.inv.entries.clone(), i.bytes));
+            .map(|i| (i.inv.clone(), i.bytes));
         let old_bytes = old.as_ref().map_or(0, |(_, b)| *b);
-        let old: &[InventoryEntry] = old.as_ref().map_or(&[], |(v, _)| v.as_slice());
-        let bytes: usize = inv.entries.iter().map(entry_cost).sum();
-        let refusal = if held.entries - old.len() + inv.entries.len() > self.max_entries {
+        let old: Inventory = old.map(|(v, _)| v).unwrap_or_default();
+        let bytes: usize = inv.iter().map(|e| entry_cost(&e)).sum();
+        let refusal = if held.entries - old.len() + inv.len() > self.max_entries {
             Some(Refusal::OverContents)
         } else if held.bytes - old_bytes + bytes > self.max_bytes {
             Some(Refusal::OverBytes)
@@ -374,13 +374,13 @@ impl Contents {
             self.changed.notify_waiters();
             return Err(why);
         }
-        for changed in crate::inventory::diff(old, &inv.entries) {
-            match inv.entries.binary_search_by(|e| e.id.cmp(&changed)) {
-                Ok(i) => self.hold(peer, &inv.entries[i]),
-                Err(_) => self.release(peer, &changed),
+        for changed in crate::inventory::diff(&old, &inv) {
+            match inv.get(&changed) {
+                Some(e) => self.hold(peer, &e),
+                None => self.release(peer, &changed),
             }
         }
-        held.entries = held.entries - old.len() + inv.entries.len();
+        held.entries = held.entries - old.len() + inv.len();
         held.bytes = held.bytes - old_bytes + bytes;
         self.inventories.insert(peer, HeldInventory { inv, bytes });
         self.changed.notify_waiters();
@@ -397,10 +397,10 @@ impl Contents {
     /// Removes `peer`'s holdings, with the lock held.
     fn withdraw_locked(&self, peer: NodeId, held: &mut Held) {
         if let Some((_, old)) = self.inventories.remove(&peer) {
-            for e in old.inv.entries.iter() {
-                self.release(peer, &e.id);
+            for id in old.inv.ids() {
+                self.release(peer, &id);
             }
-            held.entries -= old.inv.entries.len();
+            held.entries -= old.inv.len();
             held.bytes -= old.bytes;
         }
     }
@@ -443,10 +443,21 @@ impl Contents {
             .filter(|h| own.is_none_or(|(p, _)| p != **h))
             .filter_map(|h| self.inventories.get(h).map(|i| i.inv.clone()))
             .collect();
-        let others = held.iter().filter_map(|inv| inv.get(id));
-        let entries = own.map(|(_, e)| e).into_iter().chain(others);
-        // Bounded work under the lock whatever the holders list: names are
-        // gathered (the new entry's first) only until there are enough.
+        // Bounded work under the lock whatever the holders list: entries
+        // are decoded (the new one's names first) only until there are
+        // enough names.
+        let mut entries = Vec::new();
+        let mut names = own.map_or(0, |(_, e)| e.names().count());
+        for inv in &held {
+            if names >= MAX_NAMES {
+                break;
+            }
+            if let Some(e) = inv.get(id) {
+                names += e.names().count();
+                entries.push(e);
+            }
+        }
+        let entries = own.map(|(_, e)| e).into_iter().chain(entries.iter());
         Names::collect(entries.flat_map(InventoryEntry::names).take(MAX_NAMES))
     }
 
@@ -474,10 +485,10 @@ impl Contents {
 
 /// Logs why `peer`'s inventory `inv` is not held.
 pub(super) fn warn_refused(peer: NodeId, inv: &Inventory, why: Refusal) {
-    let bytes: usize = inv.entries.iter().map(entry_cost).sum();
+    let bytes: usize = inv.iter().map(|e| entry_cost(&e)).sum();
     tracing::warn!(
         peer = %peer.short(),
-        contents = inv.entries.len(),
+        contents = inv.len(),
         bytes,
         "{why}; its contents are not listed"
     );

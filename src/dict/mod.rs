@@ -959,7 +959,7 @@ mod tests {
         // The holder's chunks share the inventory's bitmap.
         let held = d.contents.inventory(&a).unwrap();
         let (ChunkSet::Partial(x), ChunkSet::Partial(y)) = (
-            &held.entries[0].chunks,
+            &held.to_vec()[0].chunks,
             &d.contents.content(&ContentId([1; 32])).unwrap().holders[&a],
         ) else {
             panic!("partial")

@@ -453,29 +453,27 @@ impl Dict {
             // listed at each), but only those that pass as paths
             // (wire::check_path), so every path here is relative and
             // bounded.
-            for (e, path) in inv
-                .entries
-                .iter()
-                .flat_map(|e| e.paths().map(move |p| (e, p)))
-            {
-                match path {
-                    EntryPath::Folder(path) => {
-                        if let Some(dir) = path.strip_prefix(&prefix) {
-                            out.empty_dirs.insert(dir.to_string());
-                            out.found = true;
+            for e in inv.iter() {
+                for path in e.paths() {
+                    match path {
+                        EntryPath::Folder(path) => {
+                            if let Some(dir) = path.strip_prefix(&prefix) {
+                                out.empty_dirs.insert(dir.to_string());
+                                out.found = true;
+                            }
+                            // The folder itself, shared empty.
+                            out.found |= path == folder;
                         }
-                        // The folder itself, shared empty.
-                        out.found |= path == folder;
-                    }
-                    EntryPath::File(path) => {
-                        if let Some(rel) = path.strip_prefix(&prefix) {
-                            out.found = true;
-                            out.files.push(Listed {
-                                path: rel.to_string(),
-                                id: e.id,
-                                size: e.size,
-                                holder: peer.id,
-                            });
+                        EntryPath::File(path) => {
+                            if let Some(rel) = path.strip_prefix(&prefix) {
+                                out.found = true;
+                                out.files.push(Listed {
+                                    path: rel.to_string(),
+                                    id: e.id,
+                                    size: e.size,
+                                    holder: peer.id,
+                                });
+                            }
                         }
                     }
                 }

@@ -287,8 +287,7 @@ impl FetchCtx {
     /// The size `holder` itself lists for `id` in the inventory held for it.
     pub(super) fn listed_size(&self, holder: &NodeId, id: &ContentId) -> Option<u64> {
         let inv = self.dict.contents.inventory(holder)?;
-        let i = inv.entries.binary_search_by(|e| e.id.cmp(id)).ok()?;
-        Some(inv.entries[i].size)
+        Some(inv.get(id)?.size)
     }
 
     /// The name the download is saved under: the content's name that
@@ -299,8 +298,7 @@ impl FetchCtx {
         let listed = self.dict.contents.content(&want.id).map(|c| c.names);
         let own = proven.and_then(|h| {
             let inv = self.dict.contents.inventory(&h.id)?;
-            let i = inv.entries.binary_search_by(|e| e.id.cmp(&want.id)).ok()?;
-            Some(inv.entries[i].name.clone())
+            Some(inv.get(&want.id)?.name)
         });
         let mut names: Vec<NameChoice<'_>> = listed
             .iter()

@@ -49,7 +49,7 @@ pub struct Delta {
 impl ChangeLog {
     /// Records the change from `old` to `new` (both sorted by id).
     pub fn record(&mut self, old: &Inventory, new: &Inventory) {
-        let ids = diff(&old.entries, &new.entries);
+        let ids = diff(old, new);
         self.ids += ids.len();
         self.changes.push_back(Change {
             from: old.digest,
@@ -88,15 +88,15 @@ impl ChangeLog {
             .skip(start)
             .flat_map(|c| c.ids.iter().copied())
             .collect();
-        if changed.len() > MAX_CHANGED_IDS || changed.len() > current.entries.len().max(64) / 2 {
+        if changed.len() > MAX_CHANGED_IDS || changed.len() > current.len().max(64) / 2 {
             return full;
         }
         let mut upserts = Vec::new();
         let mut removed = Vec::new();
         for id in changed {
-            match current.entries.binary_search_by(|e| e.id.cmp(&id)) {
-                Ok(i) => upserts.push(current.entries[i].clone()),
-                Err(_) => removed.push(id),
+            match current.get(&id) {
+                Some(e) => upserts.push(e),
+                None => removed.push(id),
             }
         }
         Plan {
@@ -122,13 +122,7 @@ mod tests {
         e2[10].name = "renamed".into();
         e2.push(entry(250, "new"));
         let v2 = Inventory::new(e2);
-        let v3 = Inventory::new(
-            v2.entries
-                .iter()
-                .filter(|e| e.id.0[0] != 5)
-                .cloned()
-                .collect(),
-        );
+        let v3 = Inventory::new(v2.iter().filter(|e| e.id.0[0] != 5).collect());
         let mut log = ChangeLog::default();
         log.record(&v1, &v2);
         log.record(&v2, &v3);
@@ -138,7 +132,7 @@ mod tests {
         assert_eq!(d.base, v1.digest);
         assert_eq!(d.upserts.len(), 2);
         assert_eq!(d.removed, vec![ContentId([0; 32]), ContentId([5; 32])]);
-        let rebuilt = Inventory::new(crate::inventory::apply(&v1.entries, &d.upserts, &d.removed));
+        let rebuilt = crate::inventory::apply(&v1, &d.upserts, &d.removed);
         assert_eq!(rebuilt.digest, v3.digest);
 
         // Up to date: an empty delta.

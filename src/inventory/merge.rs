@@ -1,19 +1,47 @@
 //! Walking two id-sorted lists together: what differs between two
 //! inventories ([`diff`], [`diff_sorted`]) and the inventory a delta makes
-//! of its base ([`apply`]). Pure functions over slices.
+//! of its base ([`apply`]). Pure functions; held entries are compared and
+//! copied encoded, never decoded.
 
+use super::encoded::Builder;
+use super::{Inventory, InventoryBuilder};
 use crate::id::ContentId;
 use crate::wire::InventoryEntry;
 
-/// Ids whose entries differ between two id-sorted inventories.
-pub fn diff(old: &[InventoryEntry], new: &[InventoryEntry]) -> Vec<ContentId> {
+/// Ids whose entries differ between two inventories (their encodings
+/// compared: nothing decoded).
+pub fn diff(old: &Inventory, new: &Inventory) -> Vec<ContentId> {
+    let (old, new) = (&old.entries, &new.entries);
     let mut out = Vec::new();
-    diff_sorted(
-        old,
-        new,
-        |e| e.id,
-        |o, n| out.push(o.or(n).map(|e| e.id).expect("one side")),
-    );
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() || j < new.len() {
+        let (a, b) = (
+            (i < old.len()).then(|| old.id(i)),
+            (j < new.len()).then(|| new.id(j)),
+        );
+        match (a, b) {
+            (Some(a), Some(b)) if a == b => {
+                if old.raw(i) != new.raw(j) {
+                    out.push(a);
+                }
+                i += 1;
+                j += 1;
+            }
+            (Some(a), Some(b)) if a < b => {
+                out.push(a);
+                i += 1;
+            }
+            (Some(a), None) => {
+                out.push(a);
+                i += 1;
+            }
+            (_, Some(b)) => {
+                out.push(b);
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
     out
 }
 
@@ -57,53 +85,46 @@ pub fn diff_sorted<'a, T: PartialEq>(
     }
 }
 
-/// Applies a delta to the inventory it was made against (sorted by id);
-/// the result is sorted by id. The caller checks its digest.
-pub fn apply(
-    base: &[InventoryEntry],
-    upserts: &[InventoryEntry],
-    removed: &[ContentId],
-) -> Vec<InventoryEntry> {
-    let mut out = Vec::with_capacity(base.len() + upserts.len());
+/// Applies a delta to the inventory it was made against: `upserts`
+/// ascending by id, `removed` sorted. The caller checks the digest.
+pub fn apply(base: &Inventory, upserts: &[InventoryEntry], removed: &[ContentId]) -> Inventory {
+    let base = &base.entries;
+    let mut out = InventoryBuilder(Builder::with_capacity(base.len() + upserts.len()));
     let (mut i, mut j) = (0, 0);
     let gone = |id: &ContentId| removed.binary_search(id).is_ok();
     while i < base.len() || j < upserts.len() {
-        match (base.get(i), upserts.get(j)) {
-            (Some(a), Some(b)) if a.id == b.id => {
-                out.push(b.clone());
+        let a = (i < base.len()).then(|| base.id(i));
+        match (a, upserts.get(j)) {
+            (Some(a), Some(b)) if a == b.id => {
+                out.push(b);
                 i += 1;
                 j += 1;
             }
-            (Some(a), Some(b)) if a.id < b.id => {
-                if !gone(&a.id) {
-                    out.push(a.clone());
+            (Some(a), Some(b)) if a < b.id => {
+                if !gone(&a) {
+                    out.0.push_raw(base.raw(i));
                 }
                 i += 1;
-            }
-            (Some(_), Some(b)) => {
-                out.push(b.clone());
-                j += 1;
             }
             (Some(a), None) => {
-                if !gone(&a.id) {
-                    out.push(a.clone());
+                if !gone(&a) {
+                    out.0.push_raw(base.raw(i));
                 }
                 i += 1;
             }
-            (None, Some(b)) => {
-                out.push(b.clone());
+            (_, Some(b)) => {
+                out.push(b);
                 j += 1;
             }
             (None, None) => break,
         }
     }
-    out
+    out.finish()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inventory::Inventory;
     use crate::inventory::tests::entry;
     use proptest::prelude::*;
 
@@ -116,10 +137,10 @@ mod tests {
             let mk = |m: &std::collections::BTreeMap<u8, bool>| Inventory::new(
                 m.iter().map(|(k, v)| entry(*k, if *v { "x" } else { "y" })).collect());
             let (va, vb) = (mk(&a), mk(&b));
-            let ids = diff(&va.entries, &vb.entries);
-            let upserts: Vec<_> = vb.entries.iter().filter(|e| ids.contains(&e.id)).cloned().collect();
-            let removed: Vec<_> = ids.iter().copied().filter(|id| vb.entries.iter().all(|e| e.id != *id)).collect();
-            let rebuilt = Inventory::new(apply(&va.entries, &upserts, &removed));
+            let ids = diff(&va, &vb);
+            let upserts: Vec<_> = vb.iter().filter(|e| ids.contains(&e.id)).collect();
+            let removed: Vec<_> = ids.iter().copied().filter(|id| !vb.contains(id)).collect();
+            let rebuilt = apply(&va, &upserts, &removed);
             prop_assert_eq!(rebuilt.digest, vb.digest);
         }
     }

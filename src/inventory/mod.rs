@@ -11,6 +11,7 @@
 //! digest.
 
 mod changes;
+mod encoded;
 mod merge;
 mod publisher;
 
@@ -22,16 +23,19 @@ pub use publisher::Publisher;
 
 use crate::id::ContentId;
 use crate::wire::InventoryEntry;
+use encoded::{Builder, Encoded};
 
 /// An inventory's digest: the first 16 bytes of the BLAKE3 hash of its
 /// encoded entries (see `docs/protocol.md`, §6.5).
 pub type Digest = [u8; 16];
 
 /// What a node offers, as announced: entries sorted by id, plus a digest
-/// that changes whenever any entry does.
+/// that changes whenever any entry does. The entries are held encoded
+/// ([`encoded`]: about half the memory of decoded ones) and decoded one
+/// at a time when read; a clone shares them.
 #[derive(Clone, Debug, Default)]
 pub struct Inventory {
-    pub entries: Arc<Vec<InventoryEntry>>,
+    entries: Arc<Encoded>,
     pub digest: Digest,
 }
 
@@ -41,13 +45,20 @@ impl Inventory {
         if !entries.is_sorted_by_key(|e| e.id) {
             entries.sort_by_key(|e| e.id);
         }
-        // Hashed as it is encoded, 64 KiB at a time: the encoding is
-        // never held whole.
+        let mut b = Builder::with_capacity(entries.len());
+        for e in entries {
+            b.push(&e);
+        }
+        Self::from_encoded(b.finish())
+    }
+
+    /// The inventory of these entries, ascending by id; the digest is that
+    /// of their encoding as a list (`docs/protocol.md`, §6.5).
+    fn from_encoded(entries: Encoded) -> Self {
         let mut hasher = blake3::Hasher::new();
-        let mut w = std::io::BufWriter::with_capacity(1 << 16, &mut hasher);
-        postcard::to_io(&entries, &mut w).expect("encoding into a hasher cannot fail");
-        std::io::Write::flush(&mut w).expect("a hasher takes every byte");
-        drop(w);
+        let count = postcard::to_allocvec(&(entries.len() as u64)).expect("a varint encodes");
+        hasher.update(&count);
+        hasher.update(entries.bytes());
         let mut digest = [0u8; 16];
         digest.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
         Inventory {
@@ -61,10 +72,75 @@ impl Inventory {
         self.entries.len() as u32
     }
 
-    /// The entry for `id`, if listed.
-    pub fn get(&self, id: &ContentId) -> Option<&InventoryEntry> {
-        let i = self.entries.binary_search_by(|e| e.id.cmp(id)).ok()?;
-        Some(&self.entries[i])
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.len() == 0
+    }
+
+    /// The entry for `id`, if listed (decoded).
+    pub fn get(&self, id: &ContentId) -> Option<InventoryEntry> {
+        let i = self.entries.find(id).ok()?;
+        Some(self.entries.decode(i))
+    }
+
+    /// Whether `id` is listed.
+    pub fn contains(&self, id: &ContentId) -> bool {
+        self.entries.find(id).is_ok()
+    }
+
+    /// Every entry, ascending by id, each decoded as it is reached.
+    pub fn iter(&self) -> impl Iterator<Item = InventoryEntry> + '_ {
+        self.iter_after(None)
+    }
+
+    /// The entries after `id` (all of them for `None`), ascending by id.
+    pub fn iter_after(&self, id: Option<ContentId>) -> impl Iterator<Item = InventoryEntry> + '_ {
+        let start = id.map_or(0, |id| match self.entries.find(&id) {
+            Ok(i) => i + 1,
+            Err(i) => i,
+        });
+        (start..self.entries.len()).map(|i| self.entries.decode(i))
+    }
+
+    /// The bytes of all the contents listed together (each entry's size
+    /// read without decoding its names).
+    pub fn total_size(&self) -> u64 {
+        (0..self.entries.len()).map(|i| self.entries.size(i)).sum()
+    }
+
+    /// Every entry, decoded into one list (for a reader that needs them
+    /// all at once: a test, a small inventory).
+    pub fn to_vec(&self) -> Vec<InventoryEntry> {
+        self.iter().collect()
+    }
+
+    /// Every id listed, ascending (nothing decoded).
+    pub fn ids(&self) -> impl Iterator<Item = ContentId> + '_ {
+        (0..self.entries.len()).map(|i| self.entries.id(i))
+    }
+}
+
+/// Builds an [`Inventory`] entry by entry in ascending order of id,
+/// without a list of decoded entries.
+#[derive(Default)]
+pub struct InventoryBuilder(Builder);
+
+impl InventoryBuilder {
+    /// Room for about `entries` entries.
+    pub fn with_capacity(entries: usize) -> Self {
+        InventoryBuilder(Builder::with_capacity(entries))
+    }
+
+    /// Appends `e`, whose id is greater than every one before.
+    pub fn push(&mut self, e: &InventoryEntry) {
+        self.0.push(e);
+    }
+
+    pub fn finish(self) -> Inventory {
+        Inventory::from_encoded(self.0.finish())
     }
 }
 
@@ -92,17 +168,19 @@ pub struct Received {
 impl Received {
     /// The whole inventory this describes, given the entries of its base
     /// for a delta; checked against the digest the peer sent.
-    pub fn rebuild(self, held: Option<&[InventoryEntry]>) -> Result<Inventory, InventoryError> {
-        let entries = match (self.base, held) {
-            (None, _) => self.entries,
+    pub fn rebuild(self, held: Option<&Inventory>) -> Result<Inventory, InventoryError> {
+        let inv = match (self.base, held) {
+            (None, _) => Inventory::new(self.entries),
             (Some(_), Some(base)) => {
-                let mut removed = self.removed;
+                let (mut upserts, mut removed) = (self.entries, self.removed);
+                if !upserts.is_sorted_by_key(|e| e.id) {
+                    upserts.sort_by_key(|e| e.id);
+                }
                 removed.sort();
-                apply(base, &self.entries, &removed)
+                apply(base, &upserts, &removed)
             }
             (Some(_), None) => return Err(InventoryError::MissingBase),
         };
-        let inv = Inventory::new(entries);
         if inv.digest != self.digest {
             return Err(InventoryError::DigestMismatch);
         }
@@ -129,6 +207,38 @@ mod tests {
         }
     }
 
+    /// The digest of the entries held encoded is the one of their list
+    /// encoded whole (what every node computes, `docs/protocol.md` §6.5),
+    /// and every entry decodes back as it was.
+    #[test]
+    fn held_encoded_the_digest_and_entries_are_unchanged() {
+        let mut entries: Vec<InventoryEntry> = (0..200u8)
+            .map(|i| entry(i, &"n".repeat(i as usize)))
+            .collect();
+        entries[7].comment = "a comment\nover lines".into();
+        entries[9].chunks = ChunkSet::Partial(crate::chunkset::Bitmap::from_bytes(vec![5]));
+        entries[11].more_paths = crate::wire::MorePaths::new(vec!["z/1".into(), "z/2".into()]);
+        entries[13].size = 1 << 40;
+        let whole = postcard::to_allocvec(&entries).unwrap();
+        let inv = Inventory::new(entries.clone());
+        assert_eq!(inv.digest[..], blake3::hash(&whole).as_bytes()[..16]);
+        assert_eq!(inv.to_vec(), entries);
+        assert_eq!(
+            inv.total_size(),
+            entries.iter().map(|e| e.size).sum::<u64>()
+        );
+        for e in &entries {
+            assert_eq!(inv.get(&e.id).as_ref(), Some(e));
+        }
+        assert!(inv.get(&ContentId([200; 32])).is_none());
+        let after: Vec<_> = inv.iter_after(Some(ContentId([150; 32]))).collect();
+        assert_eq!(after, entries[151..]);
+        assert_eq!(
+            Inventory::new(Vec::new()).digest[..],
+            blake3::hash(&[0]).as_bytes()[..16]
+        );
+    }
+
     #[test]
     fn a_received_delta_is_rebuilt_on_its_base_and_checked() {
         let v1 = Inventory::new(vec![entry(1, "a"), entry(2, "b")]);
@@ -139,7 +249,7 @@ mod tests {
             entries: vec![entry(2, "b2"), entry(3, "c")],
             removed: vec![ContentId([1; 32])],
         };
-        let got = delta.clone().rebuild(Some(&v1.entries)).unwrap();
+        let got = delta.clone().rebuild(Some(&v1)).unwrap();
         assert_eq!(got.digest, v2.digest);
         assert_eq!(got.get(&ContentId([3; 32])).unwrap().name, "c");
         assert_eq!(
@@ -151,7 +261,7 @@ mod tests {
             ..delta
         };
         assert_eq!(
-            lie.rebuild(Some(&v1.entries)).unwrap_err(),
+            lie.rebuild(Some(&v1)).unwrap_err(),
             InventoryError::DigestMismatch
         );
         let full = Received {

@@ -276,7 +276,7 @@ impl Pulled {
     /// base for a delta; checked against the digest the peer sent.
     pub fn into_inventory(
         self,
-        base: Option<&[InventoryEntry]>,
+        base: Option<&crate::inventory::Inventory>,
     ) -> Result<crate::inventory::Inventory, PeerError> {
         let received = crate::inventory::Received {
             digest: self.digest,

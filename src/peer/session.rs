@@ -107,12 +107,7 @@ impl<'a> Session<'a> {
     async fn handshake(&mut self, stream: TcpStream) -> Result<(FramedConn, Remote), PeerError> {
         let me = &self.server.me;
         let inv = self.server.store.inventory();
-        let hello = super::noise::server_hello(
-            &me.identity,
-            &me.name,
-            inv.digest,
-            inv.entries.len() as u32,
-        );
+        let hello = super::noise::server_hello(&me.identity, &me.name, inv.digest, inv.count());
         let limit = self.server.limits.handshake_timeout;
         let (framed, client) =
             FramedConn::accept(stream, &me.identity, &me.mode, &hello, limit).await?;
@@ -327,34 +322,43 @@ async fn write_error(
 const PAGE_BYTES: usize = 1 << 20;
 
 /// The page of `plan` after the entry `after` (the first page when `None`).
+/// Only the entries of the page are decoded.
 fn inventory_page(req: u32, plan: &Plan, after: Option<ContentId>) -> InventoryPage {
-    let (entries, base, removed): (&[InventoryEntry], _, &[ContentId]) = match &plan.delta {
-        Some(d) => (&d.upserts, Some(d.base), &d.removed),
-        None => (&plan.inventory.entries, None, &[]),
+    let (base, removed): (_, &[ContentId]) = match &plan.delta {
+        Some(d) => (Some(d.base), &d.removed),
+        None => (None, &[]),
     };
-    let start = after.map_or(0, |a| entries.partition_point(|e| e.id <= a));
-    let mut end = start;
+    let rest: Box<dyn Iterator<Item = InventoryEntry> + '_> = match &plan.delta {
+        Some(d) => {
+            let start = after.map_or(0, |a| d.upserts.partition_point(|e| e.id <= a));
+            Box::new(d.upserts[start..].iter().cloned())
+        }
+        None => Box::new(plan.inventory.iter_after(after)),
+    };
+    let mut rest = rest.peekable();
+    let mut entries = Vec::new();
     let (mut bytes, mut paths) = (0, 0);
-    while end < entries.len()
-        && end - start < MAX_PAGE_ENTRIES
-        && ((bytes < PAGE_BYTES && paths + entries[end].more_paths.len() <= MAX_PAGE_MORE_PATHS)
-            || end == start)
+    while entries.len() < MAX_PAGE_ENTRIES
+        && let Some(next) = rest.peek()
+        && ((bytes < PAGE_BYTES && paths + next.more_paths.len() <= MAX_PAGE_MORE_PATHS)
+            || entries.is_empty())
     {
-        bytes += entries[end].approx_size();
-        paths += entries[end].more_paths.len();
-        end += 1;
+        let e = rest.next().expect("peeked");
+        bytes += e.approx_size();
+        paths += e.more_paths.len();
+        entries.push(e);
     }
     InventoryPage {
         req,
         digest: plan.inventory.digest,
         base,
-        entries: entries[start..end].to_vec(),
+        entries,
         removed: if after.is_none() {
             removed.to_vec()
         } else {
             Vec::new()
         },
-        more: end < entries.len(),
+        more: rest.peek().is_some(),
     }
 }
 
@@ -407,7 +411,7 @@ mod tests {
                 break;
             }
         }
-        assert_eq!(got, *inv.entries);
+        assert_eq!(got, inv.to_vec());
     }
 
     #[test]
@@ -434,7 +438,7 @@ mod tests {
             }
         }
         assert_eq!(pages, 3);
-        assert_eq!(got, *inv.entries);
+        assert_eq!(got, inv.to_vec());
     }
 
     #[test]

@@ -92,7 +92,7 @@ impl Service {
     pub fn overview(&self) -> Overview {
         let status = self.status();
         let inv = self.store.inventory();
-        let shared_bytes = inv.entries.iter().map(|e| e.size).sum();
+        let shared_bytes = inv.total_size();
         let links = self
             .links
             .as_ref()
@@ -354,8 +354,8 @@ impl Service {
         let inv = self.store.inventory();
         SharesView {
             roots,
-            files: inv.entries.len() as u32,
-            bytes: inv.entries.iter().map(|e| e.size).sum(),
+            files: inv.count(),
+            bytes: inv.total_size(),
             hashing: self.store.hashing(),
         }
     }

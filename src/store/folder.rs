@@ -509,18 +509,18 @@ mod tests {
         p.write_chunk(0, b"abc").unwrap();
         store.publish();
         let inv = store.inventory();
-        assert_eq!(inv.entries.len(), 1);
-        assert_eq!(inv.entries[0].name, "holiday/day1/beach.jpg");
+        assert_eq!(inv.len(), 1);
+        assert_eq!(inv.to_vec()[0].name, "holiday/day1/beach.jpg");
         assert!(matches!(
-            inv.entries[0].chunks,
+            inv.to_vec()[0].chunks,
             crate::chunkset::ChunkSet::Partial(_)
         ));
-        assert_eq!(inv.entries[0].category, crate::manifest::Category::Image);
+        assert_eq!(inv.to_vec()[0].category, crate::manifest::Category::Image);
         // Once in place, it is offered at the same path, complete.
         store.finish_partial_in(&p, Some(&place)).unwrap();
         let inv = store.inventory();
-        assert_eq!(inv.entries[0].name, "holiday/day1/beach.jpg");
-        assert_eq!(inv.entries[0].chunks, crate::chunkset::ChunkSet::Full);
+        assert_eq!(inv.to_vec()[0].name, "holiday/day1/beach.jpg");
+        assert_eq!(inv.to_vec()[0].chunks, crate::chunkset::ChunkSet::Full);
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub use partial::{DiskFull, Partial, STATE_SAVE_INTERVAL, saved_chunks};
 
 use crate::chunkset::ChunkSet;
 use crate::id::ContentId;
-use crate::inventory::{Digest, Inventory, Plan, Publisher};
+use crate::inventory::{Digest, Inventory, InventoryBuilder, Plan, Publisher};
 use crate::manifest::{Category, Manifest};
 use crate::wire::{InventoryEntry, MAX_COMMENT, MAX_FILE_NAME, clean_text};
 
@@ -295,28 +295,13 @@ impl Store {
     }
 
     /// Rebuilds the published inventory from the index and partial downloads.
-    /// One list of entries, sized once; where an id comes twice, the
-    /// first wins (a complete file, then an empty folder, then a partial
-    /// download).
+    /// Encoded entry by entry in order of id (no list of entries is
+    /// made: the contents are sorted as pointers); where an id comes
+    /// twice, the first wins (a complete file, then an empty folder, then
+    /// a partial download).
     pub fn publish(&self) {
-        let mut entries: Vec<InventoryEntry> = {
-            let index = self.index.lock().expect("index lock");
-            let mut entries = Vec::with_capacity(index.contents().len());
-            entries.extend(index.contents().map(|c| {
-                let (name, more_paths) = index.names_of(c);
-                InventoryEntry {
-                    id: c.id,
-                    name: clean_text(&name, MAX_FILE_NAME),
-                    more_paths,
-                    size: c.manifest.size,
-                    category: c.category,
-                    comment: clean_comment(c.comment()),
-                    chunks: ChunkSet::Full,
-                }
-            }));
-            entries.extend(index.folder_entries());
-            entries
-        };
+        // The few entries that are not complete files, ranked.
+        let mut extra: Vec<(u8, InventoryEntry)> = Vec::new();
         for p in self.partials.lock().expect("partials lock").values() {
             // Only chunks this process checked: never ones a resume state
             // merely claims.
@@ -325,7 +310,7 @@ impl Store {
                 continue;
             }
             let name = p.offered_name();
-            entries.push(InventoryEntry {
+            let e = InventoryEntry {
                 id: p.id,
                 category: Category::from_name(crate::resolve::file_name(&name)),
                 name,
@@ -333,19 +318,39 @@ impl Store {
                 size: p.manifest.size,
                 comment: String::new(),
                 chunks: ChunkSet::Partial(have),
+            };
+            extra.push((2, e));
+        }
+        let index = self.index.lock().expect("index lock");
+        extra.extend(index.folder_entries().map(|e| (1, e)));
+        extra.sort_unstable_by(|(ra, a), (rb, b)| a.id.cmp(&b.id).then(ra.cmp(rb)));
+        extra.dedup_by_key(|(_, e)| e.id);
+        let mut contents: Vec<&Arc<LocalContent>> = index.contents().collect();
+        contents.sort_unstable_by_key(|c| c.id);
+        let mut inv = InventoryBuilder::with_capacity(contents.len() + extra.len());
+        let mut extra = extra.into_iter().map(|(_, e)| e).peekable();
+        for c in contents {
+            while let Some(e) = extra.next_if(|e| e.id < c.id) {
+                inv.push(&e);
+            }
+            // A complete file wins over anything else of its id.
+            extra.next_if(|e| e.id == c.id);
+            let (name, more_paths) = index.names_of(c);
+            inv.push(&InventoryEntry {
+                id: c.id,
+                name: clean_text(&name, MAX_FILE_NAME),
+                more_paths,
+                size: c.manifest.size,
+                category: c.category,
+                comment: clean_comment(c.comment()),
+                chunks: ChunkSet::Full,
             });
         }
-        // The first of each id stays first: a complete file, then an empty
-        // folder (its name ends in `/`), then a partial download. In place:
-        // a stable sort would take a scratch copy of half the list.
-        let rank = |e: &InventoryEntry| match (&e.chunks, e.name.ends_with('/')) {
-            (ChunkSet::Partial(_), _) => 2u8,
-            (ChunkSet::Full, true) => 1,
-            (ChunkSet::Full, false) => 0,
-        };
-        entries.sort_unstable_by(|a, b| a.id.cmp(&b.id).then(rank(a).cmp(&rank(b))));
-        entries.dedup_by_key(|e| e.id);
-        self.published.publish(Inventory::new(entries));
+        drop(index);
+        for e in extra {
+            inv.push(&e);
+        }
+        self.published.publish(inv.finish());
     }
 
     /// What to send a peer that holds our inventory of digest `since`
@@ -587,7 +592,7 @@ mod tests {
         assert!(!store.has_unsettled(), "small files are hashed at once");
         store.publish();
         let inv = store.inventory();
-        let mut names: Vec<&str> = inv.entries.iter().map(|e| e.name.as_str()).collect();
+        let mut names: Vec<String> = inv.iter().map(|e| e.name).collect();
         names.sort();
         assert_eq!(
             names,
@@ -599,12 +604,7 @@ mod tests {
         std::fs::remove_file(home.shared().join("a.txt")).unwrap();
         assert!(store.rescan_blocking());
         store.publish();
-        let mut names: Vec<String> = store
-            .inventory()
-            .entries
-            .iter()
-            .map(|e| e.name.clone())
-            .collect();
+        let mut names: Vec<String> = store.inventory().iter().map(|e| e.name.clone()).collect();
         names.sort();
         assert_eq!(names, ["b.txt", "sub/c.bin"]);
         assert_ne!(store.inventory().digest, inv.digest);
@@ -631,7 +631,6 @@ mod tests {
         let id = |name: &str| {
             store
                 .inventory()
-                .entries
                 .iter()
                 .find(|e| e.name == name)
                 .map(|e| e.id)
@@ -648,7 +647,7 @@ mod tests {
             "forgotten, not only hidden"
         );
         assert!(
-            !store.inventory().entries.iter().any(|e| e.id == same),
+            !store.inventory().iter().any(|e| e.id == same),
             "no longer offered"
         );
         // A file changed in place (another size) is not held either.
@@ -669,7 +668,7 @@ mod tests {
         assert!(store.rescan_blocking());
         assert!(!store.has_unsettled());
         store.publish();
-        assert_eq!(store.inventory().entries[0].name, "big.iso");
+        assert_eq!(store.inventory().to_vec()[0].name, "big.iso");
     }
 
     #[test]
@@ -717,7 +716,7 @@ mod tests {
         std::fs::write(home.shared().join(name), b"bytes").unwrap();
         assert!(store.rescan_blocking());
         store.publish();
-        assert_eq!(store.inventory().entries[0].name, "caf\u{fffd}.txt");
+        assert_eq!(store.inventory().to_vec()[0].name, "caf\u{fffd}.txt");
         let again = Store::open(home, Vec::new()).unwrap();
         assert_eq!(again.index.lock().unwrap().cached_len(), 1);
     }
@@ -739,12 +738,7 @@ mod tests {
         store.rescan_blocking();
         store.publish();
         let names = |s: &Store| {
-            let mut n: Vec<String> = s
-                .inventory()
-                .entries
-                .iter()
-                .map(|e| e.name.clone())
-                .collect();
+            let mut n: Vec<String> = s.inventory().iter().map(|e| e.name.clone()).collect();
             n.sort();
             n
         };

@@ -381,22 +381,23 @@ fn serve(
     pages: &AtomicUsize,
 ) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(20)))?;
-    let hello = noise::server_hello(id, "rogue", inv.digest, inv.entries.len() as u32);
+    let hello = noise::server_hello(id, "rogue", inv.digest, inv.count());
     noise::respond_blocking(&mut conn, id, &Mode::Open, &hello)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     loop {
         let Request::GetInventory { req, after, .. } = read_frame(&mut conn)? else {
             return Ok(());
         };
-        let start = after.map_or(0, |a| inv.entries.partition_point(|e| e.id <= a));
-        let end = (start + 15).min(inv.entries.len());
+        let entries = inv.to_vec();
+        let start = after.map_or(0, |a| entries.partition_point(|e| e.id <= a));
+        let end = (start + 15).min(entries.len());
         let page = Response::Inventory(InventoryPage {
             req,
             digest: inv.digest,
             base: None,
-            entries: inv.entries[start..end].to_vec(),
+            entries: entries[start..end].to_vec(),
             removed: Vec::new(),
-            more: end < inv.entries.len(),
+            more: end < entries.len(),
         });
         conn.write_all(&page.encode())?;
         pages.fetch_add(1, Ordering::Relaxed);

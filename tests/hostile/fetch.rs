@@ -111,7 +111,7 @@ impl Rogue {
             tcp_port: addr.port(),
             interval_ms: 1000,
             inventory_digest: inv.digest,
-            contents: inv.entries.len() as u32,
+            contents: inv.count(),
         });
         let group: SocketAddrV4 = group.parse().expect("group IP:PORT");
         let udp = UdpSocket::bind((ip, 0)).expect("bind a rogue UDP socket");
@@ -219,7 +219,7 @@ fn serve(
     s.set_nonblocking(false).unwrap();
     // The handshake, exactly as a node does it (the rogue's id is its own).
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let hello = noise::server_hello(&me.0, &me.1, inv.digest, inv.entries.len() as u32);
+    let hello = noise::server_hello(&me.0, &me.1, inv.digest, inv.count());
     if noise::respond_blocking(&mut s, &me.0, &Mode::Open, &hello).is_err() {
         return;
     }
@@ -245,7 +245,7 @@ fn serve(
                 req,
                 digest: inv.digest,
                 base: None,
-                entries: inv.entries.to_vec(),
+                entries: inv.to_vec(),
                 removed: Vec::new(),
                 more: false,
             })

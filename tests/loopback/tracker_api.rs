@@ -1412,7 +1412,7 @@ async fn follow_sends_a_big_inventory_in_parts_a_small_body_limit_accepts() {
         })
         .collect();
     let inv = Inventory::new(entries);
-    let as_json: Vec<Entry> = inv.entries.iter().map(Entry::from_inventory).collect();
+    let as_json: Vec<Entry> = inv.iter().map(|e| Entry::from_inventory(&e)).collect();
     let body = serde_json::to_vec(&as_json).unwrap().len();
     assert!(
         body > 1 << 20,

@@ -12,10 +12,10 @@ impl Follower {
     /// The inventory as the tracker takes it: checked, sorted by id, unique
     /// ids, at most the tracker's cap.
     pub(super) fn entries(&mut self, inv: &Inventory, max: u32) -> Vec<Entry> {
-        let mut out: Vec<Entry> = Vec::with_capacity(inv.entries.len());
+        let mut out: Vec<Entry> = Vec::with_capacity(inv.len());
         let mut skipped = 0usize;
-        for e in inv.entries.iter() {
-            let entry = Entry::from_inventory(e);
+        for e in inv.iter() {
+            let entry = Entry::from_inventory(&e);
             if entry.check().is_err() {
                 skipped += 1;
                 continue;
