@@ -28,15 +28,15 @@ const MAX_NAMES: usize = 2 * (1 + MAX_MORE_PATHS);
 const PATH_OVERHEAD: usize = 104;
 
 /// About how much memory the dictionary spends on one peer's entry: the
-/// names and comment are kept twice (the inventory and the content's
-/// record), the bitmap once (shared).
+/// names, comment and bitmap are kept twice (in the inventory, encoded,
+/// and in the content's record).
 pub fn entry_cost(e: &InventoryEntry) -> usize {
     let bitmap = match &e.chunks {
         ChunkSet::Full => 0,
         ChunkSet::Partial(b) => b.as_bytes().len(),
     };
     let more = 2 * e.more_paths.text_bytes() + PATH_OVERHEAD * e.more_paths.len();
-    ENTRY_OVERHEAD + 2 * (e.name.len() + e.comment.len()) + bitmap + more
+    ENTRY_OVERHEAD + 2 * (e.name.len() + e.comment.len() + bitmap) + more
 }
 
 /// Why a peer's inventory is not held: it is listed without contents.

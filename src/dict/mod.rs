@@ -941,7 +941,7 @@ mod tests {
             e
         };
         let cost = entry_cost(&big(1));
-        assert_eq!(cost, ENTRY_OVERHEAD + 6 + 4096);
+        assert_eq!(cost, ENTRY_OVERHEAD + 6 + 2 * 4096);
         let d = Dict::with_limits(1000, cost * 3);
         let (a, b) = (NodeId([1; 16]), NodeId([2; 16]));
         for (p, port) in [(a, 1), (b, 2)] {
@@ -956,7 +956,7 @@ mod tests {
             "4 x cost > 3 x cost"
         );
         assert_eq!(d.contents.held().bytes, 2 * cost);
-        // The holder's chunks share the inventory's bitmap.
+        // The holder's chunks are the inventory's bitmap.
         let held = d.contents.inventory(&a).unwrap();
         let (ChunkSet::Partial(x), ChunkSet::Partial(y)) = (
             &held.to_vec()[0].chunks,
@@ -964,7 +964,7 @@ mod tests {
         ) else {
             panic!("partial")
         };
-        assert!(std::ptr::eq(x.as_bytes(), y.as_bytes()));
+        assert_eq!(x.as_bytes(), y.as_bytes());
         // A pull is admitted page by page against what is left, counting
         // other pulls in progress; what the pulled peer holds is replaced.
         let mut pa = d.contents.pull_budget(a);
