@@ -8,7 +8,8 @@
 //! `watch::Receiver` (announcer, mDNS, tracker client) or its [`Plan`]s
 //! (peer server). Peers' inventories arrive as a [`Received`] and become an
 //! [`Inventory`] only through [`Received::rebuild`], which checks the
-//! digest.
+//! digest. Every inventory, ours or a peer's, holds its entries encoded
+//! (`encoded`) and decodes one when it is read.
 
 mod changes;
 mod encoded;
