@@ -73,8 +73,8 @@ pub struct Content {
     pub size: u64,
     pub category: Category,
     pub comment: Comment,
-    /// Each holder's chunks; the bitmap bytes are shared with the holder's
-    /// inventory entry, not copied.
+    /// Each holder's chunks: a bitmap here is a copy of the one encoded in
+    /// the holder's held inventory (both counted by [`entry_cost`]).
     pub holders: Holders,
 }
 
@@ -360,7 +360,19 @@ impl Contents {
             .map(|i| (i.inv.clone(), i.bytes));
         let old_bytes = old.as_ref().map_or(0, |(_, b)| *b);
         let old: Inventory = old.map(|(v, _)| v).unwrap_or_default();
-        let bytes: usize = inv.iter().map(|e| entry_cost(&e)).sum();
+        // Only the entries that changed are decoded to count their cost:
+        // a one-entry delta of a large inventory costs one decode, not one
+        // per entry (`diff` compares encodings without decoding).
+        let changed = crate::inventory::diff(&old, &inv);
+        let mut bytes = old_bytes;
+        for id in &changed {
+            if let Some(e) = old.get(id) {
+                bytes -= entry_cost(&e);
+            }
+            if let Some(e) = inv.get(id) {
+                bytes += entry_cost(&e);
+            }
+        }
         let refusal = if held.entries - old.len() + inv.len() > self.max_entries {
             Some(Refusal::OverContents)
         } else if held.bytes - old_bytes + bytes > self.max_bytes {
@@ -374,7 +386,7 @@ impl Contents {
             self.changed.notify_waiters();
             return Err(why);
         }
-        for changed in crate::inventory::diff(&old, &inv) {
+        for changed in changed {
             match inv.get(&changed) {
                 Some(e) => self.hold(peer, &e),
                 None => self.release(peer, &changed),

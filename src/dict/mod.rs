@@ -987,6 +987,37 @@ mod tests {
     }
 
     #[test]
+    fn bytes_held_follow_each_new_version_of_an_inventory() {
+        let iv = Duration::from_secs(1);
+        let d = Dict::new();
+        let a = NodeId([1; 16]);
+        observe(&d, a, "a", addr(1), FoundVia::Multicast, iv, [0; 16], 0);
+        reached(&d, a, addr(1), [0; 16], 0);
+        let cost = |v: &[InventoryEntry]| v.iter().map(entry_cost).sum::<usize>();
+        let v1 = vec![
+            entry(1, "one", ChunkSet::Full),
+            entry(2, "two", ChunkSet::Full),
+            entry(3, "three", ChunkSet::Full),
+        ];
+        // 1 unchanged, 2 renamed longer and partial, 3 gone, 4 new.
+        let v2 = vec![
+            entry(1, "one", ChunkSet::Full),
+            entry(
+                2,
+                "a much longer name",
+                ChunkSet::Partial(Bitmap::from_bytes(vec![1; 64])),
+            ),
+            entry(4, "four", ChunkSet::Full),
+        ];
+        d.set_inventory(a, inv(v1.clone()));
+        assert_eq!(d.contents.held().bytes, cost(&v1));
+        d.set_inventory(a, inv(v2.clone()));
+        assert_eq!(d.contents.held().bytes, cost(&v2));
+        d.set_inventory(a, inv(v1[..1].to_vec()));
+        assert_eq!(d.contents.held().bytes, cost(&v1[..1]));
+    }
+
+    #[test]
     fn silent_peers_expire() {
         let d = Dict::new();
         let a = NodeId([1; 16]);

@@ -61,8 +61,8 @@ impl Encoded {
         postcard::from_bytes(self.raw(i)).expect("a held inventory entry decodes")
     }
 
-    /// The size entry `i` lists, read without decoding the rest of it
-    /// (its name is borrowed, not copied).
+    /// The size entry `i` lists, read without decoding what follows it
+    /// (its name is borrowed, not copied; its other paths, rare, are).
     pub(super) fn size(&self, i: usize) -> u64 {
         /// The fields of an entry up to its size, in the order sent.
         #[derive(serde::Deserialize)]
