@@ -179,7 +179,12 @@ impl Store {
             return self.finish_partial(p);
         };
         let landed = p.finish(&place.dir)?;
-        let target = if landed.file_name() == Some(std::ffi::OsStr::new(&place.name)) {
+        // Landed under its name, or (that being taken) the first free
+        // variant of it: in place. Linking it again under a free variant
+        // would skip the one it took (`a (2).txt` beside nothing).
+        let target = if p.name == place.name
+            || landed.file_name() == Some(std::ffi::OsStr::new(&place.name))
+        {
             landed
         } else {
             let target = link_free(&landed, &place.dir, &place.name)?;
@@ -724,6 +729,29 @@ mod tests {
             store.holds_at(&dest.join("none"), &id),
             InPlace::Other
         ));
+    }
+
+    /// Regression: a file of a folder whose name is taken (a file of
+    /// other bytes there) landed as `name (2)`, the `(1)` it took first
+    /// removed again.
+    #[test]
+    fn a_taken_name_gives_the_first_free_variant() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path());
+        let store = Store::open(home.clone(), Vec::new()).unwrap();
+        let manifest = std::sync::Arc::new(crate::manifest::manifest_of(b"abc", 1 << 20));
+        let dest = store.create_download_folder("holiday").unwrap();
+        std::fs::write(dest.join("beach.jpg"), b"xyz").unwrap();
+        let place = Placement {
+            dir: dest.clone(),
+            name: "beach.jpg".into(),
+        };
+        let p = (store.begin_partial_in(manifest, "beach.jpg", Some(&place))).unwrap();
+        p.write_chunk(0, b"abc").unwrap();
+        let landed = store.finish_partial_in(&p, Some(&place)).unwrap();
+        assert_eq!(landed, dest.join("beach (1).jpg"));
+        assert_eq!(std::fs::read(&landed).unwrap(), b"abc");
+        assert_eq!(std::fs::read(dest.join("beach.jpg")).unwrap(), b"xyz");
     }
 
     #[test]

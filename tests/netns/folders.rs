@@ -554,11 +554,23 @@ fn many_small_files_killed_midway_finish_after_a_restart() {
     let right = want.insert(lied.clone(), Some(lied_bytes));
     let beside = lied.replace(".dat", " (1).dat");
     want.insert(beside, right.flatten());
+    let done = wait_until(DEADLINE, || visible_tree(&root) == want);
+    let got = visible_tree(&root);
+    let differ: Vec<(&String, Option<usize>, Option<usize>)> = (want.keys())
+        .chain(got.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|k| want.get(*k) != got.get(*k))
+        .map(|k| {
+            let len = |t: &BTreeMap<String, Option<Vec<u8>>>| {
+                t.get(k).map(|b| b.as_ref().map_or(0, Vec::len))
+            };
+            (k, len(&want), len(&got))
+        })
+        .collect();
     assert!(
-        wait_until(DEADLINE, || visible_tree(&root) == want),
-        "the resumed folder never completed ({lied} of the right size but other bytes in place): {} of {} entries\n{}",
-        visible_tree(&root).len(),
-        want.len(),
+        done,
+        "the resumed folder never completed ({lied} of the right size but other bytes in place); (path, wanted, got): {differ:?}\n{}",
         fetcher.log_tail()
     );
     assert!(!fetcher.downloads().join("many (1)").exists());
