@@ -9,11 +9,18 @@
 # Reports files/s and total time; ratio = tar time / lanshare time. With
 # BASE_BIN, the fetchers of that binary run too (the holders are this
 # build), so a change of the folder scheduling shows side by side.
-# Environment: FOLDER_N=2000 FOLDER_DIRS=40 FOLDER_BIG=3.
+# Environment: FOLDER_N=2000 FOLDER_DIRS=40 FOLDER_BIG=3;
+# FOLDER_FETCH_DIR=DIR puts the fetchers' homes there (default: the work
+# dir). Landing a group of files ends with syncfs(2), which writes back
+# every dirty page of the file system, other programs' too: on a disk
+# shared with builds that dominates and varies from run to run. A tmpfs
+# (FOLDER_FETCH_DIR=/dev/shm) takes the disk out and leaves the transfer,
+# the checks and the scheduling to compare (one holder against two).
 
 FOLDER_N=${FOLDER_N:-2000}
 FOLDER_DIRS=${FOLDER_DIRS:-40}
 FOLDER_BIG=${FOLDER_BIG:-3}
+FOLDER_FETCH_DIR=${FOLDER_FETCH_DIR:-$WORK}
 
 # folder_holders NS HOME NAME FILES: the complete holders of the folder
 # NAME as the node lists it, once it lists FILES files in it (else 0).
@@ -101,7 +108,7 @@ wait_for 300 "h-seed0 to index the tree" has_shared - "$WORK/h-seed0" "$H_FILES"
 h_fetch() {
     local label=$1 bin=$2 want=$3 best="" all=() rep home secs
     for rep in $(seq "$REPS"); do
-        home=$WORK/h-fetch-$label-$rep
+        home=$FOLDER_FETCH_DIR/h-fetch-$label-$rep-$TAG
         NODE_BIN=$bin start_node - "$home" "h-fetch-$label-$rep" 127.0.0.1 "$GROUP_H"
         local fpid=$NODE_PID
         wait_for 60 "$label fetcher to list the tree from $want holders" \
@@ -115,6 +122,7 @@ h_fetch() {
         [[ -z "$best" ]] || "$PY" -c "import sys; sys.exit(0 if $secs < $best else 1)" && best=$secs
         stop_pid "$fpid"
         rm -rf "$home"
+        [[ "$FOLDER_FETCH_DIR" == "$WORK" ]] || mv "$home.up.log" "$WORK/"
     done
     row "h) lanshare fetch tree, $label" "$(fmt "$H_FILES / $best" .0f) files/s" "best of ${all[*]} s; verified"
     row "   RATIO tar time / lanshare time, $label" "$(fmt "$TAR_BEST / $best" .2f)x" ""

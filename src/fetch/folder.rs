@@ -28,7 +28,7 @@ use super::{FetchCtx, FetchError, Want};
 use crate::api::{FetchDone, FetchEvent, PeerBytes};
 use crate::id::{ContentId, NodeId};
 use crate::resolve::file_name;
-use crate::store::{Placement, Recorded, Store, StoreError, local_component};
+use crate::store::{InPlace, Placement, Recorded, Store, StoreError, local_component};
 use crate::wire::check_path;
 
 mod batch;
@@ -107,7 +107,10 @@ struct Layout {
     refused: Vec<(String, String)>,
 }
 
-/// Makes the job's folders under `dest` and groups its files by content.
+/// Makes the job's folders under `dest` and groups its files by content;
+/// a file already at its path counts as in place only once checked
+/// ([`Store::holds_at`]); removes the dead landings' temporary files
+/// from the job's folders. Blocking: may hash files in place.
 fn lay_out(store: &Store, job: &FolderJob, dest: &std::path::Path) -> Layout {
     let mut layout = Layout {
         tasks: Vec::new(),
@@ -120,6 +123,8 @@ fn lay_out(store: &Store, job: &FolderJob, dest: &std::path::Path) -> Layout {
         }
     }
     let mut by_id: BTreeMap<ContentId, FileTask> = BTreeMap::new();
+    let mut dirs: BTreeSet<PathBuf> = BTreeSet::from([dest.to_path_buf()]);
+    let mut hashed = Vec::new();
     for e in &job.entries {
         let place = match place_of(store, dest, &e.path) {
             Ok(p) => p,
@@ -129,9 +134,23 @@ fn lay_out(store: &Store, job: &FolderJob, dest: &std::path::Path) -> Layout {
             }
         };
         let there = place.dir.join(&place.name);
+        dirs.insert(place.dir.clone());
+        // A file of the listed size is in place only when it holds the
+        // content (indexed there unchanged, or hashed now); another at
+        // its path stays, and the content lands beside it.
         if std::fs::symlink_metadata(&there).is_ok_and(|m| m.is_file() && m.len() == e.size) {
-            layout.in_place.push(e.clone());
-            continue;
+            match store.holds_at(&there, &e.id) {
+                InPlace::Indexed => {
+                    layout.in_place.push(e.clone());
+                    continue;
+                }
+                InPlace::Hashed(manifest) => {
+                    hashed.push((there, manifest));
+                    layout.in_place.push(e.clone());
+                    continue;
+                }
+                InPlace::Other => {}
+            }
         }
         by_id
             .entry(e.id)
@@ -143,6 +162,10 @@ fn lay_out(store: &Store, job: &FolderJob, dest: &std::path::Path) -> Layout {
             .places
             .push((e.path.clone(), place));
     }
+    store.index_in_place(hashed);
+    // What a crash cut short in an earlier run of the job (or of another
+    // process gone since): its temporary files, hidden beside the places.
+    store.remove_dead_landings(dirs.iter().map(PathBuf::as_path));
     layout.tasks = by_id.into_values().collect();
     layout
 }
@@ -185,7 +208,18 @@ impl FetchCtx {
         }
         let dest = job.prepare(&self.store)?;
         self.record_folder(&job, query, &dest, &cancel)?;
-        let layout = lay_out(&self.store, &job, &dest);
+        let layout = {
+            let (store, job, dest) = (self.store.clone(), job.clone(), dest.clone());
+            tokio::task::spawn_blocking(move || lay_out(&store, &job, &dest))
+                .await
+                .map_err(|e| {
+                    FetchError::Store(StoreError::Io {
+                        what: "laying out the folder ended abnormally:",
+                        path: PathBuf::new(),
+                        source: std::io::Error::other(e.to_string()),
+                    })
+                })?
+        };
         self.check_folder_fits(&layout.tasks)?;
         let total_files = job.entries.len() as u32;
         let total = job.total_bytes();

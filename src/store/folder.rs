@@ -179,7 +179,12 @@ impl Store {
             return self.finish_partial(p);
         };
         let landed = p.finish(&place.dir)?;
-        let target = if landed.file_name() == Some(std::ffi::OsStr::new(&place.name)) {
+        // Landed under its name, or (that being taken) the first free
+        // variant of it: in place. Linking it again under a free variant
+        // would skip the one it took (`a (2).txt` beside nothing).
+        let target = if p.name == place.name
+            || landed.file_name() == Some(std::ffi::OsStr::new(&place.name))
+        {
             landed
         } else {
             let target = link_free(&landed, &place.dir, &place.name)?;
@@ -232,6 +237,85 @@ impl Store {
         self.index_download(&target, manifest)?;
         self.publish();
         Ok(target)
+    }
+
+    /// Whether the file at `path` holds the content `id`, as far as can
+    /// be told without trusting its size: [`InPlace::Indexed`] when the
+    /// index has it there as `id` and it is unchanged since it was hashed
+    /// (size and mtime), else [`InPlace::Hashed`] when hashing it now
+    /// gives `id` (index it with [`Store::index_in_place`]); a file of
+    /// other bytes (or one that cannot be read) is [`InPlace::Other`].
+    /// Blocking: may read the whole file.
+    pub fn holds_at(&self, path: &Path, id: &ContentId) -> InPlace {
+        let indexed = self.index.lock().expect("index lock").at_path(path);
+        if let Some(c) = indexed {
+            let unchanged = std::fs::File::open(path).is_ok_and(|f| c.check(&f).is_ok());
+            if unchanged {
+                return if c.id == *id {
+                    InPlace::Indexed
+                } else {
+                    InPlace::Other
+                };
+            }
+        }
+        match crate::manifest::hash_file(path, |_| {}) {
+            Ok(m) if m.content_id() == *id => InPlace::Hashed(m),
+            _ => InPlace::Other,
+        }
+    }
+
+    /// Indexes files found in place by [`Store::holds_at`] (one save of the
+    /// index cache) and publishes them.
+    pub fn index_in_place(&self, files: Vec<(PathBuf, crate::manifest::Manifest)>) {
+        if files.is_empty() {
+            return;
+        }
+        let indexed = self.index_downloads(files);
+        if let Some(Err(e)) = indexed.into_iter().find(Result::is_err) {
+            tracing::warn!(error = %e, "a file in place could not be indexed");
+        }
+        self.publish();
+    }
+
+    /// Removes from `dirs` (folders of a folder download, in downloads/)
+    /// the temporary files of landings a crash cut short: only plain files
+    /// named exactly as [`write_temps`] names them whose process is gone
+    /// (never this one's, never a live one's, never anything else: a
+    /// user's file is left alone). Returns how many were removed.
+    pub fn remove_dead_landings<'a>(&self, dirs: impl IntoIterator<Item = &'a Path>) -> usize {
+        let downloads = self.home.downloads();
+        let mut removed = 0;
+        for dir in dirs {
+            if !dir.starts_with(&downloads) {
+                continue;
+            }
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let Some(pid) = name.to_str().and_then(landing_pid) else {
+                    continue;
+                };
+                let plain = entry.file_type().is_ok_and(|t| t.is_file());
+                if plain && pid != std::process::id() as i32 && !process_alive(pid) {
+                    let path = entry.path();
+                    match std::fs::remove_file(&path) {
+                        Ok(()) => removed += 1,
+                        Err(e) => {
+                            tracing::debug!(path = %path.display(), error = %e, "cannot remove a dead landing's file")
+                        }
+                    }
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::info!(
+                removed,
+                "removed temporary files of a folder download cut short"
+            );
+        }
+        removed
     }
 
     /// Adds a finished download at `path` (under downloads/) to the index.
@@ -323,6 +407,42 @@ impl Store {
     }
 }
 
+/// What [`Store::holds_at`] found at a path.
+pub enum InPlace {
+    /// Indexed there as the content, unchanged since.
+    Indexed,
+    /// Hashed now: the content, not indexed yet.
+    Hashed(crate::manifest::Manifest),
+    /// Another content, or unreadable.
+    Other,
+}
+
+/// The start of the name of a landing's temporary file ([`write_temps`]).
+const LANDING_PREFIX: &str = ".lanshare-land-";
+
+/// The pid in the name of a landing's temporary file, exactly as
+/// [`write_temps`] makes it (`.lanshare-land-ID-PID-N.tmp`: ID the
+/// content id, 64 lowercase hex digits; PID and N decimal), or `None`
+/// for any other name.
+fn landing_pid(name: &str) -> Option<i32> {
+    let rest = name.strip_prefix(LANDING_PREFIX)?.strip_suffix(".tmp")?;
+    let (id, rest) = rest.split_at_checked(64)?;
+    let (pid, seq) = rest.strip_prefix('-')?.split_once('-')?;
+    let decimal = |s: &str| (1..=20).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit());
+    let hex = id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if !hex || !decimal(pid) || !decimal(seq) {
+        return None;
+    }
+    pid.parse::<i32>().ok().filter(|p| *p > 0)
+}
+
+/// Whether process `pid` exists (a process we may not signal does).
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 sends nothing; it only checks that `pid` exists.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
 /// A verified file of a folder download, ready to land
 /// ([`Store::land_verified`]): its manifest, its bytes, its places.
 pub struct Landing {
@@ -352,7 +472,7 @@ fn write_temps(l: &Landing) -> Result<Vec<PathBuf>, StoreError> {
         for _ in 0..8 {
             let seq = TEMP_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tmp = place.dir.join(format!(
-                ".lanshare-land-{id}-{}-{seq}.tmp",
+                "{LANDING_PREFIX}{id}-{}-{seq}.tmp",
                 std::process::id()
             ));
             made = crate::platform::open_nofollow(
@@ -521,6 +641,117 @@ mod tests {
         let inv = store.inventory();
         assert_eq!(inv.to_vec()[0].name, "holiday/day1/beach.jpg");
         assert_eq!(inv.to_vec()[0].chunks, crate::chunkset::ChunkSet::Full);
+    }
+
+    /// Leftovers of a landing cut short by a crash: only our exact name
+    /// with a pid that is gone is removed; a live pid's, a look-alike
+    /// name, a symlink and a folder stay.
+    #[test]
+    fn only_dead_landings_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path());
+        let store = Store::open(home.clone(), Vec::new()).unwrap();
+        let dest = store.create_download_folder("holiday").unwrap();
+        let sub = store.create_folder_path(&dest, "day1").unwrap();
+        let id = "ab".repeat(32);
+        // Above any pid_max: never a live process.
+        let dead = format!(".lanshare-land-{id}-2147483000-7.tmp");
+        let live = format!(".lanshare-land-{id}-1-7.tmp");
+        let mine = format!(".lanshare-land-{id}-{}-7.tmp", std::process::id());
+        let keep = [
+            live.clone(),
+            mine,
+            ".lanshare-land-notes.tmp".to_string(),
+            format!(".lanshare-land-{}-2147483000-7.tmp", "AB".repeat(32)),
+            format!(".lanshare-land-{id}-2147483000-7.tmp.bak"),
+            format!("lanshare-land-{id}-2147483000-7.tmp"),
+        ];
+        for name in [&dead].into_iter().chain(&keep) {
+            std::fs::write(sub.join(name), b"x").unwrap();
+        }
+        std::fs::write(dest.join(&dead), b"x").unwrap();
+        // A symlink and a folder under a dead landing's name stay too.
+        let link = format!(".lanshare-land-{id}-2147483000-8.tmp");
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), sub.join(&link)).unwrap();
+        let folder = format!(".lanshare-land-{id}-2147483000-9.tmp");
+        std::fs::create_dir(sub.join(&folder)).unwrap();
+        // Outside downloads/: never looked at.
+        std::fs::write(dir.path().join(&dead), b"x").unwrap();
+
+        let removed = store.remove_dead_landings([dest.as_path(), sub.as_path(), dir.path()]);
+        assert_eq!(removed, 2);
+        assert!(!sub.join(&dead).exists() && !dest.join(&dead).exists());
+        for name in keep.iter().chain([&link, &folder]) {
+            assert!(
+                std::fs::symlink_metadata(sub.join(name)).is_ok(),
+                "{name} was removed"
+            );
+        }
+        assert!(dir.path().join(&dead).exists());
+        assert_eq!(landing_pid(&live), Some(1));
+        assert_eq!(landing_pid(&format!(".lanshare-land-{id}-0-1.tmp")), None);
+    }
+
+    /// A file of the right size but other bytes is not the content; one
+    /// indexed there and unchanged is, without reading it; one not
+    /// indexed is hashed.
+    #[test]
+    fn a_file_in_place_is_checked_not_trusted_by_its_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path());
+        let store = Store::open(home.clone(), Vec::new()).unwrap();
+        let dest = store.create_download_folder("holiday").unwrap();
+        let src = dir.path().join("src.txt");
+        std::fs::write(&src, b"right bytes").unwrap();
+        let manifest = crate::manifest::hash_file(&src, |_| {}).unwrap();
+        let id = manifest.content_id();
+        let wrong = dest.join("wrong.txt");
+        std::fs::write(&wrong, b"wrong bytes").unwrap();
+        assert!(matches!(store.holds_at(&wrong, &id), InPlace::Other));
+        let right = dest.join("right.txt");
+        std::fs::write(&right, b"right bytes").unwrap();
+        let InPlace::Hashed(m) = store.holds_at(&right, &id) else {
+            panic!("the right bytes were not recognised");
+        };
+        store.index_in_place(vec![(right.clone(), m)]);
+        assert!(matches!(store.holds_at(&right, &id), InPlace::Indexed));
+        // Changed since it was indexed (same size): hashed again, refused.
+        std::fs::write(&right, b"RIGHT BYTES").unwrap();
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+        std::fs::File::options()
+            .write(true)
+            .open(&right)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        assert!(matches!(store.holds_at(&right, &id), InPlace::Other));
+        assert!(matches!(
+            store.holds_at(&dest.join("none"), &id),
+            InPlace::Other
+        ));
+    }
+
+    /// Regression: a file of a folder whose name is taken (a file of
+    /// other bytes there) landed as `name (2)`, the `(1)` it took first
+    /// removed again.
+    #[test]
+    fn a_taken_name_gives_the_first_free_variant() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path());
+        let store = Store::open(home.clone(), Vec::new()).unwrap();
+        let manifest = std::sync::Arc::new(crate::manifest::manifest_of(b"abc", 1 << 20));
+        let dest = store.create_download_folder("holiday").unwrap();
+        std::fs::write(dest.join("beach.jpg"), b"xyz").unwrap();
+        let place = Placement {
+            dir: dest.clone(),
+            name: "beach.jpg".into(),
+        };
+        let p = (store.begin_partial_in(manifest, "beach.jpg", Some(&place))).unwrap();
+        p.write_chunk(0, b"abc").unwrap();
+        let landed = store.finish_partial_in(&p, Some(&place)).unwrap();
+        assert_eq!(landed, dest.join("beach (1).jpg"));
+        assert_eq!(std::fs::read(&landed).unwrap(), b"abc");
+        assert_eq!(std::fs::read(dest.join("beach.jpg")).unwrap(), b"xyz");
     }
 
     #[test]

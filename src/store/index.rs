@@ -567,6 +567,11 @@ impl IndexState {
         gone
     }
 
+    /// The file indexed at `path`, if any.
+    pub fn at_path(&self, path: &Path) -> Option<Arc<LocalContent>> {
+        self.files.get(path).map(|f| f.0.clone())
+    }
+
     pub fn get(&self, id: &ContentId) -> Option<Arc<LocalContent>> {
         self.by_id.get(id).map(|ById(c)| c.clone())
     }

@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
-pub use folder::{Landing, Placement, local_component};
+pub use folder::{InPlace, Landing, Placement, local_component};
 pub use home::{Home, safe_file_name};
 pub use index::{LocalContent, RootNaming, ShareRoot, SharesFile};
 pub use jobs::{FolderJobRecord, Job, Jobs, Recorded};

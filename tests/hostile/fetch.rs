@@ -49,12 +49,53 @@ pub struct Behaviour {
     pub files: Option<Arc<SlowFiles>>,
 }
 
-/// Real small files a rogue serves, slowly but validly.
+/// Real small files a rogue serves, slowly but validly, or with one of
+/// the lies of [`FileAnswers`].
 pub struct SlowFiles {
     pub by_id: std::collections::HashMap<ContentId, (Manifest, Vec<u8>)>,
     /// Before each manifest.
     pub delay: Duration,
+    pub answers: FileAnswers,
+    /// What the rogue did, for the test to check.
+    pub seen: Seen,
 }
+
+/// How a rogue answers the requests for the files it holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum FileAnswers {
+    /// Validly (each manifest after the delay).
+    Valid,
+    /// An `Error` to every request. The first connection that asks for a
+    /// file (while `Seen::deaf` is false) gets an `Error` for each request
+    /// id it will use, sent at once, and then is never read again: the
+    /// asker's requests pile up in the socket (its buffers kept small).
+    ErrorsUnread,
+    /// The first file asked on the first connection that asks for one is
+    /// answered with one huge frame of this kind byte (then every answer
+    /// is valid): a manifest (0x82) or error (0x8f) frame of 32 MiB
+    /// (`MAX_RESPONSE_FRAME`, what any answer may be), or, after a valid
+    /// manifest, a chunk frame (0x83) of 4 MiB (`MAX_CHUNK_SIZE`);
+    /// `Seen::huge` records how much of it was written.
+    HugeFrame(u8),
+}
+
+/// What a rogue holder of [`SlowFiles`] did.
+#[derive(Default)]
+pub struct Seen {
+    /// A connection was answered in advance and is no longer read.
+    pub deaf: AtomicBool,
+    /// Each huge frame: (its kind byte, bytes the rogue wrote before the
+    /// asker closed the connection or the frame ended).
+    pub huge: Mutex<Vec<(u8, u64)>>,
+    /// The huge frame's connection came.
+    lied: AtomicBool,
+}
+
+/// Kind bytes of the response frames (docs/protocol.md).
+pub const K_R_MANIFEST: u8 = 0x82;
+pub const K_R_ERROR: u8 = 0x8f;
+/// A huge frame's length field: as long as any answer may be.
+const HUGE_FRAME: u32 = 32 << 20;
 
 impl Behaviour {
     fn stall() -> Behaviour {
@@ -97,6 +138,20 @@ impl Rogue {
         let ip = rogue_ip();
         let listener = TcpListener::bind((ip, 0)).expect("bind a rogue listener");
         listener.set_nonblocking(true).unwrap();
+        match behaviour.files.as_ref().map(|f| f.answers) {
+            // Small buffers, small segments: the asker's requests fill
+            // the socket after some 100 KB.
+            Some(FileAnswers::ErrorsUnread) => {
+                set_int_opt(&listener, libc::SOL_SOCKET, libc::SO_RCVBUF, 2048);
+                set_int_opt(&listener, libc::IPPROTO_TCP, libc::TCP_MAXSEG, 536);
+            }
+            // A small send buffer: what the rogue gets to write is what
+            // the asker reads, give or take 100 KB.
+            Some(FileAnswers::HugeFrame(_)) => {
+                set_int_opt(&listener, libc::SOL_SOCKET, libc::SO_SNDBUF, 16 << 10);
+            }
+            _ => {}
+        }
         let addr = listener.local_addr().unwrap();
         let identity = Arc::new(Identity::generate());
         let node = identity.node_id();
@@ -181,6 +236,99 @@ fn set_multicast_if(s: &UdpSocket, ip: Ipv4Addr) {
     assert_eq!(r, 0, "IP_MULTICAST_IF");
 }
 
+/// Sets an integer socket option (accepted connections inherit it).
+fn set_int_opt(s: &TcpListener, level: i32, name: i32, value: i32) {
+    // SAFETY: setsockopt on a socket we own, with an int option value.
+    let r = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(s),
+            level,
+            name,
+            &value as *const i32 as *const libc::c_void,
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "setsockopt {level} {name}");
+}
+
+/// Writes a frame header of `kind` and `len` (kind byte included), then
+/// zeros up to `len`, until the peer closes or `stop`; returns the bytes
+/// written.
+fn send_huge(s: &mut TcpStream, header: &[u8], len: u32, stop: &AtomicBool) -> u64 {
+    s.set_write_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let zeros = vec![0u8; 64 << 10];
+    let total = 4 + u64::from(len);
+    let mut sent = 0u64;
+    while sent < total && !stop.load(Ordering::Relaxed) {
+        let at = sent as usize;
+        let piece = if at < header.len() {
+            &header[at..]
+        } else {
+            &zeros[..zeros.len().min((total - sent) as usize)]
+        };
+        match s.write(piece) {
+            Ok(0) => break,
+            Ok(n) => sent += n as u64,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    sent
+}
+
+/// The lie of [`FileAnswers::HugeFrame`] of `kind`, to the request
+/// `req` (for a manifest: `chunk` false). Returns false when the request
+/// is to be answered validly (the manifest before a huge chunk).
+fn lie_huge(
+    s: &mut TcpStream,
+    f: &SlowFiles,
+    kind: u8,
+    req: u32,
+    chunk: bool,
+    stop: &AtomicBool,
+) -> bool {
+    if kind == frame::K_R_CHUNK && !chunk {
+        return false;
+    }
+    let (header, len) = if chunk {
+        let len = lanshare::manifest::MAX_CHUNK_SIZE as usize;
+        (frame::chunk_header(req, len).to_vec(), len as u32 + 5)
+    } else {
+        let mut h = HUGE_FRAME.to_le_bytes().to_vec();
+        h.push(kind);
+        (h, HUGE_FRAME)
+    };
+    let sent = send_huge(s, &header, len, stop);
+    f.seen.huge.lock().unwrap().push((kind, sent));
+    true
+}
+
+/// [`FileAnswers::ErrorsUnread`]: an `Error` for each of the next
+/// request ids from `first` on, then never a byte read again.
+fn answer_unread(s: &mut TcpStream, f: &SlowFiles, first: u32, stop: &AtomicBool) {
+    let ids = 2 * f.by_id.len() as u32 + 256;
+    let mut out = Vec::new();
+    for req in first..first + ids {
+        out.extend(
+            Response::Error {
+                req,
+                code: ErrorCode::NotFound,
+                message: String::new(),
+            }
+            .encode(),
+        );
+    }
+    if s.write_all(&out).is_ok() {
+        f.seen.deaf.store(true, Ordering::SeqCst);
+    }
+    stall(stop);
+}
+
 /// Reads exactly `buf`, waking every 100 ms to check `stop`.
 fn read_full(s: &mut TcpStream, buf: &mut [u8], stop: &AtomicBool) -> bool {
     let mut got = 0;
@@ -225,6 +373,9 @@ fn serve(
     }
     s.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
+    // Whether a file was asked on this connection; whether its chunk is
+    // to be answered with a huge frame.
+    let (mut asked, mut huge_chunk) = (false, false);
     loop {
         let mut h = [0u8; HEADER_LEN];
         if !read_full(&mut s, &mut h, stop) {
@@ -251,19 +402,43 @@ fn serve(
             })
             .encode(),
             Request::GetManifest { req, id } if held(b, &id).is_some() => {
-                std::thread::sleep(b.files.as_ref().map_or(Duration::ZERO, |f| f.delay));
-                let (manifest, _) = held(b, &id).expect("held");
-                Response::Manifest {
-                    req,
-                    manifest: manifest.clone(),
+                let f = b.files.as_ref().expect("files");
+                let first = !asked;
+                asked = true;
+                match f.answers {
+                    FileAnswers::ErrorsUnread if !f.seen.deaf.load(Ordering::SeqCst) => {
+                        return answer_unread(&mut s, f, req, stop);
+                    }
+                    FileAnswers::ErrorsUnread => refuse(req),
+                    FileAnswers::HugeFrame(kind)
+                        if first && !f.seen.lied.swap(true, Ordering::SeqCst) =>
+                    {
+                        if lie_huge(&mut s, f, kind, req, false, stop) {
+                            return;
+                        }
+                        huge_chunk = true;
+                        manifest_of_held(req, &f.by_id[&id].0)
+                    }
+                    _ => {
+                        std::thread::sleep(f.delay);
+                        manifest_of_held(req, &f.by_id[&id].0)
+                    }
                 }
-                .encode()
             }
             Request::GetChunk { req, id, .. } if held(b, &id).is_some() => {
-                let (_, data) = held(b, &id).expect("held");
-                let mut out = frame::chunk_header(req, data.len()).to_vec();
-                out.extend_from_slice(data);
-                out
+                let f = b.files.as_ref().expect("files");
+                if huge_chunk {
+                    lie_huge(&mut s, f, frame::K_R_CHUNK, req, true, stop);
+                    return;
+                }
+                if f.answers == FileAnswers::ErrorsUnread {
+                    refuse(req)
+                } else {
+                    let (_, data) = held(b, &id).expect("held");
+                    let mut out = frame::chunk_header(req, data.len()).to_vec();
+                    out.extend_from_slice(data);
+                    out
+                }
             }
             Request::GetManifest { req, .. } => match &b.manifest {
                 Some(m) => Response::Manifest {
@@ -300,12 +475,29 @@ fn serve(
     }
 }
 
+fn refuse(req: u32) -> Vec<u8> {
+    Response::Error {
+        req,
+        code: ErrorCode::NotFound,
+        message: String::new(),
+    }
+    .encode()
+}
+
+fn manifest_of_held(req: u32, manifest: &Manifest) -> Vec<u8> {
+    Response::Manifest {
+        req,
+        manifest: manifest.clone(),
+    }
+    .encode()
+}
+
 /// The manifest and bytes of `id`, when the rogue really holds it.
 fn held<'a>(b: &'a Behaviour, id: &ContentId) -> Option<&'a (Manifest, Vec<u8>)> {
     b.files.as_ref()?.by_id.get(id)
 }
 
-fn entry(id: ContentId, name: &str, size: u64) -> InventoryEntry {
+pub(super) fn entry(id: ContentId, name: &str, size: u64) -> InventoryEntry {
     InventoryEntry {
         id,
         name: name.to_string(),
@@ -337,7 +529,11 @@ fn made_up_manifest(size: u64, chunk_size: u32) -> Manifest {
 
 /// Runs `fetch QUERY` on `node`, killed after `limit`; returns its output
 /// (None when it ran out of time) and how long it took.
-fn fetch_within(node: &Node, query: &str, limit: Duration) -> (Option<Output>, Duration) {
+pub(super) fn fetch_within(
+    node: &Node,
+    query: &str,
+    limit: Duration,
+) -> (Option<Output>, Duration) {
     let started = Instant::now();
     let mut child = Command::new(BIN)
         .args(["fetch", query, "--home"])
@@ -382,7 +578,7 @@ fn fetch_within(node: &Node, query: &str, limit: Duration) -> (Option<Output>, D
     )
 }
 
-fn text(o: &Output) -> String {
+pub(super) fn text(o: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
@@ -403,7 +599,7 @@ fn cpu_time(pid: u32) -> Duration {
 }
 
 /// Waits until `node` lists content `id` with `holders` holders.
-fn wait_listed(node: &Node, id: &ContentId, holders: usize, within: Duration) {
+pub(super) fn wait_listed(node: &Node, id: &ContentId, holders: usize, within: Duration) {
     let hex = id.to_hex();
     let ok = wait_until(within, || {
         node.ls().iter().any(|c| {
@@ -856,6 +1052,8 @@ fn a_slow_but_valid_folder_holder_is_dropped() {
     let slow = Arc::new(SlowFiles {
         by_id,
         delay: Duration::from_secs(2),
+        answers: FileAnswers::Valid,
+        seen: Seen::default(),
     });
     let _rogue = Rogue::start(
         "slowpoke",

@@ -5,5 +5,6 @@
 
 mod dict;
 mod fetch;
+mod folder;
 mod server;
 mod store;

@@ -479,7 +479,9 @@ fn visible_tree(dir: &Path) -> BTreeMap<String, Option<Vec<u8>>> {
 
 /// A folder of many small files killed (SIGKILL) midway: what is in place
 /// is whole, and after a restart, with no fetch command, the job goes on
-/// into the same folder until the tree is identical.
+/// into the same folder until the tree is identical; a file of the right
+/// size but other bytes at a path is not taken for the file (regression:
+/// resume trusted sizes), and a dead landing's temporary file is removed.
 #[test]
 fn many_small_files_killed_midway_finish_after_a_restart() {
     let Some(lan) = Lan::new(2) else { return };
@@ -523,14 +525,57 @@ fn many_small_files_killed_midway_finish_after_a_restart() {
         );
     }
 
+    // Meanwhile a file of the listed size but other bytes appears at the
+    // path of one not yet in place: it must not count as done (nor be
+    // written over; the file lands beside it). And the hidden temporary
+    // file of a landing a crash cut short (a dead pid), beside one of a
+    // live pid and a user's look-alike, neither ever removed.
+    let (lied, lied_bytes) = (0..FILES)
+        .map(|f| format!("d{}/f{f:03}.dat", f % 9))
+        .find(|p| !landed.iter().any(|(l, _)| *l == p))
+        .map(|p| {
+            let len = std::fs::metadata(original.join(&p)).unwrap().len() as usize;
+            (p, vec![b'?'; len])
+        })
+        .expect("a file not in place");
+    std::fs::write(root.join(&lied), &lied_bytes).unwrap();
+    let id = "0123456789abcdef".repeat(4);
+    let dead = root.join(format!("d0/.lanshare-land-{id}-2147483000-3.tmp"));
+    let kept = [
+        root.join(format!("d0/.lanshare-land-{id}-1-3.tmp")),
+        root.join("d0/.lanshare-land-notes.tmp"),
+    ];
+    for p in kept.iter().chain([&dead]) {
+        std::fs::write(p, b"half a file").unwrap();
+    }
+
     let fetcher = lan.start(1, "fetcher");
-    let want = visible_tree(&original);
+    let mut want = visible_tree(&original);
+    let right = want.insert(lied.clone(), Some(lied_bytes));
+    let beside = lied.replace(".dat", " (1).dat");
+    want.insert(beside, right.flatten());
+    let done = wait_until(DEADLINE, || visible_tree(&root) == want);
+    let got = visible_tree(&root);
+    let differ: Vec<(&String, Option<usize>, Option<usize>)> = (want.keys())
+        .chain(got.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|k| want.get(*k) != got.get(*k))
+        .map(|k| {
+            let len = |t: &BTreeMap<String, Option<Vec<u8>>>| {
+                t.get(k).map(|b| b.as_ref().map_or(0, Vec::len))
+            };
+            (k, len(&want), len(&got))
+        })
+        .collect();
     assert!(
-        wait_until(DEADLINE, || visible_tree(&root) == want),
-        "the resumed folder never completed: {} of {} entries\n{}",
-        visible_tree(&root).len(),
-        want.len(),
+        done,
+        "the resumed folder never completed ({lied} of the right size but other bytes in place); (path, wanted, got): {differ:?}\n{}",
         fetcher.log_tail()
     );
     assert!(!fetcher.downloads().join("many (1)").exists());
+    assert!(!dead.exists(), "a dead landing's temporary file was left");
+    for p in &kept {
+        assert!(p.exists(), "{} was removed", p.display());
+    }
 }
