@@ -438,6 +438,15 @@ mod tests {
         feed.advance(2, Some(got));
     }
 
+    /// Fails (rather than hangs) when `t` is still asleep after 5 s.
+    fn woken_soon<T>(t: &std::thread::JoinHandle<T>) {
+        let t0 = Instant::now();
+        while !t.is_finished() {
+            assert!(t0.elapsed() < Duration::from_secs(5), "not woken");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     #[test]
     fn the_follower_sleeps_until_its_chunk_a_poke_or_the_stop() {
         let feed = Arc::new(Feed::new(1000));
@@ -450,6 +459,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         assert!(!waiting.is_finished(), "chunk 1 is not the one it waits for");
         assert!(put(&feed, 0, chunk(0)).is_empty());
+        woken_soon(&waiting);
         assert!(waiting.join().unwrap(), "woken by chunk 0");
         // A poke (a chunk's state changed) wakes it; one before it slept
         // too (it then does not sleep at all).
@@ -459,6 +469,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         assert!(!waiting.is_finished(), "nothing changed yet");
         feed.poke();
+        woken_soon(&waiting);
         assert!(waiting.join().unwrap(), "woken by the poke");
         let seen = feed.pokes();
         feed.poke();
@@ -469,6 +480,7 @@ mod tests {
         let waiting = std::thread::spawn(move || f.wait(5, seen));
         std::thread::sleep(Duration::from_millis(50));
         feed.stop();
+        woken_soon(&waiting);
         assert!(!waiting.join().unwrap(), "stopped");
         assert!(!feed.wait(5, feed.pokes()));
         assert_eq!(feed.offer(7, chunk(7), Duration::from_secs(30)), chunk(7));

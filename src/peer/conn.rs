@@ -19,6 +19,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use super::PeerError;
 use super::noise::{self, Proven};
 use super::record::SecureIo;
+use lowat::RecvLowat;
 use crate::identity::Identity;
 use crate::swarm::Mode;
 use crate::wire::frame::{
@@ -26,59 +27,10 @@ use crate::wire::frame::{
     ServerHello,
 };
 
+pub(super) mod lowat;
+
 /// A body buffer bigger than this is freed after use rather than kept.
 const KEEP_SCRATCH: usize = 1 << 20;
-/// Chunk bytes still to come from which a read raises the socket's
-/// receive low-water mark ([`FramedConn::read_chunk_body`]).
-const LOWAT_FROM: usize = 128 << 10;
-/// Highest receive low-water mark set (the kernel also caps it at half
-/// its largest receive buffer, and grows the buffer to hold it).
-const LOWAT_MAX: usize = 4 << 20;
-
-/// The receive low-water mark (`SO_RCVLOWAT`) of a socket, raised while
-/// one chunk body is read, and set back to one byte when dropped (the
-/// next read may be a small frame).
-struct RaisedLowat(std::os::fd::RawFd);
-
-impl RaisedLowat {
-    /// Raises `socket`'s mark to `bytes`; `None` where that fails (the
-    /// read then goes on as without it).
-    fn raise(socket: &TcpStream, bytes: usize) -> Option<RaisedLowat> {
-        use std::os::fd::AsRawFd;
-        let fd = socket.as_raw_fd();
-        set_rcvlowat(fd, bytes).ok()?;
-        Some(RaisedLowat(fd))
-    }
-}
-
-impl Drop for RaisedLowat {
-    fn drop(&mut self) {
-        let _ = set_rcvlowat(self.0, 1);
-    }
-}
-
-/// Sets `SO_RCVLOWAT` of the socket `fd`: poll and epoll report it
-/// readable once that many bytes are queued (or it is closed).
-fn set_rcvlowat(fd: std::os::fd::RawFd, bytes: usize) -> std::io::Result<()> {
-    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    // SAFETY: `fd` is an open socket (its owner outlives the call), and
-    // the option value is a live c_int of the length passed.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVLOWAT,
-            (&raw const value).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
 /// Buffer sizes of one side of a connection.
 #[derive(Clone, Copy, Debug)]
 pub struct Buffers {
@@ -254,24 +206,25 @@ impl FramedConn {
         }
     }
 
-    /// Reads a chunk's bytes. In open mode, a body of at least
-    /// [`LOWAT_FROM`] bytes not yet buffered is read with the socket's
-    /// receive low-water mark raised to what the frame still holds (at
-    /// most [`LOWAT_MAX`]): the worker is woken once the chunk is there
-    /// and reads it with one or two `recv`s, instead of being woken for
-    /// every few segments that arrive. The mark is only ever what the
-    /// peer's header announced, so a peer that sends less stalls the read
-    /// as it did before (the caller's deadline applies); it is set back
-    /// to one byte when the read ends or is dropped.
+    /// Reads a chunk's bytes: in open mode with the socket's receive
+    /// low-water mark at what the frame still needs from the socket
+    /// ([`lowat`]), lowered as the bytes come; in private mode the record
+    /// layer does the same.
     async fn read_chunk_body(&mut self, buf: &mut [u8]) -> Result<(), PeerError> {
         let Io::Plain { reader, .. } = &mut self.io else {
             return self.read_exact(buf).await;
         };
-        let coming = buf.len().saturating_sub(reader.buffer().len());
-        let _raised = (coming >= LOWAT_FROM)
-            .then(|| RaisedLowat::raise(reader.get_ref().as_ref(), coming.min(LOWAT_MAX)))
-            .flatten();
-        reader.read_exact(buf).await?;
+        let mut mark = RecvLowat::new(reader.get_ref().as_ref());
+        let mut filled = 0;
+        while filled < buf.len() {
+            let left = buf.len() - filled;
+            mark.expect(left.saturating_sub(reader.buffer().len()));
+            let n = reader.read(&mut buf[filled..]).await?;
+            if n == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+            }
+            filled += n;
+        }
         Ok(())
     }
 
