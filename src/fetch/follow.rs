@@ -457,7 +457,10 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         assert!(put(&feed, 1, chunk(1)).is_empty());
         std::thread::sleep(Duration::from_millis(50));
-        assert!(!waiting.is_finished(), "chunk 1 is not the one it waits for");
+        assert!(
+            !waiting.is_finished(),
+            "chunk 1 is not the one it waits for"
+        );
         assert!(put(&feed, 0, chunk(0)).is_empty());
         woken_soon(&waiting);
         assert!(waiting.join().unwrap(), "woken by chunk 0");

@@ -19,13 +19,13 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use super::PeerError;
 use super::noise::{self, Proven};
 use super::record::SecureIo;
-use lowat::RecvLowat;
 use crate::identity::Identity;
 use crate::swarm::Mode;
 use crate::wire::frame::{
     self, ClientHello, HEADER_LEN, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME, Request, Response,
     ServerHello,
 };
+use lowat::RecvLowat;
 
 pub(super) mod lowat;
 

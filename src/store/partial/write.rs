@@ -53,12 +53,7 @@ fn start_writeback(file: &File, offset: u64, len: usize) {
     // SAFETY: the descriptor is open for the duration of the call (`file`
     // is borrowed); the call reads no memory of ours.
     let _ = unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            offset,
-            len,
-            libc::SYNC_FILE_RANGE_WRITE,
-        )
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
     };
 }
 
