@@ -1,12 +1,10 @@
 //! The follower: hashes the file with SHA-256 in chunk order as chunks
 //! land, so the whole file is checked by the time the last chunk does. It
 //! hashes the buffers the workers verified and wrote, handed over through
-//! the [`Feed`], on one thread of its own for the whole download (so
-//! SHA-256 runs beside receiving, BLAKE3 and writing, and a chunk handed
-//! over wakes it directly, with no task or thread started per chunk), and
-//! reads back from the partial file only a chunk it was not handed (one
-//! that came too far out of order, or from an earlier run). A chunk that
-//! fails its check on disk is fetched again.
+//! the [`Feed`] (on a thread of its own, so SHA-256 runs beside receiving,
+//! BLAKE3 and writing), and reads back from the partial file only a chunk
+//! it was not handed (one that came too far out of order, or from an
+//! earlier run). A chunk that fails its check on disk is fetched again.
 //!
 //! Never talks to a peer; changes chunk states only through
 //! [`super::state::ChunkMap::mark_bad`].
@@ -37,19 +35,16 @@ pub(super) const FEED_PATIENCE: Duration = Duration::from_secs(1);
 /// the partial file. Bounded by [`FEED_AHEAD_BYTES`], whatever the file
 /// size: the buffers it holds are those ahead (at most that many bytes),
 /// the next chunk's, the one being hashed, and spares that were one of
-/// these before. It also wakes the follower's thread: when its next
-/// chunk is handed over, when a chunk's state changes ([`Feed::poke`]),
-/// and when the download stops ([`Feed::stop`]).
+/// these before.
 pub(super) struct Feed {
     /// Std mutex: held only to move a buffer in or out of the map, never
-    /// across an `.await` (the threads wait on `room` and `wake` with it).
+    /// across an `.await` (the writing threads wait on `room` with it).
     state: Mutex<FeedState>,
     ahead_bytes: usize,
     /// Signalled when the follower advances (there may be room ahead).
     room: Condvar,
-    /// Signalled, while the follower sleeps, when the chunk it waits for
-    /// is handed over, on a poke, and on the stop.
-    wake: Condvar,
+    /// Signalled when the chunk the follower waits for is handed over.
+    ready: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -64,21 +59,15 @@ struct FeedState {
     spare: Vec<Vec<u8>>,
     /// The follower is hashing a chunk it took (it will advance soon).
     hashing: bool,
-    /// The follower sleeps on `wake` (only then is it signalled).
-    asleep: bool,
-    /// Chunk state changes so far ([`Feed::poke`]).
-    pokes: u64,
-    /// The download stopped: the follower ends, writers wait no more.
-    stopped: bool,
 }
 
 impl FeedState {
     /// The follower will advance without waiting for a worker: it is
     /// hashing, or the chunk it hashes next is here (taken as soon as its
-    /// thread looks). Between two chunks it is not hashing for a moment; a
+    /// task runs). Between two chunks it is not hashing for a moment; a
     /// writer that gave up then would make it read that chunk back.
     fn follower_busy(&self) -> bool {
-        !self.stopped && (self.hashing || self.held.contains_key(&self.next))
+        self.hashing || self.held.contains_key(&self.next)
     }
 }
 
@@ -88,7 +77,7 @@ impl Feed {
             state: Mutex::default(),
             ahead_bytes,
             room: Condvar::new(),
-            wake: Condvar::new(),
+            ready: tokio::sync::Notify::new(),
         }
     }
 
@@ -104,7 +93,7 @@ impl Feed {
         let deadline = Instant::now() + patience;
         let mut s = self.state.lock().expect("feed lock");
         let ahead = loop {
-            if index < s.next || s.held.contains_key(&index) || s.stopped {
+            if index < s.next || s.held.contains_key(&index) {
                 return data;
             }
             let ahead = if index == s.next { 0 } else { data.len() };
@@ -120,48 +109,12 @@ impl Feed {
         let capacity = data.capacity();
         s.ahead += ahead;
         s.held.insert(index, data);
-        if index == s.next && s.asleep {
-            self.wake.notify_one();
+        if index == s.next {
+            self.ready.notify_one();
         }
         s.spare
             .pop()
             .unwrap_or_else(|| Vec::with_capacity(capacity))
-    }
-
-    /// A chunk's state changed (it is done, or missing again): a follower
-    /// waiting for a chunk it was not handed looks at the map again.
-    pub fn poke(&self) {
-        let mut s = self.state.lock().expect("feed lock");
-        s.pokes += 1;
-        if s.asleep {
-            self.wake.notify_one();
-        }
-    }
-
-    /// The download stopped: the follower's thread ends, and no writer
-    /// waits for it any longer.
-    pub fn stop(&self) {
-        self.state.lock().expect("feed lock").stopped = true;
-        self.wake.notify_all();
-        self.room.notify_all();
-    }
-
-    /// How many pokes so far: read it before looking at the map, and
-    /// [`wait`](Self::wait) sleeps only while nothing changed since.
-    fn pokes(&self) -> u64 {
-        self.state.lock().expect("feed lock").pokes
-    }
-
-    /// Sleeps until chunk `index` is handed over, a poke after `seen`,
-    /// or the stop; false once stopped.
-    fn wait(&self, index: u32, seen: u64) -> bool {
-        let mut s = self.state.lock().expect("feed lock");
-        s.asleep = true;
-        while !s.stopped && s.pokes == seen && !s.held.contains_key(&index) {
-            s = self.wake.wait(s).expect("feed lock");
-        }
-        s.asleep = false;
-        !s.stopped
     }
 
     /// The buffer of chunk `index`, if a worker handed it over; the
@@ -200,14 +153,50 @@ impl Feed {
     }
 }
 
-/// Stops the feed when dropped: the follower's thread ends with the
-/// task that waits for it, however that task ends.
-struct StopOnDrop(Arc<Shared>);
+/// How chunk `index` was hashed.
+enum Hashed {
+    /// From the buffers workers handed over (given back for reuse), it and
+    /// every chunk after it that was already handed over too: the next
+    /// chunk to hash is this one, and the feed has advanced to it.
+    Memory { next: u32 },
+    /// Read back from the partial file (and checked with BLAKE3 unless this
+    /// process verified it in memory).
+    Disk,
+    /// Unreadable, or failed its BLAKE3 check on disk.
+    Bad,
+}
 
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.feed.stop();
-    }
+/// Hashes chunk `index` into `sha` on a blocking thread: from `held` if a
+/// worker handed it over (and then, on the same thread, each next chunk
+/// already handed over, with no wake-up between them), else from the
+/// partial file into `buf`.
+async fn hash_chunk(
+    shared: &Arc<Shared>,
+    index: u32,
+    held: Option<Vec<u8>>,
+    sha: sha2::Sha256,
+    mut buf: Vec<u8>,
+) -> (Hashed, sha2::Sha256, Vec<u8>) {
+    let trusted = shared.verified_here.lock().expect("lock").get(index);
+    let s = shared.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut sha = sha;
+        if let Some(data) = held {
+            let next = hash_run(&s.feed, index, data, &mut sha);
+            return (Hashed::Memory { next }, sha, buf);
+        }
+        let m = &s.manifest;
+        buf.resize(m.chunk_len(index) as usize, 0);
+        if s.partial.read_at(m.chunk_offset(index), &mut buf).is_err()
+            || (!trusted && !m.chunk_matches(index, &buf))
+        {
+            return (Hashed::Bad, sha, buf);
+        }
+        sha.update(&buf);
+        (Hashed::Disk, sha, buf)
+    })
+    .await
+    .expect("verifier does not panic")
 }
 
 /// Hashes chunk `index` from `data`, then each next chunk the feed holds,
@@ -224,80 +213,58 @@ fn hash_run(feed: &Feed, mut index: u32, mut data: Vec<u8>, sha: &mut sha2::Sha2
     }
 }
 
-/// Hashes chunk `index` (done, but not handed over) from the partial file
-/// into `sha`, re-checking it with BLAKE3 unless this process verified it
-/// in memory; false when it is unreadable or fails that check.
-fn hash_from_disk(s: &Shared, index: u32, sha: &mut sha2::Sha256, buf: &mut Vec<u8>) -> bool {
-    let trusted = s.verified_here.lock().expect("lock").get(index);
-    let m = &s.manifest;
-    buf.resize(m.chunk_len(index) as usize, 0);
-    if s.partial.read_at(m.chunk_offset(index), buf).is_err()
-        || (!trusted && !m.chunk_matches(index, buf))
-    {
-        return false;
-    }
-    sha.update(&buf[..]);
-    true
-}
-
-/// The follower's thread: hashes the whole file in order, from the
-/// buffers handed over as soon as they are, else from the partial file
-/// once the chunk is done; sleeps on the feed in between. `None` when the
-/// feed is stopped first.
-fn hash_in_order(s: &Shared) -> Option<sha2::Sha256> {
-    let mut sha = sha2::Sha256::new();
-    // Allocated only when a chunk must be read back from disk.
-    let mut buf = Vec::new();
-    let total = s.manifest.chunk_count();
-    let mut index = 0;
-    while index < total {
-        let seen = s.feed.pokes();
-        if let Some(data) = s.feed.take(index) {
-            index = hash_run(&s.feed, index, data, &mut sha);
-            continue;
-        }
-        if s.map.lock().expect("map lock").state(index) != Some(ChunkState::Done) {
-            if !s.feed.wait(index, seen) {
-                return None;
-            }
-            continue;
-        }
-        if hash_from_disk(s, index, &mut sha, &mut buf) {
-            index += 1;
-            s.feed.advance(index, None);
-        } else {
-            tracing::warn!(
-                chunk = index,
-                "chunk failed the check on disk; fetching it again"
-            );
-            s.partial.mark_missing(index);
-            s.map.lock().expect("map lock").mark_bad(index);
-            s.bump();
-        }
-    }
-    Some(sha)
-}
-
-/// Hashes the file with SHA-256 in order as chunks land (on the
-/// follower's thread, [`hash_in_order`]), re-checking with BLAKE3 any
-/// chunk read back that this process did not hash itself (one from an
+/// Hashes the file with SHA-256 in order as chunks land: from the
+/// workers' buffers as soon as they are handed over, or, for a chunk not
+/// handed over, from the partial file once it is done (re-checking with
+/// BLAKE3 any chunk this process did not hash itself, i.e. one from an
 /// earlier run). Returns the SHA-256 once the whole file is hashed, every
 /// chunk is done, and it matches the manifest.
 pub(super) async fn follow(
     shared: Arc<Shared>,
     cancel: CancellationToken,
 ) -> Result<[u8; 32], FetchError> {
-    let _stop = StopOnDrop(shared.clone());
-    let s = shared.clone();
-    let hashing = tokio::task::spawn_blocking(move || hash_in_order(&s));
-    let sha = tokio::select! {
-        _ = cancel.cancelled() => return Err(FetchError::Cancelled),
-        r = hashing => r.expect("follower does not panic"),
-    };
-    let Some(sha) = sha else {
-        return Err(FetchError::Cancelled);
-    };
     let mut changes = shared.changed.subscribe();
+    let mut sha = sha2::Sha256::new();
+    // Allocated only when a chunk must be read back from disk.
+    let mut buf = Vec::new();
+    let total = shared.manifest.chunk_count();
+    let mut index = 0;
+    while index < total {
+        let ready = shared.feed.ready.notified();
+        tokio::pin!(ready);
+        ready.as_mut().enable();
+        changes.mark_unchanged();
+        let held = shared.feed.take(index);
+        if held.is_none()
+            && shared.map.lock().expect("map lock").state(index) != Some(ChunkState::Done)
+        {
+            // A closed channel (never: `shared` holds the sender) looks again.
+            tokio::select! {
+                _ = cancel.cancelled() => return Err(FetchError::Cancelled),
+                _ = changes.changed() => {}
+                _ = &mut ready => {}
+            }
+            continue;
+        }
+        let (hashed, sha_back, buf_back) = hash_chunk(&shared, index, held, sha, buf).await;
+        (sha, buf) = (sha_back, buf_back);
+        match hashed {
+            Hashed::Memory { next } => index = next,
+            Hashed::Disk => {
+                index += 1;
+                shared.feed.advance(index, None);
+            }
+            Hashed::Bad => {
+                tracing::warn!(
+                    chunk = index,
+                    "chunk failed the check on disk; fetching it again"
+                );
+                shared.partial.mark_missing(index);
+                shared.map.lock().expect("map lock").mark_bad(index);
+                shared.bump();
+            }
+        }
+    }
     all_done(&shared, &mut changes, &cancel).await?;
     let digest: [u8; 32] = sha.finalize().into();
     if digest != shared.manifest.sha256 {
@@ -436,56 +403,5 @@ mod tests {
         assert_eq!(feed.offer(3, chunk(3), Duration::from_millis(30)), chunk(3));
         assert!(t0.elapsed() >= Duration::from_millis(30));
         feed.advance(2, Some(got));
-    }
-
-    /// Fails (rather than hangs) when `t` is still asleep after 5 s.
-    fn woken_soon<T>(t: &std::thread::JoinHandle<T>) {
-        let t0 = Instant::now();
-        while !t.is_finished() {
-            assert!(t0.elapsed() < Duration::from_secs(5), "not woken");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    #[test]
-    fn the_follower_sleeps_until_its_chunk_a_poke_or_the_stop() {
-        let feed = Arc::new(Feed::new(1000));
-        // Its chunk handed over: wakes, whatever else is offered before.
-        let f = feed.clone();
-        let seen = feed.pokes();
-        let waiting = std::thread::spawn(move || f.wait(0, seen));
-        std::thread::sleep(Duration::from_millis(50));
-        assert!(put(&feed, 1, chunk(1)).is_empty());
-        std::thread::sleep(Duration::from_millis(50));
-        assert!(
-            !waiting.is_finished(),
-            "chunk 1 is not the one it waits for"
-        );
-        assert!(put(&feed, 0, chunk(0)).is_empty());
-        woken_soon(&waiting);
-        assert!(waiting.join().unwrap(), "woken by chunk 0");
-        // A poke (a chunk's state changed) wakes it; one before it slept
-        // too (it then does not sleep at all).
-        let seen = feed.pokes();
-        let f = feed.clone();
-        let waiting = std::thread::spawn(move || f.wait(5, seen));
-        std::thread::sleep(Duration::from_millis(50));
-        assert!(!waiting.is_finished(), "nothing changed yet");
-        feed.poke();
-        woken_soon(&waiting);
-        assert!(waiting.join().unwrap(), "woken by the poke");
-        let seen = feed.pokes();
-        feed.poke();
-        assert!(feed.wait(5, seen), "a poke since `seen`: no sleep");
-        // The stop wakes it for good, and no writer waits any more.
-        let seen = feed.pokes();
-        let f = feed.clone();
-        let waiting = std::thread::spawn(move || f.wait(5, seen));
-        std::thread::sleep(Duration::from_millis(50));
-        feed.stop();
-        woken_soon(&waiting);
-        assert!(!waiting.join().unwrap(), "stopped");
-        assert!(!feed.wait(5, feed.pokes()));
-        assert_eq!(feed.offer(7, chunk(7), Duration::from_secs(30)), chunk(7));
     }
 }

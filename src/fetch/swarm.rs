@@ -83,11 +83,8 @@ impl Shared {
             .sum()
     }
 
-    /// A chunk's state changed: tells the scheduler, the workers and the
-    /// follower.
     pub fn bump(&self) {
         self.changed.send_modify(|g| *g += 1);
-        self.feed.poke();
     }
 
     pub fn watch(&self) -> MutexGuard<'_, SlotWatch> {

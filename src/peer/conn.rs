@@ -25,12 +25,10 @@ use crate::wire::frame::{
     self, ClientHello, HEADER_LEN, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME, Request, Response,
     ServerHello,
 };
-use lowat::RecvLowat;
-
-pub(super) mod lowat;
 
 /// A body buffer bigger than this is freed after use rather than kept.
 const KEEP_SCRATCH: usize = 1 << 20;
+
 /// Buffer sizes of one side of a connection.
 #[derive(Clone, Copy, Debug)]
 pub struct Buffers {
@@ -206,28 +204,6 @@ impl FramedConn {
         }
     }
 
-    /// Reads a chunk's bytes: in open mode with the socket's receive
-    /// low-water mark at what the frame still needs from the socket
-    /// ([`lowat`]), lowered as the bytes come; in private mode the record
-    /// layer does the same.
-    async fn read_chunk_body(&mut self, buf: &mut [u8]) -> Result<(), PeerError> {
-        let Io::Plain { reader, .. } = &mut self.io else {
-            return self.read_exact(buf).await;
-        };
-        let mut mark = RecvLowat::new(reader.get_ref().as_ref());
-        let mut filled = 0;
-        while filled < buf.len() {
-            let left = buf.len() - filled;
-            mark.expect(left.saturating_sub(reader.buffer().len()));
-            let n = reader.read(&mut buf[filled..]).await?;
-            if n == 0 {
-                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
-            }
-            filled += n;
-        }
-        Ok(())
-    }
-
     /// Reads a frame header, refusing frames over `max`; a clean end of
     /// the stream is [`PeerError::Closed`].
     pub async fn read_header(&mut self, max: u32) -> Result<Header, PeerError> {
@@ -284,7 +260,7 @@ impl FramedConn {
             let resp = Response::decode(h.kind, &req, h.len)?;
             if let Response::Chunk { len, .. } = resp {
                 chunk_buf.resize(len, 0);
-                self.read_chunk_body(chunk_buf).await?;
+                self.read_exact(chunk_buf).await?;
             }
             return Ok(resp);
         }

@@ -18,7 +18,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::PeerError;
-use super::conn::lowat::RecvLowat;
 use crate::wire::WireError;
 
 /// Bytes of a record's length field.
@@ -195,11 +194,7 @@ impl SecureIo {
 
     /// Reads exactly `buf.len()` bytes of plaintext. An end of stream is
     /// an `UnexpectedEof` I/O error.
-    /// While much is still to come (a chunk), the socket's receive
-    /// low-water mark is at the least ciphertext that can still hold it
-    /// ([`RecvLowat`]).
     pub async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), PeerError> {
-        let mut mark = RecvLowat::new(self.rd.as_ref());
         let mut filled = 0;
         while filled < buf.len() {
             if self.plain_start < self.plain_end {
@@ -210,12 +205,9 @@ impl SecureIo {
                 filled += n;
                 continue;
             }
-            // Each ciphertext byte here opens into at most one byte.
-            mark.expect((buf.len() - filled).saturating_sub(self.in_end - self.in_start));
             self.fill(LEN_PREFIX).await?;
             let header = [self.inbuf[self.in_start], self.inbuf[self.in_start + 1]];
             let len = record_len(header)?;
-            mark.expect((buf.len() - filled).saturating_sub(self.in_end - self.in_start));
             self.fill(LEN_PREFIX + len).await?;
             let body = self.in_start + LEN_PREFIX;
             let record = &self.inbuf[body..body + len];
