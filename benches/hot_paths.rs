@@ -400,6 +400,57 @@ fn chunk_landing(c: &mut Criterion) {
     g.finish();
 }
 
+/// A download's writes to disk, made durable at the end (the shape of
+/// `store::partial::write` and `Partial::finish`): 64 MiB in 1 MiB chunks
+/// of 64 KiB `pwrite`s, then `fdatasync`; with and without each chunk's
+/// writeback started at once (`sync_file_range(SYNC_FILE_RANGE_WRITE)`).
+/// The file is in the current folder (the target folder's disk, not a
+/// tmpfs), a new one per run.
+fn disk_landing(c: &mut Criterion) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    let data = pseudo_random(64 * MIB, b"disk landing");
+    let dir = tempfile::tempdir_in(".").expect("temp dir");
+    let mut g = c.benchmark_group("disk_landing_64MiB");
+    g.throughput(Throughput::Bytes(data.len() as u64))
+        .sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(5));
+    let land = |start_writeback: bool| {
+        let path = dir.path().join("part");
+        let file = std::fs::File::create(&path).expect("create");
+        for (i, chunk) in data.chunks(MIB).enumerate() {
+            let at = (i * MIB) as u64;
+            for (k, piece) in chunk.chunks(64 << 10).enumerate() {
+                file.write_all_at(piece, at + (k * (64 << 10)) as u64)
+                    .expect("write");
+            }
+            if start_writeback {
+                // SAFETY: an open descriptor; no memory of ours is read.
+                let _ = unsafe {
+                    libc::sync_file_range(
+                        file.as_raw_fd(),
+                        at as i64,
+                        chunk.len() as i64,
+                        libc::SYNC_FILE_RANGE_WRITE,
+                    )
+                };
+            }
+        }
+        file.sync_data().expect("sync");
+        drop(file);
+        std::fs::remove_file(&path).expect("remove");
+    };
+    g.bench_function("pwrite 64 KiB pieces, fdatasync at the end", |b| {
+        b.iter(|| land(false))
+    });
+    g.bench_function("+ writeback started per chunk (sync_file_range)", |b| {
+        b.iter(|| land(true))
+    });
+    g.finish();
+}
+
 /// The fetcher's stages as threads (the shape of `fetch::worker` and
 /// `fetch::follow`): checks and writes of alternate chunks on two threads,
 /// each chunk's index then handed to a hashing thread that hashes the
@@ -556,6 +607,7 @@ criterion_group!(
     frames,
     chunk_map,
     chunk_landing,
+    disk_landing,
     handshakes,
     records
 );

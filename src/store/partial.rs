@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use super::{Home, StoreError, io_err, safe_file_name};
 
 mod quiet;
+mod write;
 use crate::chunkset::Bitmap;
 use crate::id::ContentId;
 use crate::manifest::Manifest;
@@ -267,7 +268,7 @@ impl Partial {
     /// The data is synced with the next [`Partial::save_state`]. A write
     /// that finds the disk full is remembered ([`Partial::disk_full`]).
     pub fn write_chunk(&self, index: u32, data: &[u8]) -> Result<(), StoreError> {
-        if let Err(e) = write_in_pieces(&self.file, data, self.manifest.chunk_offset(index)) {
+        if let Err(e) = write::write_chunk_at(&self.file, data, self.manifest.chunk_offset(index)) {
             if super::durable::is_disk_full(&e) {
                 let mut full = self.full.lock().expect("full lock");
                 if full.is_none() {
@@ -509,26 +510,6 @@ impl Partial {
             source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
         })
     }
-}
-
-/// Bytes of one `pwrite` into the `.part` file. A larger write makes the
-/// kernel allocate its page cache as large folios (a 1 MiB write: 1 MiB
-/// folios), taken from the high-order free blocks that a VM with free page
-/// reporting has handed back to the host: every first touch of those pages
-/// then faults in the host. Pieces of 64 KiB get small folios from the
-/// pages the guest already backs: measured with `dd` into a new file after
-/// 1 GiB of page cache was freed, 0.55 s of system time per GiB with 64 KiB
-/// writes against 1.6-3.2 s with 1 MiB writes (docs/performance.md).
-const WRITE_PIECE: usize = 64 << 10;
-
-/// Writes `data` at `offset` of `file` in [`WRITE_PIECE`]s.
-fn write_in_pieces(file: &File, data: &[u8], offset: u64) -> std::io::Result<()> {
-    let mut at = offset;
-    for piece in data.chunks(WRITE_PIECE) {
-        file.write_all_at(piece, at)?;
-        at += piece.len() as u64;
-    }
-    Ok(())
 }
 
 /// Where the partial file of `id` and its state file are.
