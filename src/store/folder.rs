@@ -9,7 +9,7 @@
 //! that turns out to be a link (or not a folder) is refused.
 
 use std::collections::BTreeSet;
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -204,15 +204,10 @@ impl Store {
     pub fn copy_into(&self, id: &ContentId, place: &Placement) -> Result<PathBuf, StoreError> {
         let local = self.complete(id).ok_or(StoreError::NotFound(*id))?;
         let mut src = local.open()?;
-        let tmp = place
-            .dir
-            .join(format!(".lanshare-copy-{}.tmp", &id.to_hex()[..24]));
-        let _ = std::fs::remove_file(&tmp);
-        let mut out = crate::platform::open_nofollow(
-            OpenOptions::new().write(true).create_new(true).mode(0o644),
-            &tmp,
-        )
-        .map_err(io_err("cannot create", &tmp))?;
+        // Named as a landing's: never over anything, and removed by
+        // `remove_dead_landings` if this process dies before the link.
+        let (mut out, tmp) =
+            new_temp(&place.dir, &id.to_hex()).map_err(io_err("cannot create in", &place.dir))?;
         let copied = std::io::copy(&mut src, &mut out)
             .and_then(|_| out.flush())
             .and_then(|()| out.sync_all());
@@ -458,6 +453,31 @@ fn clone_err(e: &std::io::Error) -> std::io::Error {
 /// A number no other temporary file of this process has taken.
 static TEMP_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// Creates a new temporary file in `dir` for the content of hex id
+/// `id_hex`, named `.lanshare-land-ID-PID-SEQ.tmp` (what
+/// [`Store::remove_dead_landings`] recognises once this process is gone),
+/// with `O_EXCL` and without following a link: a name taken is skipped,
+/// never opened or removed.
+fn new_temp(dir: &Path, id_hex: &str) -> std::io::Result<(File, PathBuf)> {
+    let mut last = std::io::Error::from(std::io::ErrorKind::AlreadyExists);
+    for _ in 0..8 {
+        let seq = TEMP_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!(
+            "{LANDING_PREFIX}{id_hex}-{}-{seq}.tmp",
+            std::process::id()
+        ));
+        match crate::platform::open_nofollow(
+            OpenOptions::new().write(true).create_new(true).mode(0o644),
+            &tmp,
+        ) {
+            Ok(f) => return Ok((f, tmp)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
+}
+
 /// Writes `l`'s bytes under a new temporary name beside each of its
 /// places (never over an existing file: a name taken is skipped) and
 /// closes it (elsewhere than Linux, synced first: [`sync_together`] syncs
@@ -467,23 +487,12 @@ fn write_temps(l: &Landing) -> Result<Vec<PathBuf>, StoreError> {
     let id = l.manifest.content_id().to_hex();
     let mut temps = Vec::with_capacity(l.places.len());
     for place in &l.places {
-        let mut made = Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists));
-        let mut tmp = PathBuf::new();
-        for _ in 0..8 {
-            let seq = TEMP_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tmp = place.dir.join(format!(
-                "{LANDING_PREFIX}{id}-{}-{seq}.tmp",
-                std::process::id()
-            ));
-            made = crate::platform::open_nofollow(
-                OpenOptions::new().write(true).create_new(true).mode(0o644),
-                &tmp,
-            );
-            if !matches!(&made, Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists) {
-                break;
-            }
-        }
-        let written = made.and_then(|mut f| {
+        let made = new_temp(&place.dir, &id);
+        let tmp = match &made {
+            Ok((_, tmp)) => tmp.clone(),
+            Err(_) => place.dir.clone(),
+        };
+        let written = made.and_then(|(mut f, _)| {
             let wrote = f.write_all(&l.data);
             #[cfg(not(target_os = "linux"))]
             let wrote = wrote.and_then(|()| f.sync_all());
@@ -641,6 +650,51 @@ mod tests {
         let inv = store.inventory();
         assert_eq!(inv.to_vec()[0].name, "holiday/day1/beach.jpg");
         assert_eq!(inv.to_vec()[0].chunks, crate::chunkset::ChunkSet::Full);
+    }
+
+    /// A second path of a content is a copy made under a landing's
+    /// temporary name (so a crash's leftover is cleaned like a landing's):
+    /// nothing already in the folder is removed or written over, not even
+    /// a file with the name copies once used.
+    #[test]
+    fn a_copy_touches_nothing_there_and_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path());
+        let store = Store::open(home.clone(), Vec::new()).unwrap();
+        let src = dir.path().join("src.txt");
+        std::fs::write(&src, b"same bytes").unwrap();
+        let manifest = std::sync::Arc::new(crate::manifest::hash_file(&src, |_| {}).unwrap());
+        let id = manifest.content_id();
+        let dest = store.create_download_folder("docs").unwrap();
+        let first = Placement {
+            dir: dest.clone(),
+            name: "a.txt".into(),
+        };
+        let p = store
+            .begin_partial_in(manifest, "a.txt", Some(&first))
+            .unwrap();
+        p.write_chunk(0, b"same bytes").unwrap();
+        store.finish_partial_in(&p, Some(&first)).unwrap();
+        let sub = store.create_folder_path(&dest, "copies").unwrap();
+        let old_name = sub.join(format!(".lanshare-copy-{}.tmp", &id.to_hex()[..24]));
+        std::fs::write(&old_name, b"not ours to remove").unwrap();
+        std::fs::write(sub.join("b.txt"), b"a user's file").unwrap();
+        let second = Placement {
+            dir: sub.clone(),
+            name: "b.txt".into(),
+        };
+        let made = store.copy_into(&id, &second).unwrap();
+        assert_eq!(made, sub.join("b (1).txt"));
+        assert_eq!(std::fs::read(&made).unwrap(), b"same bytes");
+        assert_eq!(std::fs::read(sub.join("b.txt")).unwrap(), b"a user's file");
+        assert_eq!(std::fs::read(&old_name).unwrap(), b"not ours to remove");
+        let mut left: Vec<String> = std::fs::read_dir(&sub)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let old = old_name.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(left, [old, "b (1).txt".to_string(), "b.txt".to_string()]);
     }
 
     /// Leftovers of a landing cut short by a crash: only our exact name
