@@ -43,16 +43,18 @@ fn held(files: &[(String, Vec<u8>)]) -> HashMap<ContentId, (Manifest, Vec<u8>)> 
         .collect()
 }
 
-/// A rogue holding `files` (all of `folders`) that answers as `answers`.
+/// A rogue holding `files` (all of `folders`) that answers as `answers`,
+/// each manifest after `delay`.
 fn rogue(
     net: &Net,
     name: &str,
     files: &[(String, Vec<u8>)],
     answers: FileAnswers,
+    delay: Duration,
 ) -> (Rogue, Arc<SlowFiles>) {
     let slow = Arc::new(SlowFiles {
         by_id: held(files),
-        delay: Duration::ZERO,
+        delay,
         answers,
         seen: Seen::default(),
     });
@@ -108,7 +110,13 @@ fn a_holder_that_stops_reading_hangs_neither_the_folder_nor_cancel() {
     // Enough files that the requests of those the rogue refuses fill its
     // small socket buffers (some 100 KB of requests, under 100 bytes each).
     let files = small_files("deaf", 3000, 100, 1);
-    let (_rogue, slow) = rogue(&net, "deafear", &files, FileAnswers::ErrorsUnread);
+    let (_rogue, slow) = rogue(
+        &net,
+        "deafear",
+        &files,
+        FileAnswers::ErrorsUnread,
+        Duration::ZERO,
+    );
     let victim = net.node("victim", &[]);
     wait_listed(&victim, &last_id(&files), 1, Duration::from_secs(30));
 
@@ -195,7 +203,13 @@ fn a_huge_answer_to_a_small_file_is_refused_from_its_header() {
         let net = Net::new();
         let name = format!("huge{kind:x}");
         let files = small_files(&name, 30, 500, kind);
-        let (_rogue, slow) = rogue(&net, "bigmouth", &files, FileAnswers::HugeFrame(kind));
+        let (_rogue, slow) = rogue(
+            &net,
+            "bigmouth",
+            &files,
+            FileAnswers::HugeFrame(kind),
+            Duration::ZERO,
+        );
         let victim = net.node("victim", &[]);
         wait_listed(&victim, &last_id(&files), 1, Duration::from_secs(30));
         let (tx, rx) = std::sync::mpsc::channel();
@@ -236,4 +250,71 @@ fn a_huge_answer_to_a_small_file_is_refused_from_its_header() {
             "the victim read {sent} bytes of a frame of kind {kind:#x} answering a file of under 1 KB"
         );
     }
+}
+
+/// A holder that answers a folder's small files validly but slowly (one
+/// every 2 s, under the 10 s stall timeout) must not keep them: the batch
+/// judges each holder's useful rate like the single-file worker, drops it
+/// after one window, and the files go to the real holder. Before, the
+/// slow holder kept every file it had taken until it sent it (80 s here).
+#[test]
+fn a_slow_but_valid_folder_holder_is_dropped() {
+    let net = Net::new();
+    let files: Vec<(String, Vec<u8>)> = (0..40)
+        .map(|i| {
+            (
+                format!("album/f{i:02}.txt"),
+                vec![b'a' + (i % 26) as u8; 2048 + i],
+            )
+        })
+        .collect();
+    let (_rogue, slow) = rogue(
+        &net,
+        "slowpoke",
+        &files,
+        FileAnswers::Valid,
+        Duration::from_secs(2),
+    );
+    let victim = net.node("victim", &[]);
+    let last = manifest_of(&files[39].1, CHUNK_SIZE).content_id();
+    wait_listed(&victim, &last, 1, Duration::from_secs(20));
+
+    // The real holder appears once the folder's plan gave every file to
+    // the slow one (it was asked for its first file).
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        let fetch = s.spawn(|| {
+            tx.send(()).unwrap();
+            fetch_within(&victim, "album", Duration::from_secs(45))
+        });
+        rx.recv().unwrap();
+        assert!(
+            wait_until(Duration::from_secs(20), || slow
+                .seen
+                .asked
+                .load(Ordering::SeqCst)),
+            "the fetch never asked the slow holder for a file\n{}",
+            victim.log_tail()
+        );
+        let shared: Vec<(&str, &[u8])> = files.iter().map(|(n, d)| (n.as_str(), &d[..])).collect();
+        let real = net.node("real", &shared);
+        let (out, took) = fetch.join().unwrap();
+        let out = out.unwrap_or_else(|| {
+            panic!(
+                "the folder fetch did not finish within 45 s: the slow holder kept its files\n{}",
+                victim.log_tail()
+            )
+        });
+        let t = text(&out);
+        eprintln!("figure: 40 small files, a slow holder first, took {took:?}");
+        assert!(out.status.success(), "fetch failed after {took:?}: {t}");
+        assert!(
+            t.contains("slowpoke") && t.contains("verified data"),
+            "the output does not say the slow holder was dropped: {t}"
+        );
+        for (name, data) in &files {
+            assert_eq!(&std::fs::read(victim.downloads().join(name)).unwrap(), data);
+        }
+        drop(real);
+    });
 }
