@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::FetchError;
 use super::state::ChunkState;
 use super::swarm::Shared;
+use crate::store::ChunkBuf;
 
 /// Most bytes of verified chunks kept for the follower ahead of the chunk
 /// it hashes next (the next one itself is always kept). A chunk that comes
@@ -52,11 +53,11 @@ struct FeedState {
     /// The chunk the follower hashes next.
     next: u32,
     /// Verified, written chunks the follower has not hashed yet.
-    held: BTreeMap<u32, Vec<u8>>,
+    held: BTreeMap<u32, ChunkBuf>,
     /// Bytes in `held`, excluding chunk `next`.
     ahead: usize,
     /// Buffers the follower is done with.
-    spare: Vec<Vec<u8>>,
+    spare: Vec<ChunkBuf>,
     /// The follower is hashing a chunk it took (it will advance soon).
     hashing: bool,
 }
@@ -89,7 +90,7 @@ impl Feed {
     /// side: the worker waits rather than make it read the chunk back). Returns the buffer the worker
     /// reads its next chunk into: a spare one (or a new one) when `data`
     /// was kept, else `data` itself.
-    pub fn offer(&self, index: u32, data: Vec<u8>, patience: Duration) -> Vec<u8> {
+    pub fn offer(&self, index: u32, data: ChunkBuf, patience: Duration) -> ChunkBuf {
         let deadline = Instant::now() + patience;
         let mut s = self.state.lock().expect("feed lock");
         let ahead = loop {
@@ -114,12 +115,12 @@ impl Feed {
         }
         s.spare
             .pop()
-            .unwrap_or_else(|| Vec::with_capacity(capacity))
+            .unwrap_or_else(|| ChunkBuf::with_capacity(capacity))
     }
 
     /// The buffer of chunk `index`, if a worker handed it over; the
     /// follower is then hashing until it advances.
-    fn take(&self, index: u32) -> Option<Vec<u8>> {
+    fn take(&self, index: u32) -> Option<ChunkBuf> {
         let mut s = self.state.lock().expect("feed lock");
         debug_assert_eq!(index, s.next);
         let held = s.held.remove(&index);
@@ -129,7 +130,7 @@ impl Feed {
 
     /// Chunk `next - 1` is hashed (its buffer, if any, comes back for
     /// reuse): from now on chunk `next` is the one not counted ahead.
-    fn advance(&self, next: u32, used: Option<Vec<u8>>) {
+    fn advance(&self, next: u32, used: Option<ChunkBuf>) {
         let mut s = self.state.lock().expect("feed lock");
         s.next = next;
         // A late endgame copy of a chunk already hashed is not needed.
@@ -173,10 +174,10 @@ enum Hashed {
 async fn hash_chunk(
     shared: &Arc<Shared>,
     index: u32,
-    held: Option<Vec<u8>>,
+    held: Option<ChunkBuf>,
     sha: sha2::Sha256,
-    mut buf: Vec<u8>,
-) -> (Hashed, sha2::Sha256, Vec<u8>) {
+    mut buf: ChunkBuf,
+) -> (Hashed, sha2::Sha256, ChunkBuf) {
     let trusted = shared.verified_here.lock().expect("lock").get(index);
     let s = shared.clone();
     tokio::task::spawn_blocking(move || {
@@ -186,7 +187,7 @@ async fn hash_chunk(
             return (Hashed::Memory { next }, sha, buf);
         }
         let m = &s.manifest;
-        buf.resize(m.chunk_len(index) as usize, 0);
+        buf.resize(m.chunk_len(index) as usize);
         if s.partial.read_at(m.chunk_offset(index), &mut buf).is_err()
             || (!trusted && !m.chunk_matches(index, &buf))
         {
@@ -201,7 +202,7 @@ async fn hash_chunk(
 
 /// Hashes chunk `index` from `data`, then each next chunk the feed holds,
 /// advancing the feed past each one: returns the next chunk to hash.
-fn hash_run(feed: &Feed, mut index: u32, mut data: Vec<u8>, sha: &mut sha2::Sha256) -> u32 {
+fn hash_run(feed: &Feed, mut index: u32, mut data: ChunkBuf, sha: &mut sha2::Sha256) -> u32 {
     loop {
         sha.update(&data);
         index += 1;
@@ -226,7 +227,7 @@ pub(super) async fn follow(
     let mut changes = shared.changed.subscribe();
     let mut sha = sha2::Sha256::new();
     // Allocated only when a chunk must be read back from disk.
-    let mut buf = Vec::new();
+    let mut buf = ChunkBuf::new();
     let total = shared.manifest.chunk_count();
     let mut index = 0;
     while index < total {
@@ -300,12 +301,12 @@ async fn all_done(
 mod tests {
     use super::*;
 
-    fn chunk(b: u8) -> Vec<u8> {
-        vec![b; 100]
+    fn chunk(b: u8) -> ChunkBuf {
+        ChunkBuf::from(&[b; 100][..])
     }
 
     /// Offers without waiting.
-    fn put(feed: &Feed, index: u32, data: Vec<u8>) -> Vec<u8> {
+    fn put(feed: &Feed, index: u32, data: ChunkBuf) -> ChunkBuf {
         feed.offer(index, data, Duration::ZERO)
     }
 

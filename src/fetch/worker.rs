@@ -30,7 +30,7 @@ use crate::peer::CONNECT_TIMEOUT;
 use crate::peer::client::PeerConn;
 use crate::peer::dial::{DialError, Dialer};
 use crate::retry::{Retry, RetryPolicy};
-use crate::store::StoreError;
+use crate::store::{ChunkBuf, StoreError};
 use crate::wire::frame::{ErrorCode, Response};
 
 /// Chunks a peer refused are asked again after 1 s, doubling up to 30 s
@@ -117,14 +117,14 @@ struct Worker<'a> {
     /// (request id, chunk index), oldest first.
     inflight: VecDeque<(u32, u32)>,
     /// The buffer the next answer is read into.
-    buf: Vec<u8>,
+    buf: ChunkBuf,
     /// Checks and writes the chunks before it, in order, on a thread of its
     /// own while the next answers arrive (started with the first chunk).
     checker: Option<Checker>,
     /// How many chunks the checker may hold ([`checks_in_flight`]).
     checks: usize,
     /// Buffers given back by checks while `buf` was already there.
-    spare: Vec<Vec<u8>>,
+    spare: Vec<ChunkBuf>,
     changes: watch::Receiver<u64>,
     rate: PeerRate,
     /// Whether it waits for an answer (its quiet time is counting).
@@ -154,7 +154,7 @@ impl<'a> Worker<'a> {
             refused: HashSet::new(),
             refusal_retry,
             inflight: VecDeque::new(),
-            buf: Vec::with_capacity(shared.manifest.chunk_size as usize),
+            buf: ChunkBuf::with_capacity(shared.manifest.chunk_size as usize),
             checker: None,
             checks: checks_in_flight(shared.manifest.chunk_size as usize),
             spare: Vec::new(),
@@ -344,7 +344,7 @@ impl<'a> Worker<'a> {
             self.buf = self
                 .spare
                 .pop()
-                .unwrap_or_else(|| Vec::with_capacity(capacity));
+                .unwrap_or_else(|| ChunkBuf::with_capacity(capacity));
         }
         Ok(())
     }
@@ -435,7 +435,7 @@ impl<'a> Worker<'a> {
 struct Landing {
     index: u32,
     len: usize,
-    data: Vec<u8>,
+    data: ChunkBuf,
 }
 
 /// A chunk the checker is done with: its verdict, and the buffer to read
@@ -444,15 +444,19 @@ struct Landed {
     index: u32,
     len: usize,
     verdict: Result<bool, StoreError>,
-    data: Vec<u8>,
+    data: ChunkBuf,
 }
 
-/// One worker's checking thread (a long-lived blocking task): checks and
-/// writes the chunks handed to it, in order, one at a time, and hands back
-/// verdicts and buffers. One thread per worker rather than a blocking task
-/// per chunk: no wake-up chain per chunk, and two writers to one file
-/// would only wait for each other on its lock. Its channels hold at most
-/// the worker's buffers; it ends when the worker drops it.
+/// One worker's checking and writing threads (two long-lived blocking
+/// tasks, one after the other): the first checks each chunk handed to it
+/// with BLAKE3, the second writes the good ones and hands them to the
+/// follower, and verdicts and buffers come back in the order the chunks
+/// were handed over. Two threads so that a chunk is checked while the one
+/// before it is being written (a direct write waits for the disk); one
+/// pair per worker rather than a blocking task per chunk: no wake-up chain
+/// per chunk, and more writers to one file would only wait for each other
+/// on its lock. Its channels hold at most the worker's buffers; both end
+/// when the worker drops it.
 struct Checker {
     to: mpsc::UnboundedSender<Landing>,
     from: mpsc::UnboundedReceiver<Landed>,
@@ -463,10 +467,24 @@ struct Checker {
 impl Checker {
     fn start(shared: Arc<Shared>) -> Checker {
         let (to, mut jobs) = mpsc::unbounded_channel::<Landing>();
+        let (checked_tx, checked) = std::sync::mpsc::channel::<(Landing, bool)>();
         let (done, from) = mpsc::unbounded_channel();
+        let manifest = shared.manifest.clone();
         tokio::task::spawn_blocking(move || {
-            while let Some(Landing { index, len, data }) = jobs.blocking_recv() {
-                let (verdict, data) = check_and_write(&shared, index, data);
+            while let Some(landing) = jobs.blocking_recv() {
+                let good = manifest.chunk_matches(landing.index, &landing.data);
+                if checked_tx.send((landing, good)).is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::task::spawn_blocking(move || {
+            while let Ok((Landing { index, len, data }, good)) = checked.recv() {
+                let (verdict, data) = if good {
+                    write_checked(&shared, index, data)
+                } else {
+                    (Ok(false), data)
+                };
                 let landed = Landed {
                     index,
                     len,
@@ -509,14 +527,12 @@ impl Checker {
     }
 }
 
-/// Checks chunk `index` against the manifest and writes it (unless the
+/// Writes chunk `index`, already checked against the manifest (unless the
 /// other endgame copy won), then hands the bytes to the follower's
-/// [`Feed`](super::follow::Feed) for the whole-file SHA-256: `Ok(false)`
-/// for a bad chunk. Gives back the buffer to read the next chunk into.
-fn check_and_write(s: &Shared, index: u32, data: Vec<u8>) -> (Result<bool, StoreError>, Vec<u8>) {
-    if !s.manifest.chunk_matches(index, &data) {
-        return (Ok(false), data);
-    }
+/// [`Feed`](super::follow::Feed) for the whole-file SHA-256: `Ok(true)`
+/// unless the write failed. Gives back the buffer to read the next chunk
+/// into.
+fn write_checked(s: &Shared, index: u32, data: ChunkBuf) -> (Result<bool, StoreError>, ChunkBuf) {
     if s.map.lock().expect("map lock").state(index) == Some(ChunkState::Done) {
         return (Ok(true), data); // the other endgame copy won
     }

@@ -17,6 +17,7 @@ pub const OVER_BUDGET: &str = "inventory bytes";
 use crate::id::{ContentId, NodeId};
 use crate::identity::Identity;
 use crate::manifest::Manifest;
+use crate::store::ChunkBuf;
 use crate::swarm::Mode;
 use crate::wire::frame::{self, MAX_INVENTORY_ENTRIES, MAX_RESPONSE_FRAME, Request, Response};
 use crate::wire::{InventoryEntry, WireError};
@@ -107,7 +108,7 @@ impl PeerConn {
     }
 
     /// Reads the next response. A chunk's bytes are read into `chunk_buf`.
-    pub async fn read_response(&mut self, chunk_buf: &mut Vec<u8>) -> Result<Response, PeerError> {
+    pub async fn read_response(&mut self, chunk_buf: &mut ChunkBuf) -> Result<Response, PeerError> {
         self.framed.read_response(chunk_buf).await
     }
 
@@ -115,7 +116,7 @@ impl PeerConn {
     /// before its body is read.
     pub async fn read_response_within(
         &mut self,
-        chunk_buf: &mut Vec<u8>,
+        chunk_buf: &mut ChunkBuf,
         max: u32,
     ) -> Result<Response, PeerError> {
         self.framed.read_response_within(chunk_buf, max).await
@@ -173,7 +174,7 @@ impl PeerConn {
             .send(&Request::GetPeers { req, port }.encode())
             .await?;
         self.flush().await?;
-        let resp = tokio::time::timeout(timeout, self.read_response(&mut Vec::new()))
+        let resp = tokio::time::timeout(timeout, self.read_response(&mut ChunkBuf::new()))
             .await
             .map_err(|_| PeerError::Timeout("waiting for a peer list"))??;
         match resp {
@@ -209,7 +210,7 @@ impl PeerConn {
                 .send(&Request::GetInventory { req, since, after }.encode())
                 .await?;
             self.flush().await?;
-            let resp = tokio::time::timeout(timeout, self.read_response(&mut Vec::new()))
+            let resp = tokio::time::timeout(timeout, self.read_response(&mut ChunkBuf::new()))
                 .await
                 .map_err(|_| PeerError::Timeout("waiting for an inventory"))??;
             let page = match resp {

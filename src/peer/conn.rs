@@ -20,6 +20,7 @@ use super::PeerError;
 use super::noise::{self, Proven};
 use super::record::SecureIo;
 use crate::identity::Identity;
+use crate::store::ChunkBuf;
 use crate::swarm::Mode;
 use crate::wire::frame::{
     self, ClientHello, HEADER_LEN, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME, Request, Response,
@@ -239,7 +240,7 @@ impl FramedConn {
 
     /// Reads the next response (a client's read). A chunk's bytes are read
     /// into `chunk_buf`.
-    pub async fn read_response(&mut self, chunk_buf: &mut Vec<u8>) -> Result<Response, PeerError> {
+    pub async fn read_response(&mut self, chunk_buf: &mut ChunkBuf) -> Result<Response, PeerError> {
         self.read_response_within(chunk_buf, MAX_RESPONSE_FRAME)
             .await
     }
@@ -249,7 +250,7 @@ impl FramedConn {
     /// what it asked for).
     pub async fn read_response_within(
         &mut self,
-        chunk_buf: &mut Vec<u8>,
+        chunk_buf: &mut ChunkBuf,
         max: u32,
     ) -> Result<Response, PeerError> {
         let h = self.read_header(max.min(MAX_RESPONSE_FRAME)).await?;
@@ -259,7 +260,7 @@ impl FramedConn {
             self.read_exact(&mut req).await?;
             let resp = Response::decode(h.kind, &req, h.len)?;
             if let Response::Chunk { len, .. } = resp {
-                chunk_buf.resize(len, 0);
+                chunk_buf.resize(len);
                 self.read_exact(chunk_buf).await?;
             }
             return Ok(resp);
@@ -355,10 +356,10 @@ mod tests {
                     .await
                     .unwrap();
             }
-            let mut buf = Vec::new();
+            let mut buf = ChunkBuf::new();
             let r = c.read_response(&mut buf).await.unwrap();
             assert!(matches!(r, Response::Chunk { req: 4, .. }), "{r:?}");
-            assert!(buf == data[10..], "chunk bytes differ ({})", mode.label());
+            assert!(*buf == data[10..], "chunk bytes differ ({})", mode.label());
         }
     }
 

@@ -1,7 +1,7 @@
 //! Every call that differs between operating systems, behind one small
 //! API, so a Windows or macOS build is a packaging step, not a port.
 //!
-//! Owns: zero-copy file sending, the discovery socket options that only
+//! Owns: zero-copy file sending, direct writes and early writeback, the discovery socket options that only
 //! Linux has, a received datagram's destination, interface flags beyond what `if-addrs` reports, the
 //! file-system watcher, opening a file without following a symlink, the
 //! bytes a file occupies and the free space of a file system, and the
@@ -17,7 +17,9 @@
 //!   unknown, so discovery cannot tell a broadcast from a multicast
 //!   datagram), interface flags from sysfs (fallback: up as the system
 //!   reports it, multicast assumed, broadcast unless loopback or
-//!   point-to-point). The
+//!   point-to-point), direct writes of a download's chunks (`O_DIRECT` on
+//!   ext4 and XFS; fallback: none, through the page cache) and starting
+//!   their writeback at once (`sync_file_range`; fallback: skipped). The
 //!   cargo feature `portable` forces the fallbacks on Linux, so CI runs
 //!   the loopback tests through them; it also swaps the native
 //!   file-system watcher (inotify) for notify's polling one.
@@ -41,7 +43,9 @@ use linux as chosen;
 #[cfg(not(all(target_os = "linux", not(feature = "portable"))))]
 use portable as chosen;
 
-pub use chosen::{only_joined_groups, packet_info, recv_datagram, send_file_range};
+pub use chosen::{
+    only_joined_groups, open_direct, packet_info, recv_datagram, send_file_range, start_writeback,
+};
 
 /// Where a received datagram was headed, as the system says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

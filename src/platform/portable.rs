@@ -70,3 +70,11 @@ pub async fn recv_datagram(s: &UdpSocket, buf: &mut [u8]) -> std::io::Result<Rec
 pub fn link_flags(_name: &str) -> Option<LinkFlags> {
     None
 }
+
+/// No direct writes: chunks go through the page cache.
+pub fn open_direct(_file: &File) -> Option<File> {
+    None
+}
+
+/// Skipped: the file's writeback starts when the system decides.
+pub fn start_writeback(_file: &File, _offset: u64, _len: usize) {}

@@ -442,7 +442,7 @@ fn process_alive(pid: i32) -> bool {
 /// ([`Store::land_verified`]): its manifest, its bytes, its places.
 pub struct Landing {
     pub manifest: crate::manifest::Manifest,
-    pub data: Vec<u8>,
+    pub data: super::ChunkBuf,
     pub places: Vec<Placement>,
 }
 

@@ -3,6 +3,7 @@
 //! downloads and their final rename. Network input reaches the filesystem
 //! only through [`safe_file_name`] and content ids, never as a path.
 
+mod chunk_buf;
 pub mod durable;
 mod folder;
 mod home;
@@ -18,6 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
+pub use chunk_buf::ChunkBuf;
 pub use folder::{InPlace, Landing, Placement, local_component};
 pub use home::{Home, safe_file_name};
 pub use index::{LocalContent, RootNaming, ShareRoot, SharesFile};

@@ -161,6 +161,7 @@ pub struct Partial {
     part_path: PathBuf,
     state_path: PathBuf,
     file: Arc<File>,
+    writer: write::ChunkWriter,
     /// Verified chunks. Std mutex: held only for bit operations.
     state: Mutex<HaveState>,
     /// Set when a chunk write finds the disk full; the download pauses.
@@ -202,6 +203,7 @@ impl Partial {
             offered: Mutex::new(None),
             part_path,
             state_path,
+            writer: write::ChunkWriter::new(&file),
             file: Arc::new(file),
             state: Mutex::new(HaveState {
                 have,
@@ -268,7 +270,10 @@ impl Partial {
     /// The data is synced with the next [`Partial::save_state`]. A write
     /// that finds the disk full is remembered ([`Partial::disk_full`]).
     pub fn write_chunk(&self, index: u32, data: &[u8]) -> Result<(), StoreError> {
-        if let Err(e) = write::write_chunk_at(&self.file, data, self.manifest.chunk_offset(index)) {
+        if let Err(e) = self
+            .writer
+            .write_at(&self.file, data, self.manifest.chunk_offset(index))
+        {
             if super::durable::is_disk_full(&e) {
                 let mut full = self.full.lock().expect("full lock");
                 if full.is_none() {

@@ -43,6 +43,7 @@ use crate::peer::CONNECT_TIMEOUT;
 use crate::peer::PeerError;
 use crate::peer::client::PeerConn;
 use crate::peer::dial::DialError;
+use crate::store::ChunkBuf;
 use crate::store::Landing;
 use crate::wire::frame::Response;
 use crate::wire::{MAX_ERROR_MESSAGE, WireError};
@@ -78,7 +79,7 @@ pub(super) enum BatchNote {
 struct Verified {
     task: FileTask,
     manifest: Manifest,
-    data: Vec<u8>,
+    data: ChunkBuf,
     peer: String,
     asked: Instant,
     _lock: OwnedMutexGuard<()>,
@@ -188,7 +189,7 @@ struct InFlight {
 
 /// How one file's answers ended.
 enum Answer {
-    Verified(Manifest, Vec<u8>),
+    Verified(Manifest, ChunkBuf),
     /// The holder does not serve it: its other holders may.
     Refused,
     /// Not a one-chunk file of its listed size, or its chunks do not make
@@ -253,7 +254,7 @@ struct Lane<'a> {
 
 impl Lane<'_> {
     async fn run(&mut self) -> Result<(), DropReason> {
-        let mut buf = Vec::new();
+        let mut buf = ChunkBuf::new();
         let limits = &self.shared.ctx.limits;
         let stall = limits.stall_timeout;
         let mut rate = PeerRate::new(Instant::now(), stall, limits.min_rate);
@@ -374,7 +375,7 @@ impl Lane<'_> {
     }
 
     /// Passes a verified file on to land, or gives it back.
-    async fn settle(&mut self, f: InFlight, answer: Answer, buf: &mut Vec<u8>) {
+    async fn settle(&mut self, f: InFlight, answer: Answer, buf: &mut ChunkBuf) {
         let shared = self.shared;
         match answer {
             Answer::Verified(manifest, data) => {
@@ -416,7 +417,7 @@ fn malformed(what: &str) -> DropReason {
 async fn answer(
     conn: &mut PeerConn,
     f: &InFlight,
-    buf: &mut Vec<u8>,
+    buf: &mut ChunkBuf,
 ) -> Result<Answer, DropReason> {
     // No answer to a file of at most one chunk is longer than its
     // manifest's frame, its chunk's or an error's: a longer frame is
@@ -454,7 +455,7 @@ async fn answer(
         return Ok(Answer::Refused);
     }
     let data = if f.size == 0 {
-        Vec::new()
+        ChunkBuf::new()
     } else {
         if buf.len() != manifest.chunk_len(0) as usize || !manifest.chunk_matches(0, buf) {
             return Err(DropReason::WrongHash(0));
