@@ -21,6 +21,7 @@ use lanshare::identity::Identity;
 use lanshare::manifest::{self, CHUNK_SIZE, Category, Manifest};
 use lanshare::peer::noise;
 use lanshare::peer::record::{self, Records};
+use lanshare::store::ChunkBuf;
 use lanshare::swarm::{Mode, SwarmKey};
 use lanshare::wire::InventoryEntry;
 use lanshare::wire::datagram::{Announce, Datagram};
@@ -403,8 +404,10 @@ fn chunk_landing(c: &mut Criterion) {
 /// A download's writes to disk, made durable at the end (the shape of
 /// `store::partial::write` and `Partial::finish`): 64 MiB in 1 MiB chunks
 /// of 64 KiB `pwrite`s, then `fdatasync`; with and without each chunk's
-/// writeback started at once (`sync_file_range(SYNC_FILE_RANGE_WRITE)`).
-/// The file is in the current folder (the target folder's disk, not a
+/// writeback started at once (`sync_file_range(SYNC_FILE_RANGE_WRITE)`);
+/// and as direct writes from aligned buffers, where the file system takes
+/// them (what a download does on ext4 and XFS). The file is in the
+/// current folder (the target folder's disk, not a
 /// tmpfs), a new one per run.
 fn disk_landing(c: &mut Criterion) {
     use std::os::fd::AsRawFd;
@@ -448,6 +451,30 @@ fn disk_landing(c: &mut Criterion) {
     g.bench_function("+ writeback started per chunk (sync_file_range)", |b| {
         b.iter(|| land(true))
     });
+    // What a download does on ext4 and XFS: each chunk written directly
+    // (O_DIRECT) from an aligned buffer, none through the page cache.
+    let chunks: Vec<ChunkBuf> = data.chunks(MIB).map(ChunkBuf::from).collect();
+    let land_direct = |direct: &std::fs::File| {
+        for (i, chunk) in chunks.iter().enumerate() {
+            direct
+                .write_all_at(chunk, (i * MIB) as u64)
+                .expect("direct write");
+        }
+    };
+    let path = dir.path().join("probe");
+    let probe = std::fs::File::create(&path).expect("create");
+    if lanshare::platform::open_direct(&probe).is_some() {
+        g.bench_function("direct writes from aligned buffers (O_DIRECT)", |b| {
+            b.iter(|| {
+                let file = std::fs::File::create(dir.path().join("part")).expect("create");
+                let direct = lanshare::platform::open_direct(&file).expect("direct");
+                land_direct(&direct);
+                file.sync_data().expect("sync");
+            })
+        });
+    } else {
+        eprintln!("disk_landing: no direct writes on this folder's file system; skipped");
+    }
     g.finish();
 }
 
