@@ -466,10 +466,16 @@ fn disk_landing(c: &mut Criterion) {
     if lanshare::platform::open_direct(&probe).is_some() {
         g.bench_function("direct writes from aligned buffers (O_DIRECT)", |b| {
             b.iter(|| {
-                let file = std::fs::File::create(dir.path().join("part")).expect("create");
+                // Sized first, as a download's `.part` is: the writes fill
+                // holes, as they do there.
+                let path = dir.path().join("part");
+                let file = std::fs::File::create(&path).expect("create");
+                file.set_len(data.len() as u64).expect("size");
                 let direct = lanshare::platform::open_direct(&file).expect("direct");
                 land_direct(&direct);
                 file.sync_data().expect("sync");
+                drop((direct, file));
+                std::fs::remove_file(&path).expect("remove");
             })
         });
     } else {

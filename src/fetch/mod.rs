@@ -21,6 +21,7 @@
 //!
 //! This module holds only the download's limits, request and errors.
 
+mod check;
 mod ctx;
 pub mod endgame;
 pub mod folder;

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::FetchError;
+use super::check::WriterSlot;
 use super::ctx::FetchCtx;
 use super::endgame::SlotWatch;
 use super::follow::{FEED_AHEAD_BYTES, Feed, follow};
@@ -53,6 +54,8 @@ pub(super) struct Shared {
     watch: Mutex<SlotWatch>,
     /// Bytes kept from each worker, with its peer's label.
     pub given: Mutex<HashMap<Slot, PeerBytes>>,
+    /// The download's writing thread ([`super::check`]).
+    pub writer: WriterSlot,
 }
 
 impl Shared {
@@ -71,6 +74,7 @@ impl Shared {
             received,
             watch: Mutex::new(SlotWatch::default()),
             given: Mutex::default(),
+            writer: WriterSlot::default(),
         }
     }
 

@@ -1,7 +1,8 @@
 //! One worker: downloads chunks from one peer over one connection, a few
 //! requests in flight, until nothing is left for it. It verifies each
-//! chunk before writing it (both on a checking thread of its own, while it
-//! reads the next answers), gives back chunks the peer refuses (asking
+//! chunk before it is written (on a checking thread of its own, then the
+//! download's writing thread, [`super::check`], while it reads the next
+//! answers), gives back chunks the peer refuses (asking
 //! again later with backoff), helps with held-up chunks in the endgame,
 //! and ends with a typed [`DropReason`] when the peer errs, stalls, lies or
 //! is too slow.
@@ -14,14 +15,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::FetchLimits;
-use super::follow::FEED_PATIENCE;
+use super::check::{Checker, Landed, Landing};
 use super::judge::PeerRate;
 use super::peers::{DropReason, WorkerEnd};
-use super::state::{ChunkState, Slot};
+use super::state::Slot;
 use super::swarm::Shared;
 use crate::chunkset::ChunkSet;
 use crate::dict::{Dict, Holder};
@@ -30,7 +31,7 @@ use crate::peer::CONNECT_TIMEOUT;
 use crate::peer::client::PeerConn;
 use crate::peer::dial::{DialError, Dialer};
 use crate::retry::{Retry, RetryPolicy};
-use crate::store::{ChunkBuf, StoreError};
+use crate::store::ChunkBuf;
 use crate::wire::frame::{ErrorCode, Response};
 
 /// Chunks a peer refused are asked again after 1 s, doubling up to 30 s
@@ -325,9 +326,7 @@ impl<'a> Worker<'a> {
         let (_, index) = self.inflight.remove(pos).expect("position is valid");
         let data = std::mem::take(&mut self.buf);
         let shared = self.shared;
-        let checker = self
-            .checker
-            .get_or_insert_with(|| Checker::start(shared.clone()));
+        let checker = self.checker.get_or_insert_with(|| Checker::start(shared));
         checker.hand(Landing { index, len, data });
         while let Some(done) = self.checker.as_mut().and_then(Checker::try_landed) {
             self.settle(done)?;
@@ -429,117 +428,6 @@ impl<'a> Worker<'a> {
             self.shared.bump();
         }
     }
-}
-
-/// A chunk handed to the checker: its index, its length, its bytes.
-struct Landing {
-    index: u32,
-    len: usize,
-    data: ChunkBuf,
-}
-
-/// A chunk the checker is done with: its verdict, and the buffer to read
-/// another chunk into.
-struct Landed {
-    index: u32,
-    len: usize,
-    verdict: Result<bool, StoreError>,
-    data: ChunkBuf,
-}
-
-/// One worker's checking and writing threads (two long-lived blocking
-/// tasks, one after the other): the first checks each chunk handed to it
-/// with BLAKE3, the second writes the good ones and hands them to the
-/// follower, and verdicts and buffers come back in the order the chunks
-/// were handed over. Two threads so that a chunk is checked while the one
-/// before it is being written (a direct write waits for the disk); one
-/// pair per worker rather than a blocking task per chunk: no wake-up chain
-/// per chunk, and more writers to one file would only wait for each other
-/// on its lock. Its channels hold at most the worker's buffers; both end
-/// when the worker drops it.
-struct Checker {
-    to: mpsc::UnboundedSender<Landing>,
-    from: mpsc::UnboundedReceiver<Landed>,
-    /// Chunks handed over and not taken back yet.
-    running: usize,
-}
-
-impl Checker {
-    fn start(shared: Arc<Shared>) -> Checker {
-        let (to, mut jobs) = mpsc::unbounded_channel::<Landing>();
-        let (checked_tx, checked) = std::sync::mpsc::channel::<(Landing, bool)>();
-        let (done, from) = mpsc::unbounded_channel();
-        let manifest = shared.manifest.clone();
-        tokio::task::spawn_blocking(move || {
-            while let Some(landing) = jobs.blocking_recv() {
-                let good = manifest.chunk_matches(landing.index, &landing.data);
-                if checked_tx.send((landing, good)).is_err() {
-                    break;
-                }
-            }
-        });
-        tokio::task::spawn_blocking(move || {
-            while let Ok((Landing { index, len, data }, good)) = checked.recv() {
-                let (verdict, data) = if good {
-                    write_checked(&shared, index, data)
-                } else {
-                    (Ok(false), data)
-                };
-                let landed = Landed {
-                    index,
-                    len,
-                    verdict,
-                    data,
-                };
-                if done.send(landed).is_err() {
-                    break;
-                }
-            }
-        });
-        Checker {
-            to,
-            from,
-            running: 0,
-        }
-    }
-
-    fn hand(&mut self, landing: Landing) {
-        self.to.send(landing).expect("chunk checker does not panic");
-        self.running += 1;
-    }
-
-    /// The oldest chunk handed over, if it is checked already.
-    fn try_landed(&mut self) -> Option<Landed> {
-        let done = self.from.try_recv().ok()?;
-        self.running -= 1;
-        Some(done)
-    }
-
-    /// The oldest chunk handed over, once it is checked (there must be one).
-    async fn landed(&mut self) -> Landed {
-        let done = self
-            .from
-            .recv()
-            .await
-            .expect("chunk checker does not panic");
-        self.running -= 1;
-        done
-    }
-}
-
-/// Writes chunk `index`, already checked against the manifest (unless the
-/// other endgame copy won), then hands the bytes to the follower's
-/// [`Feed`](super::follow::Feed) for the whole-file SHA-256: `Ok(true)`
-/// unless the write failed. Gives back the buffer to read the next chunk
-/// into.
-fn write_checked(s: &Shared, index: u32, data: ChunkBuf) -> (Result<bool, StoreError>, ChunkBuf) {
-    if s.map.lock().expect("map lock").state(index) == Some(ChunkState::Done) {
-        return (Ok(true), data); // the other endgame copy won
-    }
-    if let Err(e) = s.partial.write_chunk(index, &data) {
-        return (Err(e), data);
-    }
-    (Ok(true), s.feed.offer(index, data, FEED_PATIENCE))
 }
 
 #[cfg(test)]

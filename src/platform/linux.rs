@@ -214,12 +214,13 @@ pub fn link_flags(name: &str) -> Option<LinkFlags> {
 
 /// `file` opened a second time for direct writes (`O_DIRECT`), on a local
 /// file system known to take direct writes of 4 KiB-aligned blocks: ext4
-/// and XFS. Through `/proc/self/fd`, so it is the same open file whatever
-/// its path names now. `None` on any other file system: direct I/O is
-/// missing there (tmpfs before Linux 6.6), slower (a network file system
-/// sends each write at once) or differently bounded.
+/// and XFS. Through `/proc/self/fd`, so it is the same file (checked by
+/// device and inode) whatever its path names now. `None` on any other
+/// file system: direct I/O is missing there (tmpfs before Linux 6.6),
+/// slower (a network file system sends each write at once) or
+/// differently bounded.
 pub fn open_direct(file: &File) -> Option<File> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     const EXT4_SUPER_MAGIC: i64 = 0xEF53;
     const XFS_SUPER_MAGIC: i64 = 0x5846_5342;
     // SAFETY: `statfs` is plain data the call fills in; the descriptor is
@@ -232,11 +233,13 @@ pub fn open_direct(file: &File) -> Option<File> {
     if !matches!(fs.f_type as i64, EXT4_SUPER_MAGIC | XFS_SUPER_MAGIC) {
         return None;
     }
-    std::fs::OpenOptions::new()
+    let direct = std::fs::OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
         .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
-        .ok()
+        .ok()?;
+    let (a, b) = (file.metadata().ok()?, direct.metadata().ok()?);
+    (a.dev() == b.dev() && a.ino() == b.ino()).then_some(direct)
 }
 
 /// Asks the kernel to start writing `len` bytes at `offset` of `file` to

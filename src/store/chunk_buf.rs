@@ -28,9 +28,19 @@ impl ChunkBuf {
     }
 
     /// Makes it `len` bytes long: bytes added are zeros, the memory is
-    /// reused when it has room.
+    /// reused when it has room. (Zeros are copied from a block: the crate's
+    /// own `resize` writes one byte at a time.)
     pub fn resize(&mut self, len: usize) {
-        self.0.resize(len, 0);
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        if len <= self.0.len() {
+            self.0.truncate(len);
+            return;
+        }
+        self.0.reserve(len - self.0.len());
+        while self.0.len() < len {
+            let n = (len - self.0.len()).min(ZEROS.len());
+            self.0.extend_from_slice(&ZEROS[..n]);
+        }
     }
 
     pub fn capacity(&self) -> usize {

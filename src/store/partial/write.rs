@@ -5,8 +5,10 @@
 //! at a chunk boundary, whole 4 KiB blocks), the chunk goes from the buffer
 //! to the disk through a second descriptor opened with `O_DIRECT`: no copy
 //! into the page cache, and a large download does not push the machine's
-//! other cached files out. Otherwise (the last, shorter chunk of a file,
-//! tmpfs, network file systems, other systems) it is written through the
+//! other cached files out (reading such a chunk back, or serving it to
+//! another peer, then reads the disk). Otherwise (a file's last chunk when
+//! it is not whole 4 KiB blocks, tmpfs, network file systems, other
+//! systems) it is written through the
 //! page cache in pieces of [`WRITE_PIECE`], then the disk is told to start
 //! writing them at once (`sync_file_range(SYNC_FILE_RANGE_WRITE)` on
 //! Linux), so the file goes to disk while the next chunks arrive rather
@@ -60,9 +62,10 @@ impl ChunkWriter {
     pub(super) fn write_at(&self, file: &File, data: &[u8], offset: u64) -> std::io::Result<()> {
         if let Some(direct) = self.direct_for(data, offset) {
             match direct.write_all_at(data, offset) {
-                Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
-                    tracing::debug!(error = %e, "direct write refused; writing through the page cache");
-                    self.direct_works.store(false, Ordering::Relaxed);
+                Err(e) if refused_as_invalid(&e) => {
+                    if self.direct_works.swap(false, Ordering::Relaxed) {
+                        tracing::warn!(error = %e, "a direct write of a download was refused; its chunks go through the page cache from now on");
+                    }
                 }
                 done => return done,
             }
@@ -86,6 +89,13 @@ impl ChunkWriter {
     pub(super) fn is_direct(&self) -> bool {
         self.direct.is_some() && self.direct_works.load(Ordering::Relaxed)
     }
+}
+
+/// Whether a direct write failed only because this file, device or memory
+/// does not take it (`EINVAL`): the chunk is then written through the page
+/// cache. Any other error (a full disk, an I/O error) is the write's.
+fn refused_as_invalid(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::InvalidInput
 }
 
 /// Writes `data` at `offset` of `file` in [`WRITE_PIECE`]s, then starts
@@ -208,6 +218,28 @@ mod tests {
             back == bytes,
             "the file reads back other bytes than written"
         );
+    }
+
+    #[test]
+    fn only_an_invalid_direct_write_falls_back_to_the_page_cache() {
+        use std::io::{Error, ErrorKind};
+        assert!(refused_as_invalid(&Error::from(ErrorKind::InvalidInput)));
+        #[cfg(target_os = "linux")]
+        assert!(refused_as_invalid(&Error::from_raw_os_error(libc::EINVAL)));
+        for not in [
+            ErrorKind::StorageFull,
+            ErrorKind::QuotaExceeded,
+            ErrorKind::Other,
+        ] {
+            assert!(!refused_as_invalid(&Error::from(not)), "{not:?}");
+        }
+        #[cfg(target_os = "linux")]
+        for errno in [libc::ENOSPC, libc::EIO, libc::EDQUOT] {
+            assert!(
+                !refused_as_invalid(&Error::from_raw_os_error(errno)),
+                "{errno}"
+            );
+        }
     }
 
     /// Where direct writes are not known to work (tmpfs), every chunk goes
