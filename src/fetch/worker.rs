@@ -119,8 +119,9 @@ struct Worker<'a> {
     inflight: VecDeque<(u32, u32)>,
     /// The buffer the next answer is read into.
     buf: ChunkBuf,
-    /// Checks and writes the chunks before it, in order, on a thread of its
-    /// own while the next answers arrive (started with the first chunk).
+    /// Checks the chunks before it, in order, on a thread of its own while
+    /// the next answers arrive, and has the download's writing thread
+    /// write them (started with the first chunk).
     checker: Option<Checker>,
     /// How many chunks the checker may hold ([`checks_in_flight`]).
     checks: usize,
